@@ -1,0 +1,46 @@
+# Two entry points: `make run` (the app on the bundled model) and `make test` (the whole suite).
+# Both create .venv and install what they need; stamps make reruns instant.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PORT ?= 8501
+
+.PHONY: run test lint bench browser clean
+
+$(VENV)/.runtime: requirements.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-deps -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PIP) install -r requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.runtime
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
+
+# Debian's chromium for the real-browser tests; installed with apt-get when missing and we are root.
+browser:
+	@if command -v chromium >/dev/null; then echo "chromium: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = "0" ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null && \
+		echo "installed chromium: $$(command -v chromium)"; \
+	else echo "chromium missing and not root: browser tests will fail in CI"; fi
+
+test: $(VENV)/.dev browser
+	$(PY) -m pytest
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+
+bench: $(VENV)/.dev
+	$(PY) benchmarks/bench_xai.py
+	$(PY) benchmarks/bench_io.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
