@@ -1,0 +1,173 @@
+"""xai.render: colormaps, overlays, contours, scaling and PNG encoding against hand-computed values."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import cv2
+import numpy as np
+import pytest
+from matplotlib import colormaps
+from PIL import Image
+
+from xai import render
+
+
+def _png_chunk_types(data: bytes) -> list[str]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    types, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        types.append(data[pos + 4 : pos + 8].decode("ascii"))
+        pos += 12 + length
+    return types
+
+
+def test_colormap_choices_default_and_order():
+    assert render.COLORMAPS[0] == render.DEFAULT_CMAP == "inferno"
+    assert set(render.COLORMAPS) == {"inferno", "viridis", "magma", "cividis", "jet"}
+    assert "jet" not in render.PERCEPTUALLY_UNIFORM
+
+
+@pytest.mark.parametrize("cmap", ["inferno", "viridis", "magma", "cividis", "jet"])
+def test_colorize_matches_matplotlib_at_table_points(cmap):
+    heat = np.array([[0.0, 0.25, 0.5], [0.75, 1.0, 2.0]], dtype=np.float32)  # 2.0 clipped to 1
+    rgb = render.colorize(heat, cmap)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3)
+    # Same 256-level quantisation as the colormap: index round(255 * v).
+    ref = colormaps[cmap](np.array([0, 64, 128, 191, 255, 255]) / 255.0)[:, :3]
+    np.testing.assert_allclose(rgb.reshape(-1, 3), np.round(ref * 255), atol=0)
+
+
+def test_colorize_nan_counts_as_zero_and_bad_cmap_rejected():
+    rgb = render.colorize(np.array([[np.nan, 0.0]]))
+    assert (rgb[0, 0] == rgb[0, 1]).all()
+    with pytest.raises(ValueError, match="unknown colormap"):
+        render.colorize(np.zeros((2, 2)), "rainbow")
+    with pytest.raises(ValueError, match="2-D"):
+        render.colorize(np.zeros((2, 2, 3)))
+
+
+def _lightness(rgb: np.ndarray) -> np.ndarray:
+    lab = cv2.cvtColor(rgb.reshape(1, -1, 3).astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    return lab[0, :, 0]
+
+
+@pytest.mark.parametrize("cmap", sorted(render.PERCEPTUALLY_UNIFORM))
+def test_offered_uniform_maps_have_monotonic_lightness(cmap):
+    _, rgb = render.colorbar_values(cmap, 64)
+    assert (np.diff(_lightness(rgb)) > -0.5).all()
+
+
+def test_jet_lightness_is_not_monotonic():
+    # The reason jet is only an option: lightness goes up and down again.
+    _, rgb = render.colorbar_values("jet", 64)
+    light = _lightness(rgb)
+    assert light.argmax() not in (0, len(light) - 1)
+
+
+def test_overlay_blend_hand_computed():
+    gray = np.array([[0.0, 1.0], [0.5, 0.2]], dtype=np.float32)
+    heat = np.array([[1.0, 0.0], [0.5, 1.0]], dtype=np.float32)
+    color = render.colorize(heat, "viridis").astype(np.float64)
+    out = render.overlay(gray, heat, cmap="viridis", alpha=0.4)
+    expected = np.round(0.6 * (gray[:, :, None] * 255.0) + 0.4 * color)
+    np.testing.assert_allclose(out, expected, atol=1)
+    assert out.dtype == np.uint8 and out.shape == (2, 2, 3)
+
+
+def test_overlay_alpha_extremes_and_heat_off():
+    rng = np.random.default_rng(0)
+    gray, heat = rng.random((8, 9)), rng.random((8, 9))
+    gray_rgb = render.gray_to_rgb(gray)
+    np.testing.assert_array_equal(render.overlay(gray, heat, alpha=0.0), gray_rgb)
+    np.testing.assert_array_equal(render.overlay(gray, heat, show_heat=False), gray_rgb)
+    np.testing.assert_array_equal(render.overlay(gray, heat, alpha=1.0), render.colorize(heat))
+
+
+def test_overlay_contour_outlines_the_region_at_the_level():
+    size = 101
+    yy, xx = np.mgrid[:size, :size]
+    radius = np.hypot(yy - 50, xx - 50)
+    heat = np.clip(1.0 - radius / 50.0, 0, 1).astype(np.float32)  # cone: heat >= 0.5 inside r <= 25
+    gray = np.full((size, size), 0.5, np.float32)
+    out = render.overlay(gray, heat, contour_level=0.5, show_heat=False, contour_thickness=1)
+    changed = (out != render.gray_to_rgb(gray)).any(axis=2)
+    ring_r = radius[changed]
+    assert changed.sum() > 100  # a ring of about 2*pi*25 pixels
+    assert ring_r.min() > 22 and ring_r.max() < 28
+    # The contour is cyan (anti-aliased): green and blue raised above gray, red lowered, on every ring pixel.
+    ring = out[changed].astype(int)
+    assert (ring[:, 1] > 128).all() and (ring[:, 2] > 128).all() and (ring[:, 0] < 128).all()
+    assert ring[:, 1].max() >= 240
+    # A level above every value draws nothing.
+    np.testing.assert_array_equal(
+        render.overlay(gray, heat * 0.4, contour_level=0.5, show_heat=False), render.gray_to_rgb(gray)
+    )
+
+
+def test_overlay_rejects_mismatched_shapes_and_bad_arguments():
+    with pytest.raises(ValueError, match="same"):
+        render.overlay(np.zeros((4, 4)), np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="alpha"):
+        render.overlay(np.zeros((4, 4)), np.zeros((4, 4)), alpha=1.5)
+    with pytest.raises(ValueError, match="contour_level"):
+        render.overlay(np.zeros((4, 4)), np.zeros((4, 4)), contour_level=0.0)
+
+
+def test_scale_map_per_image_fixed_and_flat():
+    m = np.array([[1.0, 3.0], [5.0, 5.0]])
+    np.testing.assert_allclose(render.scale_map(m), [[0.0, 0.5], [1.0, 1.0]])
+    np.testing.assert_allclose(render.scale_map(m, "fixed", vmax=10.0), [[0.1, 0.3], [0.5, 0.5]])
+    np.testing.assert_allclose(render.scale_map(m, "fixed", vmax=4.0), [[0.25, 0.75], [1.0, 1.0]])
+    flat = render.scale_map(np.full((3, 3), 7.0))
+    assert flat.dtype == np.float32 and not flat.any()
+    np.testing.assert_allclose(render.scale_map(np.array([[np.nan, 2.0], [0.0, 1.0]])), [[0, 1], [0, 0.5]])
+    with pytest.raises(ValueError, match="vmax"):
+        render.scale_map(m, "fixed", vmax=0.0)
+    with pytest.raises(ValueError, match="mode"):
+        render.scale_map(m, "global")  # type: ignore[arg-type]
+
+
+def test_fixed_scale_keeps_colours_comparable_across_images():
+    weak, strong = np.full((2, 2), 0.2), np.full((2, 2), 0.8)
+    vmax = render.robust_max([weak, strong], percentile=100)
+    assert vmax == pytest.approx(0.8)
+    assert render.scale_map(weak, "fixed", vmax)[0, 0] == pytest.approx(0.25)
+    assert render.robust_max(np.zeros((3, 3))) == 1.0
+
+
+def test_colorbar_image_high_values_on_top():
+    bar = render.colorbar("inferno", height=50, width=7)
+    assert bar.shape == (50, 7, 3) and bar.dtype == np.uint8
+    np.testing.assert_array_equal(bar[0, 0], render.colorize(np.ones((1, 1)))[0, 0])
+    np.testing.assert_array_equal(bar[-1, 3], render.colorize(np.zeros((1, 1)))[0, 0])
+    scale = render.plotly_colorscale("viridis", 3)
+    assert scale[0][0] == 0.0 and scale[-1][0] == 1.0 and scale[1][1].startswith("rgb(")
+
+
+def test_downsample_for_display():
+    big = np.zeros((2048, 1000, 3), np.uint8)
+    small = render.downsample_for_display(big, max_side=1024)
+    assert small.shape == (1024, 500, 3) and small.dtype == np.uint8
+    heat = np.ones((3000, 1500), np.float32)
+    out = render.downsample_for_display(heat, 1000)
+    assert out.shape == (1000, 500) and out.dtype == np.float32 and np.allclose(out, 1.0)
+    tiny = np.zeros((10, 10), np.float32)
+    assert render.downsample_for_display(tiny) is tiny
+    one = render.downsample_for_display(np.zeros((3000, 20, 1), np.uint8), 300)
+    assert one.shape == (300, 2, 1)
+
+
+def test_to_png_bytes_roundtrip_without_metadata():
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    data = render.to_png_bytes(rgb)
+    assert _png_chunk_types(data) == ["IHDR", "IDAT", "IEND"]
+    back = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    np.testing.assert_array_equal(back, rgb)
+    gray = render.to_png_bytes(np.array([[0.0, 1.0]]))
+    assert np.asarray(Image.open(io.BytesIO(gray))).tolist() == [[0, 255]]
+    with pytest.raises(ValueError):
+        render.to_png_bytes(np.zeros((2, 2), np.int64))

@@ -1,0 +1,294 @@
+"""Colormaps, overlays and images for showing saliency maps on radiographs.
+
+Pure numpy / OpenCV / matplotlib (colormap tables only): no UI imports, so the app, the CLI and the
+report exporters draw exactly the same pixels.
+
+Conventions
+-----------
+* A radiograph ``gray`` is float (H, W) in [0, 1], bone white, air black (``Radiograph.pixels``).
+* A heat map ``heat`` is float (H, W) in [0, 1] on the same pixel grid (``Geometry.to_original`` of an
+  ``Explanation.maps`` entry, then :func:`scale_map`).
+* Images returned for display are ``uint8`` RGB (H, W, 3).
+
+Colormaps
+---------
+The default is ``inferno``; ``viridis``, ``magma`` and ``cividis`` are the other perceptually uniform
+choices (lightness rises monotonically with the value, so equal steps in the map look like equal steps;
+``cividis`` is also readable with colour-vision deficiency). ``jet`` is offered only for familiarity:
+rainbow maps have non-monotonic lightness, create false boundaries (bright yellow/cyan bands) and lowered
+diagnostic accuracy in a reader study (Borkin et al., IEEE TVCG 2011), so it is never the default.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from typing import Literal
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "COLORMAPS",
+    "CONTOUR_COLOR",
+    "DEFAULT_ALPHA",
+    "DEFAULT_CMAP",
+    "PERCEPTUALLY_UNIFORM",
+    "ScaleMode",
+    "colorbar",
+    "colorbar_values",
+    "colorize",
+    "downsample_for_display",
+    "gray_to_rgb",
+    "overlay",
+    "plotly_colorscale",
+    "robust_max",
+    "scale_map",
+    "to_png_bytes",
+]
+
+#: Colormaps offered to users, default first. ``jet`` is last on purpose (see module docstring).
+COLORMAPS: tuple[str, ...] = ("inferno", "viridis", "magma", "cividis", "jet")
+PERCEPTUALLY_UNIFORM: frozenset[str] = frozenset({"inferno", "viridis", "magma", "cividis"})
+DEFAULT_CMAP = "inferno"
+DEFAULT_ALPHA = 0.45
+#: Contour colour: saturated cyan stands out on a gray radiograph and on every offered colormap's warm end.
+CONTOUR_COLOR: tuple[int, int, int] = (0, 255, 255)
+
+ScaleMode = Literal["per_image", "fixed"]
+
+_FLAT_EPS = 1e-12
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _check_cmap(cmap: str) -> str:
+    if cmap not in COLORMAPS:
+        raise ValueError(f"unknown colormap {cmap!r}; choose one of {', '.join(COLORMAPS)}")
+    return cmap
+
+
+@lru_cache(maxsize=len(COLORMAPS))
+def _lut(cmap: str) -> NDArray[np.uint8]:
+    """256-entry RGB lookup table of a matplotlib colormap (read-only, cached: tables are tiny)."""
+    from matplotlib import colormaps  # colour tables only; no figure, no backend
+
+    table = colormaps[_check_cmap(cmap)](np.linspace(0.0, 1.0, 256))[:, :3]
+    lut = np.round(table * 255.0).astype(np.uint8)
+    lut.setflags(write=False)
+    return lut
+
+
+def _as_unit_2d(name: str, array: NDArray, *, clip: bool = True) -> NDArray[np.float32]:
+    """A finite float32 (H, W) array; NaN/inf become 0 and values are clipped to [0, 1]."""
+    a = np.asarray(array)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (H, W) array, got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
+        raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
+    out = np.nan_to_num(a.astype(np.float32, copy=True), nan=0.0, posinf=0.0, neginf=0.0)
+    if clip:
+        np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def _to_uint8(unit: NDArray[np.float32]) -> NDArray[np.uint8]:
+    return np.round(unit * 255.0).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------- public
+def gray_to_rgb(gray: NDArray) -> NDArray[np.uint8]:
+    """Radiograph float (H, W) in [0, 1] -> uint8 RGB (H, W, 3) (values outside [0, 1] are clipped)."""
+    g = _to_uint8(_as_unit_2d("gray", gray))
+    return np.repeat(g[:, :, None], 3, axis=2)
+
+
+def colorize(heat: NDArray, cmap: str = DEFAULT_CMAP) -> NDArray[np.uint8]:
+    """Map a heat map (H, W) in [0, 1] to uint8 RGB through a 256-level colormap table.
+
+    ``rgb[i, j] = LUT[round(255 * clip(heat[i, j], 0, 1))]``; NaN and inf count as 0.
+    """
+    lut = _lut(_check_cmap(cmap))
+    return lut[_to_uint8(_as_unit_2d("heat", heat))]
+
+
+def overlay(
+    gray: NDArray,
+    heat: NDArray,
+    *,
+    cmap: str = DEFAULT_CMAP,
+    alpha: float = DEFAULT_ALPHA,
+    contour_level: float | None = None,
+    show_heat: bool = True,
+    contour_color: tuple[int, int, int] = CONTOUR_COLOR,
+    contour_thickness: int | None = None,
+) -> NDArray[np.uint8]:
+    """Blend a colorized heat map onto a radiograph and optionally draw iso-contours.
+
+    ``out = (1 - alpha) * gray_rgb + alpha * colorize(heat)`` (constant alpha, as in the Grad-CAM paper's
+    figures and pytorch-grad-cam's ``show_cam_on_image``); ``alpha = 0`` or ``show_heat=False`` shows the
+    radiograph alone. With ``contour_level`` (in (0, 1]) the outline of ``heat >= contour_level`` is drawn
+    with OpenCV (``findContours`` / anti-aliased ``drawContours``) in ``contour_color`` on top, with or
+    without the heat colours (contour plus heat map read best in a reader study; see GUIDE §4).
+
+    ``gray`` and ``heat`` must share a pixel grid (map the heat map back with ``Geometry.to_original``);
+    mismatched shapes raise ``ValueError`` rather than silently misplacing the map.
+    """
+    g = _as_unit_2d("gray", gray)
+    h = _as_unit_2d("heat", heat)
+    if g.shape != h.shape:
+        raise ValueError(f"gray {g.shape} and heat {h.shape} must have the same (H, W) shape")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    base = np.repeat(g[:, :, None], 3, axis=2) * 255.0
+    if show_heat and alpha > 0:
+        color = colorize(h, cmap).astype(np.float32)
+        base = (1.0 - float(alpha)) * base + float(alpha) * color
+    out = np.clip(np.round(base), 0, 255).astype(np.uint8)
+    if contour_level is not None:
+        _draw_contours(out, h, float(contour_level), contour_color, contour_thickness)
+    return out
+
+
+def _draw_contours(
+    rgb: NDArray[np.uint8],
+    heat: NDArray[np.float32],
+    level: float,
+    color: tuple[int, int, int],
+    thickness: int | None,
+) -> None:
+    """Draw the outline of ``heat >= level`` on ``rgb`` in place."""
+    if not 0.0 < level <= 1.0:
+        raise ValueError(f"contour_level must be in (0, 1], got {level}")
+    mask = (heat >= level).astype(np.uint8)
+    if not mask.any():
+        return
+    contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    if thickness is None:  # about 2 px on a 1000 px image, never below 1
+        thickness = max(1, round(max(rgb.shape[:2]) / 500))
+    cv2.drawContours(rgb, contours, -1, tuple(int(c) for c in color), int(thickness), lineType=cv2.LINE_AA)
+
+
+def scale_map(
+    raw_map: NDArray,
+    mode: ScaleMode = "per_image",
+    vmax: float | None = None,
+) -> NDArray[np.float32]:
+    """Scale a saliency map (already on the display grid) into [0, 1] for colouring.
+
+    * ``"per_image"``: min-max, ``(m - min) / (max - min)``; a flat map (max == min) stays all zero
+      (there is nothing to show, and inventing contrast would mislead).
+    * ``"fixed"``: ``clip(m / vmax, 0, 1)`` with the same ``vmax`` for every image, so colours mean the
+      same value across images (e.g. ``vmax`` from :func:`robust_max` over the compared maps, or 1.0
+      for maps that are already in [0, 1]). ``vmax=None`` means 1.0.
+
+    NaN/inf values count as 0. Returns float32 (H, W).
+    """
+    m = _as_unit_2d("map", raw_map, clip=False)
+    if mode == "per_image":
+        lo, hi = float(m.min()), float(m.max())
+        if hi - lo <= _FLAT_EPS * max(1.0, abs(hi)):
+            return np.zeros_like(m)
+        return ((m - lo) / (hi - lo)).astype(np.float32)
+    if mode == "fixed":
+        top = 1.0 if vmax is None else float(vmax)
+        if not np.isfinite(top) or top <= 0:
+            raise ValueError(f"vmax must be a positive finite number, got {vmax}")
+        return np.clip(m / top, 0.0, 1.0).astype(np.float32)
+    raise ValueError(f"mode must be 'per_image' or 'fixed', got {mode!r}")
+
+
+def robust_max(maps: NDArray | list[NDArray], percentile: float = 99.5) -> float:
+    """A shared ``vmax`` for ``scale_map(mode="fixed")``: the given percentile of all finite values.
+
+    Returns 1.0 when the maps hold no positive value (so the fixed scale never divides by zero).
+    """
+    arrays = [np.asarray(m, dtype=np.float64).ravel() for m in (maps if isinstance(maps, list) else [maps])]
+    values = np.concatenate(arrays) if arrays else np.zeros(0)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 1.0
+    top = float(np.percentile(values, percentile))
+    return top if top > 0 else 1.0
+
+
+def colorbar_values(cmap: str = DEFAULT_CMAP, n: int = 256) -> tuple[NDArray[np.float32], NDArray[np.uint8]]:
+    """``(values (n,), rgb (n, 3) uint8)``: the colormap sampled at ``n`` evenly spaced values in [0, 1]."""
+    if n < 2:
+        raise ValueError("n must be at least 2")
+    values = np.linspace(0.0, 1.0, n, dtype=np.float32)
+    return values, _lut(_check_cmap(cmap))[_to_uint8(values)]
+
+
+def plotly_colorscale(cmap: str = DEFAULT_CMAP, n: int = 11) -> list[list[float | str]]:
+    """The colormap as a plotly ``colorscale`` (``[[position, "rgb(r,g,b)"], ...]``), same table as here."""
+    values, rgb = colorbar_values(cmap, n)
+    return [[float(v), f"rgb({r},{g},{b})"] for v, (r, g, b) in zip(values, rgb.tolist(), strict=True)]
+
+
+def colorbar(
+    cmap: str = DEFAULT_CMAP,
+    *,
+    height: int = 256,
+    width: int = 20,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+) -> NDArray[np.uint8]:
+    """A vertical colour bar image uint8 RGB (height, width, 3), high values at the top.
+
+    Tick labels are not burned in (they depend on the caller's layout); label ``vmax`` at the top and
+    ``vmin`` at the bottom. ``vmin``/``vmax`` are validated only so that callers cannot pass a reversed scale.
+    """
+    if height < 2 or width < 1:
+        raise ValueError("colorbar needs height >= 2 and width >= 1")
+    if not vmax > vmin:
+        raise ValueError(f"vmax ({vmax}) must be greater than vmin ({vmin})")
+    _, rgb = colorbar_values(cmap, height)
+    return np.ascontiguousarray(np.repeat(rgb[::-1, None, :], width, axis=1))
+
+
+def downsample_for_display(img: NDArray, max_side: int = 1024) -> NDArray:
+    """Shrink an image so its longest side is at most ``max_side`` (area interpolation), same dtype.
+
+    Works for (H, W) maps and (H, W, C) images; an image already small enough is returned unchanged
+    (not copied). Only for display: maps are computed and exported at full resolution.
+    """
+    a = np.asarray(img)
+    if a.ndim not in (2, 3):
+        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {a.shape}")
+    if max_side < 1:
+        raise ValueError("max_side must be positive")
+    h, w = a.shape[:2]
+    if max(h, w) <= max_side:
+        return a
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # OpenCV wants (width, height)
+    work = a.astype(np.float32) if a.dtype in (np.bool_, np.float16) else a
+    out = cv2.resize(work, size, interpolation=cv2.INTER_AREA)
+    if a.ndim == 3 and out.ndim == 2:  # OpenCV drops a single channel axis
+        out = out[:, :, None]
+    return out.astype(a.dtype, copy=False)
+
+
+def to_png_bytes(image: NDArray) -> bytes:
+    """Encode uint8 RGB (H, W, 3) or gray (H, W) as PNG with Pillow, with no metadata chunks.
+
+    Float images in [0, 1] are converted (clipped) to uint8. Nothing but pixels is written: no text,
+    time or EXIF chunks that could carry identifiers.
+    """
+    from PIL import Image
+
+    a = np.asarray(image)
+    if np.issubdtype(a.dtype, np.floating):
+        a = _to_uint8(np.clip(np.nan_to_num(a.astype(np.float32)), 0.0, 1.0))
+    if a.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 or float in [0, 1], got dtype {a.dtype}")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+        raise ValueError(f"image must be (H, W), (H, W, 3) or (H, W, 4), got shape {a.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(a)).save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
