@@ -1,0 +1,177 @@
+"""Command line: ``python -m xai explain ...`` and ``python -m xai report ...`` (console script ``xai``).
+
+Exit status: 0 all inputs done; 1 some inputs failed (each named on stderr with its reason, the others
+done); 2 a usage problem (unknown method or target, a model that cannot be loaded, an unreadable boxes
+file). Nothing printed or written carries DICOM header fields: outputs are named from file names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from models import LoadedModel
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_MODEL = "chestcovnet"
+
+
+class UsageError(Exception):
+    """A problem with the command as a whole (exit status 2)."""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xai", description="Explain chest X-ray classifiers: Grad-CAM, Grad-CAM++, Guided Backprop, Guided Grad-CAM."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, *, target_default: str) -> None:
+        p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="images (PNG, JPEG, DICOM...) or folders")
+        p.add_argument("--model", default=DEFAULT_MODEL, help="bundle name or path (default: %(default)s)")
+        p.add_argument("--methods", default=None, help="comma-separated methods (default: all four)")
+        p.add_argument(
+            "--target", default=target_default, help="class name, index or 'predicted' (default: %(default)s)"
+        )
+        p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    explain = sub.add_parser("explain", help="maps, overlays and a result.json per image")
+    common(explain, target_default="predicted")
+    explain.add_argument("--out", type=Path, default=Path("explanations"), help="output folder (default: %(default)s)")
+
+    report = sub.add_parser("report", help="a batch report: overlays, report.csv and a self-contained index.html")
+    common(report, target_default="covid19")
+    report.add_argument("--out", type=Path, required=True, help="output folder")
+    report.add_argument("--boxes", type=Path, default=None, help="finding boxes CSV (manifest or file,x,y,w,h[,label])")
+    report.add_argument("--stability", action="store_true", help="also compute map stability (slow)")
+    return parser
+
+
+def _parse_methods(text: str | None) -> tuple[str, ...]:
+    from xai.engine import METHODS
+
+    if not text:
+        return tuple(METHODS)
+    methods = tuple(dict.fromkeys(m.strip().lower() for m in text.split(",") if m.strip()))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise UsageError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
+    return methods
+
+
+def _load_model(name_or_path: str) -> LoadedModel:
+    import models
+
+    try:
+        return models.load(name_or_path)
+    except models.ModelError as exc:
+        raise UsageError(f"cannot load model {name_or_path!r}: {exc}") from None
+
+
+def _progress_bar(total: int, disabled: bool, stderr: TextIO):  # noqa: ANN202 - tqdm type is private
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="image", file=stderr, disable=disabled or total < 2, leave=False)
+
+
+def _report_failure(name: str, reason: str | None, stderr: TextIO, bar: object | None = None) -> None:
+    message = f"xai: skipped {name}: {reason}"
+    writer = getattr(bar, "write", None)
+    if writer is not None and not getattr(bar, "disable", True):
+        writer(message, file=stderr)
+    else:
+        print(message, file=stderr)
+
+
+def _run_explain(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from xai.batch import collect_inputs, iter_explained, output_dir_for, unique_stems, write_explain_outputs
+    from xai.pipeline import resolve_target
+
+    methods = _parse_methods(args.methods)
+    model = _load_model(args.model)
+    resolve_target(args.target, model.card.class_names)  # TargetError -> usage error before any work
+    items = collect_inputs(args.inputs)
+    stems = unique_stems([item.name for item in items])
+    out_dir: Path = args.out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    with _progress_bar(len(items), args.no_progress, stderr) as bar:
+        explained = iter_explained(items, model, methods=methods, target=args.target)
+        for stem, (item, result, error) in zip(stems, explained, strict=True):
+            if result is None:
+                failed += 1
+                _report_failure(item.name, error, stderr, bar)
+            else:
+                try:
+                    write_explain_outputs(result, model, output_dir_for(out_dir, stem))
+                except (OSError, ValueError) as exc:
+                    failed += 1
+                    _report_failure(item.name, f"cannot write outputs: {exc}", stderr, bar)
+            bar.update(1)
+    done = len(items) - failed
+    print(f"xai: explained {done} of {len(items)} image(s) into {out_dir}", file=stdout)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from xai.batch import BoxesError, collect_inputs, load_boxes, run_report
+    from xai.pipeline import resolve_target
+
+    methods = _parse_methods(args.methods)
+    try:
+        boxes = load_boxes(args.boxes) if args.boxes is not None else None
+    except BoxesError as exc:
+        raise UsageError(f"boxes file {args.boxes}: {exc}") from None
+    model = _load_model(args.model)
+    resolve_target(args.target, model.card.class_names)
+    items = collect_inputs(args.inputs)
+    with _progress_bar(len(items), args.no_progress, stderr) as bar:
+        report = run_report(
+            items,
+            model,
+            args.out,
+            methods=methods,
+            target=args.target,
+            boxes=boxes,
+            stability=args.stability,
+            progress=lambda done, total, name: bar.update(1),
+        )
+    for row in report.failed:
+        _report_failure(row.file, row.error, stderr)
+    print(f"xai: report on {len(report.rows) - len(report.failed)} of {len(report.rows)} image(s): "
+          f"{args.out / 'index.html'}, {args.out / 'report.csv'}", file=stdout)
+    if boxes is not None:
+        print(f"\nAgreement with the boxes (explained class: {report.target})\n", file=stdout)
+        print(report.summary_markdown(), file=stdout)
+    return EXIT_SOME_FAILED if report.failed else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Run the command line; returns the exit status (see the module docstring)."""
+    from xai.pipeline import TargetError
+
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed its message
+        return int(exc.code or 0)
+    try:
+        if args.command == "explain":
+            return _run_explain(args, stdout, stderr)
+        return _run_report(args, stdout, stderr)
+    except (UsageError, TargetError) as exc:
+        print(f"xai: error: {exc}", file=stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("xai: interrupted", file=stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

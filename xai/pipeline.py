@@ -1,0 +1,239 @@
+"""One path from an image file to explanation maps on the original pixel grid.
+
+file or bytes -> :class:`~xai.radiograph.Radiograph` -> :func:`~xai.preprocessing.prepare` ->
+:meth:`~xai.engine.Explainer.explain` -> :meth:`Geometry.to_original` for every map.
+
+The app, the ``explain`` command line and the batch report all call :func:`explain_source`, so a map
+shown on screen, written by the CLI and scored in a report is the same map. Nothing here prints, logs or
+returns patient identifiers: the record carries the name the caller gave, never DICOM header fields.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+
+if TYPE_CHECKING:  # heavy imports (torch) only when a pipeline actually runs
+    import torch
+
+    from models import LoadedModel
+    from xai.engine import Explainer, Explanation
+    from xai.preprocessing import Geometry
+    from xai.radiograph import Radiograph
+
+PREDICTED = "predicted"
+"""Target spec meaning "explain the class the model predicts"."""
+
+Source = str | Path | bytes | BinaryIO
+
+
+class TargetError(ValueError):
+    """A target spec that names no class of the model."""
+
+
+def resolve_target(spec: str | int | None, class_names: Sequence[str]) -> int | None:
+    """Turn a target spec into a class index, or ``None`` for the predicted class.
+
+    Accepts a class name (case-insensitive), an index (int or digit string, negative counts from the
+    end) or ``"predicted"``/``None``.
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text.lower() == PREDICTED:
+            return None
+        lowered = [name.lower() for name in class_names]
+        if text.lower() in lowered:
+            return lowered.index(text.lower())
+        try:
+            spec = int(text)
+        except ValueError:
+            raise TargetError(
+                f"unknown target {text!r}: expected one of {', '.join(class_names)}, an index "
+                f"0..{len(class_names) - 1} or {PREDICTED!r}"
+            ) from None
+    index = int(spec)
+    if not -len(class_names) <= index < len(class_names):
+        raise TargetError(f"target index {index} out of range for {len(class_names)} classes")
+    return index % len(class_names)
+
+
+def predicted_index(probabilities: np.ndarray, class_names: Sequence[str], threshold: float | None) -> int:
+    """The model's decision for one image.
+
+    A two-class ChestCOVNet-style model with a ``covid19`` class decides on its card's threshold:
+    ``covid19`` when P(covid19) >= threshold. Any other model: the most probable class.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    names = [name.lower() for name in class_names]
+    if threshold is not None and len(names) == 2 and "covid19" in names:
+        positive = names.index("covid19")
+        return positive if probabilities[positive] >= threshold else 1 - positive
+    return int(np.argmax(probabilities))
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """One explained image, with every map on the original pixel grid.
+
+    ``maps[method]`` is float32 (H, W) in [0, 1], the same shape as ``radiograph.pixels``.
+    ``explanation`` keeps the engine's record (model-grid maps, raw maps, logits) for trust checks;
+    ``input_tensor`` and ``geometry`` are what the model saw and the way back from it.
+    """
+
+    file: str
+    radiograph: Radiograph
+    input_tensor: torch.Tensor
+    geometry: Geometry
+    explanation: Explanation
+    class_names: tuple[str, ...]
+    probabilities: Mapping[str, float]
+    predicted: str
+    target: str
+    target_index: int
+    maps: Mapping[str, np.ndarray]
+    timings_ms: Mapping[str, float]
+    notices: tuple[str, ...]
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(self.maps)
+
+
+def make_explainer(model: LoadedModel) -> Explainer:
+    """An explainer on the card's target layer (one per model; reusable across images)."""
+    from xai.engine import Explainer
+
+    return Explainer(model.module, target_layer=model.card.target_layer)
+
+
+def _threshold(model: LoadedModel) -> float | None:
+    value = getattr(model.card, "threshold", None)
+    return None if value is None else float(value)
+
+
+def explain_radiograph(
+    radiograph: Radiograph,
+    model: LoadedModel,
+    *,
+    name: str,
+    methods: Sequence[str] | None = None,
+    target: str | int | None = PREDICTED,
+    explainer: Explainer | None = None,
+    load_ms: float = 0.0,
+) -> PipelineResult:
+    """Explain a loaded radiograph with ``model`` and map every result back to its pixel grid.
+
+    ``target`` is a class name, an index or ``"predicted"`` (the card's decision rule, see
+    :func:`predicted_index`). Raises :class:`TargetError` for a target the model does not have.
+    """
+    from xai.engine import METHODS
+    from xai.preprocessing import prepare
+
+    methods = tuple(methods) if methods else tuple(METHODS)
+    class_names = tuple(model.card.class_names)
+    target_index = resolve_target(target, class_names)
+    explainer = explainer if explainer is not None else make_explainer(model)
+
+    started = time.perf_counter()
+    tensor, geometry = prepare(radiograph, model.card.preprocessing)
+    prepared = time.perf_counter()
+    explanation = explainer.explain(tensor, target=target_index, methods=methods)
+    probs = np.asarray(explanation.probabilities[0], dtype=np.float64)
+    predicted = predicted_index(probs, class_names, _threshold(model))
+    if target_index is None and int(explanation.target[0]) != predicted:
+        # The engine explains the arg-max; the card's threshold decided otherwise: explain the decision.
+        explanation = explainer.explain(tensor, target=predicted, methods=methods)
+    explained = time.perf_counter()
+
+    maps = {m: np.asarray(geometry.to_original(explanation.maps[m][0]), dtype=np.float32) for m in methods}
+    mapped = time.perf_counter()
+
+    final_target = int(explanation.target[0])
+    notices = list(radiograph.notices) + list(explanation.notes)
+    notices += [
+        f"{m}: the map is flat (no evidence for {class_names[final_target]} at this layer)"
+        for m in methods
+        if bool(np.asarray(explanation.flat.get(m, False)).reshape(-1)[0])
+    ]
+    timings = {
+        "load": round(load_ms, 3),
+        "prepare": round((prepared - started) * 1e3, 3),
+        **{f"explain.{k}": round(float(v), 3) for k, v in explanation.timings.items()},
+        "explain": round((explained - prepared) * 1e3, 3),
+        "to_original": round((mapped - explained) * 1e3, 3),
+    }
+    timings["total"] = round(load_ms + (mapped - started) * 1e3, 3)
+    return PipelineResult(
+        file=name,
+        radiograph=radiograph,
+        input_tensor=tensor,
+        geometry=geometry,
+        explanation=explanation,
+        class_names=class_names,
+        probabilities=MappingProxyType({c: float(p) for c, p in zip(class_names, probs, strict=True)}),
+        predicted=class_names[predicted],
+        target=class_names[final_target],
+        target_index=final_target,
+        maps=MappingProxyType(maps),
+        timings_ms=MappingProxyType(timings),
+        notices=tuple(dict.fromkeys(notices)),
+    )
+
+
+def explain_source(
+    source: Source,
+    model: LoadedModel,
+    *,
+    name: str | None = None,
+    methods: Sequence[str] | None = None,
+    target: str | int | None = PREDICTED,
+    explainer: Explainer | None = None,
+    max_pixels: int | None = None,
+) -> PipelineResult:
+    """Load ``source`` (path, bytes or binary file) and explain it; see :func:`explain_radiograph`.
+
+    ``name`` is what the record calls the image (default: the path as given; "upload" for bytes).
+    Raises :class:`~xai.radiograph.RadiographError` for a file that is not a usable radiograph.
+    """
+    from xai.radiograph import load_radiograph
+
+    if name is None:
+        name = str(source) if isinstance(source, str | Path) else "upload"
+    kwargs: dict[str, Any] = {} if max_pixels is None else {"max_pixels": max_pixels}
+    started = time.perf_counter()
+    radiograph = load_radiograph(source, **kwargs)
+    load_ms = (time.perf_counter() - started) * 1e3
+    return explain_radiograph(
+        radiograph, model, name=name, methods=methods, target=target, explainer=explainer, load_ms=load_ms
+    )
+
+
+def model_identity(model: LoadedModel) -> dict[str, str]:
+    """``{name, version, sha256}`` of the model that produced a result (for audit trails)."""
+    card = model.card
+    return {"name": str(card.name), "version": str(card.version), "sha256": str(card.sha256)}
+
+
+def result_record(result: PipelineResult, model: LoadedModel) -> dict[str, Any]:
+    """The JSON-serialisable record of one result (``result.json`` of the CLI).
+
+    Keys: file, probabilities, predicted, target, model, target_layer, timings_ms, notices.
+    """
+    return {
+        "file": result.file,
+        "probabilities": dict(result.probabilities),
+        "predicted": result.predicted,
+        "target": result.target,
+        "model": model_identity(model),
+        "target_layer": result.explanation.target_layer,
+        "timings_ms": dict(result.timings_ms),
+        "notices": list(result.notices),
+    }
