@@ -149,7 +149,7 @@ def _is_skippable_member(info: zipfile.ZipInfo) -> bool:
     return (
         info.is_dir()
         or not parts
-        or any(p.startswith(".") or p == "__MACOSX" for p in parts)
+        or any((p.startswith(".") and p not in {".", ".."}) or p == "__MACOSX" for p in parts)
         or stat.S_ISLNK(info.external_attr >> 16)
     )
 
@@ -342,14 +342,17 @@ def load_boxes(path: str | Path) -> dict[str, tuple[Box, ...]]:
 
 
 def boxes_mask(boxes: Sequence[Box], shape: tuple[int, int]) -> np.ndarray:
-    """Union of the boxes as a bool (H, W) mask (pixel centres inside a box; clipped to the image)."""
-    height, width = shape
-    mask = np.zeros((height, width), dtype=bool)
+    """Union of the boxes as a bool (H, W) mask (pixel-centre rule of :func:`xai.trust.metrics.box_to_mask`).
+
+    Boxes that cover no pixel of the image are left out (the mask may then be empty)."""
+    from xai.trust.metrics import box_to_mask
+
+    mask = np.zeros(shape, dtype=bool)
     for box in boxes:
-        x0, y0 = max(int(np.floor(box.x)), 0), max(int(np.floor(box.y)), 0)
-        x1, y1 = min(int(np.ceil(box.x + box.w)), width), min(int(np.ceil(box.y + box.h)), height)
-        if x1 > x0 and y1 > y0:
-            mask[y0:y1, x0:x1] = True
+        try:
+            mask |= box_to_mask((box.x, box.y, box.w, box.h), shape)
+        except ValueError:
+            continue
     return mask
 
 
@@ -433,13 +436,13 @@ class Report:
 
 
 def _agreement(heat: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """Pointing hit, share of map energy inside, Otsu IoU (CheXlocalize conventions) from :mod:`xai.trust`."""
-    from xai import trust
+    """Pointing hit, share of map energy inside, Otsu IoU (CheXlocalize conventions, :mod:`xai.trust.metrics`)."""
+    from xai.trust.metrics import energy_inside, otsu_iou, pointing_game
 
     return {
-        "hit": float(trust.pointing_game(heat, mask)),
-        "energy_inside": float(trust.energy_inside(heat, mask)),
-        "iou_otsu": float(trust.otsu_iou(heat, mask)),
+        "hit": float(bool(pointing_game(heat, mask))),
+        "energy_inside": float(energy_inside(heat, mask)),
+        "iou_otsu": float(otsu_iou(heat, mask)),
     }
 
 

@@ -1,0 +1,241 @@
+"""Batch core: safe output names, zip uploads, boxes, the report files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xai.batch import (
+    ArchiveError,
+    Box,
+    BoxesError,
+    Report,
+    ReportRow,
+    ZipLimits,
+    boxes_mask,
+    collect_inputs,
+    load_boxes,
+    output_dir_for,
+    read_zip,
+    report_csv,
+    report_html,
+    safe_stem,
+    unique_stems,
+)
+
+
+# ------------------------------------------------------------------------------------------ names
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("chest.png", "chest"),
+        ("../../x", "x"),
+        ("../../etc/passwd.dcm", "passwd"),
+        ("/abs/path/film.jpg", "film"),
+        ("C:\\Users\\a\\film.dcm", "film"),
+        (".bashrc", "bashrc"),
+        ("..", "image"),
+        ("...", "image"),
+        ("", "image"),
+        ("a b;rm -rf~.png", "a_b_rm_-rf"),
+        ("x.tar.gz", "x_tar"),
+        ("Röntgen_ßild.png", "Röntgen_ßild"),
+        ("ｆｕｌｌ.png", "full"),  # NFKC folds full-width letters
+        ("CON.png", "_CON"),
+        ("nul", "_nul"),
+        ("name\u202egnp.exe", "name_gnp"),  # right-to-left override is not kept
+    ],
+)
+def test_safe_stem(name: str, expected: str) -> None:
+    assert safe_stem(name) == expected
+
+
+def test_safe_stem_is_bounded_in_bytes_and_never_a_path() -> None:
+    stem = safe_stem("é" * 300 + ".png")
+    assert len(stem.encode("utf-8")) <= 100
+    assert stem == "é" * 50
+    for hostile in ["../../x", "/", "a/../..", "..\\..\\y", "\x00.png", "./.", "-rf"]:
+        s = safe_stem(hostile)
+        assert s and "/" not in s and "\\" not in s and not s.startswith((".", "-")) and "\x00" not in s
+
+
+def test_unique_stems_disambiguates_in_order_case_insensitively() -> None:
+    names = ["a/img.png", "b/img.png", "img.dcm", "IMG.jpg", "img_2.png"]
+    assert unique_stems(names) == ["img", "img_2", "img_3", "IMG_4", "img_2_2"]
+
+
+def test_output_dir_for_stays_inside(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    assert output_dir_for(out, "film") == (out / "film").resolve()
+    for bad in ["..", ".", "", "../x", "a/b"]:
+        with pytest.raises(ValueError, match="leave the output folder"):
+            output_dir_for(out, bad)
+    # A planted symlink pointing outside is refused too.
+    (out / "evil").symlink_to(tmp_path)
+    with pytest.raises(ValueError, match="leave the output folder"):
+        output_dir_for(out, "evil")
+
+
+def test_collect_inputs_walks_sorted_and_reports_missing(tmp_path: Path) -> None:
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    for rel in ["d/b.png", "d/a.png", "d/sub/c.png", "d/.hidden.png"]:
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "d" / ".git").mkdir()
+    (tmp_path / "d" / ".git" / "z.png").write_bytes(b"x")
+    items = collect_inputs([tmp_path / "d", tmp_path / "missing.png"])
+    names = [Path(i.name).relative_to(tmp_path).as_posix() for i in items]
+    assert names == ["d/a.png", "d/b.png", "d/sub/c.png", "missing.png"]
+    assert items[-1].source is None and "no such file" in (items[-1].error or "")
+
+
+# ------------------------------------------------------------------------------------------ zips
+def _zip(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_read_zip_reads_files_and_neutralises_paths() -> None:
+    rng = np.random.default_rng(0)
+    payload = rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    data = _zip(
+        {
+            "study/a.png": payload,
+            "../../evil.png": b"1" * 10,
+            "/etc/abs.dcm": b"2" * 10,
+            "__MACOSX/._a.png": b"junk",
+            ".DS_Store": b"junk",
+            "folder/": b"",
+        }
+    )
+    files = read_zip(data)
+    assert [name for name, _ in files] == ["study/a.png", "evil.png", "etc/abs.dcm"]
+    assert files[0][1] == payload
+    assert unique_stems([name for name, _ in files]) == ["a", "evil", "abs"]
+
+
+def test_read_zip_refuses_a_zip_bomb() -> None:
+    bomb = _zip({"bomb.dcm": bytes(20 * 1024 * 1024)})  # 20 MiB of zeros deflates ~1000:1
+    assert len(bomb) < 100_000
+    with pytest.raises(ArchiveError, match="zip bomb"):
+        read_zip(bomb)
+
+
+def test_read_zip_refuses_oversized_archives_and_members() -> None:
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    with pytest.raises(ArchiveError, match="limit"):
+        read_zip(_zip({"a.png": noise}), ZipLimits(max_archive_bytes=1000))
+    with pytest.raises(ArchiveError, match="size limit"):
+        read_zip(_zip({"a.png": noise}), ZipLimits(max_member_bytes=1000))
+    with pytest.raises(ArchiveError, match="unpack to"):
+        read_zip(_zip({"a.png": noise, "b.png": noise}), ZipLimits(max_total_bytes=6000))
+    many = _zip({f"{i}.png": b"x" for i in range(6)})
+    with pytest.raises(ArchiveError, match="6 files"):
+        read_zip(many, ZipLimits(max_members=5))
+
+
+def test_read_zip_refuses_non_zip_and_encrypted() -> None:
+    with pytest.raises(ArchiveError, match="not a readable zip"):
+        read_zip(b"PK\x03\x04 not really")
+    data = bytearray(_zip({"a.png": b"abc"}, compression=zipfile.ZIP_STORED))
+    # Set the "encrypted" flag bit in the local and central headers.
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.index(signature) + offset
+        data[at] |= 0x1
+    with pytest.raises(ArchiveError, match="encrypted"):
+        read_zip(bytes(data))
+
+
+# ------------------------------------------------------------------------------------------ boxes
+def test_load_boxes_manifest_format_scales_from_1024(chestcovnet_dir: Path) -> None:
+    boxes = load_boxes(chestcovnet_dir / "manifest.csv")
+    assert len(boxes) == 44
+    first = boxes["nih_00008727_009.jpg"]
+    assert len(first) == 1 and first[0].label == "Pneumonia"
+    assert first[0].x == pytest.approx(205.883597883598 * 512 / 1024)
+    assert first[0].h == pytest.approx(215.635978835979 / 2)
+
+
+def test_load_boxes_simple_format_and_errors(tmp_path: Path) -> None:
+    simple = tmp_path / "boxes.csv"
+    simple.write_text("file,x,y,w,h,label\ndir/a.png,1,2,3,4,Mass\na.png,0,0,2,2,\nb.dcm,5,5,1,1\n")
+    boxes = load_boxes(simple)
+    assert boxes["a.png"] == (Box(1, 2, 3, 4, "Mass"), Box(0, 0, 2, 2, ""))
+    assert boxes["b.dcm"] == (Box(5, 5, 1, 1, ""),)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,x,y,w,h\na.png,1,2,-3,4\n")
+    with pytest.raises(BoxesError, match="line 2"):
+        load_boxes(bad)
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("name,left\n")
+    with pytest.raises(BoxesError, match="columns"):
+        load_boxes(wrong)
+
+
+def test_boxes_mask_union_and_clipping() -> None:
+    mask = boxes_mask([Box(1, 1, 2, 2), Box(4, 0, 10, 1), Box(50, 50, 3, 3)], (5, 6))
+    expected = np.zeros((5, 6), dtype=bool)
+    expected[1:3, 1:3] = True
+    expected[0, 4:6] = True
+    np.testing.assert_array_equal(mask, expected)
+
+
+# ------------------------------------------------------------------------------------------ report files
+def _toy_report() -> Report:
+    ok = ReportRow(
+        file="=HYPERLINK(\"http://x\")<script>.png",
+        stem="x",
+        predicted="covid19",
+        target="covid19",
+        probabilities={"non_covid": 0.25, "covid19": 0.75},
+        n_boxes=1,
+        agreement={"gradcam": {"hit": 1.0, "energy_inside": 0.5, "iou_otsu": 0.25}},
+        thumbnails={"gradcam": b"\xff\xd8jpeg"},
+    )
+    ok2 = ReportRow(
+        file="b.png",
+        stem="b",
+        predicted="non_covid",
+        target="covid19",
+        probabilities={"non_covid": 0.9, "covid19": 0.1},
+        n_boxes=1,
+        agreement={"gradcam": {"hit": 0.0, "energy_inside": 0.1, "iou_otsu": 0.05}},
+    )
+    bad = ReportRow(file="broken.png", error="not an image <b>")
+    return Report(
+        rows=[ok, ok2, bad],
+        methods=("gradcam",),
+        class_names=("non_covid", "covid19"),
+        model={"name": "m", "version": "1", "sha256": "ab" * 32},
+        target="covid19",
+        stability=False,
+    )
+
+
+def test_report_summary_csv_and_html() -> None:
+    report = _toy_report()
+    summary = report.summary()["gradcam"]
+    assert summary == {"n": 2, "hit_rate": 0.5, "mean_energy_inside": pytest.approx(0.3), "miou": pytest.approx(0.15)}
+    assert "| gradcam | 2 | 0.500 | 0.300 | 0.150 |" in report.summary_markdown()
+
+    rows = list(csv.DictReader(io.StringIO(report_csv(report))))
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
+    assert rows[0]["file"].startswith("'=")  # formula neutralised
+    assert rows[0]["prediction"] == "covid19" and float(rows[0]["probability"]) == 0.75
+    assert float(rows[0]["gradcam_iou_otsu"]) == 0.25 and rows[0]["gradcam_hit"] == "1"
+    assert rows[2]["error"] == "not an image <b>" and rows[2]["gradcam_hit"] == ""
+
+    page = report_html(report)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "not an image &lt;b&gt;" in page
+    assert "data:image/jpeg;base64," in page
+    assert "http" not in page.replace("http://x", "").replace("http-equiv", "")  # nothing fetched from outside
