@@ -19,6 +19,7 @@ from xai.batch import (
     ZipLimits,
     boxes_mask,
     collect_inputs,
+    items_from_uploads,
     load_boxes,
     output_dir_for,
     read_zip,
@@ -26,6 +27,7 @@ from xai.batch import (
     report_html,
     safe_stem,
     unique_stems,
+    zip_folder,
 )
 
 
@@ -239,3 +241,22 @@ def test_report_summary_csv_and_html() -> None:
     assert "not an image &lt;b&gt;" in page
     assert "data:image/jpeg;base64," in page
     assert "http" not in page.replace("http://x", "").replace("http-equiv", "")  # nothing fetched from outside
+
+
+def test_items_from_uploads_expands_zips_and_keeps_going_after_a_bad_one() -> None:
+    good = _zip({"x/a.png": b"A" * 10, "b.dcm": b"B" * 10})
+    bomb = _zip({"bomb.png": bytes(5 * 1024 * 1024)})
+    items = items_from_uploads([("one.png", b"\x89PNG..."), ("set.zip", good), ("evil.zip", bomb)])
+    assert [i.name for i in items] == ["one.png", "set.zip/x/a.png", "set.zip/b.dcm", "evil.zip"]
+    assert items[1].source == b"A" * 10
+    assert items[3].source is None and "zip bomb" in (items[3].error or "")
+    with pytest.raises(ArchiveError, match="limit is 2"):
+        items_from_uploads([("set.zip", good), ("c.png", b"c")], ZipLimits(max_members=2))
+
+
+def test_zip_folder_round_trips(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "m.png").write_bytes(b"png")
+    (tmp_path / "report.csv").write_text("file\n")
+    files = dict(read_zip(zip_folder(tmp_path)))
+    assert files == {"a/m.png": b"png", "report.csv": b"file\n"}

@@ -37,6 +37,7 @@ from xai.pipeline import PipelineResult, explain_source, make_explainer, model_i
 
 if TYPE_CHECKING:
     from models import LoadedModel
+    from xai.engine import Explainer
 
 Progress = Callable[[int, int, str], None]
 """``progress(done, total, name)`` called after each image."""
@@ -219,6 +220,43 @@ def _read_bounded(
     return b"".join(chunks)
 
 
+def is_zip(data: bytes) -> bool:
+    """True for the bytes of a zip archive (by content, not by name)."""
+    return data[:4] in (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def items_from_uploads(uploads: Sequence[tuple[str, bytes]], limits: ZipLimits = ZipLimits()) -> list[InputItem]:
+    """Uploaded files as input items; a zip becomes its members (``archive.zip/member`` names).
+
+    An unsafe or unreadable zip becomes one error item with the reason; the other uploads still run.
+    The number of images across all uploads is capped at ``limits.max_members``.
+    """
+    items: list[InputItem] = []
+    for name, data in uploads:
+        if is_zip(data):
+            try:
+                members = read_zip(data, limits)
+            except ArchiveError as exc:
+                items.append(InputItem(name, None, str(exc)))
+                continue
+            items.extend(InputItem(f"{name}/{member}", content) for member, content in members)
+        else:
+            items.append(InputItem(name, data))
+    if len(items) > limits.max_members:
+        raise ArchiveError(f"{len(items)} images uploaded; the limit is {limits.max_members} per batch")
+    return items
+
+
+def zip_folder(folder: Path) -> bytes:
+    """The files under ``folder`` as a zip (relative names, sorted), for one download."""
+    buffer = io.BytesIO()
+    root = Path(folder)
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+            archive.write(path, path.relative_to(root).as_posix())
+    return buffer.getvalue()
+
+
 # ------------------------------------------------------------------------------------------ per-image outputs
 def write_explain_outputs(
     result: PipelineResult, model: LoadedModel, folder: Path, *, cmap: str = "inferno"
@@ -247,6 +285,7 @@ def iter_explained(
     methods: Sequence[str],
     target: str | int | None,
     max_pixels: int | None = None,
+    explainer: Explainer | None = None,
 ) -> Iterator[tuple[InputItem, PipelineResult | None, str | None]]:
     """Explain each item in turn: ``(item, result, None)`` or ``(item, None, reason)`` for a bad one.
 
@@ -255,7 +294,7 @@ def iter_explained(
     """
     from xai.radiograph import RadiographError
 
-    explainer = make_explainer(model)
+    explainer = explainer if explainer is not None else make_explainer(model)
     for item in items:
         if item.error is not None or item.source is None:
             yield item, None, item.error or "no data"
@@ -487,6 +526,7 @@ def run_report(
     stability: bool = False,
     progress: Progress | None = None,
     max_pixels: int | None = None,
+    explainer: Explainer | None = None,
 ) -> Report:
     """Explain every item, write overlays, ``report.csv`` and ``index.html`` into ``out_dir``.
 
@@ -503,7 +543,8 @@ def run_report(
     rows: list[ReportRow] = []
     target_name = str(target)
     for done, (item, result, error) in enumerate(
-        iter_explained(items, model, methods=methods, target=target, max_pixels=max_pixels), start=1
+        iter_explained(items, model, methods=methods, target=target, max_pixels=max_pixels, explainer=explainer),
+        start=1,
     ):
         if result is None:
             rows.append(ReportRow(file=item.name, error=error))

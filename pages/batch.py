@@ -1,0 +1,116 @@
+"""Batch page: several uploads or a zip -> overlays, report.csv and a self-contained index.html.
+
+A thin layer over :func:`xai.batch.run_report` (the same code as ``python -m xai report``). Zips are read
+in memory with size, count and compression-ratio limits (:func:`xai.batch.read_zip`); the report is
+built in a temporary folder that is removed as soon as its zip is in memory.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+from xai.engine import METHODS
+
+from pages._shared import active_model, method_label
+from xai.batch import (
+    ArchiveError,
+    BoxesError,
+    ZipLimits,
+    items_from_uploads,
+    load_boxes,
+    run_report,
+    zip_folder,
+)
+
+ZIP_LIMITS = ZipLimits(max_archive_bytes=200 * 1024 * 1024, max_members=200, max_member_bytes=64 * 1024 * 1024,
+                       max_total_bytes=512 * 1024 * 1024, max_ratio=100.0)
+_RESULT_KEY = "batch_result"
+
+st.title("Batch report")
+st.caption(
+    "Explain many radiographs at once: upload images (PNG, JPEG, DICOM…) or one zip. Optional finding boxes "
+    "(CSV `file,x,y,w,h[,label]` in image pixels, or the data manifest) add agreement figures: does the "
+    "model's evidence sit on the boxed finding? Same computation as `python -m xai report`."
+)
+
+model = active_model()
+class_names = model.class_names
+with st.form("batch_form"):
+    uploads = st.file_uploader("Images or a zip", accept_multiple_files=True, key="batch_uploads")
+    boxes_file = st.file_uploader("Finding boxes (optional CSV)", type=["csv"], key="batch_boxes")
+    left, right = st.columns(2)
+    methods = left.multiselect("Methods", METHODS, default=list(METHODS), format_func=method_label)
+    default_target = class_names.index("covid19") + 1 if "covid19" in class_names else 0
+    target = right.selectbox("Explain class", ["predicted", *class_names], index=default_target)
+    stability = st.checkbox("Stability under small changes (slow: several explanations per image)")
+    submitted = st.form_submit_button("Run the batch", type="primary")
+
+if submitted:
+    st.session_state.pop(_RESULT_KEY, None)
+    boxes = None
+    problem = None
+    if not uploads:
+        problem = "Upload at least one image or zip."
+    elif not methods:
+        problem = "Choose at least one method."
+    if boxes_file is not None and problem is None:
+        with tempfile.TemporaryDirectory(prefix="xai-boxes-") as tmp:
+            path = Path(tmp) / "boxes.csv"
+            path.write_bytes(boxes_file.getvalue())
+            try:
+                boxes = load_boxes(path)
+            except BoxesError as exc:
+                problem = f"Boxes file: {exc}"
+    items = []
+    if problem is None:
+        try:
+            items = items_from_uploads([(u.name, u.getvalue()) for u in uploads], ZIP_LIMITS)
+        except ArchiveError as exc:
+            problem = str(exc)
+    if problem is not None:
+        st.error(problem)
+    else:
+        bar = st.progress(0.0, text="Starting…")
+
+        def _progress(done: int, total: int, name: str) -> None:
+            bar.progress(done / max(total, 1), text=f"{done} of {total} done")
+
+        with tempfile.TemporaryDirectory(prefix="xai-batch-") as tmp:
+            out_dir = Path(tmp) / "report"
+            report = run_report(
+                items,
+                model.loaded,
+                out_dir,
+                methods=tuple(methods),
+                target=target,
+                boxes=boxes,
+                stability=stability,
+                progress=_progress,
+                explainer=model.explainer,
+            )
+            st.session_state[_RESULT_KEY] = {
+                "zip": zip_folder(out_dir),
+                "csv": (out_dir / "report.csv").read_bytes(),
+                "html": (out_dir / "index.html").read_bytes(),
+                "summary": report.summary_markdown() if boxes else "",
+                "failed": [(row.file, row.error) for row in report.failed],
+                "done": len(report.rows) - len(report.failed),
+                "total": len(report.rows),
+                "target": report.target,
+            }
+        bar.empty()
+
+result = st.session_state.get(_RESULT_KEY)
+if result:
+    st.success(f"{result['done']} of {result['total']} image(s) explained (class: {result['target']}).")
+    if result["summary"]:
+        st.markdown("**Agreement with the boxes**")
+        st.markdown(result["summary"])
+    if result["failed"]:
+        st.warning("Not processed:\n\n" + "\n".join(f"- `{name}`: {reason}" for name, reason in result["failed"]))
+    c1, c2, c3 = st.columns(3)
+    c1.download_button("Report (zip)", result["zip"], "xai-report.zip", "application/zip")
+    c2.download_button("report.csv", result["csv"], "report.csv", "text/csv")
+    c3.download_button("index.html", result["html"], "index.html", "text/html")
