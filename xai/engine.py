@@ -1,0 +1,591 @@
+"""The explanation engine: Grad-CAM, Grad-CAM++, Guided Backprop and Guided Grad-CAM from one forward pass.
+
+    >>> from xai import Explainer, METHODS
+    >>> explanation = Explainer(model).explain(x)          # x: (N, 3, H, W) preprocessed float tensor
+    >>> explanation.maps["gradcam"]                          # float32 (N, H, W) in [0, 1], read-only
+
+Methods (S = the target class *logit*, A = the target layer's feature map (N, K, h, w), g = dS/dA):
+
+* Grad-CAM (Selvaraju et al. 2017): ``w_k = mean_ab g_kab``; ``raw = ReLU(sum_k w_k A_k)``.
+* Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19, exponential score ``exp(S)``):
+  ``alpha = g^2 / (2 g^2 + sum_ab A_kab * g^3)`` (alpha = 0 exactly where the denominator is 0, no
+  epsilon), ``w_k = sum_ab alpha * ReLU(g)``, ``raw = ReLU(sum_k w_k A_k)``; not multiplied by ``exp(S)``
+  (a positive factor that only rescales the map).
+* Guided Backprop (Springenberg et al. 2015): the input gradient with the guided rule on every ReLU
+  (see :mod:`xai.guided`); ``raw`` is signed ``(N, C, H, W)``.
+* Guided Grad-CAM: guided backprop times the Grad-CAM raw map bilinearly upsampled
+  (``align_corners=False``) to the input size.
+
+One forward pass serves all four. The CAMs need ``g`` at the target layer, guided backprop the guided
+input gradient. The guided rule changes only ReLU backward passes; when no ReLU runs after the target
+layer's output is captured (detected at run time: resnet, densenet, efficientnet, mobilenet_v3, convnext,
+ChestCOVNet), ``g`` is the same under both rules and ONE guided backward pass
+``torch.autograd.grad(S, [x, A])`` yields both. Otherwise (e.g. VGG's ReLU head) a short plain pass to
+``A`` precedes the guided pass to ``x`` over the same graph. ``autograd.grad`` never touches ``.grad``
+and never computes parameter gradients.
+
+Display maps (``maps``): CAMs upsampled bilinearly to the input size and divided by their per-image
+maximum (zero stays zero); guided maps: ``|raw|``, max over channels, clipped at the 99.5th percentile,
+scaled to [0, 1]. A map that is constant or all zero is flagged in ``flat`` and shown as zeros, never
+stretched noise.
+
+Safety: the target-layer hook exists only during the forward pass (removed in ``finally``) and records
+only the calling thread; hook registration and forward run under a per-model lock, so concurrent
+``explain`` calls on one shared model cannot see each other's hooks; the guided rule is a thread-local
+``TorchFunctionMode``. The model is never modified: no hooks or ``.grad`` left, ``requires_grad`` flags
+and train/eval mode untouched. A model in training mode is explained as it is (dropout active,
+batch-norm on batch statistics; a note says so) and its buffers (batch-norm running statistics) are
+restored after the forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xai.guided import GuidedReLUMode, GuidedState
+from xai.layers import TargetLayer, default_target_name, find_last_spatial_layer, resolve_module
+
+__all__ = [
+    "METHODS",
+    "Explainer",
+    "Explanation",
+    "gradcam_plus_plus_weights",
+    "gradcam_weights",
+    "guided_display",
+    "cam_display",
+    "model_lock",
+    "weighted_cam",
+]
+
+METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam")
+_CAM_METHODS = ("gradcam", "gradcam++", "guided_gradcam")  # methods that need the target-layer gradient
+_GUIDED_METHODS = ("guided_backprop", "guided_gradcam")  # methods that need the guided input gradient
+GUIDED_CLIP_QUANTILE = 0.995
+_FLAT_RTOL = 1e-6  # max - min <= 1e-6 * max counts as constant (a few float32 ulps)
+
+
+@dataclass(frozen=True, eq=False)
+class Explanation:
+    """Immutable result of :meth:`Explainer.explain`; every array is a read-only numpy array.
+
+    Attributes:
+        logits: ``(N, C)`` model outputs.
+        probabilities: ``(N, C)`` softmax of ``logits`` (sigmoid when ``C == 1``).
+        target: ``(N,)`` int64, the explained class per image.
+        target_layer: dotted name of the layer whose feature map the CAMs use.
+        maps: method -> float32 ``(N, H, W)`` in [0, 1] at the model-input resolution, for display.
+        raw: method -> unnormalised map: CAMs ``(N, h, w)`` at feature resolution (after the ReLU);
+            guided ``(N, C_in, H, W)`` signed.
+        flat: method -> bool ``(N,)``: the map is constant or all zero (its display map is all zeros).
+        timings: milliseconds per stage: ``forward``, ``backward``, ``cams``, ``guided``, ``total``.
+        versions: library versions that produced the result (``torch``, ``xai``, ``numpy``).
+        notes: human-readable remarks (e.g. guided backprop through SiLU equals the plain gradient).
+    """
+
+    logits: np.ndarray
+    probabilities: np.ndarray
+    target: np.ndarray
+    target_layer: str
+    maps: dict[str, np.ndarray]
+    raw: dict[str, np.ndarray]
+    flat: dict[str, np.ndarray]
+    timings: dict[str, float]
+    versions: dict[str, str]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods this explanation holds, in :data:`METHODS` order."""
+        return tuple(m for m in METHODS if m in self.maps)
+
+
+# --------------------------------------------------------------------------------------------- formulas
+
+
+def gradcam_weights(grad: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM channel weights ``w_k = mean_ab dS/dA_kab``: ``(N, K, h, w) -> (N, K)``."""
+    return grad.mean(dim=(2, 3))
+
+
+def gradcam_plus_plus_weights(grad: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ channel weights (eq. 19, exponential score): ``(N, K, h, w) x2 -> (N, K)``.
+
+    ``alpha = g^2 / (2 g^2 + sum_ab A_kab * g^3)``, 0 exactly where the denominator is 0 (no epsilon,
+    which would dominate ``g^2`` for small gradients); ``w_k = sum_ab alpha * ReLU(g)``.
+    """
+    g2 = grad * grad
+    g3 = g2 * grad
+    denominator = 2.0 * g2 + activations.sum(dim=(2, 3), keepdim=True) * g3
+    zero = denominator == 0
+    alpha = torch.where(zero, torch.zeros_like(g2), g2 / torch.where(zero, torch.ones_like(g2), denominator))
+    return (alpha * torch.relu(grad)).sum(dim=(2, 3))
+
+
+def weighted_cam(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """``ReLU(sum_k w_k A_k)``: ``(N, K)``, ``(N, K, h, w) -> (N, h, w)``."""
+    return torch.relu(torch.einsum("nk,nkhw->nhw", weights, activations))
+
+
+def _is_flat(v: torch.Tensor, vmax: torch.Tensor, vmin: torch.Tensor) -> torch.Tensor:
+    """Per image: no positive maximum, a non-finite value, or max - min within float noise of max."""
+    finite = torch.isfinite(v.flatten(1)).all(dim=1)
+    return ~finite | ~(vmax > 0) | ((vmax - vmin) <= _FLAT_RTOL * vmax)
+
+
+def cam_display(raw: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(display (N, H, W) in [0, 1], flat (N,), upsampled raw (N, H, W))`` for a CAM ``raw (N, h, w)``.
+
+    Bilinear upsampling (``align_corners=False``), then division by the per-image maximum; flat maps
+    become zeros.
+    """
+    flat = _is_flat(raw, raw.amax(dim=(1, 2)), raw.amin(dim=(1, 2)))
+    up = F.interpolate(raw[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    vmax = up.amax(dim=(1, 2)).clamp_min(torch.finfo(up.dtype).tiny)[:, None, None]
+    display = torch.where(flat[:, None, None], torch.zeros_like(up), (up / vmax).clamp(0.0, 1.0))
+    return display, flat, up
+
+
+def upper_quantile(v: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-row ``q`` quantile of ``v (N, M)`` with linear interpolation (numpy's default), for q near 1.
+
+    Uses ``topk`` over the upper tail only, much cheaper than a full sort for 0.995 on large maps.
+    """
+    n = v.shape[1]
+    pos = q * (n - 1)
+    lo = int(np.floor(pos))
+    frac = pos - lo
+    k = n - lo  # ascending index lo is the k-th largest
+    top = torch.topk(v, k, dim=1, largest=True, sorted=True).values
+    v_lo = top[:, k - 1]
+    v_hi = top[:, k - 2] if k >= 2 else v_lo
+    return v_lo + (v_hi - v_lo) * frac
+
+
+def guided_display(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(display (N, H, W) in [0, 1], flat (N,))`` for a signed guided map ``raw (N, C, H, W)``.
+
+    ``|raw|``, max over channels, clipped at the 99.5th percentile (per image), scaled to [0, 1]; when
+    the percentile is 0 (a very sparse map) the maximum is used instead.
+    """
+    v = raw.abs().amax(dim=1)
+    flat_v = v.flatten(1)
+    vmax, vmin = flat_v.amax(dim=1), flat_v.amin(dim=1)
+    flat = _is_flat(v, vmax, vmin)
+    hi = upper_quantile(torch.nan_to_num(flat_v, nan=0.0, posinf=0.0, neginf=0.0), GUIDED_CLIP_QUANTILE)
+    hi = torch.where(hi > 0, hi, vmax).clamp_min(torch.finfo(v.dtype).tiny)[:, None, None]
+    display = torch.where(flat[:, None, None], torch.zeros_like(v), (v / hi).clamp(0.0, 1.0))
+    return display, flat
+
+
+# ----------------------------------------------------------------------------------------------- safety
+
+_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serialises hook registration + forward passes of the engine on ``model``."""
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = threading.RLock()
+            _MODEL_LOCKS[model] = lock
+        return lock
+
+
+@contextlib.contextmanager
+def _buffers_restored(model: nn.Module) -> Iterator[None]:
+    """Restore every buffer (batch-norm running statistics, counters) on exit; used in training mode."""
+    saved = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def _check_methods(methods: str | Iterable[str]) -> tuple[str, ...]:
+    requested = (methods,) if isinstance(methods, str) else tuple(methods)
+    unknown = [m for m in requested if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; valid methods: {', '.join(METHODS)}")
+    if not requested:
+        raise ValueError(f"no method requested; valid methods: {', '.join(METHODS)}")
+    return tuple(m for m in METHODS if m in requested)
+
+
+def _check_input(x: Any) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor of shape (N, C, H, W), not {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (N, C, H, W); got {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"x is empty: shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a float tensor (preprocessed image); got dtype {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or infinite values")
+    return x
+
+
+def _resolve_targets(target: int | Sequence[int] | np.ndarray | torch.Tensor | None, logits: torch.Tensor) -> (
+    torch.Tensor
+):
+    n, c = logits.shape
+    if target is None:
+        return logits.detach().argmax(dim=1)
+    if isinstance(target, bool):
+        raise TypeError("target must be an int, a list of ints (one per image) or None, not a bool")
+    if isinstance(target, (int, np.integer)):
+        values = [int(target)] * n
+    else:
+        if isinstance(target, torch.Tensor):
+            target = target.detach().cpu().reshape(-1).tolist()
+        elif isinstance(target, np.ndarray):
+            target = target.reshape(-1).tolist()
+        values = list(target)  # type: ignore[arg-type]
+        if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in values):
+            raise TypeError(f"target must contain ints; got {values!r}")
+        if len(values) != n:
+            raise ValueError(f"target has {len(values)} entries but the batch has {n} images")
+        values = [int(v) for v in values]
+    bad = [v for v in values if not 0 <= v < c]
+    if bad:
+        raise ValueError(f"target class {bad[0]} out of range: the model has {c} classes (0..{c - 1})")
+    return torch.tensor(values, dtype=torch.long, device=logits.device)
+
+
+def _device_dtype(model: nn.Module, x: torch.Tensor) -> tuple[torch.device, torch.dtype]:
+    """Device and float dtype of the model's first floating parameter/buffer (x's when there is none)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return x.device, x.dtype
+
+
+def _read_only(t: torch.Tensor, dtype: np.dtype | None = None) -> np.ndarray:
+    a = t.detach().cpu().numpy()
+    if dtype is not None and a.dtype != dtype:
+        a = a.astype(dtype)
+    a = np.ascontiguousarray(a)
+    a.setflags(write=False)
+    return a
+
+
+def _versions() -> dict[str, str]:
+    import xai
+
+    return {"torch": torch.__version__, "xai": str(xai.__version__), "numpy": np.__version__}
+
+
+class _Clock:
+    """Stage timings in ms; synchronises CUDA so that device work is attributed to the right stage."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sync = device.type == "cuda"
+        self.device = device
+        self.start = self.last = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        if self.sync:
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + (now - self.last) * 1e3
+        self.last = now
+
+    def total(self) -> dict[str, float]:
+        self.timings["total"] = (time.perf_counter() - self.start) * 1e3
+        return self.timings
+
+
+# --------------------------------------------------------------------------------------------- explainer
+
+
+class Explainer:
+    """Explain a classifier's logits with Grad-CAM, Grad-CAM++, Guided Backprop and Guided Grad-CAM.
+
+    Args:
+        model: any ``torch.nn.Module`` returning logits ``(N, C)``. It is shared, never modified.
+        target_layer: the layer whose output feature map ``(N, K, h, w)`` the CAMs explain: a submodule,
+            a dotted name (``"layer4"``), or ``None`` for the automatic choice (see :mod:`xai.layers`).
+
+    Raises:
+        ValueError: unknown layer name (the message lists the valid names), or a module not in ``model``.
+    """
+
+    def __init__(self, model: nn.Module, target_layer: TargetLayer = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        self.model = model
+        self._resolved: tuple[nn.Module, str] | None = None
+        self._resolve_lock = threading.Lock()
+        spec = target_layer if target_layer is not None else default_target_name(model)
+        if spec is not None:
+            self._resolved = resolve_module(model, spec)
+
+    @property
+    def target_layer_name(self) -> str:
+        """Dotted name of the target layer (found by a dry run on a 224 px input for unknown models)."""
+        return self._target(None)[1]
+
+    @property
+    def target_layer(self) -> nn.Module:
+        """The target layer module."""
+        return self._target(None)[0]
+
+    def _target(self, example: torch.Tensor | None) -> tuple[nn.Module, str]:
+        if self._resolved is None:
+            with self._resolve_lock:
+                if self._resolved is None:
+                    self._resolved = resolve_module(self.model, self._find_fallback(example))
+        return self._resolved
+
+    def _find_fallback(self, example: torch.Tensor | None) -> str:
+        device, dtype = _device_dtype(self.model, example if example is not None else torch.zeros(()))
+        if example is None:
+            dry = torch.zeros(1, 3, 224, 224, device=device, dtype=dtype)
+        else:
+            dry = example[:1].detach().to(device=device, dtype=dtype)
+
+        def run() -> None:
+            self.model(dry)
+
+        with (
+            model_lock(self.model),
+            _buffers_restored(self.model) if self.model.training else contextlib.nullcontext(),
+            torch.no_grad(),
+        ):
+            try:
+                return find_last_spatial_layer(self.model, run)
+            except ValueError:
+                raise
+            except Exception as error:
+                raise ValueError(
+                    f"could not find a target layer for {type(self.model).__name__} automatically "
+                    f"({type(error).__name__}: {error}); pass target_layer explicitly"
+                ) from error
+
+    def explain(
+        self,
+        x: torch.Tensor,
+        target: int | Sequence[int] | np.ndarray | torch.Tensor | None = None,
+        methods: str | Iterable[str] = METHODS,
+    ) -> Explanation:
+        """Compute the requested maps for the ``target`` logit of every image in ``x``.
+
+        Args:
+            x: preprocessed float tensor ``(N, C, H, W)``; moved to the model's device (a copy; the
+                caller's tensor is never modified).
+            target: class index for all images, one index per image, or ``None`` for each image's
+                predicted class (argmax of the logits).
+            methods: any subset of :data:`METHODS`.
+
+        Returns:
+            An :class:`Explanation`.
+
+        Raises:
+            ValueError / TypeError: bad input, target, method names, or a model/layer that does not fit
+                (non-4-D target map, output not ``(N, C)``); the model is left untouched.
+        """
+        methods = _check_methods(methods)
+        x = _check_input(x)
+        module, layer_name = self._target(x)
+        device, dtype = _device_dtype(self.model, x)
+        clock = _Clock(device)
+        need_cam = any(m in _CAM_METHODS for m in methods)
+        need_guided = any(m in _GUIDED_METHODS for m in methods)
+        notes: list[str] = []
+        if self.model.training:
+            notes.append(
+                "the model is in training mode: dropout is active and batch-norm uses batch statistics "
+                "(call model.eval() for deterministic, per-image explanations); its buffers were restored"
+            )
+
+        with torch.inference_mode(False), torch.enable_grad():
+            # A fresh leaf (never the caller's tensor) and a non-leaf copy, so that a model applying an
+            # in-place op to its input still runs.
+            leaf = x.detach().to(device=device, dtype=dtype).clone().requires_grad_(True)
+            state = GuidedState(guided=True)
+            logits, captured, calls = self._forward(leaf.clone(), module, state, need_guided)
+            clock.lap("forward")
+
+            logits = self._check_logits(logits, x.shape[0])
+            targets = _resolve_targets(target, logits)
+            activations = self._check_activations(captured, calls, layer_name, notes) if need_cam else None
+            score = logits.gather(1, targets[:, None]).sum()
+            grad_x, grad_a = self._backward(score, leaf, activations, state, need_guided, notes)
+            clock.lap("backward")
+
+        size = (x.shape[2], x.shape[3])
+        maps: dict[str, torch.Tensor] = {}
+        raw: dict[str, torch.Tensor] = {}
+        flat: dict[str, torch.Tensor] = {}
+        gradcam_up: torch.Tensor | None = None
+        if need_cam:
+            assert activations is not None and grad_a is not None
+            a = activations.detach()
+            g = grad_a
+            if a.dtype not in (torch.float32, torch.float64):
+                a, g = a.float(), g.float()
+            if "gradcam" in methods or "guided_gradcam" in methods:
+                raw["gradcam"] = weighted_cam(gradcam_weights(g), a)
+                maps["gradcam"], flat["gradcam"], gradcam_up = cam_display(raw["gradcam"], size)
+            if "gradcam++" in methods:
+                raw["gradcam++"] = weighted_cam(gradcam_plus_plus_weights(g, a), a)
+                maps["gradcam++"], flat["gradcam++"], _ = cam_display(raw["gradcam++"], size)
+            if a.shape[2] * a.shape[3] == 1:
+                notes.append("the target layer map is 1x1 at this input size: CAMs carry no spatial information")
+            clock.lap("cams")
+        if need_guided:
+            assert grad_x is not None
+            gx = grad_x if grad_x.dtype in (torch.float32, torch.float64) else grad_x.float()
+            raw["guided_backprop"] = gx
+            maps["guided_backprop"], flat["guided_backprop"] = guided_display(gx)
+            if "guided_gradcam" in methods:
+                assert gradcam_up is not None
+                raw["guided_gradcam"] = gx * gradcam_up[:, None].to(gx.dtype)
+                maps["guided_gradcam"], flat["guided_gradcam"] = guided_display(raw["guided_gradcam"])
+            self._guided_notes(state, notes)
+            clock.lap("guided")
+
+        logits_d = logits.detach()
+        probabilities = torch.sigmoid(logits_d) if logits_d.shape[1] == 1 else torch.softmax(logits_d, dim=1)
+        if logits_d.shape[1] == 1:
+            notes.append("single-logit model: probabilities are sigmoid(logit)")
+        explanation = Explanation(
+            logits=_read_only(logits_d),
+            probabilities=_read_only(probabilities),
+            target=_read_only(targets, np.dtype(np.int64)),
+            target_layer=layer_name,
+            maps={m: _read_only(maps[m], np.dtype(np.float32)) for m in methods},
+            raw={m: _read_only(raw[m]) for m in methods},
+            flat={m: _read_only(flat[m], np.dtype(bool)) for m in methods},
+            timings={},
+            versions=_versions(),
+            notes=tuple(notes),
+        )
+        explanation.timings.update(clock.total())
+        return explanation
+
+    # ------------------------------------------------------------------------------------------ stages
+
+    def _forward(
+        self, model_input: torch.Tensor, module: nn.Module, state: GuidedState, guided: bool
+    ) -> tuple[Any, Any, int]:
+        """One forward pass with the target layer's output captured (calling thread only)."""
+        thread_id = threading.get_ident()
+        captured: list[Any] = []
+
+        def capture(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if threading.get_ident() != thread_id:
+                return  # another thread (e.g. plain inference) running the shared model
+            captured.append(output)
+            if isinstance(output, torch.Tensor):
+                state.mark(output)
+
+        with model_lock(self.model):
+            handle = module.register_forward_hook(capture)
+            try:
+                with (
+                    _buffers_restored(self.model) if self.model.training else contextlib.nullcontext(),
+                    GuidedReLUMode(state) if guided else contextlib.nullcontext(),
+                ):
+                    logits = self.model(model_input)
+            finally:
+                handle.remove()
+        return logits, (captured[-1] if captured else None), len(captured)
+
+    @staticmethod
+    def _check_logits(logits: Any, n: int) -> torch.Tensor:
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != n:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"the model must return logits of shape (N, C) = ({n}, C); got {shape}")
+        if not logits.requires_grad:
+            raise ValueError("the model's output does not depend on its input through autograd")
+        return logits
+
+    @staticmethod
+    def _check_activations(captured: Any, calls: int, layer_name: str, notes: list[str]) -> torch.Tensor:
+        if calls == 0:
+            raise ValueError(f"target layer {layer_name!r} did not run during the forward pass")
+        if not isinstance(captured, torch.Tensor) or captured.dim() != 4:
+            shape = tuple(captured.shape) if isinstance(captured, torch.Tensor) else type(captured).__name__
+            raise ValueError(
+                f"target layer {layer_name!r} must return a 4-D feature map (N, K, h, w); got {shape}"
+            )
+        if not captured.requires_grad:
+            raise ValueError(f"target layer {layer_name!r} output does not depend on the input (no gradient)")
+        if calls > 1:
+            notes.append(f"target layer {layer_name!r} ran {calls} times in one forward pass; its last output was used")
+        return captured
+
+    @staticmethod
+    def _backward(
+        score: torch.Tensor,
+        leaf: torch.Tensor,
+        activations: torch.Tensor | None,
+        state: GuidedState,
+        need_guided: bool,
+        notes: list[str],
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(guided input gradient or None, plain target-layer gradient or None)``.
+
+        One guided pass serves both when no ReLU ran after the target layer's capture (the guided rule
+        then changes nothing above the target layer); otherwise a plain pass to the target layer first
+        (retaining the graph), then the guided pass to the input.
+        """
+        grad_x: torch.Tensor | None = None
+        grad_a: torch.Tensor | None = None
+        if activations is not None and need_guided:
+            if state.relu_calls_after_mark == 0:
+                state.guided = True
+                grad_x, grad_a = torch.autograd.grad(score, [leaf, activations], allow_unused=True)
+            else:
+                notes.append(
+                    f"{state.relu_calls_after_mark} ReLU call(s) run after the target layer: two backward "
+                    "passes (plain for the CAM gradient, guided for the input gradient)"
+                )
+                state.guided = False
+                (grad_a,) = torch.autograd.grad(score, [activations], retain_graph=True, allow_unused=True)
+                state.guided = True
+                (grad_x,) = torch.autograd.grad(score, [leaf], allow_unused=True)
+        elif activations is not None:
+            (grad_a,) = torch.autograd.grad(score, [activations], allow_unused=True)
+        else:
+            (grad_x,) = torch.autograd.grad(score, [leaf], allow_unused=True)
+        if activations is not None and grad_a is None:
+            notes.append("the target layer does not influence the explained logit: CAMs are zero")
+            grad_a = torch.zeros_like(activations)
+        if need_guided and grad_x is None:
+            notes.append("the input does not influence the explained logit: guided maps are zero")
+            grad_x = torch.zeros_like(leaf)
+        return grad_x, grad_a
+
+    @staticmethod
+    def _guided_notes(state: GuidedState, notes: list[str]) -> None:
+        if state.relu_calls == 0:
+            notes.append(
+                "no ReLU in the forward pass: guided backpropagation equals the plain input gradient"
+            )
+        if state.other_activations:
+            found = ", ".join(f"{name} x{count}" for name, count in sorted(state.other_activations.items()))
+            notes.append(
+                f"guided backpropagation passes the plain gradient through non-ReLU activations ({found}); "
+                "the guided rule applies to ReLU and ReLU6 only"
+            )
