@@ -137,8 +137,8 @@ class Radiograph:
 
     def rewindow(self, center: float, width: float) -> np.ndarray:
         """Display pixels for another window (same inversion and VOI function as the file)."""
-        return apply_window(self.modality_values, center, width, invert=self.inverted,
-                            function=self.voi_function)
+        function = self.voi_function if self.voi_function in ("LINEAR_EXACT", "SIGMOID") else "LINEAR"
+        return apply_window(self.modality_values, center, width, invert=self.inverted, function=function)
 
 
 # ------------------------------------------------------------------------------------------ windowing
