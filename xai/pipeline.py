@@ -65,18 +65,28 @@ def resolve_target(spec: str | int | None, class_names: Sequence[str]) -> int | 
     return index % len(class_names)
 
 
-def predicted_index(probabilities: np.ndarray, class_names: Sequence[str], threshold: float | None) -> int:
+def predicted_index(probabilities: np.ndarray, *, threshold: float | None = None, positive_index: int | None = None) -> int:
     """The model's decision for one image.
 
-    A two-class ChestCOVNet-style model with a ``covid19`` class decides on its card's threshold:
-    ``covid19`` when P(covid19) >= threshold. Any other model: the most probable class.
+    A two-class model whose card names a positive class decides on the card's threshold: positive when
+    P(positive) >= threshold (ChestCOVNet: P(covid19)). Otherwise: the most probable class.
     """
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
-    names = [name.lower() for name in class_names]
-    if threshold is not None and len(names) == 2 and "covid19" in names:
-        positive = names.index("covid19")
-        return positive if probabilities[positive] >= threshold else 1 - positive
+    if threshold is not None and positive_index is not None and probabilities.size == 2:
+        return positive_index if probabilities[positive_index] >= threshold else 1 - positive_index
     return int(np.argmax(probabilities))
+
+
+def card_decision_rule(model: LoadedModel) -> dict[str, Any]:
+    """``threshold`` and ``positive_index`` keyword arguments for :func:`predicted_index` from a card."""
+    card = model.card
+    threshold = getattr(card, "threshold", None)
+    positive = getattr(card, "positive_class", None)
+    names = tuple(card.class_names)
+    return {
+        "threshold": None if threshold is None else float(threshold),
+        "positive_index": names.index(positive) if positive in names else None,
+    }
 
 
 @dataclass(frozen=True)
@@ -114,11 +124,6 @@ def make_explainer(model: LoadedModel) -> Explainer:
     return Explainer(model.module, target_layer=model.card.target_layer)
 
 
-def _threshold(model: LoadedModel) -> float | None:
-    value = getattr(model.card, "threshold", None)
-    return None if value is None else float(value)
-
-
 def explain_radiograph(
     radiograph: Radiograph,
     model: LoadedModel,
@@ -147,7 +152,7 @@ def explain_radiograph(
     prepared = time.perf_counter()
     explanation = explainer.explain(tensor, target=target_index, methods=methods)
     probs = np.asarray(explanation.probabilities[0], dtype=np.float64)
-    predicted = predicted_index(probs, class_names, _threshold(model))
+    predicted = predicted_index(probs, **card_decision_rule(model))
     if target_index is None and int(explanation.target[0]) != predicted:
         # The engine explains the arg-max; the card's threshold decided otherwise: explain the decision.
         explanation = explainer.explain(tensor, target=predicted, methods=methods)
