@@ -243,9 +243,9 @@ def _check_input(x: Any) -> torch.Tensor:
     return x
 
 
-def _resolve_targets(target: int | Sequence[int] | np.ndarray | torch.Tensor | None, logits: torch.Tensor) -> (
-    torch.Tensor
-):
+def _resolve_targets(
+    target: int | Sequence[int] | np.ndarray | torch.Tensor | None, logits: torch.Tensor
+) -> torch.Tensor:
     n, c = logits.shape
     if target is None:
         return logits.detach().argmax(dim=1)
@@ -450,7 +450,9 @@ class Explainer:
                 raw["gradcam++"] = weighted_cam(gradcam_plus_plus_weights(g, a), a)
                 maps["gradcam++"], flat["gradcam++"], _ = cam_display(raw["gradcam++"], size)
             if a.shape[2] * a.shape[3] == 1:
-                notes.append("the target layer map is 1x1 at this input size: CAMs carry no spatial information")
+                notes.append(
+                    "the target layer map is 1x1 at this input size: CAMs carry no spatial information"
+                )
             clock.lap("cams")
         if need_guided:
             assert grad_x is not None
@@ -532,7 +534,9 @@ class Explainer:
         if not captured.requires_grad:
             raise ValueError(f"target layer {layer_name!r} output does not depend on the input (no gradient)")
         if calls > 1:
-            notes.append(f"target layer {layer_name!r} ran {calls} times in one forward pass; its last output was used")
+            notes.append(
+                f"target layer {layer_name!r} ran {calls} times in one forward pass; its last output was used"
+            )
         return captured
 
     @staticmethod

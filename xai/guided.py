@@ -102,9 +102,9 @@ def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, d
     return kwargs.get(name, default)
 
 
-def _relu_spec(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> (
-    tuple[torch.Tensor, float | None, bool] | None
-):
+def _relu_spec(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[torch.Tensor, float | None, bool] | None:
     """``(input, upper, inplace)`` when ``func(*args, **kwargs)`` is a ReLU or ReLU6, else ``None``."""
     if func in _RELU_OUT_OF_PLACE:
         return args[0], None, bool(_arg(args, kwargs, 1, "inplace", False)) if func is F.relu else False

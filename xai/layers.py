@@ -82,7 +82,9 @@ def resolve_module(model: nn.Module, spec: nn.Module | str) -> tuple[nn.Module, 
             f"({type(model).__name__}); pass one of its submodules or a dotted name"
         )
     if not isinstance(spec, str):
-        raise TypeError(f"target_layer must be an nn.Module, a dotted name or None, not {type(spec).__name__}")
+        raise TypeError(
+            f"target_layer must be an nn.Module, a dotted name or None, not {type(spec).__name__}"
+        )
     modules = dict(model.named_modules())
     if spec in modules and spec:
         return modules[spec], spec
