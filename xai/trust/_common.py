@@ -1,0 +1,85 @@
+"""Small helpers shared by the trust tools (model unpacking, progress, private model copies)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from xai.preprocessing import Preprocessing
+
+#: ``progress(fraction in [0, 1], message)``; the page wires it to ``st.progress``, the CLI to tqdm.
+Progress = Callable[[float, str], None]
+
+
+def report(progress: Progress | None, fraction: float, message: str) -> None:
+    """Call ``progress`` if given, clamping the fraction to [0, 1]."""
+    if progress is not None:
+        progress(float(min(1.0, max(0.0, fraction))), message)
+
+
+def unpack_model(model: Any, target_layer: str | None = None) -> tuple[nn.Module, str | None, Any]:
+    """``(module, target layer name, card or None)`` for a ``models.LoadedModel`` or a bare ``nn.Module``.
+
+    A LoadedModel's card names the target layer; an explicit ``target_layer`` wins."""
+    from torch import nn
+
+    if isinstance(model, nn.Module):
+        return model, target_layer, None
+    module = getattr(model, "module", None)
+    card = getattr(model, "card", None)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected a models.LoadedModel or torch.nn.Module, got {type(model).__name__}")
+    layer = target_layer if target_layer is not None else getattr(card, "target_layer", None)
+    return module, layer, card
+
+
+def preprocessing_of(model: Any, preprocessing: Preprocessing | None) -> Preprocessing:
+    """The explicit preprocessing, else the model card's; a clear error when neither exists."""
+    if preprocessing is not None:
+        return preprocessing
+    card = getattr(model, "card", None)
+    found = getattr(card, "preprocessing", None)
+    if found is None:
+        raise ValueError("no preprocessing: pass preprocessing=... or a models.LoadedModel with a card")
+    return found
+
+
+def private_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` in eval mode with every module hook cleared.
+
+    The copy is ours to modify (randomise weights); hooks another session may have registered on the
+    shared model at the moment of copying must not travel with it."""
+    clone = copy.deepcopy(module)
+    for sub in clone.modules():
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_forward_hooks_with_kwargs",
+            "_forward_pre_hooks_with_kwargs",
+            "_forward_hooks_always_called",
+        ):
+            hooks = getattr(sub, attr, None)
+            if hooks is not None:
+                hooks.clear()
+    return clone.eval()
+
+
+def first_map(maps: Any, method: str) -> np.ndarray:
+    """The (H, W) float64 display map of the first image for ``method`` from an Explanation."""
+    return np.asarray(maps[method], dtype=np.float64)[0]
+
+
+def is_flat(explanation: Any, method: str) -> bool:
+    """Whether the engine flagged the first image's map for ``method`` as flat."""
+    flat = getattr(explanation, "flat", {}) or {}
+    if method not in flat:
+        return bool(np.ptp(first_map(explanation.maps, method)) == 0)
+    return bool(np.asarray(flat[method]).reshape(-1)[0])

@@ -1,0 +1,350 @@
+"""Stability of the maps under small, label-preserving changes of the radiograph, and across checkpoints.
+
+Each change is applied to the *original* radiograph pixels (display values in [0, 1]), the result goes
+through the same :func:`xai.preprocessing.prepare` as every other input, the engine explains the same
+class as on the unchanged image, every map is mapped back to the original grid with
+:meth:`Geometry.to_original`, and a geometric change is then inverted so that the two maps are compared
+pixel for pixel on the same anatomy. Pixels the transformed image does not cover are left out.
+
+Metrics per method (on a comparison grid: the original grid downsampled so its longest side is at most
+``comparison_side`` px, area interpolation): Spearman rank correlation, SSIM (data range 1) and the IoU of
+the top-10 % pixels; mean and worst (lowest) over the changes. The same three figures compare the image's
+maps under a second checkpoint of the same architecture (``chestcovnet`` vs ``chestcovnet-seed2``): maps
+that change with the training seed show what that seed learned, not what the disease looks like.
+
+Default changes (``DEFAULT_PERTURBATIONS``): Gaussian noise (sigma 0.02 of the display range, seeded),
+intensity x0.95 and x1.05 (clipped to [0, 1]), shift by +-2 % of width and height, scale 0.98 and 1.02
+about the centre, rotation -3 and +3 degrees about the centre; areas uncovered by a geometric change are
+black (like the letterbox padding).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import cv2
+import numpy as np
+
+from xai.trust import metrics
+from xai.trust._common import Progress, preprocessing_of, report, unpack_model
+
+__all__ = [
+    "DEFAULT_PERTURBATIONS",
+    "Comparison",
+    "Perturbation",
+    "StabilityResult",
+    "second_checkpoint_name",
+    "stability",
+    "stability_summary",
+]
+
+TOP_FRACTION = 0.10
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """A small change of the radiograph: intensity gain, Gaussian noise and/or an affine about the centre.
+
+    ``shift`` is (dx, dy) as fractions of width and height; ``angle`` in degrees (counter-clockwise, as
+    OpenCV); ``scale`` about the image centre."""
+
+    name: str
+    gain: float = 1.0
+    noise_sigma: float = 0.0
+    shift: tuple[float, float] = (0.0, 0.0)
+    scale: float = 1.0
+    angle: float = 0.0
+
+    @property
+    def geometric(self) -> bool:
+        return self.shift != (0.0, 0.0) or self.scale != 1.0 or self.angle != 0.0
+
+    def matrix(self, height: int, width: int) -> np.ndarray:
+        """2x3 affine (OpenCV convention, pixel centres at integer coordinates) on a height x width grid."""
+        centre = ((width - 1) / 2.0, (height - 1) / 2.0)
+        a = cv2.getRotationMatrix2D(centre, self.angle, self.scale)
+        a[0, 2] += self.shift[0] * width
+        a[1, 2] += self.shift[1] * height
+        return a
+
+    def apply(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The changed image, float32 in [0, 1], same shape."""
+        out = np.asarray(pixels, dtype=np.float32)
+        if self.gain != 1.0:
+            out = out * np.float32(self.gain)
+        if self.noise_sigma > 0:
+            out = out + rng.normal(0.0, self.noise_sigma, size=out.shape).astype(np.float32)
+        if self.geometric:
+            h, w = out.shape
+            out = cv2.warpAffine(
+                np.ascontiguousarray(out), self.matrix(h, w), (w, h), flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT, borderValue=0.0,
+            )
+        return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+
+    def align(self, heat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Bring a map computed on the changed image back onto the unchanged image's grid.
+
+        Returns (aligned map, valid mask); m(p) = m'(A p) (the inverse warp); valid where A p lies inside
+        the image."""
+        h, w = heat.shape
+        if not self.geometric:
+            return heat, np.ones((h, w), dtype=bool)
+        a = self.matrix(h, w)
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        aligned = cv2.warpAffine(np.ascontiguousarray(heat, dtype=np.float32), a, (w, h), flags=flags,
+                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        cover = cv2.warpAffine(np.ones((h, w), np.float32), a, (w, h), flags=flags,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        return aligned, cover > 0.999
+
+
+DEFAULT_PERTURBATIONS: tuple[Perturbation, ...] = (
+    Perturbation("noise σ=0.02", noise_sigma=0.02),
+    Perturbation("intensity ×0.95", gain=0.95),
+    Perturbation("intensity ×1.05", gain=1.05),
+    Perturbation("shift −2%", shift=(-0.02, -0.02)),
+    Perturbation("shift +2%", shift=(0.02, 0.02)),
+    Perturbation("scale 0.98", scale=0.98),
+    Perturbation("scale 1.02", scale=1.02),
+    Perturbation("rotate −3°", angle=-3.0),
+    Perturbation("rotate +3°", angle=3.0),
+)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The maps of one changed input (or second checkpoint) against the reference, per method."""
+
+    name: str
+    spearman: Mapping[str, float]
+    ssim: Mapping[str, float]
+    iou_top10: Mapping[str, float]
+    probability: float
+    """Probability of the explained class on the changed input (label preservation check)."""
+    predicted: int
+    """Arg-max class on the changed input."""
+
+
+@dataclass(frozen=True)
+class StabilityResult:
+    """Stability of every method's map for one image; see the module docstring for the protocol."""
+
+    methods: tuple[str, ...]
+    target: int
+    reference_probability: float
+    reference_predicted: int
+    comparisons: tuple[Comparison, ...]
+    checkpoint: Comparison | None = None
+    notes: tuple[str, ...] = ()
+    timings_ms: Mapping[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per method: mean and worst (min) Spearman / SSIM / top-10 % IoU over the changes, and the
+        second-checkpoint figures when computed."""
+        out: dict[str, dict[str, float]] = {}
+        for m in self.methods:
+            row: dict[str, float] = {}
+            for key in ("spearman", "ssim", "iou_top10"):
+                values = np.array([getattr(c, key)[m] for c in self.comparisons], dtype=np.float64)
+                values = values[np.isfinite(values)]
+                row[f"{key}_mean"] = float(values.mean()) if values.size else float("nan")
+                row[f"{key}_worst"] = float(values.min()) if values.size else float("nan")
+            if self.checkpoint is not None:
+                for key in ("spearman", "ssim", "iou_top10"):
+                    row[f"{key}_checkpoint"] = float(getattr(self.checkpoint, key)[m])
+            out[m] = row
+        return out
+
+    def table(self) -> list[dict[str, Any]]:
+        """Rows for display: one per (change, method)."""
+        rows = []
+        for c in (*self.comparisons, *((self.checkpoint,) if self.checkpoint else ())):
+            for m in self.methods:
+                rows.append({
+                    "change": c.name, "method": m, "spearman": round(c.spearman[m], 3),
+                    "ssim": round(c.ssim[m], 3), "iou_top10": round(c.iou_top10[m], 3),
+                    "p_target": round(c.probability, 3),
+                })
+        return rows
+
+
+def _comparison_shape(height: int, width: int, side: int) -> tuple[int, int]:
+    s = min(1.0, side / max(height, width))
+    return max(8, round(height * s)), max(8, round(width * s))
+
+
+def _to_grid(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    h, w = shape
+    if heat.shape == shape:
+        return heat.astype(np.float32, copy=False)
+    return cv2.resize(np.ascontiguousarray(heat, dtype=np.float32), (w, h), interpolation=cv2.INTER_AREA)
+
+
+def _compare(ref: np.ndarray, other: np.ndarray, valid: np.ndarray) -> tuple[float, float, float]:
+    return (
+        metrics.spearman(ref, other, mask=valid),
+        metrics.ssim(ref, other, data_range=1.0, mask=valid),
+        metrics.top_k_iou(ref, other, TOP_FRACTION, mask=valid),
+    )
+
+
+def second_checkpoint_name(card: Any) -> str | None:
+    """The bundle name of the second training seed of ``card``'s model (``chestcovnet`` -> ``-seed2``)."""
+    name = str(getattr(card, "name", "") or "")
+    if not name or name.endswith("-seed2"):
+        return None
+    return f"{name}-seed2"
+
+
+def stability(
+    model: Any,
+    image: Any,
+    *,
+    preprocessing: Any = None,
+    target: int | None = None,
+    methods: Sequence[str] | None = None,
+    perturbations: Sequence[Perturbation] = DEFAULT_PERTURBATIONS,
+    second_model: Any = None,
+    seed: int = 0,
+    comparison_side: int = 256,
+    reference_maps: Mapping[str, np.ndarray] | None = None,
+    target_layer: str | None = None,
+    progress: Progress | None = None,
+) -> StabilityResult:
+    """Maps of ``image`` (a Radiograph or a 2-D float array in [0, 1]) under small changes.
+
+    ``model``: LoadedModel (card gives preprocessing and target layer) or nn.Module with ``preprocessing``.
+    ``second_model``: another checkpoint of the same architecture (e.g. ``models.load("chestcovnet-seed2")``)
+    or None. ``reference_maps`` (maps on the original grid for ``target``, e.g. from the pipeline) saves one
+    explanation; they must come from the same model and preprocessing.
+    """
+    from xai.engine import METHODS, Explainer
+    from xai.preprocessing import prepare
+
+    started = time.perf_counter()
+    methods = tuple(methods) if methods else tuple(METHODS)
+    pre = preprocessing_of(model, preprocessing)
+    module, layer, _card = unpack_model(model, target_layer)
+    pixels = np.asarray(getattr(image, "pixels", image), dtype=np.float32)
+    if pixels.ndim != 2:
+        raise ValueError(f"image must be a Radiograph or a 2-D gray array, got shape {pixels.shape}")
+    grid = _comparison_shape(*pixels.shape, comparison_side)
+    explainer = Explainer(module, target_layer=layer)
+    n_total = len(perturbations) + 1 + (second_model is not None)
+
+    def explain(pix: np.ndarray, expl: Any, prep: Any, tgt: int | None) -> tuple[dict[str, np.ndarray], Any]:
+        x, geometry = prepare(pix, prep)
+        e = expl.explain(x, target=tgt, methods=methods)
+        maps = {m: _to_grid(geometry.to_original(np.asarray(e.maps[m])[0]), grid) for m in methods}
+        return maps, e
+
+    report(progress, 0.0, "reference maps")
+    x0, g0 = prepare(pixels, pre)
+    ref_expl = explainer.explain(x0, target=target, methods=methods) if reference_maps is None or target is None \
+        else None
+    if ref_expl is not None:
+        target = int(np.asarray(ref_expl.target).reshape(-1)[0])
+        ref_probs = np.asarray(ref_expl.probabilities)[0]
+        ref = {m: _to_grid(g0.to_original(np.asarray(ref_expl.maps[m])[0]), grid) for m in methods}
+    else:
+        ref = {m: _to_grid(np.asarray(reference_maps[m], dtype=np.float32), grid) for m in methods}
+        ref_probs = _probabilities(module, x0)
+    report(progress, 1 / n_total, "reference maps")
+
+    rng = np.random.default_rng(seed)
+    comparisons: list[Comparison] = []
+    notes: list[str] = []
+    for k, pert in enumerate(perturbations):
+        changed = pert.apply(pixels, rng)
+        maps, e = explain(changed, explainer, pre, target)
+        row_r, row_s, row_i = {}, {}, {}
+        for m in methods:
+            aligned, valid = pert.align(maps[m])
+            row_r[m], row_s[m], row_i[m] = _compare(ref[m], aligned, valid)
+        probs = np.asarray(e.probabilities)[0]
+        comparisons.append(Comparison(pert.name, MappingProxyType(row_r), MappingProxyType(row_s),
+                                      MappingProxyType(row_i), float(probs[target]), int(np.argmax(probs))))
+        report(progress, (k + 2) / n_total, pert.name)
+
+    checkpoint = None
+    if second_model is not None:
+        module2, layer2, _ = unpack_model(second_model, None)
+        pre2 = preprocessing_of(second_model, pre)
+        maps, e = explain(pixels, Explainer(module2, target_layer=layer2 or layer), pre2, target)
+        valid = np.ones(grid, dtype=bool)
+        cr, cs, ci = {}, {}, {}
+        for m in methods:
+            cr[m], cs[m], ci[m] = _compare(ref[m], maps[m], valid)
+        probs = np.asarray(e.probabilities)[0]
+        name = str(getattr(getattr(second_model, "card", None), "name", "second checkpoint"))
+        checkpoint = Comparison(f"checkpoint {name}", MappingProxyType(cr), MappingProxyType(cs),
+                                MappingProxyType(ci), float(probs[target]), int(np.argmax(probs)))
+        report(progress, 1.0, "second checkpoint")
+
+    ref_pred = int(np.argmax(ref_probs))
+    flipped = [c.name for c in comparisons if c.predicted != ref_pred]
+    if flipped:
+        notes.append("the predicted class changed under: " + ", ".join(flipped)
+                     + " (the change was not label-preserving for this model)")
+    report(progress, 1.0, "done")
+    return StabilityResult(
+        methods=methods,
+        target=int(target),
+        reference_probability=float(ref_probs[target]),
+        reference_predicted=ref_pred,
+        comparisons=tuple(comparisons),
+        checkpoint=checkpoint,
+        notes=tuple(notes),
+        timings_ms=MappingProxyType({"total": round((time.perf_counter() - started) * 1e3, 1)}),
+    )
+
+
+def _probabilities(module: Any, x: Any) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        logits = module(x)
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits)
+        return torch.cat([1 - p, p], dim=1)[0].numpy()
+    return torch.softmax(logits, dim=1)[0].numpy()
+
+
+_SECOND_MODELS: dict[str, Any] = {}
+
+
+def _load_second(card: Any) -> Any:
+    """The second-seed checkpoint for ``card`` (loaded once per process, read-only use), or None."""
+    name = second_checkpoint_name(card)
+    if name is None:
+        return None
+    if name not in _SECOND_MODELS:
+        import models
+
+        try:
+            _SECOND_MODELS[name] = models.load(name)
+        except Exception:  # noqa: BLE001 - a missing bundle only means no checkpoint comparison
+            _SECOND_MODELS[name] = None
+    return _SECOND_MODELS[name]
+
+
+def stability_summary(model: Any, result: Any, *, progress: Progress | None = None) -> dict[str, dict[str, float]]:
+    """Stability figures for a :class:`xai.pipeline.PipelineResult` (batch report helper).
+
+    Uses the result's maps as the reference (no extra explanation), the default changes and, when its
+    bundle exists, the second-seed checkpoint. Returns :meth:`StabilityResult.summary`."""
+    res = stability(
+        model,
+        result.radiograph,
+        target=int(result.target_index),
+        methods=tuple(result.maps),
+        reference_maps=result.maps,
+        second_model=_load_second(getattr(model, "card", None)),
+        progress=progress,
+    )
+    return res.summary()
