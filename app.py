@@ -1,0 +1,36 @@
+"""ChestCOVNet XAI — the Streamlit app: ``streamlit run app.py`` (or ``make run``).
+
+Routes the pages (Explain first, then Model, Trust and Batch when their scripts exist), shows the
+disclaimer on every page and applies the optional shared password before any page renders.
+Access: bound to localhost by ``.streamlit/config.toml``; a password from ``st.secrets["auth"]["password"]``
+when one is configured (see the README for network deployments with OIDC / ``st.login``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from pages._shared import access_gate, disclaimer
+
+APP_DIR = Path(__file__).resolve().parent
+
+st.set_page_config(page_title="ChestCOVNet XAI", page_icon="🫁", layout="wide", initial_sidebar_state="expanded")
+
+disclaimer()
+if not access_gate():
+    st.stop()
+
+_PAGES = (  # (script, title, icon); Explain is the default page
+    ("pages/explain.py", "Explain", ":material/visibility:"),
+    ("pages/model.py", "Model", ":material/model_training:"),
+    ("pages/trust.py", "Trust", ":material/verified:"),
+    ("pages/batch.py", "Batch", ":material/dataset:"),
+)
+pages = [
+    st.Page(script, title=title, icon=icon, default=(i == 0))
+    for i, (script, title, icon) in enumerate(_PAGES)
+    if (APP_DIR / script).is_file()
+]
+st.navigation(pages).run()

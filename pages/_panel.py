@@ -1,0 +1,156 @@
+"""Plotly figures for the Explain page: the prediction chart and the linked side-by-side panel.
+
+Pure figure builders (no Streamlit calls), so they can be tested and reused. Pixels come from
+``xai.render`` (the same overlays as the exports); this module only lays them out.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+#: Quality of the on-screen JPEGs: panels are previews; downloads are lossless PNG at full resolution.
+SCREEN_JPEG_QUALITY = 92
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One image of the side-by-side panel: a uint8 RGB array and its (HTML) title."""
+
+    title: str
+    rgb: np.ndarray
+
+
+def screen_image_uri(rgb: np.ndarray) -> str:
+    """A uint8 RGB image as a JPEG data URI for a plotly ``go.Image(source=...)`` trace.
+
+    Sending an encoded image instead of ``z`` keeps a 1024² panel at ~100 kB instead of megabytes of JSON.
+    """
+    ok, buffer = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, SCREEN_JPEG_QUALITY])
+    if not ok:
+        raise ValueError("could not encode the panel image")
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.tobytes()).decode("ascii")
+
+
+def panel_figure(
+    panels: Sequence[Panel],
+    *,
+    per_row: int,
+    row_height: int,
+    uirevision: str,
+    colorscale: list | None = None,
+    colorbar_title: str = "",
+    colorbar_range: tuple[float, float] = (0.0, 1.0),
+) -> go.Figure:
+    """Panels on a grid with zoom and pan linked across all of them.
+
+    Every x axis ``matches`` the first, every y axis the first; only the first y axis keeps the image
+    trace's square-pixel ``scaleanchor`` (plotly forbids an axis in both kinds of constraint, and the
+    matched axes inherit the aspect ratio through the shared constraint group). ``uirevision`` keeps the
+    user's zoom across reruns (opacity, colormap, window changes) until the image changes.
+    """
+    if not panels:
+        raise ValueError("no panels to show")
+    per_row = max(1, min(per_row, len(panels)))
+    rows = math.ceil(len(panels) / per_row)
+    fig = make_subplots(
+        rows=rows,
+        cols=per_row,
+        subplot_titles=[p.title for p in panels],
+        horizontal_spacing=0.01,
+        vertical_spacing=0.12 / rows,
+    )
+    for i, panel in enumerate(panels):
+        h, w = panel.rgb.shape[:2]
+        fig.add_trace(
+            go.Image(source=screen_image_uri(panel.rgb), x0=0, dx=1, y0=0, dy=1, hoverinfo="skip", name=str(i)),
+            row=i // per_row + 1,
+            col=i % per_row + 1,
+        )
+    for i in range(1, len(panels) + 1):
+        suffix = "" if i == 1 else str(i)
+        fig.layout[f"xaxis{suffix}"].update(visible=False, **({} if i == 1 else {"matches": "x"}))
+        fig.layout[f"yaxis{suffix}"].update(visible=False, **({} if i == 1 else {"matches": "y"}))
+    if colorscale is not None:
+        lo, hi = colorbar_range
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                showlegend=False,
+                hoverinfo="skip",
+                marker={
+                    "colorscale": colorscale,
+                    "cmin": lo,
+                    "cmax": hi,
+                    "color": [lo],
+                    "showscale": True,
+                    "colorbar": {"title": {"text": colorbar_title, "side": "right"}, "thickness": 14, "len": 0.9},
+                },
+            ),
+            row=1,
+            col=per_row,
+        )
+    for annotation in fig.layout.annotations:
+        annotation.font.size = 13
+    fig.update_layout(
+        height=rows * row_height + 70,
+        margin={"l": 4, "r": 4, "t": 64, "b": 4},
+        uirevision=uirevision,
+        dragmode="pan",
+        plot_bgcolor="black",
+    )
+    return fig
+
+
+def prediction_figure(
+    probabilities: Mapping[str, float],
+    *,
+    threshold: float | None,
+    positive_class: str | None,
+    decision: str,
+) -> go.Figure:
+    """Horizontal probability bars, the decided class highlighted, the card's threshold as a line.
+
+    The threshold applies to P(``positive_class``): the line is drawn on that class's bar only.
+    """
+    names = list(probabilities)
+    values = [float(probabilities[n]) for n in names]
+    colors = ["#e4572e" if n == decision else "#7f8c9a" for n in names]
+    fig = go.Figure(
+        go.Bar(
+            x=values,
+            y=names,
+            orientation="h",
+            marker_color=colors,
+            text=[f"{v:.3f}" for v in values],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:.4f}<extra></extra>",
+        )
+    )
+    if threshold is not None and positive_class in names:
+        row = names.index(positive_class)
+        fig.add_shape(
+            type="line", x0=threshold, x1=threshold, y0=row - 0.45, y1=row + 0.45,
+            line={"color": "#f5d76e", "width": 3, "dash": "dash"},
+        )
+        fig.add_annotation(
+            x=threshold, y=row + 0.45, text=f"threshold {threshold:.3f}", showarrow=False, yanchor="bottom",
+            font={"color": "#f5d76e"},
+        )
+    fig.update_layout(
+        height=90 + 48 * len(names),
+        margin={"l": 8, "r": 8, "t": 28, "b": 8},
+        xaxis={"range": [0, 1], "title": "probability"},
+        yaxis={"autorange": "reversed"},
+        showlegend=False,
+    )
+    return fig

@@ -1,0 +1,280 @@
+"""Plumbing shared by the Streamlit pages: disclaimer, access gate, the cached model and explanations.
+
+The UI stays a thin layer over the library: every map comes from :func:`xai.pipeline.explain_radiograph`
+(the same path as the CLI and the batch report), called in ONE place, :func:`run_engine`, which counts its
+calls so a test can prove that display-only changes (opacity, colormap, contours, zoom, window) compute
+nothing.
+
+Sharing rules (Streamlit runs every session in its own thread of one process):
+
+* the bundled model is loaded once for all sessions (``st.cache_resource``); the engine serialises use of
+  a shared module and leaves nothing on it;
+* a model the user loads on the Model page lives in that session's ``st.session_state`` only;
+* explanations are cached by image content hash + model identity + target + methods, with a bounded
+  number of entries, so memory levels off however many images are explained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import streamlit as st
+
+if TYPE_CHECKING:
+    from models import LoadedModel
+    from xai.engine import Explainer
+    from xai.pipeline import PipelineResult
+    from xai.radiograph import Radiograph
+
+APP_DIR = Path(__file__).resolve().parents[1]
+SAMPLES_DIR = APP_DIR / "samples"
+DEFAULT_MODEL = os.environ.get("XAI_APP_MODEL", "chestcovnet")  # a bundle name, folder or .zip
+DISCLAIMER = "Research and teaching use — not for diagnosis"
+
+#: Friendly names of the engine's methods (keys are ``xai.engine.METHODS``).
+METHOD_LABELS: dict[str, str] = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "guided_backprop": "Guided Backprop",
+    "guided_gradcam": "Guided Grad-CAM",
+}
+
+#: Bounded caches: about 8 explained films (full-resolution maps) and their display versions.
+EXPLANATION_CACHE_ENTRIES = 8
+DISPLAY_CACHE_ENTRIES = 8
+CACHE_TTL_S = 3600
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+# ------------------------------------------------------------------------------------ page furniture
+def disclaimer() -> None:
+    """The banner every page shows before anything else."""
+    st.warning(f"**{DISCLAIMER}.** Saliency maps show where a model looked, not what is there.", icon="⚠️")
+
+
+def _auth_secrets() -> dict[str, Any]:
+    """The ``[auth]`` table of ``.streamlit/secrets.toml``; empty when there is no secrets file."""
+    try:
+        auth = st.secrets.get("auth")
+    except Exception:  # noqa: BLE001 - no secrets file (or an unreadable one) means no gate configured
+        return {}
+    return dict(auth) if auth else {}
+
+
+def configured_password() -> str | None:
+    """The shared password from ``st.secrets["auth"]["password"]``, or None when none is set."""
+    password = _auth_secrets().get("password")
+    return str(password) if password else None
+
+
+def password_ok(entered: str, expected: str) -> bool:
+    """Constant-time comparison (no timing hint about how many leading characters matched)."""
+    return hmac.compare_digest(entered.encode("utf-8"), expected.encode("utf-8"))
+
+
+def access_gate() -> bool:
+    """True when this session may see the app; otherwise draws the password form and returns False.
+
+    No ``[auth] password`` in the secrets -> no gate (the default binds to localhost only).
+    """
+    expected = configured_password()
+    if expected is None or st.session_state.get("_access_granted"):
+        return True
+    st.subheader("This app is password protected")
+    with st.form("access_form"):
+        entered = st.text_input("Password", type="password", key="_access_password")
+        submitted = st.form_submit_button("Enter")
+    if submitted:
+        if password_ok(entered or "", expected):
+            st.session_state["_access_granted"] = True
+            st.session_state.pop("_access_password", None)
+            st.rerun()
+        st.error("Wrong password.")
+    return False
+
+
+# ------------------------------------------------------------------------------------------- models
+@dataclass(frozen=True)
+class ActiveModel:
+    """A loaded model with its explainer and the identity that keys every cached result."""
+
+    loaded: LoadedModel
+    explainer: Explainer
+    key: str
+    origin: str  # "bundled" or "uploaded"
+
+    @property
+    def card(self) -> Any:
+        return self.loaded.card
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.loaded.card.class_names)
+
+
+def model_key(loaded: LoadedModel) -> str:
+    """Identity of a model for caching: weights sha256 + target layer + preprocessing + classes."""
+    card = loaded.card
+    identity = {
+        "sha256": str(card.sha256),
+        "target_layer": str(card.target_layer),
+        "preprocessing": card.preprocessing.to_dict(),
+        "classes": list(card.class_names),
+        "architecture": str(card.architecture),
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{card.name}:{digest[:16]}"
+
+
+def wrap_model(loaded: LoadedModel, origin: str) -> ActiveModel:
+    from xai.pipeline import make_explainer
+
+    return ActiveModel(loaded=loaded, explainer=make_explainer(loaded), key=model_key(loaded), origin=origin)
+
+
+@st.cache_resource(show_spinner="Loading the bundled model…")
+def default_model() -> ActiveModel:
+    """The bundled ChestCOVNet, ONE object for every session."""
+    import models
+
+    return wrap_model(models.load(DEFAULT_MODEL), origin="bundled")
+
+
+def active_model() -> ActiveModel:
+    """This session's model: the one loaded on the Model page, else the shared bundled model."""
+    chosen = st.session_state.get("user_model")
+    return chosen if isinstance(chosen, ActiveModel) else default_model()
+
+
+# ----------------------------------------------------------------------------------------- images
+@dataclass(frozen=True)
+class LoadedImage:
+    """The radiograph a session is looking at. ``label`` is for the screen only (never exported)."""
+
+    label: str
+    sha256: str
+    radiograph: Radiograph
+    source: str  # "upload" or "sample"
+
+
+def content_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_bytes(data: bytes, label: str, source: str) -> LoadedImage:
+    """Decode an upload. Raises ``xai.radiograph.RadiographError`` with a message naming the problem."""
+    from xai.radiograph import load_radiograph
+
+    return LoadedImage(label=label, sha256=content_sha256(data), radiograph=load_radiograph(data), source=source)
+
+
+def list_samples() -> dict[str, str]:
+    """Bundled samples, ``{title: file name}``, from ``samples/samples.json`` (else the folder's images)."""
+    index = SAMPLES_DIR / "samples.json"
+    entries: dict[str, str] = {}
+    if index.is_file():
+        try:
+            for item in json.loads(index.read_text(encoding="utf-8")):
+                if (SAMPLES_DIR / item["file"]).is_file():
+                    entries[str(item.get("title") or item["file"])] = str(item["file"])
+        except (ValueError, KeyError, TypeError):
+            entries = {}
+    if not entries and SAMPLES_DIR.is_dir():
+        skip = {".md", ".json", ".txt"}
+        entries = {p.name: p.name for p in sorted(SAMPLES_DIR.iterdir()) if p.is_file() and p.suffix not in skip}
+    return entries
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def load_sample(file_name: str) -> LoadedImage:
+    """A bundled sample, decoded once for every session (samples carry no patient data)."""
+    path = SAMPLES_DIR / Path(file_name).name  # a name from samples.json, never a path that leaves the folder
+    data = path.read_bytes()
+    return load_bytes(data, label=file_name, source="sample")
+
+
+# ------------------------------------------------------------------------------------ explanations
+ENGINE_CALLS = 0
+"""How many times :func:`run_engine` ran in this process (tests read it to prove caching)."""
+_ENGINE_CALLS_LOCK = threading.Lock()
+
+
+def run_engine(
+    radiograph: Radiograph, model: ActiveModel, target: int | None, methods: tuple[str, ...]
+) -> PipelineResult:
+    """The only place the app computes maps: prepare -> explain -> maps on the original grid."""
+    global ENGINE_CALLS
+    from xai.pipeline import PREDICTED, explain_radiograph
+
+    with _ENGINE_CALLS_LOCK:
+        ENGINE_CALLS += 1
+    return explain_radiograph(
+        radiograph,
+        model.loaded,
+        name="image",  # never the upload's file name: it may carry identifiers
+        methods=methods,
+        target=PREDICTED if target is None else int(target),
+        explainer=model.explainer,
+    )
+
+
+@st.cache_resource(
+    max_entries=EXPLANATION_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner="Computing the explanations…"
+)
+def explain_cached(
+    image_sha: str, model_id: str, target: int | None, methods: tuple[str, ...], _image: LoadedImage,
+    _model: ActiveModel,
+) -> PipelineResult:
+    """Cached :func:`run_engine`, keyed by image hash + model identity + target + methods.
+
+    ``st.cache_resource`` (not ``cache_data``) because results are immutable records of read-only arrays:
+    no pickling on every rerun, and the bounded ``max_entries`` keeps memory flat.
+    """
+    return run_engine(_image.radiograph, _model, target, methods)
+
+
+@st.cache_resource(max_entries=DISPLAY_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
+def display_maps(
+    image_sha: str, model_id: str, target: int | None, methods: tuple[str, ...], max_side: int,
+    _result: PipelineResult,
+) -> dict[str, Any]:
+    """Each full-resolution map shrunk for the screen (the downloads use the full-resolution maps)."""
+    from xai.render import downsample_for_display
+
+    return {m: downsample_for_display(_result.maps[m], max_side) for m in methods}
+
+
+def map_magnitude(result: PipelineResult, method: str) -> Any:
+    """The unnormalised map on the model grid, for the fixed scale (same units for every image).
+
+    CAMs: the raw ReLU'd map at feature resolution. Guided maps: ``max_c |raw|`` at input resolution —
+    the magnitude the engine's display map is made of, before its per-image percentile scaling.
+    """
+    import numpy as np
+
+    raw = np.asarray(result.explanation.raw[method][0], dtype=np.float32)
+    return raw if raw.ndim == 2 else np.abs(raw).max(axis=0)
+
+
+@st.cache_resource(max_entries=DISPLAY_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
+def display_magnitudes(
+    image_sha: str, model_id: str, target: int | None, methods: tuple[str, ...], max_side: int,
+    _result: PipelineResult,
+) -> dict[str, Any]:
+    """:func:`map_magnitude` of each method on the original grid, shrunk for the screen."""
+    from xai.render import downsample_for_display
+
+    return {
+        m: downsample_for_display(_result.geometry.to_original(map_magnitude(_result, m)), max_side)
+        for m in methods
+    }
