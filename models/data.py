@@ -1,0 +1,233 @@
+"""The ChestCOVNet data set: manifest, a decoded in-memory cache, class/source balancing, augmentation.
+
+The manifest's split is fixed by patient (``train``/``val``/``test``) and is never re-split here.
+Every image is decoded (:func:`xai.radiograph.load_radiograph`) and prepared
+(:func:`xai.preprocessing.prepare_array`, crop / resize / equalise exactly as the card's ``Preprocessing``)
+ONCE into a float16 cache in display space [0, 1]; augmentation then works on batches of tensors and the
+card's mean/std normalisation comes last (:func:`normalize`), so a cached image plus ``normalize`` equals
+``prepare(image, preprocessing)`` up to float16 rounding.
+
+Augmentation (all on the prepared square, both classes alike, so none of it can become a class cue):
+small affine (±5° rotation, ±5 % scale and shift), brightness / contrast / gamma jitter, occasional
+down-and-up sampling and noise (web images are low quality), random erasing of border bands and of small
+text-like boxes (burned-in markers, arrows and captions are source cues, not disease).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from xai.preprocessing import Preprocessing, prepare_array
+
+CLASS_NAMES: tuple[str, ...] = ("non_covid", "covid19")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One manifest row (only the fields training and evaluation need; no patient id is kept)."""
+
+    file: str
+    label: int
+    split: str
+    source: str
+
+
+def read_manifest(data_dir: str | Path, class_names: Sequence[str] = CLASS_NAMES) -> list[Record]:
+    """Rows of ``manifest.csv`` as :class:`Record` (labels as indices into ``class_names``)."""
+    data_dir = Path(data_dir)
+    manifest = data_dir / "manifest.csv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no manifest.csv in {data_dir}")
+    records = []
+    with manifest.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if row["label"] not in class_names:
+                raise ValueError(f"manifest label {row['label']!r} is not one of {list(class_names)}")
+            if row["split"] not in SPLITS:
+                raise ValueError(f"manifest split {row['split']!r} is not one of {SPLITS}")
+            records.append(Record(row["file"], class_names.index(row["label"]), row["split"], row["source"]))
+    return records
+
+
+def select(records: Sequence[Record], splits: Sequence[str], *, exclude_source: str | None = None,
+           only_source: str | None = None) -> list[Record]:
+    """Records in ``splits``, optionally without (or only) one source (exact name)."""
+    return [r for r in records if r.split in splits
+            and (exclude_source is None or r.source != exclude_source)
+            and (only_source is None or r.source == only_source)]
+
+
+def display_preprocessing(preprocessing: Preprocessing) -> Preprocessing:
+    """The same crop/resize/equalise, one channel, no normalisation: pixels stay in [0, 1]."""
+    return Preprocessing(input_size=preprocessing.input_size, channels=1, mean=(0.0,), std=(1.0,),
+                         resize=preprocessing.resize, equalize=preprocessing.equalize, crop=preprocessing.crop)
+
+
+def prepare_display(path: str | Path, preprocessing: Preprocessing) -> np.ndarray:
+    """Decode one file and prepare it in display space: float32 (S, S) in [0, 1]."""
+    from xai.radiograph import load_radiograph
+
+    array, _ = prepare_array(load_radiograph(Path(path)), display_preprocessing(preprocessing))
+    return array[0]
+
+
+def build_cache(data_dir: str | Path, records: Sequence[Record], preprocessing: Preprocessing,
+                cache_dir: str | Path | None = None, *, progress: bool = True) -> np.ndarray:
+    """float16 (N, S, S) display-space images for ``records``, decoded once (and stored in ``cache_dir``).
+
+    The cache file name hashes the preprocessing spec and the file list, so a changed spec never reuses
+    stale pixels.
+    """
+    data_dir = Path(data_dir)
+    key = hashlib.sha256(json.dumps([preprocessing.to_dict(), [r.file for r in records]]).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"images-{key}.npy" if cache_dir else None
+    if path is not None and path.is_file():
+        cached = np.load(path, allow_pickle=False)
+        if cached.shape == (len(records), preprocessing.input_size, preprocessing.input_size):
+            return cached
+    from tqdm import tqdm
+
+    S = preprocessing.input_size
+    out = np.empty((len(records), S, S), dtype=np.float16)
+    for i, rec in enumerate(tqdm(records, desc="decode+prepare", disable=not progress, mininterval=5)):
+        out[i] = prepare_display(data_dir / "images" / rec.file, preprocessing)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, out, allow_pickle=False)
+        tmp.replace(path)
+    return out
+
+
+def normalize(batch: Tensor, preprocessing: Preprocessing) -> Tensor:
+    """(N, S, S) or (N, 1, S, S) display-space batch -> (N, C, S, S) model input with the card's mean/std."""
+    if batch.ndim == 3:
+        batch = batch.unsqueeze(1)
+    batch = batch.float().expand(-1, preprocessing.channels, -1, -1)
+    mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(preprocessing.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (batch - mean) / std
+
+
+def balanced_weights(records: Sequence[Record], n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
+    """Sampling weights: each class gets an equal share, split equally among its sources, then images.
+
+    With this data set: non_covid (NIH only) 1/2; covid19 1/4 MHH, 1/4 COVID-CXNet — so neither the class
+    prior nor the larger web collection dominates what the network sees.
+    """
+    groups = Counter((r.label, r.source) for r in records)
+    sources_per_class = Counter(label for label, _ in groups)
+    present = len(sources_per_class)
+    w = np.array([1.0 / present / sources_per_class[r.label] / groups[(r.label, r.source)] for r in records])
+    return w / w.sum()
+
+
+# ------------------------------------------------------------------------------------------ augmentation
+@dataclass(frozen=True)
+class Augmentation:
+    """Augmentation strengths (recorded in the model card)."""
+
+    rotate_deg: float = 5.0
+    scale: float = 0.05
+    shift: float = 0.05
+    brightness: float = 0.08
+    contrast: float = 0.15
+    gamma: float = 0.2
+    p_degrade: float = 0.25
+    p_noise: float = 0.25
+    p_border: float = 0.5
+    border_max: float = 0.12
+    p_boxes: float = 0.5
+    max_boxes: int = 3
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+def augment(batch: Tensor, aug: Augmentation, generator: torch.Generator) -> Tensor:
+    """Randomly transform a display-space batch (N, S, S) in [0, 1]; returns a new float32 tensor."""
+    x = batch.float().unsqueeze(1)
+    n, _, s, _ = x.shape
+
+    def u(*shape: int) -> Tensor:
+        return torch.rand(*shape, generator=generator)
+
+    # Small affine: rotation, isotropic scale, shift (grid_sample, edges replicated).
+    angle = (u(n) * 2 - 1) * math.radians(aug.rotate_deg)
+    scale = 1 + (u(n) * 2 - 1) * aug.scale
+    shift = (u(n, 2) * 2 - 1) * aug.shift * 2  # grid units span 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    # Intensity: contrast around the image mean, brightness, gamma.
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    contrast = 1 + (u(n, 1, 1, 1) * 2 - 1) * aug.contrast
+    x = (x - mean) * contrast + mean + (u(n, 1, 1, 1) * 2 - 1) * aug.brightness
+    x = x.clamp(0, 1)
+    gamma = torch.exp((u(n, 1, 1, 1) * 2 - 1) * math.log1p(aug.gamma))
+    x = x.clamp_min(1e-6) ** gamma
+
+    # Quality: down-and-up sampling (blur) and sensor noise on a subset.
+    degrade = u(n) < aug.p_degrade
+    if degrade.any():
+        factor = float(0.35 + 0.45 * u(1))
+        small = F.interpolate(x[degrade], scale_factor=factor, mode="bilinear", antialias=True, align_corners=False)
+        x[degrade] = F.interpolate(small, size=(s, s), mode="bilinear", align_corners=False)
+    noisy = u(n) < aug.p_noise
+    if noisy.any():
+        sigma = 0.03 * u(int(noisy.sum()), 1, 1, 1)
+        x[noisy] = x[noisy] + sigma * torch.randn(x[noisy].shape, generator=generator)
+
+    # Random erasing of border bands (film edges, collimation, burned-in labels) and text-like boxes.
+    for i in range(n):
+        if float(u(1)) < aug.p_border:
+            for side in range(4):
+                if float(u(1)) < 0.5:
+                    width = int(float(u(1)) * aug.border_max * s) + 1
+                    fill = _fill_value(u)
+                    if side == 0:
+                        x[i, :, :width, :] = fill
+                    elif side == 1:
+                        x[i, :, s - width:, :] = fill
+                    elif side == 2:
+                        x[i, :, :, :width] = fill
+                    else:
+                        x[i, :, :, s - width:] = fill
+        if float(u(1)) < aug.p_boxes:
+            for _ in range(1 + int(float(u(1)) * aug.max_boxes)):
+                bh = int(s * (0.02 + 0.05 * float(u(1)))) + 1
+                bw = int(s * (0.05 + 0.2 * float(u(1)))) + 1
+                # markers and captions sit near the edges: one coordinate in the outer quarter
+                y0 = int(float(u(1)) * (s - bh))
+                x0 = int(float(u(1)) * (s - bw))
+                if float(u(1)) < 0.5:
+                    y0 = int(float(u(1)) * (s // 4 - bh)) if float(u(1)) < 0.5 else s - bh - int(float(u(1)) * (s // 4 - bh))
+                else:
+                    x0 = int(float(u(1)) * max(1, s // 4 - bw)) if float(u(1)) < 0.5 else s - bw - int(float(u(1)) * max(1, s // 4 - bw))
+                x[i, :, y0:y0 + bh, x0:x0 + bw] = _fill_value(u)
+    return x.clamp(0, 1).squeeze(1)
+
+
+def _fill_value(u) -> float:  # noqa: ANN001 - the local random helper
+    """Black, white or a random gray, equally likely."""
+    r = float(u(1))
+    if r < 1 / 3:
+        return 0.0
+    if r < 2 / 3:
+        return 1.0
+    return float(u(1))
