@@ -1,0 +1,261 @@
+"""The command line: ``python -m xai explain`` and ``python -m xai report`` on real radiographs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from test_pipeline import make_bundle  # the tiny seeded bundle built with the models helpers
+
+from xai.cli import main
+
+METHODS = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam")
+RESULT_KEYS = {"file", "probabilities", "predicted", "target", "model", "target_layer", "timings_ms", "notices"}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Identifiers planted in a DICOM header: none may appear in any output, message or log.
+PHI = {
+    "PatientName": "Zqxdoe^Jvmpane",
+    "PatientID": "PID-7781234",
+    "PatientBirthDate": "19450317",
+    "StudyDate": "20200402",
+    "InstitutionName": "St Elsewhere Kvothe Hospital",
+    "AccessionNumber": "ACC99887766",
+    "ReferringPhysicianName": "Hqouse^Gregorx",
+    "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.12345678901234567890",
+}
+PHI_STRINGS = ["Zqxdoe", "Jvmpane", "PID-7781234", "19450317", "20200402", "Kvothe", "ACC99887766", "Hqouse",
+               "12345678901234567890"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+def run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_explain_writes_overlays_maps_and_json_on_the_original_grid(
+    bundle: Path, chestcovnet_dir: Path, dicom_dir: Path, tmp_path: Path
+) -> None:
+    jpeg_square = chestcovnet_dir / "images" / "nih_00008727_009.jpg"
+    jpeg_wide = chestcovnet_dir / "images" / "mhh_b343e657.jpg"
+    dicom = dicom_dir / "siim_cr_pa_mono2_jpeg_baseline.dcm"
+    out = tmp_path / "out"
+    code, stdout, stderr = run(["explain", str(jpeg_square), str(jpeg_wide), str(dicom), "--model", str(bundle),
+                                "--out", str(out)])
+    assert code == 0, stderr
+    assert "explained 3 of 3" in stdout
+    expected_shapes = {
+        "nih_00008727_009": Image.open(jpeg_square).size[::-1],
+        "mhh_b343e657": Image.open(jpeg_wide).size[::-1],
+        "siim_cr_pa_mono2_jpeg_baseline": (int(pydicom.dcmread(dicom).Rows), int(pydicom.dcmread(dicom).Columns)),
+    }
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected_shapes)
+    for stem, shape in expected_shapes.items():
+        folder = out / stem
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            [f"{m}.png" for m in METHODS] + [f"{m}.npy" for m in METHODS] + ["result.json"]
+        )
+        for method in METHODS:
+            heat = np.load(folder / f"{method}.npy", allow_pickle=False)
+            assert heat.dtype == np.float32 and heat.shape == shape
+            assert float(heat.min()) >= 0.0 and float(heat.max()) <= 1.0 + 1e-6
+            with Image.open(folder / f"{method}.png") as png:
+                assert png.size[::-1] == shape and png.mode == "RGB"
+        record = json.loads((folder / "result.json").read_text("utf-8"))
+        assert set(record) == RESULT_KEYS
+        assert record["file"].endswith(stem + (".dcm" if "siim" in stem else ".jpg"))
+        assert list(record["probabilities"]) == ["non_covid", "covid19"]
+        assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert record["predicted"] in record["probabilities"] and record["target"] == record["predicted"]
+        assert record["model"]["name"] == "tiny-test" and len(record["model"]["sha256"]) == 64
+        assert record["target_layer"] == "layer4"
+        assert record["timings_ms"]["total"] > 0
+
+
+def test_explain_target_and_methods_options(bundle: Path, chestcovnet_dir: Path, tmp_path: Path) -> None:
+    image = chestcovnet_dir / "images" / "nih_00008727_009.jpg"
+    code, _, stderr = run(["explain", str(image), "--model", str(bundle), "--methods", "gradcam,gradcam++",
+                           "--target", "0", "--out", str(tmp_path)])
+    assert code == 0, stderr
+    folder = tmp_path / "nih_00008727_009"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["gradcam.png", "gradcam.npy", "gradcam++.png", "gradcam++.npy", "result.json"]
+    )
+    assert json.loads((folder / "result.json").read_text())["target"] == "non_covid"
+
+
+def test_a_bad_file_is_reported_and_skipped(bundle: Path, chestcovnet_dir: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(chestcovnet_dir / "images" / "nih_00008727_009.jpg", inputs / "a_good.jpg")
+    (inputs / "b_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # a PNG signature, no image
+    shutil.copy(chestcovnet_dir / "images" / "mhh_b343e657.jpg", inputs / "c_good.jpg")
+    out = tmp_path / "out"
+    code, stdout, stderr = run(["explain", str(inputs), str(tmp_path / "missing.dcm"), "--model", str(bundle),
+                                "--methods", "gradcam", "--out", str(out)])
+    assert code == 1
+    assert "explained 2 of 4" in stdout
+    lines = [line for line in stderr.splitlines() if line.startswith("xai: skipped")]
+    assert len(lines) == 2
+    assert "b_broken.png" in lines[0] and len(lines[0].split(": ", 2)[-1]) > 5  # a reason follows the name
+    assert "missing.dcm" in lines[1] and "no such file" in lines[1]
+    assert sorted(p.name for p in out.iterdir()) == ["a_good", "c_good"]
+
+
+def test_output_names_never_leave_the_output_folder(bundle: Path, chestcovnet_dir: Path, tmp_path: Path) -> None:
+    source = chestcovnet_dir / "images" / "nih_00008727_009.jpg"
+    inputs = tmp_path / "in"
+    names = ["a/img.jpg", "b/img.jpg", "c/IMG.png", "d/...jpg", "d/.hidden.jpg", "d/CON.jpg", "d/über röntgen.jpg",
+             "d/semi;colon$(x).jpg"]
+    for name in names:
+        (inputs / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, inputs / name)
+    out = tmp_path / "out"
+    # Given explicitly, in an order that puts the duplicates first; .hidden.jpg is named, so it runs too.
+    argv = ["explain", *[str(inputs / n) for n in names], "--model", str(bundle), "--methods", "gradcam",
+            "--out", str(out), "--no-progress"]
+    code, _, stderr = run(argv)
+    assert code == 0, stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["img", "img_2", "IMG_3", "jpg", "hidden", "_CON", "über_röntgen", "semi_colon_x"]
+    )
+    for path in out.rglob("*"):
+        assert path.resolve().is_relative_to(out.resolve())
+    # Nothing was written next to the inputs or the output folder.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
+    # The JSON names the file as given; the folder name is only derived from it.
+    assert json.loads((out / "img_2" / "result.json").read_text())["file"] == str(inputs / "b/img.jpg")
+
+
+def test_usage_errors_exit_2_with_a_clear_message(bundle: Path, chestcovnet_dir: Path, tmp_path: Path) -> None:
+    image = str(chestcovnet_dir / "images" / "nih_00008727_009.jpg")
+    code, _, stderr = run(["explain", image, "--model", str(tmp_path / "no_such_bundle"), "--out", str(tmp_path)])
+    assert code == 2 and "cannot load model" in stderr and "no_such_bundle" in stderr
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(bundle, corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"garbage")
+    code, _, stderr = run(["explain", image, "--model", str(corrupt), "--out", str(tmp_path)])
+    assert code == 2 and "cannot load model" in stderr and "sha256" in stderr
+    code, _, stderr = run(["explain", image, "--model", str(bundle), "--methods", "gradcam,lime",
+                           "--out", str(tmp_path)])
+    assert code == 2 and "unknown method(s) lime" in stderr
+    code, _, stderr = run(["explain", image, "--model", str(bundle), "--target", "pneumonia", "--out", str(tmp_path)])
+    assert code == 2 and "unknown target 'pneumonia'" in stderr
+    code, _, stderr = run(["report", image, "--model", str(bundle)])  # --out is required for a report
+    assert code == 2 and "--out" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt"]  # nothing written by the failed runs
+
+
+def _phi_dicom(dicom_dir: Path, path: Path) -> Path:
+    ds = pydicom.dcmread(dicom_dir / "siim_cr_pa_mono2_jpeg_baseline.dcm")
+    for keyword, value in PHI.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+    return path
+
+
+def test_no_patient_identifiers_in_outputs_messages_or_logs(
+    bundle: Path, chestcovnet_dir: Path, dicom_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    scan = _phi_dicom(dicom_dir, inputs / "scan.dcm")
+    assert all(s.encode() in scan.read_bytes() for s in PHI_STRINGS)  # the identifiers are really there
+    (inputs / "z_bad.dcm").write_bytes(scan.read_bytes()[:3000])  # truncated copy: its error message too
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("file,x,y,w,h\nscan.dcm,100,200,300,300\n")
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+    code1, out1, err1 = run(["explain", str(inputs), "--model", str(bundle), "--out", str(tmp_path / "explain")])
+    code2, out2, err2 = run(["report", str(inputs), "--model", str(bundle), "--out", str(tmp_path / "report"),
+                             "--boxes", str(boxes)])
+    assert (code1, code2) == (1, 1)  # the truncated copy fails, the scan is done
+    assert (tmp_path / "explain" / "scan" / "result.json").is_file()
+    assert (tmp_path / "report" / "scan" / "gradcam.png").is_file()
+    texts += [out1, err1, out2, err2, caplog.text]
+    produced = [p for p in (tmp_path / "explain").rglob("*") if p.is_file()]
+    produced += [p for p in (tmp_path / "report").rglob("*") if p.is_file()]
+    assert len(produced) > 10
+    for text in texts:
+        for secret in PHI_STRINGS:
+            assert secret not in text
+    for path in produced:
+        data = path.read_bytes()
+        for secret in PHI_STRINGS:
+            assert secret.encode() not in data, f"{secret} leaked into {path.name}"
+        assert not any(secret in path.name for secret in PHI_STRINGS)
+
+
+def test_report_with_manifest_boxes(bundle: Path, chestcovnet_dir: Path, tmp_path: Path) -> None:
+    from xai.pipeline import explain_source
+    from xai.trust.metrics import energy_inside, otsu_iou, pointing_game
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    boxed = ["nih_00008727_009.jpg", "nih_00010120_010.jpg"]
+    for name in [*boxed, "mhh_b343e657.jpg"]:
+        shutil.copy(chestcovnet_dir / "images" / name, inputs / name)
+    (inputs / "zz_text.dcm").write_text("not a dicom")
+    out = tmp_path / "report"
+    code, stdout, stderr = run(["report", str(inputs), "--out", str(out), "--model", str(bundle),
+                                "--boxes", str(chestcovnet_dir / "manifest.csv"), "--methods", "gradcam,gradcam++"])
+    assert code == 1
+    assert "zz_text.dcm" in stderr
+    assert "| gradcam | 2 |" in stdout and "| gradcam++ | 2 |" in stdout
+
+    rows = list(csv.DictReader((out / "report.csv").open(encoding="utf-8")))
+    assert [Path(r["file"]).name for r in rows] == ["mhh_b343e657.jpg", *boxed, "zz_text.dcm"]  # sorted walk
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed"]
+    assert rows[3]["error"] and rows[3]["prediction"] == ""
+    assert rows[0]["n_boxes"] == "0" and rows[0]["gradcam_hit"] == ""
+    assert all(r["target"] == "covid19" for r in rows[:3])
+
+    # Agreement figures: recomputed here from the pipeline's map and the manifest box scaled by 512/1024.
+    manifest = {r["file"]: r for r in csv.DictReader((chestcovnet_dir / "manifest.csv").open())}
+    for row, name in zip(rows[1:3], boxed, strict=True):
+        result = explain_source(inputs / name, __import__("models").load(bundle), target="covid19",
+                                methods=["gradcam"])
+        mask = np.zeros(result.radiograph.pixels.shape, dtype=bool)
+        for part in manifest[name]["nih_boxes_1024"].split(";"):
+            _, x, y, w, h = (float(v) if i else v for i, v in enumerate(part.split("|")))
+            s = int(manifest[name]["width"]) / 1024
+            cols = (np.arange(mask.shape[1]) + 0.5 >= x * s) & (np.arange(mask.shape[1]) + 0.5 < (x + w) * s)
+            rws = (np.arange(mask.shape[0]) + 0.5 >= y * s) & (np.arange(mask.shape[0]) + 0.5 < (y + h) * s)
+            mask |= np.outer(rws, cols)
+        heat = result.maps["gradcam"]
+        assert float(row["gradcam_hit"]) == float(bool(pointing_game(heat, mask)))
+        assert float(row["gradcam_energy_inside"]) == pytest.approx(energy_inside(heat, mask), rel=1e-4, abs=1e-6)
+        assert float(row["gradcam_iou_otsu"]) == pytest.approx(otsu_iou(heat, mask), rel=1e-4, abs=1e-6)
+        assert float(row["probability"]) == pytest.approx(result.probabilities[row["prediction"]], rel=1e-4)
+
+    page = (out / "index.html").read_text("utf-8")
+    assert page.count("data:image/jpeg;base64,") == 3 * 3  # original + two overlays for each good image
+    assert "zz_text.dcm" in page and "Files not processed" in page
+    assert "<script" not in page and "src='http" not in page
+    for stem in ("nih_00008727_009", "nih_00010120_010", "mhh_b343e657"):
+        assert sorted(p.name for p in (out / stem).iterdir()) == ["gradcam++.png", "gradcam.png"]
+
+
+def test_python_dash_m_entry_point(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "xai", "explain", "x.png", "--model", str(tmp_path / "none"), "--out", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2
+    assert "cannot load model" in done.stderr
