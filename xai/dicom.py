@@ -268,8 +268,10 @@ def _voi(ds: Any, values: np.ndarray, notices: list[str]) -> tuple[np.ndarray, t
         try:
             from pydicom.pixels import apply_voi
 
-            item = ds.VOILUTSequence[0]
-            table = np.asarray(item.LUTData, dtype=np.float64).ravel()
+            n, first = (int(v) for v in list(ds.VOILUTSequence[0].LUTDescriptor)[:2])
+            n = n or 65536  # PS3.3 C.11.2.1.1: 0 entries means 2**16
+            # the table as pydicom reads it (8/16-bit entries, OW or US encodings), for its output range
+            table = np.asarray(apply_voi(np.arange(first, first + n, dtype=np.float64), ds, index=0))
             out = np.asarray(apply_voi(values, ds, index=0), dtype=np.float32)
             lo, hi = float(table.min()), float(table.max())
             if hi > lo:

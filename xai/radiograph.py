@@ -323,7 +323,7 @@ def check_size(width: int, height: int, frames: int, max_pixels: int) -> None:
         raise ImageTooLargeError(
             f"the image is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the "
             f"{max_pixels / 1e6:g} megapixel limit; nothing was decoded")
-    if frames > 1 and width * height * frames > 8 * max_pixels:
+    if frames > 1 and width * height * frames > max_pixels:
         raise ImageTooLargeError(
             f"the file declares {frames} frames of {width}x{height}; too large to read safely")
 
