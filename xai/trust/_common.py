@@ -83,3 +83,51 @@ def is_flat(explanation: Any, method: str) -> bool:
     if method not in flat:
         return bool(np.ptp(first_map(explanation.maps, method)) == 0)
     return bool(np.asarray(flat[method]).reshape(-1)[0])
+
+
+#: An extra map to judge beside the engine's: ``fn(module, x (1, C, H, W), target) -> (H, W)`` non-negative map on
+#: the model-input grid (e.g. Integrated Gradients, or a weight-free baseline such as an edge detector).
+MapFn = Callable[[Any, Any, int], np.ndarray]
+
+
+def unit_map(heat: np.ndarray) -> np.ndarray:
+    """A non-negative map scaled to [0, 1] by its maximum (zeros stay zeros)."""
+    h = np.clip(np.asarray(heat, dtype=np.float64), 0.0, None)
+    top = h.max() if h.size else 0.0
+    return h / top if top > 0 else h
+
+
+def compute_maps(
+    explainer: Any,
+    module: Any,
+    x: Any,
+    target: int | None,
+    methods: tuple[str, ...],
+    extra: dict[str, MapFn] | None,
+) -> tuple[dict[str, np.ndarray], dict[str, bool], int, np.ndarray]:
+    """Maps (H, W) in [0, 1] of the engine's ``methods`` and of the ``extra`` functions for one input.
+
+    Returns (maps, flat flags, target index, class probabilities)."""
+    import torch
+
+    maps: dict[str, np.ndarray] = {}
+    flat: dict[str, bool] = {}
+    probs: np.ndarray
+    if methods:
+        e = explainer.explain(x, target=target, methods=methods)
+        target = int(np.asarray(e.target).reshape(-1)[0])
+        probs = np.asarray(e.probabilities, dtype=np.float64)[0]
+        for m in methods:
+            maps[m] = first_map(e.maps, m)
+            flat[m] = is_flat(e, m)
+    else:
+        with torch.no_grad():
+            logits = module(x)
+        probs = torch.softmax(logits.float(), dim=1)[0].numpy().astype(np.float64)
+        if target is None:
+            target = int(np.argmax(probs))
+    for name, fn in (extra or {}).items():
+        heat = unit_map(fn(module, x, int(target)))
+        maps[name] = heat
+        flat[name] = bool(np.ptp(heat) == 0)
+    return maps, flat, int(target), probs

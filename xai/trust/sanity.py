@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from xai.trust import metrics
-from xai.trust._common import Progress, first_map, is_flat, private_copy, report, unpack_model
+from xai.trust._common import MapFn, Progress, compute_maps, private_copy, report, unpack_model
 
 __all__ = [
     "GUIDED_NOTE",
@@ -181,17 +181,20 @@ def sanity_check(
     target_layer: str | None = None,
     max_steps: int = 12,
     seed: int = 0,
+    extra: dict[str, MapFn] | None = None,
     progress: Progress | None = None,
 ) -> SanityResult:
     """Cascading randomisation test for one prepared input ``x`` (1, C, H, W).
 
     ``model``: a ``models.LoadedModel`` (its card's target layer is used) or an ``nn.Module``. ``target``:
     the class to explain (default: the one the engine picks on the original model, kept fixed for every
-    randomised copy). ``progress(fraction, message)`` is called after every step.
+    randomised copy). ``extra``: more maps to test, ``fn(module, x, target) -> (H, W)`` (e.g. Integrated
+    Gradients, or a map that ignores the weights, which must fail). ``progress(fraction, message)`` is called
+    after every step.
     """
     from xai.engine import METHODS, Explainer
 
-    methods = tuple(methods) if methods else tuple(METHODS)
+    methods = tuple(METHODS) if methods is None else tuple(methods)
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"x must be a prepared tensor of shape (1, C, H, W), got {getattr(x, 'shape', x)}")
     module, layer, _card = unpack_model(model, target_layer)
@@ -199,33 +202,31 @@ def sanity_check(
     report(progress, 0.0, "copying the model")
     clone = private_copy(module)
     explainer = Explainer(clone, target_layer=layer)
-    base = explainer.explain(x, target=target, methods=methods)
-    target_index = int(np.asarray(base.target).reshape(-1)[0])
+    originals, flat, target_index, _ = compute_maps(explainer, clone, x, target, methods, extra)
+    names = tuple(originals)
     groups = cascade_groups(clone, max_steps=max_steps)
     total = len(groups) + 1
     report(progress, 1 / total, "original maps")
 
-    originals = {m: first_map(base.maps, m) for m in methods}
-    flat = {m: is_flat(base, m) for m in methods}
-    maps: dict[str, list[np.ndarray]] = {m: [originals[m].astype(np.float32)] for m in methods}
-    rho: dict[str, list[float]] = {m: [] for m in methods}
-    sim: dict[str, list[float]] = {m: [] for m in methods}
+    maps: dict[str, list[np.ndarray]] = {m: [originals[m].astype(np.float32)] for m in names}
+    rho: dict[str, list[float]] = {m: [] for m in names}
+    sim: dict[str, list[float]] = {m: [] for m in names}
     generator = torch.Generator().manual_seed(int(seed))
     for k, (label, modules) in enumerate(groups):
         randomise_(modules, generator)
-        randomised = explainer.explain(x, target=target_index, methods=methods)
-        for m in methods:
-            now = first_map(randomised.maps, m)
+        randomised, _, _, _ = compute_maps(explainer, clone, x, target_index, methods, extra)
+        for m in names:
+            now = randomised[m]
             maps[m].append(now.astype(np.float32))
             rho[m].append(metrics.spearman(originals[m], now))
             sim[m].append(metrics.ssim(originals[m], now, data_range=1.0))
         report(progress, (k + 2) / total, f"randomised {label} ({k + 1}/{len(groups)})")
 
-    passes = {m: (None if flat[m] else bool(rho[m][-1] < PASS_THRESHOLD)) for m in methods}
-    notes = [GUIDED_NOTE] if any(m.startswith("guided") for m in methods) else []
-    notes += [f"{m}: the original map is flat, the test says nothing about it" for m in methods if flat[m]]
+    passes = {m: (None if flat[m] else bool(rho[m][-1] < PASS_THRESHOLD)) for m in names}
+    notes = [GUIDED_NOTE] if any(m.startswith("guided") for m in names) else []
+    notes += [f"{m}: the original map is flat, the test says nothing about it" for m in names if flat[m]]
     return SanityResult(
-        methods=methods,
+        methods=names,
         steps=tuple(label for label, _ in groups),
         spearman=MappingProxyType({m: tuple(v) for m, v in rho.items()}),
         ssim=MappingProxyType({m: tuple(v) for m, v in sim.items()}),

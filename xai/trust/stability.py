@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from xai.trust import metrics
-from xai.trust._common import Progress, preprocessing_of, report, unpack_model
+from xai.trust._common import MapFn, Progress, compute_maps, preprocessing_of, report, unpack_model
 
 __all__ = [
     "DEFAULT_PERTURBATIONS",
@@ -214,6 +214,7 @@ def stability(
     comparison_side: int = 256,
     reference_maps: Mapping[str, np.ndarray] | None = None,
     target_layer: str | None = None,
+    extra: dict[str, MapFn] | None = None,
     progress: Progress | None = None,
 ) -> StabilityResult:
     """Maps of ``image`` (a Radiograph or a 2-D float array in [0, 1]) under small changes.
@@ -221,13 +222,16 @@ def stability(
     ``model``: LoadedModel (card gives preprocessing and target layer) or nn.Module with ``preprocessing``.
     ``second_model``: another checkpoint of the same architecture (e.g. ``models.load("chestcovnet-seed2")``)
     or None. ``reference_maps`` (maps on the original grid for ``target``, e.g. from the pipeline) saves one
-    explanation; they must come from the same model and preprocessing.
+    explanation; they must come from the same model and preprocessing. ``extra``: more maps,
+    ``fn(module, x, target) -> (H, W)`` on the model grid (see :func:`xai.trust.sanity.sanity_check`).
     """
     from xai.engine import METHODS, Explainer
     from xai.preprocessing import prepare
 
     started = time.perf_counter()
-    methods = tuple(methods) if methods else tuple(METHODS)
+    if methods is None:
+        methods = tuple(reference_maps) if reference_maps is not None else tuple(METHODS)
+    methods = tuple(m for m in methods if m not in (extra or {}))
     pre = preprocessing_of(model, preprocessing)
     module, layer, _card = unpack_model(model, target_layer)
     pixels = np.asarray(getattr(image, "pixels", image), dtype=np.float32)
@@ -237,23 +241,23 @@ def stability(
     explainer = Explainer(module, target_layer=layer)
     n_total = len(perturbations) + 1 + (second_model is not None)
 
-    def explain(pix: np.ndarray, expl: Any, prep: Any, tgt: int | None) -> tuple[dict[str, np.ndarray], Any]:
+    def explain(pix: np.ndarray, expl: Any, mod: Any, prep: Any, tgt: int | None) -> tuple[
+            dict[str, np.ndarray], int, np.ndarray]:
         x, geometry = prepare(pix, prep)
-        e = expl.explain(x, target=tgt, methods=methods)
-        maps = {m: _to_grid(geometry.to_original(np.asarray(e.maps[m])[0]), grid) for m in methods}
-        return maps, e
+        maps, _flat, tgt, probs = compute_maps(expl, mod, x, tgt, methods, extra)
+        return {m: _to_grid(geometry.to_original(h), grid) for m, h in maps.items()}, tgt, probs
 
     report(progress, 0.0, "reference maps")
-    x0, g0 = prepare(pixels, pre)
-    ref_expl = explainer.explain(x0, target=target, methods=methods) if reference_maps is None or target is None \
-        else None
-    if ref_expl is not None:
-        target = int(np.asarray(ref_expl.target).reshape(-1)[0])
-        ref_probs = np.asarray(ref_expl.probabilities)[0]
-        ref = {m: _to_grid(g0.to_original(np.asarray(ref_expl.maps[m])[0]), grid) for m in methods}
+    if reference_maps is None or target is None:
+        ref, target, ref_probs = explain(pixels, explainer, module, pre, target)
     else:
-        ref = {m: _to_grid(np.asarray(reference_maps[m], dtype=np.float32), grid) for m in methods}
-        ref_probs = _probabilities(module, x0)
+        ref = {m: _to_grid(np.asarray(reference_maps[m], dtype=np.float32), grid) for m in reference_maps}
+        if extra:
+            x0, g0 = prepare(pixels, pre)
+            more, _f, _t, _p = compute_maps(explainer, module, x0, target, (), extra)
+            ref.update({m: _to_grid(g0.to_original(h), grid) for m, h in more.items()})
+        ref_probs = _probabilities(module, prepare(pixels, pre)[0])
+    names = tuple(ref)
     report(progress, 1 / n_total, "reference maps")
 
     rng = np.random.default_rng(seed)
@@ -261,12 +265,11 @@ def stability(
     notes: list[str] = []
     for k, pert in enumerate(perturbations):
         changed = pert.apply(pixels, rng)
-        maps, e = explain(changed, explainer, pre, target)
+        maps, _t, probs = explain(changed, explainer, module, pre, target)
         row_r, row_s, row_i = {}, {}, {}
-        for m in methods:
+        for m in names:
             aligned, valid = pert.align(maps[m])
             row_r[m], row_s[m], row_i[m] = _compare(ref[m], aligned, valid)
-        probs = np.asarray(e.probabilities)[0]
         comparisons.append(Comparison(pert.name, MappingProxyType(row_r), MappingProxyType(row_s),
                                       MappingProxyType(row_i), float(probs[target]), int(np.argmax(probs))))
         report(progress, (k + 2) / n_total, pert.name)
@@ -275,12 +278,11 @@ def stability(
     if second_model is not None:
         module2, layer2, _ = unpack_model(second_model, None)
         pre2 = preprocessing_of(second_model, pre)
-        maps, e = explain(pixels, Explainer(module2, target_layer=layer2 or layer), pre2, target)
+        maps, _t, probs = explain(pixels, Explainer(module2, target_layer=layer2 or layer), module2, pre2, target)
         valid = np.ones(grid, dtype=bool)
         cr, cs, ci = {}, {}, {}
-        for m in methods:
+        for m in names:
             cr[m], cs[m], ci[m] = _compare(ref[m], maps[m], valid)
-        probs = np.asarray(e.probabilities)[0]
         name = str(getattr(getattr(second_model, "card", None), "name", "second checkpoint"))
         checkpoint = Comparison(f"checkpoint {name}", MappingProxyType(cr), MappingProxyType(cs),
                                 MappingProxyType(ci), float(probs[target]), int(np.argmax(probs)))
@@ -293,7 +295,7 @@ def stability(
                      + " (the change was not label-preserving for this model)")
     report(progress, 1.0, "done")
     return StabilityResult(
-        methods=methods,
+        methods=names,
         target=int(target),
         reference_probability=float(ref_probs[target]),
         reference_predicted=ref_pred,
