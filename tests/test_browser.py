@@ -1,0 +1,218 @@
+"""The real app in a real browser: ``streamlit run app.py`` driven by headless Debian chromium (Playwright).
+
+Starts the server on a free localhost port, uploads a real radiograph, waits until the original and the
+four overlays are drawn, checks the prediction shown against an in-process forward pass of the same model,
+checks that no error box appeared, then uploads a broken file and checks the app says so and keeps the
+previous result. A screenshot is saved to the test's tmp folder.
+
+Playwright's own browser download cannot work here: the test uses ``/usr/bin/chromium`` (``make test``
+installs it with apt-get). A missing browser FAILS the test (never a skip), in CI and locally.
+The model is the app's default (``XAI_APP_MODEL``, else the bundled ChestCOVNet), as ``make run`` uses it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+METHOD_LABELS = ("Grad-CAM", "Grad-CAM++", "Guided Backprop", "Guided Grad-CAM")
+UPLOADER = '[data-testid="stFileUploaderDropzoneInput"]'
+PANEL = ".st-key-panel_chart"
+PREDICTION = ".st-key-prediction_chart"
+SERVER_START_S = 180
+RESULT_S = 300
+
+
+# ------------------------------------------------------------------------------ server and browser
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"streamlit not healthy within {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def start_server(log: Path, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python -m streamlit run app.py`` from the repo root, bound to localhost (also used by benchmarks)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+               "--server.headless", "true", "--server.address", "127.0.0.1",
+               "--browser.gatherUsageStats", "false"]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    port = free_port()
+    process = start_server(log, port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, process, log, SERVER_START_S)
+        yield url
+    finally:
+        stop_server(process)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    assert CHROMIUM.is_file(), (
+        f"{CHROMIUM} not found: install Debian's chromium (`make browser`, or `apt-get install -y chromium` as "
+        "root). The browser test never skips."
+    )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+# ------------------------------------------------------------------------------------- page helpers
+def overlay_count_js(n_methods: int) -> str:
+    """JS predicate: the panel shows the original + ``n_methods`` images, titled with every method label."""
+    labels = list(METHOD_LABELS[:n_methods])
+    return f"""() => {{
+        const chart = document.querySelector('{PANEL}');
+        if (!chart) return false;
+        const titles = Array.from(chart.querySelectorAll('.annotation-text')).map(t => t.textContent);
+        const labels = {labels!r};
+        // "Grad-CAM" must not be satisfied by "Grad-CAM++": the label is followed by anything but '+'.
+        const titled = labels.every(l => titles.some(t => t.startsWith(l) && !t.startsWith(l + '+')));
+        return titled && chart.querySelectorAll('image').length >= {1 + n_methods};
+    }}"""
+
+
+def panel_images(page) -> list[np.ndarray]:
+    """Decode the panel's images (JPEG data URIs of the plotly image traces), in drawing order."""
+    hrefs = page.eval_on_selector_all(f"{PANEL} image", "els => els.map(e => e.getAttribute('href'))")
+    images = []
+    for href in hrefs:
+        assert href.startswith("data:image/"), href[:40]
+        data = base64.b64decode(href.split(",", 1)[1])
+        images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16))
+    return images
+
+
+def error_texts(page) -> list[str]:
+    exceptions = page.locator('[data-testid="stException"]').all_inner_texts()
+    alerts = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
+    return exceptions + alerts
+
+
+def shown_probabilities(page) -> list[float]:
+    return [float(t) for t in page.locator(f"{PREDICTION} text.bartext").all_text_contents()]
+
+
+def model_probabilities(image_path: Path) -> np.ndarray:
+    """The same model's softmax output for the file, computed in this process (independent of the app)."""
+    import torch
+
+    import models
+    from xai.preprocessing import prepare
+    from xai.radiograph import load_radiograph
+
+    loaded = models.load(os.environ.get("XAI_APP_MODEL", "chestcovnet"))
+    tensor, _ = prepare(load_radiograph(image_path), loaded.card.preprocessing)
+    with torch.no_grad():
+        return torch.softmax(loaded.module(tensor), dim=1)[0].numpy()
+
+
+# -------------------------------------------------------------------------------------------- test
+def test_upload_shows_four_overlays_then_bad_upload_keeps_them(server, browser, chestcovnet_dir, tmp_path):
+    image_path = chestcovnet_dir / "images" / "mhh_a4318ac9.jpg"  # a real COVID-19 AP film (MHH, test split)
+    context = browser.new_context(viewport={"width": 1600, "height": 1200})
+    page = context.new_page()
+    try:
+        page.goto(server, wait_until="domcontentloaded")
+        page.wait_for_selector(UPLOADER, state="attached", timeout=SERVER_START_S * 1000)
+        assert page.get_by_text("Research and teaching use — not for diagnosis").first.is_visible()
+
+        page.locator(UPLOADER).set_input_files(str(image_path))
+        page.wait_for_function(overlay_count_js(4), timeout=RESULT_S * 1000, polling=250)
+        page.wait_for_timeout(500)  # let the last paint land before the screenshot
+        shot = tmp_path / "explain_page.png"
+        page.screenshot(path=str(shot))
+        print(f"screenshot: {shot}")
+
+        assert error_texts(page) == []
+        original, *overlays = panel_images(page)
+        assert len(overlays) == 4
+        for overlay in overlays:  # each overlay is the radiograph with a colour map on top, not a copy
+            assert overlay.shape == original.shape
+            assert np.abs(overlay - original).mean() > 5
+            assert np.abs(overlay[..., 0] - overlay[..., 2]).mean() > 3  # colour, not gray
+        gray = original.std(axis=2).mean()
+        assert gray < 3  # the original panel is the gray radiograph
+
+        shown = shown_probabilities(page)
+        expected = model_probabilities(image_path)
+        assert len(shown) == len(expected)
+        np.testing.assert_allclose(shown, expected, atol=0.0015)
+
+        shot_pixels = np.asarray(Image.open(shot).convert("L"))
+        assert shot_pixels.shape == (1200, 1600) and shot_pixels.std() > 20
+
+        # A file that is not a radiograph: a clear message; the previous result stays on screen.
+        before = page.eval_on_selector_all(f"{PANEL} image", "els => els.map(e => e.getAttribute('href'))")
+        page.locator(UPLOADER).set_input_files(
+            files=[{"name": "notes.dcm", "mimeType": "application/dicom", "buffer": b"this is not an image" * 50}]
+        )
+        alert = page.locator('[data-testid="stAlertContentError"]')
+        alert.first.wait_for(timeout=60_000)
+        message = alert.first.inner_text()
+        assert "notes.dcm" in message and "previous image" in message
+        assert page.locator('[data-testid="stException"]').count() == 0
+        page.wait_for_function(overlay_count_js(4), timeout=60_000)
+        after = page.eval_on_selector_all(f"{PANEL} image", "els => els.map(e => e.getAttribute('href'))")
+        assert after == before
+    finally:
+        context.close()
