@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 import streamlit as st
-from xai.engine import METHODS
 
 from pages._shared import active_model, method_label
 from xai.batch import (
@@ -23,6 +22,7 @@ from xai.batch import (
     run_report,
     zip_folder,
 )
+from xai.engine import METHODS
 
 ZIP_LIMITS = ZipLimits(max_archive_bytes=200 * 1024 * 1024, max_members=200, max_member_bytes=64 * 1024 * 1024,
                        max_total_bytes=512 * 1024 * 1024, max_ratio=100.0)

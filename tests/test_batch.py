@@ -86,14 +86,17 @@ def test_output_dir_for_stays_inside(tmp_path: Path) -> None:
 
 def test_collect_inputs_walks_sorted_and_reports_missing(tmp_path: Path) -> None:
     (tmp_path / "d" / "sub").mkdir(parents=True)
-    for rel in ["d/b.png", "d/a.png", "d/sub/c.png", "d/.hidden.png"]:
+    for rel in ["d/b.png", "d/a.png", "d/sub/c.png", "d/.hidden.png", "d/notes.md", "d/meta.JSON", "d/noext"]:
         (tmp_path / rel).write_bytes(b"x")
     (tmp_path / "d" / ".git").mkdir()
     (tmp_path / "d" / ".git" / "z.png").write_bytes(b"x")
-    items = collect_inputs([tmp_path / "d", tmp_path / "missing.png"])
+    skipped: list[str] = []
+    items = collect_inputs([tmp_path / "d", tmp_path / "missing.png", tmp_path / "d" / "notes.md"], skipped)
     names = [Path(i.name).relative_to(tmp_path).as_posix() for i in items]
-    assert names == ["d/a.png", "d/b.png", "d/sub/c.png", "missing.png"]
-    assert items[-1].source is None and "no such file" in (items[-1].error or "")
+    # Files without an extension are tried (DICOM often has none); side files only when named explicitly.
+    assert names == ["d/a.png", "d/b.png", "d/noext", "d/sub/c.png", "missing.png", "d/notes.md"]
+    assert sorted(Path(s).name for s in skipped) == ["meta.JSON", "notes.md"]
+    assert items[-2].source is None and "no such file" in (items[-2].error or "")
 
 
 # ------------------------------------------------------------------------------------------ zips

@@ -182,7 +182,8 @@ def test_no_patient_identifiers_in_outputs_messages_or_logs(
     boxes.write_text("file,x,y,w,h\nscan.dcm,100,200,300,300\n")
     caplog.set_level(logging.DEBUG)
     texts: list[str] = []
-    code1, out1, err1 = run(["explain", str(inputs), "--model", str(bundle), "--out", str(tmp_path / "explain")])
+    code1, out1, err1 = run(["explain", str(inputs), "--model", str(bundle), "--out", str(tmp_path / "explain"),
+                             "--methods", "gradcam,guided_gradcam"])
     code2, out2, err2 = run(["report", str(inputs), "--model", str(bundle), "--out", str(tmp_path / "report"),
                              "--boxes", str(boxes)])
     assert (code1, code2) == (1, 1)  # the truncated copy fails, the scan is done
@@ -259,3 +260,18 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "cannot load model" in done.stderr
+
+
+def test_report_stability_and_ood_columns(bundle: Path, chestcovnet_dir: Path, tmp_path: Path) -> None:
+    image = chestcovnet_dir / "images" / "nih_00008727_009.jpg"
+    out = tmp_path / "report"
+    code, _, stderr = run(["report", str(image), "--out", str(out), "--model", str(bundle), "--methods", "gradcam",
+                           "--stability"])
+    assert code == 0, stderr
+    (row,) = list(csv.DictReader((out / "report.csv").open(encoding="utf-8")))
+    for stat in ("spearman", "ssim", "iou_top10"):
+        mean, worst = float(row[f"gradcam_stability_{stat}_mean"]), float(row[f"gradcam_stability_{stat}_worst"])
+        assert -1.0 <= worst <= mean <= 1.0
+    # The tiny test bundle has no fitted OOD statistics: no score, and no flag without header hints.
+    assert row["ood_score"] == "" and row["ood_flag"] == "0"
+    assert "stability: Spearman mean" in (out / "index.html").read_text("utf-8")

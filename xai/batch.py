@@ -113,13 +113,30 @@ def _walk_sorted(root: Path) -> Iterator[Path]:
                 yield Path(dirpath) / filename
 
 
-def collect_inputs(paths: Iterable[str | Path]) -> list[InputItem]:
-    """Files as given, directories walked (sorted, deterministic); missing paths become error items."""
+#: Side files skipped when walking a folder (named explicitly, they are tried like any file): formats are
+#: detected from content, so images need no extension, but these are never radiographs.
+NOT_IMAGE_SUFFIXES = frozenset(
+    {".md", ".txt", ".json", ".csv", ".tsv", ".html", ".htm", ".xml", ".pdf", ".py", ".yaml", ".yml",
+     ".toml", ".log", ".npy", ".npz", ".zip", ".gz", ".ini", ".cfg"}
+)
+
+
+def collect_inputs(paths: Iterable[str | Path], skipped: list[str] | None = None) -> list[InputItem]:
+    """Files as given, directories walked (sorted, deterministic); missing paths become error items.
+
+    While walking, hidden files and obvious side files (:data:`NOT_IMAGE_SUFFIXES`) are left out and
+    their names appended to ``skipped`` when a list is given.
+    """
     items: list[InputItem] = []
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            items.extend(InputItem(str(p), p) for p in _walk_sorted(path) if p.is_file())
+            for p in _walk_sorted(path):
+                if p.suffix.lower() in NOT_IMAGE_SUFFIXES:
+                    if skipped is not None:
+                        skipped.append(str(p))
+                elif p.is_file():
+                    items.append(InputItem(str(p), p))
         elif path.is_file():
             items.append(InputItem(str(given), path))
         elif path.exists():
@@ -486,21 +503,22 @@ def _agreement(heat: np.ndarray, mask: np.ndarray) -> dict[str, float]:
 
 
 def _ood(result: PipelineResult, model: LoadedModel) -> dict[str, Any]:
-    """Out-of-distribution score and header hints from :mod:`xai.trust` (empty when unavailable)."""
-    from xai import trust
+    """Out-of-distribution score and warnings (:func:`xai.trust.ood.ood_report`) as a plain dict.
 
-    scorer = getattr(trust, "ood_report", None)
-    if scorer is None:
-        return {}
-    report = scorer(model, result.input_tensor, result.radiograph)
-    return dict(report) if isinstance(report, Mapping) else dict(vars(report))
+    Keys: ``score`` (Mahalanobis distance, None without fitted statistics), ``percentile``, ``threshold``,
+    ``is_ood``, ``warnings`` (sentences; header hints included, never header values that identify)."""
+    from dataclasses import asdict
+
+    from xai.trust.ood import ood_report
+
+    return asdict(ood_report(model, result.input_tensor, result.radiograph))
 
 
 def _stability(result: PipelineResult, model: LoadedModel) -> dict[str, dict[str, float]]:
-    """Mean and worst map agreement under small label-preserving changes, from :mod:`xai.trust`."""
-    from xai import trust
+    """Mean and worst map agreement under small label-preserving changes (:mod:`xai.trust.stability`)."""
+    from xai.trust.stability import stability_summary
 
-    return trust.stability_summary(model, result)
+    return stability_summary(model, result)
 
 
 def _thumbnail(rgb: np.ndarray, max_side: int = 384) -> bytes:
@@ -564,7 +582,10 @@ def run_report(
                 n_boxes=len(image_boxes),
                 notices=result.notices,
             )
-            row.ood = _ood(result, model)
+            try:
+                row.ood = _ood(result, model)
+            except (ValueError, RuntimeError) as exc:
+                row.notices = (*row.notices, f"no out-of-distribution score: {exc}")
             original = draw_boxes(gray_to_rgb(result.radiograph.pixels), image_boxes)
             row.thumbnails["original"] = _thumbnail(original)
             for method, heat in result.maps.items():
@@ -574,7 +595,10 @@ def run_report(
                 if mask is not None and mask.any():
                     row.agreement[method] = _agreement(heat, mask)
             if stability:
-                row.stability = _stability(result, model)
+                try:
+                    row.stability = _stability(result, model)
+                except (ValueError, RuntimeError) as exc:
+                    row.notices = (*row.notices, f"no stability figures: {exc}")
             rows.append(row)
         if progress is not None:
             progress(done, len(items), item.name)
@@ -615,7 +639,7 @@ def _stability_keys(report: Report) -> list[str]:
 def report_csv(report: Report) -> str:
     """``report.csv``: one row per input, failures included with their reason."""
     stab_keys = _stability_keys(report)
-    ood_keys = ["ood_score", "ood_warning"]
+    ood_keys = ["ood_score", "ood_flag", "ood_warning"]
     header = ["file", "status", "error", "prediction", "probability", "target"]
     header += [f"p_{c}" for c in report.class_names] + ood_keys + ["n_boxes"]
     header += [f"{m}_{k}" for m in report.methods for k in AGREEMENT_KEYS]
@@ -628,7 +652,8 @@ def report_csv(report: Report) -> str:
         values: list[Any] = [row.file, "ok" if ok else "failed", row.error or ""]
         values += [row.predicted or "", row.probabilities.get(row.predicted or "", ""), row.target or ""]
         values += [row.probabilities.get(c, "") for c in report.class_names]
-        values += [row.ood.get("score", ""), _ood_warning_text(row.ood)]
+        flag = row.ood.get("is_ood")
+        values += [row.ood.get("score"), "" if flag is None else int(bool(flag)), _ood_warning_text(row.ood)]
         values += [row.n_boxes if ok else ""]
         values += [row.agreement.get(m, {}).get(k, "") for m in report.methods for k in AGREEMENT_KEYS]
         values += [row.stability.get(m, {}).get(k, "") for m in report.methods for k in stab_keys]
@@ -694,8 +719,8 @@ def report_html(report: Report) -> str:
         probs = ", ".join(f"{e(c)} {p:.3f}" for c, p in row.probabilities.items())
         parts.append(f"<div class='card'><h3>{e(row.file)}</h3><p>Prediction <b>{e(row.predicted or '')}</b> "
                      f"({probs}); explained: {e(row.target or '')}.")
-        if "score" in row.ood:
-            parts.append(f" OOD score {float(row.ood['score']):.2f}.")
+        if row.ood.get("score") is not None:
+            parts.append(f" OOD score (Mahalanobis distance) {float(row.ood['score']):.1f}.")
         parts.append("</p>")
         warning = _ood_warning_text(row.ood)
         if warning:
@@ -708,6 +733,8 @@ def report_html(report: Report) -> str:
             if key in row.agreement:
                 a = row.agreement[key]
                 caption += f" — hit {int(a['hit'])}, inside {a['energy_inside']:.2f}, IoU {a['iou_otsu']:.2f}"
+            if key in row.stability and "spearman_mean" in row.stability[key]:
+                caption += f" — stability: Spearman mean {row.stability[key]['spearman_mean']:.2f}"
             parts.append(f"<figure><img alt='{e(key)}' src='{_data_uri(jpeg)}'><figcaption>{caption}</figcaption></figure>")
         parts.append("</div></div>")
     parts.append("</body></html>\n")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from models import LoadedModel
+    from xai.batch import InputItem
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_MODEL = "chestcovnet"
@@ -88,14 +89,24 @@ def _report_failure(name: str, reason: str | None, stderr: TextIO, bar: object |
         print(message, file=stderr)
 
 
+def _collect(inputs: Sequence[str], stderr: TextIO) -> list[InputItem]:
+    from xai.batch import collect_inputs
+
+    skipped: list[str] = []
+    items = collect_inputs(inputs, skipped)
+    if skipped:
+        print(f"xai: ignored {len(skipped)} side file(s) in the folders (.md, .json, .csv ...)", file=stderr)
+    return items
+
+
 def _run_explain(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from xai.batch import collect_inputs, iter_explained, output_dir_for, unique_stems, write_explain_outputs
+    from xai.batch import iter_explained, output_dir_for, unique_stems, write_explain_outputs
     from xai.pipeline import resolve_target
 
     methods = _parse_methods(args.methods)
     model = _load_model(args.model)
     resolve_target(args.target, model.card.class_names)  # TargetError -> usage error before any work
-    items = collect_inputs(args.inputs)
+    items = _collect(args.inputs, stderr)
     stems = unique_stems([item.name for item in items])
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +130,7 @@ def _run_explain(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
 
 
 def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from xai.batch import BoxesError, collect_inputs, load_boxes, run_report
+    from xai.batch import BoxesError, load_boxes, run_report
     from xai.pipeline import resolve_target
 
     methods = _parse_methods(args.methods)
@@ -129,7 +140,7 @@ def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
         raise UsageError(f"boxes file {args.boxes}: {exc}") from None
     model = _load_model(args.model)
     resolve_target(args.target, model.card.class_names)
-    items = collect_inputs(args.inputs)
+    items = _collect(args.inputs, stderr)
     with _progress_bar(len(items), args.no_progress, stderr) as bar:
         report = run_report(
             items,
