@@ -43,6 +43,9 @@ from xai.radiograph import (
 # Projection X-ray modalities (PS3.3 C.7.3.1.1.1) plus OT (other / secondary capture) and a missing value.
 RADIOGRAPH_MODALITIES = frozenset({"", "CR", "DX", "DR", "RG", "RF", "XA", "MG", "PX", "IO", "OT", "DF", "DS"})
 
+PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+PIXEL_DATA_TAG_BE = b"\x7f\xe0\x00\x10"
+
 # Non-identifying attributes shown in the app: metadata key -> DICOM keyword.
 METADATA_KEYWORDS = {
     "modality": "Modality",
@@ -192,6 +195,8 @@ def decode_dicom(data: bytes, *, max_pixels: int) -> Radiograph:
     if any(k in ds for k in ("FloatPixelData", "DoubleFloatPixelData")):
         raise NotARadiographError("this DICOM file holds floating-point data (a parametric map), not a radiograph")
     if "PixelData" not in ds:
+        if PIXEL_DATA_TAG in data or PIXEL_DATA_TAG_BE in data:
+            raise CorruptImageError("the DICOM file is truncated: its pixel data element is cut off")
         raise NoPixelDataError("this DICOM file has no pixel data (it is not an image, e.g. a report)")
 
     rows = _as_int(_get(ds, "Rows"), -1)
@@ -234,9 +239,9 @@ def _decode_first_frame(ds: Any, tsyntax: str) -> np.ndarray:
 
     try:
         arr = pixel_array(ds, index=0)
-    except (MemoryError, RecursionError):
+    except (MemoryError, RecursionError, KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
-    except Exception as exc:  # noqa: BLE001 - decoder plugins raise anything on damaged data
+    except BaseException as exc:  # noqa: BLE001 - plugins raise anything on damaged data (pyo3: PanicException)
         raise CorruptImageError(f"the DICOM pixel data could not be decoded; it looks truncated or damaged "
                                 f"({type(exc).__name__})") from None
     return np.asarray(arr)

@@ -282,7 +282,10 @@ def load_radiograph(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         raise ImageTooLargeError("not enough memory to decode this image") from None
     except RecursionError:
         raise CorruptImageError("the file's structure is malformed (nested too deeply)") from None
-    except Exception as exc:  # noqa: BLE001 - the contract: nothing but RadiographError escapes
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the contract: nothing but RadiographError escapes;
+        # BaseException because Rust decoders (pylibjpeg-rle via pyo3) raise PanicException, not an Exception
         raise CorruptImageError(f"the image could not be decoded; the file looks damaged ({type(exc).__name__})") from None
 
 
