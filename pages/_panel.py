@@ -18,6 +18,19 @@ from plotly.subplots import make_subplots
 
 #: Quality of the on-screen JPEGs: panels are previews; downloads are lossless PNG at full resolution.
 SCREEN_JPEG_QUALITY = 92
+#: Room above each row of panels for a three-line title.
+TITLE_HEIGHT = 62
+#: Width the main area is assumed to have (wide layout on a 1600-1920 px screen) to size rows.
+ASSUMED_WIDTH_PX = 1150
+
+
+def row_height_for(image_shape: tuple[int, int], per_row: int, scale: float = 1.0) -> int:
+    """Row height (px) that fits ``per_row`` images of ``image_shape`` across the assumed width.
+
+    The panel keeps square pixels whatever the height; this only avoids empty bands around the images.
+    """
+    h, w = image_shape
+    return int(np.clip(ASSUMED_WIDTH_PX / max(per_row, 1) * h / max(w, 1) * scale, 220, 1100))
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,7 @@ def panel_figure(
         cols=per_row,
         subplot_titles=[p.title for p in panels],
         horizontal_spacing=0.01,
-        vertical_spacing=0.12 / rows,
+        vertical_spacing=min(0.3, TITLE_HEIGHT / (rows * (row_height + TITLE_HEIGHT))) if rows > 1 else 0.0,
     )
     for i, panel in enumerate(panels):
         h, w = panel.rgb.shape[:2]
@@ -100,12 +113,14 @@ def panel_figure(
             col=per_row,
         )
     for annotation in fig.layout.annotations:
-        annotation.font.size = 13
+        annotation.font.size = 12
     fig.update_layout(
-        height=rows * row_height + 70,
-        margin={"l": 4, "r": 4, "t": 64, "b": 4},
+        template="plotly_dark",
+        height=rows * (row_height + TITLE_HEIGHT) + 10,
+        margin={"l": 4, "r": 4, "t": TITLE_HEIGHT, "b": 4},
         uirevision=uirevision,
         dragmode="pan",
+        paper_bgcolor="rgba(0,0,0,0)",
         plot_bgcolor="black",
     )
     return fig

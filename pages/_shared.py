@@ -21,7 +21,7 @@ import hmac
 import json
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,22 @@ def method_label(method: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ page furniture
+def ensure_routed() -> None:
+    """Make sure this run went through ``app.py`` (disclaimer, password gate), else re-run through it.
+
+    Streamlit treats an app with a ``pages/`` folder as a legacy multipage app until the entry script has
+    called ``st.navigation`` once in the process: the FIRST request of a fresh server to a deep link such
+    as ``/model`` would run ``pages/model.py`` alone, skipping ``app.py`` and its password gate. Every page
+    calls this first (``active_model`` does too); it switches the legacy mode off, as ``st.navigation``
+    itself does, and re-runs, so the page is reached through ``app.py``.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def disclaimer() -> None:
     """The banner every page shows before anything else."""
     st.warning(f"**{DISCLAIMER}.** Saliency maps show where a model looked, not what is there.", icon="⚠️")
@@ -152,6 +168,7 @@ def default_model() -> ActiveModel:
 
 def active_model() -> ActiveModel:
     """This session's model: the one loaded on the Model page, else the shared bundled model."""
+    ensure_routed()
     chosen = st.session_state.get("user_model")
     return chosen if isinstance(chosen, ActiveModel) else default_model()
 
@@ -159,12 +176,17 @@ def active_model() -> ActiveModel:
 # ----------------------------------------------------------------------------------------- images
 @dataclass(frozen=True)
 class LoadedImage:
-    """The radiograph a session is looking at. ``label`` is for the screen only (never exported)."""
+    """The radiograph a session is looking at. ``label`` is for the screen only (never exported).
+
+    ``dicom_bytes`` keeps a DICOM file's bytes so a Secondary Capture can reference the exact source
+    (its SOP class and instance UIDs); None for other formats.
+    """
 
     label: str
     sha256: str
     radiograph: Radiograph
     source: str  # "upload" or "sample"
+    dicom_bytes: bytes | None = field(default=None, repr=False)
 
 
 def content_sha256(data: bytes) -> str:
@@ -175,7 +197,11 @@ def load_bytes(data: bytes, label: str, source: str) -> LoadedImage:
     """Decode an upload. Raises ``xai.radiograph.RadiographError`` with a message naming the problem."""
     from xai.radiograph import load_radiograph
 
-    return LoadedImage(label=label, sha256=content_sha256(data), radiograph=load_radiograph(data), source=source)
+    radiograph = load_radiograph(data)
+    return LoadedImage(
+        label=label, sha256=content_sha256(data), radiograph=radiograph, source=source,
+        dicom_bytes=data if radiograph.format == "dicom" else None,
+    )
 
 
 def list_samples() -> dict[str, str]:

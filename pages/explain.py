@@ -7,12 +7,13 @@ colour bar, scale, window/level, panel layout) only re-draws pixels inside a fra
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import streamlit as st
 
-from pages._panel import Panel, panel_figure, prediction_figure
+from pages._panel import Panel, panel_figure, prediction_figure, row_height_for
 from pages._shared import (
     DISCLAIMER,
     ActiveModel,
@@ -20,6 +21,7 @@ from pages._shared import (
     active_model,
     display_magnitudes,
     display_maps,
+    ensure_routed,
     explain_cached,
     list_samples,
     load_bytes,
@@ -34,7 +36,7 @@ from xai.radiograph import RadiographError, apply_window
 
 #: Longest side of the on-screen images; maps are computed and exported at full resolution.
 DISPLAY_MAX_SIDE = 1024
-PANEL_HEIGHTS = {"Small": 380, "Medium": 520, "Large": 700}
+PANEL_SIZES = {"Small": 0.7, "Medium": 1.0, "Large": 1.4}
 NO_SAMPLE = "—"
 
 
@@ -61,7 +63,7 @@ def ingest(upload: Any, sample_title: str, samples: dict[str, str]) -> None:
         state["_seen_sample"] = sample_title
         if sample_title in samples:
             try:
-                state["image"] = load_sample(samples[sample_title])
+                state["image"] = replace(load_sample(samples[sample_title]), label=sample_title)
                 state.pop("load_error", None)
             except (RadiographError, OSError) as exc:
                 state["load_error"] = f"Could not read the sample “{sample_title}”: {exc}"
@@ -150,10 +152,8 @@ def display_settings(image: LoadedImage, n_panels: int) -> dict[str, Any]:
             help="Take each method's fixed maximum (99.5th percentile) from the image shown now.",
         )
         c5, c6, c7 = st.columns([1, 1, 2])
-        s["per_row"] = c5.slider("Panels per row", 1, max(2, n_panels), min(n_panels, 5), key="disp_per_row")
-        s["row_height"] = PANEL_HEIGHTS[
-            c6.select_slider("Panel size", list(PANEL_HEIGHTS), value="Medium", key="disp_size")
-        ]
+        s["per_row"] = c5.slider("Panels per row", 1, max(2, n_panels), min(n_panels, 3), key="disp_per_row")
+        s["size"] = PANEL_SIZES[c6.select_slider("Panel size", list(PANEL_SIZES), value="Medium", key="disp_size")]
         r = image.radiograph
         s["window"] = None
         if r.format == "dicom":
@@ -202,9 +202,10 @@ def heat_maps(
 
 
 def panel_caption(result: PipelineResult, model: ActiveModel) -> str:
+    """Model and target layer, then class and the time the (shared) computation of all maps took."""
     total = result.explanation.timings.get("total")
     took = f" · {float(total):.0f} ms" if total is not None else ""
-    return f"{model.card.name} · layer {result.explanation.target_layer} · class {result.target}{took}"
+    return f"{model.card.name} · {result.explanation.target_layer}<br>class {result.target}{took}"
 
 
 @st.fragment
@@ -214,8 +215,9 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
     s = display_settings(image, 1 + len(methods))
     gray = screen_gray(image, s["window"])
     heats = heat_maps(image, result, model, s)
-    window_note = f" (window {s['window'][0]:.0f}/{s['window'][1]:.0f})" if s["window"] else ""
-    panels = [Panel(f"<b>Original</b>{window_note}<br>{image_facts(image, short=True)}", render.gray_to_rgb(gray))]
+    window_note = f"window {s['window'][0]:.0f}/{s['window'][1]:.0f}" if s["window"] else ""
+    panels = [Panel(f"<b>Original</b><br>{image_facts(image, short=True)}<br>{window_note or ' '}",
+                    render.gray_to_rgb(gray))]
     for m in methods:
         rgb = render.overlay(
             gray, heats[m], cmap=s["cmap"], alpha=s["alpha"], contour_level=s["contour_level"],
@@ -228,7 +230,7 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
     fig = panel_figure(
         panels,
         per_row=s["per_row"],
-        row_height=s["row_height"],
+        row_height=row_height_for(gray.shape, min(s["per_row"], len(panels)), s["size"]),
         uirevision=f"{image.sha256}:{model.key}",
         colorscale=render.plotly_colorscale(s["cmap"]) if s["colorbar"] and s["show_heat"] else None,
         colorbar_title="fraction of the fixed max" if fixed else "saliency (per image)",
@@ -351,7 +353,7 @@ def downloads_section(
             icon=":material/description:",
         )
         if image.radiograph.format == "dicom":
-            source = {**image.radiograph.patient, "Modality": image.radiograph.metadata.get("modality", "")}
+            source = image.dicom_bytes or {**image.radiograph.patient, "Modality": image.radiograph.metadata.get("modality", "")}
             st.download_button(
                 "DICOM Secondary Capture",
                 data=lambda: export.secondary_capture(
@@ -367,6 +369,7 @@ def downloads_section(
 
 # -------------------------------------------------------------------------------------------- page
 def main() -> None:
+    ensure_routed()
     state = st.session_state
     model = active_model()
     samples = list_samples()

@@ -16,7 +16,7 @@ from typing import Any
 
 import streamlit as st
 
-from pages._shared import DISCLAIMER, ActiveModel, active_model, default_model, wrap_model
+from pages._shared import DISCLAIMER, ActiveModel, active_model, default_model, ensure_routed, wrap_model
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -208,6 +208,7 @@ def bundle_form() -> None:
 
 
 def main() -> None:
+    ensure_routed()
     try:
         model = active_model()
     except Exception as exc:  # noqa: BLE001 - a missing or corrupt bundle: say so, keep the page usable

@@ -1,0 +1,251 @@
+"""The Streamlit app driven headless with ``streamlit.testing.v1.AppTest`` on the bundled model.
+
+Real radiographs only (bundled samples, ../shared/data). The engine is never mocked: the page's single
+engine entry point, ``pages._shared.run_engine``, counts its calls, which proves that display-only
+changes compute no map. Downloads are generated on click, so their callables are captured from
+``MediaFileManager.add_deferred`` and run here to check what a user would download.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from streamlit.runtime.media_file_manager import MediaFileManager
+from streamlit.testing.v1 import AppTest
+
+import pages._shared as shared
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+TIMEOUT = 180  # the CPU is shared with other jobs: be generous, the assertions are not about speed
+METHOD_TITLES = ("Grad-CAM", "Grad-CAM++", "Guided Backprop", "Guided Grad-CAM")
+
+# Identifiers planted in a real DICOM to prove that none of them leaves the app unless asked.
+PHI = {
+    "PatientName": "DOE^JANE",
+    "PatientID": "PID-98765",
+    "PatientBirthDate": "19700314",
+    "InstitutionName": "Test General Hospital",
+    "AccessionNumber": "ACC-4242",
+    "StudyDate": "20200314",
+}
+PHI_VALUES = ("DOE^JANE", "PID-98765", "19700314", "Test General Hospital", "ACC-4242", "20200314")
+
+
+def new_app() -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def run(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def panel_spec(at: AppTest) -> dict:
+    """The side-by-side panel's plotly figure (the chart keyed ``panel_chart``)."""
+    charts = [c for c in at.get("plotly_chart") if "panel_chart" in c.proto.id]
+    assert len(charts) == 1, "expected exactly one overlay panel"
+    return json.loads(charts[0].proto.spec)
+
+
+def image_titles(at: AppTest) -> list[str]:
+    return [a["text"] for a in panel_spec(at)["layout"]["annotations"]]
+
+
+def image_sources(at: AppTest) -> list[str]:
+    return [t["source"] for t in panel_spec(at)["data"] if t["type"] == "image"]
+
+
+def choose_sample(at: AppTest, fragment: str) -> AppTest:
+    box = at.selectbox(key="sample")
+    box.set_value(next(o for o in box.options if fragment in o))
+    return run(at)
+
+
+def disclaimer_shown(at: AppTest) -> bool:
+    return any(shared.DISCLAIMER in w.value for w in at.warning)
+
+
+@pytest.fixture
+def deferred(monkeypatch: pytest.MonkeyPatch) -> dict[str, Callable[[], bytes]]:
+    """file name -> the callable a download button would run when clicked."""
+    captured: dict[str, Callable[[], bytes]] = {}
+
+    def add_deferred(self, data_callable, mimetype, coordinates, file_name=None, *, element_id=""):  # noqa: ANN001
+        captured[str(file_name)] = data_callable
+        return f"deferred-{len(captured)}"
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", add_deferred)
+    return captured
+
+
+def dicom_with_phi(dicom_dir: Path) -> bytes:
+    ds = pydicom.dcmread(dicom_dir / "siim_cr_pa_mono2_jpeg_baseline.dcm")
+    for keyword, value in PHI.items():
+        setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def test_password_gate_blocks_every_page_until_the_secret_is_given() -> None:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.secrets["auth"] = {"password": "correct horse"}
+    run(at)
+    assert disclaimer_shown(at)
+    assert not at.file_uploader and not at.multiselect  # no page content behind the gate
+    at.text_input(key="_access_password").set_value("wrong")
+    at.button[0].click()
+    run(at)
+    assert any("Wrong password" in e.value for e in at.error)
+    assert not at.file_uploader
+    at.text_input(key="_access_password").set_value("correct horse")
+    at.button[0].click()
+    run(at)
+    assert at.file_uploader, "the Explain page should render after the right password"
+
+
+def test_a_deep_link_on_a_fresh_server_still_meets_the_gate() -> None:
+    # Streamlit runs a deep link in its legacy pages/ mode until app.py has called st.navigation once;
+    # AppTest starts every run in that state, as a freshly started server does.
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.secrets["auth"] = {"password": "correct horse"}
+    run(at.switch_page("pages/model.py"))
+    assert disclaimer_shown(at)
+    assert at.text_input(key="_access_password") is not None
+    assert not at.header and not at.metric, "the Model page rendered behind the gate"
+
+
+def test_starts_with_disclaimer_and_model_page_renders_the_card() -> None:
+    import models
+
+    at = new_app()
+    assert disclaimer_shown(at)
+    assert at.file_uploader[0].allowed_type == []  # no extension filter: DICOMs often have none
+    assert at.multiselect(key="methods").value == ["gradcam", "gradcam++", "guided_backprop", "guided_gradcam"]
+    card = models.load(shared.DEFAULT_MODEL).card
+    run(at.switch_page("pages/model.py"))
+    assert disclaimer_shown(at)
+    text = " ".join(h.value for h in at.header) + " ".join(c.value for c in at.caption)
+    assert card.name in text and card.sha256 in text
+    assert any(m.label.startswith("Threshold on P(") and m.value == f"{card.threshold:.3f}" for m in at.metric)
+
+
+def test_sample_gives_four_overlays_and_display_changes_compute_no_map() -> None:
+    shared.explain_cached.clear()
+    at = new_app()
+    calls = shared.ENGINE_CALLS
+    choose_sample(at, "NIH")
+    assert calls + 1 == shared.ENGINE_CALLS
+    titles = image_titles(at)
+    assert titles[0].startswith("<b>Original</b>")
+    assert [t.split("</b>")[0].removeprefix("<b>") for t in titles[1:]] == list(METHOD_TITLES)
+    card_name = shared.default_model().card.name
+    assert all(card_name in t and "class " in t and " ms" in t for t in titles[1:])
+    assert len(image_sources(at)) == 5
+
+    before = image_sources(at)
+    at.slider(key="disp_alpha").set_value(0.9)
+    at.selectbox(key="disp_cmap").set_value("viridis")
+    at.toggle(key="disp_contours").set_value(True)
+    at.radio(key="disp_scale").set_value("fixed")
+    run(at)
+    after = image_sources(at)
+    assert after[0] == before[0] and all(a != b for a, b in zip(after[1:], before[1:], strict=True))
+    at.toggle(key="disp_overlay").set_value(False)
+    run(at)
+    assert calls + 1 == shared.ENGINE_CALLS, "a display-only change recomputed the maps"
+
+    at.multiselect(key="methods").set_value(["gradcam", "guided_backprop"])
+    run(at)
+    assert calls + 2 == shared.ENGINE_CALLS
+    assert [t.split("</b>")[0].removeprefix("<b>") for t in image_titles(at)[1:]] == ["Grad-CAM", "Guided Backprop"]
+
+    classes = shared.default_model().class_names
+    predicted = next(t for t in image_titles(at)[1:]).split("class ")[1].split(" ")[0]
+    other = next(c for c in classes if c != predicted)
+    target_box = next(s for s in at.selectbox if s.label == "Target class")
+    target_box.set_value(other)
+    run(at)
+    assert calls + 3 == shared.ENGINE_CALLS
+    assert all(f"class {other}" in t for t in image_titles(at)[1:])
+
+
+def test_png_upload_then_bad_upload_keeps_the_previous_result(chestcovnet_dir: Path) -> None:
+    jpeg = next(iter(sorted((chestcovnet_dir / "images").glob("nih_*.jpg"))))
+    buffer = io.BytesIO()
+    Image.open(jpeg).save(buffer, format="PNG")  # lossless re-encoding of a real radiograph
+    at = new_app()
+    at.file_uploader(key="upload").set_value(("film.png", buffer.getvalue(), "image/png"))
+    run(at)
+    assert not at.error
+    shown = image_sources(at)
+    assert len(shown) == 5
+
+    at.file_uploader(key="upload").set_value(("broken.dcm", b"this is not a radiograph" * 10, "application/dicom"))
+    run(at)
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "broken.dcm" in errors[0] and "not a recognised image" in errors[0]
+    assert image_sources(at) == shown, "the previous result should stay on screen"
+
+    at.slider(key="disp_alpha").set_value(0.2)  # still usable after the bad file
+    run(at)
+    assert len(image_sources(at)) == 5
+
+
+def test_dicom_upload_windowing_and_exports_carry_no_identifiers(
+    dicom_dir: Path, deferred: dict[str, Callable[[], bytes]]
+) -> None:
+    import pypdf
+
+    data = dicom_with_phi(dicom_dir)
+    at = new_app()
+    at.file_uploader(key="upload").set_value(("DOE_JANE_PID-98765.dcm", data, "application/dicom"))
+    run(at)
+    assert not at.error
+    page_text = " ".join(str(e.value) for e in at.markdown) + " ".join(
+        str(e.value) for e in at.subheader) + json.dumps(panel_spec(at)["layout"])
+    assert not any(v in page_text for v in (*PHI_VALUES, "DOE_JANE")), "identifiers shown with details off"
+
+    calls = shared.ENGINE_CALLS
+    before = image_sources(at)[0]
+    centre = next(s for s in at.slider if s.label == "Window centre")
+    centre.set_value(float(centre.value) + 40.0)
+    run(at)
+    assert image_sources(at)[0] != before and calls == shared.ENGINE_CALLS  # re-windowed, nothing recomputed
+
+    names = set(deferred)
+    assert any(n.endswith("_sc.dcm") for n in names) and any(n.endswith("_report.pdf") for n in names)
+    assert len([n for n in names if n.endswith(".png") and "_report" not in n]) == 4
+    assert not any("DOE" in n or "PID" in n for n in names), "file names must not carry the upload's name"
+    files = {name: make() for name, make in deferred.items()}
+    for name, blob in files.items():
+        assert not any(v.encode() in blob for v in PHI_VALUES), f"{name} carries an identifier"
+    pdf_text = pypdf.PdfReader(io.BytesIO(files[next(n for n in files if n.endswith(".pdf"))])).pages[0].extract_text()
+    assert "not for diagnosis" in pdf_text and not any(v in pdf_text for v in PHI_VALUES)
+    sc = pydicom.dcmread(io.BytesIO(files[next(n for n in files if n.endswith("_sc.dcm"))]))
+    source = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    assert str(sc.PatientName) != PHI["PatientName"] and sc.PatientID != PHI["PatientID"]
+    assert sc.StudyInstanceUID == source.StudyInstanceUID
+    overlay = Image.open(io.BytesIO(files[next(n for n in files if n.endswith("_gradcam.png"))]))
+    assert overlay.width >= 1024  # exported at full resolution (plus the caption band below)
+
+    # Switched on, the details appear in the report: the check above could have failed.
+    deferred.clear()
+    at.toggle(key="show_patient").set_value(True)
+    run(at)
+    report = deferred[next(n for n in deferred if n.endswith("_report.pdf"))]()
+    assert "DOE^JANE" in pypdf.PdfReader(io.BytesIO(report)).pages[0].extract_text()
+    assert np.any([PHI["PatientID"] in str(t.value) for t in at.table]) or any(
+        PHI["PatientID"] in str(d.value) for d in at.dataframe)
