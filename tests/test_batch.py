@@ -263,3 +263,31 @@ def test_zip_folder_round_trips(tmp_path: Path) -> None:
     (tmp_path / "report.csv").write_text("file\n")
     files = dict(read_zip(zip_folder(tmp_path)))
     assert files == {"a/m.png": b"png", "report.csv": b"file\n"}
+
+
+def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path) -> None:
+    """The Streamlit page end to end (bundled model, one method to stay quick)."""
+    from streamlit.testing.v1 import AppTest
+
+    images = chestcovnet_dir / "images"
+    good = _zip({"films/a.jpg": (images / "nih_00008727_009.jpg").read_bytes(),
+                 "films/b.jpg": (images / "mhh_b343e657.jpg").read_bytes()}, compression=zipfile.ZIP_STORED)
+    bomb = _zip({"bomb.dcm": bytes(20 * 1024 * 1024)})
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "batch.py"), default_timeout=300)
+    at.run()
+    assert not at.exception
+    at.file_uploader(key="batch_uploads").set_value([("films.zip", good, "application/zip"),
+                                                      ("bomb.zip", bomb, "application/zip")])
+    at.multiselect[0].set_value(["gradcam"])
+    at.button[0].click()  # the form's submit button
+    at.run()
+    assert not at.exception, at.exception
+    assert "2 of 3 image(s) explained" in at.success[0].value
+    assert "bomb.zip" in at.warning[-1].value and "zip bomb" in at.warning[-1].value
+    assert len(at.get("download_button")) == 3
+    result = at.session_state["batch_result"]
+    files = dict(read_zip(result["zip"]))
+    assert {"report.csv", "index.html", "a/gradcam.png", "b/gradcam.png"} <= set(files)
+    rows = list(csv.DictReader(io.StringIO(result["csv"].decode("utf-8"))))
+    assert [(r["file"], r["status"]) for r in rows] == [
+        ("films.zip/films/a.jpg", "ok"), ("films.zip/films/b.jpg", "ok"), ("bomb.zip", "failed")]
