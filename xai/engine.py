@@ -417,7 +417,14 @@ class Explainer:
                 "(call model.eval() for deterministic, per-image explanations); its buffers were restored"
             )
 
-        with torch.inference_mode(False), torch.enable_grad():
+        with (
+            # Training mode: batch-norm's backward needs its buffers as they were in the forward pass, so
+            # they are restored only after the backward pass, holding the model lock throughout.
+            model_lock(self.model) if self.model.training else contextlib.nullcontext(),
+            _buffers_restored(self.model) if self.model.training else contextlib.nullcontext(),
+            torch.inference_mode(False),
+            torch.enable_grad(),
+        ):
             # A fresh leaf (never the caller's tensor) and a non-leaf copy, so that a model applying an
             # in-place op to its input still runs.
             leaf = x.detach().to(device=device, dtype=dtype).clone().requires_grad_(True)
@@ -504,10 +511,7 @@ class Explainer:
         with model_lock(self.model):
             handle = module.register_forward_hook(capture)
             try:
-                with (
-                    _buffers_restored(self.model) if self.model.training else contextlib.nullcontext(),
-                    GuidedReLUMode(state) if guided else contextlib.nullcontext(),
-                ):
+                with GuidedReLUMode(state) if guided else contextlib.nullcontext():
                     logits = self.model(model_input)
             finally:
                 handle.remove()
