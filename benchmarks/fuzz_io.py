@@ -8,7 +8,7 @@ runs under an address-space limit). The seeds are tiny (about 48 px) versions of
     .venv/bin/python benchmarks/fuzz_io.py --n 10000            # the full run (about a minute)
     .venv/bin/python benchmarks/fuzz_io.py --n 500 --isolated   # through xai.isolation worker processes
 
-An input that breaks the contract is written to ``--out`` (default ``fuzz_out/``) as ``bug-<n>.bin``;
+An input that breaks the contract is written to ``--out`` (default ``$TMPDIR/chestcovnet_fuzz``) as ``bug-<n>.bin``;
 keep it in ``tests/fuzz_regressions/`` so ``tests/test_fuzz.py`` replays it forever.
 ``make_seeds`` and ``mutate`` are reused by ``tests/test_corruption.py`` and ``tests/test_fuzz.py``.
 """
@@ -21,6 +21,7 @@ import io
 import random
 import resource
 import sys
+import tempfile
 import time
 import warnings
 import zlib
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=10_000, help="number of mutated inputs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--out", type=Path, default=REPO / "fuzz_out")
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "chestcovnet_fuzz")
     parser.add_argument("--memory-mb", type=int, default=3072, help="address-space limit for this process")
     parser.add_argument("--isolated", action="store_true", help="decode through xai.isolation worker processes")
     args = parser.parse_args(argv)
