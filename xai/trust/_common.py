@@ -97,6 +97,47 @@ def unit_map(heat: np.ndarray) -> np.ndarray:
     return h / top if top > 0 else h
 
 
+def compute_maps_batch(
+    explainer: Any,
+    module: Any,
+    x: Any,
+    target: int | None,
+    methods: tuple[str, ...],
+    extra: dict[str, MapFn] | None,
+) -> tuple[list[dict[str, np.ndarray]], int, np.ndarray]:
+    """Maps (H, W) in [0, 1] for every image of a batch ``x`` (N, C, H, W), all explaining one class.
+
+    ``target`` None: the first image's predicted class, used for all. Returns (per-image maps, target,
+    probabilities (N, C))."""
+    import torch
+
+    n = int(x.shape[0])
+    per_image: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
+    if methods:
+        if target is None:
+            e = explainer.explain(x[:1], target=None, methods=methods)
+            target = int(np.asarray(e.target).reshape(-1)[0])
+            if n > 1:
+                e = explainer.explain(x, target=[target] * n, methods=methods)
+        else:
+            e = explainer.explain(x, target=[int(target)] * n, methods=methods)
+        probs = np.asarray(e.probabilities, dtype=np.float64)
+        for m in methods:
+            batch = np.asarray(e.maps[m], dtype=np.float64)
+            for i in range(n):
+                per_image[i][m] = batch[i]
+    else:
+        with torch.no_grad():
+            logits = module(x)
+        probs = torch.softmax(logits.float(), dim=1).numpy().astype(np.float64)
+        if target is None:
+            target = int(np.argmax(probs[0]))
+    for name, fn in (extra or {}).items():
+        for i in range(n):
+            per_image[i][name] = unit_map(fn(module, x[i : i + 1], int(target)))
+    return per_image, int(target), probs
+
+
 def compute_maps(
     explainer: Any,
     module: Any,
@@ -107,27 +148,9 @@ def compute_maps(
 ) -> tuple[dict[str, np.ndarray], dict[str, bool], int, np.ndarray]:
     """Maps (H, W) in [0, 1] of the engine's ``methods`` and of the ``extra`` functions for one input.
 
-    Returns (maps, flat flags, target index, class probabilities)."""
-    import torch
-
-    maps: dict[str, np.ndarray] = {}
-    flat: dict[str, bool] = {}
-    probs: np.ndarray
-    if methods:
-        e = explainer.explain(x, target=target, methods=methods)
-        target = int(np.asarray(e.target).reshape(-1)[0])
-        probs = np.asarray(e.probabilities, dtype=np.float64)[0]
-        for m in methods:
-            maps[m] = first_map(e.maps, m)
-            flat[m] = is_flat(e, m)
-    else:
-        with torch.no_grad():
-            logits = module(x)
-        probs = torch.softmax(logits.float(), dim=1)[0].numpy().astype(np.float64)
-        if target is None:
-            target = int(np.argmax(probs))
-    for name, fn in (extra or {}).items():
-        heat = unit_map(fn(module, x, int(target)))
-        maps[name] = heat
-        flat[name] = bool(np.ptp(heat) == 0)
-    return maps, flat, int(target), probs
+    Returns (maps, flat flags, target index, class probabilities). A map is flat when it is constant
+    (the engine shows flat maps as zeros)."""
+    maps_list, target, probs = compute_maps_batch(explainer, module, x, target, methods, extra)
+    maps = maps_list[0]
+    flat = {m: bool(np.ptp(h) == 0) for m, h in maps.items()}
+    return maps, flat, target, probs[0]

@@ -179,7 +179,7 @@ def sanity_check(
     target: int | None = None,
     methods: Sequence[str] | None = None,
     target_layer: str | None = None,
-    max_steps: int = 12,
+    max_steps: int = 10,
     seed: int = 0,
     extra: dict[str, MapFn] | None = None,
     progress: Progress | None = None,

@@ -30,7 +30,15 @@ import cv2
 import numpy as np
 
 from xai.trust import metrics
-from xai.trust._common import MapFn, Progress, compute_maps, preprocessing_of, report, unpack_model
+from xai.trust._common import (
+    MapFn,
+    Progress,
+    compute_maps,
+    compute_maps_batch,
+    preprocessing_of,
+    report,
+    unpack_model,
+)
 
 __all__ = [
     "DEFAULT_PERTURBATIONS",
@@ -215,6 +223,7 @@ def stability(
     reference_maps: Mapping[str, np.ndarray] | None = None,
     target_layer: str | None = None,
     extra: dict[str, MapFn] | None = None,
+    batch_size: int = 3,
     progress: Progress | None = None,
 ) -> StabilityResult:
     """Maps of ``image`` (a Radiograph or a 2-D float array in [0, 1]) under small changes.
@@ -224,7 +233,10 @@ def stability(
     or None. ``reference_maps`` (maps on the original grid for ``target``, e.g. from the pipeline) saves one
     explanation; they must come from the same model and preprocessing. ``extra``: more maps,
     ``fn(module, x, target) -> (H, W)`` on the model grid (see :func:`xai.trust.sanity.sanity_check`).
+    ``batch_size`` changed inputs are explained per engine call (fewer, larger passes; progress per batch).
     """
+    import torch
+
     from xai.engine import METHODS, Explainer
     from xai.preprocessing import prepare
 
@@ -263,16 +275,22 @@ def stability(
     rng = np.random.default_rng(seed)
     comparisons: list[Comparison] = []
     notes: list[str] = []
-    for k, pert in enumerate(perturbations):
-        changed = pert.apply(pixels, rng)
-        maps, _t, probs = explain(changed, explainer, module, pre, target)
-        row_r, row_s, row_i = {}, {}, {}
-        for m in names:
-            aligned, valid = pert.align(maps[m])
-            row_r[m], row_s[m], row_i[m] = _compare(ref[m], aligned, valid)
-        comparisons.append(Comparison(pert.name, MappingProxyType(row_r), MappingProxyType(row_s),
-                                      MappingProxyType(row_i), float(probs[target]), int(np.argmax(probs))))
-        report(progress, (k + 2) / n_total, pert.name)
+    perturbations = tuple(perturbations)
+    for start in range(0, len(perturbations), batch_size):
+        chunk = perturbations[start : start + batch_size]
+        prepared = [prepare(p.apply(pixels, rng), pre) for p in chunk]  # same preparation as any input
+        batch = torch.cat([t for t, _ in prepared])
+        maps_list, _t, probs = compute_maps_batch(explainer, module, batch, target, methods, extra)
+        for i, pert in enumerate(chunk):
+            row_r, row_s, row_i = {}, {}, {}
+            for m in names:
+                on_original = _to_grid(prepared[i][1].to_original(maps_list[i][m]), grid)
+                aligned, valid = pert.align(on_original)
+                row_r[m], row_s[m], row_i[m] = _compare(ref[m], aligned, valid)
+            comparisons.append(Comparison(pert.name, MappingProxyType(row_r), MappingProxyType(row_s),
+                                          MappingProxyType(row_i), float(probs[i, target]),
+                                          int(np.argmax(probs[i]))))
+        report(progress, (start + len(chunk) + 1) / n_total, ", ".join(p.name for p in chunk))
 
     checkpoint = None
     if second_model is not None:

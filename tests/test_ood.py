@@ -1,0 +1,223 @@
+"""Out-of-distribution score (Mahalanobis on penultimate features) and header hints."""
+
+from __future__ import annotations
+
+import csv
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
+from torch import nn
+
+from xai.trust import ood
+
+
+def test_mahalanobis_matches_scipy_and_takes_the_nearest_class() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5, 5))
+    precision = a @ a.T + np.eye(5)
+    means = rng.normal(size=(2, 5))
+    f = rng.normal(size=(4, 5))
+    got = ood.mahalanobis(f, means, precision)
+    for i in range(4):
+        expected = min(scipy_mahalanobis(f[i], means[c], precision) for c in range(2))
+        assert got[i] == pytest.approx(expected, rel=1e-10)
+    assert ood.mahalanobis(means[1], means, precision)[0] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_fit_gaussian_recovers_means_and_flags_a_far_point() -> None:
+    rng = np.random.default_rng(1)
+    cov = np.diag([1.0, 4.0, 0.25])
+    x0 = rng.multivariate_normal([0, 0, 0], cov, size=400)
+    x1 = rng.multivariate_normal([5, 0, 0], cov, size=400)
+    feats = np.vstack([x0, x1])
+    labels = np.array([0] * 400 + [1] * 400)
+    means, precision, shrinkage = ood.fit_gaussian(feats, labels)
+    np.testing.assert_allclose(means, [[0, 0, 0], [5, 0, 0]], atol=0.25)
+    assert 0.0 <= shrinkage <= 1.0
+    # with plenty of data the shrunk covariance is close to the true one
+    np.testing.assert_allclose(np.linalg.inv(precision), cov, atol=0.4)
+    inlier, outlier = ood.mahalanobis(np.array([[0.5, 1.0, 0.2], [2.5, 0.0, 3.0]]), means, precision)
+    assert inlier < 2.0 < 5.0 < outlier  # 3 = 6 sd along the narrow axis
+
+
+def _stats(val: np.ndarray) -> ood.OODStats:
+    return ood.OODStats(means=np.zeros((2, 3), np.float32), precision=np.eye(3, dtype=np.float32),
+                        val_distances=np.sort(val).astype(np.float32), class_names=("a", "b"),
+                        model_name="toy", model_sha256="abc", feature_layer="input of fc", n_train=10,
+                        shrinkage=0.1)
+
+
+def test_percentile_threshold_and_roundtrip(tmp_path: Path) -> None:
+    stats = _stats(np.arange(1, 101, dtype=np.float32))  # 1..100
+    assert stats.percentile(0.5) == 0.0
+    assert stats.percentile(50.0) == 50.0
+    assert stats.percentile(1000.0) == 100.0
+    assert stats.threshold == pytest.approx(np.percentile(np.arange(1, 101), 99))
+    path = tmp_path / "ood.safetensors"
+    ood.save_ood(stats, path)
+    back = ood.load_ood(path)
+    np.testing.assert_array_equal(back.val_distances, stats.val_distances)
+    np.testing.assert_array_equal(back.precision, stats.precision)
+    assert (back.class_names, back.model_sha256, back.n_train) == (("a", "b"), "abc", 10)
+    assert back.shrinkage == pytest.approx(0.1)
+
+
+class Toy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))
+
+
+def test_extract_features_is_the_pooled_vector_and_leaves_no_hook() -> None:
+    model = Toy().eval()
+    x = torch.rand(2, 3, 10, 10)
+    feats, logits = ood.extract_features(model, x)
+    with torch.no_grad():
+        expected = model.pool(torch.relu(model.conv(x))).flatten(1)
+    np.testing.assert_allclose(feats, expected.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(logits, model(x).detach().numpy(), rtol=1e-6)
+    assert not model.fc._forward_pre_hooks
+
+
+def test_extract_features_ignores_other_threads() -> None:
+    model = Toy().eval()
+    seen: list[np.ndarray] = []
+    started, release = threading.Event(), threading.Event()
+    original = model.conv.forward
+
+    def slow_conv(x: torch.Tensor) -> torch.Tensor:
+        # our forward pauses after the hook is registered; another thread runs a full forward meanwhile
+        if threading.current_thread() is threading.main_thread() and not started.is_set():
+            started.set()
+            release.wait(5)
+        return original(x)
+
+    model.conv.forward = slow_conv  # type: ignore[method-assign]
+
+    def other() -> None:
+        started.wait(5)
+        with torch.no_grad():
+            model(torch.full((1, 3, 10, 10), 9.0))
+        release.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    x = torch.rand(1, 3, 10, 10)
+    feats, _ = ood.extract_features(model, x)
+    t.join()
+    seen.append(feats)
+    with torch.no_grad():
+        expected = model.pool(torch.relu(original(x))).flatten(1).numpy()
+    np.testing.assert_allclose(seen[0], expected, rtol=1e-6)
+
+
+def _radiograph(**meta: str) -> SimpleNamespace:
+    patient = {k: meta.pop(k) for k in list(meta) if k[0].isupper()}
+    return SimpleNamespace(metadata=meta, patient=patient)
+
+
+def test_header_hints() -> None:
+    assert ood.header_hints(_radiograph(view_position="PA", body_part="CHEST", modality="CR")) == ()
+    lateral = ood.header_hints(_radiograph(view_position="LL"))
+    assert len(lateral) == 1 and "lateral" in lateral[0]
+    assert "body part" in ood.header_hints(_radiograph(body_part="KNEE"))[0]
+    assert "not a projection radiograph" in ood.header_hints(_radiograph(modality="CT"))[0]
+    child = ood.header_hints(_radiograph(PatientAge="008Y"))
+    assert len(child) == 1 and "paediatric" in child[0]
+    assert "8" not in child[0]  # the age itself is never echoed
+    assert ood.header_hints(_radiograph(PatientAge="045Y")) == ()
+    assert "paediatric" in ood.header_hints(_radiograph(PatientBirthDate="20150301", StudyDate="20200415"))[0]
+    assert ood.header_hints(_radiograph(PatientAge="garbage")) == ()
+    assert ood.header_hints(SimpleNamespace()) == ()
+
+
+def test_header_hint_from_a_real_dicom_with_lateral_view(dicom_dir: Path, tmp_path: Path) -> None:
+    import pydicom
+
+    from xai.radiograph import load_radiograph
+
+    ds = pydicom.dcmread(dicom_dir / "siim_cr_pa_mono2_jpeg_baseline.dcm")
+    ds.ViewPosition = "LL"
+    path = tmp_path / "lateral.dcm"
+    ds.save_as(path)
+    hints = ood.header_hints(load_radiograph(path))
+    assert any("lateral" in h for h in hints)
+    frontal = ood.header_hints(load_radiograph(dicom_dir / "siim_cr_pa_mono2_jpeg_baseline.dcm"))
+    assert not any("lateral" in h for h in frontal)
+
+
+# ------------------------------------------------------------ the shipped default model and its statistics
+
+
+def _landscape(h: int = 420, w: int = 560) -> np.ndarray:
+    """A natural-looking non-radiograph: sky gradient, sun, textured hills, a house."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = 0.85 - 0.4 * yy
+    img += 0.3 * (((xx - 0.75) ** 2 + (yy - 0.15) ** 2) < 0.004)
+    hills = 0.55 + 0.08 * np.sin(9 * xx) + 0.04 * np.sin(23 * xx + 1)
+    ground = yy > hills
+    img[ground] = 0.35 + 0.15 * np.sin(60 * xx[ground]) * np.sin(40 * yy[ground])
+    img += 0.05 * rng.standard_normal((h, w)) * ground
+    img[int(0.45 * h) : int(0.7 * h), int(0.2 * w) : int(0.35 * w)] = 0.15
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def _document(h: int = 500, w: int = 380) -> np.ndarray:
+    """A scanned text page: white paper with dark text lines."""
+    rng = np.random.default_rng(8)
+    img = np.full((h, w), 0.95, np.float32)
+    for top in range(40, h - 40, 18):
+        length = int(rng.integers(w // 2, w - 60))
+        img[top : top + 8, 30 : 30 + length] = rng.uniform(0.05, 0.3, size=(8, length))
+    return img
+
+
+@pytest.fixture(scope="module")
+def default_model():  # noqa: ANN201 - LoadedModel
+    import models
+
+    return models.load("chestcovnet")
+
+
+def test_shipped_statistics_match_the_default_weights(default_model) -> None:  # noqa: ANN001
+    stats = ood.stats_for(default_model)
+    assert stats is not None, "models/bundles/chestcovnet/ood.safetensors missing or fitted for other weights"
+    assert stats.model_sha256 == default_model.card.sha256
+    assert stats.means.shape[0] == len(default_model.card.class_names)
+    assert stats.val_distances.size > 100
+
+
+def test_non_chest_images_and_lateral_header_rank_above_chest_pa_films(default_model, chestcovnet_dir: Path) -> None:  # noqa: ANN001
+    from xai.preprocessing import prepare
+    from xai.radiograph import load_radiograph
+
+    with (chestcovnet_dir / "manifest.csv").open(newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "test" and r["view"] == "PA"]
+    chest_rows = rows[:: max(1, len(rows) // 6)][:6]
+    pre = default_model.card.preprocessing
+    chest = []
+    for row in chest_rows:
+        rad = load_radiograph(chestcovnet_dir / "images" / row["file"])
+        result = ood.score(default_model, prepare(rad, pre)[0], radiograph=rad)
+        assert result.header_hints == ()
+        chest.append(result.score)
+    others = [ood.score(default_model, prepare(img, pre)[0]) for img in (_landscape(), _document())]
+    assert min(o.score for o in others) > max(chest), (chest, [o.score for o in others])
+    assert all(o.is_ood and o.warnings for o in others)
+    assert all(o.percentile == 100.0 for o in others)
+    # a lateral film: the header says so, whatever the pixels look like
+    lateral = SimpleNamespace(metadata={"view_position": "LL"}, patient={})
+    flagged = ood.score(default_model, prepare(_landscape(), pre)[0], radiograph=lateral)
+    assert any("lateral" in w for w in flagged.warnings)
