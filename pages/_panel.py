@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 #: Quality of the on-screen JPEGs: panels are previews; downloads are lossless PNG at full resolution.
 SCREEN_JPEG_QUALITY = 92
@@ -68,62 +67,64 @@ def panel_figure(
     trace's square-pixel ``scaleanchor`` (plotly forbids an axis in both kinds of constraint, and the
     matched axes inherit the aspect ratio through the shared constraint group). ``uirevision`` keeps the
     user's zoom across reruns (opacity, colormap, window changes) until the image changes.
+
+    The layout is written as one dict (no ``make_subplots``, no template copy): building the figure is on
+    the path of every display-only change, which should feel instant.
     """
     if not panels:
         raise ValueError("no panels to show")
     per_row = max(1, min(per_row, len(panels)))
     rows = math.ceil(len(panels) / per_row)
-    fig = make_subplots(
-        rows=rows,
-        cols=per_row,
-        subplot_titles=[p.title for p in panels],
-        horizontal_spacing=0.01,
-        vertical_spacing=min(0.3, TITLE_HEIGHT / (rows * (row_height + TITLE_HEIGHT))) if rows > 1 else 0.0,
-    )
+    height = rows * (row_height + TITLE_HEIGHT) + 10
+    gap_x = 0.01
+    cell_w = (1.0 - gap_x * (per_row - 1)) / per_row
+    title_frac = TITLE_HEIGHT / height
+    cell_h = (1.0 - title_frac * rows) / rows
+    layout: dict = {
+        "template": {},
+        "height": height,
+        "margin": {"l": 4, "r": 4, "t": TITLE_HEIGHT, "b": 4},
+        "uirevision": uirevision,
+        "dragmode": "pan",
+        "paper_bgcolor": "rgba(0,0,0,0)",
+        "plot_bgcolor": "black",
+        "font": {"color": "#e8e8e8"},
+        "showlegend": False,
+        "annotations": [],
+    }
+    data: list[dict] = []
     for i, panel in enumerate(panels):
-        h, w = panel.rgb.shape[:2]
-        fig.add_trace(
-            go.Image(source=screen_image_uri(panel.rgb), x0=0, dx=1, y0=0, dy=1, hoverinfo="skip", name=str(i)),
-            row=i // per_row + 1,
-            col=i % per_row + 1,
-        )
-    for i in range(1, len(panels) + 1):
-        suffix = "" if i == 1 else str(i)
-        fig.layout[f"xaxis{suffix}"].update(visible=False, **({} if i == 1 else {"matches": "x"}))
-        fig.layout[f"yaxis{suffix}"].update(visible=False, **({} if i == 1 else {"matches": "y"}))
+        row, col = divmod(i, per_row)
+        x0 = col * (cell_w + gap_x)
+        top = 1.0 - row * (cell_h + title_frac)
+        suffix = "" if i == 0 else str(i + 1)
+        layout[f"xaxis{suffix}"] = {
+            "domain": [x0, x0 + cell_w], "anchor": f"y{suffix}", "visible": False,
+            **({} if i == 0 else {"matches": "x"}),
+        }
+        layout[f"yaxis{suffix}"] = {
+            "domain": [top - cell_h, top], "anchor": f"x{suffix}", "visible": False,
+            **({} if i == 0 else {"matches": "y"}),
+        }
+        layout["annotations"].append({
+            "text": panel.title, "x": x0 + cell_w / 2, "y": top, "xref": "paper", "yref": "paper",
+            "xanchor": "center", "yanchor": "bottom", "showarrow": False, "font": {"size": 12},
+        })
+        data.append({
+            "type": "image", "source": screen_image_uri(panel.rgb), "x0": 0, "dx": 1, "y0": 0, "dy": 1,
+            "hoverinfo": "skip", "name": str(i), "xaxis": f"x{suffix}", "yaxis": f"y{suffix}",
+        })
     if colorscale is not None:
         lo, hi = colorbar_range
-        fig.add_trace(
-            go.Scatter(
-                x=[None],
-                y=[None],
-                mode="markers",
-                showlegend=False,
-                hoverinfo="skip",
-                marker={
-                    "colorscale": colorscale,
-                    "cmin": lo,
-                    "cmax": hi,
-                    "color": [lo],
-                    "showscale": True,
-                    "colorbar": {"title": {"text": colorbar_title, "side": "right"}, "thickness": 14, "len": 0.9},
-                },
-            ),
-            row=1,
-            col=per_row,
-        )
-    for annotation in fig.layout.annotations:
-        annotation.font.size = 12
-    fig.update_layout(
-        template="plotly_dark",
-        height=rows * (row_height + TITLE_HEIGHT) + 10,
-        margin={"l": 4, "r": 4, "t": TITLE_HEIGHT, "b": 4},
-        uirevision=uirevision,
-        dragmode="pan",
-        paper_bgcolor="rgba(0,0,0,0)",
-        plot_bgcolor="black",
-    )
-    return fig
+        data.append({
+            "type": "scatter", "x": [None], "y": [None], "mode": "markers", "showlegend": False,
+            "hoverinfo": "skip", "xaxis": "x", "yaxis": "y",
+            "marker": {
+                "colorscale": colorscale, "cmin": lo, "cmax": hi, "color": [lo], "showscale": True,
+                "colorbar": {"title": {"text": colorbar_title, "side": "right"}, "thickness": 14, "len": 0.9},
+            },
+        })
+    return go.Figure(data=data, layout=layout)
 
 
 def prediction_figure(

@@ -58,19 +58,22 @@ def method_label(method: str) -> str:
 
 # ------------------------------------------------------------------------------------ page furniture
 def ensure_routed() -> None:
-    """Make sure this run went through ``app.py`` (disclaimer, password gate), else re-run through it.
+    """Make sure the disclaimer and the password gate ran in this run, even when ``app.py`` did not.
 
     Streamlit treats an app with a ``pages/`` folder as a legacy multipage app until the entry script has
     called ``st.navigation`` once in the process: the FIRST request of a fresh server to a deep link such
-    as ``/model`` would run ``pages/model.py`` alone, skipping ``app.py`` and its password gate. Every page
-    calls this first (``active_model`` does too); it switches the legacy mode off, as ``st.navigation``
-    itself does, and re-runs, so the page is reached through ``app.py``.
+    as ``/model`` runs ``pages/model.py`` alone, skipping ``app.py`` and its password gate. Every page
+    calls this first (``active_model`` does too): in that legacy run it shows the disclaimer and applies
+    the gate itself (stopping the run when locked), and switches the legacy mode off as ``st.navigation``
+    does, so the next run goes through ``app.py``. (Re-running instead would drop a button click.)
     """
     from streamlit.runtime.pages_manager import PagesManager
 
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
-        st.rerun()
+        disclaimer()
+        if not access_gate():
+            st.stop()
 
 
 def disclaimer() -> None:

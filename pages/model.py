@@ -127,7 +127,8 @@ def _use(loaded: Any) -> None:
     except Exception as exc:  # noqa: BLE001 - e.g. the target layer does not exist in this network
         st.error(f"The model loaded but cannot be explained: {type(exc).__name__}: {exc}")
         return
-    st.success(f"Using {loaded.card.name} in this session.")
+    st.session_state["_model_flash"] = f"Using {loaded.card.name} in this session (the Explain page uses it now)."
+    st.rerun()  # redraw the card above with the new model
 
 
 def weights_form() -> None:
@@ -220,6 +221,8 @@ def main() -> None:
     st.header("Use your own model")
     st.caption("For this session only; the bundled model stays the default for everyone else. "
                "Weights are loaded without unpickling (safetensors or weights-only).")
+    if flash := st.session_state.pop("_model_flash", None):
+        st.success(flash, icon=":material/check_circle:")
     own = isinstance(st.session_state.get("user_model"), ActiveModel)
     if own and st.button("Back to the bundled model", key="own_reset"):
         st.session_state.pop("user_model", None)

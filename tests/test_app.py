@@ -142,6 +142,50 @@ def test_starts_with_disclaimer_and_model_page_renders_the_card() -> None:
     assert any(m.label.startswith("Threshold on P(") and m.value == f"{card.threshold:.3f}" for m in at.metric)
 
 
+class _Payload:
+    """A pickle that would create a file if anything unpickled it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (Path.touch, (self.marker,))
+
+
+def test_own_model_is_per_session_and_a_pickle_is_never_executed(tmp_path: Path) -> None:
+    import torch
+
+    import models
+    from models.bundle import bundle_bytes_from_state
+
+    at = new_app()
+    run(at.switch_page("pages/model.py"))
+    marker = tmp_path / "pwned"
+    hostile = io.BytesIO()
+    torch.save({"state_dict": _Payload(marker)}, hostile)
+    at.file_uploader(key="own_weights").set_value(("checkpoint.pt", hostile.getvalue(), "application/octet-stream"))
+    at.button[-1].click()
+    run(at)
+    assert any("Could not load the weights" in e.value for e in at.error)
+    assert not marker.exists(), "the uploaded pickle was executed"
+
+    torch.manual_seed(0)
+    weights = bundle_bytes_from_state(models.build_model("resnet18", 3))
+    at.selectbox(key="own_arch").set_value("resnet18")
+    at.text_input(key="own_classes").set_value("alpha, beta, gamma")
+    at.file_uploader(key="own_weights").set_value(("my-resnet.safetensors", weights, "application/octet-stream"))
+    at.button[-1].click()
+    run(at)
+    assert not at.error and any("Using my-resnet" in m.value for m in at.success)
+    assert at.header[0].value.startswith("my-resnet")
+    run(at.switch_page("pages/explain.py"))
+    target_box = next(s for s in at.selectbox if s.label == "Target class")
+    assert target_box.options[1:] == ["alpha", "beta", "gamma"]
+    other_session = new_app()
+    other_box = next(s for s in other_session.selectbox if s.label == "Target class")
+    assert other_box.options[1:] == list(shared.default_model().class_names), "another session's model changed"
+
+
 def test_sample_gives_four_overlays_and_display_changes_compute_no_map() -> None:
     shared.explain_cached.clear()
     at = new_app()
