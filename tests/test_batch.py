@@ -203,6 +203,7 @@ def _toy_report() -> Report:
         target="covid19",
         probabilities={"non_covid": 0.25, "covid19": 0.75},
         n_boxes=1,
+        box_fraction=0.1,
         agreement={"gradcam": {"hit": 1.0, "energy_inside": 0.5, "iou_otsu": 0.25}},
         thumbnails={"gradcam": b"\xff\xd8jpeg"},
     )
@@ -213,6 +214,7 @@ def _toy_report() -> Report:
         target="covid19",
         probabilities={"non_covid": 0.9, "covid19": 0.1},
         n_boxes=1,
+        box_fraction=0.2,
         agreement={"gradcam": {"hit": 0.0, "energy_inside": 0.1, "iou_otsu": 0.05}},
     )
     bad = ReportRow(file="broken.png", error="not an image <b>")
@@ -231,6 +233,8 @@ def test_report_summary_csv_and_html() -> None:
     summary = report.summary()["gradcam"]
     assert summary == {"n": 2, "hit_rate": 0.5, "mean_energy_inside": pytest.approx(0.3), "miou": pytest.approx(0.15)}
     assert "| gradcam | 2 | 0.500 | 0.300 | 0.150 |" in report.summary_markdown()
+    assert report.chance_hit_rate() == pytest.approx(0.15)
+    assert "| 0.150 | 0.150 |" in report.summary_markdown().splitlines()[-1]
 
     rows = list(csv.DictReader(io.StringIO(report_csv(report))))
     assert [r["status"] for r in rows] == ["ok", "ok", "failed"]

@@ -240,6 +240,7 @@ def test_report_with_manifest_boxes(bundle: Path, chestcovnet_dir: Path, tmp_pat
             rws = (np.arange(mask.shape[0]) + 0.5 >= y * s) & (np.arange(mask.shape[0]) + 0.5 < (y + h) * s)
             mask |= np.outer(rws, cols)
         heat = result.maps["gradcam"]
+        assert float(row["box_fraction"]) == pytest.approx(float(mask.mean()), rel=1e-4)
         assert float(row["gradcam_hit"]) == float(bool(pointing_game(heat, mask)))
         assert float(row["gradcam_energy_inside"]) == pytest.approx(energy_inside(heat, mask), rel=1e-4, abs=1e-6)
         assert float(row["gradcam_iou_otsu"]) == pytest.approx(otsu_iou(heat, mask), rel=1e-4, abs=1e-6)
@@ -251,6 +252,13 @@ def test_report_with_manifest_boxes(bundle: Path, chestcovnet_dir: Path, tmp_pat
     assert "<script" not in page and "src='http" not in page
     for stem in ("nih_00008727_009", "nih_00010120_010", "mhh_b343e657"):
         assert sorted(p.name for p in (out / stem).iterdir()) == ["gradcam++.png", "gradcam.png"]
+
+    # --only-boxed keeps the images the boxes file names (the bad file is not one of them).
+    code, _, stderr = run(["report", str(inputs), "--out", str(tmp_path / "only"), "--model", str(bundle),
+                           "--boxes", str(chestcovnet_dir / "manifest.csv"), "--methods", "gradcam", "--only-boxed"])
+    assert code == 0, stderr
+    rows = list(csv.DictReader((tmp_path / "only" / "report.csv").open(encoding="utf-8")))
+    assert [Path(r["file"]).name for r in rows] == boxed
 
 
 def test_python_dash_m_entry_point(tmp_path: Path) -> None:

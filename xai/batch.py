@@ -439,6 +439,8 @@ class ReportRow:
     probabilities: dict[str, float] = field(default_factory=dict)
     ood: dict[str, Any] = field(default_factory=dict)
     n_boxes: int = 0
+    box_fraction: float | None = None
+    """Share of the image inside the boxes: the pointing game's chance level for this image."""
     agreement: dict[str, dict[str, float]] = field(default_factory=dict)
     stability: dict[str, dict[str, float]] = field(default_factory=dict)
     notices: tuple[str, ...] = ()
@@ -475,6 +477,11 @@ class Report:
             }
         return out
 
+    def chance_hit_rate(self) -> float | None:
+        """Hit rate of a point drawn uniformly over each image (mean box area share), for comparison."""
+        shares = [row.box_fraction for row in self.rows if row.agreement and row.box_fraction is not None]
+        return float(np.mean(shares)) if shares else None
+
     def summary_markdown(self) -> str:
         """The per-method agreement summary as a markdown table."""
         summary = self.summary()
@@ -488,6 +495,9 @@ class Report:
             lines.append(
                 f"| {method} | {int(s['n'])} | {s['hit_rate']:.3f} | {s['mean_energy_inside']:.3f} | {s['miou']:.3f} |"
             )
+        chance = self.chance_hit_rate()
+        if chance is not None:
+            lines.append(f"| *chance (uniform random point; mean box area share)* | | {chance:.3f} | {chance:.3f} | |")
         return "\n".join(lines) + "\n"
 
 
@@ -580,6 +590,7 @@ def run_report(
                 target=result.target,
                 probabilities=dict(result.probabilities),
                 n_boxes=len(image_boxes),
+                box_fraction=float(mask.mean()) if mask is not None else None,
                 notices=result.notices,
             )
             try:
@@ -641,7 +652,7 @@ def report_csv(report: Report) -> str:
     stab_keys = _stability_keys(report)
     ood_keys = ["ood_score", "ood_flag", "ood_warning"]
     header = ["file", "status", "error", "prediction", "probability", "target"]
-    header += [f"p_{c}" for c in report.class_names] + ood_keys + ["n_boxes"]
+    header += [f"p_{c}" for c in report.class_names] + ood_keys + ["n_boxes", "box_fraction"]
     header += [f"{m}_{k}" for m in report.methods for k in AGREEMENT_KEYS]
     header += [f"{m}_stability_{k}" for m in report.methods for k in stab_keys]
     buffer = io.StringIO()
@@ -654,7 +665,7 @@ def report_csv(report: Report) -> str:
         values += [row.probabilities.get(c, "") for c in report.class_names]
         flag = row.ood.get("is_ood")
         values += [row.ood.get("score"), "" if flag is None else int(bool(flag)), _ood_warning_text(row.ood)]
-        values += [row.n_boxes if ok else ""]
+        values += [row.n_boxes if ok else "", row.box_fraction]
         values += [row.agreement.get(m, {}).get(k, "") for m in report.methods for k in AGREEMENT_KEYS]
         values += [row.stability.get(m, {}).get(k, "") for m in report.methods for k in stab_keys]
         writer.writerow([_csv_cell(v) for v in values])
@@ -707,6 +718,10 @@ def report_html(report: Report) -> str:
                 f"<tr><td>{e(method)}</td><td>{int(s['n'])}</td><td>{s['hit_rate']:.3f}</td>"
                 f"<td>{s['mean_energy_inside']:.3f}</td><td>{s['miou']:.3f}</td></tr>"
             )
+        chance = report.chance_hit_rate()
+        if chance is not None:
+            parts.append(f"<tr><td><i>chance (uniform random point)</i></td><td></td><td>{chance:.3f}</td>"
+                         f"<td>{chance:.3f}</td><td></td></tr>")
         parts.append("</table>")
     if report.failed:
         parts.append("<h2 class='fail'>Files not processed</h2><ul>")

@@ -49,6 +49,8 @@ def _build_parser() -> argparse.ArgumentParser:
     common(report, target_default="covid19")
     report.add_argument("--out", type=Path, required=True, help="output folder")
     report.add_argument("--boxes", type=Path, default=None, help="finding boxes CSV (manifest or file,x,y,w,h[,label])")
+    report.add_argument("--only-boxed", action="store_true",
+                        help="keep only the inputs whose file name has a box in --boxes")
     report.add_argument("--stability", action="store_true", help="also compute map stability (slow)")
     return parser
 
@@ -141,6 +143,10 @@ def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
     model = _load_model(args.model)
     resolve_target(args.target, model.card.class_names)
     items = _collect(args.inputs, stderr)
+    if args.only_boxed:
+        if boxes is None:
+            raise UsageError("--only-boxed needs --boxes")
+        items = [item for item in items if Path(item.name).name in boxes]
     with _progress_bar(len(items), args.no_progress, stderr) as bar:
         report = run_report(
             items,
