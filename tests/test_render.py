@@ -107,6 +107,19 @@ def test_overlay_contour_outlines_the_region_at_the_level():
     )
 
 
+def test_contours_skip_speckle_but_outline_regions():
+    heat = np.zeros((512, 512), np.float32)
+    heat[100:160, 100:160] = 1.0  # a 60 px square: outlined
+    rng = np.random.default_rng(3)
+    speckle = rng.integers(300, 500, size=(200, 2))
+    heat[speckle[:, 0], speckle[:, 1]] = 1.0  # single hot pixels: not outlined (min area (512/256)^2 = 4)
+    gray = np.zeros_like(heat)
+    out = render.overlay(gray, heat, contour_level=0.5, show_heat=False, contour_thickness=1)
+    drawn = out.any(axis=2)
+    assert drawn[95:165, 95:165].sum() > 200
+    assert not drawn[290:510, 290:510].any()
+
+
 def test_overlay_rejects_mismatched_shapes_and_bad_arguments():
     with pytest.raises(ValueError, match="same"):
         render.overlay(np.zeros((4, 4)), np.zeros((4, 5)))
