@@ -303,16 +303,15 @@ def _decode(data: bytes, max_pixels: int) -> Radiograph:
         radiograph = decode_dicom(data, max_pixels=max_pixels)
     else:
         radiograph = _decode_raster(data, kind, max_pixels)
-    check_plausible(radiograph.modality_values)
     return radiograph
 
 
 def check_plausible(values: np.ndarray) -> None:
-    """Refuse tiny or constant images with a clear message."""
-    h, w = values.shape
+    """Refuse tiny, non-finite or constant images with a clear message (integer arrays skip the finite test)."""
+    h, w = values.shape[:2]
     if h < MIN_SIDE or w < MIN_SIDE:
         raise NotARadiographError(f"the image is only {w}x{h} pixels; too small to be a radiograph")
-    if not np.isfinite(values).all():
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise CorruptImageError("the image contains invalid (NaN or infinite) values")
     if float(values.min()) == float(values.max()):
         raise BlankImageError("the image is blank: every pixel has the same value")
@@ -391,11 +390,12 @@ def _decode_raster(data: bytes, kind: str, max_pixels: int) -> Radiograph:
             values, bits, photometric, color_notice = _pil_to_values(image)
     if color_notice:
         notices.append(color_notice)
+    check_plausible(values)
+    values = values.astype(np.float32, copy=False)
     if bits <= 8:
         pixels = values * np.float32(1.0 / 255.0)
         window: tuple[float, float] | None = None
     else:
-        check_plausible(values)
         window = stored_range_window(values)
         pixels = apply_window(values, *window)
     return Radiograph(
@@ -439,13 +439,15 @@ def _decode_png_rgb16(data: bytes) -> tuple[np.ndarray, int, str, str | None]:
 
 
 def _pil_to_values(image) -> tuple[np.ndarray, int, str, str | None]:  # noqa: ANN001 - PIL.Image
-    """Pillow image -> (values float32 (H, W), bits, photometric, notice)."""
+    """Pillow image -> (values (H, W), native dtype or float32, bits, photometric, notice)."""
     mode = image.mode
     notice: str | None = None
-    if mode in ("1", "L"):
-        return np.asarray(image.convert("L"), dtype=np.float32), 8, "MONOCHROME2", None
+    if mode == "L":
+        return np.asarray(image), 8, "MONOCHROME2", None  # native uint8; the caller converts once
+    if mode == "1":
+        return np.asarray(image.convert("L")), 8, "MONOCHROME2", None
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        return np.asarray(image, dtype=np.float32), 16, "MONOCHROME2", None
+        return np.asarray(image).astype(np.uint16), 16, "MONOCHROME2", None
     if mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float32)
         return values, 16 if mode == "I" else 32, "MONOCHROME2", None
