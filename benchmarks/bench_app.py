@@ -1,0 +1,191 @@
+"""App speed in a real browser (issue 6): cold start, first result, display-only change.
+
+    .venv/bin/python benchmarks/bench_app.py [--rounds 3] [--model chestcovnet] [--image samples/cr_pa_siim.dcm]
+
+For each round a fresh ``streamlit run app.py`` (localhost, free port) is driven by headless Debian chromium:
+
+* cold start: process start -> the upload widget visible (the page draws it after the shared model loaded);
+* first result: file chosen in the uploader -> the original and all four overlays drawn;
+* display-only change: opacity slider moved one step -> the overlays re-drawn (median of several moves).
+
+The engine's panel time for the same image is measured in this process first (load + prepare + four
+methods + mapping back to the original grid, median of warm runs), for the ratio the targets use:
+first result <= 1.5 x engine panel + 0.5 s; display-only <= 200 ms; cold start <= 10 s.
+Everything is bounded (rounds, moves, timeouts); the server only listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
+
+from test_browser import (  # noqa: E402 - one home for the server/browser helpers
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    PANEL,
+    UPLOADER,
+    free_port,
+    overlay_count_js,
+    start_server,
+    stop_server,
+)
+
+HREFS_JS = f"() => Array.from(document.querySelectorAll('{PANEL} image')).map(e => e.getAttribute('href'))"
+
+
+class EnginePanel:
+    """The in-process pipeline on one image (the app's engine path), timed right next to each browser round."""
+
+    def __init__(self, image: Path, model_name: str) -> None:
+        import models
+        from xai.pipeline import explain_source, make_explainer
+
+        self.image, self._explain = image, explain_source
+        self.model = models.load(model_name)
+        self.explainer = make_explainer(self.model)
+        self.run()  # warm-up: the first call pays lazy imports
+
+    def run(self) -> tuple[float, dict[str, float]]:
+        """Wall ms of load + prepare + four methods + mapping back, and the pipeline's own stage timings."""
+        start = time.perf_counter()
+        result = self._explain(self.image, self.model, explainer=self.explainer)
+        return (time.perf_counter() - start) * 1e3, dict(result.timings_ms)
+
+    def median_ms(self, repeats: int = 2) -> float:
+        return statistics.median(self.run()[0] for _ in range(repeats))
+
+
+def one_round(browser, image: Path, moves: int, extra_env: dict[str, str]) -> dict[str, float]:
+    """Cold start, first result and display-only changes against a fresh server."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "server.log"
+        context = browser.new_context(viewport={"width": 1600, "height": 1200})
+        page = context.new_page()
+        big_frames: list[float] = []  # arrival times of large websocket messages (the panel figure)
+
+        def watch(ws) -> None:
+            ws.on("framereceived", lambda payload: big_frames.append(time.perf_counter())
+                  if len(payload) > 100_000 else None)
+
+        page.on("websocket", watch)
+        started = time.perf_counter()
+        process = start_server(log, port, extra_env)
+        try:
+            deadline = started + 120
+            while True:  # the page cannot load before the server listens
+                try:
+                    page.goto(url, wait_until="domcontentloaded", timeout=5000)
+                    break
+                except Exception:  # noqa: BLE001 - connection refused while the server starts
+                    if time.perf_counter() > deadline or process.poll() is not None:
+                        raise RuntimeError(f"server did not start:\n{log.read_text()[-2000:]}") from None
+                    time.sleep(0.05)
+            page.wait_for_selector(UPLOADER, state="attached", timeout=120_000)
+            page.locator(UPLOADER).locator("..").wait_for(state="visible", timeout=120_000)
+            cold = time.perf_counter() - started
+
+            chosen = time.perf_counter()
+            page.locator(UPLOADER).set_input_files(str(image))
+            page.wait_for_function(overlay_count_js(4), timeout=300_000, polling="raf")
+            first = time.perf_counter() - chosen
+
+            page.locator('[data-testid="stExpander"] summary', has_text="Display").first.click()
+            slider = page.locator(".st-key-disp_alpha input[type=range]")  # react-aria slider's hidden input
+            slider.wait_for(state="attached", timeout=30_000)
+            display_ms, server_ms = [], []
+            for i in range(moves):
+                before = page.evaluate(HREFS_JS)
+                slider.focus()
+                big_frames.clear()
+                t0 = time.perf_counter()
+                slider.press("ArrowLeft" if i % 2 == 0 else "ArrowRight")
+                page.wait_for_function(
+                    f"(before) => {{ const now = ({HREFS_JS})(); return now.length >= 5 && now[1] !== before[1]; }}",
+                    arg=before, timeout=30_000, polling="raf",
+                )
+                display_ms.append((time.perf_counter() - t0) * 1e3)
+                if big_frames:  # press -> the new figure arrived: server rerun + transfer
+                    server_ms.append((big_frames[0] - t0) * 1e3)
+                page.wait_for_timeout(300)  # let the rerun settle before the next move
+            return {"cold_s": cold, "first_s": first, "display_ms": statistics.median(display_ms),
+                    "display_max_ms": max(display_ms),
+                    "display_server_ms": statistics.median(server_ms) if server_ms else float("nan")}
+        finally:
+            context.close()
+            stop_server(process)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="fresh servers to measure (default 3)")
+    parser.add_argument("--moves", type=int, default=6, help="opacity changes per round (default 6)")
+    parser.add_argument("--model", default=os.environ.get("XAI_APP_MODEL", "chestcovnet"))
+    parser.add_argument("--image", type=Path, default=REPO / "samples" / "cr_pa_siim.dcm")
+    args = parser.parse_args(argv)
+    rounds, moves = max(1, min(args.rounds, 10)), max(1, min(args.moves, 20))
+
+    if not CHROMIUM.is_file():
+        print(f"{CHROMIUM} not found: install Debian's chromium (make browser)", file=sys.stderr)
+        return 2
+    engine = EnginePanel(args.image, args.model)
+    _, stages = engine.run()
+    print("engine stages (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items() if "." not in k))
+
+    from playwright.sync_api import sync_playwright
+
+    results = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            for r in range(rounds):
+                res = one_round(browser, args.image, moves, {"XAI_APP_MODEL": args.model})
+                res["engine_ms"] = engine.median_ms()  # same minute, same machine load, server stopped
+                res["ratio"] = res["first_s"] * 1e3 / res["engine_ms"]
+                results.append(res)
+                print(f"round {r + 1}: cold {res['cold_s']:.2f} s, first result {res['first_s']:.2f} s "
+                      f"(engine {res['engine_ms'] / 1e3:.2f} s, ratio {res['ratio']:.2f}), "
+                      f"display-only median {res['display_ms']:.0f} ms (max {res['display_max_ms']:.0f} ms; "
+                      f"figure received after {res['display_server_ms']:.0f} ms)")
+        finally:
+            browser.close()
+
+    cold = statistics.median(r["cold_s"] for r in results)
+    first = statistics.median(r["first_s"] for r in results)
+    display = statistics.median(r["display_ms"] for r in results)
+    display_server = statistics.median(r["display_server_ms"] for r in results)
+    engine_ms = statistics.median(r["engine_ms"] for r in results)
+    ratio = statistics.median(r["ratio"] for r in results)
+    first_ok = all(r["first_s"] <= 1.5 * r["engine_ms"] / 1e3 + 0.5 for r in results)
+    first_target = 1.5 * engine_ms / 1e3 + 0.5
+    rows = [
+        ("cold start (process -> uploader, model loaded)", f"{cold:.2f} s", "<= 10 s", cold <= 10),
+        ("upload -> all four overlays", f"{first:.2f} s", f"<= {first_target:.2f} s (1.5x engine + 0.5 s)",
+         first_ok),
+        ("  ratio to engine panel (per round)", f"{ratio:.2f}x", "", None),
+        ("display-only change (opacity)", f"{display:.0f} ms", "<= 200 ms", display <= 200),
+        ("  of which: server rerun + transfer", f"{display_server:.0f} ms", "", None),
+        ("engine panel, same image, in process", f"{engine_ms / 1e3:.2f} s", "(measured after each round)", None),
+    ]
+    print(f"\nbench_app: {args.image.name}, model {args.model}, {rounds} round(s), {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"| {'measure':<48} | {'median':>9} | {'target':<36} | ok |")
+    print(f"|{'-' * 50}|{'-' * 11}|{'-' * 38}|----|")
+    for name, value, target, ok in rows:
+        mark = "" if ok is None else ("yes" if ok else "NO")
+        print(f"| {name:<48} | {value:>9} | {target:<36} | {mark:<2} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
