@@ -67,6 +67,8 @@ def test_same_result_as_in_process(dicom_dir: Path, chestcovnet_dir: Path):
         assert (isolated.window, isolated.format, isolated.metadata, isolated.patient, isolated.notices) == (
             direct.window, direct.format, direct.metadata, direct.patient, direct.notices)
         assert not isolated.pixels.flags.writeable
+    small = load_radiograph_isolated(_png(np.tile(np.arange(64, dtype=np.uint8), (64, 1))))  # pickled, not shm
+    assert not small.pixels.flags.writeable and small.shape == (64, 64)
     assert run_isolated(_pid) != os.getpid()  # it really ran elsewhere
 
 
