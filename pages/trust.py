@@ -1,0 +1,329 @@
+"""Trust page: can these maps be trusted? Sanity check, stability, faithfulness, agreement, IG, OOD warning.
+
+A thin layer over :mod:`xai.trust`: every number comes from the library (the same functions the CLI uses).
+Results are kept per session, keyed by (image, model, target), so display changes never recompute them;
+each check runs on a button press with a progress bar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from pages._shared import (
+    ActiveModel,
+    LoadedImage,
+    active_model,
+    ensure_routed,
+    explain_cached,
+    list_samples,
+    load_bytes,
+    load_sample,
+    method_label,
+)
+from xai import render
+from xai.engine import METHODS
+from xai.pipeline import PipelineResult
+from xai.radiograph import RadiographError
+from xai.trust import agreement as agreement_mod
+from xai.trust import faithfulness as faith_mod
+from xai.trust import ood
+from xai.trust.integrated_gradients import integrated_gradients
+from xai.trust.sanity import GUIDED_NOTE, PASS_THRESHOLD, sanity_check
+from xai.trust.stability import _load_second, stability
+
+THUMB_SIDE = 320
+IG = "integrated_gradients"
+NO_SAMPLE = "—"
+
+
+def _label(method: str) -> str:
+    return "Integrated Gradients" if method == IG else method_label(method)
+
+
+def _progress_callback(bar: Any) -> Any:
+    def update(fraction: float, message: str) -> None:
+        bar.progress(min(1.0, max(0.0, fraction)), text=message)
+
+    return update
+
+
+def _results() -> dict[tuple[Any, ...], Any]:
+    return st.session_state.setdefault("_trust_results", {})
+
+
+def pick_image() -> LoadedImage | None:
+    """The session's image (shared with the Explain page), or a new upload / sample chosen here."""
+    state = st.session_state
+    samples = list_samples()
+    left, right = st.columns(2)
+    upload = left.file_uploader("Upload a radiograph (PNG, JPEG, DICOM…)", key="trust_upload")
+    sample = right.selectbox("…or a sample", [NO_SAMPLE, *samples], key="trust_sample")
+    if upload is not None and upload.file_id != state.get("_trust_seen_upload"):
+        state["_trust_seen_upload"] = upload.file_id
+        try:
+            state["image"] = load_bytes(upload.getvalue(), label=upload.name, source="upload")
+        except RadiographError as exc:
+            st.error(f"Could not read “{upload.name}”: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a bad file must never take the page down
+            st.error(f"Could not read “{upload.name}”: unexpected {type(exc).__name__}.")
+    if sample != state.get("_trust_seen_sample"):
+        state["_trust_seen_sample"] = sample
+        if sample in samples:
+            try:
+                state["image"] = replace(load_sample(samples[sample]), label=sample)
+            except (RadiographError, OSError) as exc:
+                st.error(f"Could not read the sample “{sample}”: {exc}")
+    image = state.get("image")
+    return image if isinstance(image, LoadedImage) else None
+
+
+def ood_banner(model: ActiveModel, result: PipelineResult) -> None:
+    verdict = ood.score(model.loaded, result.input_tensor, radiograph=result.radiograph)
+    for warning in verdict.warnings:
+        st.warning(warning, icon=":material/warning:")
+    if verdict.score is not None and not verdict.warnings:
+        st.caption(f"Input looks like the training data: Mahalanobis distance {verdict.score:.1f} "
+                   f"(percentile {verdict.percentile:.0f} among validation images, warning above "
+                   f"{verdict.threshold:.1f}).")
+
+
+def line_figure(x: list[str] | np.ndarray, series: dict[str, np.ndarray], title: str, ytitle: str,
+                xtitle: str, threshold: float | None = None) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, y in series.items():
+        fig.add_trace(go.Scatter(x=list(x), y=list(y), mode="lines+markers", name=_label(name)))
+    if threshold is not None:
+        fig.add_hline(y=threshold, line_dash="dot", annotation_text=f"pass below {threshold}")
+    fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title=ytitle, height=360, uirevision=title,
+                      margin={"l": 40, "r": 10, "t": 40, "b": 40})
+    return fig
+
+
+# -------------------------------------------------------------------------------------------- tabs
+def sanity_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineResult) -> None:
+    st.markdown(
+        "**Cascading randomisation** (Adebayo et al. 2018): the model's weights are replaced by random "
+        "values group by group, from the logits down to the stem, on a private copy of the model; a map "
+        "that explains what the model learned must change. Spearman rank correlation and SSIM with the "
+        f"original map; a method **passes** when the correlation after randomising every layer is below "
+        f"{PASS_THRESHOLD}."
+    )
+    st.info(GUIDED_NOTE, icon=":material/info:")
+    store = _results()
+    if st.button("Run the sanity check", key="run_sanity"):
+        bar = st.progress(0.0, text="starting")
+        store[("sanity", *key)] = sanity_check(model.loaded, result.input_tensor, target=result.target_index,
+                                               progress=_progress_callback(bar))
+        bar.empty()
+    res = store.get(("sanity", *key))
+    if res is None:
+        return
+    cols = st.columns(len(res.methods))
+    for col, m in zip(cols, res.methods, strict=True):
+        verdict = res.passes[m]
+        badge = {True: ":green-badge[passes]", False: ":red-badge[fails]", None: ":gray-badge[flat map]"}[verdict]
+        col.markdown(f"**{_label(m)}** {badge}")
+        col.metric("Spearman, all random", f"{res.final_spearman[m]:.2f}")
+        stack = res.maps[m]
+        col.image(render.colorize(stack[-1]), caption="map after full randomisation", width="stretch")
+    steps = ["original", *res.steps]
+    left, right = st.columns(2)
+    left.plotly_chart(line_figure(steps, {m: [1.0, *res.spearman[m]] for m in res.methods},
+                                  "Spearman rank correlation with the original map", "Spearman",
+                                  "randomised down to", PASS_THRESHOLD), key="sanity_rho")
+    right.plotly_chart(line_figure(steps, {m: [1.0, *res.ssim[m]] for m in res.methods},
+                                   "SSIM with the original map", "SSIM", "randomised down to"), key="sanity_ssim")
+    st.caption(f"Seed {res.seed}; weights redrawn from a Gaussian with each tensor's own mean and spread; "
+               f"display maps compared at model-input resolution (guided maps are absolute values). "
+               f"{res.timings_ms.get('total', 0) / 1000:.1f} s.")
+
+
+def stability_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineResult) -> None:
+    st.markdown(
+        "**Stability**: the radiograph is changed a little (noise, ±5 % intensity, ±2 % shift and scale, "
+        "±3° rotation), explained again, and each map is brought back onto the original pixels (the "
+        "geometric change undone) and compared with the unchanged one. Also: the same image under the "
+        "model's second training seed, when that checkpoint is installed."
+    )
+    store = _results()
+    if st.button("Run the stability check", key="run_stability"):
+        bar = st.progress(0.0, text="starting")
+        store[("stability", *key)] = stability(
+            model.loaded, result.radiograph, target=result.target_index, methods=tuple(result.maps),
+            reference_maps=result.maps, second_model=_load_second(model.card), progress=_progress_callback(bar),
+        )
+        bar.empty()
+    res = store.get(("stability", *key))
+    if res is None:
+        return
+    rows = [{"method": _label(m), **{k: round(v, 3) for k, v in s.items()}} for m, s in res.summary().items()]
+    st.dataframe(rows, hide_index=True)
+    if res.checkpoint is None:
+        st.caption("No second checkpoint of this model is installed: seed-to-seed comparison not shown.")
+    for note in res.notes:
+        st.warning(note)
+    with st.expander("Every change"):
+        st.dataframe(res.table(), hide_index=True)
+
+
+def _model_grid_maps(key: tuple[Any, ...], result: PipelineResult) -> dict[str, np.ndarray]:
+    maps = {m: np.asarray(result.explanation.maps[m][0]) for m in result.maps}
+    ig = _results().get(("ig", *key))
+    if ig is not None:
+        maps[IG] = ig.map
+    return maps
+
+
+def faithfulness_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineResult) -> None:
+    st.markdown(
+        "**Deletion / insertion** (Petsiuk et al. 2018): pixels of the model input are removed (replaced by "
+        "the baseline) or inserted in the order the map ranks them; the curve is the probability of the "
+        "explained class. Faithful maps make deletion fall fast (**low** AUC) and insertion rise fast "
+        "(**high** AUC)."
+    )
+    left, right = st.columns(2)
+    baseline = left.selectbox("Baseline for removed pixels", faith_mod.BASELINES, key="faith_baseline")
+    steps = right.slider("Steps", 10, 50, 20, key="faith_steps")
+    store = _results()
+    fkey = ("faith", *key, baseline, steps)
+    if st.button("Run deletion / insertion", key="run_faith"):
+        bar = st.progress(0.0, text="starting")
+        store[fkey] = faith_mod.faithfulness(model.loaded, result.input_tensor, _model_grid_maps(key, result),
+                                             result.target_index, baseline=baseline, steps=steps,
+                                             progress=_progress_callback(bar))
+        bar.empty()
+    res = store.get(fkey)
+    if res is None:
+        return
+    st.caption(f"Baseline: {res.baseline}.")
+    fractions = next(iter(res.curves.values())).fractions
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(line_figure(fractions, {m: c.deletion for m, c in res.curves.items()}, "Deletion",
+                                "probability", "fraction of pixels removed"), key="faith_del")
+    c2.plotly_chart(line_figure(fractions, {m: c.insertion for m, c in res.curves.items()}, "Insertion",
+                                "probability", "fraction of pixels inserted"), key="faith_ins")
+    st.dataframe([{**row, "method": _label(row["method"])} for row in res.table()], hide_index=True)
+    for note in res.notes:
+        st.caption(note)
+
+
+def _mask_from_inputs(shape: tuple[int, int]) -> np.ndarray | None:
+    h, w = shape
+    mode = st.radio("Finding location", ["Draw a box", "Upload a mask"], horizontal=True, key="agree_mode")
+    if mode == "Draw a box":
+        cols = st.columns(4)
+        x = cols[0].number_input("x (px)", 0, w - 1, w // 4, key="box_x")
+        y = cols[1].number_input("y (px)", 0, h - 1, h // 4, key="box_y")
+        bw = cols[2].number_input("width (px)", 1, w, w // 4, key="box_w")
+        bh = cols[3].number_input("height (px)", 1, h, h // 4, key="box_h")
+        return agreement_mod.boxes_to_mask([(x, y, bw, bh)], shape)
+    upload = st.file_uploader("Mask image (same size as the radiograph; non-zero = finding)", type=["png", "bmp",
+                              "tif", "tiff"], key="agree_mask")
+    if upload is None:
+        return None
+    import cv2
+
+    decoded = cv2.imdecode(np.frombuffer(upload.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None:
+        st.error("Could not decode the mask image.")
+        return None
+    try:
+        return agreement_mod.mask_from_upload(decoded, shape)
+    except ValueError as exc:
+        st.error(str(exc))
+        return None
+
+
+def agreement_tab(key: tuple[Any, ...], result: PipelineResult) -> None:
+    st.markdown(
+        "**Agreement with the radiologist** (CheXlocalize conventions, Saporta et al. 2022): where is the "
+        "finding? Per map: pointing-game hit (the map's maximum inside, no tolerance), share of map energy "
+        "inside, and IoU of the Otsu-thresholded map with it. Saporta et al. found Grad-CAM the best of "
+        "seven methods — and all of them below radiologists."
+    )
+    shape = result.radiograph.pixels.shape
+    mask = _mask_from_inputs(shape)
+    if mask is None:
+        return
+    maps = dict(result.maps)
+    ig = _results().get(("ig", *key))
+    if ig is not None:
+        maps[IG] = result.geometry.to_original(ig.map)
+    scores = agreement_mod.agreement_for_maps(maps, mask)
+    st.dataframe(
+        [{"method": _label(m), "pointing hit": {True: "hit", False: "miss", None: "—"}[a.hit],
+          "energy inside": round(a.energy_inside, 3), "IoU (Otsu)": round(a.iou_otsu, 3)}
+         for m, a in scores.items()],
+        hide_index=True,
+    )
+    view = render.overlay(result.radiograph.pixels, mask.astype(np.float32), alpha=0.0, contour_level=0.5)
+    st.image(render.downsample_for_display(view, 512), caption="finding outline", width=min(512, shape[1]))
+
+
+def ig_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineResult) -> None:
+    st.markdown(
+        "**Integrated Gradients** (Sundararajan et al. 2017), the reference method of the literature: the "
+        "gradient of the class logit averaged along the straight path from a black image to the input "
+        "(trapezoid rule), times the difference. Completeness: the attributions add up to the logit "
+        "difference; the error is shown."
+    )
+    steps = st.slider("Integration steps", 8, 128, 32, key="ig_steps")
+    store = _results()
+    if st.button("Compute Integrated Gradients", key="run_ig"):
+        bar = st.progress(0.0, text="starting")
+        store[("ig", *key)] = integrated_gradients(model.loaded, result.input_tensor, target=result.target_index,
+                                                   steps=steps, progress=_progress_callback(bar))
+        bar.empty()
+    ig = store.get(("ig", *key))
+    if ig is None:
+        return
+    gray = render.downsample_for_display(result.radiograph.pixels, THUMB_SIDE)
+    panels = {m: result.maps[m] for m in result.maps}
+    panels[IG] = result.geometry.to_original(ig.map)
+    cols = st.columns(len(panels))
+    for col, (m, heat) in zip(cols, panels.items(), strict=True):
+        small = render.downsample_for_display(heat, THUMB_SIDE)
+        col.image(render.overlay(gray, small), caption=_label(m), width="stretch")
+    st.caption(f"Baseline: {ig.baseline}; {ig.steps} steps. Logit {ig.score:.3f} at the input, "
+               f"{ig.baseline_score:.3f} at the baseline; completeness error {ig.delta:+.4f} "
+               f"({100 * ig.relative_delta:.2f} % of the difference). Map: |IG| summed over channels, "
+               "clipped at the 99.5th percentile.")
+
+
+# -------------------------------------------------------------------------------------------- page
+ensure_routed()
+st.title("Trust: can these maps be trusted?")
+st.caption("Checks that say when a saliency map shows what the model learned — and when it does not.")
+model = active_model()
+image = pick_image()
+if image is None:
+    st.info("Choose a radiograph above (or on the Explain page) to run the checks.")
+    st.stop()
+
+names = model.class_names
+default = names.index("covid19") + 1 if "covid19" in names else 0
+choice = st.selectbox("Explain class", ["predicted", *names], index=default, key="trust_target")
+target = None if choice == "predicted" else names.index(choice)
+result = explain_cached(image.sha256, model.key, target, tuple(METHODS), image, model)
+st.caption(f"Image: {image.label} — model {model.card.name} {model.card.version}; explaining "
+           f"**{result.target}** (predicted: {result.predicted}).")
+ood_banner(model, result)
+key = (image.sha256, model.key, result.target_index)
+
+tabs = st.tabs(["Sanity check", "Stability", "Faithfulness", "Agreement", "Integrated Gradients"])
+with tabs[0]:
+    sanity_tab(key, model, result)
+with tabs[1]:
+    stability_tab(key, model, result)
+with tabs[2]:
+    faithfulness_tab(key, model, result)
+with tabs[3]:
+    agreement_tab(key, result)
+with tabs[4]:
+    ig_tab(key, model, result)
