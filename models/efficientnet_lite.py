@@ -140,6 +140,20 @@ class EfficientNetLite0(nn.Module):
         x = self.pool(self.features(x)).flatten(1)
         return self.classifier(self.dropout(x))
 
+    def forward_front(self, x: Tensor, n_blocks: int) -> Tensor:
+        """Stem and the first ``n_blocks`` MBConv blocks (training caches this part when it is frozen)."""
+        x = self.stem_act(self.stem_bn(self.stem_conv(x)))
+        for block in list(self.blocks)[:n_blocks]:
+            x = block(x)
+        return x
+
+    def forward_rest(self, x: Tensor, n_blocks: int) -> Tensor:
+        """Logits from the output of :meth:`forward_front` with the same ``n_blocks``."""
+        for block in list(self.blocks)[n_blocks:]:
+            x = block(x)
+        x = self.pool(self.head_act(self.head_bn(self.head_conv(x)))).flatten(1)
+        return self.classifier(self.dropout(x))
+
 
 _TOP_LEVEL = {
     "_conv_stem.": "stem_conv.",

