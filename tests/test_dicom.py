@@ -324,3 +324,18 @@ def test_secondary_capture_and_implicit_little_endian_constants_are_sane():
                       modality="OT")
     assert data[:2] == b"\x08\x00"
     assert load_radiograph(data).metadata["transfer_syntax"] == ImplicitVRLittleEndian.name
+
+
+def test_malformed_identifiers_are_not_echoed_to_warnings_or_logs(caplog):
+    import warnings
+
+    secret_uid, secret_name = "1.2.3.SECRETSTUDY", "Secret^Patient" * 6  # invalid UI, over-long PN
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's writer validates too
+        data = make_dicom(_ramp(), StudyInstanceUID=secret_uid, PatientName=secret_name)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("DEBUG"):
+        warnings.simplefilter("always")
+        r = load_radiograph(data)
+    assert r.patient["StudyInstanceUID"] == secret_uid and r.patient["PatientName"] == secret_name
+    emitted = " ".join(str(w.message) for w in caught) + caplog.text
+    assert "SECRET" not in emitted.upper()

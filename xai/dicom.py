@@ -13,6 +13,9 @@ Display pipeline (DICOM PS3.3 C.11; GUIDE §2), in this order and never otherwis
    inversion, not two that cancel. (The Canon DX file in ``shared/data/dicom`` shows bone black if the
    two are XOR-ed.)
 
+pydicom's reading validation is switched off process-wide (``reading_validation_mode = IGNORE``): its
+warnings and log lines quote attribute values, i.e. patient identifiers.
+
 Refused: CT, MR and other non-projection modalities ("not a radiograph"), files without pixel data,
 float pixel data, headers declaring more than ``max_pixels`` (checked before decoding). Multi-frame ->
 first frame + notice; colour -> luminance + notice; burned-in annotation -> notice.
@@ -132,6 +135,10 @@ def _pixel_spacing(ds: Any) -> tuple[tuple[float, float] | None, str]:
 def _read_dataset(data: bytes) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
+
+    # pydicom's value validation warns *and logs* the offending value ("Invalid value for VR UI: '<uid>'"),
+    # which would put identifiers in server logs. Reading never needs it: the values are only displayed.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
     try:
         return pydicom.dcmread(io.BytesIO(data), force=True)
