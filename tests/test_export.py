@@ -166,6 +166,26 @@ def test_overlay_png_with_patient_adds_a_caption_line_only(panel, provenance, so
     assert export.patient_line({"PatientName": ""}) is None
 
 
+def test_exports_are_identical_when_made_from_many_threads(panel, provenance, gray, source):
+    """App sessions run in threads of one process: concurrent exports must not disturb each other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    small = panel[::4, ::4].copy()
+    expected_png = export.overlay_png(small, provenance)
+    args = _report_args(gray[::4, ::4], small, provenance, source)
+    expected_report = PdfReader(io.BytesIO(export.report_pdf(**args))).pages[0].extract_text()
+
+    def work(i: int) -> tuple[bytes, str]:
+        png = export.overlay_png(small, provenance)
+        pdf = export.report_pdf(**args)
+        return png, PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(work, range(8)))
+    assert all(png == expected_png for png, _ in results)
+    assert all(text == expected_report for _, text in results)
+
+
 # --------------------------------------------------------------------------------------- report
 def _report_args(gray, panel, provenance, source):
     return dict(

@@ -21,7 +21,6 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -169,9 +168,12 @@ def patient_line(patient: Mapping[str, Any] | None) -> str | None:
 
 
 # ------------------------------------------------------------------------------------- caption band
-@lru_cache(maxsize=16)
 def _font(size: int) -> ImageFont.FreeTypeFont:
-    """DejaVu Sans shipped with matplotlib (covers the em dash and middle dot), so no system font needed."""
+    """DejaVu Sans shipped with matplotlib (covers the em dash and middle dot), so no system font needed.
+
+    Opened per call (about a millisecond), not cached: a FreeType face is not safe to share between the
+    threads of concurrent app sessions.
+    """
     import matplotlib
     from PIL import ImageFont
 
