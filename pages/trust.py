@@ -280,6 +280,7 @@ def ig_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineResult) -> 
         store[("ig", *key)] = integrated_gradients(model.loaded, result.input_tensor, target=result.target_index,
                                                    steps=steps, progress=_progress_callback(bar))
         bar.empty()
+        st.rerun()  # tabs drawn earlier in this run (agreement, faithfulness) now include the IG map
     ig = store.get(("ig", *key))
     if ig is None:
         return

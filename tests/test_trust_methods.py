@@ -278,3 +278,35 @@ def test_ig_black_baseline_from_card() -> None:
         assert res.baseline_score == pytest.approx(float(Loaded.module(black)[0, res.target]), rel=1e-5)
     with pytest.raises(ValueError, match="baseline"):
         integrated_gradients(Loaded(), x, baseline="grey")
+
+
+# ---------------------------------------------------------------- the Trust page (bundled model, headless)
+
+
+def test_trust_page_agreement_and_integrated_gradients() -> None:
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    app = Path(__file__).resolve().parents[1] / "app.py"
+    at = AppTest.from_file(str(app), default_timeout=300)
+    at.run()
+    at.switch_page("pages/trust.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("not for diagnosis" in w.value for w in at.warning)  # the disclaimer banner
+    box = at.selectbox(key="trust_sample")
+    box.set_value(next(o for o in box.options if "NIH" in o))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    # agreement with the default box is computed at once, one row per method
+    table = at.dataframe[0].value
+    assert list(table["method"]) == ["Grad-CAM", "Grad-CAM++", "Guided Backprop", "Guided Grad-CAM"]
+    assert set(table["pointing hit"]) <= {"hit", "miss"}
+    assert ((table["energy inside"] >= 0) & (table["energy inside"] <= 1)).all()
+    at.slider(key="ig_steps").set_value(8)
+    at.button(key="run_ig").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("completeness error" in c.value for c in at.caption)
+    assert "Integrated Gradients" in list(at.dataframe[0].value["method"])  # IG joins the agreement table

@@ -27,7 +27,21 @@ _LAZY = {
     "AgreementResult": "xai.trust.agreement",
     "integrated_gradients": "xai.trust.integrated_gradients",
     "IGResult": "xai.trust.integrated_gradients",
+    "ood_report": "xai.trust.ood",
+    "ood_score": "xai.trust.ood",
+    "OODResult": "xai.trust.ood",
+    "stability_summary": "xai.trust.stability",
+    "spearman": "xai.trust.metrics",
+    "ssim": "xai.trust.metrics",
+    "top_k_iou": "xai.trust.metrics",
+    "otsu_threshold": "xai.trust.metrics",
+    "otsu_mask": "xai.trust.metrics",
+    "otsu_iou": "xai.trust.metrics",
+    "pointing_game": "xai.trust.metrics",
+    "energy_inside": "xai.trust.metrics",
+    "auc_trapezoid": "xai.trust.metrics",
 }
+_ALIASES = {"ood_score": "score"}
 
 
 def __getattr__(name: str) -> Any:
@@ -36,7 +50,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'xai.trust' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module_name), name)
+    return getattr(importlib.import_module(module_name), _ALIASES.get(name, name))
 
 
 __all__ = sorted(_LAZY)

@@ -6,9 +6,10 @@ method's map is recomputed. A map that explains *what the model learned* must ch
 weights disappear; a map that stays similar is showing the input (edges), not the model.
 
 Measured per method and step: Spearman rank correlation and SSIM between the original map and the
-randomised one, both on the engine's display maps (float in [0, 1] at model-input resolution; we do not
-take absolute values a second time: the display maps are already non-negative, Grad-CAM by its ReLU and
-the guided maps as the engine scales them). Badge: a method *passes* when the Spearman correlation after
+randomised one, both on the engine's display maps (float in [0, 1] at model-input resolution). Those are
+non-negative: the CAMs by their ReLU, the guided maps because the engine displays max over channels of
+|gradient| (clipped at the 99.5th percentile) — i.e. the *absolute-value* variant of Adebayo et al., which
+they report for gradient-based maps; the sign of the guided gradient is not compared. Badge: a method *passes* when the Spearman correlation after
 randomising every group is below 0.5.
 
 Implementation choices (stated because they change numbers):
