@@ -185,8 +185,10 @@ def test_voi_lut_sequence_takes_precedence_over_window():
                                    WindowCenter=10, WindowWidth=5))
     idx = np.clip(arr.astype(np.int64) - first, 0, len(table) - 1)
     expected = (table[idx] - table.min()) / (table.max() - table.min())
-    assert r.window is None
+    assert r.window is None and r.voi_function == "LINEAR"
+    assert any("VOI LUT" in n for n in r.notices)
     np.testing.assert_allclose(r.pixels, expected, atol=1e-5)
+    assert r.rewindow(600, 400).shape == arr.shape  # a viewer can still re-window it
 
 
 @pytest.mark.parametrize("function", ["LINEAR_EXACT", "SIGMOID"])

@@ -287,7 +287,9 @@ def _voi(ds: Any, values: np.ndarray, notices: list[str]) -> tuple[np.ndarray, t
             out = np.asarray(apply_voi(values, ds, index=0), dtype=np.float32)
             lo, hi = float(table.min()), float(table.max())
             if hi > lo:
-                return (out - np.float32(lo)) * np.float32(1.0 / (hi - lo)), None, "LUT"
+                # window None says "a table, not a window"; re-windowing in a viewer then uses LINEAR
+                notices.append("displayed through the file's VOI LUT table")
+                return (out - np.float32(lo)) * np.float32(1.0 / (hi - lo)), None, "LINEAR"
         except Exception:  # noqa: BLE001 - fall back to the window below
             pass
         notices.append("VOI LUT in the file is unreadable: window used instead")

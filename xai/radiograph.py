@@ -104,8 +104,9 @@ class Radiograph:
     ``pixels``: float32 (H, W) in [0, 1], display-ready (bone white, air black).
     ``modality_values``: float32 (H, W) after the Modality LUT and before VOI/inversion (raw stored values
     for raster images), so a viewer can re-window with :meth:`rewindow` / :func:`apply_window`.
-    ``window``: (centre, width) that produced ``pixels`` with the DICOM LINEAR function, or None when a
-    VOI LUT table (or plain /255 scaling) was used. ``inverted``: whether the display inverts values.
+    ``window``: (centre, width) that produced ``pixels`` with ``voi_function`` (LINEAR, LINEAR_EXACT or
+    SIGMOID), or None when a VOI LUT table (or plain /255 scaling) was used; ``voi_function`` is always a
+    valid ``apply_window`` function for re-windowing. ``inverted``: whether the display inverts values.
     ``metadata``: non-identifying attributes only. ``patient``: identifying attributes (names, IDs,
     dates, institution, UIDs); excluded from ``repr`` and never logged.
     """
@@ -137,8 +138,7 @@ class Radiograph:
 
     def rewindow(self, center: float, width: float) -> np.ndarray:
         """Display pixels for another window (same inversion and VOI function as the file)."""
-        function = self.voi_function if self.voi_function in ("LINEAR_EXACT", "SIGMOID") else "LINEAR"
-        return apply_window(self.modality_values, center, width, invert=self.inverted, function=function)
+        return apply_window(self.modality_values, center, width, invert=self.inverted, function=self.voi_function)
 
 
 # ------------------------------------------------------------------------------------------ windowing
