@@ -60,8 +60,13 @@ def panel_figure(
     colorscale: list | None = None,
     colorbar_title: str = "",
     colorbar_range: tuple[float, float] = (0.0, 1.0),
+    view: tuple[float, float, float] | None = None,
 ) -> go.Figure:
     """Panels on a grid with zoom and pan linked across all of them.
+
+    ``view = (zoom, centre_x, centre_y)`` (centre as fractions of the image) sets the shown region of
+    every panel from the server: Streamlit remounts a chart whenever its figure changes, so a zoom made
+    with the mouse lasts until the next display change, while this one persists.
 
     Every x axis ``matches`` the first, every y axis the first; only the first y axis keeps the image
     trace's square-pixel ``scaleanchor`` (plotly forbids an axis in both kinds of constraint, and the
@@ -92,6 +97,16 @@ def panel_figure(
         "showlegend": False,
         "annotations": [],
     }
+    if view is not None and view[0] > 1.0:
+        img_h, img_w = panels[0].rgb.shape[:2]
+        zoom, cx, cy = view
+        half_w, half_h = img_w / (2 * zoom), img_h / (2 * zoom)
+        x_mid = float(np.clip(cx * img_w, half_w - 0.5, img_w - 0.5 - half_w))
+        y_mid = float(np.clip(cy * img_h, half_h - 0.5, img_h - 0.5 - half_h))
+        x_range = [x_mid - half_w, x_mid + half_w]
+        y_range = [y_mid + half_h, y_mid - half_h]  # image axes run downwards
+    else:
+        x_range = y_range = None
     data: list[dict] = []
     for i, panel in enumerate(panels):
         row, col = divmod(i, per_row)
@@ -100,10 +115,12 @@ def panel_figure(
         suffix = "" if i == 0 else str(i + 1)
         layout[f"xaxis{suffix}"] = {
             "domain": [x0, x0 + cell_w], "anchor": f"y{suffix}", "visible": False,
+            **({"range": x_range, "autorange": False} if x_range and i == 0 else {}),
             **({} if i == 0 else {"matches": "x"}),
         }
         layout[f"yaxis{suffix}"] = {
             "domain": [top - cell_h, top], "anchor": f"x{suffix}", "visible": False,
+            **({"range": y_range, "autorange": False} if y_range and i == 0 else {}),
             **({} if i == 0 else {"matches": "y"}),
         }
         layout["annotations"].append({

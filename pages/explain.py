@@ -36,6 +36,7 @@ from xai.radiograph import RadiographError, apply_window
 
 #: Longest side of the on-screen images; maps are computed and exported at full resolution.
 DISPLAY_MAX_SIDE = 1024
+ZOOM_STEPS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 PANEL_SIZES = {"Small": 0.7, "Medium": 1.0, "Large": 1.4}
 NO_SAMPLE = "—"
 
@@ -154,6 +155,14 @@ def display_settings(image: LoadedImage, n_panels: int) -> dict[str, Any]:
         c5, c6, c7 = st.columns([1, 1, 2])
         s["per_row"] = c5.slider("Panels per row", 1, max(2, n_panels), min(n_panels, 3), key="disp_per_row")
         s["size"] = PANEL_SIZES[c6.select_slider("Panel size", list(PANEL_SIZES), value="Medium", key="disp_size")]
+        z1, z2, z3 = st.columns(3)
+        zoom = z1.select_slider("Zoom (all panels)", ZOOM_STEPS, value=1.0, key="disp_zoom",
+                                format_func=lambda z: f"{z:g}×",
+                                help="Stays across display changes. Scroll and drag on the panel zoom and pan "
+                                "too, until the next change.")
+        cx = z2.slider("Zoom centre, left → right (%)", 0, 100, 50, key="disp_cx", disabled=zoom == 1.0)
+        cy = z3.slider("Zoom centre, top → bottom (%)", 0, 100, 50, key="disp_cy", disabled=zoom == 1.0)
+        s["view"] = (float(zoom), cx / 100.0, cy / 100.0)
         r = image.radiograph
         s["window"] = None
         if r.format == "dicom":
@@ -234,6 +243,7 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
         uirevision=f"{image.sha256}:{model.key}",
         colorscale=render.plotly_colorscale(s["cmap"]) if s["colorbar"] and s["show_heat"] else None,
         colorbar_title="fraction of the fixed max" if fixed else "saliency (per image)",
+        view=s["view"],
     )
     st.plotly_chart(fig, key="panel_chart", config={"scrollZoom": True, "displaylogo": False}, theme=None)
     notes = []
@@ -242,7 +252,8 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
         notes.append(f"Shown at {gray.shape[1]}×{gray.shape[0]}; maps are computed and exported at {w}×{h}.")
     if fixed:
         notes.append("Fixed maxima: " + ", ".join(f"{method_label(m)} {v:.3g}" for m, v in s["vmax"].items()))
-    notes.append("Scroll to zoom, drag to pan: all panels move together. Double-click resets the view.")
+    notes.append("Scroll to zoom, drag to pan: all panels move together; double-click resets. "
+                 "For a zoom that stays while you change the display, use Zoom under Display.")
     st.caption(" ".join(notes))
     downloads_section(image, result, model, s, {p.title: p.rgb for p in panels}, show_patient)
 

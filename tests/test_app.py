@@ -8,6 +8,7 @@ changes compute no map. Downloads are generated on click, so their callables are
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from collections.abc import Callable
@@ -208,7 +209,14 @@ def test_sample_gives_four_overlays_and_display_changes_compute_no_map() -> None
     after = image_sources(at)
     assert after[0] == before[0] and all(a != b for a, b in zip(after[1:], before[1:], strict=True))
     at.toggle(key="disp_overlay").set_value(False)
+    at.select_slider(key="disp_zoom").set_value(2.0)
     run(at)
+    at.slider(key="disp_cx").set_value(25)
+    run(at)
+    layout = panel_spec(at)["layout"]
+    width = Image.open(io.BytesIO(base64.b64decode(image_sources(at)[0].split(",")[1]))).width
+    assert layout["xaxis"]["range"] == pytest.approx([0.0, width / 2])  # 2x around 25 % from the left
+    assert all(layout[f"xaxis{i}"]["matches"] == "x" for i in range(2, 6))  # every panel follows the zoom
     assert calls + 1 == shared.ENGINE_CALLS, "a display-only change recomputed the maps"
 
     at.multiselect(key="methods").set_value(["gradcam", "guided_backprop"])
