@@ -203,6 +203,7 @@ def test_non_chest_images_and_lateral_header_rank_above_chest_pa_films(default_m
     from xai.preprocessing import prepare
     from xai.radiograph import load_radiograph
 
+    assert ood.stats_for(default_model) is not None, "fit the statistics: python -m xai.trust.ood fit"
     with (chestcovnet_dir / "manifest.csv").open(newline="", encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == "test" and r["view"] == "PA"]
     chest_rows = rows[:: max(1, len(rows) // 6)][:6]
