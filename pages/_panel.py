@@ -176,7 +176,7 @@ def prediction_figure(
             line={"color": "#f5d76e", "width": 3, "dash": "dash"},
         )
         fig.add_annotation(
-            x=threshold, y=row + 0.45, text=f"threshold {threshold:.3f}", showarrow=False, yanchor="bottom",
+            x=threshold, y=row - 0.45, text=f"threshold {threshold:.3f}", showarrow=False, yanchor="bottom",
             font={"color": "#f5d76e"},
         )
     fig.update_layout(
