@@ -123,8 +123,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--update-card", action="store_true", help="write the metrics into the bundle's card.json")
     p.add_argument("--border-energy", type=int, default=0, metavar="N",
                    help="also measure Grad-CAM border energy on N images of the split (0: skip)")
+    p.add_argument("--cross-source-from", nargs="+", default=None, metavar="DIR",
+                   help="copy the cross_source checks of these --holdout-source training outputs into the "
+                        "bundle's card (no evaluation is run)")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
+
+
+def merge_cross_source(bundle_dir: str | Path, holdout_dirs: Sequence[str | Path]) -> dict[str, Any]:
+    """Copy ``cross_source`` entries from held-out-source training bundles into a bundle's card."""
+    from dataclasses import replace
+
+    bundle_dir = Path(bundle_dir)
+    loaded = load(bundle_dir)
+    cross = dict(loaded.card.cross_source)
+    for directory in holdout_dirs:
+        other = json.loads((Path(directory) / "card.json").read_text(encoding="utf-8"))
+        if other.get("architecture") != loaded.card.architecture or not other.get("cross_source"):
+            raise ModelError(f"{directory} is not a held-out-source run of {loaded.card.architecture}")
+        for source, entry in other["cross_source"].items():
+            cross[source] = {**entry, "model": {"name": other["name"], "sha256": other["sha256"]}}
+    write_card(bundle_dir, replace(loaded.card, cross_source=cross))
+    return cross
 
 
 def _bundle_dir(model: str) -> Path:
@@ -146,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     command = "python -m models.evaluate " + " ".join(argv)
+    if args.cross_source_from:
+        print(json.dumps(merge_cross_source(_bundle_dir(args.model), args.cross_source_from), indent=2))
+        return 0
     result = rounded(evaluate(loaded, args.data, args.split, progress=sys.stderr.isatty()))
     result["model"] = {"name": loaded.card.name, "version": loaded.card.version, "sha256": loaded.card.sha256}
     result["split"] = args.split
