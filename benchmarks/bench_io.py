@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.join()
             rows.append((name, path.stat().st_size / 2**20, result))
     print(f"load + prepare, median of {args.repeat}; prepare = 224 px letterbox; target <= {TARGET_S} s")
-    print("| case | file MB | load ms | prepare ms | prepare+body crop ms | load+prepare ms | peak RSS +MB "
+    print("| case | file MB | load ms | prepare ms | prepare with body crop ms | load+prepare ms | peak RSS +MB "
           "| isolated load+prepare ms | target |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, size, r in rows:
