@@ -80,10 +80,14 @@ def main() -> int:
 
     print(f"\nsanity check ({len(sanity.steps)} cascade steps, target {model.card.class_names[sanity.target]}): "
           f"{t_sanity:.2f} s")
-    print("| method | Spearman, all layers random | SSIM, all layers random | verdict (< 0.5 passes) |")
-    print("|---|---:|---:|---|")
+    print("| method | Spearman, all layers random | SSIM, all layers random | first step with Spearman < 0.5 "
+          "| verdict (< 0.5 passes) |")
+    print("|---|---:|---:|---|---|")
     for row in sanity.table():
-        print(f"| {row['method']} | {row['spearman_all_random']:.3f} | {row['ssim_all_random']:.3f} | {row['verdict']} |")
+        print(f"| {row['method']} | {row['spearman_all_random']:.3f} | {row['ssim_all_random']:.3f} "
+              f"| {row['changes_at']} | {row['verdict']} |")
+    print("Spearman per step: " + "; ".join(
+        f"{m}: " + " ".join(f"{v:.2f}" for v in sanity.spearman[m]) for m in sanity.methods))
     print(f"\nstability ({len(stab.comparisons)} changes{' + second checkpoint' if stab.checkpoint else ''}): "
           f"{t_stab:.2f} s")
     summary = stab.summary()

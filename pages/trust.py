@@ -130,6 +130,9 @@ def sanity_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineResult)
         badge = {True: ":green-badge[passes]", False: ":red-badge[fails]", None: ":gray-badge[flat map]"}[verdict]
         col.markdown(f"**{_label(m)}** {badge}")
         col.metric("Spearman, all random", f"{res.final_spearman[m]:.2f}")
+        first = res.first_change(m)
+        col.caption(f"changes (ρ < {PASS_THRESHOLD}) once randomised down to {first}" if first
+                    else "never drops below the threshold")
         stack = res.maps[m]
         col.image(render.colorize(stack[-1]), caption="map after full randomisation", width="stretch")
     steps = ["original", *res.steps]

@@ -89,6 +89,10 @@ def test_weight_free_maps_fail_and_gradcam_passes() -> None:
     assert result.final_spearman["gradcam"] < PASS_THRESHOLD
     assert result.passes["gradcam"] is True
     assert result.steps == ("fc", "conv2", "conv1")
+    assert result.first_change("edges") is None and result.first_change("gradcam") in result.steps
+    rows = {row["method"]: row for row in result.table()}
+    assert rows["edges"]["changes_at"] == "never" and rows["edges"]["verdict"] == "fails"
+    assert rows["gradcam"]["verdict"] == "passes"
     assert result.maps["gradcam"].shape == (4, 32, 32)
     # the caller's model is untouched: same weights, no hooks, eval mode
     after = model.state_dict()

@@ -91,16 +91,29 @@ class SanityResult:
     def final_ssim(self) -> dict[str, float]:
         return {m: self.ssim[m][-1] for m in self.methods}
 
+    def first_change(self, method: str) -> str | None:
+        """Label of the first cascade step after which Spearman drops below the threshold (None: never).
+
+        A map that explains the model changes as soon as the top layers are random; one that only shows
+        edges survives until the randomisation reaches the first layers."""
+        for label, rho in zip(self.steps, self.spearman[method], strict=True):
+            if rho < self.threshold:
+                return label
+        return None
+
     def table(self) -> list[dict[str, Any]]:
-        """One row per method: final Spearman, final SSIM, verdict."""
+        """One row per method: final Spearman, final SSIM, first step that changes the map, verdict."""
         rows = []
         for m in self.methods:
             verdict = {True: "passes", False: "fails", None: "n/a (flat map)"}[self.passes[m]]
+            first = self.first_change(m)
             rows.append(
                 {
                     "method": m,
                     "spearman_all_random": round(self.spearman[m][-1], 3),
                     "ssim_all_random": round(self.ssim[m][-1], 3),
+                    "changes_at": (f"step {self.steps.index(first) + 1}/{len(self.steps)} ({first})"
+                                   if first else "never"),
                     "verdict": verdict,
                 }
             )
