@@ -1,5 +1,7 @@
 """``python -m xai``: the command line (see :mod:`xai.cli`)."""
 
-from xai.cli import main
+# Guarded: decoder worker processes (xai.isolation's fork server) import the main module again.
+if __name__ == "__main__":
+    from xai.cli import main
 
-raise SystemExit(main())
+    raise SystemExit(main())

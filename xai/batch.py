@@ -303,13 +303,20 @@ def iter_explained(
     target: str | int | None,
     max_pixels: int | None = None,
     explainer: Explainer | None = None,
+    isolated: bool = True,
 ) -> Iterator[tuple[InputItem, PipelineResult | None, str | None]]:
     """Explain each item in turn: ``(item, result, None)`` or ``(item, None, reason)`` for a bad one.
 
     A file that is not a usable radiograph gives the loader's reason; any other failure for one image
-    is reported by its exception type and message and the batch carries on.
+    is reported by its exception type and message and the batch carries on. ``isolated`` decodes each
+    file in a worker process with time and memory limits (:mod:`xai.isolation`), so a decoder that
+    crashes or hangs on one file fails that file only.
     """
     from xai.radiograph import RadiographError
+
+    loader = None
+    if isolated:
+        from xai.isolation import load_radiograph_isolated as loader
 
     explainer = explainer if explainer is not None else make_explainer(model)
     for item in items:
@@ -325,6 +332,7 @@ def iter_explained(
                 target=target,
                 explainer=explainer,
                 max_pixels=max_pixels,
+                loader=loader,
             )
         except RadiographError as exc:
             yield item, None, str(exc) or type(exc).__name__
@@ -497,7 +505,7 @@ class Report:
             )
         chance = self.chance_hit_rate()
         if chance is not None:
-            lines.append(f"| *chance (uniform random point; mean box area share)* | | {chance:.3f} | {chance:.3f} | |")
+            lines.append(f"| *chance: uniform map or random point (mean box area share)* | | {chance:.3f} | {chance:.3f} | |")
         return "\n".join(lines) + "\n"
 
 
@@ -555,6 +563,7 @@ def run_report(
     progress: Progress | None = None,
     max_pixels: int | None = None,
     explainer: Explainer | None = None,
+    isolated: bool = True,
 ) -> Report:
     """Explain every item, write overlays, ``report.csv`` and ``index.html`` into ``out_dir``.
 
@@ -571,7 +580,8 @@ def run_report(
     rows: list[ReportRow] = []
     target_name = str(target)
     for done, (item, result, error) in enumerate(
-        iter_explained(items, model, methods=methods, target=target, max_pixels=max_pixels, explainer=explainer),
+        iter_explained(items, model, methods=methods, target=target, max_pixels=max_pixels, explainer=explainer,
+                       isolated=isolated),
         start=1,
     ):
         if result is None:
@@ -720,7 +730,7 @@ def report_html(report: Report) -> str:
             )
         chance = report.chance_hit_rate()
         if chance is not None:
-            parts.append(f"<tr><td><i>chance (uniform random point)</i></td><td></td><td>{chance:.3f}</td>"
+            parts.append(f"<tr><td><i>chance: uniform map or random point</i></td><td></td><td>{chance:.3f}</td>"
                          f"<td>{chance:.3f}</td><td></td></tr>")
         parts.append("</table>")
     if report.failed:

@@ -40,6 +40,9 @@ def _build_parser() -> argparse.ArgumentParser:
             "--target", default=target_default, help="class name, index or 'predicted' (default: %(default)s)"
         )
         p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+        p.add_argument("--no-isolation", action="store_true",
+                       help="decode in this process (by default each file is decoded in a worker process with "
+                            "time and memory limits, so a crashing decoder fails that file only)")
 
     explain = sub.add_parser("explain", help="maps, overlays and a result.json per image")
     common(explain, target_default="predicted")
@@ -114,7 +117,8 @@ def _run_explain(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
     with _progress_bar(len(items), args.no_progress, stderr) as bar:
-        explained = iter_explained(items, model, methods=methods, target=args.target)
+        explained = iter_explained(items, model, methods=methods, target=args.target,
+                                   isolated=not args.no_isolation)
         for stem, (item, result, error) in zip(stems, explained, strict=True):
             if result is None:
                 failed += 1
@@ -156,6 +160,7 @@ def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
             target=args.target,
             boxes=boxes,
             stability=args.stability,
+            isolated=not args.no_isolation,
             progress=lambda done, total, name: bar.update(1),
         )
     for row in report.failed:

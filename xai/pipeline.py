@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import numpy as np
 
@@ -31,6 +31,12 @@ PREDICTED = "predicted"
 """Target spec meaning "explain the class the model predicts"."""
 
 Source = str | Path | bytes | BinaryIO
+
+
+class Loader(Protocol):
+    """``load_radiograph`` or a drop-in (e.g. :func:`xai.isolation.load_radiograph_isolated`)."""
+
+    def __call__(self, source: Source, *, max_pixels: int = ...) -> Radiograph: ...
 
 
 class TargetError(ValueError):
@@ -202,19 +208,22 @@ def explain_source(
     target: str | int | None = PREDICTED,
     explainer: Explainer | None = None,
     max_pixels: int | None = None,
+    loader: Loader | None = None,
 ) -> PipelineResult:
     """Load ``source`` (path, bytes or binary file) and explain it; see :func:`explain_radiograph`.
 
     ``name`` is what the record calls the image (default: the path as given; "upload" for bytes).
+    ``loader`` decodes the file (default :func:`~xai.radiograph.load_radiograph`; pass
+    :func:`~xai.isolation.load_radiograph_isolated` for untrusted files).
     Raises :class:`~xai.radiograph.RadiographError` for a file that is not a usable radiograph.
     """
-    from xai.radiograph import load_radiograph
-
+    if loader is None:
+        from xai.radiograph import load_radiograph as loader
     if name is None:
         name = str(source) if isinstance(source, str | Path) else "upload"
     kwargs: dict[str, Any] = {} if max_pixels is None else {"max_pixels": max_pixels}
     started = time.perf_counter()
-    radiograph = load_radiograph(source, **kwargs)
+    radiograph = loader(source, **kwargs)
     load_ms = (time.perf_counter() - started) * 1e3
     return explain_radiograph(
         radiograph, model, name=name, methods=methods, target=target, explainer=explainer, load_ms=load_ms
