@@ -137,10 +137,19 @@ def weighted_cam(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tens
     return torch.relu(torch.einsum("nk,nkhw->nhw", weights, activations))
 
 
-def _is_flat(v: torch.Tensor, vmax: torch.Tensor, vmin: torch.Tensor) -> torch.Tensor:
-    """Per image: no positive maximum, a non-finite value, or max - min within float noise of max."""
-    finite = torch.isfinite(v.flatten(1)).all(dim=1)
+def _flat(vmax: torch.Tensor, vmin: torch.Tensor) -> torch.Tensor:
+    """Per image: a non-finite value (max/min propagate NaN and inf), no positive maximum, or
+    max - min within float noise of max (a constant map)."""
+    finite = torch.isfinite(vmax) & torch.isfinite(vmin)
     return ~finite | ~(vmax > 0) | ((vmax - vmin) <= _FLAT_RTOL * vmax)
+
+
+def _scaled(v: torch.Tensor, scale: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """``clip(v / scale, 0, 1)`` per image (``v (N, H, W)``, ``scale (N,)``), flat images all zero."""
+    display = (v / scale.clamp_min(torch.finfo(v.dtype).tiny)[:, None, None]).clamp_(0.0, 1.0)
+    if bool(flat.any()):
+        display[flat] = 0.0
+    return display
 
 
 def cam_display(raw: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -149,11 +158,10 @@ def cam_display(raw: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor,
     Bilinear upsampling (``align_corners=False``), then division by the per-image maximum; flat maps
     become zeros.
     """
-    flat = _is_flat(raw, raw.amax(dim=(1, 2)), raw.amin(dim=(1, 2)))
+    vmin, vmax = torch.aminmax(raw.flatten(1), dim=1)
+    flat = _flat(vmax, vmin)
     up = F.interpolate(raw[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    vmax = up.amax(dim=(1, 2)).clamp_min(torch.finfo(up.dtype).tiny)[:, None, None]
-    display = torch.where(flat[:, None, None], torch.zeros_like(up), (up / vmax).clamp(0.0, 1.0))
-    return display, flat, up
+    return _scaled(up, up.flatten(1).amax(dim=1), flat), flat, up
 
 
 def upper_quantile(v: torch.Tensor, q: float) -> torch.Tensor:
@@ -180,12 +188,10 @@ def guided_display(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     v = raw.abs().amax(dim=1)
     flat_v = v.flatten(1)
-    vmax, vmin = flat_v.amax(dim=1), flat_v.amin(dim=1)
-    flat = _is_flat(v, vmax, vmin)
-    hi = upper_quantile(torch.nan_to_num(flat_v, nan=0.0, posinf=0.0, neginf=0.0), GUIDED_CLIP_QUANTILE)
-    hi = torch.where(hi > 0, hi, vmax).clamp_min(torch.finfo(v.dtype).tiny)[:, None, None]
-    display = torch.where(flat[:, None, None], torch.zeros_like(v), (v / hi).clamp(0.0, 1.0))
-    return display, flat
+    vmin, vmax = torch.aminmax(flat_v, dim=1)
+    flat = _flat(vmax, vmin)
+    hi = upper_quantile(flat_v, GUIDED_CLIP_QUANTILE)
+    return _scaled(v, torch.where(hi > 0, hi, vmax), flat), flat
 
 
 # ----------------------------------------------------------------------------------------------- safety

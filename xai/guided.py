@@ -88,12 +88,15 @@ class GuidedReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
         (out,) = ctx.saved_tensors
-        mask = out > 0
-        if ctx.upper is not None:
-            mask &= out < ctx.upper
+        # PyTorch's own backward kernels from the saved output (0 < y < upper  <=>  0 < x < upper), one
+        # memory pass; the guided rule then zeroes negative gradients in place on that fresh tensor.
+        if ctx.upper is None:
+            grad_in = torch.ops.aten.threshold_backward(grad, out, 0.0)
+        else:
+            grad_in = torch.ops.aten.hardtanh_backward(grad, out, 0.0, ctx.upper)
         if ctx.state.guided:
-            mask &= grad > 0
-        return grad * mask, None, None, None
+            grad_in.clamp_(min=0.0)
+        return grad_in, None, None, None
 
 
 def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:
