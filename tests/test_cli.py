@@ -171,7 +171,8 @@ def _phi_dicom(dicom_dir: Path, path: Path) -> Path:
 
 
 def test_no_patient_identifiers_in_outputs_messages_or_logs(
-    bundle: Path, chestcovnet_dir: Path, dicom_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    bundle: Path, chestcovnet_dir: Path, dicom_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -189,7 +190,8 @@ def test_no_patient_identifiers_in_outputs_messages_or_logs(
     assert (code1, code2) == (1, 1)  # the truncated copy fails, the scan is done
     assert (tmp_path / "explain" / "scan" / "result.json").is_file()
     assert (tmp_path / "report" / "scan" / "gradcam.png").is_file()
-    texts += [out1, err1, out2, err2, caplog.text]
+    worker_out, worker_err = capfd.readouterr()  # anything the decoder worker processes printed
+    texts += [out1, err1, out2, err2, caplog.text, worker_out, worker_err]
     produced = [p for p in (tmp_path / "explain").rglob("*") if p.is_file()]
     produced += [p for p in (tmp_path / "report").rglob("*") if p.is_file()]
     assert len(produced) > 10
