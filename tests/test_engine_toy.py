@@ -420,3 +420,53 @@ def test_upper_quantile_matches_numpy_percentile() -> None:
     raw[0, 1, 4, 4] = -3.0
     display, flat = guided_display(raw)
     assert not flat[0] and display[0, 4, 4] == 1.0 and display.sum() == 1.0
+
+
+def test_every_spelling_of_relu_and_relu6_gets_the_guided_rule() -> None:
+    # The same network written with different ReLU/ReLU6 spellings must give the guided input gradient of
+    # the module version (which test_chain_* checks against the hand-computed reference).
+    spellings = {
+        "modules": (lambda z: nn.ReLU()(z), lambda z: nn.ReLU6()(z)),
+        "functional": (lambda z: F.relu(z), lambda z: F.relu6(z)),
+        "in-place": (lambda z: F.relu(z, inplace=True), lambda z: F.relu6(z, inplace=True)),
+        "torch": (lambda z: torch.relu_(z * 1), lambda z: F.hardtanh(z, 0.0, 6.0)),
+        "tensor-methods": (lambda z: (z * 1).relu_(), lambda z: F.hardtanh_(z * 1, min_val=0.0, max_val=6.0)),
+        "threshold": (lambda z: F.threshold(z, 0.0, 0.0), lambda z: nn.Hardtanh(0.0, 6.0)(z)),
+    }
+
+    class Spelled(nn.Module):
+        def __init__(self, relu: object, relu6: object) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+            with torch.no_grad():
+                self.conv2.weight.mul_(8.0)  # some pre-ReLU6 values above 6
+            self.fc = nn.Linear(4, 2)
+            self.relu, self.relu6 = relu, relu6
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = self.relu6(self.conv2(self.relu(self.conv1(x))))  # type: ignore[operator]
+            return self.fc(a.mean(dim=(2, 3)))
+
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    results = {
+        name: Explainer(Spelled(*fns).eval(), "conv2").explain(x, target=[0, 1], methods=["guided_backprop"])
+        for name, fns in spellings.items()
+    }
+    expected = results["modules"].raw["guided_backprop"]
+    xr = x.clone().requires_grad_(True)
+    plain_model = Spelled(*spellings["modules"]).eval()
+    (plain,) = torch.autograd.grad(plain_model(xr)[torch.arange(2), torch.tensor([0, 1])].sum(), xr)
+    assert np.abs(expected - plain.numpy()).max() > 1e-3  # the guided rule changed something
+    for name, e in results.items():
+        np.testing.assert_allclose(e.raw["guided_backprop"], expected, rtol=1e-6, atol=1e-9, err_msg=name)
+        assert not any("no ReLU" in n for n in e.notes), name
+    # Each activation matters on its own: hiding either one from the rule (clamp is not a ReLU call)
+    # changes the result, so every spelling above was really guided.
+    hidden = {
+        "relu hidden": (lambda z: z.clamp(min=0), spellings["modules"][1]),
+        "relu6 hidden": (spellings["modules"][0], lambda z: z.clamp(0, 6)),
+    }
+    for name, fns in hidden.items():
+        e = Explainer(Spelled(*fns).eval(), "conv2").explain(x, target=[0, 1], methods=["guided_backprop"])
+        assert np.abs(e.raw["guided_backprop"] - expected).max() > 1e-3 * np.abs(expected).max(), name

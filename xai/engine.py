@@ -41,6 +41,7 @@ restored after the forward pass.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 import weakref
@@ -278,7 +279,7 @@ def _resolve_targets(
 
 def _device_dtype(model: nn.Module, x: torch.Tensor) -> tuple[torch.device, torch.dtype]:
     """Device and float dtype of the model's first floating parameter/buffer (x's when there is none)."""
-    for tensor in (*model.parameters(), *model.buffers()):
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
         if tensor.is_floating_point():
             return tensor.device, tensor.dtype
     return x.device, x.dtype
@@ -306,7 +307,8 @@ class _Clock:
         self.sync = device.type == "cuda"
         self.device = device
         self.start = self.last = time.perf_counter()
-        self.timings: dict[str, float] = {}
+        # Every stage is always reported (0.0 when it did not run), so consumers can rely on the keys.
+        self.timings: dict[str, float] = dict.fromkeys(("forward", "backward", "cams", "guided"), 0.0)
 
     def lap(self, stage: str) -> None:
         if self.sync:
@@ -595,7 +597,8 @@ class Explainer:
     def _guided_notes(state: GuidedState, notes: list[str]) -> None:
         if state.relu_calls == 0:
             notes.append(
-                "no ReLU in the forward pass: guided backpropagation equals the plain input gradient"
+                "no ReLU call in the forward pass (TorchScript or compiled code is invisible to the guided "
+                "rule): guided backpropagation equals the plain input gradient"
             )
         if state.other_activations:
             found = ", ".join(f"{name} x{count}" for name, count in sorted(state.other_activations.items()))
