@@ -21,6 +21,7 @@ import hmac
 import json
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,11 +102,34 @@ def password_ok(entered: str, expected: str) -> bool:
     return hmac.compare_digest(entered.encode("utf-8"), expected.encode("utf-8"))
 
 
-def access_gate() -> bool:
-    """True when this session may see the app; otherwise draws the password form and returns False.
+def oidc_provider() -> str | None:
+    """The ``st.login`` provider configured in ``[auth]`` ("" for the default provider), else None.
 
-    No ``[auth] password`` in the secrets -> no gate (the default binds to localhost only).
+    OIDC is on when ``[auth]`` holds ``client_id`` (one provider) or a sub-table with one
+    (``[auth.<provider>]``), next to ``redirect_uri`` and ``cookie_secret`` as ``st.login`` requires.
     """
+    auth = _auth_secrets()
+    if auth.get("client_id"):
+        return ""
+    for name, value in auth.items():
+        if isinstance(value, Mapping) and value.get("client_id"):
+            return str(name)
+    return None
+
+
+def access_gate() -> bool:
+    """True when this session may see the app; otherwise draws the sign-in and returns False.
+
+    * ``[auth] password`` in ``.streamlit/secrets.toml``: a shared password, compared in constant time.
+    * OIDC configured in ``[auth]`` (see :func:`oidc_provider`): sign in with ``st.login`` first.
+    * Neither: no gate (the default config binds to localhost only).
+    """
+    provider = oidc_provider()
+    if provider is not None and not st.user.get("is_logged_in", False):
+        st.subheader("Sign in to use this app")
+        st.button("Log in", key="_oidc_login", type="primary", on_click=st.login,
+                  args=(provider,) if provider else ())
+        return False
     expected = configured_password()
     if expected is None or st.session_state.get("_access_granted"):
         return True
@@ -116,7 +140,6 @@ def access_gate() -> bool:
     if submitted:
         if password_ok(entered or "", expected):
             st.session_state["_access_granted"] = True
-            st.session_state.pop("_access_password", None)
             st.rerun()
         st.error("Wrong password.")
     return False

@@ -117,6 +117,22 @@ def test_password_gate_blocks_every_page_until_the_secret_is_given() -> None:
     assert at.file_uploader, "the Explain page should render after the right password"
 
 
+def test_oidc_sign_in_is_required_when_configured() -> None:
+    oidc = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "s" * 32,
+            "client_id": "xai", "client_secret": "x",
+            "server_metadata_url": "https://login.example.org/.well-known/openid-configuration"}
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.secrets["auth"] = oidc
+    at.user = {}
+    run(at)
+    assert at.button(key="_oidc_login").label == "Log in" and not at.file_uploader
+    signed_in = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    signed_in.secrets["auth"] = oidc
+    signed_in.user = {"is_logged_in": True, "email": "reader@example.org"}
+    run(signed_in)
+    assert signed_in.file_uploader and not [b for b in signed_in.button if b.key == "_oidc_login"]
+
+
 def test_a_deep_link_on_a_fresh_server_still_meets_the_gate() -> None:
     # Streamlit runs a deep link in its legacy pages/ mode until app.py has called st.navigation once;
     # AppTest starts every run in that state, as a freshly started server does.
