@@ -34,10 +34,14 @@ def row_height_for(image_shape: tuple[int, int], per_row: int, scale: float = 1.
 
 @dataclass(frozen=True)
 class Panel:
-    """One image of the side-by-side panel: a uint8 RGB array and its (HTML) title."""
+    """One image of the side-by-side panel: a uint8 RGB array and its (HTML) title.
+
+    ``source``: the image already encoded by :func:`screen_image_uri` (e.g. cached), else encoded here.
+    """
 
     title: str
     rgb: np.ndarray
+    source: str | None = None
 
 
 def screen_image_uri(rgb: np.ndarray) -> str:
@@ -128,7 +132,7 @@ def panel_figure(
             "xanchor": "center", "yanchor": "bottom", "showarrow": False, "font": {"size": 12},
         })
         data.append({
-            "type": "image", "source": screen_image_uri(panel.rgb), "x0": 0, "dx": 1, "y0": 0, "dy": 1,
+            "type": "image", "source": panel.source or screen_image_uri(panel.rgb), "x0": 0, "dx": 1, "y0": 0, "dy": 1,
             "hoverinfo": "skip", "name": str(i), "xaxis": f"x{suffix}", "yaxis": f"y{suffix}",
         })
     if colorscale is not None:

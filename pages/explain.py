@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from pages._panel import Panel, panel_figure, prediction_figure, row_height_for
+from pages._panel import Panel, panel_figure, prediction_figure, row_height_for, screen_image_uri
 from pages._shared import (
     DISCLAIMER,
     ActiveModel,
@@ -127,6 +127,12 @@ def _display_modality(image_sha: str, max_side: int, _image: LoadedImage) -> np.
     return render.downsample_for_display(_image.radiograph.modality_values, max_side)
 
 
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _original_uri(image_sha: str, window: tuple[float, float] | None, _image: np.ndarray) -> str:
+    """The unchanged original panel, encoded once per image and window (not on every display change)."""
+    return screen_image_uri(_image)
+
+
 def display_settings(image: LoadedImage, n_panels: int) -> dict[str, Any]:
     """The display controls (tucked in an expander). Nothing here touches a map's computation."""
     s: dict[str, Any] = {}
@@ -225,8 +231,9 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
     gray = screen_gray(image, s["window"])
     heats = heat_maps(image, result, model, s)
     window_note = f"window {s['window'][0]:.0f}/{s['window'][1]:.0f}" if s["window"] else ""
-    panels = [Panel(f"<b>Original</b><br>{image_facts(image, short=True)}<br>{window_note or ' '}",
-                    render.gray_to_rgb(gray))]
+    original = render.gray_to_rgb(gray)
+    panels = [Panel(f"<b>Original</b><br>{image_facts(image, short=True)}<br>{window_note or ' '}", original,
+                    source=_original_uri(image.sha256, s["window"], _image=original))]
     for m in methods:
         rgb = render.overlay(
             gray, heats[m], cmap=s["cmap"], alpha=s["alpha"], contour_level=s["contour_level"],
