@@ -551,13 +551,61 @@ def _thumbnail(rgb: np.ndarray, max_side: int = 384) -> bytes:
     return buffer.tobytes()
 
 
+def default_report_target(class_names: Sequence[str]) -> str:
+    """``covid19`` (the model's abnormality evidence) when the model has that class, else ``predicted``."""
+    return "covid19" if "covid19" in class_names else "predicted"
+
+
+def _report_row(
+    item: InputItem,
+    result: PipelineResult,
+    model: LoadedModel,
+    folder: Path,
+    image_boxes: Sequence[Box],
+    *,
+    stability: bool,
+) -> ReportRow:
+    """One explained image: overlays written to ``folder``, thumbnails, OOD, agreement, stability."""
+    from xai.render import gray_to_rgb, overlay, to_png_bytes
+
+    mask = boxes_mask(image_boxes, result.radiograph.shape) if image_boxes else None
+    row = ReportRow(
+        file=item.name,
+        stem=folder.name,
+        predicted=result.predicted,
+        target=result.target,
+        probabilities=dict(result.probabilities),
+        n_boxes=len(image_boxes),
+        box_fraction=float(mask.mean()) if mask is not None else None,
+        notices=result.notices,
+    )
+    try:
+        row.ood = _ood(result, model)
+    except (ValueError, RuntimeError) as exc:
+        row.notices = (*row.notices, f"no out-of-distribution score: {exc}")
+    row.thumbnails["original"] = _thumbnail(draw_boxes(gray_to_rgb(result.radiograph.pixels), image_boxes))
+    folder.mkdir(parents=True, exist_ok=True)
+    for method, heat in result.maps.items():
+        rgb = draw_boxes(overlay(result.radiograph.pixels, heat), image_boxes)
+        (folder / f"{_method_file(method)}.png").write_bytes(to_png_bytes(rgb))
+        row.thumbnails[method] = _thumbnail(rgb)
+        if mask is not None and mask.any():
+            row.agreement[method] = _agreement(heat, mask)
+    if stability:
+        try:
+            row.stability = _stability(result, model)
+        except (ValueError, RuntimeError) as exc:
+            row.notices = (*row.notices, f"no stability figures: {exc}")
+    return row
+
+
 def run_report(
     items: Sequence[InputItem],
     model: LoadedModel,
     out_dir: Path,
     *,
     methods: Sequence[str],
-    target: str | int | None = "covid19",
+    target: str | int | None = None,
     boxes: Mapping[str, Sequence[Box]] | None = None,
     stability: bool = False,
     progress: Progress | None = None,
@@ -568,59 +616,28 @@ def run_report(
     """Explain every item, write overlays, ``report.csv`` and ``index.html`` into ``out_dir``.
 
     ``out_dir/<stem>/<method>.png`` are full-resolution overlays (finding boxes outlined in green);
-    agreement figures are computed where ``boxes`` has the image's file name.
+    agreement figures are computed where ``boxes`` has the image's file name. ``target`` defaults to
+    :func:`default_report_target`.
     """
-    from xai.render import gray_to_rgb, overlay, to_png_bytes
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     boxes = boxes or {}
-    stems = unique_stems([item.name for item in items])
-    stem_of = {id(item): stem for item, stem in zip(items, stems, strict=True)}
+    if target is None:
+        target = default_report_target(model.card.class_names)
+    explained = iter_explained(
+        items, model, methods=methods, target=target, max_pixels=max_pixels, explainer=explainer, isolated=isolated
+    )
     rows: list[ReportRow] = []
     target_name = str(target)
-    for done, (item, result, error) in enumerate(
-        iter_explained(items, model, methods=methods, target=target, max_pixels=max_pixels, explainer=explainer,
-                       isolated=isolated),
-        start=1,
-    ):
+    for done, (stem, (item, result, error)) in enumerate(zip(unique_stems([i.name for i in items]), explained,
+                                                             strict=True), start=1):
         if result is None:
             rows.append(ReportRow(file=item.name, error=error))
         else:
             target_name = result.target
-            stem = stem_of[id(item)]
-            folder = output_dir_for(out_dir, stem)
-            folder.mkdir(parents=True, exist_ok=True)
             image_boxes = tuple(boxes.get(PurePosixPath(item.name.replace("\\", "/")).name, ()))
-            mask = boxes_mask(image_boxes, result.radiograph.pixels.shape) if image_boxes else None
-            row = ReportRow(
-                file=item.name,
-                stem=stem,
-                predicted=result.predicted,
-                target=result.target,
-                probabilities=dict(result.probabilities),
-                n_boxes=len(image_boxes),
-                box_fraction=float(mask.mean()) if mask is not None else None,
-                notices=result.notices,
-            )
-            try:
-                row.ood = _ood(result, model)
-            except (ValueError, RuntimeError) as exc:
-                row.notices = (*row.notices, f"no out-of-distribution score: {exc}")
-            original = draw_boxes(gray_to_rgb(result.radiograph.pixels), image_boxes)
-            row.thumbnails["original"] = _thumbnail(original)
-            for method, heat in result.maps.items():
-                rgb = draw_boxes(overlay(result.radiograph.pixels, heat), image_boxes)
-                (folder / f"{_method_file(method)}.png").write_bytes(to_png_bytes(rgb))
-                row.thumbnails[method] = _thumbnail(rgb)
-                if mask is not None and mask.any():
-                    row.agreement[method] = _agreement(heat, mask)
-            if stability:
-                try:
-                    row.stability = _stability(result, model)
-                except (ValueError, RuntimeError) as exc:
-                    row.notices = (*row.notices, f"no stability figures: {exc}")
-            rows.append(row)
+            rows.append(_report_row(item, result, model, output_dir_for(out_dir, stem), image_boxes,
+                                    stability=stability))
         if progress is not None:
             progress(done, len(items), item.name)
     report = Report(

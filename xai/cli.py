@@ -32,12 +32,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser, *, target_default: str) -> None:
+    def common(p: argparse.ArgumentParser, *, target_default: str | None) -> None:
         p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="images (PNG, JPEG, DICOM...) or folders")
         p.add_argument("--model", default=DEFAULT_MODEL, help="bundle name or path (default: %(default)s)")
         p.add_argument("--methods", default=None, help="comma-separated methods (default: all four)")
         p.add_argument(
-            "--target", default=target_default, help="class name, index or 'predicted' (default: %(default)s)"
+            "--target", default=target_default,
+            help="class name, index or 'predicted' (default: " + (target_default or "covid19 when the model has "
+                 "that class, else predicted") + ")",
         )
         p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
         p.add_argument("--no-isolation", action="store_true",
@@ -49,7 +51,7 @@ def _build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", type=Path, default=Path("explanations"), help="output folder (default: %(default)s)")
 
     report = sub.add_parser("report", help="a batch report: overlays, report.csv and a self-contained index.html")
-    common(report, target_default="covid19")
+    common(report, target_default=None)
     report.add_argument("--out", type=Path, required=True, help="output folder")
     report.add_argument("--boxes", type=Path, default=None, help="finding boxes CSV (manifest or file,x,y,w,h[,label])")
     report.add_argument("--only-boxed", action="store_true",
@@ -136,7 +138,7 @@ def _run_explain(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
 
 
 def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from xai.batch import BoxesError, load_boxes, run_report
+    from xai.batch import BoxesError, default_report_target, load_boxes, run_report
     from xai.pipeline import resolve_target
 
     methods = _parse_methods(args.methods)
@@ -145,7 +147,8 @@ def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
     except BoxesError as exc:
         raise UsageError(f"boxes file {args.boxes}: {exc}") from None
     model = _load_model(args.model)
-    resolve_target(args.target, model.card.class_names)
+    target = args.target if args.target is not None else default_report_target(model.card.class_names)
+    resolve_target(target, model.card.class_names)
     items = _collect(args.inputs, stderr)
     if args.only_boxed:
         if boxes is None:
@@ -157,7 +160,7 @@ def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
             model,
             args.out,
             methods=methods,
-            target=args.target,
+            target=target,
             boxes=boxes,
             stability=args.stability,
             isolated=not args.no_isolation,
