@@ -269,29 +269,49 @@ def test_zip_folder_round_trips(tmp_path: Path) -> None:
     assert files == {"a/m.png": b"png", "report.csv": b"file\n"}
 
 
-def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path) -> None:
-    """The Streamlit page end to end (bundled model, one method to stay quick)."""
+def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dicom_dir: Path) -> None:
+    """The Streamlit page end to end (bundled model, one method to stay quick): a zip of two films, a zip
+    bomb, and a DICOM whose header carries identifiers that must not reach any download; no temporary
+    folder is left behind."""
+    import tempfile
+
+    import pydicom
     from streamlit.testing.v1 import AppTest
 
     images = chestcovnet_dir / "images"
     good = _zip({"films/a.jpg": (images / "nih_00008727_009.jpg").read_bytes(),
                  "films/b.jpg": (images / "mhh_b343e657.jpg").read_bytes()}, compression=zipfile.ZIP_STORED)
     bomb = _zip({"bomb.dcm": bytes(20 * 1024 * 1024)})
+    ds = pydicom.dcmread(dicom_dir / "siim_cr_pa_mono2_jpeg_baseline.dcm")
+    phi = {"PatientName": "Qwzyx^Vbnmo", "PatientID": "MRN-5550199", "InstitutionName": "Grommet Infirmary",
+           "StudyDate": "20190723", "PatientBirthDate": "19380511"}
+    for keyword, value in phi.items():
+        setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    before = set(Path(tempfile.gettempdir()).glob("xai-batch-*"))
+
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "batch.py"), default_timeout=300)
     at.run()
     assert not at.exception
     at.file_uploader(key="batch_uploads").set_value([("films.zip", good, "application/zip"),
-                                                      ("bomb.zip", bomb, "application/zip")])
+                                                      ("bomb.zip", bomb, "application/zip"),
+                                                      ("scan.dcm", buffer.getvalue(), "application/dicom")])
     at.multiselect[0].set_value(["gradcam"])
     at.button[0].click()  # the form's submit button
     at.run()
     assert not at.exception, at.exception
-    assert "2 of 3 image(s) explained" in at.success[0].value
+    assert "3 of 4 image(s) explained" in at.success[0].value
     assert "bomb.zip" in at.warning[-1].value and "zip bomb" in at.warning[-1].value
     assert len(at.get("download_button")) == 3
     result = at.session_state["batch_result"]
     files = dict(read_zip(result["zip"]))
-    assert {"report.csv", "index.html", "a/gradcam.png", "b/gradcam.png"} <= set(files)
+    assert {"report.csv", "index.html", "a/gradcam.png", "b/gradcam.png", "scan/gradcam.png"} <= set(files)
     rows = list(csv.DictReader(io.StringIO(result["csv"].decode("utf-8"))))
     assert [(r["file"], r["status"]) for r in rows] == [
-        ("films.zip/films/a.jpg", "ok"), ("films.zip/films/b.jpg", "ok"), ("bomb.zip", "failed")]
+        ("films.zip/films/a.jpg", "ok"), ("films.zip/films/b.jpg", "ok"), ("bomb.zip", "failed"),
+        ("scan.dcm", "ok")]
+    downloads = [result["zip"], result["csv"], result["html"], *files.values()]
+    for secret in ["Qwzyx", "Vbnmo", "MRN-5550199", "Grommet", "20190723", "19380511"]:
+        assert not any(secret.encode() in blob for blob in downloads), secret
+    assert set(Path(tempfile.gettempdir()).glob("xai-batch-*")) == before
