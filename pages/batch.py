@@ -18,7 +18,7 @@ from xai.batch import (
     BoxesError,
     ZipLimits,
     items_from_uploads,
-    load_boxes,
+    parse_boxes,
     run_report,
     zip_folder,
 )
@@ -56,13 +56,12 @@ if submitted:
     elif not methods:
         problem = "Choose at least one method."
     if boxes_file is not None and problem is None:
-        with tempfile.TemporaryDirectory(prefix="xai-boxes-") as tmp:
-            path = Path(tmp) / "boxes.csv"
-            path.write_bytes(boxes_file.getvalue())
-            try:
-                boxes = load_boxes(path)
-            except BoxesError as exc:
-                problem = f"Boxes file: {exc}"
+        try:
+            boxes = parse_boxes(boxes_file.getvalue().decode("utf-8-sig"))
+        except UnicodeDecodeError:
+            problem = "Boxes file: not UTF-8 text"
+        except BoxesError as exc:
+            problem = f"Boxes file: {exc}"
     items = []
     if problem is None:
         try:

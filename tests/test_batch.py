@@ -22,6 +22,7 @@ from xai.batch import (
     items_from_uploads,
     load_boxes,
     output_dir_for,
+    parse_boxes,
     read_zip,
     report_csv,
     report_html,
@@ -180,6 +181,8 @@ def test_load_boxes_simple_format_and_errors(tmp_path: Path) -> None:
     bad.write_text("file,x,y,w,h\na.png,1,2,-3,4\n")
     with pytest.raises(BoxesError, match="line 2"):
         load_boxes(bad)
+    with pytest.raises(BoxesError, match="CSV"):
+        parse_boxes("file,x,y,w,h\n" + "a" * 200_000 + ",1,2,3,4\n")  # over the csv module's field limit
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("name,left\n")
     with pytest.raises(BoxesError, match="columns"):
@@ -297,11 +300,13 @@ def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dic
     at.file_uploader(key="batch_uploads").set_value([("films.zip", good, "application/zip"),
                                                       ("bomb.zip", bomb, "application/zip"),
                                                       ("scan.dcm", buffer.getvalue(), "application/dicom")])
+    at.file_uploader(key="batch_boxes").set_value(("boxes.csv", b"file,x,y,w,h\na.jpg,100,200,150,150\n", "text/csv"))
     at.multiselect[0].set_value(["gradcam"])
     at.button[0].click()  # the form's submit button
     at.run()
     assert not at.exception, at.exception
     assert "3 of 4 image(s) explained" in at.success[0].value
+    assert any("| gradcam | 1 |" in m.value for m in at.markdown)  # agreement for the one boxed film
     assert "bomb.zip" in at.warning[-1].value and "zip bomb" in at.warning[-1].value
     assert len(at.get("download_button")) == 3
     result = at.session_state["batch_result"]

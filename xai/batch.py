@@ -368,17 +368,28 @@ def _parse_manifest_boxes(text: str, width: float) -> list[Box]:
 
 
 def load_boxes(path: str | Path) -> dict[str, tuple[Box, ...]]:
-    """Finding boxes by file name (the name's last component) from a CSV.
+    """:func:`parse_boxes` of a CSV file."""
+    try:
+        text = Path(path).read_text("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BoxesError(f"cannot read boxes file: {exc}") from None
+    return parse_boxes(text)
+
+
+def parse_boxes(text: str) -> dict[str, tuple[Box, ...]]:
+    """Finding boxes by file name (the name's last component) from CSV text.
 
     Two formats: the data manifest (columns ``file``, ``width``, ``nih_boxes_1024`` with
     ``label|x|y|w|h;...`` in the NIH 1024 px frame, scaled by ``width/1024``; rows without boxes are
     ignored) or a simple ``file,x,y,w,h[,label]`` in the image's own pixels (one row per box).
     """
     try:
-        text = Path(path).read_text("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BoxesError(f"cannot read boxes file: {exc}") from None
-    reader = csv.DictReader(io.StringIO(text))
+        return _parse_boxes(csv.DictReader(io.StringIO(text.removeprefix("\ufeff"))))
+    except csv.Error as exc:
+        raise BoxesError(f"not a readable CSV file ({exc})") from None
+
+
+def _parse_boxes(reader: csv.DictReader) -> dict[str, tuple[Box, ...]]:
     columns = {c.strip().lower() for c in (reader.fieldnames or [])}
     manifest = {"file", "width", "nih_boxes_1024"} <= columns
     if not manifest and not {"file", "x", "y", "w", "h"} <= columns:
