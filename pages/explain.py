@@ -34,8 +34,9 @@ from xai.engine import METHODS
 from xai.pipeline import PREDICTED, PipelineResult
 from xai.radiograph import RadiographError, apply_window
 
-#: Longest side of the on-screen images; maps are computed and exported at full resolution.
-DISPLAY_MAX_SIDE = 1024
+#: Longest side of the on-screen images (px); maps are computed and exported at full resolution.
+#: 768 is the default: sharp on a 1080p projector, and a display change sends ~half the pixels of 1024.
+SCREEN_SIDES = {"768 px (fast)": 768, "1024 px": 1024, "1536 px (fine)": 1536}
 ZOOM_STEPS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 PANEL_SIZES = {"Small": 0.7, "Medium": 1.0, "Large": 1.4}
 NO_SAMPLE = "—"
@@ -128,7 +129,7 @@ def _display_modality(image_sha: str, max_side: int, _image: LoadedImage) -> np.
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
-def _original_uri(image_sha: str, window: tuple[float, float] | None, _image: np.ndarray) -> str:
+def _original_uri(image_sha: str, window: tuple[float, float] | None, side: int, _image: np.ndarray) -> str:
     """The unchanged original panel, encoded once per image and window (not on every display change)."""
     return screen_image_uri(_image)
 
@@ -159,6 +160,11 @@ def display_settings(image: LoadedImage, n_panels: int) -> dict[str, Any]:
             help="Take each method's fixed maximum (99.5th percentile) from the image shown now.",
         )
         c5, c6, c7 = st.columns([1, 1, 2])
+        s["side"] = SCREEN_SIDES[c6.select_slider(
+            "Screen resolution", list(SCREEN_SIDES), value="768 px (fast)", key="disp_side",
+            help="Longest side of the images sent to the browser. Maps are computed and exported at full "
+            "resolution whatever you choose.",
+        )]
         s["per_row"] = c5.slider("Panels per row", 1, max(2, n_panels), min(n_panels, 3), key="disp_per_row")
         s["size"] = PANEL_SIZES[c6.select_slider("Panel size", list(PANEL_SIZES), value="Medium", key="disp_size")]
         z1, z2, z3 = st.columns(3)
@@ -184,12 +190,12 @@ def display_settings(image: LoadedImage, n_panels: int) -> dict[str, Any]:
     return s
 
 
-def screen_gray(image: LoadedImage, window: tuple[float, float] | None) -> np.ndarray:
+def screen_gray(image: LoadedImage, window: tuple[float, float] | None, side: int) -> np.ndarray:
     r = image.radiograph
     if window is None:
-        return render.downsample_for_display(r.pixels, DISPLAY_MAX_SIDE)
+        return render.downsample_for_display(r.pixels, side)
     return apply_window(
-        _display_modality(image.sha256, DISPLAY_MAX_SIDE, image), window[0], window[1],
+        _display_modality(image.sha256, side, image), window[0], window[1],
         invert=r.inverted, function=r.voi_function,
     )
 
@@ -207,7 +213,7 @@ def heat_maps(
     image: LoadedImage, result: PipelineResult, model: ActiveModel, s: dict[str, Any]
 ) -> dict[str, np.ndarray]:
     """Each method's map on the screen grid, scaled to [0, 1] as chosen (per image or fixed)."""
-    key = (image.sha256, model.key, result.target_index, result.methods, DISPLAY_MAX_SIDE)
+    key = (image.sha256, model.key, result.target_index, result.methods, s["side"])
     if s["scale"] == "fixed":
         magnitudes = display_magnitudes(*key, result)
         s["vmax"] = fixed_maxima(result, model, magnitudes, s["reset_fixed"])
@@ -228,12 +234,12 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
     """Original + overlays, linked zoom/pan, display controls and downloads (reruns on its own)."""
     methods = result.methods
     s = display_settings(image, 1 + len(methods))
-    gray = screen_gray(image, s["window"])
+    gray = screen_gray(image, s["window"], s["side"])
     heats = heat_maps(image, result, model, s)
     window_note = f"window {s['window'][0]:.0f}/{s['window'][1]:.0f}" if s["window"] else ""
     original = render.gray_to_rgb(gray)
     panels = [Panel(f"<b>Original</b><br>{image_facts(image, short=True)}<br>{window_note or ' '}", original,
-                    source=_original_uri(image.sha256, s["window"], _image=original))]
+                    source=_original_uri(image.sha256, s["window"], s["side"], _image=original))]
     for m in methods:
         rgb = render.overlay(
             gray, heats[m], cmap=s["cmap"], alpha=s["alpha"], contour_level=s["contour_level"],
