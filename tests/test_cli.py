@@ -60,6 +60,7 @@ def test_explain_writes_overlays_maps_and_json_on_the_original_grid(
                                 "--out", str(out)])
     assert code == 0, stderr
     assert "explained 3 of 3" in stdout
+    assert "3/3" in stderr  # the progress bar (tqdm, on stderr) for several files
     expected_shapes = {
         "nih_00008727_009": Image.open(jpeg_square).size[::-1],
         "mhh_b343e657": Image.open(jpeg_wide).size[::-1],
