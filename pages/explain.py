@@ -59,8 +59,9 @@ def ingest(upload: Any, sample_title: str, samples: dict[str, str]) -> None:
             state["load_error"] = f"Could not read “{upload.name}”: {exc}"
         except Exception as exc:  # noqa: BLE001 - a bad file must never take the page down
             state["load_error"] = f"Could not read “{upload.name}”: unexpected {type(exc).__name__}."
-    elif upload is None:
+    elif upload is None and state.get("_seen_upload") is not None:
         state["_seen_upload"] = None
+        state.pop("load_error", None)  # the bad file was removed from the uploader
     if sample_title != state.get("_seen_sample"):
         state["_seen_sample"] = sample_title
         if sample_title in samples:
