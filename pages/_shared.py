@@ -21,6 +21,7 @@ import hmac
 import json
 import os
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ METHOD_LABELS: dict[str, str] = {
 EXPLANATION_CACHE_ENTRIES = 8
 DISPLAY_CACHE_ENTRIES = 8
 CACHE_TTL_S = 3600
+WRONG_PASSWORD_DELAY_S = 1.0
 
 
 def method_label(method: str) -> str:
@@ -141,6 +143,7 @@ def access_gate() -> bool:
         if password_ok(entered or "", expected):
             st.session_state["_access_granted"] = True
             st.rerun()
+        time.sleep(WRONG_PASSWORD_DELAY_S)  # slows scripted guessing; only this session's thread waits
         st.error("Wrong password.")
     return False
 
