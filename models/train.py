@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -104,7 +105,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="freeze stem + this many MBConv blocks (their outputs are cached)")
     p.add_argument("--views", type=int, default=2, help="augmented views per train image in the feature cache")
     p.add_argument("--view-seed", type=int, default=1234, help="seed of the cached augmented views")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after the epoch that passes this many minutes of training (caches not counted)")
+    p.add_argument("--equalize", default=CHESTCOVNET_PREPROCESSING.equalize, choices=("none", "hist", "clahe"),
+                   help="ablations: override the card's equalisation")
+    p.add_argument("--crop", default=CHESTCOVNET_PREPROCESSING.crop, choices=("none", "body"),
+                   help="ablations: override the card's crop")
     p.add_argument("--cache-dir", default="runs/cache", help="decoded-image cache ('' to disable)")
     p.add_argument("--name", default="chestcovnet")
     p.add_argument("--version", default="1.0")
@@ -186,7 +192,7 @@ def feature_cache(model: EfficientNetLite0, cache: np.ndarray, train_rows: np.nd
         generator = torch.Generator().manual_seed(view_seed + v)
         per_view.append(stored(f"view{v}", lambda g=generator, v=v: front_features(
             model, train_imgs, preprocessing, n_blocks, aug=aug, generator=g, desc=f"view {v + 1}/{views}")))
-    augmented = torch.stack(per_view, 1) if per_view else clean[:0].unsqueeze(1)
+    augmented = torch.stack(per_view, 1) if per_view else clean.new_zeros((0, 0, *clean.shape[1:]))
     return clean, augmented
 
 
@@ -235,7 +241,7 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    pre = CHESTCOVNET_PREPROCESSING
+    pre = dataclasses.replace(CHESTCOVNET_PREPROCESSING, equalize=args.equalize, crop=args.crop)
     aug = Augmentation()
     t_start = time.time()
 
@@ -266,14 +272,18 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
     clean, views = feature_cache(model, cache, view_rows, pre, n_front, args.views, aug, args.view_seed,
                                  args.cache_dir or None, [r.file for r in needed])
     view_of = {int(r): j for j, r in enumerate(view_rows)}
+    t_train = time.time()
     log.info("front features (stem + %d blocks, %d augmented views) ready in %.0f s", n_front, args.views,
              time.time() - t_feat)
 
     def feats(recs: list[Record]) -> torch.Tensor:
         return clean[[row[r.file] for r in recs]]
 
-    train_views = views[[view_of[row[r.file]] for r in train_recs]]  # (N, V, C, h, w)
     train_clean = feats(train_recs)
+    if views.shape[1] == 0 or len(views) == 0:  # --views 0: the clean image only (ablation)
+        train_views = train_clean.unsqueeze(1)
+    else:
+        train_views = views[[view_of[row[r.file]] for r in train_recs]]  # (N, V, C, h, w)
     f_val = feats(val_recs)
     y_train = torch.tensor([r.label for r in train_recs])
     y_val = np.array([r.label for r in val_recs])
@@ -332,7 +342,7 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
         if stale >= args.patience:
             log.info("early stop: no val improvement for %d epochs", stale)
             break
-        if args.max_minutes is not None and (time.time() - t_start) / 60 > args.max_minutes:
+        if args.max_minutes is not None and (time.time() - t_train) / 60 > args.max_minutes:
             log.info("stopping: time budget of %.0f min reached", args.max_minutes)
             break
 
