@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -60,7 +61,7 @@ class EnginePanel:
         result = self._explain(self.image, self.model, explainer=self.explainer)
         return (time.perf_counter() - start) * 1e3, dict(result.timings_ms)
 
-    def median_ms(self, repeats: int = 2) -> float:
+    def median_ms(self, repeats: int = 5) -> float:
         return statistics.median(self.run()[0] for _ in range(repeats))
 
 
@@ -95,10 +96,17 @@ def one_round(browser, image: Path, moves: int, extra_env: dict[str, str]) -> di
             page.locator(UPLOADER).locator("..").wait_for(state="visible", timeout=120_000)
             cold = time.perf_counter() - started
 
+            big_frames.clear()
             chosen = time.perf_counter()
             page.locator(UPLOADER).set_input_files(str(image))
             page.wait_for_function(overlay_count_js(4), timeout=300_000, polling="raf")
             first = time.perf_counter() - chosen
+            first_server = (big_frames[-1] - chosen) if big_frames else float("nan")  # the panel figure arrived
+            # The engine time of THIS explanation, as the server measured it (the panels' captions say
+            # "... · 812 ms"): the fairest base for the ratio on a machine whose load changes by the second.
+            titles = page.locator(f"{PANEL} .annotation-text").all_text_contents()
+            engine_in_app = [float(m.group(1)) for t in titles if (m := re.search(r"·\s*([\d.]+)\s*ms", t))]
+            in_app_ms = engine_in_app[0] if engine_in_app else float("nan")
 
             page.locator('[data-testid="stExpander"] summary', has_text="Display").first.click()
             slider = page.locator(".st-key-disp_alpha input[type=range]")  # react-aria slider's hidden input
@@ -118,7 +126,8 @@ def one_round(browser, image: Path, moves: int, extra_env: dict[str, str]) -> di
                 if big_frames:  # press -> the new figure arrived: server rerun + transfer
                     server_ms.append((big_frames[0] - t0) * 1e3)
                 page.wait_for_timeout(300)  # let the rerun settle before the next move
-            return {"cold_s": cold, "first_s": first, "display_ms": statistics.median(display_ms),
+            return {"cold_s": cold, "first_s": first, "first_server_s": first_server, "in_app_engine_ms": in_app_ms,
+                    "display_ms": statistics.median(display_ms),
                     "display_max_ms": max(display_ms),
                     "display_server_ms": statistics.median(server_ms) if server_ms else float("nan")}
         finally:
@@ -152,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                 res = one_round(browser, args.image, moves, {"XAI_APP_MODEL": args.model})
                 res["engine_ms"] = engine.median_ms()  # same minute, same machine load, server stopped
                 res["ratio"] = res["first_s"] * 1e3 / res["engine_ms"]
+                res["ratio_in_app"] = res["first_s"] * 1e3 / res["in_app_engine_ms"]
                 results.append(res)
                 print(f"round {r + 1}: cold {res['cold_s']:.2f} s, first result {res['first_s']:.2f} s "
-                      f"(engine {res['engine_ms'] / 1e3:.2f} s, ratio {res['ratio']:.2f}), "
+                      f"(figure received after {res['first_server_s']:.2f} s; engine in app {res['in_app_engine_ms']:.0f} ms, "
+                      f"in process {res['engine_ms']:.0f} ms), "
                       f"display-only median {res['display_ms']:.0f} ms (max {res['display_max_ms']:.0f} ms; "
                       f"figure received after {res['display_server_ms']:.0f} ms)")
         finally:
@@ -164,18 +175,26 @@ def main(argv: list[str] | None = None) -> int:
     first = statistics.median(r["first_s"] for r in results)
     display = statistics.median(r["display_ms"] for r in results)
     display_server = statistics.median(r["display_server_ms"] for r in results)
+    first_server = statistics.median(r["first_server_s"] for r in results)
     engine_ms = statistics.median(r["engine_ms"] for r in results)
     ratio = statistics.median(r["ratio"] for r in results)
+    in_app = statistics.median(r["in_app_engine_ms"] for r in results)
+    ratio_in_app = statistics.median(r["ratio_in_app"] for r in results)
     first_ok = all(r["first_s"] <= 1.5 * r["engine_ms"] / 1e3 + 0.5 for r in results)
+    first_ok_in_app = all(r["first_s"] <= 1.5 * r["in_app_engine_ms"] / 1e3 + 0.5 for r in results)
     first_target = 1.5 * engine_ms / 1e3 + 0.5
     rows = [
         ("cold start (process -> uploader, model loaded)", f"{cold:.2f} s", "<= 10 s", cold <= 10),
         ("upload -> all four overlays", f"{first:.2f} s", f"<= {first_target:.2f} s (1.5x engine + 0.5 s)",
          first_ok),
-        ("  ratio to engine panel (per round)", f"{ratio:.2f}x", "", None),
+        ("  of which: server done + transfer (figure received)", f"{first_server:.2f} s", "", None),
+        ("  ratio to engine panel in process (per round)", f"{ratio:.2f}x", "", None),
+        ("  vs the engine time the app measured itself", f"{ratio_in_app:.2f}x",
+         f"<= 1.5x + 0.5 s: {in_app / 1e3 * 1.5 + 0.5:.2f} s", first_ok_in_app),
         ("display-only change (opacity)", f"{display:.0f} ms", "<= 200 ms", display <= 200),
         ("  of which: server rerun + transfer", f"{display_server:.0f} ms", "", None),
-        ("engine panel, same image, in process", f"{engine_ms / 1e3:.2f} s", "(measured after each round)", None),
+        ("engine panel, same image, in process", f"{engine_ms / 1e3:.2f} s", "(median of 5 after each round)", None),
+        ("engine time reported by the app (caption)", f"{in_app / 1e3:.2f} s", "(the same explanation)", None),
     ]
     print(f"\nbench_app: {args.image.name}, model {args.model}, {rounds} round(s), {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
