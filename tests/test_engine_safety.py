@@ -2,7 +2,7 @@
 
 Checked on every module after success and after injected failures: no forward/backward (pre-)hooks, no
 ``.grad``, same ``requires_grad`` flags, same train/eval flags, bit-identical parameters and buffers, no
-torch-function mode left active. Concurrency: 8 threads with different inputs and targets on one model give
+torch-function mode left active, no guided hook left on later graphs. Concurrency: 8 threads with different inputs and targets on one model give
 the results of serial calls, while another thread runs plain inference on the same model.
 """
 
@@ -72,7 +72,7 @@ def assert_unchanged(model: nn.Module, before: dict[str, Any]) -> None:
     assert after["global_hooks"] == before["global_hooks"]
     for name, value in before["state"].items():
         assert torch.equal(after["state"][name], value), name
-    # No torch-function mode left on this thread: a ReLU's backward is the plain one again.
+    # Nothing global left: a ReLU's backward on this thread is the plain one.
     assert torch._C._len_torch_function_stack() == 0
     z = torch.tensor([1.0, -1.0], requires_grad=True)
     (grad,) = torch.autograd.grad((torch.relu(z) * torch.tensor([-2.0, 3.0])).sum(), z)
@@ -107,7 +107,7 @@ def test_partly_frozen_model_keeps_its_flags_and_gets_no_grad() -> None:
 
 
 class FailAfterTarget(nn.Module):
-    """A resnet whose forward raises after the target layer (and after the guided mode saw ReLUs)."""
+    """A resnet whose forward raises after the target layer (after the capture hook fired)."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()

@@ -17,9 +17,10 @@ Methods (S = the target class *logit*, A = the target layer's feature map (N, K,
   (``align_corners=False``) to the input size.
 
 One forward pass serves all four. The CAMs need ``g`` at the target layer, guided backprop the guided
-input gradient. The guided rule changes only ReLU backward passes; when no ReLU runs after the target
-layer's output is captured (detected at run time: resnet, densenet, efficientnet, mobilenet_v3, convnext,
-ChestCOVNet), ``g`` is the same under both rules and ONE guided backward pass
+input gradient. The guided rule changes only ReLU backward passes; when no ReLU lies between the score
+and the target layer's output (found in this call's autograd graph: true for resnet, densenet,
+efficientnet, mobilenet_v3, convnext, ChestCOVNet), ``g`` is the same under both rules and ONE guided
+backward pass
 ``torch.autograd.grad(S, [x, A])`` yields both. Otherwise (e.g. VGG's ReLU head) a short plain pass to
 ``A`` precedes the guided pass to ``x`` over the same graph. ``autograd.grad`` never touches ``.grad``
 and never computes parameter gradients.
@@ -31,11 +32,11 @@ stretched noise.
 
 Safety: the target-layer hook exists only during the forward pass (removed in ``finally``) and records
 only the calling thread; hook registration and forward run under a per-model lock, so concurrent
-``explain`` calls on one shared model cannot see each other's hooks; the guided rule is a thread-local
-``TorchFunctionMode``. The model is never modified: no hooks or ``.grad`` left, ``requires_grad`` flags
+``explain`` calls on one shared model cannot see each other's hooks; the guided rule lives on the call's
+own autograd graph (:func:`xai.guided.guide_graph`). The model is never modified: no hooks or ``.grad`` left, ``requires_grad`` flags
 and train/eval mode untouched. A model in training mode is explained as it is (dropout active,
 batch-norm on batch statistics; a note says so) and its buffers (batch-norm running statistics) are
-restored after the forward pass.
+restored after the backward pass, the model lock being held for the whole call.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai.guided import GuidedReLUMode, GuidedState
+from xai.guided import GraphReport, GuidedState, guide_graph
 from xai.layers import TargetLayer, default_target_name, find_last_spatial_layer, resolve_module
 
 __all__ = [
@@ -436,15 +437,22 @@ class Explainer:
             # A fresh leaf (never the caller's tensor) and a non-leaf copy, so that a model applying an
             # in-place op to its input still runs.
             leaf = x.detach().to(device=device, dtype=dtype).clone().requires_grad_(True)
-            state = GuidedState(guided=True)
-            logits, captured, calls = self._forward(leaf.clone(), module, state, need_guided)
+            logits, captured, calls = self._forward(leaf.clone(), module)
             clock.lap("forward")
 
             logits = self._check_logits(logits, x.shape[0])
             targets = _resolve_targets(target, logits)
             activations = self._check_activations(captured, calls, layer_name, notes) if need_cam else None
             score = logits.gather(1, targets[:, None]).sum()
-            grad_x, grad_a = self._backward(score, leaf, activations, state, need_guided, notes)
+            report = None
+            if need_guided:
+                # The guided rule goes onto this call's graph (see xai.guided); the model is untouched.
+                state = GuidedState(guided=True)
+                target_node = activations.grad_fn if activations is not None else None
+                report = guide_graph(score.grad_fn, state, target_node)
+            grad_x, grad_a = self._backward(
+                score, leaf, activations, state if need_guided else None, report, notes
+            )
             clock.lap("backward")
 
         size = (x.shape[2], x.shape[3])
@@ -478,7 +486,8 @@ class Explainer:
                 assert gradcam_up is not None
                 raw["guided_gradcam"] = gx * gradcam_up[:, None].to(gx.dtype)
                 maps["guided_gradcam"], flat["guided_gradcam"] = guided_display(raw["guided_gradcam"])
-            self._guided_notes(state, notes)
+            assert report is not None
+            self._guided_notes(report, notes)
             clock.lap("guided")
 
         logits_d = logits.detach()
@@ -502,9 +511,7 @@ class Explainer:
 
     # ------------------------------------------------------------------------------------------ stages
 
-    def _forward(
-        self, model_input: torch.Tensor, module: nn.Module, state: GuidedState, guided: bool
-    ) -> tuple[Any, Any, int]:
+    def _forward(self, model_input: torch.Tensor, module: nn.Module) -> tuple[Any, Any, int]:
         """One forward pass with the target layer's output captured (calling thread only)."""
         thread_id = threading.get_ident()
         captured: list[Any] = []
@@ -513,14 +520,11 @@ class Explainer:
             if threading.get_ident() != thread_id:
                 return  # another thread (e.g. plain inference) running the shared model
             captured.append(output)
-            if isinstance(output, torch.Tensor):
-                state.mark(output)
 
         with model_lock(self.model):
             handle = module.register_forward_hook(capture)
             try:
-                with GuidedReLUMode(state) if guided else contextlib.nullcontext():
-                    logits = self.model(model_input)
+                logits = self.model(model_input)
             finally:
                 handle.remove()
         return logits, (captured[-1] if captured else None), len(captured)
@@ -556,25 +560,27 @@ class Explainer:
         score: torch.Tensor,
         leaf: torch.Tensor,
         activations: torch.Tensor | None,
-        state: GuidedState,
-        need_guided: bool,
+        state: GuidedState | None,
+        report: GraphReport | None,
         notes: list[str],
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(guided input gradient or None, plain target-layer gradient or None)``.
 
-        One guided pass serves both when no ReLU ran after the target layer's capture (the guided rule
-        then changes nothing above the target layer); otherwise a plain pass to the target layer first
-        (retaining the graph), then the guided pass to the input.
+        One guided pass serves both when no ReLU lies between the score and the target layer's output (the
+        guided rule then changes nothing above the target layer); otherwise a plain pass to the target layer
+        first (retaining the graph), then the guided pass to the input. ``state``/``report`` are ``None``
+        when no guided map is requested.
         """
         grad_x: torch.Tensor | None = None
         grad_a: torch.Tensor | None = None
-        if activations is not None and need_guided:
-            if state.relu_calls_after_mark == 0:
+        need_guided = state is not None
+        if activations is not None and state is not None and report is not None:
+            if report.relus_above_target == 0:
                 state.guided = True
                 grad_x, grad_a = torch.autograd.grad(score, [leaf, activations], allow_unused=True)
             else:
                 notes.append(
-                    f"{state.relu_calls_after_mark} ReLU call(s) run after the target layer: two backward "
+                    f"{report.relus_above_target} ReLU(s) above the target layer: two backward "
                     "passes (plain for the CAM gradient, guided for the input gradient)"
                 )
                 state.guided = False
@@ -594,14 +600,18 @@ class Explainer:
         return grad_x, grad_a
 
     @staticmethod
-    def _guided_notes(state: GuidedState, notes: list[str]) -> None:
-        if state.relu_calls == 0:
+    def _guided_notes(report: GraphReport, notes: list[str]) -> None:
+        if report.relus == 0:
             notes.append(
-                "no ReLU call in the forward pass (TorchScript or compiled code is invisible to the guided "
-                "rule): guided backpropagation equals the plain input gradient"
+                "no ReLU in the model's graph: guided backpropagation equals the plain input gradient"
             )
-        if state.other_activations:
-            found = ", ".join(f"{name} x{count}" for name, count in sorted(state.other_activations.items()))
+        if report.opaque:
+            found = ", ".join(f"{name} x{count}" for name, count in sorted(report.opaque.items()))
+            notes.append(
+                f"opaque autograd nodes ({found}): ReLUs inside custom or compiled functions are not guided"
+            )
+        if report.other_activations:
+            found = ", ".join(f"{name} x{count}" for name, count in sorted(report.other_activations.items()))
             notes.append(
                 f"guided backpropagation passes the plain gradient through non-ReLU activations ({found}); "
                 "the guided rule applies to ReLU and ReLU6 only"
