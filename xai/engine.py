@@ -246,7 +246,7 @@ def _check_input(x: Any) -> torch.Tensor:
         raise ValueError(f"x is empty: shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a float tensor (preprocessed image); got dtype {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
+    if not bool(torch.isfinite(x.sum())):  # NaN and inf propagate through the sum; cheaper than isfinite(x)
         raise ValueError("x contains NaN or infinite values")
     return x
 
@@ -434,9 +434,14 @@ class Explainer:
             torch.inference_mode(False),
             torch.enable_grad(),
         ):
-            # A fresh leaf (never the caller's tensor) and a non-leaf copy, so that a model applying an
-            # in-place op to its input still runs.
-            leaf = x.detach().to(device=device, dtype=dtype).clone().requires_grad_(True)
+            # The gradient is taken w.r.t. a new tensor object (an alias of the caller's data, whose own
+            # flags are untouched; a copy for inference tensors, which cannot require grad); the model gets
+            # a copy (so that a model applying an in-place op to its input still runs, and the caller
+            # cannot change the values under it).
+            leaf = x.detach().to(device=device, dtype=dtype)
+            if leaf.is_inference():
+                leaf = leaf.clone()
+            leaf.requires_grad_(True)
             logits, captured, calls = self._forward(leaf.clone(), module)
             clock.lap("forward")
 
