@@ -147,12 +147,14 @@ class EfficientNetLite0(nn.Module):
             x = block(x)
         return x
 
-    def forward_rest(self, x: Tensor, n_blocks: int) -> Tensor:
-        """Logits from the output of :meth:`forward_front` with the same ``n_blocks``."""
+    def forward_rest(self, x: Tensor, n_blocks: int, *, return_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits from the output of :meth:`forward_front` with the same ``n_blocks``
+        (and the ``head_act`` feature map when ``return_features``)."""
         for block in list(self.blocks)[n_blocks:]:
             x = block(x)
-        x = self.pool(self.head_act(self.head_bn(self.head_conv(x)))).flatten(1)
-        return self.classifier(self.dropout(x))
+        features = self.head_act(self.head_bn(self.head_conv(x)))
+        logits = self.classifier(self.dropout(self.pool(features).flatten(1)))
+        return (logits, features) if return_features else logits
 
 
 _TOP_LEVEL = {

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -165,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    command = "python -m models.evaluate " + " ".join(argv)
+    command = "python -m models.evaluate " + shlex.join(argv)
     if args.cross_source_from:
         print(json.dumps(merge_cross_source(_bundle_dir(args.model), args.cross_source_from), indent=2))
         return 0

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 import math
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -111,6 +112,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="ablations: override the card's equalisation")
     p.add_argument("--crop", default=CHESTCOVNET_PREPROCESSING.crop, choices=("none", "body"),
                    help="ablations: override the card's crop")
+    p.add_argument("--cam-border-weight", type=float, default=0.0,
+                   help="weight of the Grad-CAM border-share penalty (0: off)")
     p.add_argument("--cache-dir", default="runs/cache", help="decoded-image cache ('' to disable)")
     p.add_argument("--name", default="chestcovnet")
     p.add_argument("--version", default="1.0")
@@ -208,6 +211,31 @@ def predict_features(model: EfficientNetLite0, feats: torch.Tensor, n_blocks: in
     finally:
         model.train(was_training)
     return torch.softmax(z, 1)[:, positive_index].numpy().astype(np.float64), z.numpy()
+
+
+def _band_weights(h: int, w: int, size: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each cell of an (h, w) map: its mass after bilinear upsampling to ``size`` (as the engine does),
+    and the part of that mass inside the outer ``fraction`` band of the upsampled map."""
+    basis = torch.eye(h * w).view(h * w, 1, h, w)
+    up = F.interpolate(basis, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    band = max(1, round(fraction * size))
+    inner = up[:, band:size - band, band:size - band].sum((1, 2))
+    total = up.sum((1, 2))
+    return total.view(h, w), (total - inner).view(h, w)
+
+
+def cam_border_share(model: EfficientNetLite0, features: torch.Tensor, target: torch.Tensor,
+                     fraction: float = 0.10) -> torch.Tensor:
+    """Differentiable share of Grad-CAM energy in the outer ``fraction`` band of the model input, per image.
+
+    With global average pooling and a linear classifier, Grad-CAM's channel weights for class c are
+    W[c, k] / (h w) (Selvaraju et al. 2017), so CAM_c = ReLU(sum_k W[c, k] A_k) is available in the forward
+    pass. Penalising its border share ("right for the right reasons", Ross et al. 2017) discourages
+    evidence from film edges, burned-in labels and markers.
+    """
+    cam = F.relu(torch.einsum("nk,nkhw->nhw", model.classifier.weight[target], features))
+    total, band = _band_weights(cam.shape[1], cam.shape[2], 224, fraction)
+    return (cam * band).sum((1, 2)) / ((cam * total).sum((1, 2)) + 1e-6)
 
 
 def _lr_lambda(total_steps: int, warmup: int):  # noqa: ANN202
@@ -316,7 +344,10 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
             idx, vp = order[sl], view_pick[sl]
             x = torch.where((vp == n_views).view(-1, 1, 1, 1), train_clean[idx],
                             train_views[idx, vp.clamp(max=n_views - 1)]).float()
-            loss = F.cross_entropy(model.forward_rest(x, n_front), y_train[idx])
+            logits, features = model.forward_rest(x, n_front, return_features=True)
+            loss = F.cross_entropy(logits, y_train[idx])
+            if args.cam_border_weight > 0:
+                loss = loss + args.cam_border_weight * cam_border_share(model, features, y_train[idx]).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -378,6 +409,7 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "frozen": f"stem + first {args.freeze_blocks} MBConv blocks (ImageNet weights and BN statistics; their outputs "
                   f"cached for the clean image and {args.views} augmented views per train image, view seed {args.view_seed})",
         "optimizer": f"AdamW lr {args.lr}, weight decay {args.weight_decay}, warm-up + cosine, batch {args.batch_size}",
+        "cam_border_penalty": args.cam_border_weight,
         "sampling": "class- and source-balanced (each class 1/2, split equally among its sources)",
         "augmentation": aug.to_dict(), "minutes": round(minutes, 1), "threads": args.threads,
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
@@ -402,7 +434,7 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    train(args, "python -m models.train " + " ".join(argv))
+    train(args, "python -m models.train " + shlex.join(argv))
     return 0
 
 
