@@ -24,7 +24,8 @@ work each method does; on a quiet machine the two agree. Memory: each method run
 warm-up call, ``gc``); the Linux peak-RSS counter is reset (``/proc/self/clear_refs`` = 5) just before one
 measured call and ``VmHWM - VmRSS(before)`` is reported: the extra resident memory the call needed at its
 peak (activations saved for backward, gradients, results), independent of imports and the model's own
-weights. (Without ``clear_refs`` it falls back to ``ru_maxrss`` minus the RSS before, an upper bound.)
+weights. glibc's adaptive mmap threshold is turned off in those subprocesses (``MALLOC_MMAP_THRESHOLD_``)
+so that freed tensors leave the resident set and the counter follows live memory. (Without ``clear_refs`` it falls back to ``ru_maxrss`` minus the RSS before, an upper bound.)
 """
 
 from __future__ import annotations
@@ -177,7 +178,15 @@ def measure_memory(method: str, name: str, size: int) -> float:
         check=True,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        # A fixed mmap threshold turns off glibc's adaptive one, so that every large buffer is mmap-ed and
+        # returned to the OS when freed: resident memory then follows live tensors (otherwise memory freed
+        # after the warm-up stays resident in the heap and hides the measured call's peak).
+        env={
+            **os.environ,
+            "PYTHONWARNINGS": "ignore",
+            "MALLOC_MMAP_THRESHOLD_": "65536",
+            "MALLOC_TRIM_THRESHOLD_": "0",
+        },
     )
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
 
