@@ -238,6 +238,22 @@ def cam_border_share(model: EfficientNetLite0, features: torch.Tensor, target: t
     return (cam * band).sum((1, 2)) / ((cam * total).sum((1, 2)) + 1e-6)
 
 
+def _against_test_negatives(model: EfficientNetLite0, feats: Any, records: list[Record], holdout: str,
+                            p_held: np.ndarray, y_held: np.ndarray, threshold: float, n_front: int) -> dict[str, Any]:
+    """The held-out source's positives against the test-split negatives of the other sources: AUROC and
+    the metrics at the threshold (a held-out source without negatives has no AUROC of its own)."""
+    negatives = [r for r in records if r.split == "test" and r.label == 0 and r.source != holdout]
+    pos = y_held == 1
+    if not negatives or not pos.any():
+        return {}
+    p_neg, _ = predict_features(model, feats(negatives), n_front)
+    scores = np.concatenate([p_held[pos], p_neg])
+    labels = np.concatenate([np.ones(int(pos.sum()), dtype=int), np.zeros(len(negatives), dtype=int)])
+    out = binary_metrics(labels, scores, threshold)
+    out["negatives"] = sorted({r.source for r in negatives})
+    return out
+
+
 def _lr_lambda(total_steps: int, warmup: int):  # noqa: ANN202
     def f(step: int) -> float:
         if step < warmup:
@@ -394,6 +410,9 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 "all_splits": binary_metrics(y_held, p_held, threshold),
                 "by_split": {s: binary_metrics(y_held[m], p_held[m], threshold)
                              for s in SPLITS if (m := np.array([r.split == s for r in held_recs])).any()},
+                "vs_test_negatives": _against_test_negatives(
+                    model, feats, [r for r in records if r.file in row], holdout, p_held, y_held, threshold,
+                    n_front),
                 "command": command, "date": datetime.now(UTC).strftime("%Y-%m-%d")}
         cross_source[holdout] = rounded(held)
         log.info("held-out %s: sensitivity %.4f on %d images at threshold %.4f", holdout,
