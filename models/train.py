@@ -235,7 +235,7 @@ def cam_border_share(model: EfficientNetLite0, features: torch.Tensor, target: t
     """
     cam = F.relu(torch.einsum("nk,nkhw->nhw", model.classifier.weight[target], features))
     total, band = _band_weights(cam.shape[1], cam.shape[2], 224, fraction)
-    return (cam * band).sum((1, 2)) / ((cam * total).sum((1, 2)) + 1e-6)
+    return (cam * band).sum((1, 2)) / (cam * total).sum((1, 2)).clamp_min(1e-30)  # no eps that could dominate
 
 
 def _against_test_negatives(model: EfficientNetLite0, feats: Any, records: list[Record], holdout: str,

@@ -30,7 +30,7 @@ def test_two_step_training_run_produces_a_loadable_bundle(tmp_path: Path, chestc
     out = tmp_path / "bundle"
     rc = train_mod.main(["--data", str(chestcovnet_dir), "--out", str(out), "--epochs", "1", "--max-images", "8",
                          "--batch-size", "4", "--views", "1", "--cache-dir", "", "--seed", "3",
-                         "--holdout-source", "MHH Hannover", "--name", "smoke"])
+                         "--holdout-source", "MHH Hannover", "--name", "smoke", "--cam-border-weight", "1"])
     assert rc == 0
     loaded = models.load(out)
     card = loaded.card
@@ -85,3 +85,31 @@ def test_balanced_weights_give_each_class_half_and_split_sources(chestcovnet_dir
     assert sum(v for (label, _), v in share.items() if label == 0) == pytest.approx(0.5)
     assert share[(1, "MHH Hannover")] == pytest.approx(0.25)
     assert share[(1, "COVID-CXNet (multi-source)")] == pytest.approx(0.25)
+
+
+def test_cam_border_share_matches_the_engines_grad_cam():
+    """The training penalty's in-forward Grad-CAM equals the engine's raw Grad-CAM (upsampled the same way)."""
+    import torch.nn.functional as F
+
+    from xai import Explainer
+
+    torch.manual_seed(0)
+    net = train_mod.EfficientNetLite0(2).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        logits, feats = net.forward_rest(net.forward_front(x, 15), 15, return_features=True)
+    target = logits.argmax(1)
+    share = train_mod.cam_border_share(net, feats, target)
+    raw = torch.from_numpy(np.array(Explainer(net, "head_act").explain(x, target=target.tolist(),
+                                                                        methods=("gradcam",)).raw["gradcam"]))
+    up = F.interpolate(raw[:, None].float(), size=(224, 224), mode="bilinear", align_corners=False)[:, 0]
+    band = round(0.1 * 224)
+    expected = 1 - up[:, band:-band, band:-band].sum((1, 2)) / up.sum((1, 2))
+    torch.testing.assert_close(share.detach(), expected, atol=1e-4, rtol=1e-4)
+    # a map concentrated in the centre has (almost) no border share, one in a corner mostly border
+    toy = torch.zeros(2, 1280, 7, 7)
+    toy[0, :, 3, 3] = 1
+    toy[1, :, 0, 0] = 1
+    net.classifier.weight.data.fill_(1.0)
+    centre, corner = train_mod.cam_border_share(net, toy, torch.tensor([0, 1])).tolist()
+    assert centre < 1e-6 and corner > 0.8
