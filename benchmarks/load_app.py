@@ -203,6 +203,7 @@ async def session(browser, url: str, image: Path, barrier: Barrier, timeout_s: f
         await page.wait_for_function(overlay_count_js(4), timeout=timeout_s * 1000, polling=100)
         record["seconds"] = time.perf_counter() - t0
         record["finished"] = time.perf_counter()
+        await page.wait_for_function(f"() => ({SHOWN_PROBABILITIES_JS})() !== null", timeout=timeout_s * 1000)
         record["shown"] = {str(k): float(v) for k, v in (await page.evaluate(SHOWN_PROBABILITIES_JS) or {}).items()}
         hrefs = await page.evaluate(HREFS_JS)
         record["original"] = decode_href(hrefs[0])

@@ -210,6 +210,7 @@ def test_upload_shows_four_overlays_then_bad_upload_keeps_them(server, browser, 
         gray = original.std(axis=2).mean()
         assert gray < 3  # the original panel is the gray radiograph
 
+        page.wait_for_function(f"() => ({SHOWN_PROBABILITIES_JS})() !== null", timeout=60_000)
         shown = shown_probabilities(page)
         expected = model_probabilities(image_path)
         assert shown.keys() == expected.keys()
