@@ -220,3 +220,39 @@ def test_table_names_for_other_torchvision_families() -> None:
     e = explainer.explain(torch.randn(1, 3, 16, 16))
     # A ReLU in the head runs after the target: two backward passes, both correct.
     assert any("two backward passes" in n for n in e.notes)
+
+
+def test_chestcovnet_architecture_declared_target_relu6_guided_one_pass(x: torch.Tensor) -> None:
+    # Our EfficientNet-Lite0 (models/) declares default_target_layer = "head_act" (the post-ReLU6 map feeding
+    # the pooling) and uses ReLU6 everywhere: Grad-CAM == captum on that layer, one backward pass, and guided
+    # backprop == the guided rule applied by independent tensor hooks on every ReLU6 output (captum's
+    # GuidedBackprop only hooks nn.ReLU, so it cannot serve as the reference here).
+    from models.efficientnet_lite import EfficientNetLite0
+
+    torch.manual_seed(0)
+    model = EfficientNetLite0(num_classes=3).eval()
+    e = Explainer(model).explain(x, target=[2, 0])
+    assert e.target_layer == "head_act"
+    assert not any("two backward passes" in n or "non-ReLU" in n for n in e.notes), e.notes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        gradcam = LayerGradCam(model, model.head_act).attribute(x, target=[2, 0], relu_attributions=True)
+    assert_close(e.raw["gradcam"], gradcam[:, 0].detach().numpy())
+
+    # Reference guided backprop: every ReLU6 module's output gets a tensor hook that keeps the positive
+    # part of the incoming gradient (autograd then applies the plain 0 < x < 6 mask): exactly the rule.
+    handles = []
+
+    def clamp_grad(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+        out.register_hook(lambda g: g.clamp(min=0))
+
+    for module in model.modules():
+        if isinstance(module, nn.ReLU6):
+            handles.append(module.register_forward_hook(clamp_grad))
+    try:
+        xr = x.clone().requires_grad_(True)
+        (reference,) = torch.autograd.grad(model(xr)[torch.arange(2), torch.tensor([2, 0])].sum(), xr)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert_close(e.raw["guided_backprop"], reference.numpy())

@@ -470,3 +470,29 @@ def test_every_spelling_of_relu_and_relu6_gets_the_guided_rule() -> None:
     for name, fns in hidden.items():
         e = Explainer(Spelled(*fns).eval(), "conv2").explain(x, target=[0, 1], methods=["guided_backprop"])
         assert np.abs(e.raw["guided_backprop"] - expected).max() > 1e-3 * np.abs(expected).max(), name
+
+
+def test_custom_autograd_functions_are_reported_as_opaque() -> None:
+    class Square(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: object, z: torch.Tensor) -> torch.Tensor:
+            ctx.save_for_backward(z)  # type: ignore[attr-defined]
+            return z * z
+
+        @staticmethod
+        def backward(ctx: object, g: torch.Tensor) -> torch.Tensor:
+            (z,) = ctx.saved_tensors  # type: ignore[attr-defined]
+            return 2 * z * g
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 1)
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = F.relu(self.conv(x))
+            return self.fc(Square.apply(a).mean(dim=(2, 3)))
+
+    e = Explainer(Net().eval(), "conv").explain(torch.randn(1, 3, 4, 4), methods=["guided_backprop"])
+    assert any("opaque autograd nodes (SquareBackward x1)" in n for n in e.notes), e.notes

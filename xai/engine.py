@@ -64,6 +64,7 @@ __all__ = [
     "Explanation",
     "gradcam_plus_plus_weights",
     "gradcam_weights",
+    "channel_abs_max",
     "guided_display",
     "cam_display",
     "model_lock",
@@ -182,13 +183,21 @@ def upper_quantile(v: torch.Tensor, q: float) -> torch.Tensor:
     return v_lo + (v_hi - v_lo) * frac
 
 
-def guided_display(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_abs_max(raw: torch.Tensor) -> torch.Tensor:
+    """``max_c |raw[:, c]|``: ``(N, C, H, W) -> (N, H, W)`` in one reduction (an infinity norm)."""
+    return torch.linalg.vector_norm(raw, ord=float("inf"), dim=1)
+
+
+def guided_display(
+    raw: torch.Tensor, magnitude: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(display (N, H, W) in [0, 1], flat (N,))`` for a signed guided map ``raw (N, C, H, W)``.
 
     ``|raw|``, max over channels, clipped at the 99.5th percentile (per image), scaled to [0, 1]; when
-    the percentile is 0 (a very sparse map) the maximum is used instead.
+    the percentile is 0 (a very sparse map) the maximum is used instead. ``magnitude``: the channel
+    maximum of ``|raw|`` when the caller already has it.
     """
-    v = raw.abs().amax(dim=1)
+    v = channel_abs_max(raw) if magnitude is None else magnitude
     flat_v = v.flatten(1)
     vmin, vmax = torch.aminmax(flat_v, dim=1)
     flat = _flat(vmax, vmin)
@@ -486,11 +495,16 @@ class Explainer:
             assert grad_x is not None
             gx = grad_x if grad_x.dtype in (torch.float32, torch.float64) else grad_x.float()
             raw["guided_backprop"] = gx
-            maps["guided_backprop"], flat["guided_backprop"] = guided_display(gx)
+            magnitude = channel_abs_max(gx)
+            maps["guided_backprop"], flat["guided_backprop"] = guided_display(gx, magnitude)
             if "guided_gradcam" in methods:
                 assert gradcam_up is not None
-                raw["guided_gradcam"] = gx * gradcam_up[:, None].to(gx.dtype)
-                maps["guided_gradcam"], flat["guided_gradcam"] = guided_display(raw["guided_gradcam"])
+                up = gradcam_up.to(gx.dtype)
+                raw["guided_gradcam"] = gx * up[:, None]
+                # max_c |g_c * u| = u * max_c |g_c| exactly, for u >= 0 (rounding is monotonic).
+                maps["guided_gradcam"], flat["guided_gradcam"] = guided_display(
+                    raw["guided_gradcam"], magnitude * up
+                )
             assert report is not None
             self._guided_notes(report, notes)
             clock.lap("guided")
