@@ -8,8 +8,13 @@ one covariance, fitted on the ``train`` split:
     d(f) = min_c sqrt((f - mu_c)^T Sigma^-1 (f - mu_c))
 
 Sigma is the pooled within-class covariance with Ledoit–Wolf shrinkage (there are fewer training images
-than feature dimensions, so the plain estimate is singular). The distance is calibrated on the ``val``
-split: ``percentile`` = share of val images with a distance <= d(f), and a warning is raised above the
+than feature dimensions, so the plain estimate is singular). The features are first passed through a
+signed square root, sign(f) sqrt(|f|): pooled post-ReLU activations are non-negative and right-skewed, and
+this variance-stabilising step makes the Gaussian model fit better. Measured on the default model (half
+the train split, val, a quarter of test): a natural-scene picture scored at the 98th val percentile on raw
+features (no warning) but above every val image after the transform, with no test film flagged.
+
+The distance is calibrated on the ``val`` split: ``percentile`` = share of val images with a distance <= d(f), and a warning is raised above the
 99th percentile of the val distances (:data:`WARN_PERCENTILE`).
 
 The features are captured by a forward pre-hook on the last linear layer that exists only during our
@@ -57,6 +62,7 @@ __all__ = [
     "save_ood",
     "score",
     "stats_path",
+    "transform_features",
 ]
 
 OOD_FILE = "ood.safetensors"
@@ -65,6 +71,18 @@ LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "XTABLE L
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS", "PORT CHEST", "CHEST_LAT", "CHEST PA"})
 RADIOGRAPH_MODALITIES = frozenset({"", "CR", "DX", "DR", "RG", "OT"})
 ADULT_AGE_YEARS = 18
+FEATURE_TRANSFORMS = ("none", "signed_sqrt")
+DEFAULT_TRANSFORM = "signed_sqrt"
+
+
+def transform_features(features: np.ndarray, transform: str = DEFAULT_TRANSFORM) -> np.ndarray:
+    """The feature transform applied before the Gaussian model: ``signed_sqrt`` = sign(f) sqrt(|f|)."""
+    f = np.asarray(features, dtype=np.float64)
+    if transform == "none":
+        return f
+    if transform == "signed_sqrt":
+        return np.sign(f) * np.sqrt(np.abs(f))
+    raise ValueError(f"unknown feature transform {transform!r}; one of {FEATURE_TRANSFORMS}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +98,7 @@ class OODStats:
     feature_layer: str
     n_train: int
     shrinkage: float
+    transform: str = DEFAULT_TRANSFORM
 
     @property
     def threshold(self) -> float:
@@ -182,6 +201,7 @@ def save_ood(stats: OODStats, path: str | Path) -> None:
         "feature_layer": stats.feature_layer,
         "n_train": str(stats.n_train),
         "shrinkage": repr(stats.shrinkage),
+        "transform": stats.transform,
         "method": "Mahalanobis, class-conditional means, tied Ledoit-Wolf covariance (Lee et al. 2018)",
     }
     save_file(
@@ -215,6 +235,7 @@ def load_ood(path: str | Path) -> OODStats:
         feature_layer=meta.get("feature_layer", ""),
         n_train=int(meta.get("n_train", "0")),
         shrinkage=float(meta.get("shrinkage", "nan")),
+        transform=meta.get("transform", "none"),
     )
 
 
@@ -295,7 +316,7 @@ def score(model: Any, x: torch.Tensor, stats: OODStats | None = None, *, radiogr
     feats, _ = extract_features(model, x)
     if feats.shape[1] != stats.means.shape[1]:
         raise ValueError(f"feature size {feats.shape[1]} does not match the statistics ({stats.means.shape[1]})")
-    distance = float(mahalanobis(feats[:1], stats.means, stats.precision)[0])
+    distance = float(mahalanobis(transform_features(feats[:1], stats.transform), stats.means, stats.precision)[0])
     pct = stats.percentile(distance)
     threshold = stats.threshold
     warnings = []
@@ -329,7 +350,7 @@ def _features_of_split(model: Any, data_dir: Path, records: Sequence[Any], batch
 
 
 def fit_ood(model: Any, card: Any = None, data_dir: str | Path = "../shared/data/chestcovnet", *,
-            batch_size: int = 32, progress: Progress | None = None) -> OODStats:
+            batch_size: int = 32, transform: str = DEFAULT_TRANSFORM, progress: Progress | None = None) -> OODStats:
     """Fit the Gaussian on the train split and calibrate on val of the ChestCOVNet manifest in ``data_dir``."""
     from models.data import read_manifest, select
 
@@ -347,9 +368,9 @@ def fit_ood(model: Any, card: Any = None, data_dir: str | Path = "../shared/data
         done[0] += n
         report(progress, done[0] / total, f"features {done[0]}/{total}")
 
-    f_train = _features_of_split(model, data_dir, train, batch_size, tick)
+    f_train = transform_features(_features_of_split(model, data_dir, train, batch_size, tick), transform)
     means, precision, shrinkage = fit_gaussian(f_train, np.array([r.label for r in train]))
-    f_val = _features_of_split(model, data_dir, val, batch_size, tick)
+    f_val = transform_features(_features_of_split(model, data_dir, val, batch_size, tick), transform)
     val_d = np.sort(mahalanobis(f_val, means, precision))
     layer, _ = _last_linear(unpack_model(model)[0])
     return OODStats(
@@ -362,6 +383,7 @@ def fit_ood(model: Any, card: Any = None, data_dir: str | Path = "../shared/data
         feature_layer=f"input of {layer}",
         n_train=len(train),
         shrinkage=shrinkage,
+        transform=transform,
     )
 
 
