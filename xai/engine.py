@@ -184,8 +184,11 @@ def upper_quantile(v: torch.Tensor, q: float) -> torch.Tensor:
 
 
 def channel_abs_max(raw: torch.Tensor) -> torch.Tensor:
-    """``max_c |raw[:, c]|``: ``(N, C, H, W) -> (N, H, W)`` in one reduction (an infinity norm)."""
-    return torch.linalg.vector_norm(raw, ord=float("inf"), dim=1)
+    """``max_c |raw[:, c]|``: ``(N, C, H, W) -> (N, H, W)``.
+
+    (``torch.linalg.vector_norm(raw, inf, dim=1)`` is the same number but measured 70x slower on CPU.)
+    """
+    return raw.abs().amax(dim=1)
 
 
 def guided_display(
@@ -458,15 +461,13 @@ class Explainer:
             targets = _resolve_targets(target, logits)
             activations = self._check_activations(captured, calls, layer_name, notes) if need_cam else None
             score = logits.gather(1, targets[:, None]).sum()
-            report = None
+            state, report = None, None
             if need_guided:
                 # The guided rule goes onto this call's graph (see xai.guided); the model is untouched.
                 state = GuidedState(guided=True)
                 target_node = activations.grad_fn if activations is not None else None
                 report = guide_graph(score.grad_fn, state, target_node)
-            grad_x, grad_a = self._backward(
-                score, leaf, activations, state if need_guided else None, report, notes
-            )
+            grad_x, grad_a = self._backward(score, leaf, activations, state, report, notes)
             clock.lap("backward")
 
         size = (x.shape[2], x.shape[3])
