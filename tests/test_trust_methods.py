@@ -99,6 +99,16 @@ def test_weight_free_map_is_stable_once_aligned() -> None:
     assert [c.name for c in res.comparisons] == [p.name for p in DEFAULT_PERTURBATIONS]
 
 
+def test_flat_reference_map_gives_undefined_stability() -> None:
+    def zeros(_m: nn.Module, x: torch.Tensor, _t: int) -> np.ndarray:
+        return np.zeros(x.shape[-2:])
+
+    res = stability(ToyCNN(), _radiograph_like(), preprocessing=PRE, methods=(), target=1, extra={"zeros": zeros},
+                    perturbations=DEFAULT_PERTURBATIONS[:2])
+    assert all(math.isnan(v) for v in res.summary()["zeros"].values())
+    assert any("flat map" in note for note in res.notes)
+
+
 def test_second_checkpoint_identical_vs_other_seed() -> None:
     model = ToyCNN(seed=0)
     same = stability(model, _radiograph_like(), preprocessing=PRE, methods=("gradcam",), target=1,

@@ -194,6 +194,9 @@ def _to_grid(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _compare(ref: np.ndarray, other: np.ndarray, valid: np.ndarray) -> tuple[float, float, float]:
+    if float(np.ptp(ref)) == 0.0:  # a flat reference map has no ranking or structure to keep: undefined
+        nan = float("nan")
+        return nan, nan, nan
     return (
         metrics.spearman(ref, other, mask=valid),
         metrics.ssim(ref, other, data_range=1.0, mask=valid),
@@ -270,6 +273,7 @@ def stability(
             ref.update({m: _to_grid(g0.to_original(h), grid) for m, h in more.items()})
         ref_probs = _probabilities(module, prepare(pixels, pre)[0])
     names = tuple(ref)
+    flat_ref = {m for m in names if float(np.ptp(ref[m])) == 0.0}
     report(progress, 1 / n_total, "reference maps")
 
     rng = np.random.default_rng(seed)
@@ -306,6 +310,9 @@ def stability(
                                 MappingProxyType(ci), float(probs[target]), int(np.argmax(probs)))
         report(progress, 1.0, "second checkpoint")
 
+    if flat_ref:
+        notes.append("flat map on the unchanged image (no evidence for this class at the target layer): "
+                     + ", ".join(sorted(flat_ref)) + " — stability not defined (NaN)")
     ref_pred = int(np.argmax(ref_probs))
     flipped = [c.name for c in comparisons if c.predicted != ref_pred]
     if flipped:
