@@ -20,7 +20,8 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	touch $@
 
 run: $(VENV)/.runtime
-	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
+	# Two malloc arenas keep the server's memory flat over many explanations (benchmarks/load_app.py).
+	MALLOC_ARENA_MAX=2 $(VENV)/bin/streamlit run app.py --server.port $(PORT)
 
 # Debian's chromium for the real-browser tests; installed with apt-get when missing and we are root.
 browser:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages._shared import active_model, method_label
+from pages._shared import active_model, ensure_routed, method_label
 from xai.batch import (
     ArchiveError,
     BoxesError,
@@ -28,6 +28,7 @@ ZIP_LIMITS = ZipLimits(max_archive_bytes=200 * 1024 * 1024, max_members=200, max
                        max_total_bytes=512 * 1024 * 1024, max_ratio=100.0)
 _RESULT_KEY = "batch_result"
 
+ensure_routed()  # gate + disclaimer before anything renders, deep links included
 st.title("Batch report")
 st.caption(
     "Explain many radiographs at once: upload images (PNG, JPEG, DICOM…) or one zip. Optional finding boxes "

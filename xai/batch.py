@@ -279,15 +279,33 @@ def write_explain_outputs(
     result: PipelineResult, model: LoadedModel, folder: Path, *, cmap: str = "inferno"
 ) -> None:
     """``folder/<method>.png`` (overlay at full resolution), ``<method>.npy`` (float32 map), ``result.json``."""
-    from xai.render import overlay, to_png_bytes
+    from xai.render import overlay
 
     folder.mkdir(parents=True, exist_ok=True)
     for method, heat in result.maps.items():
         rgb = overlay(result.radiograph.pixels, heat, cmap=cmap)
-        (folder / f"{_method_file(method)}.png").write_bytes(to_png_bytes(rgb))
+        (folder / f"{_method_file(method)}.png").write_bytes(_overlay_file_bytes(rgb, result, model, method, cmap))
         np.save(folder / f"{_method_file(method)}.npy", np.asarray(heat, dtype=np.float32), allow_pickle=False)
     record = result_record(result, model)
     (folder / "result.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", "utf-8")
+
+
+def _overlay_file_bytes(
+    rgb: np.ndarray, result: PipelineResult, model: LoadedModel, method: str, cmap: str
+) -> bytes:
+    """The overlay PNG at full resolution with its provenance (model, sha256, version, settings, date)."""
+    from xai.export import Provenance, provenance_png
+
+    provenance = Provenance(
+        model_name=model.card.name,
+        model_sha256=model.card.sha256,
+        method=method,
+        target_class=result.target,
+        target_layer=result.explanation.target_layer,
+        settings={"colormap": cmap},
+        timings_ms={"total": float(result.timings_ms.get("total", 0.0))},
+    )
+    return provenance_png(rgb, provenance)
 
 
 def _method_file(method: str) -> str:
@@ -577,7 +595,7 @@ def _report_row(
     stability: bool,
 ) -> ReportRow:
     """One explained image: overlays written to ``folder``, thumbnails, OOD, agreement, stability."""
-    from xai.render import gray_to_rgb, overlay, to_png_bytes
+    from xai.render import gray_to_rgb, overlay
 
     mask = boxes_mask(image_boxes, result.radiograph.shape) if image_boxes else None
     row = ReportRow(
@@ -598,7 +616,9 @@ def _report_row(
     folder.mkdir(parents=True, exist_ok=True)
     for method, heat in result.maps.items():
         rgb = draw_boxes(overlay(result.radiograph.pixels, heat), image_boxes)
-        (folder / f"{_method_file(method)}.png").write_bytes(to_png_bytes(rgb))
+        (folder / f"{_method_file(method)}.png").write_bytes(
+            _overlay_file_bytes(rgb, result, model, method, "inferno")
+        )
         row.thumbnails[method] = _thumbnail(rgb)
         if mask is not None and mask.any():
             row.agreement[method] = _agreement(heat, mask)

@@ -276,6 +276,15 @@ def overlay_png(
     return _png_with_text(rgb, _provenance_text(provenance))
 
 
+def provenance_png(rgb: NDArray[np.uint8], provenance: Provenance) -> bytes:
+    """Full-resolution PNG whose pixels are ``rgb`` unchanged, provenance in its text chunks.
+
+    For file outputs that must keep the original pixel grid (CLI and batch overlays): the model name,
+    sha256, app version, settings, date and disclaimer travel as ``iTXt`` chunks, never patient data.
+    """
+    return _png_with_text(np.ascontiguousarray(rgb, dtype=np.uint8), _provenance_text(provenance))
+
+
 # ----------------------------------------------------------------------------------------- report
 def report_figure(
     radiograph: NDArray,
