@@ -78,7 +78,11 @@ def test_explain_writes_overlays_maps_and_json_on_the_original_grid(
             assert float(heat.min()) >= 0.0 and float(heat.max()) <= 1.0 + 1e-6
             with Image.open(folder / f"{method}.png") as png:
                 assert png.size[::-1] == shape and png.mode == "RGB"
+                provenance = json.loads(png.text["Description"])  # the export carries what produced it
         record = json.loads((folder / "result.json").read_text("utf-8"))
+        assert provenance["model_sha256"] == record["model"]["sha256"]
+        assert provenance["method"] == METHODS[-1] and provenance["target_class"] == record["target"]
+        assert "not for diagnosis" in provenance["disclaimer"]
         assert set(record) == RESULT_KEYS
         assert record["file"].endswith(stem + (".dcm" if "siim" in stem else ".jpg"))
         assert list(record["probabilities"]) == ["non_covid", "covid19"]
