@@ -29,6 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
+# One home for the disclaimer and the methods' display names: the export module prints them on every file.
+from xai.export import DISCLAIMER
+from xai.export import METHOD_TITLES as METHOD_LABELS
+
 if TYPE_CHECKING:
     from models import LoadedModel
     from xai.engine import Explainer
@@ -38,15 +42,6 @@ if TYPE_CHECKING:
 APP_DIR = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = APP_DIR / "samples"
 DEFAULT_MODEL = os.environ.get("XAI_APP_MODEL", "chestcovnet")  # a bundle name, folder or .zip
-DISCLAIMER = "Research and teaching use — not for diagnosis"
-
-#: Friendly names of the engine's methods (keys are ``xai.engine.METHODS``).
-METHOD_LABELS: dict[str, str] = {
-    "gradcam": "Grad-CAM",
-    "gradcam++": "Grad-CAM++",
-    "guided_backprop": "Guided Backprop",
-    "guided_gradcam": "Guided Grad-CAM",
-}
 
 #: Bounded caches: about 8 explained films (full-resolution maps) and their display versions.
 EXPLANATION_CACHE_ENTRIES = 8
