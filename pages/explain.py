@@ -378,7 +378,9 @@ def downloads_section(
             icon=":material/description:",
         )
         if image.radiograph.format == "dicom":
-            source = image.dicom_bytes or {**image.radiograph.patient, "Modality": image.radiograph.metadata.get("modality", "")}
+            source = image.dicom_bytes or {**image.radiograph.patient,
+                                            "Modality": image.radiograph.metadata.get("modality", ""),
+                                            "SOPClassUID": image.radiograph.metadata.get("sop_class_uid", "")}
             st.download_button(
                 "DICOM Secondary Capture",
                 data=lambda: export.secondary_capture(

@@ -59,6 +59,7 @@ METADATA_KEYWORDS = {
     "manufacturer_model": "ManufacturerModelName",
     "photometric_interpretation": "PhotometricInterpretation",
     "presentation_lut_shape": "PresentationLUTShape",
+    "sop_class_uid": "SOPClassUID",  # what kind of object the file is (a Secondary Capture references it)
 }
 
 # Identifying or quasi-identifying attributes: kept in Radiograph.patient, never shown or logged by default.
