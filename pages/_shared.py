@@ -218,10 +218,16 @@ def content_sha256(data: bytes) -> str:
 
 
 def load_bytes(data: bytes, label: str, source: str) -> LoadedImage:
-    """Decode an upload. Raises ``xai.radiograph.RadiographError`` with a message naming the problem."""
+    """Decode an image. Raises ``xai.radiograph.RadiographError`` with a message naming the problem.
+
+    Uploads are untrusted: they are decoded in a worker process with a time and memory limit, so a
+    crash or hang inside a C decoder fails that file only and the server keeps serving everyone else.
+    The bundled samples are ours and decode in-process.
+    """
+    from xai.isolation import load_radiograph_isolated
     from xai.radiograph import load_radiograph
 
-    radiograph = load_radiograph(data)
+    radiograph = load_radiograph_isolated(data) if source == "upload" else load_radiograph(data)
     return LoadedImage(
         label=label, sha256=content_sha256(data), radiograph=radiograph, source=source,
         dicom_bytes=data if radiograph.format == "dicom" else None,

@@ -250,7 +250,19 @@ def test_sample_gives_four_overlays_and_display_changes_compute_no_map() -> None
     assert all(f"class {other}" in t for t in image_titles(at)[1:])
 
 
-def test_png_upload_then_bad_upload_keeps_the_previous_result(chestcovnet_dir: Path) -> None:
+def test_png_upload_then_bad_upload_keeps_the_previous_result(
+    chestcovnet_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import xai.isolation
+
+    decoded_in_workers: list[int] = []
+    isolated = xai.isolation.load_radiograph_isolated
+
+    def counting_isolated(source, **kwargs):  # uploads must go through the worker-process decoder
+        decoded_in_workers.append(len(source))
+        return isolated(source, **kwargs)
+
+    monkeypatch.setattr(xai.isolation, "load_radiograph_isolated", counting_isolated)
     jpeg = next(iter(sorted((chestcovnet_dir / "images").glob("nih_*.jpg"))))
     buffer = io.BytesIO()
     Image.open(jpeg).save(buffer, format="PNG")  # lossless re-encoding of a real radiograph
@@ -258,6 +270,7 @@ def test_png_upload_then_bad_upload_keeps_the_previous_result(chestcovnet_dir: P
     at.file_uploader(key="upload").set_value(("film.png", buffer.getvalue(), "image/png"))
     run(at)
     assert not at.error
+    assert decoded_in_workers == [len(buffer.getvalue())]
     shown = image_sources(at)
     assert len(shown) == 5
 
