@@ -186,8 +186,11 @@ def wrap_model(loaded: LoadedModel, origin: str) -> ActiveModel:
 def default_model() -> ActiveModel:
     """The bundled ChestCOVNet, ONE object for every session."""
     import models
+    from xai.isolation import warm_up
 
-    return wrap_model(models.load(DEFAULT_MODEL), origin="bundled")
+    loaded = wrap_model(models.load(DEFAULT_MODEL), origin="bundled")
+    warm_up()  # the upload decoder's fork server starts with the server, not on the first upload
+    return loaded
 
 
 def active_model() -> ActiveModel:

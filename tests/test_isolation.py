@@ -143,3 +143,9 @@ def test_concurrent_uploads_get_their_own_images():
         t.join(120)
     assert not errors
     assert results == {side: (side + 7, side) for side in images}
+
+
+def test_warm_up_starts_a_separate_worker_process():
+    from xai.isolation import warm_up
+
+    assert warm_up() is True  # the worker reported a pid other than ours

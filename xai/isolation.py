@@ -271,6 +271,23 @@ def _load_bytes(data: bytes, max_pixels: int) -> Radiograph:
     return load_radiograph(data, max_pixels=max_pixels)
 
 
+def _worker_pid() -> int:
+    return os.getpid()
+
+
+def warm_up() -> bool:
+    """Start the fork server (and its preloaded decoders) now rather than on the first upload.
+
+    A server calls this once at start-up: the first user's file then waits only for a fork, not for the
+    fork server to import pydicom and the codecs. Best effort: False when no worker could be started
+    (the first upload then reports the problem for that file).
+    """
+    try:
+        return run_isolated(_worker_pid, timeout_s=60) != os.getpid()
+    except RadiographError:
+        return False
+
+
 def load_radiograph_isolated(
     source: Source,
     *,
