@@ -200,6 +200,17 @@ def active_model() -> ActiveModel:
     return chosen if isinstance(chosen, ActiveModel) else default_model()
 
 
+def require_model() -> ActiveModel:
+    """:func:`active_model`, or a clear message and the end of this page's run when the bundle is
+    missing or corrupt: the server keeps serving, and the Model page can still load another model."""
+    try:
+        return active_model()
+    except Exception as exc:  # noqa: BLE001 - models.ModelError, OSError…: name it, never a traceback
+        st.error(f"The model could not be loaded: {exc}. Load a model on the Model page, or restore the "
+                 f"bundle '{DEFAULT_MODEL}' and restart the app.")
+        st.stop()
+
+
 # ----------------------------------------------------------------------------------------- images
 @dataclass(frozen=True)
 class LoadedImage:

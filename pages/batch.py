@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages._shared import active_model, ensure_routed, method_label
+from pages._shared import ensure_routed, method_label, require_model
 from xai.batch import (
     ArchiveError,
     BoxesError,
@@ -36,7 +36,7 @@ st.caption(
     "model's evidence sit on the boxed finding? Same computation as `python -m xai report`."
 )
 
-model = active_model()
+model = require_model()
 class_names = model.class_names
 with st.form("batch_form"):
     uploads = st.file_uploader("Images or a zip", accept_multiple_files=True, key="batch_uploads")

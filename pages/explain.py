@@ -18,7 +18,6 @@ from pages._shared import (
     DISCLAIMER,
     ActiveModel,
     LoadedImage,
-    active_model,
     display_magnitudes,
     display_maps,
     ensure_routed,
@@ -28,6 +27,7 @@ from pages._shared import (
     load_sample,
     map_magnitude,
     method_label,
+    require_model,
 )
 from xai import export, render
 from xai.engine import METHODS
@@ -398,7 +398,7 @@ def downloads_section(
 def main() -> None:
     ensure_routed()
     state = st.session_state
-    model = active_model()
+    model = require_model()
     samples = list_samples()
     with st.sidebar:
         st.header("Radiograph")

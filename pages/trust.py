@@ -16,13 +16,13 @@ import streamlit as st
 from pages._shared import (
     ActiveModel,
     LoadedImage,
-    active_model,
     ensure_routed,
     explain_cached,
     list_samples,
     load_bytes,
     load_sample,
     method_label,
+    require_model,
 )
 from xai import render
 from xai.engine import METHODS
@@ -304,7 +304,7 @@ def ig_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineResult) -> 
 ensure_routed()
 st.title("Trust: can these maps be trusted?")
 st.caption("Checks that say when a saliency map shows what the model learned — and when it does not.")
-model = active_model()
+model = require_model()
 image = pick_image()
 if image is None:
     st.info("Choose a radiograph above (or on the Explain page) to run the checks.")

@@ -330,3 +330,19 @@ def test_dicom_upload_windowing_and_exports_carry_no_identifiers(
     assert "DOE^JANE" in pypdf.PdfReader(io.BytesIO(report)).pages[0].extract_text()
     assert np.any([PHI["PatientID"] in str(t.value) for t in at.table]) or any(
         PHI["PatientID"] in str(d.value) for d in at.dataframe)
+
+
+def test_a_missing_model_bundle_gives_a_clear_message_and_the_server_keeps_serving(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(shared, "DEFAULT_MODEL", str(tmp_path / "no-such-bundle"))
+    shared.default_model.clear()
+    try:
+        at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]  # a message, not a traceback
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1 and "model could not be loaded" in errors[0] and "no-such-bundle" in errors[0]
+        assert disclaimer_shown(at)  # the page still serves its frame
+    finally:
+        shared.default_model.clear()  # the next test loads the real bundle again
