@@ -348,3 +348,27 @@ def display_magnitudes(
         m: downsample_for_display(_result.geometry.to_original(map_magnitude(_result, m)), max_side)
         for m in methods
     }
+
+
+# ------------------------------------------------------------------------------ out-of-distribution
+@st.cache_resource(max_entries=EXPLANATION_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
+def ood_verdict(image_sha: str, model_id: str, _result: PipelineResult, _model: ActiveModel) -> Any:
+    """:func:`xai.trust.ood.score` of one explained image, cached so display changes cost nothing."""
+    from xai.trust import ood
+
+    return ood.score(_model.loaded, _result.input_tensor, radiograph=_result.radiograph)
+
+
+def ood_banner(image_sha: str, model: ActiveModel, result: PipelineResult) -> None:
+    """A visible warning when the input is unlike the training data (features or header hints)."""
+    try:
+        verdict = ood_verdict(image_sha, model.key, result, model)
+    except (ValueError, RuntimeError) as exc:  # e.g. a user's model whose features the statistics do not fit
+        st.caption(f"No out-of-distribution check for this model: {exc}")
+        return
+    for warning in verdict.warnings:
+        st.warning(warning, icon=":material/warning:")
+    if verdict.score is not None and not verdict.warnings:
+        st.caption(f"Input looks like the training data: Mahalanobis distance {verdict.score:.1f} "
+                   f"(percentile {verdict.percentile:.0f} among validation images, warning above "
+                   f"{verdict.threshold:.1f}).")

@@ -27,6 +27,7 @@ from pages._shared import (
     load_sample,
     map_magnitude,
     method_label,
+    ood_banner,
     require_model,
 )
 from xai import export, render
@@ -450,6 +451,7 @@ def main() -> None:
         st.caption(image_facts(image))
         for notice in result.notices:
             st.info(notice, icon=":material/info:")
+        ood_banner(image.sha256, model, result)
     with top_right:
         prediction_section(result, model)
     if show_patient:

@@ -22,6 +22,7 @@ from pages._shared import (
     load_bytes,
     load_sample,
     method_label,
+    ood_banner,
     require_model,
 )
 from xai import render
@@ -30,7 +31,6 @@ from xai.pipeline import PipelineResult
 from xai.radiograph import RadiographError
 from xai.trust import agreement as agreement_mod
 from xai.trust import faithfulness as faith_mod
-from xai.trust import ood
 from xai.trust.integrated_gradients import integrated_gradients
 from xai.trust.sanity import GUIDED_NOTE, PASS_THRESHOLD, sanity_check
 from xai.trust.stability import _load_second, stability
@@ -79,16 +79,6 @@ def pick_image() -> LoadedImage | None:
                 st.error(f"Could not read the sample “{sample}”: {exc}")
     image = state.get("image")
     return image if isinstance(image, LoadedImage) else None
-
-
-def ood_banner(model: ActiveModel, result: PipelineResult) -> None:
-    verdict = ood.score(model.loaded, result.input_tensor, radiograph=result.radiograph)
-    for warning in verdict.warnings:
-        st.warning(warning, icon=":material/warning:")
-    if verdict.score is not None and not verdict.warnings:
-        st.caption(f"Input looks like the training data: Mahalanobis distance {verdict.score:.1f} "
-                   f"(percentile {verdict.percentile:.0f} among validation images, warning above "
-                   f"{verdict.threshold:.1f}).")
 
 
 def line_figure(x: list[str] | np.ndarray, series: dict[str, np.ndarray], title: str, ytitle: str,
@@ -317,7 +307,7 @@ target = None if choice == "predicted" else names.index(choice)
 result = explain_cached(image.sha256, model.key, target, tuple(METHODS), image, model)
 st.caption(f"Image: {image.label} — model {model.card.name} {model.card.version}; explaining "
            f"**{result.target}** (predicted: {result.predicted}).")
-ood_banner(model, result)
+ood_banner(image.sha256, model, result)
 key = (image.sha256, model.key, result.target_index)
 
 tabs = st.tabs(["Sanity check", "Stability", "Faithfulness", "Agreement", "Integrated Gradients"])

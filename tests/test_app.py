@@ -346,3 +346,30 @@ def test_a_missing_model_bundle_gives_a_clear_message_and_the_server_keeps_servi
         assert disclaimer_shown(at)  # the page still serves its frame
     finally:
         shared.default_model.clear()  # the next test loads the real bundle again
+
+
+def test_explain_page_warns_when_the_input_is_unlike_the_training_data() -> None:
+    from test_ood import _document  # one home for the synthetic non-chest picture
+
+    page = io.BytesIO()
+    Image.fromarray((_document() * 255).astype(np.uint8)).save(page, format="PNG")
+    at = new_app()
+    at.file_uploader(key="upload").set_value(("page.png", page.getvalue(), "image/png"))
+    run(at)
+    warnings = [w.value for w in at.warning if "Unlike the training data" in w.value]
+    assert len(warnings) == 1 and "Mahalanobis distance" in warnings[0]
+
+    calls = shared.ENGINE_CALLS
+    at.slider(key="disp_alpha").set_value(0.3)  # a display change: the verdict is cached, no map recomputed
+    run(at)
+    assert calls == shared.ENGINE_CALLS
+    assert [w.value for w in at.warning if "Unlike the training data" in w.value] == warnings
+
+
+def test_a_chest_film_gets_no_out_of_distribution_warning(chestcovnet_dir: Path) -> None:
+    film = (chestcovnet_dir / "images" / "nih_00008727_009.jpg").read_bytes()
+    at = new_app()
+    at.file_uploader(key="upload").set_value(("film.jpg", film, "image/jpeg"))
+    run(at)
+    assert not [w.value for w in at.warning if "Unlike the training data" in w.value]
+    assert any("looks like the training data" in c.value for c in at.caption)
