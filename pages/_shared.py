@@ -185,11 +185,16 @@ def wrap_model(loaded: LoadedModel, origin: str) -> ActiveModel:
 @st.cache_resource(show_spinner="Loading the bundled model…")
 def default_model() -> ActiveModel:
     """The bundled ChestCOVNet, ONE object for every session."""
+    import torch
+
     import models
     from xai.isolation import warm_up
 
     loaded = wrap_model(models.load(DEFAULT_MODEL), origin="bundled")
     warm_up()  # the upload decoder's fork server starts with the server, not on the first upload
+    # One explanation of a blank input builds the CPU kernels now, so the first user does not wait for it.
+    spec = loaded.card.preprocessing
+    loaded.explainer.explain(torch.zeros(1, spec.channels, spec.input_size, spec.input_size))
     return loaded
 
 
