@@ -16,7 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 #: Quality of the on-screen JPEGs: panels are previews; downloads are lossless PNG at full resolution.
-SCREEN_JPEG_QUALITY = 92
+SCREEN_JPEG_QUALITY = 85
 #: Room above each row of panels for a three-line title.
 TITLE_HEIGHT = 62
 #: Width the main area is assumed to have (wide layout on a 1600-1920 px screen) to size rows.
@@ -189,5 +189,37 @@ def prediction_figure(
         xaxis={"range": [0, 1], "title": "probability"},
         yaxis={"autorange": "reversed"},
         showlegend=False,
+    )
+    return fig
+
+
+def source_metrics_figure(split_metrics: Mapping[str, object], split: str = "test") -> go.Figure | None:
+    """Sensitivity and specificity on one split, overall and per data source, as grouped bars.
+
+    ``split_metrics`` is a card's ``metrics[split]`` (``sensitivity``, ``specificity``, ``n`` and an optional
+    ``per_source`` mapping of the same). A source holding one class has only one of the two rates; the
+    other is left out, not drawn as zero. None when the card records neither rate.
+    """
+    groups: dict[str, Mapping] = {f"all {split} (n={split_metrics.get('n', '?')})": split_metrics}
+    per_source = split_metrics.get("per_source")
+    if isinstance(per_source, Mapping):
+        groups.update({f"{name} (n={m.get('n', '?')})": m for name, m in per_source.items() if isinstance(m, Mapping)})
+    traces = []
+    for rate, color in (("sensitivity", "#e4572e"), ("specificity", "#4c9be8")):
+        names = [g for g, m in groups.items() if isinstance(m.get(rate), int | float)]
+        values = [float(groups[g][rate]) for g in names]
+        if names:
+            traces.append(go.Bar(
+                x=values, y=names, name=rate, orientation="h", marker_color=color,
+                text=[f"{v:.2f}" for v in values], textposition="auto",
+                hovertemplate=f"%{{y}}<br>{rate} %{{x:.3f}}<extra></extra>",
+            ))
+    if not traces:
+        return None
+    fig = go.Figure(traces)
+    fig.update_layout(
+        barmode="group", height=80 + 46 * len(groups), margin={"l": 8, "r": 8, "t": 8, "b": 8},
+        xaxis={"range": [0, 1], "title": f"rate on the {split} split at the card's threshold"},
+        yaxis={"autorange": "reversed"}, legend={"orientation": "h", "y": -0.25},
     )
     return fig

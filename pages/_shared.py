@@ -16,6 +16,7 @@ Sharing rules (Streamlit runs every session in its own thread of one process):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -194,8 +195,31 @@ def default_model() -> ActiveModel:
     warm_up()  # the upload decoder's fork server starts with the server, not on the first upload
     # One explanation of a blank input builds the CPU kernels now, so the first user does not wait for it.
     spec = loaded.card.preprocessing
-    loaded.explainer.explain(torch.zeros(1, spec.channels, spec.input_size, spec.input_size))
+    blank = torch.zeros(1, spec.channels, spec.input_size, spec.input_size)
+    loaded.explainer.explain(blank)
+    warm_up_display(loaded, blank)
     return loaded
+
+
+def warm_up_display(model: ActiveModel, blank: Any) -> None:
+    """Pay the first-use costs of the result page at start-up instead of on the first upload (~0.3 s).
+
+    The colour tables (a matplotlib import), plotly's figure validators and the OOD feature pass are
+    each slow only the first time they run in a process.
+    """
+    import numpy as np
+
+    from pages._panel import Panel, panel_figure, prediction_figure
+    from xai import render
+    from xai.trust import ood
+
+    tiny = np.zeros((8, 8), np.float32)
+    rgb = render.overlay(tiny, tiny)
+    panel_figure([Panel("", rgb), Panel("", rgb)], per_row=2, row_height=100, uirevision="warm-up",
+                 colorscale=render.plotly_colorscale())
+    prediction_figure({"a": 0.5, "b": 0.5}, threshold=0.5, positive_class="b", decision="b")
+    with contextlib.suppress(ValueError, RuntimeError):  # statistics that do not fit: the page says so later
+        ood.score(model.loaded, blank)
 
 
 def active_model() -> ActiveModel:
@@ -377,3 +401,21 @@ def ood_banner(image_sha: str, model: ActiveModel, result: PipelineResult) -> No
         st.caption(f"Input looks like the training data: Mahalanobis distance {verdict.score:.1f} "
                    f"(percentile {verdict.percentile:.0f} among validation images, warning above "
                    f"{verdict.threshold:.1f}).")
+
+
+# ------------------------------------------------------------------------------------- model record
+def held_out_performance(model: ActiveModel, key: str) -> bool:
+    """The model's test-split sensitivity and specificity, overall and per data source, as a chart.
+
+    Shown before a radiograph is chosen so a reader meets the model's record (and the sources it fails on)
+    first. False when the card records no test rates (e.g. a user's model without metrics).
+    """
+    from pages._panel import source_metrics_figure
+
+    metrics = getattr(model.card, "metrics", None) or {}
+    test = metrics.get("test") if isinstance(metrics, Mapping) else None
+    fig = source_metrics_figure(test) if isinstance(test, Mapping) else None
+    if fig is None:
+        return False
+    st.plotly_chart(fig, key=key, config={"displayModeBar": False})
+    return True

@@ -22,6 +22,7 @@ from pages._shared import (
     display_maps,
     ensure_routed,
     explain_cached,
+    held_out_performance,
     list_samples,
     load_bytes,
     load_sample,
@@ -192,6 +193,14 @@ def display_settings(image: LoadedImage, n_panels: int) -> dict[str, Any]:
     return s
 
 
+@st.cache_resource(max_entries=16, show_spinner=False)
+def screen_rgb(image_sha: str, window: tuple[float, float] | None, side: int, _image: LoadedImage) -> np.ndarray:
+    """The radiograph on the screen grid as uint8 RGB, once per image, window and size (read-only)."""
+    rgb = render.gray_to_rgb(screen_gray(_image, window, side))
+    rgb.setflags(write=False)
+    return rgb
+
+
 def screen_gray(image: LoadedImage, window: tuple[float, float] | None, side: int) -> np.ndarray:
     r = image.radiograph
     if window is None:
@@ -211,17 +220,25 @@ def fixed_maxima(result: PipelineResult, model: ActiveModel, magnitudes: dict[st
     return {m: store[(model.key, m)] for m in result.methods}
 
 
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _heat_indices(
+    key: tuple, scale: str, vmax: tuple[tuple[str, float], ...] | None, _maps: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Screen maps scaled and quantised for :func:`xai.render.blend`, once per image, scale and maxima."""
+    limits = dict(vmax or ())
+    return {m: render.heat_index(render.scale_map(a, scale, limits.get(m))) for m, a in _maps.items()}
+
+
 def heat_maps(
     image: LoadedImage, result: PipelineResult, model: ActiveModel, s: dict[str, Any]
 ) -> dict[str, np.ndarray]:
-    """Each method's map on the screen grid, scaled to [0, 1] as chosen (per image or fixed)."""
+    """Each method's map on the screen grid as a colour-table index, scaled as chosen (per image or fixed)."""
     key = (image.sha256, model.key, result.target_index, result.methods, s["side"])
     if s["scale"] == "fixed":
         magnitudes = display_magnitudes(*key, result)
         s["vmax"] = fixed_maxima(result, model, magnitudes, s["reset_fixed"])
-        return {m: render.scale_map(magnitudes[m], "fixed", s["vmax"][m]) for m in result.methods}
-    maps = display_maps(*key, result)
-    return {m: render.scale_map(maps[m], "per_image") for m in result.methods}
+        return _heat_indices(key, "fixed", tuple(sorted(s["vmax"].items())), _maps=magnitudes)
+    return _heat_indices(key, "per_image", None, _maps=display_maps(*key, result))
 
 
 def panel_caption(result: PipelineResult, model: ActiveModel) -> str:
@@ -236,15 +253,14 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
     """Original + overlays, linked zoom/pan, display controls and downloads (reruns on its own)."""
     methods = result.methods
     s = display_settings(image, 1 + len(methods))
-    gray = screen_gray(image, s["window"], s["side"])
+    original = screen_rgb(image.sha256, s["window"], s["side"], _image=image)
     heats = heat_maps(image, result, model, s)
     window_note = f"window {s['window'][0]:.0f}/{s['window'][1]:.0f}" if s["window"] else ""
-    original = render.gray_to_rgb(gray)
     panels = [Panel(f"<b>Original</b><br>{image_facts(image, short=True)}<br>{window_note or ' '}", original,
                     source=_original_uri(image.sha256, s["window"], s["side"], _image=original))]
     for m in methods:
-        rgb = render.overlay(
-            gray, heats[m], cmap=s["cmap"], alpha=s["alpha"], contour_level=s["contour_level"],
+        rgb = render.blend(
+            original, heats[m], cmap=s["cmap"], alpha=s["alpha"], contour_level=s["contour_level"],
             show_heat=s["show_heat"],
         )
         flat = bool(np.asarray(result.explanation.flat.get(m, False)).reshape(-1)[0])
@@ -254,7 +270,7 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
     fig = panel_figure(
         panels,
         per_row=s["per_row"],
-        row_height=row_height_for(gray.shape, min(s["per_row"], len(panels)), s["size"]),
+        row_height=row_height_for(original.shape[:2], min(s["per_row"], len(panels)), s["size"]),
         uirevision=f"{image.sha256}:{model.key}",
         colorscale=render.plotly_colorscale(s["cmap"]) if s["colorbar"] and s["show_heat"] else None,
         colorbar_title="fraction of the fixed max" if fixed else "saliency (per image)",
@@ -262,9 +278,9 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
     )
     st.plotly_chart(fig, key="panel_chart", config={"scrollZoom": True, "displaylogo": False}, theme=None)
     notes = []
-    if image.radiograph.shape != gray.shape:
+    if image.radiograph.shape != original.shape[:2]:
         h, w = image.radiograph.shape
-        notes.append(f"Shown at {gray.shape[1]}×{gray.shape[0]}; maps are computed and exported at {w}×{h}.")
+        notes.append(f"Shown at {original.shape[1]}×{original.shape[0]}; maps are computed and exported at {w}×{h}.")
     if fixed:
         notes.append("Fixed maxima: " + ", ".join(f"{method_label(m)} {v:.3g}" for m, v in s["vmax"].items()))
     notes.append("Scroll to zoom, drag to pan: all panels move together; double-click resets. "
@@ -430,6 +446,12 @@ def main() -> None:
         st.error(state["load_error"] + (" The previous image is still shown." if image is not None else ""))
     if image is None:
         st.info("Upload a radiograph or pick a bundled sample in the sidebar.", icon=":material/upload_file:")
+        st.subheader(f"How {model.card.name} did on held-out radiographs")
+        if held_out_performance(model, key="landing_performance"):
+            st.caption("Rates at the card's threshold, per source hospital or collection. Sources with one "
+                       "class have one rate. See the Model page for the full card and its known confound.")
+        else:
+            st.caption("This model's card records no test metrics.")
         return
     methods = tuple(m for m in METHODS if m in chosen)
     if not methods:
@@ -451,12 +473,16 @@ def main() -> None:
         st.caption(image_facts(image))
         for notice in result.notices:
             st.info(notice, icon=":material/info:")
-        ood_banner(image.sha256, model, result)
+        ood_slot = st.container()
     with top_right:
         prediction_section(result, model)
     if show_patient:
         patient_section(image)
     panel_section(image, result, model, show_patient)
+    # The out-of-distribution check is a second forward pass: the overlays go out first and its verdict
+    # fills the slot above them a moment later (cached, so display changes never wait for it).
+    with ood_slot:
+        ood_banner(image.sha256, model, result)
 
 
 main()

@@ -16,7 +16,15 @@ from typing import Any
 
 import streamlit as st
 
-from pages._shared import DISCLAIMER, ActiveModel, active_model, default_model, ensure_routed, wrap_model
+from pages._shared import (
+    DISCLAIMER,
+    ActiveModel,
+    active_model,
+    default_model,
+    ensure_routed,
+    held_out_performance,
+    wrap_model,
+)
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -73,6 +81,7 @@ def render_card(model: ActiveModel) -> None:
         st.warning(card.limitations, icon=":material/report:")
 
     st.subheader("Test metrics")
+    held_out_performance(model, key="card_performance")
     _table(getattr(card, "metrics", {}) or {}, "No metrics recorded for this model.")
     st.subheader("Cross-source checks")
     _table(getattr(card, "cross_source", {}) or {}, "No cross-source checks recorded.")

@@ -59,6 +59,12 @@ def panel_spec(at: AppTest) -> dict:
     return json.loads(charts[0].proto.spec)
 
 
+def held_out_chart(at: AppTest, key: str) -> dict:
+    charts = [c for c in at.get("plotly_chart") if key in c.proto.id]
+    assert len(charts) == 1, f"expected the chart {key}"
+    return json.loads(charts[0].proto.spec)
+
+
 def image_titles(at: AppTest) -> list[str]:
     return [a["text"] for a in panel_spec(at)["layout"]["annotations"]]
 
@@ -152,8 +158,19 @@ def test_starts_with_disclaimer_and_model_page_renders_the_card() -> None:
     assert at.file_uploader[0].allowed_type == []  # no extension filter: DICOMs often have none
     assert at.multiselect(key="methods").value == ["gradcam", "gradcam++", "guided_backprop", "guided_gradcam"]
     card = models.load(shared.DEFAULT_MODEL).card
+    # Before any radiograph: the model's held-out record, per source, straight from its card.
+    landing = held_out_chart(at, "landing_performance")
+    test = card.metrics["test"]
+    expected = {"sensitivity": {f"all test (n={test['n']})": test["sensitivity"]},
+                "specificity": {f"all test (n={test['n']})": test["specificity"]}}
+    for source, m in test["per_source"].items():
+        for rate in expected:
+            if m.get(rate) is not None:
+                expected[rate][f"{source} (n={m['n']})"] = m[rate]
+    assert {t["name"]: dict(zip(t["y"], t["x"], strict=True)) for t in landing["data"]} == expected
     run(at.switch_page("pages/model.py"))
     assert disclaimer_shown(at)
+    assert held_out_chart(at, "card_performance")["data"] == landing["data"]
     text = " ".join(h.value for h in at.header) + " ".join(c.value for c in at.caption)
     assert card.name in text and card.sha256 in text
     assert any(m.label.startswith("Threshold on P(") and m.value == f"{card.threshold:.3f}" for m in at.metric)
@@ -373,3 +390,14 @@ def test_a_chest_film_gets_no_out_of_distribution_warning(chestcovnet_dir: Path)
     run(at)
     assert not [w.value for w in at.warning if "Unlike the training data" in w.value]
     assert any("looks like the training data" in c.value for c in at.caption)
+
+
+def test_held_out_chart_draws_recorded_rates_only() -> None:
+    from pages._panel import source_metrics_figure
+
+    fig = source_metrics_figure({"n": 10, "sensitivity": 0.5, "specificity": None,
+                                 "per_source": {"A": {"n": 3, "specificity": 0.0}, "B": {"n": 2}}})
+    bars = {t.name: dict(zip(t.y, t.x, strict=True)) for t in fig.data}
+    # A rate of 0.0 is a result (all negatives called positive) and is drawn; a missing rate is not.
+    assert bars == {"sensitivity": {"all test (n=10)": 0.5}, "specificity": {"A (n=3)": 0.0}}
+    assert source_metrics_figure({"n": 5, "per_source": {"A": {"n": 5}}}) is None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import io
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -149,3 +151,25 @@ def test_warm_up_starts_a_separate_worker_process():
     from xai.isolation import warm_up
 
     assert warm_up() is True  # the worker reported a pid other than ours
+
+
+def test_workers_do_not_rerun_the_parents_main_script(tmp_path):
+    """A Streamlit server replaces ``__main__`` with the page script, which has no main guard: the decoder
+    workers must not execute it again (it would re-run the whole app, in bare mode, for every upload)."""
+    page, marker = tmp_path / "page.py", tmp_path / "page_ran.txt"
+    page.write_text(f"open({str(marker)!r}, 'a').write('ran\\n')\n")
+    repo = Path(__file__).resolve().parents[1]
+    driver = (
+        "import os, sys, types\n"
+        f"sys.path.insert(0, {str(repo)!r})\n"
+        "from xai.isolation import load_radiograph_isolated, run_isolated, _worker_pid\n"
+        "page = types.ModuleType('__main__')\n"
+        f"page.__file__ = {str(page)!r}\n"
+        "sys.modules['__main__'] = page  # what Streamlit's script runner does\n"
+        "assert run_isolated(_worker_pid) != os.getpid()\n"
+        f"print(load_radiograph_isolated({str(repo / 'samples' / 'cr_pa_siim.dcm')!r}).shape)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(1024, 1024)" in done.stdout
+    assert not marker.exists(), "a worker executed the parent's __main__ script"

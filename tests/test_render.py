@@ -184,3 +184,46 @@ def test_to_png_bytes_roundtrip_without_metadata():
     assert np.asarray(Image.open(io.BytesIO(gray))).tolist() == [[0, 255]]
     with pytest.raises(ValueError):
         render.to_png_bytes(np.zeros((2, 2), np.int64))
+
+
+def test_blend_of_prepared_pixels_equals_overlay():
+    rng = np.random.default_rng(5)
+    gray, heat = rng.random((33, 47)), rng.random((33, 47))
+    gray_rgb, index = render.gray_to_rgb(gray), render.heat_index(heat)
+    np.testing.assert_array_equal(index, np.round(heat * 255).astype(np.uint8))
+    for cmap, alpha, show in (("inferno", 0.4, True), ("jet", 1.0, True), ("viridis", 0.0, True), ("magma", 0.7, False)):
+        np.testing.assert_array_equal(
+            render.blend(gray_rgb, index, cmap=cmap, alpha=alpha, show_heat=show),
+            render.overlay(gray, heat, cmap=cmap, alpha=alpha, show_heat=show),
+        )
+    gray_rgb_before = gray_rgb.copy()
+    render.blend(gray_rgb, index, contour_level=0.5)
+    np.testing.assert_array_equal(gray_rgb, gray_rgb_before)  # inputs are never drawn on
+
+
+def test_blend_contours_match_overlay_on_quantised_maps():
+    # On a map whose values are exact table points, index >= round(255 * level) is heat >= level.
+    yy, xx = np.mgrid[:101, :101]
+    heat = np.round(np.clip(1.0 - np.hypot(yy - 50, xx - 50) / 50.0, 0, 1) * 255) / 255
+    gray = np.full(heat.shape, 0.3)
+    for level in (0.25, 0.5, 0.9):
+        np.testing.assert_array_equal(
+            render.blend(render.gray_to_rgb(gray), render.heat_index(heat), contour_level=level, show_heat=False),
+            render.overlay(gray, heat, contour_level=level, show_heat=False),
+        )
+
+
+def test_heat_index_repairs_non_finite_values_and_blend_checks_its_inputs():
+    heat = np.array([[np.nan, np.inf], [-np.inf, 0.5]])
+    np.testing.assert_array_equal(render.heat_index(heat), [[0, 0], [0, 128]])
+    rgb, index = np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8)
+    with pytest.raises(ValueError, match="gray_rgb"):
+        render.blend(rgb[:, :, 0], index)
+    with pytest.raises(ValueError, match="index"):
+        render.blend(rgb, index.astype(np.float32))
+    with pytest.raises(ValueError, match="index"):
+        render.blend(rgb, index[:3])
+    with pytest.raises(ValueError, match="alpha"):
+        render.blend(rgb, index, alpha=-0.1)
+    with pytest.raises(ValueError, match="contour_level"):
+        render.blend(rgb, index, contour_level=1.5)

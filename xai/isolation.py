@@ -49,10 +49,10 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MEMORY_MB = 2048
 MAX_CONCURRENT_WORKERS = max(2, os.cpu_count() or 2)
 # Imported once in the fork server so each worker starts warm (missing optional modules are skipped).
-# "__main__" first: the server imports the main script once (guarded by ``if __name__ == "__main__"``, as
-# multiprocessing requires), so the workers it forks do not re-run it for every file.
+# ``xai._worker_boot`` first: workers never import the parent's ``__main__`` (in a Streamlit server that is
+# the page script, which would re-run the whole app for every file; see that module).
 PRELOAD = [
-    "__main__", "numpy", "cv2", "PIL.Image", "PIL.PngImagePlugin", "PIL.JpegImagePlugin", "PIL.TiffImagePlugin",
+    "xai._worker_boot", "numpy", "cv2", "PIL.Image", "PIL.PngImagePlugin", "PIL.JpegImagePlugin", "PIL.TiffImagePlugin",
     "PIL.BmpImagePlugin", "PIL.WebPImagePlugin", "pydicom", "pydicom.pixels", "xai.radiograph", "xai.dicom",
     "openjpeg", "libjpeg", "rle", "jpeg_ls",
 ]

@@ -36,11 +36,13 @@ __all__ = [
     "DEFAULT_CMAP",
     "PERCEPTUALLY_UNIFORM",
     "ScaleMode",
+    "blend",
     "colorbar",
     "colorbar_values",
     "colorize",
     "downsample_for_display",
     "gray_to_rgb",
+    "heat_index",
     "overlay",
     "plotly_colorscale",
     "robust_max",
@@ -88,7 +90,9 @@ def _as_unit_2d(name: str, array: NDArray, *, clip: bool = True) -> NDArray[np.f
         raise ValueError(f"{name} is empty")
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
         raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
-    out = np.nan_to_num(a.astype(np.float32, copy=True), copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    out = a.astype(np.float32, copy=True)
+    if not np.isfinite(out).all():  # one cheap pass; the repair only for the rare map that needs it
+        np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     if clip:
         np.clip(out, 0.0, 1.0, out=out)
     return out
@@ -113,7 +117,16 @@ def colorize(heat: NDArray, cmap: str = DEFAULT_CMAP) -> NDArray[np.uint8]:
 
     ``rgb[i, j] = LUT[round(255 * clip(heat[i, j], 0, 1))]``; NaN and inf count as 0.
     """
-    return _colorize_index(_to_uint8(_as_unit_2d("heat", heat)), cmap)
+    return _colorize_index(heat_index(heat), cmap)
+
+
+def heat_index(heat: NDArray) -> NDArray[np.uint8]:
+    """A heat map (H, W) in [0, 1] as the uint8 colour-table index ``round(255 * clip(heat, 0, 1))``.
+
+    The quantised form :func:`blend` takes; NaN and inf count as 0. Computing it once per map lets an
+    interactive view re-blend (opacity, colormap) without re-scanning the float map.
+    """
+    return _to_uint8(_as_unit_2d("heat", heat))
 
 
 def _colorize_index(index: NDArray[np.uint8], cmap: str) -> NDArray[np.uint8]:
@@ -148,33 +161,65 @@ def overlay(
     h = _as_unit_2d("heat", heat)
     if g.shape != h.shape:
         raise ValueError(f"gray {g.shape} and heat {h.shape} must have the same (H, W) shape")
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    _check_cmap(cmap)
-    out = cv2.cvtColor(_to_uint8(g), cv2.COLOR_GRAY2RGB)
-    if show_heat and alpha > 0:
-        color = _colorize_index(_to_uint8(h), cmap)
-        # uint8 blend with OpenCV (rounds, saturates): a 1024 px panel in a few ms, so display changes stay fast.
-        out = cv2.addWeighted(out, 1.0 - float(alpha), color, float(alpha), 0.0)
+    out = blend(cv2.cvtColor(_to_uint8(g), cv2.COLOR_GRAY2RGB), _to_uint8(h), cmap=cmap, alpha=alpha,
+                show_heat=show_heat, contour_color=contour_color, contour_thickness=contour_thickness)
     if contour_level is not None:
         _draw_contours(out, h, float(contour_level), contour_color, contour_thickness)
     return out
 
 
+def blend(
+    gray_rgb: NDArray[np.uint8],
+    index: NDArray[np.uint8],
+    *,
+    cmap: str = DEFAULT_CMAP,
+    alpha: float = DEFAULT_ALPHA,
+    contour_level: float | None = None,
+    show_heat: bool = True,
+    contour_color: tuple[int, int, int] = CONTOUR_COLOR,
+    contour_thickness: int | None = None,
+) -> NDArray[np.uint8]:
+    """:func:`overlay` on prepared pixels: ``gray_rgb`` from :func:`gray_to_rgb`, ``index`` from
+    :func:`heat_index`. Returns a new array; the inputs are not modified.
+
+    For views that redraw often (an opacity slider): the radiograph's RGB and each map's index are made
+    once, and a redraw is one table lookup and one weighted sum. Contours outline ``index >= round(255 *
+    contour_level)``, the quantised form of :func:`overlay`'s ``heat >= contour_level``.
+    """
+    if gray_rgb.dtype != np.uint8 or gray_rgb.ndim != 3 or gray_rgb.shape[2] != 3:
+        raise ValueError(f"gray_rgb must be uint8 (H, W, 3), got {gray_rgb.dtype} {gray_rgb.shape}")
+    if index.dtype != np.uint8 or index.shape != gray_rgb.shape[:2]:
+        raise ValueError(f"index must be uint8 {gray_rgb.shape[:2]}, got {index.dtype} {index.shape}")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    _check_cmap(cmap)
+    out = gray_rgb.copy()
+    if show_heat and alpha > 0:
+        color = _colorize_index(np.ascontiguousarray(index), cmap)
+        # uint8 blend with OpenCV (rounds, saturates): a 1024 px panel in a few ms, so display changes stay fast.
+        out = cv2.addWeighted(out, 1.0 - float(alpha), color, float(alpha), 0.0)
+    if contour_level is not None:
+        level = float(contour_level)
+        if not 0.0 < level <= 1.0:
+            raise ValueError(f"contour_level must be in (0, 1], got {level}")
+        _draw_contours(out, index, max(1, round(255.0 * level)), contour_color, contour_thickness)
+    return out
+
+
 def _draw_contours(
     rgb: NDArray[np.uint8],
-    heat: NDArray[np.float32],
+    heat: NDArray[np.float32] | NDArray[np.uint8],
     level: float,
     color: tuple[int, int, int],
     thickness: int | None,
 ) -> None:
-    """Draw the outline of ``heat >= level`` on ``rgb`` in place.
+    """Draw the outline of ``heat >= level`` on ``rgb`` in place (``level`` in the units of ``heat``).
 
     Regions smaller than ``(max(H, W) / 256)**2`` pixels (16 px on a 1024 px image) are not outlined:
     guided maps are speckled at pixel scale, and thousands of dot-sized rings hide the anatomy (and cost
     ~100 ms per panel to draw) without telling the reader anything.
     """
-    if not 0.0 < level <= 1.0:
+    if heat.dtype != np.uint8 and not 0.0 < level <= 1.0:
         raise ValueError(f"contour_level must be in (0, 1], got {level}")
     mask = (heat >= level).astype(np.uint8)
     if not mask.any():
