@@ -58,6 +58,11 @@ class MBConvBlock(nn.Module):
     dropped per sample with probability ``drop_connect`` (stochastic depth, Huang et al. 2016).
     """
 
+    #: ``forward`` computes bn(conv(x)) for these pairs and uses no conv output elsewhere: the engine may
+    #: fold them (:mod:`xai.folding`).
+    foldable_conv_bn = (("expand_conv", "expand_bn"), ("depthwise_conv", "depthwise_bn"),
+                        ("project_conv", "project_bn"))
+
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int,
                  drop_connect: float = 0.0) -> None:
         super().__init__()
@@ -102,6 +107,8 @@ class EfficientNetLite0(nn.Module):
 
     #: Post-ReLU6 head activation feeding the pooling: the Grad-CAM target used by the engine.
     default_target_layer: str = "head_act"
+    #: Conv + batch-norm pairs of ``forward``/``features`` the engine may fold (:mod:`xai.folding`).
+    foldable_conv_bn = (("stem_conv", "stem_bn"), ("head_conv", "head_bn"))
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.2, drop_connect: float = 0.2) -> None:
         super().__init__()

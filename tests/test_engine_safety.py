@@ -143,7 +143,7 @@ def test_no_trace_after_injected_failures(model: nn.Module, train: bool) -> None
     # ...and the model still explains correctly afterwards (same as the plain resnet, in eval mode).
     if not train:
         ours = explainer.explain(inputs(1, 2), target=1)
-        plain = Explainer(model).explain(inputs(1, 2), target=1)
+        plain = Explainer(model, fold_batchnorm=False).explain(inputs(1, 2), target=1)  # same arithmetic
         for m in METHODS:
             np.testing.assert_array_equal(ours.raw[m], plain.raw[m])
     wrapper.eval()

@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xai.folding import FoldedModelCache
 from xai.guided import GraphReport, GuidedState, guide_graph
 from xai.layers import TargetLayer, default_target_name, find_last_spatial_layer, resolve_module
 
@@ -345,15 +346,19 @@ class Explainer:
         model: any ``torch.nn.Module`` returning logits ``(N, C)``. It is shared, never modified.
         target_layer: the layer whose output feature map ``(N, K, h, w)`` the CAMs explain: a submodule,
             a dotted name (``"layer4"``), or ``None`` for the automatic choice (see :mod:`xai.layers`).
+        fold_batchnorm: in eval mode, run the passes on a copy with conv + batch-norm pairs folded
+            (:mod:`xai.folding`: same maps to float rounding, 3-8 % faster on resnet18; one extra copy of
+            the weights, rebuilt when they change). ``False`` runs the model itself.
 
     Raises:
         ValueError: unknown layer name (the message lists the valid names), or a module not in ``model``.
     """
 
-    def __init__(self, model: nn.Module, target_layer: TargetLayer = None) -> None:
+    def __init__(self, model: nn.Module, target_layer: TargetLayer = None, *, fold_batchnorm: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         self.model = model
+        self._folded = FoldedModelCache(model) if fold_batchnorm else None
         self._resolved: tuple[nn.Module, str] | None = None
         self._resolve_lock = threading.Lock()
         spec = target_layer if target_layer is not None else default_target_name(model)
@@ -454,7 +459,8 @@ class Explainer:
             if leaf.is_inference():
                 leaf = leaf.clone()
             leaf.requires_grad_(True)
-            logits, captured, calls = self._forward(leaf.clone(), module)
+            runner, runner_layer = self._runner(module, layer_name)
+            logits, captured, calls = self._forward(runner, leaf.clone(), runner_layer)
             clock.lap("forward")
 
             logits = self._check_logits(logits, x.shape[0])
@@ -531,8 +537,16 @@ class Explainer:
 
     # ------------------------------------------------------------------------------------------ stages
 
-    def _forward(self, model_input: torch.Tensor, module: nn.Module) -> tuple[Any, Any, int]:
-        """One forward pass with the target layer's output captured (calling thread only)."""
+    def _runner(self, module: nn.Module, layer_name: str) -> tuple[nn.Module, nn.Module]:
+        """The model to run and its target layer: the folded copy when there is one, else the model."""
+        folded = self._folded.get((layer_name,)) if self._folded is not None else None
+        if folded is None:
+            return self.model, module
+        return folded, folded.get_submodule(layer_name)
+
+    @staticmethod
+    def _forward(model: nn.Module, model_input: torch.Tensor, module: nn.Module) -> tuple[Any, Any, int]:
+        """One forward pass of ``model`` with the target layer's output captured (calling thread only)."""
         thread_id = threading.get_ident()
         captured: list[Any] = []
 
@@ -541,10 +555,10 @@ class Explainer:
                 return  # another thread (e.g. plain inference) running the shared model
             captured.append(output)
 
-        with model_lock(self.model):
+        with model_lock(model):
             handle = module.register_forward_hook(capture)
             try:
-                logits = self.model(model_input)
+                logits = model(model_input)
             finally:
                 handle.remove()
         return logits, (captured[-1] if captured else None), len(captured)

@@ -1,0 +1,206 @@
+"""Batch-norm folding for explanation passes: the same function with one pass fewer per layer.
+
+In eval mode a ``BatchNorm2d`` right after a ``Conv2d`` is a per-channel affine map, so it can be folded
+into the convolution (Ioffe & Szegedy 2015; the standard inference fusion, ``torch.nn.utils.fusion``):
+
+    s = gamma / sqrt(running_var + eps)
+    W' = W * s[:, None, None, None]        b' = (b - running_mean) * s + beta
+
+``conv'(x) == bn(conv(x))`` up to float rounding, and the forward and backward passes each skip one sweep
+over the activation. The engine runs its forward and backward pass on a folded *copy* of a model in eval
+mode (:class:`FoldedModelCache`); the caller's model is never touched, module names are kept (a folded
+batch-norm becomes ``nn.Identity``, so a hook on any named module still fires with the same value).
+
+Only pairs whose wiring is known are folded — the convolution's output must feed the batch-norm and
+nothing else, which module structure alone cannot prove for arbitrary ``forward`` code:
+
+* consecutive children of an ``nn.Sequential`` (or a subclass that keeps Sequential's ``forward``, such
+  as torchvision's ``Conv2dNormActivation``): torchvision efficientnet, mobilenet, densenet's stem;
+* classes listed in :data:`KNOWN_PAIRS` (torchvision's ResNet, BasicBlock, Bottleneck), exact type only;
+* classes that declare their own pairs in a ``foldable_conv_bn`` class attribute (ChestCOVNet's
+  EfficientNet-Lite blocks), exact type only, so a subclass with another ``forward`` is never trusted;
+* and only where every enclosing module, up to the model itself, is one of these or in
+  :data:`KNOWN_MODULES`: a wrapper of unknown code may call a block's children directly.
+
+A pair touching the target layer (the convolution whose output the CAMs need) is left as it is; a model
+in training mode or carrying hooks is run as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import threading
+from collections.abc import Collection
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+#: ``module.class`` -> (conv attribute, batch-norm attribute) pairs whose forward is ``bn(conv(x))`` with
+#: the convolution's output used nowhere else.
+KNOWN_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
+    "torchvision.models.resnet.ResNet": (("conv1", "bn1"),),
+    "torchvision.models.resnet.BasicBlock": (("conv1", "bn1"), ("conv2", "bn2")),
+    "torchvision.models.resnet.Bottleneck": (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+}
+#: Classes whose forward is known to call their children as torchvision wrote it (Sequential-like blocks
+#: inside them are run as Sequentials): the walk for pairs descends into these only.
+KNOWN_MODULES: frozenset[str] = frozenset({
+    *KNOWN_PAIRS,
+    "torchvision.models.efficientnet.EfficientNet",
+    "torchvision.models.efficientnet.MBConv",
+    "torchvision.models.efficientnet.FusedMBConv",
+    "torchvision.models.mobilenetv2.MobileNetV2",
+    "torchvision.models.mobilenetv2.InvertedResidual",
+    "torchvision.models.mobilenetv3.MobileNetV3",
+    "torchvision.models.mobilenetv3.InvertedResidual",
+    "torchvision.models.densenet.DenseNet",
+})
+
+#: Fold only when at least this share of the model's batch-norm layers can go (below it, e.g. densenet's
+#: pre-activation layers, the copy's memory buys almost no time).
+MIN_FOLDED_SHARE = 0.5
+
+
+def _class_name(module: nn.Module) -> str:
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def _declared_pairs(module: nn.Module) -> tuple[tuple[str, str], ...]:
+    declared = type(module).__dict__.get("foldable_conv_bn")  # this exact class, not a parent's promise
+    if declared is not None:
+        return tuple(declared)
+    return KNOWN_PAIRS.get(_class_name(module), ())
+
+
+def _is_plain_sequential(module: nn.Module) -> bool:
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
+def _is_known(module: nn.Module) -> bool:
+    return (_is_plain_sequential(module) or _class_name(module) in KNOWN_MODULES
+            or "foldable_conv_bn" in type(module).__dict__)
+
+
+def _foldable(conv: nn.Module | None, bn: nn.Module | None) -> bool:
+    return (
+        type(conv) is nn.Conv2d
+        and type(bn) is nn.BatchNorm2d
+        and not conv.training
+        and not bn.training
+        and bn.track_running_stats
+        and bn.running_mean is not None
+        and bn.running_var is not None
+        and conv.out_channels == bn.num_features
+    )
+
+
+def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """Dotted names ``(conv, batch_norm)`` of every pair this module folds (see the module docstring).
+
+    Only modules whose every ancestor has a known forward are looked at: an unknown module may call its
+    children in any order and reuse any output, so nothing below it is folded.
+    """
+    pairs: list[tuple[str, str]] = []
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        if not _is_known(module):
+            return
+        dot = f"{prefix}." if prefix else ""
+        if _is_plain_sequential(module):
+            children = list(module.named_children())
+            candidates = [(a, b) for (a, _), (b, _) in itertools.pairwise(children)]
+        else:
+            candidates = list(_declared_pairs(module))
+        for conv_name, bn_name in candidates:
+            if _foldable(getattr(module, conv_name, None), getattr(module, bn_name, None)):
+                pairs.append((dot + conv_name, dot + bn_name))
+        for name, child in module.named_children():
+            walk(child, dot + name)
+
+    walk(model, "")
+    return pairs
+
+
+def folded_copy(model: nn.Module, keep: Collection[str] = ()) -> nn.Module | None:
+    """A deep copy of ``model`` (eval mode) with its foldable conv + batch-norm pairs folded, parameters
+    not requiring grad; ``None`` when the model is in training mode or too little of it folds.
+
+    ``keep``: module names whose output must stay exactly as in ``model`` (the target layer); a pair that
+    contains one is not folded.
+    """
+    if model.training or has_hooks(model):
+        return None
+    pairs = [(c, b) for c, b in foldable_pairs(model) if c not in keep and b not in keep]
+    batch_norms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if not pairs or len(pairs) < MIN_FOLDED_SHARE * batch_norms:
+        return None
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for conv_name, bn_name in pairs:
+            conv, bn = clone.get_submodule(conv_name), clone.get_submodule(bn_name)
+            _replace(clone, conv_name, fuse_conv_bn_eval(conv, bn))
+            _replace(clone, bn_name, nn.Identity())
+    clone.requires_grad_(False)
+    return clone.eval()
+
+
+def has_hooks(model: nn.Module) -> bool:
+    """Whether any module of ``model`` carries a hook: such a model is explained exactly as it runs (a
+    copy would carry the hooks onto folded layers whose outputs differ)."""
+    names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return any(getattr(m, n, None) for m in model.modules() for n in names)
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+def state_key(model: nn.Module) -> tuple:
+    """Changes whenever a folded copy of ``model`` would be stale: a parameter or buffer replaced or
+    modified in place (identity, storage, autograd version counter), a module replaced, a mode switched,
+    or a plain attribute (flag, number, string) of any module changed."""
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return (
+        tuple((id(t), t.data_ptr(), t._version) for t in tensors),
+        tuple((id(m), tuple((k, v) for k, v in vars(m).items() if type(v) in _SIMPLE)) for m in model.modules()),
+    )
+
+
+class FoldedModelCache:
+    """One folded copy of a model for an :class:`~xai.engine.Explainer`, rebuilt when the weights change.
+
+    ``get(keep)`` returns the copy to run (or ``None``: run the model itself). Thread safe; a copy being
+    used by one thread is never modified by another (a rebuild replaces it).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._lock = threading.Lock()
+        self._entry: tuple[tuple, tuple[str, ...], nn.Module] | None = None
+        # Modules + kept names of a model found not worth folding (e.g. densenet): later calls skip the
+        # full state key (~3 ms on densenet121). Not folding is always correct, so this errs safely.
+        self._not_worth: tuple | None = None
+
+    def get(self, keep: Collection[str]) -> nn.Module | None:
+        if self.model.training or has_hooks(self.model):  # checked on every call: hooks come and go
+            return None
+        kept = tuple(sorted(keep))
+        structure = (tuple(id(m) for m in self.model.modules()), kept)
+        if structure == self._not_worth:
+            return None
+        key = state_key(self.model)
+        with self._lock:
+            if self._entry is None or self._entry[0] != key or self._entry[1] != kept:
+                folded = folded_copy(self.model, kept)
+                if folded is None:
+                    self._entry, self._not_worth = None, structure
+                    return None
+                self._entry = (key, kept, folded)
+            return self._entry[2]
