@@ -30,6 +30,11 @@ maximum (zero stays zero); guided maps: ``|raw|``, max over channels, clipped at
 scaled to [0, 1]. A map that is constant or all zero is flagged in ``flat`` and shown as zeros, never
 stretched noise.
 
+Speed: in eval mode the passes run on a cached copy of the model with its conv + batch-norm pairs of
+known wiring folded (:mod:`xai.folding`): the same maps to float rounding, one sweep fewer over the
+activations per folded layer. The copy is rebuilt when a weight, module, mode or plain attribute of the
+model changes; models with hooks, in training mode or wrapped in unknown code run as they are.
+
 Safety: the target-layer hook exists only during the forward pass (removed in ``finally``) and records
 only the calling thread; hook registration and forward run under a per-model lock, so concurrent
 ``explain`` calls on one shared model cannot see each other's hooks; the guided rule lives on the call's
