@@ -186,31 +186,31 @@ def test_to_png_bytes_roundtrip_without_metadata():
         render.to_png_bytes(np.zeros((2, 2), np.int64))
 
 
-def test_blend_of_prepared_pixels_equals_overlay():
+def test_blend_of_prepared_pixels_hand_computed():
     rng = np.random.default_rng(5)
     gray, heat = rng.random((33, 47)), rng.random((33, 47))
     gray_rgb, index = render.gray_to_rgb(gray), render.heat_index(heat)
     np.testing.assert_array_equal(index, np.round(heat * 255).astype(np.uint8))
-    for cmap, alpha, show in (("inferno", 0.4, True), ("jet", 1.0, True), ("viridis", 0.0, True), ("magma", 0.7, False)):
-        np.testing.assert_array_equal(
-            render.blend(gray_rgb, index, cmap=cmap, alpha=alpha, show_heat=show),
-            render.overlay(gray, heat, cmap=cmap, alpha=alpha, show_heat=show),
-        )
-    gray_rgb_before = gray_rgb.copy()
+    np.testing.assert_array_equal(gray_rgb, np.repeat(np.round(gray * 255)[:, :, None], 3, axis=2))
+    for cmap, alpha in (("inferno", 0.4), ("jet", 1.0), ("viridis", 0.0), ("magma", 0.7)):
+        table = np.round(colormaps[cmap](np.arange(256) / 255.0)[:, :3] * 255)
+        expected = np.round((1 - alpha) * gray_rgb + alpha * table[index])
+        np.testing.assert_allclose(render.blend(gray_rgb, index, cmap=cmap, alpha=alpha), expected, atol=1)
+    np.testing.assert_array_equal(render.blend(gray_rgb, index, show_heat=False), gray_rgb)
+    before = gray_rgb.copy()
     render.blend(gray_rgb, index, contour_level=0.5)
-    np.testing.assert_array_equal(gray_rgb, gray_rgb_before)  # inputs are never drawn on
+    np.testing.assert_array_equal(gray_rgb, before)  # inputs are never drawn on
 
 
-def test_blend_contours_match_overlay_on_quantised_maps():
-    # On a map whose values are exact table points, index >= round(255 * level) is heat >= level.
+def test_blend_contour_at_the_quantised_level():
     yy, xx = np.mgrid[:101, :101]
-    heat = np.round(np.clip(1.0 - np.hypot(yy - 50, xx - 50) / 50.0, 0, 1) * 255) / 255
-    gray = np.full(heat.shape, 0.3)
-    for level in (0.25, 0.5, 0.9):
-        np.testing.assert_array_equal(
-            render.blend(render.gray_to_rgb(gray), render.heat_index(heat), contour_level=level, show_heat=False),
-            render.overlay(gray, heat, contour_level=level, show_heat=False),
-        )
+    radius = np.hypot(yy - 50, xx - 50)
+    index = np.round(np.clip(1.0 - radius / 50.0, 0, 1) * 255).astype(np.uint8)  # >= 128 inside r <= ~24.9
+    gray_rgb = np.full((101, 101, 3), 77, np.uint8)
+    out = render.blend(gray_rgb, index, contour_level=0.5, show_heat=False, contour_thickness=1)
+    ring = radius[(out != gray_rgb).any(axis=2)]
+    assert ring.size > 100 and ring.min() > 22 and ring.max() < 28
+    np.testing.assert_array_equal(render.blend(gray_rgb, index // 3, contour_level=0.5, show_heat=False), gray_rgb)
 
 
 def test_heat_index_repairs_non_finite_values_and_blend_checks_its_inputs():

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import io
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 import cv2
 import numpy as np
@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_CMAP",
     "PERCEPTUALLY_UNIFORM",
+    "OverlayStyle",
     "ScaleMode",
     "blend",
     "colorbar",
@@ -135,24 +136,26 @@ def _colorize_index(index: NDArray[np.uint8], cmap: str) -> NDArray[np.uint8]:
     return cv2.LUT(cv2.merge([index, index, index]), np.ascontiguousarray(lut.reshape(256, 1, 3)))
 
 
-def overlay(
-    gray: NDArray,
-    heat: NDArray,
-    *,
-    cmap: str = DEFAULT_CMAP,
-    alpha: float = DEFAULT_ALPHA,
-    contour_level: float | None = None,
-    show_heat: bool = True,
-    contour_color: tuple[int, int, int] = CONTOUR_COLOR,
-    contour_thickness: int | None = None,
-) -> NDArray[np.uint8]:
+class OverlayStyle(TypedDict, total=False):
+    """How :func:`overlay` and :func:`blend` draw (every key optional; the defaults are :func:`blend`'s)."""
+
+    cmap: str
+    alpha: float
+    contour_level: float | None
+    show_heat: bool
+    contour_color: tuple[int, int, int]
+    contour_thickness: int | None
+
+
+def overlay(gray: NDArray, heat: NDArray, **style: Unpack[OverlayStyle]) -> NDArray[np.uint8]:
     """Blend a colorized heat map onto a radiograph and optionally draw iso-contours.
 
     ``out = (1 - alpha) * gray_rgb + alpha * colorize(heat)`` (constant alpha, as in the Grad-CAM paper's
     figures and pytorch-grad-cam's ``show_cam_on_image``); ``alpha = 0`` or ``show_heat=False`` shows the
-    radiograph alone. With ``contour_level`` (in (0, 1]) the outline of ``heat >= contour_level`` is drawn
-    with OpenCV (``findContours`` / anti-aliased ``drawContours``) in ``contour_color`` on top, with or
-    without the heat colours (contour plus heat map read best in a reader study; see GUIDE §4).
+    radiograph alone. With ``contour_level`` (in (0, 1]) the outline of ``heat >= contour_level`` (on the
+    256-level map the colours use) is drawn with OpenCV (``findContours`` / anti-aliased ``drawContours``)
+    in ``contour_color`` on top, with or without the heat colours (contour plus heat map read best in a
+    reader study; see GUIDE §4). ``style``: see :class:`OverlayStyle` and :func:`blend`.
 
     ``gray`` and ``heat`` must share a pixel grid (map the heat map back with ``Geometry.to_original``);
     mismatched shapes raise ``ValueError`` rather than silently misplacing the map.
@@ -161,11 +164,7 @@ def overlay(
     h = _as_unit_2d("heat", heat)
     if g.shape != h.shape:
         raise ValueError(f"gray {g.shape} and heat {h.shape} must have the same (H, W) shape")
-    out = blend(cv2.cvtColor(_to_uint8(g), cv2.COLOR_GRAY2RGB), _to_uint8(h), cmap=cmap, alpha=alpha,
-                show_heat=show_heat, contour_color=contour_color, contour_thickness=contour_thickness)
-    if contour_level is not None:
-        _draw_contours(out, h, float(contour_level), contour_color, contour_thickness)
-    return out
+    return blend(cv2.cvtColor(_to_uint8(g), cv2.COLOR_GRAY2RGB), _to_uint8(h), **style)
 
 
 def blend(
@@ -182,9 +181,9 @@ def blend(
     """:func:`overlay` on prepared pixels: ``gray_rgb`` from :func:`gray_to_rgb`, ``index`` from
     :func:`heat_index`. Returns a new array; the inputs are not modified.
 
-    For views that redraw often (an opacity slider): the radiograph's RGB and each map's index are made
-    once, and a redraw is one table lookup and one weighted sum. Contours outline ``index >= round(255 *
-    contour_level)``, the quantised form of :func:`overlay`'s ``heat >= contour_level``.
+    ``out = round((1 - alpha) * gray_rgb + alpha * LUT[index])``; contours outline ``index >=
+    round(255 * contour_level)``. For views that redraw often (an opacity slider): the radiograph's RGB and
+    each map's index are made once, and a redraw is one table lookup and one weighted sum.
     """
     if gray_rgb.dtype != np.uint8 or gray_rgb.ndim != 3 or gray_rgb.shape[2] != 3:
         raise ValueError(f"gray_rgb must be uint8 (H, W, 3), got {gray_rgb.dtype} {gray_rgb.shape}")
@@ -208,20 +207,18 @@ def blend(
 
 def _draw_contours(
     rgb: NDArray[np.uint8],
-    heat: NDArray[np.float32] | NDArray[np.uint8],
-    level: float,
+    index: NDArray[np.uint8],
+    level: int,
     color: tuple[int, int, int],
     thickness: int | None,
 ) -> None:
-    """Draw the outline of ``heat >= level`` on ``rgb`` in place (``level`` in the units of ``heat``).
+    """Draw the outline of ``index >= level`` (a :func:`heat_index` map, level in 1..255) on ``rgb`` in place.
 
     Regions smaller than ``(max(H, W) / 256)**2`` pixels (16 px on a 1024 px image) are not outlined:
     guided maps are speckled at pixel scale, and thousands of dot-sized rings hide the anatomy (and cost
     ~100 ms per panel to draw) without telling the reader anything.
     """
-    if heat.dtype != np.uint8 and not 0.0 < level <= 1.0:
-        raise ValueError(f"contour_level must be in (0, 1], got {level}")
-    mask = (heat >= level).astype(np.uint8)
+    mask = (index >= level).astype(np.uint8)
     if not mask.any():
         return
     contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
