@@ -15,7 +15,9 @@ import streamlit as st
 
 from pages._panel import Panel, panel_figure, prediction_figure, row_height_for, screen_image_uri
 from pages._shared import (
+    CACHE_TTL_S,
     DISCLAIMER,
+    DISPLAY_CACHE_ENTRIES,
     ActiveModel,
     LoadedImage,
     display_magnitudes,
@@ -193,7 +195,7 @@ def display_settings(image: LoadedImage, n_panels: int) -> dict[str, Any]:
     return s
 
 
-@st.cache_resource(max_entries=16, show_spinner=False)
+@st.cache_resource(max_entries=DISPLAY_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
 def screen_rgb(image_sha: str, window: tuple[float, float] | None, side: int, _image: LoadedImage) -> np.ndarray:
     """The radiograph on the screen grid as uint8 RGB, once per image, window and size (read-only)."""
     rgb = render.gray_to_rgb(screen_gray(_image, window, side))
@@ -220,7 +222,7 @@ def fixed_maxima(result: PipelineResult, model: ActiveModel, magnitudes: dict[st
     return {m: store[(model.key, m)] for m in result.methods}
 
 
-@st.cache_resource(max_entries=16, show_spinner=False)
+@st.cache_resource(max_entries=DISPLAY_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
 def _heat_indices(
     key: tuple, scale: str, vmax: tuple[tuple[str, float], ...] | None, _maps: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
