@@ -9,6 +9,10 @@ For each round a fresh ``streamlit run app.py`` (localhost, free port) is driven
   and all four overlays drawn;
 * display-only change: opacity slider moved one step -> the overlays re-drawn (median of several moves).
 
+Both are timed twice: by the page's own clock (the input's change event or the key press -> the first
+animation frame with the new images in the DOM: the app's latency) and by this driver (which adds
+Playwright's round trips to the browser).
+
 The engine's panel time for the same image is measured in this process first (load + prepare + four
 methods + mapping back to the original grid, median of warm runs), for the ratio the targets use:
 first result <= 1.5 x engine panel + 0.5 s; display-only <= 200 ms; cold start <= 10 s.
@@ -42,6 +46,19 @@ from test_browser import (  # noqa: E402 - one home for the server/browser helpe
 )
 
 LANDING_CHART = ".st-key-landing_performance .js-plotly-plot"
+# In-page clock: the moment the file input changes and each key press, by the page's own performance.now()
+# (the interval then excludes the driver's round trips to the browser).
+PAGE_CLOCK_JS = """
+window.__bench = {change: [], key: []};
+document.addEventListener('change', () => window.__bench.change.push(performance.now()), true);
+document.addEventListener('keydown', () => window.__bench.key.push(performance.now()), true);
+"""
+
+
+def when_true_js(predicate: str) -> str:
+    """JS: a promise of performance.now() at the first animation frame where ``predicate(arg)`` holds."""
+    return (f"(arg) => new Promise(resolve => {{ const check = {predicate}; const tick = () => "
+            f"check(arg) ? resolve(performance.now()) : requestAnimationFrame(tick); tick(); }})")
 HREFS_JS = f"() => Array.from(document.querySelectorAll('{PANEL} image')).map(e => e.getAttribute('href'))"
 
 
@@ -74,6 +91,7 @@ def one_round(browser, image: Path, moves: int, extra_env: dict[str, str]) -> di
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "server.log"
         context = browser.new_context(viewport={"width": 1600, "height": 1200})
+        context.add_init_script(PAGE_CLOCK_JS)
         page = context.new_page()
         big_frames: list[float] = []  # arrival times of large websocket messages (the panel figure)
 
@@ -106,8 +124,9 @@ def one_round(browser, image: Path, moves: int, extra_env: dict[str, str]) -> di
             big_frames.clear()
             chosen = time.perf_counter()
             page.locator(UPLOADER).set_input_files(str(image))
-            page.wait_for_function(overlay_count_js(4), timeout=300_000, polling="raf")
+            drawn_at = page.evaluate(when_true_js(overlay_count_js(4)), None)
             first = time.perf_counter() - chosen
+            first_in_page = (drawn_at - page.evaluate("() => window.__bench.change.at(-1)")) / 1e3
             first_server = (big_frames[-1] - chosen) if big_frames else float("nan")  # the panel figure arrived
             # The engine time of THIS explanation, as the server measured it (the panels' captions say
             # "... · 812 ms"): the fairest base for the ratio on a machine whose load changes by the second.
@@ -118,23 +137,24 @@ def one_round(browser, image: Path, moves: int, extra_env: dict[str, str]) -> di
             page.locator('[data-testid="stExpander"] summary', has_text="Display").first.click()
             slider = page.locator(".st-key-disp_alpha input[type=range]")  # react-aria slider's hidden input
             slider.wait_for(state="attached", timeout=30_000)
-            display_ms, server_ms = [], []
+            display_ms, display_page_ms, server_ms = [], [], []
+            changed = f"(before) => {{ const now = ({HREFS_JS})(); return now.length >= 5 && now[1] !== before[1]; }}"
             for i in range(moves):
                 before = page.evaluate(HREFS_JS)
                 slider.focus()
                 big_frames.clear()
                 t0 = time.perf_counter()
                 slider.press("ArrowLeft" if i % 2 == 0 else "ArrowRight")
-                page.wait_for_function(
-                    f"(before) => {{ const now = ({HREFS_JS})(); return now.length >= 5 && now[1] !== before[1]; }}",
-                    arg=before, timeout=30_000, polling="raf",
-                )
+                redrawn_at = page.evaluate(when_true_js(changed), before)
                 display_ms.append((time.perf_counter() - t0) * 1e3)
+                display_page_ms.append(redrawn_at - page.evaluate("() => window.__bench.key.at(-1)"))
                 if big_frames:  # press -> the new figure arrived: server rerun + transfer
                     server_ms.append((big_frames[0] - t0) * 1e3)
                 page.wait_for_timeout(300)  # let the rerun settle before the next move
-            return {"cold_s": cold, "first_s": first, "first_server_s": first_server, "in_app_engine_ms": in_app_ms,
+            return {"cold_s": cold, "first_s": first, "first_page_s": first_in_page, "first_server_s": first_server,
+                    "in_app_engine_ms": in_app_ms,
                     "display_ms": statistics.median(display_ms),
+                    "display_page_ms": statistics.median(display_page_ms),
                     "display_max_ms": max(display_ms),
                     "display_server_ms": statistics.median(server_ms) if server_ms else float("nan")}
         finally:
@@ -167,20 +187,24 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(rounds):
                 res = one_round(browser, args.image, moves, {"XAI_APP_MODEL": args.model})
                 res["engine_ms"] = engine.median_ms()  # same minute, same machine load, server stopped
-                res["ratio"] = res["first_s"] * 1e3 / res["engine_ms"]
-                res["ratio_in_app"] = res["first_s"] * 1e3 / res["in_app_engine_ms"]
+                res["ratio"] = res["first_page_s"] * 1e3 / res["engine_ms"]
+                res["ratio_in_app"] = res["first_page_s"] * 1e3 / res["in_app_engine_ms"]
                 results.append(res)
-                print(f"round {r + 1}: cold {res['cold_s']:.2f} s, first result {res['first_s']:.2f} s "
+                print(f"round {r + 1}: cold {res['cold_s']:.2f} s, first result {res['first_page_s']:.2f} s in the page, "
+                      f"{res['first_s']:.2f} s from the driver "
                       f"(figure received after {res['first_server_s']:.2f} s; engine in app {res['in_app_engine_ms']:.0f} ms, "
                       f"in process {res['engine_ms']:.0f} ms), "
-                      f"display-only median {res['display_ms']:.0f} ms (max {res['display_max_ms']:.0f} ms; "
+                      f"display-only median {res['display_page_ms']:.0f} ms in the page, {res['display_ms']:.0f} ms "
+                      f"from the driver (max {res['display_max_ms']:.0f} ms; "
                       f"figure received after {res['display_server_ms']:.0f} ms)")
         finally:
             browser.close()
 
     cold = statistics.median(r["cold_s"] for r in results)
     first = statistics.median(r["first_s"] for r in results)
+    first_page = statistics.median(r["first_page_s"] for r in results)
     display = statistics.median(r["display_ms"] for r in results)
+    display_page = statistics.median(r["display_page_ms"] for r in results)
     display_server = statistics.median(r["display_server_ms"] for r in results)
     first_server = statistics.median(r["first_server_s"] for r in results)
     engine_ms = statistics.median(r["engine_ms"] for r in results)
@@ -188,17 +212,20 @@ def main(argv: list[str] | None = None) -> int:
     in_app = statistics.median(r["in_app_engine_ms"] for r in results)
     ratio_in_app = statistics.median(r["ratio_in_app"] for r in results)
     first_ok = all(r["first_s"] <= 1.5 * r["engine_ms"] / 1e3 + 0.5 for r in results)
-    first_ok_in_app = all(r["first_s"] <= 1.5 * r["in_app_engine_ms"] / 1e3 + 0.5 for r in results)
+    first_page_ok = all(r["first_page_s"] <= 1.5 * r["engine_ms"] / 1e3 + 0.5 for r in results)
+    first_ok_in_app = all(r["first_page_s"] <= 1.5 * r["in_app_engine_ms"] / 1e3 + 0.5 for r in results)
     first_target = 1.5 * engine_ms / 1e3 + 0.5
     rows = [
         ("cold start (process -> uploader, model loaded)", f"{cold:.2f} s", "<= 10 s", cold <= 10),
-        ("upload -> all four overlays", f"{first:.2f} s", f"<= {first_target:.2f} s (1.5x engine + 0.5 s)",
-         first_ok),
+        ("upload -> all four overlays (in the page)", f"{first_page:.2f} s",
+         f"<= {first_target:.2f} s (1.5x engine + 0.5 s), every round", first_page_ok),
+        ("  the same, seen from the driver", f"{first:.2f} s", "(+ Playwright round trips)", first_ok),
         ("  of which: server done + transfer (figure received)", f"{first_server:.2f} s", "", None),
-        ("  ratio to engine panel in process (per round)", f"{ratio:.2f}x", "", None),
+        ("  in-page time / engine panel in process", f"{ratio:.2f}x", "", None),
         ("  vs the engine time the app measured itself", f"{ratio_in_app:.2f}x",
          f"<= 1.5x + 0.5 s: {in_app / 1e3 * 1.5 + 0.5:.2f} s", first_ok_in_app),
-        ("display-only change (opacity)", f"{display:.0f} ms", "<= 200 ms", display <= 200),
+        ("display-only change (opacity, in the page)", f"{display_page:.0f} ms", "<= 200 ms", display_page <= 200),
+        ("  the same, seen from the driver", f"{display:.0f} ms", "(+ Playwright round trips)", display <= 200),
         ("  of which: server rerun + transfer", f"{display_server:.0f} ms", "", None),
         ("engine panel, same image, in process", f"{engine_ms / 1e3:.2f} s", "(median of 5 after each round)", None),
         ("engine time reported by the app (caption)", f"{in_app / 1e3:.2f} s", "(the same explanation)", None),
