@@ -23,14 +23,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import csv
 import io
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -236,21 +239,28 @@ async def run_concurrent(url: str, images: list[Path], timeout_s: float, pid: in
             await browser.close()
 
 
-def concurrent_main(args: argparse.Namespace) -> int:
-    images = pick_images(args.sessions)
-    expected = expected_probabilities(images, args.model)
+@contextlib.contextmanager
+def running_server(args: argparse.Namespace) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``streamlit run app.py`` on a free localhost port, healthy, stopped on exit: ``(url, process)``."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "server.log"
         process = start_server(log, port, server_env(args))
         try:
+            url = f"http://127.0.0.1:{port}"
             wait_healthy(url, process, log, 180)
-            with RssSampler(process.pid) as sampler:
-                records, started, idle = asyncio.run(run_concurrent(url, images, args.timeout, process.pid))
-            hwm = _status_kb(process.pid, "VmHWM") / 1024
+            yield url, process
         finally:
             stop_server(process)
+
+
+def concurrent_main(args: argparse.Namespace) -> int:
+    images = pick_images(args.sessions)
+    expected = expected_probabilities(images, args.model)
+    with running_server(args) as (url, process):
+        with RssSampler(process.pid) as sampler:
+            records, started, idle = asyncio.run(run_concurrent(url, images, args.timeout, process.pid))
+        hwm = _status_kb(process.pid, "VmHWM") / 1024
 
     ok = [r for r in records if r["error"] is None]
     own_ok = 0
@@ -333,17 +343,9 @@ async def run_memory(url: str, images: list[Path], pid: int, budget_s: float, ti
 
 def memory_main(args: argparse.Namespace) -> int:
     images = pick_images(args.explanations, offset=args.sessions_offset)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "server.log"
-        process = start_server(log, port, server_env(args))
-        try:
-            wait_healthy(url, process, log, 180)
-            curve = asyncio.run(run_memory(url, images, process.pid, args.budget, args.timeout))
-            hwm = _status_kb(process.pid, "VmHWM") / 1024
-        finally:
-            stop_server(process)
+    with running_server(args) as (url, process):
+        curve = asyncio.run(run_memory(url, images, process.pid, args.budget, args.timeout))
+        hwm = _status_kb(process.pid, "VmHWM") / 1024
     done = [c for c in curve[1:]]
     errors = [c for c in done if c["error"]]
     print(f"\nload_app memory: {len(done)} consecutive explanations (different images), model {args.model}, "
