@@ -193,25 +193,33 @@ def prediction_figure(
     return fig
 
 
-def source_metrics_figure(split_metrics: Mapping[str, object], split: str = "test") -> go.Figure | None:
+def source_metrics_figure(
+    split_metrics: Mapping[str, object], split: str = "test", cross_source: Mapping[str, object] | None = None,
+) -> go.Figure | None:
     """Sensitivity and specificity on one split, overall and per data source, as grouped bars.
 
     ``split_metrics`` is a card's ``metrics[split]`` (``sensitivity``, ``specificity``, ``n`` and an optional
-    ``per_source`` mapping of the same). A source holding one class has only one of the two rates; the
-    other is left out, not drawn as zero. None when the card records neither rate.
+    ``per_source`` mapping of the same). ``cross_source``: the card's cross-source checks (per held-out
+    source, ``all_splits`` rates of a model retrained without that source): one more row each, the honest
+    estimate for a hospital the model has never seen. A source holding one class has only one of the two
+    rates; the other is left out, not drawn as zero. None when the card records neither rate.
     """
     groups: dict[str, Mapping] = {f"all {split} (n={split_metrics.get('n', '?')})": split_metrics}
     per_source = split_metrics.get("per_source")
     if isinstance(per_source, Mapping):
         groups.update({f"{name} (n={m.get('n', '?')})": m for name, m in per_source.items() if isinstance(m, Mapping)})
+    for name, check in (cross_source or {}).items():
+        rates = check.get("all_splits") if isinstance(check, Mapping) else None
+        if isinstance(rates, Mapping):
+            groups[f"{name}, never seen in training (n={rates.get('n', '?')})"] = rates
     traces = []
     for rate, color in (("sensitivity", "#e4572e"), ("specificity", "#4c9be8")):
         names = [g for g, m in groups.items() if isinstance(m.get(rate), int | float)]
         values = [float(groups[g][rate]) for g in names]
         if names:
-            traces.append(go.Bar(
+            traces.append(go.Bar(  # values outside the bars: a rate of 0 (a source's failure) stays readable
                 x=values, y=names, name=rate, orientation="h", marker_color=color,
-                text=[f"{v:.2f}" for v in values], textposition="auto",
+                text=[f"{rate[:4]}. {v:.2f}" for v in values], textposition="outside", cliponaxis=False,
                 hovertemplate=f"%{{y}}<br>{rate} %{{x:.3f}}<extra></extra>",
             ))
     if not traces:
@@ -219,7 +227,10 @@ def source_metrics_figure(split_metrics: Mapping[str, object], split: str = "tes
     fig = go.Figure(traces)
     fig.update_layout(
         barmode="group", height=80 + 46 * len(groups), margin={"l": 8, "r": 8, "t": 8, "b": 8},
-        xaxis={"range": [0, 1], "title": f"rate on the {split} split at the card's threshold"},
-        yaxis={"autorange": "reversed"}, legend={"orientation": "h", "y": -0.25},
+        xaxis={"range": [0, 1.15], "tickvals": [0, 0.2, 0.4, 0.6, 0.8, 1.0],
+               "title": "rate at the threshold chosen on val"},
+        # rows in reading order: overall, each source, then the sources never seen in training
+        yaxis={"categoryorder": "array", "categoryarray": list(groups), "autorange": "reversed"},
+        legend={"orientation": "h", "y": -0.25},
     )
     return fig

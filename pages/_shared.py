@@ -405,7 +405,8 @@ def ood_banner(image_sha: str, model: ActiveModel, result: PipelineResult) -> No
 
 # ------------------------------------------------------------------------------------- model record
 def held_out_performance(model: ActiveModel, key: str) -> bool:
-    """The model's test-split sensitivity and specificity, overall and per data source, as a chart.
+    """The model's test-split sensitivity and specificity, overall and per data source, and on each source
+    left out of training in the card's cross-source checks, as a chart.
 
     Shown before a radiograph is chosen so a reader meets the model's record (and the sources it fails on)
     first. False when the card records no test rates (e.g. a user's model without metrics).
@@ -414,7 +415,9 @@ def held_out_performance(model: ActiveModel, key: str) -> bool:
 
     metrics = getattr(model.card, "metrics", None) or {}
     test = metrics.get("test") if isinstance(metrics, Mapping) else None
-    fig = source_metrics_figure(test) if isinstance(test, Mapping) else None
+    cross = getattr(model.card, "cross_source", None)
+    fig = source_metrics_figure(test, cross_source=cross if isinstance(cross, Mapping) else None) \
+        if isinstance(test, Mapping) else None
     if fig is None:
         return False
     st.plotly_chart(fig, key=key, config={"displayModeBar": False})

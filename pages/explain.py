@@ -450,8 +450,10 @@ def main() -> None:
         st.info("Upload a radiograph or pick a bundled sample in the sidebar.", icon=":material/upload_file:")
         st.subheader(f"How {model.card.name} did on held-out radiographs")
         if held_out_performance(model, key="landing_performance"):
-            st.caption("Rates at the card's threshold, per source hospital or collection. Sources with one "
-                       "class have one rate. See the Model page for the full card and its known confound.")
+            st.caption("Rates at the card's threshold, per source hospital or collection; “never seen in "
+                       "training” rows come from a model retrained without that source, the honest estimate "
+                       "for a new hospital. Sources with one class have one rate. See the Model page for the "
+                       "full card and its known confound.")
         else:
             st.caption("This model's card records no test metrics.")
         return

@@ -167,6 +167,12 @@ def test_starts_with_disclaimer_and_model_page_renders_the_card() -> None:
         for rate in expected:
             if m.get(rate) is not None:
                 expected[rate][f"{source} (n={m['n']})"] = m[rate]
+    for source, check in card.cross_source.items():  # sources left out of training: the new-hospital estimate
+        m = check["all_splits"]
+        for rate in expected:
+            if m.get(rate) is not None:
+                expected[rate][f"{source}, never seen in training (n={m['n']})"] = m[rate]
+    assert "COVID-CXNet (multi-source), never seen in training (n=840)" in expected["sensitivity"]
     assert {t["name"]: dict(zip(t["y"], t["x"], strict=True)) for t in landing["data"]} == expected
     run(at.switch_page("pages/model.py"))
     assert disclaimer_shown(at)
@@ -396,8 +402,11 @@ def test_held_out_chart_draws_recorded_rates_only() -> None:
     from pages._panel import source_metrics_figure
 
     fig = source_metrics_figure({"n": 10, "sensitivity": 0.5, "specificity": None,
-                                 "per_source": {"A": {"n": 3, "specificity": 0.0}, "B": {"n": 2}}})
+                                 "per_source": {"A": {"n": 3, "specificity": 0.0}, "B": {"n": 2}}},
+                                cross_source={"C": {"all_splits": {"n": 7, "sensitivity": 0.25}}, "D": {}})
     bars = {t.name: dict(zip(t.y, t.x, strict=True)) for t in fig.data}
     # A rate of 0.0 is a result (all negatives called positive) and is drawn; a missing rate is not.
-    assert bars == {"sensitivity": {"all test (n=10)": 0.5}, "specificity": {"A (n=3)": 0.0}}
+    assert bars == {"sensitivity": {"all test (n=10)": 0.5, "C, never seen in training (n=7)": 0.25},
+                    "specificity": {"A (n=3)": 0.0}}
+    assert "spec. 0.00" in fig.data[1].text  # written out, since a zero bar has no length
     assert source_metrics_figure({"n": 5, "per_source": {"A": {"n": 5}}}) is None
