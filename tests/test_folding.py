@@ -162,3 +162,6 @@ def test_nothing_under_an_unknown_wrapper_is_folded_and_plain_attributes_invalid
     key = state_key(model)
     model.layer4[1].relu = nn.ReLU()  # a module without parameters replaced
     assert state_key(model) != key
+    key = state_key(model)
+    model.layer4[1].conv2.padding = (2, 2)  # a tuple attribute
+    assert state_key(model) != key

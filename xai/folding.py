@@ -162,15 +162,26 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
 _SIMPLE = (bool, int, float, str, type(None))
 
 
+def _plain_value(value: object) -> object:
+    """A module attribute as a comparable value (flags, numbers, strings and tuples/lists of them, such
+    as a convolution's stride or padding), or ``NotImplemented`` for anything else (tensors, modules…)."""
+    if type(value) in _SIMPLE:
+        return value
+    if type(value) in (tuple, list) and all(type(v) in _SIMPLE for v in value):
+        return tuple(value)
+    return NotImplemented
+
+
 def state_key(model: nn.Module) -> tuple:
     """Changes whenever a folded copy of ``model`` would be stale: a parameter or buffer replaced or
     modified in place (identity, storage, autograd version counter), a module replaced, a mode switched,
-    or a plain attribute (flag, number, string) of any module changed."""
+    or a plain attribute (flag, number, string, stride, padding…) of any module changed."""
     tensors = itertools.chain(model.parameters(), model.buffers())
-    return (
-        tuple((id(t), t.data_ptr(), t._version) for t in tensors),
-        tuple((id(m), tuple((k, v) for k, v in vars(m).items() if type(v) in _SIMPLE)) for m in model.modules()),
+    plain = (
+        (id(m), tuple((k, v) for k, v in ((k, _plain_value(v)) for k, v in vars(m).items()) if v is not NotImplemented))
+        for m in model.modules()
     )
+    return tuple((id(t), t.data_ptr(), t._version) for t in tensors), tuple(plain)
 
 
 class FoldedModelCache:
