@@ -159,17 +159,21 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-_SIMPLE = (bool, int, float, str, type(None))
+_SIMPLE = frozenset({bool, int, float, str, type(None)})
 
 
-def _plain_value(value: object) -> object:
-    """A module attribute as a comparable value (flags, numbers, strings and tuples/lists of them, such
-    as a convolution's stride or padding), or ``NotImplemented`` for anything else (tensors, modules…)."""
-    if type(value) in _SIMPLE:
-        return value
-    if type(value) in (tuple, list) and all(type(v) in _SIMPLE for v in value):
-        return tuple(value)
-    return NotImplemented
+def _plain_attributes(module: nn.Module) -> tuple:
+    """The module's plain attributes as comparable pairs: flags, numbers, strings and tuples/lists of them
+    (a convolution's stride or padding); tensors, modules and hook dictionaries are left to the rest of
+    :func:`state_key`."""
+    items = []
+    for name, value in vars(module).items():
+        kind = type(value)
+        if kind in _SIMPLE:
+            items.append((name, value))
+        elif (kind is tuple or kind is list) and all(type(v) in _SIMPLE for v in value):
+            items.append((name, tuple(value)))
+    return tuple(items)
 
 
 def state_key(model: nn.Module) -> tuple:
@@ -177,11 +181,10 @@ def state_key(model: nn.Module) -> tuple:
     modified in place (identity, storage, autograd version counter), a module replaced, a mode switched,
     or a plain attribute (flag, number, string, stride, padding…) of any module changed."""
     tensors = itertools.chain(model.parameters(), model.buffers())
-    plain = (
-        (id(m), tuple((k, v) for k, v in ((k, _plain_value(v)) for k, v in vars(m).items()) if v is not NotImplemented))
-        for m in model.modules()
+    return (
+        tuple((id(t), t.data_ptr(), t._version) for t in tensors),
+        tuple((id(m), _plain_attributes(m)) for m in model.modules()),
     )
-    return tuple((id(t), t.data_ptr(), t._version) for t in tensors), tuple(plain)
 
 
 class FoldedModelCache:
