@@ -61,15 +61,19 @@ def ensure_routed() -> None:
 
     Streamlit treats an app with a ``pages/`` folder as a legacy multipage app until the entry script has
     called ``st.navigation`` once in the process: the FIRST request of a fresh server to a deep link such
-    as ``/model`` runs ``pages/model.py`` alone, skipping ``app.py`` and its password gate. Every page
-    calls this first (``active_model`` does too): in that legacy run it shows the disclaimer and applies
-    the gate itself (stopping the run when locked), and switches the legacy mode off as ``st.navigation``
-    does, so the next run goes through ``app.py``. (Re-running instead would drop a button click.)
+    as ``/model`` runs ``pages/model.py`` alone, skipping ``app.py`` and its password gate (and showing
+    Streamlit's own page list, helper modules included). Every page calls this first (``active_model``
+    does too). In that legacy run it switches the legacy mode off as ``st.navigation`` does; then a new
+    session (nothing in its state yet, so no click to lose) simply reruns, now through ``app.py``; a run
+    that may carry a widget event instead shows the disclaimer and applies the gate itself (stopping the
+    run when locked), and the next run goes through ``app.py``.
     """
     from streamlit.runtime.pages_manager import PagesManager
 
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
+        if not st.session_state:
+            st.rerun()
         disclaimer()
         if not access_gate():
             st.stop()

@@ -238,3 +238,25 @@ def test_upload_shows_four_overlays_then_bad_upload_keeps_them(server, browser, 
             assert a.shape == b.shape and np.abs(a - b).mean() < 1.0
     finally:
         context.close()
+
+
+def test_a_deep_link_on_a_fresh_server_gets_the_apps_own_pages(browser, tmp_path):
+    """The first request of a fresh server opening /model: Streamlit's legacy pages/ mode would show its
+    own page list (helper modules included) and skip app.py's layout; the app's navigation must show."""
+    log, port = tmp_path / "server.log", free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_server(log, port)
+    context = browser.new_context(viewport={"width": 1600, "height": 1100})
+    try:
+        wait_healthy(url, process, log, SERVER_START_S)
+        page = context.new_page()
+        page.goto(f"{url}/model", wait_until="domcontentloaded")
+        page.wait_for_selector(".st-key-card_performance .js-plotly-plot", state="visible",
+                               timeout=SERVER_START_S * 1000)
+        links = page.locator('[data-testid="stSidebarNavLink"]').all_inner_texts()
+        assert [text.split("\n")[-1].strip() for text in links] == ["Explain", "Model", "Trust", "Batch"]
+        assert page.get_by_text("Research and teaching use — not for diagnosis").first.is_visible()
+        assert error_texts(page) == []
+    finally:
+        context.close()
+        stop_server(process)
