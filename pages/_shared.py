@@ -386,10 +386,12 @@ def display_magnitudes(
 # ------------------------------------------------------------------------------ out-of-distribution
 @st.cache_resource(max_entries=EXPLANATION_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
 def ood_verdict(image_sha: str, model_id: str, _result: PipelineResult, _model: ActiveModel) -> Any:
-    """:func:`xai.trust.ood.score` of one explained image, cached so display changes cost nothing."""
+    """:func:`xai.trust.ood.score` of one explained image, cached so display changes cost nothing; the
+    features come from the explanation's own forward pass (no second pass)."""
     from xai.trust import ood
 
-    return ood.score(_model.loaded, _result.input_tensor, radiograph=_result.radiograph)
+    return ood.score(_model.loaded, _result.input_tensor, radiograph=_result.radiograph,
+                     features=_result.explanation.features)
 
 
 def ood_banner(image_sha: str, model: ActiveModel, result: PipelineResult) -> None:

@@ -222,3 +222,27 @@ def test_non_chest_images_and_lateral_header_rank_above_chest_pa_films(default_m
     lateral = SimpleNamespace(metadata={"view_position": "LL"}, patient={})
     flagged = ood.score(default_model, prepare(_landscape(), pre)[0], radiograph=lateral)
     assert any("lateral" in w for w in flagged.warnings)
+
+
+def test_the_explanations_own_forward_pass_gives_the_ood_features(default_model, chestcovnet_dir: Path) -> None:  # noqa: ANN001
+    """The engine records the last linear layer's input in its forward pass (on the folded copy): the same
+    features as a separate no-grad pass, and so the same verdict, without running the model twice."""
+    from xai.pipeline import explain_source, make_explainer
+
+    explainer = make_explainer(default_model)
+    for name in ("mhh_a4318ac9.jpg", sorted(p.name for p in (chestcovnet_dir / "images").glob("nih_*"))[0]):
+        result = explain_source(chestcovnet_dir / "images" / name, default_model, explainer=explainer)
+        separate, _ = ood.extract_features(default_model, result.input_tensor)
+        ours = result.explanation.features
+        assert ours.shape == separate.shape == (1, 1280) and not ours.flags.writeable
+        np.testing.assert_allclose(ours, separate, rtol=1e-4, atol=1e-5 * np.abs(separate).max())
+        reused = ood.score(default_model, result.input_tensor, radiograph=result.radiograph, features=ours)
+        again = ood.score(default_model, result.input_tensor, radiograph=result.radiograph)
+        assert reused.score == pytest.approx(again.score, rel=1e-4) and reused.warnings == again.warnings
+
+
+def test_a_model_without_a_linear_layer_has_no_features() -> None:
+    from xai import Explainer
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    assert Explainer(model, target_layer="1").explain(torch.randn(1, 3, 16, 16)).features is None

@@ -558,7 +558,7 @@ def _ood(result: PipelineResult, model: LoadedModel) -> dict[str, Any]:
 
     from xai.trust.ood import ood_report
 
-    return asdict(ood_report(model, result.input_tensor, result.radiograph))
+    return asdict(ood_report(model, result.input_tensor, result.radiograph, features=result.explanation.features))
 
 
 def _stability(result: PipelineResult, model: LoadedModel) -> dict[str, dict[str, float]]:

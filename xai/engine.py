@@ -62,7 +62,7 @@ from torch import nn
 
 from xai.folding import FoldedModelCache
 from xai.guided import GraphReport, GuidedState, guide_graph
-from xai.layers import TargetLayer, default_target_name, find_last_spatial_layer, resolve_module
+from xai.layers import TargetLayer, default_target_name, find_last_spatial_layer, last_linear, resolve_module
 
 __all__ = [
     "METHODS",
@@ -100,6 +100,9 @@ class Explanation:
         timings: milliseconds per stage: ``forward``, ``backward``, ``cams``, ``guided``, ``total``.
         versions: library versions that produced the result (``torch``, ``xai``, ``numpy``).
         notes: human-readable remarks (e.g. guided backprop through SiLU equals the plain gradient).
+        features: ``(N, D)`` float32, the input of the model's last ``nn.Linear`` in this same forward
+            pass (the penultimate features the out-of-distribution check uses, so it needs no second
+            pass); ``None`` when the model has no ``nn.Linear``.
     """
 
     logits: np.ndarray
@@ -112,6 +115,7 @@ class Explanation:
     timings: dict[str, float]
     versions: dict[str, str]
     notes: tuple[str, ...] = ()
+    features: np.ndarray | None = None
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -240,6 +244,14 @@ def _buffers_restored(model: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for buffer, value in saved:
                 buffer.copy_(value)
+
+
+def _last_linear_of(model: nn.Module) -> nn.Module | None:
+    """The model's last ``nn.Linear`` (its input: the penultimate features), or None when it has none."""
+    try:
+        return last_linear(model)[1]
+    except ValueError:
+        return None
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -465,7 +477,8 @@ class Explainer:
                 leaf = leaf.clone()
             leaf.requires_grad_(True)
             runner, runner_layer = self._runner(module, layer_name)
-            logits, captured, calls = self._forward(runner, leaf.clone(), runner_layer)
+            logits, captured, calls, features = self._forward(runner, leaf.clone(), runner_layer,
+                                                              _last_linear_of(runner))
             clock.lap("forward")
 
             logits = self._check_logits(logits, x.shape[0])
@@ -536,6 +549,7 @@ class Explainer:
             timings={},
             versions=_versions(),
             notes=tuple(notes),
+            features=None if features is None else _read_only(features.flatten(1), np.dtype(np.float32)),
         )
         explanation.timings.update(clock.total())
         return explanation
@@ -550,23 +564,34 @@ class Explainer:
         return folded, folded.get_submodule(layer_name)
 
     @staticmethod
-    def _forward(model: nn.Module, model_input: torch.Tensor, module: nn.Module) -> tuple[Any, Any, int]:
-        """One forward pass of ``model`` with the target layer's output captured (calling thread only)."""
+    def _forward(
+        model: nn.Module, model_input: torch.Tensor, module: nn.Module, linear: nn.Module | None
+    ) -> tuple[Any, Any, int, torch.Tensor | None]:
+        """One forward pass of ``model`` with the target layer's output and the input of ``linear`` (the
+        last ``nn.Linear``: the penultimate features) captured, for the calling thread only."""
         thread_id = threading.get_ident()
         captured: list[Any] = []
+        features: list[torch.Tensor] = []
 
         def capture(_module: nn.Module, _inputs: Any, output: Any) -> None:
             if threading.get_ident() != thread_id:
                 return  # another thread (e.g. plain inference) running the shared model
             captured.append(output)
 
+        def capture_features(_module: nn.Module, inputs: tuple[Any, ...]) -> None:
+            if threading.get_ident() == thread_id and inputs and isinstance(inputs[0], torch.Tensor):
+                features.append(inputs[0].detach())
+
         with model_lock(model):
-            handle = module.register_forward_hook(capture)
+            handles = [module.register_forward_hook(capture)]
             try:
+                if linear is not None:
+                    handles.append(linear.register_forward_pre_hook(capture_features))
                 logits = model(model_input)
             finally:
-                handle.remove()
-        return logits, (captured[-1] if captured else None), len(captured)
+                for handle in handles:
+                    handle.remove()
+        return logits, (captured[-1] if captured else None), len(captured), (features[-1] if features else None)
 
     @staticmethod
     def _check_logits(logits: Any, n: int) -> torch.Tensor:

@@ -71,6 +71,16 @@ def _valid_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
+def last_linear(model: nn.Module) -> tuple[str, nn.Module]:
+    """``(dotted name, module)`` of the model's last ``nn.Linear`` in module order: the classifier whose
+    input is the penultimate feature vector (used by the out-of-distribution check). ``ValueError`` when
+    the model has none."""
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer whose input could serve as features")
+    return found[-1]
+
+
 def resolve_module(model: nn.Module, spec: nn.Module | str) -> tuple[nn.Module, str]:
     """``(module, dotted name)`` for a module object or a dotted name; ``ValueError`` when not in ``model``."""
     if isinstance(spec, nn.Module):

@@ -19,7 +19,9 @@ The distance is calibrated on the ``val`` split: ``percentile`` = share of val i
 
 The features are captured by a forward pre-hook on the last linear layer that exists only during our
 forward pass (removed in ``finally``) and records only the calling thread, so concurrent sessions sharing
-the model never see it.
+the model never see it. The engine captures the same input in an explanation's own forward pass
+(:attr:`xai.engine.Explanation.features`); the app and the batch report pass it to :func:`score`, so the
+check costs no second pass.
 
 Header hints (from :attr:`Radiograph.metadata`, and the patient's age — identifying data used only to
 warn, never echoed): lateral view, body part other than chest, a modality that is not a projection
@@ -45,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from xai.layers import last_linear
 from xai.trust._common import Progress, report, unpack_model
 
 __all__ = [
@@ -151,19 +154,12 @@ def fit_gaussian(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
     return means, lw.precision_, float(lw.shrinkage_)
 
 
-def _last_linear(module: nn.Module) -> tuple[str, nn.Module]:
-    found = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear)]
-    if not found:
-        raise ValueError(f"{type(module).__name__} has no nn.Linear layer whose input could serve as features")
-    return found[-1]
-
-
 def extract_features(model: Any, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(penultimate features (N, D), logits (N, C)) for a prepared batch, without gradients.
 
     The pre-hook on the last linear layer lives only for this call and ignores other threads."""
     module, _layer, _card = unpack_model(model)
-    _name, linear = _last_linear(module)
+    _name, linear = last_linear(module)
     me = threading.get_ident()
     captured: list[torch.Tensor] = []
 
@@ -303,17 +299,22 @@ def header_hints(radiograph: Any) -> tuple[str, ...]:
     return tuple(hints)
 
 
-def score(model: Any, x: torch.Tensor, stats: OODStats | None = None, *, radiograph: Any = None) -> OODResult:
+def score(
+    model: Any, x: torch.Tensor, stats: OODStats | None = None, *, radiograph: Any = None,
+    features: np.ndarray | None = None,
+) -> OODResult:
     """Out-of-distribution verdict for one prepared input ``x`` (1, C, H, W) of ``model`` (a LoadedModel).
 
     ``stats`` defaults to the bundle's shipped statistics (None when absent or fitted for other weights:
-    then only header hints are given). ``radiograph`` (optional) adds the header hints."""
+    then only header hints are given). ``radiograph`` (optional) adds the header hints. ``features``: the
+    penultimate features of ``x`` when already computed (the engine records them in the explanation's own
+    forward pass, :attr:`xai.engine.Explanation.features`); otherwise a forward pass computes them."""
     hints = header_hints(radiograph) if radiograph is not None else ()
     stats = stats if stats is not None else stats_for(model)
     if stats is None:
         note = "No out-of-distribution statistics for this model; only header hints are checked."
         return OODResult(None, None, None, bool(hints), (*hints, note) if hints else (), hints)
-    feats, _ = extract_features(model, x)
+    feats = np.atleast_2d(np.asarray(features, dtype=np.float32)) if features is not None else extract_features(model, x)[0]
     if feats.shape[1] != stats.means.shape[1]:
         raise ValueError(f"feature size {feats.shape[1]} does not match the statistics ({stats.means.shape[1]})")
     distance = float(mahalanobis(transform_features(feats[:1], stats.transform), stats.means, stats.precision)[0])
@@ -328,9 +329,9 @@ def score(model: Any, x: torch.Tensor, stats: OODStats | None = None, *, radiogr
     return OODResult(distance, pct, threshold, bool(warnings or hints), (*warnings, *hints), hints)
 
 
-def ood_report(model: Any, x: torch.Tensor, radiograph: Any = None) -> OODResult:
+def ood_report(model: Any, x: torch.Tensor, radiograph: Any = None, features: np.ndarray | None = None) -> OODResult:
     """Same as :func:`score` with the bundle's statistics (the batch report's entry point)."""
-    return score(model, x, radiograph=radiograph)
+    return score(model, x, radiograph=radiograph, features=features)
 
 
 def _features_of_split(model: Any, data_dir: Path, records: Sequence[Any], batch_size: int,
@@ -372,7 +373,7 @@ def fit_ood(model: Any, card: Any = None, data_dir: str | Path = "../shared/data
     means, precision, shrinkage = fit_gaussian(f_train, np.array([r.label for r in train]))
     f_val = transform_features(_features_of_split(model, data_dir, val, batch_size, tick), transform)
     val_d = np.sort(mahalanobis(f_val, means, precision))
-    layer, _ = _last_linear(unpack_model(model)[0])
+    layer, _ = last_linear(unpack_model(model)[0])
     return OODStats(
         means=means.astype(np.float32),
         precision=precision.astype(np.float32),
