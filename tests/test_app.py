@@ -410,3 +410,12 @@ def test_held_out_chart_draws_recorded_rates_only() -> None:
                     "specificity": {"A (n=3)": 0.0}}
     assert "spec. 0.00" in fig.data[1].text  # written out, since a zero bar has no length
     assert source_metrics_figure({"n": 5, "per_source": {"A": {"n": 5}}}) is None
+
+
+def test_the_start_up_heap_is_kept_out_of_full_garbage_collections() -> None:
+    """Full collections re-scanning the start-up heap (torch, plotly, the model) stalled every session for
+    100-200 ms at a time; the server freezes that heap once the model is loaded and warmed."""
+    import gc
+
+    new_app()
+    assert gc.get_freeze_count() > 100_000
