@@ -201,8 +201,7 @@ def default_model() -> ActiveModel:
     # One explanation of a blank input builds the CPU kernels now, so the first user does not wait for it.
     spec = loaded.card.preprocessing
     blank = torch.zeros(1, spec.channels, spec.input_size, spec.input_size)
-    loaded.explainer.explain(blank)
-    warm_up_display(loaded, blank)
+    warm_up_display(loaded, blank, loaded.explainer.explain(blank).features)
     # Everything allocated so far (modules, the model, torch and plotly internals) lives as long as the
     # server: keep it out of the cyclic garbage collector's full passes, which otherwise stall every
     # session for 100-200 ms now and then (measured) while re-scanning that heap.
@@ -211,11 +210,12 @@ def default_model() -> ActiveModel:
     return loaded
 
 
-def warm_up_display(model: ActiveModel, blank: Any) -> None:
+def warm_up_display(model: ActiveModel, blank: Any, features: Any) -> None:
     """Pay the first-use costs of the result page at start-up instead of on the first upload (~0.3 s).
 
-    The colour tables (a matplotlib import), plotly's figure validators and the OOD feature pass are
-    each slow only the first time they run in a process.
+    The colour tables (a matplotlib import), plotly's figure validators and the OOD statistics (read
+    from the bundle) are each slow only the first time they are used in a process. ``features``: the
+    blank input's features from the warm-up explanation, so the OOD warm-up needs no forward pass.
     """
     import numpy as np
 
@@ -229,7 +229,7 @@ def warm_up_display(model: ActiveModel, blank: Any) -> None:
                  colorscale=render.plotly_colorscale())
     prediction_figure({"a": 0.5, "b": 0.5}, threshold=0.5, positive_class="b", decision="b")
     with contextlib.suppress(ValueError, RuntimeError):  # statistics that do not fit: the page says so later
-        ood.score(model.loaded, blank)
+        ood.score(model.loaded, blank, features=features)
 
 
 def active_model() -> ActiveModel:

@@ -483,8 +483,8 @@ def main() -> None:
     if show_patient:
         patient_section(image)
     panel_section(image, result, model, show_patient)
-    # The out-of-distribution check is a second forward pass: the overlays go out first and its verdict
-    # fills the slot above them a moment later (cached, so display changes never wait for it).
+    # The overlays go out first; the out-of-distribution verdict (Mahalanobis distance of the features the
+    # explanation already recorded) fills the slot above them a moment later, cached like the maps.
     with ood_slot:
         ood_banner(image.sha256, model, result)
 
