@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,12 +34,14 @@ import streamlit as st
 # One home for the disclaimer and the methods' display names: the export module prints them on every file.
 from xai.export import DISCLAIMER
 from xai.export import METHOD_TITLES as METHOD_LABELS
+from xai.radiograph import RadiographError
 
 if TYPE_CHECKING:
     from models import LoadedModel
     from xai.engine import Explainer
     from xai.pipeline import PipelineResult
     from xai.radiograph import Radiograph
+    from xai.render import DisplaySettings, Layers, View
 
 APP_DIR = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = APP_DIR / "samples"
@@ -54,6 +56,91 @@ WRONG_PASSWORD_DELAY_S = 1.0
 
 def method_label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
+
+
+# ------------------------------------------------------------------------------------ session state
+class Key:
+    """Every ``st.session_state`` key the app's own state uses (widget keys live next to their widget).
+
+    Read and write them through the typed accessors below, never as bare strings in a page.
+    """
+
+    ACCESS_GRANTED = "_access_granted"
+    IMAGE = "image"  # LoadedImage: the radiograph every page looks at
+    LOAD_ERROR = "load_error"  # str: why the last chosen file could not be read
+    SEEN_INPUTS = "_seen_inputs"  # {uploader/selectbox key: the choice already loaded}
+    USER_MODEL = "user_model"  # ActiveModel loaded on the Model page (this session only)
+    PREDICTED = "_predicted"  # {(image sha, model key): predicted class name}
+    STORES = "_stores"  # {name: dict}: per-page result stores (e.g. the Trust page's checks)
+
+
+def _state() -> Any:
+    return st.session_state
+
+
+def access_granted() -> bool:
+    return bool(_state().get(Key.ACCESS_GRANTED, False))
+
+
+def grant_access() -> None:
+    _state()[Key.ACCESS_GRANTED] = True
+
+
+def current_image() -> LoadedImage | None:
+    """The radiograph this session looks at (shared by every page), or None."""
+    image = _state().get(Key.IMAGE)
+    return image if isinstance(image, LoadedImage) else None
+
+
+def set_image(image: LoadedImage) -> None:
+    _state()[Key.IMAGE] = image
+    set_load_error(None)
+
+
+def load_error() -> str | None:
+    return _state().get(Key.LOAD_ERROR)
+
+
+def set_load_error(message: str | None) -> None:
+    if message is None:
+        _state().pop(Key.LOAD_ERROR, None)
+    else:
+        _state()[Key.LOAD_ERROR] = message
+
+
+def user_model() -> ActiveModel | None:
+    """The model this session loaded on the Model page, or None (the bundled model is used)."""
+    chosen = _state().get(Key.USER_MODEL)
+    return chosen if isinstance(chosen, ActiveModel) else None
+
+
+def set_user_model(model: ActiveModel | None) -> None:
+    if model is None:
+        _state().pop(Key.USER_MODEL, None)
+    else:
+        _state()[Key.USER_MODEL] = model
+
+
+def predicted_class(image_sha: str, model_key: str) -> str | None:
+    """The class the model predicted for this image, once it has been explained in this session."""
+    return _state().get(Key.PREDICTED, {}).get((image_sha, model_key))
+
+
+def remember_predicted(image_sha: str, model_key: str, name: str) -> None:
+    _state().setdefault(Key.PREDICTED, {})[(image_sha, model_key)] = name
+
+
+def page_store(name: str) -> dict[Any, Any]:
+    """A page's own results for this session (created empty on first use)."""
+    return _state().setdefault(Key.STORES, {}).setdefault(name, {})
+
+
+def _seen(widget_key: str) -> Any:
+    return _state().setdefault(Key.SEEN_INPUTS, {}).get(widget_key)
+
+
+def _mark_seen(widget_key: str, value: Any) -> None:
+    _state().setdefault(Key.SEEN_INPUTS, {})[widget_key] = value
 
 
 # ------------------------------------------------------------------------------------ page furniture
@@ -134,7 +221,7 @@ def access_gate() -> bool:
                   args=(provider,) if provider else ())
         return False
     expected = configured_password()
-    if expected is None or st.session_state.get("_access_granted"):
+    if expected is None or access_granted():
         return True
     st.subheader("This app is password protected")
     with st.form("access_form"):
@@ -142,7 +229,7 @@ def access_gate() -> bool:
         submitted = st.form_submit_button("Enter")
     if submitted:
         if password_ok(entered or "", expected):
-            st.session_state["_access_granted"] = True
+            grant_access()
             st.rerun()
         time.sleep(WRONG_PASSWORD_DELAY_S)  # slows scripted guessing; only this session's thread waits
         st.error("Wrong password.")
@@ -235,8 +322,7 @@ def warm_up_display(model: ActiveModel, blank: Any, features: Any) -> None:
 def active_model() -> ActiveModel:
     """This session's model: the one loaded on the Model page, else the shared bundled model."""
     ensure_routed()
-    chosen = st.session_state.get("user_model")
-    return chosen if isinstance(chosen, ActiveModel) else default_model()
+    return user_model() or default_model()
 
 
 def require_model() -> ActiveModel:
@@ -312,6 +398,53 @@ def load_sample(file_name: str) -> LoadedImage:
     return load_bytes(data, label=file_name, source="sample")
 
 
+NO_SAMPLE = "—"
+
+
+def load_input(*, prefix: str = "", container: Any = None) -> LoadedImage | None:
+    """The uploader and the sample picker, and the session's radiograph — one helper for every page.
+
+    Draws the two widgets (keys ``{prefix}upload`` and ``{prefix}sample``) in ``container`` (e.g.
+    ``st.sidebar``; default: where the page is drawing), loads what the user has just chosen (a new upload
+    or another sample) as :func:`current_image` for every page, and returns the current image. A file
+    that cannot be read leaves the previous image in place and shows a message naming the problem.
+    """
+    samples = list_samples()
+    with container if container is not None else contextlib.nullcontext():
+        upload = st.file_uploader(
+            "Upload a radiograph", key=f"{prefix}upload",
+            help="DICOM, PNG, JPEG, TIFF, BMP or WEBP — recognised from the file's content, not its name.",
+        )
+        sample = st.selectbox("…or a bundled sample", [NO_SAMPLE, *samples], key=f"{prefix}sample")
+    _ingest(upload, f"{prefix}upload", sample, f"{prefix}sample", samples)
+    image = current_image()
+    if message := load_error():
+        st.error(message + (" The previous image is still shown." if image is not None else ""))
+    return image
+
+
+def _ingest(upload: Any, upload_key: str, sample: str, sample_key: str, samples: dict[str, str]) -> None:
+    """Load a new choice of either widget into :func:`current_image` (errors go to :func:`load_error`)."""
+    if upload is not None and upload.file_id != _seen(upload_key):
+        _mark_seen(upload_key, upload.file_id)
+        try:
+            set_image(load_bytes(upload.getvalue(), label=upload.name, source="upload"))
+        except RadiographError as exc:
+            set_load_error(f"Could not read “{upload.name}”: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a bad file must never take the page down
+            set_load_error(f"Could not read “{upload.name}”: unexpected {type(exc).__name__}.")
+    elif upload is None and _seen(upload_key) is not None:
+        _mark_seen(upload_key, None)
+        set_load_error(None)  # the bad file was removed from the uploader
+    if sample != _seen(sample_key):
+        _mark_seen(sample_key, sample)
+        if sample in samples:
+            try:
+                set_image(replace(load_sample(samples[sample]), label=sample))
+            except (RadiographError, OSError) as exc:
+                set_load_error(f"Could not read the sample “{sample}”: {exc}")
+
+
 # ------------------------------------------------------------------------------------ explanations
 ENGINE_CALLS = 0
 """How many times :func:`run_engine` ran in this process (tests read it to prove caching)."""
@@ -352,41 +485,56 @@ def explain_cached(
     return run_engine(_image.radiograph, _model, target, methods)
 
 
+def explain(image: LoadedImage, model: ActiveModel, target: int | None, methods: tuple[str, ...]) -> PipelineResult:
+    """:func:`explain_cached` for the page's image and model (every page calls this one)."""
+    return explain_cached(image.sha256, model.key, target, methods, image, model)
+
+
+@dataclass(frozen=True)
+class ScreenLayers:
+    """:func:`xai.render.layers` on the screen grid, with the unchanged radiograph already encoded."""
+
+    layers: Layers
+    original_uri: str
+
+
+@dataclass(frozen=True)
+class ResultKey:
+    """What identifies an explained image: content hash, model identity, explained class, methods."""
+
+    image: str
+    model: str
+    target: int
+    methods: tuple[str, ...]
+
+    @classmethod
+    def of(cls, image: LoadedImage, model: ActiveModel, result: PipelineResult) -> ResultKey:
+        return cls(image.sha256, model.key, int(result.target_index), tuple(result.methods))
+
+
 @st.cache_resource(max_entries=DISPLAY_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
-def display_maps(
-    image_sha: str, model_id: str, target: int | None, methods: tuple[str, ...], max_side: int,
-    _result: PipelineResult,
-) -> dict[str, Any]:
-    """Each full-resolution map shrunk for the screen (the downloads use the full-resolution maps)."""
-    from xai.render import downsample_for_display
+def _screen_layers(key: ResultKey, settings: DisplaySettings, _radiograph: Radiograph,
+                   _result: PipelineResult) -> ScreenLayers:
+    from pages._panel import screen_image_uri
+    from xai import render
 
-    return {m: downsample_for_display(_result.maps[m], max_side) for m in methods}
+    prepared = render.layers(_radiograph, _result, settings)
+    return ScreenLayers(prepared, screen_image_uri(prepared.original))
 
 
-def map_magnitude(result: PipelineResult, method: str) -> Any:
-    """The unnormalised map on the model grid, for the fixed scale (same units for every image).
+def screen_view(image: LoadedImage, model: ActiveModel, result: PipelineResult, settings: DisplaySettings) -> tuple[
+        View, str]:
+    """The pure :func:`xai.render.view` of what is on screen, behind the app's one display cache.
 
-    CAMs: the raw ReLU'd map at feature resolution. Guided maps: ``max_c |raw|`` at input resolution —
-    the magnitude the engine's display map is made of, before its per-image percentile scaling.
+    The cache holds the expensive layers, keyed by the explanation's own key and the settings' layer
+    fields (``settings.only("layers")``: windows, scale, size); colour, opacity and contours re-compose
+    those layers (a table lookup and a weighted sum per panel). Returns the view and the original's
+    encoded image.
     """
-    import numpy as np
+    from xai import render
 
-    raw = np.asarray(result.explanation.raw[method][0], dtype=np.float32)
-    return raw if raw.ndim == 2 else np.abs(raw).max(axis=0)
-
-
-@st.cache_resource(max_entries=DISPLAY_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
-def display_magnitudes(
-    image_sha: str, model_id: str, target: int | None, methods: tuple[str, ...], max_side: int,
-    _result: PipelineResult,
-) -> dict[str, Any]:
-    """:func:`map_magnitude` of each method on the original grid, shrunk for the screen."""
-    from xai.render import downsample_for_display
-
-    return {
-        m: downsample_for_display(_result.geometry.to_original(map_magnitude(_result, m)), max_side)
-        for m in methods
-    }
+    screen = _screen_layers(ResultKey.of(image, model, result), settings.only("layers"), image.radiograph, result)
+    return render.compose(screen.layers, settings), screen.original_uri
 
 
 # ------------------------------------------------------------------------------ out-of-distribution

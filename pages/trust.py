@@ -7,7 +7,6 @@ each check runs on a button press with a progress bar.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,9 +17,7 @@ from pages._shared import (
     LoadedImage,
     ensure_routed,
     explain_cached,
-    list_samples,
-    load_bytes,
-    load_sample,
+    load_input,
     method_label,
     ood_banner,
     require_model,
@@ -28,7 +25,6 @@ from pages._shared import (
 from xai import render
 from xai.engine import METHODS
 from xai.pipeline import PipelineResult
-from xai.radiograph import RadiographError
 from xai.trust import agreement as agreement_mod
 from xai.trust import faithfulness as faith_mod
 from xai.trust.integrated_gradients import integrated_gradients
@@ -37,7 +33,6 @@ from xai.trust.stability import _load_second, stability
 
 THUMB_SIDE = 320
 IG = "integrated_gradients"
-NO_SAMPLE = "—"
 
 
 def _label(method: str) -> str:
@@ -57,28 +52,7 @@ def _results() -> dict[tuple[Any, ...], Any]:
 
 def pick_image() -> LoadedImage | None:
     """The session's image (shared with the Explain page), or a new upload / sample chosen here."""
-    state = st.session_state
-    samples = list_samples()
-    left, right = st.columns(2)
-    upload = left.file_uploader("Upload a radiograph (PNG, JPEG, DICOM…)", key="trust_upload")
-    sample = right.selectbox("…or a sample", [NO_SAMPLE, *samples], key="trust_sample")
-    if upload is not None and upload.file_id != state.get("_trust_seen_upload"):
-        state["_trust_seen_upload"] = upload.file_id
-        try:
-            state["image"] = load_bytes(upload.getvalue(), label=upload.name, source="upload")
-        except RadiographError as exc:
-            st.error(f"Could not read “{upload.name}”: {exc}")
-        except Exception as exc:  # noqa: BLE001 - a bad file must never take the page down
-            st.error(f"Could not read “{upload.name}”: unexpected {type(exc).__name__}.")
-    if sample != state.get("_trust_seen_sample"):
-        state["_trust_seen_sample"] = sample
-        if sample in samples:
-            try:
-                state["image"] = replace(load_sample(samples[sample]), label=sample)
-            except (RadiographError, OSError) as exc:
-                st.error(f"Could not read the sample “{sample}”: {exc}")
-    image = state.get("image")
-    return image if isinstance(image, LoadedImage) else None
+    return load_input(prefix="trust_")
 
 
 def line_figure(x: list[str] | np.ndarray, series: dict[str, np.ndarray], title: str, ytitle: str,

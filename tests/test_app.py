@@ -273,6 +273,51 @@ def test_sample_gives_four_overlays_and_display_changes_compute_no_map() -> None
     assert all(f"class {other}" in t for t in image_titles(at)[1:])
 
 
+def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_image(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from xai import render
+
+    made: list[render.DisplaySettings] = []
+    layers = render.layers
+
+    def counting_layers(radiograph, result, settings):  # noqa: ANN001, ANN202
+        made.append(settings)
+        return layers(radiograph, result, settings)
+
+    monkeypatch.setattr(render, "layers", counting_layers)
+    loads: list[str] = []
+    load_sample = shared.load_bytes
+
+    def counting_load(data, label, source):  # noqa: ANN001, ANN202
+        loads.append(label)
+        return load_sample(data, label, source)
+
+    monkeypatch.setattr(shared, "load_bytes", counting_load)
+    shared.load_sample.clear()
+    at = new_app()
+    choose_sample(at, "NIH")
+    assert len(made) == 1 and made[0] == render.DisplaySettings()  # the layers' key: defaults but layers
+    at.slider(key="disp_alpha").set_value(0.8)
+    at.selectbox(key="disp_cmap").set_value("cividis")
+    at.toggle(key="disp_contours").set_value(True)
+    run(at)
+    at.select_slider(key="disp_zoom").set_value(3.0)
+    run(at)
+    assert len(made) == 1, "a colour, contour or zoom change rebuilt the layers"
+    at.select_slider(key="disp_side").set_value("1024 px")
+    run(at)
+    assert len(made) == 2 and made[1] == render.DisplaySettings(side=1024)
+    at.select_slider(key="disp_side").set_value("768 px (fast)")
+    run(at)
+    assert len(made) == 2, "the first layers should still be cached"
+    image = at.session_state[shared.Key.IMAGE]
+    assert isinstance(image, shared.LoadedImage) and "NIH" in image.label
+    run(at.switch_page("pages/trust.py"))  # the Trust page shows the same radiograph, loaded once
+    assert at.session_state[shared.Key.IMAGE] is image
+    assert len(loads) == 1
+
+
 def test_png_upload_then_bad_upload_keeps_the_previous_result(
     chestcovnet_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -227,3 +227,80 @@ def test_heat_index_repairs_non_finite_values_and_blend_checks_its_inputs():
         render.blend(rgb, index, alpha=-0.1)
     with pytest.raises(ValueError, match="contour_level"):
         render.blend(rgb, index, contour_level=1.5)
+
+
+# ------------------------------------------------------------------------------------------- the view
+def _toy_view_inputs(h: int = 60, w: int = 90):
+    """A radiograph-like object, and a result whose maps are known, on a (h, w) film."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(11)
+    pixels = rng.random((h, w)).astype(np.float32)
+    radiograph = SimpleNamespace(pixels=pixels, modality_values=pixels * 1000.0, inverted=False,
+                                 voi_function="LINEAR")
+    cam = rng.random((1, 4, 6)).astype(np.float32) * 3.0  # raw CAM at feature resolution, units of 3
+    guided = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)  # signed guided gradient, 3 channels
+
+    def to_original(m):  # the mapping back: a plain resize stands in for the film's geometry
+        return cv2.resize(np.asarray(m, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+
+    maps = {"gradcam": rng.random((h, w)).astype(np.float32), "guided_backprop": rng.random((h, w)).astype(np.float32)}
+    result = SimpleNamespace(maps=maps, explanation=SimpleNamespace(raw={"gradcam": cam, "guided_backprop": guided}),
+                             geometry=SimpleNamespace(to_original=to_original))
+    return radiograph, result, to_original
+
+
+def test_display_settings_are_frozen_hashable_and_keyed_by_stage():
+    import dataclasses
+
+    s = render.DisplaySettings(alpha=0.3, cmap="viridis", side=512, per_row=2, zoom=(2.0, 0.25, 0.5))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.alpha = 0.5  # type: ignore[misc]
+    assert hash(s) == hash(render.DisplaySettings(alpha=0.3, cmap="viridis", side=512, per_row=2,
+                                                  zoom=(2.0, 0.25, 0.5)))
+    layers_key = s.only("layers")
+    assert layers_key == render.DisplaySettings(side=512)  # colour and layout changes share the layers
+    assert s.only("layers", "blend") == render.DisplaySettings(side=512, alpha=0.3, cmap="viridis")
+    assert {s, render.DisplaySettings(alpha=0.3, cmap="viridis", side=512)} != {s}
+    for bad in ({"cmap": "rainbow"}, {"alpha": 1.5}, {"contour_level": 0.0}, {"scale": "log"}, {"side": 0}):
+        with pytest.raises(ValueError):
+            render.DisplaySettings(**bad)
+
+
+def test_view_at_film_resolution_is_the_overlay_of_each_scaled_map():
+    radiograph, result, to_original = _toy_view_inputs()
+    s = render.DisplaySettings(side=None, alpha=0.6, cmap="magma", contour_level=0.5)
+    shown = render.view(radiograph, result, s)
+    np.testing.assert_array_equal(shown.original, render.gray_to_rgb(radiograph.pixels))
+    for m, heat in result.maps.items():
+        expected = render.overlay(radiograph.pixels, render.scale_map(heat), cmap="magma", alpha=0.6,
+                                  contour_level=0.5)
+        np.testing.assert_array_equal(shown.overlays[m], expected)
+        assert not shown.overlays[m].flags.writeable
+    # The fixed scale: each method's raw magnitude (|guided| maxed over channels) over its own maximum.
+    fixed = render.view(radiograph, result, render.DisplaySettings(side=None, scale="fixed", alpha=1.0,
+                                                                    vmax=(("gradcam", 2.0), ("guided_backprop", 1.5))))
+    cam = np.clip(to_original(result.explanation.raw["gradcam"][0]) / 2.0, 0, 1)
+    guided = np.clip(to_original(np.abs(result.explanation.raw["guided_backprop"][0]).max(axis=0)) / 1.5, 0, 1)
+    np.testing.assert_array_equal(fixed.overlays["gradcam"], render.colorize(cam, "inferno"))
+    np.testing.assert_array_equal(fixed.overlays["guided_backprop"], render.colorize(guided, "inferno"))
+    with pytest.raises(ValueError, match="no maximum"):
+        render.view(radiograph, result, render.DisplaySettings(scale="fixed", vmax=(("gradcam", 1.0),)))
+
+
+def test_view_on_screen_shrinks_then_scales_and_windows_the_modality_values():
+    from xai.radiograph import apply_window
+
+    radiograph, result, _ = _toy_view_inputs(120, 180)
+    s = render.DisplaySettings(side=45, window=(400.0, 300.0))
+    shown = render.view(radiograph, result, s)
+    small = render.downsample_for_display(radiograph.modality_values, 45)
+    assert shown.original.shape == (30, 45, 3)
+    np.testing.assert_array_equal(shown.original, render.gray_to_rgb(apply_window(small, 400.0, 300.0)))
+    heat = render.scale_map(render.downsample_for_display(result.maps["gradcam"], 45))
+    np.testing.assert_array_equal(shown.overlays["gradcam"], render.blend(shown.original, render.heat_index(heat)))
+    # Composing prepared layers again gives the same pixels as a fresh view (the app caches the layers).
+    prepared = render.layers(radiograph, result, s.only("layers"))
+    again = render.compose(prepared, s)
+    for m in result.maps:
+        np.testing.assert_array_equal(again.overlays[m], shown.overlays[m])

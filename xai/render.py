@@ -22,8 +22,11 @@ diagnostic accuracy in a reader study (Borkin et al., IEEE TVCG 2011), so it is 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
-from typing import Literal, TypedDict, Unpack
+from types import MappingProxyType
+from typing import Any, Literal, Protocol, TypedDict, Unpack
 
 import cv2
 import numpy as np
@@ -34,21 +37,29 @@ __all__ = [
     "CONTOUR_COLOR",
     "DEFAULT_ALPHA",
     "DEFAULT_CMAP",
+    "DEFAULT_SIDE",
     "PERCEPTUALLY_UNIFORM",
+    "DisplaySettings",
+    "Layers",
     "OverlayStyle",
     "ScaleMode",
+    "View",
     "blend",
     "colorbar",
     "colorbar_values",
     "colorize",
+    "compose",
     "downsample_for_display",
     "gray_to_rgb",
     "heat_index",
+    "layers",
     "overlay",
     "plotly_colorscale",
+    "raw_magnitude",
     "robust_max",
     "scale_map",
     "to_png_bytes",
+    "view",
 ]
 
 #: Colormaps offered to users, default first. ``jet`` is last on purpose (see module docstring).
@@ -350,3 +361,181 @@ def to_png_bytes(image: NDArray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(a)).save(buffer, format="PNG", optimize=False, compress_level=6)
     return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------------------- the view
+#: Which pixels a display setting changes: ``"layers"`` (the radiograph's and maps' screen grid and
+#: scaling: expensive, cached by the app), ``"blend"`` (colours and outlines: one table lookup and one
+#: weighted sum per panel) or ``"layout"`` (where the panels go: no pixel changes at all).
+Stage = Literal["layers", "blend", "layout"]
+#: Longest side of the on-screen images by default (px); ``None`` means the film's own resolution.
+DEFAULT_SIDE = 768
+
+
+def _setting(default: object, stage: Stage) -> Any:
+    return field(default=default, metadata={"stage": stage})
+
+
+@dataclass(frozen=True)
+class DisplaySettings:
+    """Everything that decides how an explanation is drawn; frozen and hashable, so it is a cache key as is.
+
+    Layers: ``side`` (longest side of the images, None = the film's resolution), ``window`` ((centre,
+    width) applied to the modality values, None = the file's own display), ``scale`` (see
+    :func:`scale_map`; ``"fixed"`` divides each method's raw magnitude by ``vmax[method]``) and ``vmax``
+    (``((method, value), …)``). Blend: ``show_heat``, ``alpha``, ``cmap``, ``contour_level`` (see
+    :func:`blend`). Layout: ``colorbar``, ``per_row``, ``size`` (row height factor) and ``zoom``
+    (``(factor, centre_x, centre_y)``, centre as fractions of the image).
+    """
+
+    side: int | None = _setting(DEFAULT_SIDE, "layers")
+    window: tuple[float, float] | None = _setting(None, "layers")
+    scale: ScaleMode = _setting("per_image", "layers")
+    vmax: tuple[tuple[str, float], ...] = _setting((), "layers")
+    show_heat: bool = _setting(True, "blend")
+    alpha: float = _setting(DEFAULT_ALPHA, "blend")
+    cmap: str = _setting(DEFAULT_CMAP, "blend")
+    contour_level: float | None = _setting(None, "blend")
+    colorbar: bool = _setting(True, "layout")
+    per_row: int = _setting(3, "layout")
+    size: float = _setting(1.0, "layout")
+    zoom: tuple[float, float, float] = _setting((1.0, 0.5, 0.5), "layout")
+
+    def __post_init__(self) -> None:
+        _check_cmap(self.cmap)
+        if not 0.0 <= float(self.alpha) <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.contour_level is not None and not 0.0 < float(self.contour_level) <= 1.0:
+            raise ValueError(f"contour_level must be in (0, 1], got {self.contour_level}")
+        if self.scale not in ("per_image", "fixed"):
+            raise ValueError(f"scale must be 'per_image' or 'fixed', got {self.scale!r}")
+        if self.side is not None and self.side < 1:
+            raise ValueError(f"side must be positive or None, got {self.side}")
+        if self.window is not None and not float(self.window[1]) > 0:
+            raise ValueError(f"window width must be positive, got {self.window[1]}")
+
+    def only(self, *stages: Stage) -> DisplaySettings:
+        """These settings with every field outside ``stages`` back at its default: the key of what
+        depends on those stages only (e.g. ``only("layers")`` keys the prepared layers)."""
+        reset = {f.name: f.default for f in fields(self) if f.metadata["stage"] not in stages}
+        return replace(self, **reset)
+
+    @property
+    def limits(self) -> dict[str, float]:
+        """``vmax`` as a dict, method -> maximum of the fixed scale."""
+        return dict(self.vmax)
+
+    def describe(self) -> dict[str, str | float]:
+        """Short, human-readable record of the settings that change the pixels (for export provenance)."""
+        out: dict[str, str | float] = {
+            "colormap": self.cmap,
+            "opacity": self.alpha if self.show_heat else 0.0,
+            "contour": self.contour_level if self.contour_level is not None else "off",
+            "scale": "per image" if self.scale == "per_image" else "fixed",
+        }
+        if self.window is not None:
+            out["window"] = f"{self.window[0]:.0f}/{self.window[1]:.0f}"
+        return out
+
+
+class _Radiograph(Protocol):
+    """What the view needs of an ``xai.radiograph.Radiograph``."""
+
+    pixels: NDArray
+    modality_values: NDArray
+    inverted: bool
+    voi_function: str
+
+
+class _Result(Protocol):
+    """What the view needs of an ``xai.pipeline.PipelineResult``."""
+
+    maps: Mapping[str, NDArray]
+    explanation: Any
+    geometry: Any
+
+
+@dataclass(frozen=True)
+class Layers:
+    """The expensive, colour-independent part of a view: the radiograph as uint8 RGB and each map as a
+    :func:`heat_index`, on one pixel grid (read-only arrays)."""
+
+    original: NDArray[np.uint8]
+    heat: Mapping[str, NDArray[np.uint8]]
+
+
+@dataclass(frozen=True)
+class View:
+    """What is drawn: the radiograph and one overlay per method (uint8 RGB, read-only, one pixel grid)."""
+
+    original: NDArray[np.uint8]
+    overlays: Mapping[str, NDArray[np.uint8]]
+
+
+def _readonly(a: NDArray) -> NDArray:
+    a = np.ascontiguousarray(a)
+    a.setflags(write=False)
+    return a
+
+
+def raw_magnitude(explanation: Any, method: str, index: int = 0) -> NDArray[np.float32]:
+    """A method's unnormalised map on the model grid, in the same units for every image.
+
+    CAMs: the raw ReLU'd map at feature resolution. Guided maps: ``max_c |raw|`` at input resolution —
+    the magnitude the engine's display map is made of, before its per-image percentile scaling.
+    """
+    raw = np.asarray(explanation.raw[method][index], dtype=np.float32)
+    return raw if raw.ndim == 2 else np.abs(raw).max(axis=0)
+
+
+def _shrink(a: NDArray, side: int | None) -> NDArray:
+    return a if side is None else downsample_for_display(a, side)
+
+
+def _gray(radiograph: _Radiograph, settings: DisplaySettings) -> NDArray[np.float32]:
+    if settings.window is None:
+        return _shrink(radiograph.pixels, settings.side)
+    from xai.radiograph import apply_window  # windowing has one home
+
+    centre, width = settings.window
+    return apply_window(_shrink(radiograph.modality_values, settings.side), centre, width,
+                        invert=radiograph.inverted, function=radiograph.voi_function)
+
+
+def _heat(result: _Result, method: str, settings: DisplaySettings) -> NDArray[np.uint8]:
+    if settings.scale == "per_image":
+        return heat_index(scale_map(_shrink(result.maps[method], settings.side), "per_image"))
+    vmax = settings.limits.get(method)
+    if vmax is None:
+        raise ValueError(f"the fixed scale has no maximum for {method!r}")
+    magnitude = result.geometry.to_original(raw_magnitude(result.explanation, method))
+    return heat_index(scale_map(_shrink(magnitude, settings.side), "fixed", vmax))
+
+
+def layers(radiograph: _Radiograph, result: _Result, settings: DisplaySettings) -> Layers:
+    """The radiograph (windowed as set) and each map (scaled as set) on the view's pixel grid.
+
+    Depends only on the ``"layers"`` fields of ``settings``. Maps are shrunk after scaling is decided on
+    the full-resolution values' units, so the screen and an export at the film's resolution agree.
+    """
+    original = _readonly(gray_to_rgb(_gray(radiograph, settings)))
+    heat = {m: _readonly(_heat(result, m, settings)) for m in result.maps}
+    return Layers(original=original, heat=MappingProxyType(heat))
+
+
+def compose(prepared: Layers, settings: DisplaySettings) -> View:
+    """The overlays from prepared layers: one :func:`blend` per map (the ``"blend"`` fields)."""
+    style = {"cmap": settings.cmap, "alpha": settings.alpha, "contour_level": settings.contour_level,
+             "show_heat": settings.show_heat}
+    overlays = {m: _readonly(blend(prepared.original, index, **style)) for m, index in prepared.heat.items()}
+    return View(original=prepared.original, overlays=MappingProxyType(overlays))
+
+
+def view(radiograph: _Radiograph, result: _Result, settings: DisplaySettings) -> View:
+    """The pixels of an explanation as the settings say: ``compose(layers(...), settings)``.
+
+    Pure: same inputs, same pixels. The app caches :func:`layers` (keyed by ``settings.only("layers")``)
+    and re-composes on colour changes; exports call this with ``side=None`` to draw at the film's own
+    resolution, never from screen pixels.
+    """
+    return compose(layers(radiograph, result, settings), settings)
