@@ -1,0 +1,628 @@
+"""The review store: sessions, worklists and readers' ratings in a real database (SQLAlchemy 2.x).
+
+``ReviewStore(url=None)`` opens (and creates or migrates, with Alembic) the database at ``url``, else
+``$XAI_DB_URL``, else the SQLite file ``review.sqlite3`` in ``$XAI_DATA_DIR`` (default ``./data``).
+
+Guarantees:
+
+* every write is one short transaction; a crash or a restart loses nothing that was committed. SQLite
+  runs in WAL mode with ``synchronous=FULL`` and a busy timeout, and write transactions start with
+  ``BEGIN IMMEDIATE`` so concurrent writers queue on the lock instead of failing mid-transaction;
+* ratings are append-only: a later save by the same reader for the same case wins in :meth:`export`,
+  every earlier save stays in :meth:`history`; concurrent readers never overwrite each other;
+* films are stored as de-identified pixels only (a 16-bit PNG without metadata, keyed by the SHA-256 of
+  the pixels): no DICOM header, no patient identifier, and no file name unless the session was created
+  with ``patient_details=True``;
+* one engine per process per URL (engines are shared by every ``ReviewStore`` on that URL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import random
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from xai.review import schema
+
+__all__ = [
+    "CONFIDENCE_RANGE",
+    "DIAGNOSES",
+    "PLAUSIBILITY_RANGE",
+    "QUESTIONS",
+    "ReviewError",
+    "ReviewSession",
+    "ReviewStore",
+    "default_url",
+    "map_letters",
+    "method_order",
+]
+
+DIAGNOSES = ("covid19", "non_covid", "uncertain")
+CONFIDENCE_RANGE = (1, 5)
+PLAUSIBILITY_RANGE = (1, 5)
+#: The questions a session can ask; a session asks all of them unless created with fewer.
+QUESTIONS = ("diagnosis", "confidence", "plausibility", "note", "box")
+DEFAULT_METHODS = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam")
+BUSY_TIMEOUT_MS = 30_000
+MAX_NAME = 200
+MAX_NOTE = 10_000
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+class ReviewError(ValueError):
+    """A request the store refuses (unknown session, invalid rating, closed session...); says why."""
+
+
+class Loader(Protocol):
+    def __call__(self, source: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ReviewSession:
+    """A session's settings as stored (``methods`` and ``questions`` in the order given at creation)."""
+
+    id: str
+    name: str
+    owner: str
+    model: str
+    methods: tuple[str, ...]
+    questions: tuple[str, ...]
+    blinded: bool
+    anonymised: bool
+    patient_details: bool
+    created_at: str
+    closed_at: str | None
+    n_cases: int
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_at is not None
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def default_url() -> str:
+    """``$XAI_DB_URL``, else ``sqlite:///<$XAI_DATA_DIR or ./data>/review.sqlite3``."""
+    url = os.environ.get("XAI_DB_URL")
+    if url:
+        return url
+    data_dir = Path(os.environ.get("XAI_DATA_DIR") or Path.cwd() / "data")
+    return f"sqlite:///{(data_dir / 'review.sqlite3').resolve()}"
+
+
+def method_order(session_id: str, case_id: str, reader: str, methods: Sequence[str]) -> tuple[str, ...]:
+    """The order in which ``reader`` sees the maps of ``case_id`` ("Map A", "Map B"...).
+
+    A Fisher-Yates shuffle (:meth:`random.Random.shuffle`) seeded with the first 8 bytes of
+    SHA-256(session id, case id, reader): different per case and reader, the same every time it is asked
+    (so it survives reloads and restarts and can be recovered for the audit), and stored with each save.
+    """
+    digest = hashlib.sha256("\x1f".join((session_id, case_id, reader)).encode("utf-8")).digest()
+    order = list(methods)
+    random.Random(int.from_bytes(digest[:8], "big")).shuffle(order)
+    return tuple(order)
+
+
+def map_letters(order: Sequence[str]) -> dict[str, str]:
+    """``{"Map A": method, ...}`` for an order from :func:`method_order`."""
+    return {f"Map {chr(ord('A') + i)}": m for i, m in enumerate(order)}
+
+
+def _clean_name(value: Any, what: str) -> str:
+    text = str(value if value is not None else "").strip()
+    if not text:
+        raise ReviewError(f"{what} must not be empty")
+    if len(text) > MAX_NAME:
+        raise ReviewError(f"{what} is {len(text)} characters long; at most {MAX_NAME}")
+    if any(ord(c) < 32 for c in text):
+        raise ReviewError(f"{what} must not contain control characters")
+    return text
+
+
+def _int_in(value: Any, bounds: tuple[int, int], what: str) -> int:
+    lo, hi = bounds
+    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
+        raise ReviewError(f"{what} must be a whole number from {lo} to {hi}, got {value!r}")
+    if not lo <= int(value) <= hi:
+        raise ReviewError(f"{what} must be from {lo} to {hi}, got {int(value)}")
+    return int(value)
+
+
+def _box(value: Any, shape: tuple[int, int]) -> tuple[float, float, float, float] | None:
+    """A box ``[x, y, w, h]`` in pixels of the film (``shape`` = (H, W)), clipped to it; None for none."""
+    if value is None:
+        return None
+    try:
+        x, y, w, h = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ReviewError(f"box must be [x, y, w, h] (four numbers), got {value!r}") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        raise ReviewError(f"box must have positive finite width and height, got {[x, y, w, h]}")
+    height, width = shape
+    x0, y0 = max(0.0, x), max(0.0, y)
+    x1, y1 = min(float(width), x + w), min(float(height), y + h)
+    if x1 <= x0 or y1 <= y0:
+        raise ReviewError(f"box {[x, y, w, h]} lies outside the {width}x{height} film")
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def encode_pixels(pixels: np.ndarray) -> tuple[bytes, str]:
+    """Display pixels in [0, 1] -> (16-bit grayscale PNG without metadata, SHA-256 of the 16-bit pixels)."""
+    values = np.asarray(pixels, dtype=np.float64)
+    if values.ndim != 2:
+        raise ReviewError(f"a film must be a 2-D image, got shape {values.shape}")
+    u16 = np.ascontiguousarray(np.round(np.clip(values, 0.0, 1.0) * 65535.0).astype(np.uint16))
+    digest = hashlib.sha256(f"{u16.shape[0]}x{u16.shape[1]}:".encode() + u16.tobytes()).hexdigest()
+    ok, buffer = cv2.imencode(".png", u16, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise ReviewError("could not encode the film's pixels")
+    return buffer.tobytes(), digest
+
+
+def decode_pixels(png: bytes) -> np.ndarray:
+    """The stored PNG back to float32 display pixels in [0, 1] (read-only)."""
+    u16 = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    if u16 is None or u16.ndim != 2:
+        raise ReviewError("a stored film could not be decoded")
+    pixels = (u16.astype(np.float32) / 65535.0)
+    pixels.setflags(write=False)
+    return pixels
+
+
+# ------------------------------------------------------------------------------------------ engines
+_ENGINES: dict[str, tuple[int, Engine]] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL, FULL sync, busy timeout, foreign keys; BEGIN (IMMEDIATE for writes) issued by us."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # the driver's own BEGIN handling off: see _on_begin
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _engine(url: str) -> Engine:
+    """The process's engine for ``url``, created (and the schema migrated) on first use.
+
+    A forked child does not reuse its parent's engine: the inherited pool is dropped without closing the
+    parent's connections (``dispose(close=False)``, as SQLAlchemy prescribes after ``fork``)."""
+    with _ENGINES_LOCK:
+        pid, engine = _ENGINES.get(url, (None, None))
+        if engine is not None and pid != os.getpid():
+            engine.dispose(close=False)
+            engine = None
+        if engine is None:
+            parsed = sa.make_url(url)
+            if parsed.get_backend_name() == "sqlite":
+                database = parsed.database
+                if database and database != ":memory:":
+                    Path(database).parent.mkdir(parents=True, exist_ok=True)
+                engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+                _sqlite_setup(engine)
+            else:
+                engine = sa.create_engine(url, pool_pre_ping=True)
+            migrate(engine)
+            _ENGINES[url] = (os.getpid(), engine)
+        return engine
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine, connection: Connection) -> Iterator[None]:
+    """One migrator at a time across processes: a file lock beside a SQLite file, an advisory lock on
+    PostgreSQL (other back ends rely on their own DDL locking)."""
+    backend = engine.url.get_backend_name()
+    database = engine.url.database
+    if backend == "sqlite" and database and database != ":memory:":
+        with open(f"{database}.migrate.lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    elif backend == "postgresql":
+        key = 0x5845_4149_5245_56  # "XAIREV"
+        connection.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+            connection.commit()
+    else:
+        yield
+
+
+def alembic_config() -> Any:
+    """An Alembic ``Config`` built in code for the migrations shipped in this package (no alembic.ini)."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def migrate(engine: Engine, revision: str = "head", *, downgrade: bool = False) -> None:
+    """Upgrade (or, with ``downgrade=True``, downgrade) the schema to ``revision`` under the migration lock."""
+    from alembic import command
+
+    config = alembic_config()
+    with engine.connect() as connection, _migration_lock(engine, connection):
+        config.attributes["connection"] = connection
+        (command.downgrade if downgrade else command.upgrade)(config, revision)
+        connection.commit()
+
+
+# --------------------------------------------------------------------------------------------- store
+class ReviewStore:
+    """Sessions, cases and ratings in the database at ``url`` (see the module docstring)."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or default_url()
+        self.engine = _engine(self.url)
+
+    # ------------------------------------------------------------------ transactions
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(sqlite_begin="IMMEDIATE")
+            with connection.begin():
+                yield connection
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection, connection.begin():
+            yield connection
+
+    # ------------------------------------------------------------------ sessions
+    def create_session(
+        self,
+        name: str,
+        files: Iterable[str | Path | tuple[str, bytes]],
+        *,
+        model: str = "chestcovnet",
+        methods: Sequence[str] = DEFAULT_METHODS,
+        blinded: bool = True,
+        anonymised: bool = True,
+        questions: Sequence[str] = QUESTIONS,
+        owner: str = "owner",
+        patient_details: bool = False,
+        loader: Loader | None = None,
+    ) -> str:
+        """Decode every film and store the session; returns its id.
+
+        ``files``: paths (PNG, JPEG, DICOM..., detected by content; folders are walked in sorted order)
+        or ``(name, bytes)`` pairs (uploads). ``loader`` decodes one source (default
+        :func:`xai.radiograph.load_radiograph`; the app passes the isolated decoder for uploads).
+        Raises :class:`ReviewError` naming the first file that cannot be read, an empty worklist, a
+        duplicate name or an unknown method / question; nothing is stored then.
+        """
+        from xai.batch import collect_inputs
+        from xai.engine import METHODS
+        from xai.radiograph import RadiographError, load_radiograph
+
+        name = _clean_name(name, "session name")
+        owner = _clean_name(owner, "owner")
+        model = _clean_name(model, "model")
+        methods = tuple(dict.fromkeys(methods))
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods:
+            raise ReviewError(f"unknown method(s) {unknown or '(none)'}; choose from {', '.join(METHODS)}")
+        questions = tuple(dict.fromkeys(questions))
+        bad = [q for q in questions if q not in QUESTIONS]
+        if bad or not questions:
+            raise ReviewError(f"unknown question(s) {bad or '(none)'}; choose from {', '.join(QUESTIONS)}")
+        load = loader or load_radiograph
+
+        sources: list[tuple[str, Any]] = []
+        for item in files:
+            if isinstance(item, tuple):
+                sources.append((str(item[0]), bytes(item[1])))
+            else:
+                for found in collect_inputs([item]):
+                    if found.error:
+                        raise ReviewError(f"{found.name}: {found.error}")
+                    sources.append((found.name, found.source))
+        if not sources:
+            raise ReviewError("the worklist is empty: give at least one film")
+
+        films: list[tuple[str, str, bytes, tuple[int, int]]] = []  # (label, sha, png, shape)
+        for label, source in sources:
+            try:
+                radiograph = load(source)
+            except RadiographError as exc:
+                raise ReviewError(f"{Path(label).name}: {exc}") from None
+            png, sha = encode_pixels(radiograph.pixels)
+            films.append((Path(label).name, sha, png, radiograph.shape))
+
+        session_id = uuid.uuid4().hex
+        with self._write() as c:
+            if c.execute(sa.select(schema.sessions.c.id).where(schema.sessions.c.name == name)).first():
+                raise ReviewError(f"a session named {name!r} exists already; choose another name")
+            c.execute(schema.sessions.insert().values(
+                id=session_id, name=name, owner=owner, model=model, methods=json.dumps(list(methods)),
+                questions=json.dumps(list(questions)), blinded=bool(blinded), anonymised=bool(anonymised),
+                patient_details=bool(patient_details), created_at=_now(), closed_at=None,
+            ))
+            for position, (label, sha, png, shape) in enumerate(films):
+                if not c.execute(sa.select(schema.images.c.sha256).where(schema.images.c.sha256 == sha)).first():
+                    c.execute(schema.images.insert().values(sha256=sha, height=shape[0], width=shape[1], png=png))
+                c.execute(schema.cases.insert().values(
+                    id=uuid.uuid4().hex[:16], session_id=session_id, position=position, image_sha=sha,
+                    label=label if patient_details else None,
+                ))
+        return session_id
+
+    def sessions(self) -> list[ReviewSession]:
+        """Every session, by name."""
+        with self._read() as c:
+            counts = dict(c.execute(
+                sa.select(schema.cases.c.session_id, sa.func.count()).group_by(schema.cases.c.session_id)
+            ).all())
+            rows = c.execute(sa.select(schema.sessions).order_by(schema.sessions.c.name)).mappings().all()
+        return [self._session_record(row, int(counts.get(row["id"], 0))) for row in rows]
+
+    def session(self, session_id: str) -> ReviewSession:
+        """One session's settings; :class:`ReviewError` when there is no such session."""
+        with self._read() as c:
+            row = c.execute(sa.select(schema.sessions).where(schema.sessions.c.id == str(session_id))).mappings().first()
+            if row is None:
+                raise ReviewError(f"no review session with id {session_id!r}")
+            n = c.execute(sa.select(sa.func.count()).where(schema.cases.c.session_id == row["id"])).scalar_one()
+        return self._session_record(row, int(n))
+
+    @staticmethod
+    def _session_record(row: Mapping[str, Any], n_cases: int) -> ReviewSession:
+        return ReviewSession(
+            id=row["id"], name=row["name"], owner=row["owner"], model=row["model"],
+            methods=tuple(json.loads(row["methods"])), questions=tuple(json.loads(row["questions"])),
+            blinded=bool(row["blinded"]), anonymised=bool(row["anonymised"]),
+            patient_details=bool(row["patient_details"]), created_at=row["created_at"],
+            closed_at=row["closed_at"], n_cases=n_cases,
+        )
+
+    def close_session(self, session_id: str, by: str) -> None:
+        """Close the session (no more saves; every reader may then see the results). Owner only."""
+        session = self.session(session_id)
+        if _clean_name(by, "reader") != session.owner:
+            raise ReviewError(f"only the session's owner ({session.owner}) can close it")
+        if session.closed:
+            return
+        with self._write() as c:
+            c.execute(schema.sessions.update().where(schema.sessions.c.id == session.id).values(closed_at=_now()))
+
+    # ------------------------------------------------------------------ cases
+    def cases(self, session_id: str) -> list[str]:
+        """The session's case ids in worklist order."""
+        self.session(session_id)
+        with self._read() as c:
+            return list(c.execute(
+                sa.select(schema.cases.c.id).where(schema.cases.c.session_id == str(session_id))
+                .order_by(schema.cases.c.position)
+            ).scalars())
+
+    def _case(self, c: Connection, session_id: str, case_id: str) -> Mapping[str, Any]:
+        row = c.execute(
+            sa.select(schema.cases, schema.images.c.height, schema.images.c.width)
+            .join(schema.images, schema.images.c.sha256 == schema.cases.c.image_sha)
+            .where(schema.cases.c.id == str(case_id), schema.cases.c.session_id == str(session_id))
+        ).mappings().first()
+        if row is None:
+            raise ReviewError(f"case {case_id!r} is not in session {session_id!r}")
+        return row
+
+    def case_info(self, session_id: str, case_id: str) -> dict[str, Any]:
+        """``{id, position, image_sha, height, width, label}`` (label None without patient details)."""
+        with self._read() as c:
+            row = self._case(c, session_id, case_id)
+        return {k: row[k] for k in ("id", "position", "image_sha", "height", "width", "label")}
+
+    def pixels(self, session_id: str, case_id: str) -> np.ndarray:
+        """The case's de-identified film, float32 (H, W) in [0, 1], bone white."""
+        with self._read() as c:
+            sha = self._case(c, session_id, case_id)["image_sha"]
+            png = c.execute(sa.select(schema.images.c.png).where(schema.images.c.sha256 == sha)).scalar_one()
+        return decode_pixels(png)
+
+    def radiograph(self, session_id: str, case_id: str) -> Any:
+        """The stored film as an :class:`xai.radiograph.Radiograph` for the engine (no metadata at all)."""
+        from xai.radiograph import Radiograph
+
+        pixels = self.pixels(session_id, case_id)
+        return Radiograph(pixels=pixels, modality_values=pixels, window=None, format="png", bits_stored=16,
+                          photometric="MONOCHROME2")
+
+    def map_order(self, session_id: str, case_id: str, reader: str) -> tuple[str, ...]:
+        """The methods in the order ``reader`` sees them for this case (see :func:`method_order`);
+        the session's own order when it is not anonymised."""
+        session = self.session(session_id)
+        reader = _clean_name(reader, "reader")
+        if not session.anonymised:
+            return session.methods
+        return method_order(session.id, str(case_id), reader, session.methods)
+
+    # ------------------------------------------------------------------ predictions
+    def save_prediction(self, image_sha: str, model: str, predicted: str, probabilities: Mapping[str, float]) -> None:
+        """Record the model's prediction for a film (first one wins; the same model gives the same)."""
+        with self._write() as c:
+            exists = c.execute(sa.select(schema.predictions.c.predicted).where(
+                schema.predictions.c.image_sha == image_sha, schema.predictions.c.model == model)).first()
+            if not exists:
+                c.execute(schema.predictions.insert().values(
+                    image_sha=image_sha, model=model, predicted=str(predicted),
+                    probabilities=json.dumps({str(k): float(v) for k, v in probabilities.items()}),
+                    computed_at=_now(),
+                ))
+
+    def predictions(self, session_id: str, model: str) -> dict[str, str]:
+        """``{case_id: predicted class}`` for the cases whose prediction by ``model`` is recorded."""
+        with self._read() as c:
+            rows = c.execute(
+                sa.select(schema.cases.c.id, schema.predictions.c.predicted)
+                .join(schema.predictions, schema.predictions.c.image_sha == schema.cases.c.image_sha)
+                .where(schema.cases.c.session_id == str(session_id), schema.predictions.c.model == model)
+            ).all()
+        return {case_id: predicted for case_id, predicted in rows}
+
+    # ------------------------------------------------------------------ ratings
+    def validate_rating(self, session: ReviewSession, shape: tuple[int, int], rating: Mapping[str, Any]) -> dict[str, Any]:
+        """The rating checked and normalised to the columns it is stored in; :class:`ReviewError` if not."""
+        if not isinstance(rating, Mapping):
+            raise ReviewError(f"a rating must be a mapping, got {type(rating).__name__}")
+        known = {"diagnosis", "confidence", "plausibility", "note", "box", "seconds"}
+        extra = sorted(set(rating) - known)
+        if extra:
+            raise ReviewError(f"unknown rating field(s) {extra}; the fields are {sorted(known)}")
+        asked = set(session.questions)
+        given = {k for k, v in rating.items() if v not in (None, "", {}) and k != "seconds"}
+        not_asked = sorted(given - asked)
+        if not_asked:
+            raise ReviewError(f"this session does not ask for {not_asked}")
+        out: dict[str, Any] = {"diagnosis": None, "confidence": None}
+        if "diagnosis" in asked:
+            diagnosis = rating.get("diagnosis")
+            if diagnosis not in DIAGNOSES:
+                raise ReviewError(f"diagnosis must be one of {', '.join(DIAGNOSES)}, got {diagnosis!r}")
+            out["diagnosis"] = diagnosis
+        if "confidence" in asked:
+            out["confidence"] = _int_in(rating.get("confidence"), CONFIDENCE_RANGE, "confidence")
+        plausibility = rating.get("plausibility") or {}
+        if not isinstance(plausibility, Mapping):
+            raise ReviewError("plausibility must map each method to a rating from 1 to 5")
+        unknown = sorted(str(m) for m in plausibility if m not in session.methods)
+        if unknown:
+            raise ReviewError(f"plausibility for method(s) {unknown} not in this session ({', '.join(session.methods)})")
+        out["plausibility"] = {m: _int_in(v, PLAUSIBILITY_RANGE, f"plausibility of {m}") for m, v in plausibility.items()}
+        note = rating.get("note") or ""
+        if not isinstance(note, str):
+            raise ReviewError(f"note must be text, got {type(note).__name__}")
+        if len(note) > MAX_NOTE:
+            raise ReviewError(f"note is {len(note)} characters long; at most {MAX_NOTE}")
+        out["note"] = note
+        box = _box(rating.get("box"), shape)
+        out.update(zip(("box_x", "box_y", "box_w", "box_h"), box or (None,) * 4, strict=True))
+        seconds = rating.get("seconds")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int | float)
+                                    or not math.isfinite(seconds) or seconds < 0):
+            raise ReviewError(f"seconds must be a non-negative number, got {seconds!r}")
+        out["seconds"] = None if seconds is None else float(seconds)
+        return out
+
+    def save_rating(self, session_id: str, case_id: str, reader: str, rating: Mapping[str, Any]) -> int:
+        """Append ``reader``'s rating of ``case_id``; returns the saved row's id.
+
+        ``rating``: ``{"diagnosis": "covid19" | "non_covid" | "uncertain", "confidence": 1-5,
+        "plausibility": {method: 1-5}, "note": str, "box": [x, y, w, h] (film pixels) or None,
+        "seconds": time spent (optional)}``. Raises :class:`ReviewError` for a closed session, an unknown
+        case, or a field out of range (the message names it).
+        """
+        session = self.session(session_id)
+        if session.closed:
+            raise ReviewError(f"session {session.name!r} is closed; no more ratings can be saved")
+        reader = _clean_name(reader, "reader")
+        with self._read() as c:
+            case = self._case(c, session.id, case_id)
+        values = self.validate_rating(session, (case["height"], case["width"]), rating)
+        order = method_order(session.id, case["id"], reader, session.methods) if session.anonymised else session.methods
+        values["plausibility"] = json.dumps(values["plausibility"], sort_keys=True)
+        with self._write() as c:
+            result = c.execute(schema.ratings.insert().values(
+                session_id=session.id, case_id=case["id"], reader=reader, map_order=json.dumps(list(order)),
+                saved_at=_now(), **values,
+            ))
+            return int(result.inserted_primary_key[0])
+
+    def _rows(self, session_id: str, reader: str | None, latest: bool) -> list[dict[str, Any]]:
+        r, k = schema.ratings, schema.cases
+        query = (
+            sa.select(r, k.c.position, k.c.label)
+            .join(k, k.c.id == r.c.case_id)
+            .where(r.c.session_id == str(session_id))
+        )
+        if reader is not None:
+            query = query.where(r.c.reader == reader)
+        if latest:
+            newest = (sa.select(sa.func.max(r.c.id)).where(r.c.session_id == str(session_id))
+                      .group_by(r.c.case_id, r.c.reader))
+            query = query.where(r.c.id.in_(newest))
+        query = query.order_by(k.c.position, r.c.reader, r.c.id)
+        with self._read() as c:
+            rows = c.execute(query).mappings().all()
+        return [self._export_row(row) for row in rows]
+
+    @staticmethod
+    def _export_row(row: Mapping[str, Any]) -> dict[str, Any]:
+        box = [row["box_x"], row["box_y"], row["box_w"], row["box_h"]]
+        out = {
+            "case": row["case_id"], "position": int(row["position"]) + 1, "reader": row["reader"],
+            "diagnosis": row["diagnosis"], "confidence": row["confidence"], "note": row["note"],
+            "saved_at": row["saved_at"], "box": None if box[0] is None else [float(v) for v in box],
+            "plausibility": json.loads(row["plausibility"]), "map_order": json.loads(row["map_order"]),
+            "seconds": row["seconds"], "rating_id": int(row["id"]),
+        }
+        if row["label"] is not None:
+            out["file"] = row["label"]
+        return out
+
+    def export(self, session_id: str, *, reader: str | None = None) -> list[dict[str, Any]]:
+        """One dict per (case, reader): the latest rating, in worklist order then by reader.
+
+        Keys: case, position (1-based), reader, diagnosis, confidence, note, saved_at, box ([x, y, w, h] or
+        None), plausibility ({method: 1-5}), map_order (the methods as shown, Map A first), seconds,
+        rating_id, and file only when the session keeps patient details.
+        ``reader``: the person asking. While the session is open a reader other than its owner sees only
+        their own answers; ``None`` (the owner's or an analyst's view) or a closed session: everyone's.
+        """
+        session = self.session(session_id)
+        if reader is not None:
+            reader = _clean_name(reader, "reader")
+            if session.closed or reader == session.owner:
+                reader = None
+        return self._rows(session.id, reader, latest=True)
+
+    def history(self, session_id: str, *, reader: str | None = None) -> list[dict[str, Any]]:
+        """Every save, oldest first per (case, reader): the audit trail (same keys as :meth:`export`)."""
+        session = self.session(session_id)
+        return self._rows(session.id, None if reader is None else _clean_name(reader, "reader"), latest=False)
+
+    def progress(self, session_id: str, reader: str) -> dict[str, Any]:
+        """``{done, total, next}``: cases ``reader`` rated, the worklist length, and the first unrated
+        case's index (None when all are done) — where a reader resumes."""
+        ids = self.cases(session_id)
+        rated = {row["case"] for row in self._rows(str(session_id), _clean_name(reader, "reader"), latest=True)}
+        pending = [i for i, case_id in enumerate(ids) if case_id not in rated]
+        return {"done": len(ids) - len(pending), "total": len(ids), "next": pending[0] if pending else None}
+
+    def dispose(self) -> None:
+        """Close the pooled connections of this process's engine for the URL (e.g. before a fork)."""
+        self.engine.dispose()
