@@ -4,6 +4,10 @@ A pure library (no UI imports): ``from xai import Explainer, METHODS``.
 Submodules: ``xai.engine`` (the four methods), ``xai.radiograph`` (loading),
 ``xai.preprocessing`` (model input and the way back to the original grid).
 Exports are resolved lazily so that ``import xai.radiograph`` does not pay for torch.
+
+Start-up: ``xai.boot()`` applies the library's few process-wide settings once (idempotent, thread-safe;
+what and why in :mod:`xai.startup`). Models come in as objects that satisfy :mod:`xai.protocols`; the
+library never imports the ``models`` package (only the command line, :mod:`xai.cli`, does).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ _LAZY_EXPORTS = {
     "Explainer": "xai.engine",
     "Explanation": "xai.engine",
     "METHODS": "xai.engine",
+    "boot": "xai.startup",
+    "freeze_heap": "xai.startup",
 }
 
 
@@ -28,4 +34,4 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module_name), name)
 
 
-__all__ = ["METHODS", "Explainer", "Explanation", "__version__"]
+__all__ = ["METHODS", "Explainer", "Explanation", "__version__", "boot", "freeze_heap"]

@@ -13,8 +13,8 @@ Display pipeline (DICOM PS3.3 C.11; GUIDE §2), in this order and never otherwis
    inversion, not two that cancel. (The Canon DX file in ``shared/data/dicom`` shows bone black if the
    two are XOR-ed.)
 
-pydicom's reading validation is switched off process-wide (``reading_validation_mode = IGNORE``): its
-warnings and log lines quote attribute values, i.e. patient identifiers.
+pydicom's reading validation is switched off process-wide by :func:`xai.startup.boot` (which every read
+makes sure has run): its warnings and log lines quote attribute values, i.e. patient identifiers.
 
 Refused: CT, MR and other non-projection modalities ("not a radiograph"), files without pixel data,
 float pixel data, headers declaring more than ``max_pixels`` (checked before decoding). Multi-frame ->
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from xai.radiograph import (
+from xai.radiograph_core import (
     CodecMissingError,
     CorruptImageError,
     NoPixelDataError,
@@ -42,6 +42,7 @@ from xai.radiograph import (
     stored_range_window,
     to_luminance,
 )
+from xai.startup import boot
 
 # Projection X-ray modalities (PS3.3 C.7.3.1.1.1) plus OT (other / secondary capture) and a missing value.
 RADIOGRAPH_MODALITIES = frozenset({"", "CR", "DX", "DR", "RG", "RF", "XA", "MG", "PX", "IO", "OT", "DF", "DS"})
@@ -137,10 +138,7 @@ def _read_dataset(data: bytes) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    # pydicom's value validation warns *and logs* the offending value ("Invalid value for VR UI: '<uid>'"),
-    # which would put identifiers in server logs. Reading never needs it: the values are only displayed.
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-
+    boot()  # pydicom's reading validation off before the first read (it logs values: identifiers)
     try:
         return pydicom.dcmread(io.BytesIO(data), force=True)
     except InvalidDicomError:

@@ -22,9 +22,9 @@ import numpy as np
 if TYPE_CHECKING:  # heavy imports (torch) only when a pipeline actually runs
     import torch
 
-    from models import LoadedModel
     from xai.engine import Explainer, Explanation
     from xai.preprocessing import Geometry
+    from xai.protocols import LoadedModel
     from xai.radiograph import Radiograph
 
 PREDICTED = "predicted"

@@ -1,0 +1,172 @@
+"""The library's shape: what ``xai`` may import, no import cycles among its modules, protocols that
+``models`` satisfies, one start-up call, and packaging metadata that matches the pinned lock."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+XAI = ROOT / "xai"
+#: Only the command line (and, for now, the batch report the command line drives) may import ``models``.
+MAY_IMPORT_MODELS = {"xai.cli", "xai.batch"}
+FORBIDDEN_EVERYWHERE = {"streamlit"}
+
+
+def _module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _package(path: Path, root: Path) -> str:
+    name = _module_name(path, root)
+    return name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+
+def _absolute(node: ast.ImportFrom, package: str) -> str:
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")
+    return ".".join([*base[: len(base) - (node.level - 1)], *([node.module] if node.module else [])])
+
+
+def _imports(path: Path, root: Path = ROOT, *, runtime_only: bool = False) -> list[tuple[str, int]]:
+    """Every absolute module an ``import`` / ``from ... import`` names, at any depth (function bodies
+    included), relative ones resolved against the package; ``from pkg import sub`` also yields ``pkg.sub``.
+    ``runtime_only`` leaves out ``if TYPE_CHECKING:`` blocks (annotations only, never executed)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = _package(path, root)
+    skipped: set[int] = set()
+    if runtime_only:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                skipped.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    found: list[tuple[str, int]] = []
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = _absolute(node, package)
+            found.append((module, node.lineno))
+            found += [(f"{module}.{alias.name}", node.lineno) for alias in node.names]
+    return found
+
+
+def _library_files() -> list[Path]:
+    return sorted(p for p in XAI.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _import_graph(files: list[Path], root: Path = ROOT) -> dict[str, set[str]]:
+    """Module -> the xai modules it imports when it runs (module level or inside functions: a lazy import
+    still ties the two modules together). A module's own packages are left out: Python
+    imports them before the module itself whatever it says (``from xai.review import schema`` in
+    ``xai.review.store`` names its parent, which is already being imported)."""
+    modules = {_module_name(p, root): p for p in files}
+
+    def ancestors(name: str) -> set[str]:
+        parts = name.split(".")
+        return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+    return {name: {m for m, _ in _imports(path, root, runtime_only=True) if m in modules and m not in ancestors(name)}
+            for name, path in modules.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every back edge of a depth-first walk, as the cycle it closes (empty for a DAG)."""
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def walk(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append([*stack[stack.index(nxt):], nxt])
+            elif nxt not in state:
+                walk(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            walk(name, [name])
+    return cycles
+
+
+# ------------------------------------------------------------------------------------- the import rule
+def test_the_scanner_sees_imports_in_every_form(tmp_path):
+    """The rule below is only as good as the scanner: it must see lazy, aliased, relative and
+    type-checking imports (a scanner that misses them would pass any code)."""
+    pkg = tmp_path / "xai" / "trust"
+    pkg.mkdir(parents=True)
+    src = pkg / "probe.py"
+    src.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from models import LoadedModel\n"
+        "def f():\n    import models.bundle as mb\n    from streamlit import session_state\n"
+        "from .. import engine\nfrom . import _common\n"
+    )
+    names = {name for name, _ in _imports(src, tmp_path)}
+    assert {"models", "models.LoadedModel", "models.bundle", "streamlit", "xai.engine", "xai.trust._common"} <= names
+
+
+def test_xai_imports_neither_models_nor_streamlit():
+    offenders = []
+    for path in _library_files():
+        name = _module_name(path)
+        for module, line in _imports(path):
+            top = module.split(".")[0]
+            if top in FORBIDDEN_EVERYWHERE or (top == "models" and name not in MAY_IMPORT_MODELS):
+                offenders.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert not offenders, "xai takes objects, it does not import models or streamlit:\n" + "\n".join(offenders)
+
+
+def test_no_import_cycle_among_xai_modules():
+    """Imports among ``xai`` modules (module level or lazy, ``TYPE_CHECKING`` aside) form a DAG:
+    ``xai.radiograph`` and ``xai.dicom`` both import the leaf ``xai.radiograph_core``; the reader of
+    raster files imports the DICOM reader, never the other way round."""
+    graph = _import_graph(_library_files())
+    assert "xai.radiograph_core" in graph["xai.dicom"] and "xai.radiograph_core" in graph["xai.radiograph"]
+    assert not graph["xai.radiograph_core"], "the leaf imports no xai module"
+    cycles = _cycles(graph)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_finds_the_old_dicom_radiograph_cycle(tmp_path):
+    """The same scan and walk on the two modules as they were (dicom imported radiograph at module level,
+    radiograph imported dicom inside a function; here also via ``try`` and a relative import) report the
+    cycle, and an import for annotations only does not count."""
+    (tmp_path / "xai").mkdir()
+    (tmp_path / "xai" / "radiograph.py").write_text("def _decode():\n    try:\n        from xai.dicom import decode_dicom\n"
+                                                     "    except ImportError:\n        pass\n")
+    (tmp_path / "xai" / "dicom.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import xai.engine\n"
+                                               "from .radiograph import Radiograph\n")
+    (tmp_path / "xai" / "engine.py").write_text("import typing\nif typing.TYPE_CHECKING:\n    import xai.dicom\n")
+    graph = _import_graph(sorted((tmp_path / "xai").glob("*.py")), tmp_path)
+    assert graph == {"xai.radiograph": {"xai.dicom"}, "xai.dicom": {"xai.radiograph"}, "xai.engine": set()}
+    assert _cycles(graph) == [["xai.dicom", "xai.radiograph", "xai.dicom"]]
+
+
+LOADERS = ("xai.radiograph", "xai.dicom", "xai.radiograph_core", "xai.isolation", "xai.preprocessing")
+
+
+@pytest.mark.parametrize("order", [LOADERS, LOADERS[::-1], ("xai.dicom", "xai.radiograph")])
+def test_loader_modules_import_in_any_order_in_a_fresh_interpreter(order):
+    code = (
+        "import importlib, sys\n"
+        f"for name in {list(order)!r}:\n    importlib.import_module(name)\n"
+        "from xai.radiograph import Radiograph, RadiographError, apply_window, CodecMissingError\n"
+        "from xai import radiograph_core as core, dicom\n"
+        "assert Radiograph is core.Radiograph and dicom.Radiograph is core.Radiograph\n"
+        "assert RadiographError is core.RadiographError and apply_window is core.apply_window\n"
+        "assert 'models' not in sys.modules and 'streamlit' not in sys.modules, sorted(sys.modules)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

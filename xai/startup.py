@@ -1,0 +1,93 @@
+"""Everything the library changes for the whole process, in one place: :func:`boot` and :func:`freeze_heap`.
+
+A library should not change global state behind its caller's back; the few process-wide settings this
+one needs are listed here, each with the reason, and nowhere else.
+
+:func:`boot` (the Streamlit app's ``app.py`` and the ``xai`` command line call it at start-up; the
+decoders' fork server runs it through :mod:`xai._worker_boot`):
+
+1. **pydicom's reading validation off** (``pydicom.config.settings.reading_validation_mode = IGNORE``).
+   pydicom warns *and logs* an invalid value together with the value itself ("Invalid value for VR UI:
+   '<uid>'"), which would put patient identifiers in server logs. Reading never needs the check: the
+   values are only displayed, and :mod:`xai.dicom` validates what it uses. The DICOM reader calls
+   :func:`boot` before its first read, so a program that never called it is still safe.
+2. **Decoder workers skip the parent's ``__main__``** (``multiprocessing.spawn.prepare`` wrapped by
+   :func:`prepare_without_main`). ``multiprocessing`` re-imports the parent's main script in every worker
+   it starts so that functions defined there unpickle. A Streamlit server replaces
+   ``sys.modules["__main__"]`` with the page script it is running, and page scripts have no
+   ``if __name__ == "__main__"`` guard: every upload's decoder re-ran the whole app in bare mode (about
+   0.4 s, a model load and a nested fork server). The decoders only run top-level functions of
+   importable modules (:func:`xai.isolation._load_bytes`, test seams), so the main script is never
+   needed there; ``sys.path``, the working directory and the authkey are kept. The wrap matters only in
+   the fork server (``xai.isolation.PRELOAD`` imports :mod:`xai._worker_boot` there first), whose forked
+   workers inherit it; in any other process it is inert: ``prepare`` only runs inside a freshly started
+   child, and a child started by ``spawn`` is a new interpreter that has not run :func:`boot`.
+
+:func:`boot` is idempotent and thread-safe (a lock and a done flag): calling it again costs a flag check.
+
+:func:`freeze_heap` (the app calls it once, right after the shared model is loaded): ``gc.collect()``
+then ``gc.freeze()``. Everything allocated by then (modules, the model, torch and plotly internals)
+lives as long as the server; frozen objects leave the cyclic collector's full passes, which otherwise
+re-scan that heap and stall every session for 100-200 ms now and then (measured with ``gc`` callbacks).
+It is not part of :func:`boot` because it must run *after* the long-lived objects exist.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from multiprocessing import spawn
+from typing import Any
+
+__all__ = ["MAIN_MODULE_KEYS", "boot", "booted", "freeze_heap", "prepare_without_main"]
+
+#: The ``spawn.prepare`` entries that make a worker import the parent's ``__main__``.
+MAIN_MODULE_KEYS = ("init_main_from_path", "init_main_from_name")
+
+_lock = threading.Lock()
+_done = False
+_prepare_with_main = spawn.prepare
+
+
+def prepare_without_main(data: dict[str, Any]) -> None:
+    """``multiprocessing.spawn.prepare`` minus the re-import of the parent's ``__main__``."""
+    _prepare_with_main({key: value for key, value in data.items() if key not in MAIN_MODULE_KEYS})
+
+
+def _quiet_pydicom() -> None:
+    try:
+        import pydicom.config
+    except ImportError:  # no DICOM support installed: nothing to quiet
+        return
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
+def _workers_skip_main() -> None:
+    if spawn.prepare is not prepare_without_main:
+        spawn.prepare = prepare_without_main
+
+
+def boot() -> None:
+    """Apply the library's process-wide settings once (see the module docstring for what and why)."""
+    global _done
+    if _done:
+        return
+    with _lock:
+        if _done:
+            return
+        _quiet_pydicom()
+        _workers_skip_main()
+        _done = True
+
+
+def booted() -> bool:
+    """Whether :func:`boot` has run in this process."""
+    return _done
+
+
+def freeze_heap() -> None:
+    """Move every object alive now out of the cyclic garbage collector's reach (``gc.freeze``).
+
+    Call once in a long-lived server after loading what lives as long as it (see the module docstring)."""
+    gc.collect()
+    gc.freeze()
