@@ -145,43 +145,113 @@ def explain_radiograph(
     ``target`` is a class name, an index or ``"predicted"`` (the card's decision rule, see
     :func:`predicted_index`). Raises :class:`TargetError` for a target the model does not have.
     """
+    (result,) = explain_radiographs(
+        [radiograph], model, names=[name], methods=methods, target=target, explainer=explainer, load_ms=[load_ms]
+    )
+    return result
+
+
+def explain_radiographs(
+    radiographs: Sequence[Radiograph],
+    model: LoadedModel,
+    *,
+    names: Sequence[str],
+    methods: Sequence[str] | None = None,
+    target: str | int | None = PREDICTED,
+    explainer: Explainer | None = None,
+    load_ms: Sequence[float] | None = None,
+) -> list[PipelineResult]:
+    """:func:`explain_radiograph` for several films with one forward/backward pass for all of them.
+
+    Every film is prepared to the model's fixed input size, so the films stack into one batch (the
+    model is in eval mode: each film's logits and maps are the same as alone, within float rounding).
+    With the ``"predicted"`` target, films whose card decision differs from the arg-max the engine
+    explained are explained again (together) for the decided class. Stage timings are the batch's
+    divided by the number of films.
+    """
+    import torch
+
     from xai.engine import METHODS
     from xai.preprocessing import prepare
 
+    n = len(radiographs)
+    if n == 0:
+        return []
     methods = tuple(methods) if methods else tuple(METHODS)
     class_names = tuple(model.card.class_names)
     target_index = resolve_target(target, class_names)
     explainer = explainer if explainer is not None else make_explainer(model)
+    load_ms = list(load_ms) if load_ms is not None else [0.0] * n
 
     started = time.perf_counter()
-    tensor, geometry = prepare(radiograph, model.card.preprocessing)
+    prepared_films = [prepare(radiograph, model.card.preprocessing) for radiograph in radiographs]
+    batch = torch.cat([tensor for tensor, _ in prepared_films])
     prepared = time.perf_counter()
-    explanation = explainer.explain(tensor, target=target_index, methods=methods)
-    probs = np.asarray(explanation.probabilities[0], dtype=np.float64)
-    predicted = predicted_index(probs, **card_decision_rule(model))
-    if target_index is None and int(explanation.target[0]) != predicted:
-        # The engine explains the arg-max; the card's threshold decided otherwise: explain the decision.
-        explanation = explainer.explain(tensor, target=predicted, methods=methods)
+    explanation = explainer.explain(batch, target=target_index, methods=methods)
+    rule = card_decision_rule(model)
+    decided = [predicted_index(np.asarray(p, dtype=np.float64), **rule) for p in explanation.probabilities]
+    explanations = [_image_of(explanation, i) for i in range(n)]
+    redo = [i for i in range(n) if target_index is None and int(explanation.target[i]) != decided[i]]
+    if redo:  # the engine explained the arg-max; the card's threshold decided otherwise: explain the decision
+        again = explainer.explain(batch[redo], target=[decided[i] for i in redo], methods=methods)
+        for j, i in enumerate(redo):
+            explanations[i] = _image_of(again, j)
     explained = time.perf_counter()
-
-    maps = {m: np.asarray(geometry.to_original(explanation.maps[m][0]), dtype=np.float32) for m in methods}
+    maps = [{m: np.asarray(geometry.to_original(e.maps[m][0]), dtype=np.float32) for m in methods}
+            for (_, geometry), e in zip(prepared_films, explanations, strict=True)]
     mapped = time.perf_counter()
 
+    shares = {"prepare": (prepared - started) * 1e3 / n, "explain": (explained - prepared) * 1e3 / n,
+              "to_original": (mapped - explained) * 1e3 / n}
+    return [
+        _result(radiographs[i], model, names[i], prepared_films[i], explanations[i], decided[i], maps[i],
+                load_ms[i], shares, n)
+        for i in range(n)
+    ]
+
+
+def _image_of(explanation: Explanation, i: int) -> Explanation:
+    """Film ``i`` of a batch explanation, as the explanation of a batch of one (read-only views)."""
+    from dataclasses import replace
+
+    def one(array: np.ndarray) -> np.ndarray:
+        return array[i:i + 1]
+
+    def each(mapping: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+        return None if mapping is None else {k: one(v) for k, v in mapping.items()}
+
+    return replace(
+        explanation, logits=one(explanation.logits), probabilities=one(explanation.probabilities),
+        target=one(explanation.target), maps=each(explanation.maps), raw=each(explanation.raw),
+        flat=each(explanation.flat), features=None if explanation.features is None else one(explanation.features),
+        details=each(explanation.details),
+    )
+
+
+def _result(
+    radiograph: Radiograph, model: LoadedModel, name: str, prepared: tuple[torch.Tensor, Geometry],
+    explanation: Explanation, predicted: int, maps: dict[str, np.ndarray], load_ms: float,
+    shares: Mapping[str, float], n: int,
+) -> PipelineResult:
+    """The :class:`PipelineResult` of one film (``shares``: the batch's stage times per film)."""
+    class_names = tuple(model.card.class_names)
+    probs = np.asarray(explanation.probabilities[0], dtype=np.float64)
     final_target = int(explanation.target[0])
     notices = list(radiograph.notices) + list(explanation.notes)
     notices += [
         f"{m}: the map is flat (no evidence for {class_names[final_target]} at this layer)"
-        for m in methods
+        for m in maps
         if bool(np.asarray(explanation.flat.get(m, False)).reshape(-1)[0])
     ]
     timings = {
         "load": round(load_ms, 3),
-        "prepare": round((prepared - started) * 1e3, 3),
-        **{f"explain.{k}": round(float(v), 3) for k, v in explanation.timings.items()},
-        "explain": round((explained - prepared) * 1e3, 3),
-        "to_original": round((mapped - explained) * 1e3, 3),
+        "prepare": round(shares["prepare"], 3),
+        **{f"explain.{k}": round(float(v) / n, 3) for k, v in explanation.timings.items()},
+        "explain": round(shares["explain"], 3),
+        "to_original": round(shares["to_original"], 3),
     }
-    timings["total"] = round(load_ms + (mapped - started) * 1e3, 3)
+    timings["total"] = round(load_ms + sum(shares.values()), 3)
+    tensor, geometry = prepared
     return PipelineResult(
         file=name,
         radiograph=radiograph,
