@@ -101,6 +101,7 @@ def test_behind_pooling_and_a_linear_layer_the_gradient_is_the_classifier_weight
     row = bundle.module.classifier.weight.detach().numpy()[target].astype(np.float64)
     np.testing.assert_allclose(np.asarray(d.gradients), np.broadcast_to((row / (h * w))[:, None, None], d.gradients.shape),
                                rtol=1e-5, atol=1e-10)
+    assert d.uniform_gradient
     contrast = glassbox.plus_plus_contrast(d, (224, 224))
     assert np.all(contrast.alpha_spread <= 1e-6 * np.abs(contrast.alphas).max())
 
@@ -198,6 +199,16 @@ def test_plain_and_guided_gradients_on_a_toy_network_by_hand() -> None:
     c = glassbox.guided_contrast(plain[0], guided[0])
     assert c.plain_negative == 0.5 and c.guided_negative == 0.0
     assert c.plain_zero == 0.5 and c.guided_zero == 0.5
+
+
+def test_a_spatially_varying_gradient_is_not_called_uniform() -> None:
+    """A head that weights the map's cells differently (flatten + linear): the gradient varies per cell."""
+    net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2)).eval()
+    e = Explainer(net, target_layer="1").explain(torch.randn(1, 1, 2, 2), target=0, details=True)
+    d = glassbox.image_details(e)
+    assert not d.uniform_gradient
+    weight = net[3].weight.detach().numpy()[0].reshape(2, 2, 2)  # dS/dA = the linear row, cell by cell
+    np.testing.assert_allclose(d.gradients, weight, rtol=1e-6)
 
 
 def snapshot(model: nn.Module) -> dict:

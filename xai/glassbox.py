@@ -105,6 +105,14 @@ class Details:
     def feature_shape(self) -> tuple[int, int]:
         return int(self.activations.shape[1]), int(self.activations.shape[2])
 
+    @property
+    def uniform_gradient(self) -> bool:
+        """True when each channel's gradient is the same at every cell (to 1e-6 of the largest), as behind
+        global average pooling and a linear layer: then Grad-CAM equals CAM and alpha is flat per channel."""
+        g = np.asarray(self.gradients, dtype=np.float64).reshape(self.channels, -1)
+        top = float(np.abs(g).max()) if g.size else 0.0
+        return bool(np.all(g.max(axis=1) - g.min(axis=1) <= 1e-6 * top))
+
 
 def image_details(explanation: Any, index: int = 0) -> Details:
     """Image ``index``'s details from an explanation made with ``details=True``.

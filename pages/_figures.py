@@ -1,0 +1,42 @@
+"""Plotly figure builders shared by the "How the maps are made" and "Compare" pages (no Streamlit calls)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from pages._panel import screen_image_uri
+from xai import render
+
+CELL_SIDE = 112  # longest side of a large map drawn as a heatmap (px); images go as JPEG instead
+
+
+def _small(a: np.ndarray) -> np.ndarray:
+    """A large map shrunk for a heatmap trace (plotly sends every value as JSON)."""
+    return render.downsample_for_display(np.asarray(a, dtype=np.float32), CELL_SIDE)
+
+
+def maps_figure(cells: list[tuple[str, np.ndarray, str]], height: int = 260) -> go.Figure:
+    """Maps side by side: ``(title, array, style)`` with style ``signed`` (blue-red around 0), ``unit``
+    (inferno on [0, 1]), ``auto`` (inferno on the map's range) or ``rgb`` (a uint8 image)."""
+    fig = make_subplots(rows=1, cols=len(cells), subplot_titles=[c[0] for c in cells], horizontal_spacing=0.02)
+    for i, (_title, a, style) in enumerate(cells, start=1):
+        if style == "rgb":
+            fig.add_trace(go.Image(source=screen_image_uri(a), hoverinfo="skip"), row=1, col=i)
+        else:
+            z = a if max(a.shape) <= CELL_SIDE else _small(a)
+            kwargs: dict[str, Any] = {"colorscale": render.plotly_colorscale(), "showscale": False}
+            if style == "signed":
+                top = float(np.abs(z).max()) or 1.0
+                kwargs = {"colorscale": "RdBu_r", "zmid": 0.0, "zmin": -top, "zmax": top, "showscale": False}
+            elif style == "unit":
+                kwargs.update(zmin=0.0, zmax=1.0)
+            fig.add_trace(go.Heatmap(z=z, hovertemplate="%{z:.3g}<extra></extra>", **kwargs), row=1, col=i)
+        fig.update_xaxes(visible=False, row=1, col=i)
+        fig.update_yaxes(visible=False, autorange="reversed", scaleanchor=f"x{'' if i == 1 else i}", row=1, col=i)
+    fig.update_annotations(font_size=12)
+    fig.update_layout(height=height, margin={"l": 4, "r": 4, "t": 40, "b": 4})
+    return fig
