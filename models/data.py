@@ -231,3 +231,74 @@ def _fill_value(u) -> float:  # noqa: ANN001 - the local random helper
     if r < 2 / 3:
         return 1.0
     return float(u(1))
+
+
+# ------------------------------------------------------------------------------------------ lung masks
+LUNGS_DIR_NAME = "lungs"
+
+
+def mask_to_model(mask: np.ndarray, geometry) -> np.ndarray:  # noqa: ANN001 - xai.preprocessing.Geometry
+    """A mask on the original pixel grid -> the model grid (S, S) float32 in [0, 1], through the same crop
+    and resize as the image (:class:`xai.preprocessing.Geometry`); letterbox padding is outside."""
+    import cv2
+
+    x0, y0, x1, y1 = geometry.crop_box
+    px0, py0, px1, py1 = geometry.content_box
+    region = np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.float32)
+    out = np.zeros((geometry.input_size, geometry.input_size), dtype=np.float32)
+    out[py0:py1, px0:px1] = cv2.resize(region, (px1 - px0, py1 - py0), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def read_lung_masks(lungs_dir: str | Path) -> dict[str, Path]:
+    """{chestcovnet image file name: mask path} from ``lungs/manifest.csv`` (manual and V7 masks)."""
+    lungs_dir = Path(lungs_dir)
+    manifest = lungs_dir / "manifest.csv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no manifest.csv in {lungs_dir}")
+    with manifest.open(newline="", encoding="utf-8") as fh:
+        return {Path(row["image"]).name: lungs_dir / row["mask"] for row in csv.DictReader(fh)}
+
+
+def build_mask_cache(data_dir: str | Path, records: Sequence[Record], preprocessing: Preprocessing,
+                     masks: dict[str, Path], cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 (N, S, S) lung masks on the model grid (0/1), bool (N,) whether the film has one) for ``records``.
+
+    ``masks`` maps file names to mask images on the film's own pixel grid (0 / nonzero). The crop box is
+    recomputed from the film, exactly as :func:`xai.preprocessing.prepare_array` does. Stored in
+    ``cache_dir`` under a key of the spec, the file list and the mask paths.
+    """
+    import cv2
+
+    from xai.radiograph import load_radiograph
+
+    data_dir = Path(data_dir)
+    files = [r.file for r in records]
+    key = hashlib.sha256(json.dumps([preprocessing.to_dict(), files,
+                                     [str(masks.get(f, "")) for f in files]]).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"lungmasks-{key}.npz" if cache_dir else None
+    if path is not None and path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return z["masks"], z["has"]
+    S = preprocessing.input_size
+    out = np.zeros((len(records), S, S), dtype=np.uint8)
+    has = np.zeros(len(records), dtype=bool)
+    pre = display_preprocessing(preprocessing)
+    for i, rec in enumerate(records):
+        mask_path = masks.get(rec.file)
+        if mask_path is None:
+            continue
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise ValueError(f"cannot read lung mask {mask_path}")
+        _, geometry = prepare_array(load_radiograph(data_dir / "images" / rec.file), pre)
+        if mask.shape != geometry.original_size:
+            mask = cv2.resize(mask, geometry.original_size[::-1], interpolation=cv2.INTER_NEAREST)
+        out[i] = mask_to_model((mask > 0).astype(np.float32), geometry) >= 0.5
+        has[i] = True
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, masks=out, has=has)
+        tmp.replace(path)
+    return out, has

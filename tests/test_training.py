@@ -113,3 +113,82 @@ def test_cam_border_share_matches_the_engines_grad_cam():
     net.classifier.weight.data.fill_(1.0)
     centre, corner = train_mod.cam_border_share(net, toy, torch.tensor([0, 1])).tolist()
     assert centre < 1e-6 and corner > 0.8
+
+
+def test_whole_network_stage_with_lung_penalty(tmp_path: Path, chestcovnet_dir: Path, shared_data: Path):
+    """Stage 1 on cached features, then every weight fine-tuned, with the Grad-CAM-outside-the-lungs penalty
+    on films that have a manual lung mask (NIH held out: the negatives come from the NLM sets, which have)."""
+    out = tmp_path / "bundle"
+    rc = train_mod.main(["--data", str(chestcovnet_dir), "--out", str(out), "--epochs", "1", "--max-images", "8",
+                         "--batch-size", "4", "--views", "1", "--cache-dir", "", "--seed", "1",
+                         "--holdout-source", "NIH ChestX-ray14", "--name", "smoke2",
+                         "--cam-lung-weight", "1", "--lungs", str(shared_data / "lungs"),
+                         "--whole-epochs", "1", "--whole-steps", "1", "--whole-batch-size", "4"])
+    assert rc == 0
+    stage1, final = models.load(out / "stage1"), models.load(out)
+    training = final.card.training
+    assert training["whole_network"]["epochs_run"] == 1 and training["cam_lung_penalty"] == 1.0
+    assert sum(training["lung_masks"]["train_films_with_mask"].values()) > 0
+    assert "CC BY-NC-SA 4.0" in " ".join(final.card.data_attribution)
+    stages = [h["stage"] for h in json.loads((out / "history.json").read_text())["history"]]
+    assert stages == ["top", "whole"]
+    # NIH held out: a negative source, so its check is a specificity at the remaining val's threshold
+    held = final.card.cross_source["NIH ChestX-ray14"]["all_splits"]
+    assert held["sensitivity"] is None and 0.0 <= held["specificity"] <= 1.0 and held["n"] == 8
+    imagenet = train_mod.efficientnet_lite0(2, imagenet=True).state_dict()
+    first, last = stage1.module.state_dict(), final.module.state_dict()
+    # stage 1 left the front at ImageNet; stage 2 moved it, but kept every batch-norm statistic
+    torch.testing.assert_close(first["blocks.3.depthwise_conv.weight"], imagenet["blocks.3.depthwise_conv.weight"])
+    assert not torch.equal(last["blocks.3.depthwise_conv.weight"], imagenet["blocks.3.depthwise_conv.weight"])
+    for key in ("stem_bn.running_mean", "blocks.3.depthwise_bn.running_var", "head_bn.running_mean"):
+        torch.testing.assert_close(last[key], first[key])
+
+
+def test_outside_weights_match_an_upsampled_cam_against_the_mask():
+    """The per-cell weights give, for any CAM, the share of its bilinearly upsampled map outside the mask
+    (brute force: upsample, then sum outside); films without a mask fall back to the border band."""
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((3, 224, 224), dtype=np.uint8)
+    masks[0, 40:200, 30:100] = 1  # a "left lung"
+    masks[1, 60:180, 120:210] = 1
+    has = np.array([True, True, False])
+    total, outside = train_mod.outside_weights(masks, has, 7, 7)
+    cam = torch.from_numpy(rng.random((3, 7, 7))).float()
+    up = F.interpolate(cam[:, None], size=(224, 224), mode="bilinear", align_corners=False)[:, 0]
+    band = np.ones((224, 224), dtype=bool)
+    band[22:-22, 22:-22] = False
+    regions = [masks[0] == 0, masks[1] == 0, band]
+    expected = torch.stack([up[i][torch.from_numpy(regions[i])].sum() / up[i].sum() for i in range(3)])
+    got = (cam * outside).sum((1, 2)) / (cam * total).sum((1, 2))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    # dilation only grows the region, so the share outside can only fall
+    _, wider = train_mod.outside_weights(train_mod.dilate(masks, 16), has, 7, 7)
+    assert ((cam * wider).sum((1, 2)) <= (cam * outside).sum((1, 2)) + 1e-6).all()
+
+
+def test_lung_masks_follow_the_films_crop_and_lie_on_the_dark_lungs(chestcovnet_dir: Path, shared_data: Path):
+    """Manual masks land on the model grid through the film's own body crop: the masked pixels are the
+    dark lung fields (air is black in display space), and a mask of the left half of the original maps to
+    the left part of the crop."""
+    from models.data import build_mask_cache, mask_to_model, read_lung_masks
+    from xai.preprocessing import prepare_array
+
+    pre = train_mod.CHESTCOVNET_PREPROCESSING
+    masks = read_lung_masks(shared_data / "lungs")
+    records = [r for r in read_manifest(chestcovnet_dir) if r.file in masks][:40:10]
+    grid, has = build_mask_cache(chestcovnet_dir, records, pre, masks, None)
+    images = build_cache(chestcovnet_dir, records, pre, None, progress=False).astype(np.float32)
+    assert has.all() and grid.dtype == np.uint8
+    for image, mask in zip(images, grid, strict=True):
+        assert 0.1 < mask.mean() < 0.6
+        assert image[mask > 0].mean() < image[mask == 0].mean() - 0.1
+    film = load_radiograph(chestcovnet_dir / "images" / records[0].file)
+    _, geometry = prepare_array(film, pre)
+    h, w = geometry.original_size
+    half = np.zeros((h, w), dtype=np.float32)
+    half[:, : w // 2] = 1
+    on_grid = mask_to_model(half, geometry)
+    x0, _, x1, _ = geometry.crop_box
+    assert on_grid[112].mean() == pytest.approx((w // 2 - x0) / (x1 - x0), abs=0.02)
