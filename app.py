@@ -26,7 +26,10 @@ _PAGES = (  # (script, title, icon); Explain is the default page
     ("pages/explain.py", "Explain", ":material/visibility:"),
     ("pages/model.py", "Model", ":material/model_training:"),
     ("pages/trust.py", "Trust", ":material/verified:"),
+    ("pages/how.py", "How the maps are made", ":material/schema:"),
+    ("pages/compare.py", "Compare", ":material/compare:"),
     ("pages/batch.py", "Batch", ":material/dataset:"),
+    ("pages/review.py", "Review", ":material/rate_review:"),
 )
 pages = [
     st.Page(script, title=title, icon=icon, default=(i == 0))
