@@ -306,6 +306,7 @@ def warm_up_display(model: ActiveModel, blank: Any, features: Any) -> None:
     """
     import numpy as np
 
+    import models
     from pages._panel import Panel, panel_figure, prediction_figure
     from xai import render
     from xai.trust import ood
@@ -316,7 +317,7 @@ def warm_up_display(model: ActiveModel, blank: Any, features: Any) -> None:
                  colorscale=render.plotly_colorscale())
     prediction_figure({"a": 0.5, "b": 0.5}, threshold=0.5, positive_class="b", decision="b")
     with contextlib.suppress(ValueError, RuntimeError):  # statistics that do not fit: the page says so later
-        ood.score(model.loaded, blank, features=features)
+        ood.score(model.loaded, blank, models.ood_stats(model.loaded), features=features)
 
 
 def active_model() -> ActiveModel:
@@ -542,25 +543,49 @@ def screen_view(image: LoadedImage, model: ActiveModel, result: PipelineResult, 
 def ood_verdict(image_sha: str, model_id: str, _result: PipelineResult, _model: ActiveModel) -> Any:
     """:func:`xai.trust.ood.score` of one explained image, cached so display changes cost nothing; the
     features come from the explanation's own forward pass (no second pass)."""
+    import models
     from xai.trust import ood
 
-    return ood.score(_model.loaded, _result.input_tensor, radiograph=_result.radiograph,
+    return ood.score(_model.loaded, _result.input_tensor, models.ood_stats(_model.loaded), radiograph=_result.radiograph,
                      features=_result.explanation.features)
+
+
+@dataclass(frozen=True)
+class OodSummary:
+    """The out-of-distribution verdict in words: ``warnings`` to show, else ``text`` (the reassurance or
+    why there is no check)."""
+
+    warnings: tuple[str, ...]
+    text: str
+
+    @property
+    def sentence(self) -> str:
+        """One line for an export."""
+        return " ".join(self.warnings) if self.warnings else self.text
+
+
+def ood_summary(image_sha: str, model: ActiveModel, result: PipelineResult) -> OodSummary:
+    """:func:`ood_verdict` as sentences for the page and the exports."""
+    try:
+        verdict = ood_verdict(image_sha, model.key, result, model)
+    except (ValueError, RuntimeError) as exc:  # e.g. a user's model whose features the statistics do not fit
+        return OodSummary((), f"No out-of-distribution check for this model: {exc}")
+    if verdict.warnings:
+        return OodSummary(tuple(verdict.warnings), "")
+    if verdict.score is None:
+        return OodSummary((), "No out-of-distribution score for this image.")
+    return OodSummary((), f"Input looks like the training data: Mahalanobis distance {verdict.score:.1f} "
+                          f"(percentile {verdict.percentile:.0f} among validation images, warning above "
+                          f"{verdict.threshold:.1f}).")
 
 
 def ood_banner(image_sha: str, model: ActiveModel, result: PipelineResult) -> None:
     """A visible warning when the input is unlike the training data (features or header hints)."""
-    try:
-        verdict = ood_verdict(image_sha, model.key, result, model)
-    except (ValueError, RuntimeError) as exc:  # e.g. a user's model whose features the statistics do not fit
-        st.caption(f"No out-of-distribution check for this model: {exc}")
-        return
-    for warning in verdict.warnings:
+    summary = ood_summary(image_sha, model, result)
+    for warning in summary.warnings:
         st.warning(warning, icon=":material/warning:")
-    if verdict.score is not None and not verdict.warnings:
-        st.caption(f"Input looks like the training data: Mahalanobis distance {verdict.score:.1f} "
-                   f"(percentile {verdict.percentile:.0f} among validation images, warning above "
-                   f"{verdict.threshold:.1f}).")
+    if not summary.warnings:
+        st.caption(summary.text)
 
 
 # ------------------------------------------------------------------------------------- model record

@@ -8,7 +8,6 @@ colour bar, scale, window/level, panel layout) only re-draws pixels inside a fra
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 import streamlit as st
@@ -24,6 +23,7 @@ from pages._shared import (
     load_input,
     method_label,
     ood_banner,
+    ood_summary,
     page_store,
     predicted_class,
     remember_predicted,
@@ -236,40 +236,57 @@ def film_view(image: LoadedImage, result: PipelineResult, s: DisplaySettings) ->
     return render.view(image.radiograph, result, replace(s, side=None))
 
 
-def side_by_side(images: list[np.ndarray], gap: int = 8) -> np.ndarray:
-    """Panels of one height in a row with a black gap (the Secondary Capture's pixel data)."""
-    h = max(i.shape[0] for i in images)
-    strip = np.zeros((h, gap, 3), np.uint8)
-    row: list[np.ndarray] = []
-    for i, img in enumerate(images):
-        pad = np.zeros((h - img.shape[0], img.shape[1], 3), np.uint8)
-        row += ([strip] if i else []) + [np.vstack([img, pad])]
-    return np.hstack(row)
-
-
 def export_stem(image: LoadedImage, model: ActiveModel) -> str:
     """File names carry the model and a content-hash prefix, never the upload's name (it may hold PHI)."""
     return f"{model.card.name}_{image.sha256[:10]}"
 
 
-def report_kwargs(
+def report_spec(
     image: LoadedImage, result: PipelineResult, model: ActiveModel, s: DisplaySettings, show_patient: bool,
-) -> dict[str, Any]:
+) -> export.ReportSpec:
+    """The report of what is on screen, drawn at the film's resolution, with the OOD verdict."""
     film = film_view(image, result, s)
-    return {
-        "radiograph": film.original,
-        "panels": {method_label(m): film.overlays[m] for m in result.methods},
-        "provenance": provenance(result, model, ", ".join(result.methods), s),
-        "class_names": list(result.class_names),
-        "probabilities": [result.probabilities[c] for c in result.class_names],
-        "threshold": getattr(model.card, "threshold", None),
-        "threshold_class": getattr(model.card, "positive_class", None),
-        "predicted": result.predicted,
-        "colormap": s.cmap,
-        "notes": list(result.notices),
-        "patient": image.radiograph.patient if show_patient else None,
-        "include_patient": show_patient,
-    }
+    ood = ood_summary(image.sha256, model, result)
+    return export.ReportSpec(
+        radiograph=film.original,
+        panels={method_label(m): film.overlays[m] for m in result.methods},
+        provenance=provenance(result, model, ", ".join(result.methods), s),
+        class_names=list(result.class_names),
+        probabilities=[result.probabilities[c] for c in result.class_names],
+        threshold=getattr(model.card, "threshold", None),
+        threshold_class=getattr(model.card, "positive_class", None),
+        predicted=result.predicted,
+        colormap=s.cmap,
+        notes=list(result.notices),
+        ood=ood.sentence,
+        ood_warning=bool(ood.warnings),
+        patient=image.radiograph.patient if show_patient else None,
+        include_patient=show_patient,
+    )
+
+
+def sc_zip(image: LoadedImage, result: PipelineResult, model: ActiveModel, s: DisplaySettings,
+           mode: export.ScMode) -> bytes:
+    """One Secondary Capture per method at the film's resolution, zipped (names carry no identifiers)."""
+    import io
+    import zipfile
+
+    film = film_view(image, result, s)
+    source = image.dicom_bytes or {**image.radiograph.patient,
+                                   "Modality": image.radiograph.metadata.get("modality", ""),
+                                   "SOPClassUID": image.radiograph.metadata.get("sop_class_uid", "")}
+    files = export.secondary_captures(dict(film.overlays), source, provenance(result, model, ", ".join(
+        result.methods), s), mode=mode)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for method, data in zip(result.methods, files, strict=True):
+            archive.writestr(f"{export_stem(image, model)}_{method_file_key(method)}.dcm", data)
+    return buffer.getvalue()
+
+
+def method_file_key(method: str) -> str:
+    """A method key fit for a file name: ``gradcam++`` -> ``gradcampp``."""
+    return method.replace("+", "p")
 
 
 def downloads_section(
@@ -286,34 +303,39 @@ def downloads_section(
                     film_view(image, result, s).overlays[m], provenance(result, model, m, s),
                     patient=patient, include_patient=show_patient,
                 ),
-                file_name=f"{stem}_{m.replace('+', 'pp')}.png", mime="image/png", on_click="ignore",
+                file_name=f"{stem}_{method_file_key(m)}.png", mime="image/png", on_click="ignore",
                 key=f"dl_{m}", icon=":material/download:",
             )
         st.download_button(
-            "Report PDF", data=lambda: export.report_pdf(**report_kwargs(image, result, model, s, show_patient)),
+            "Report PDF", data=lambda: export.report_pdf(report_spec(image, result, model, s, show_patient)),
             file_name=f"{stem}_report.pdf", mime="application/pdf", on_click="ignore", key="dl_report_pdf",
             icon=":material/picture_as_pdf:",
         )
         st.download_button(
-            "Report PNG", data=lambda: export.report_png(**report_kwargs(image, result, model, s, show_patient)),
+            "Report PNG", data=lambda: export.report_png(report_spec(image, result, model, s, show_patient)),
             file_name=f"{stem}_report.png", mime="image/png", on_click="ignore", key="dl_report_png",
             icon=":material/description:",
         )
         if image.radiograph.format == "dicom":
-            source = image.dicom_bytes or {**image.radiograph.patient,
-                                            "Modality": image.radiograph.metadata.get("modality", ""),
-                                            "SOPClassUID": image.radiograph.metadata.get("sop_class_uid", "")}
             st.download_button(
-                "DICOM Secondary Capture",
-                data=lambda: export.secondary_capture(
-                    side_by_side([(v := film_view(image, result, s)).original, *v.overlays.values()]), source,
-                    provenance(result, model, ", ".join(result.methods), s), include_patient=show_patient,
-                ),
-                file_name=f"{stem}_sc.dcm", mime="application/dicom", on_click="ignore", key="dl_sc",
+                "DICOM for our PACS — contains patient identifiers",
+                data=lambda: sc_zip(image, result, model, s, "pacs"),
+                file_name=f"{stem}_sc_pacs.zip", mime="application/zip", on_click="ignore", key="dl_sc_pacs",
                 icon=":material/medical_information:",
+                help="One Secondary Capture per method at the film's resolution, filed with the patient's "
+                "study (same patient and study, a new series). The files carry the patient's name and ID.",
+            )
+            st.download_button(
+                "DICOM, de-identified",
+                data=lambda: sc_zip(image, result, model, s, "deidentified"),
+                file_name=f"{stem}_sc_deidentified.zip", mime="application/zip", on_click="ignore",
+                key="dl_sc_deid", icon=":material/shield:",
+                help="One Secondary Capture per method at the film's resolution with new patient, study and "
+                "series identifiers and no patient details: nothing links it back to the patient.",
             )
     st.caption(f"Every export carries the model, its sha256, the settings, the date and “{DISCLAIMER}”. "
-               f"Patient details are {'INCLUDED' if show_patient else 'not included'}.")
+               f"Patient details are {'INCLUDED' if show_patient else 'not included'} (except in the "
+               "“for our PACS” DICOM, which says so).")
 
 
 # -------------------------------------------------------------------------------------------- page

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -375,18 +376,29 @@ def test_dicom_upload_windowing_and_exports_carry_no_identifiers(
     assert image_sources(at)[0] != before and calls == shared.ENGINE_CALLS  # re-windowed, nothing recomputed
 
     names = set(deferred)
-    assert any(n.endswith("_sc.dcm") for n in names) and any(n.endswith("_report.pdf") for n in names)
+    assert any(n.endswith("_sc_pacs.zip") for n in names) and any(n.endswith("_report.pdf") for n in names)
     assert len([n for n in names if n.endswith(".png") and "_report" not in n]) == 4
+    assert any(n.endswith("_gradcampp.png") for n in names), "Grad-CAM++ file name"
     assert not any("DOE" in n or "PID" in n for n in names), "file names must not carry the upload's name"
     files = {name: make() for name, make in deferred.items()}
+    pacs = files.pop(next(n for n in files if n.endswith("_sc_pacs.zip")))  # says it carries identifiers
     for name, blob in files.items():
         assert not any(v.encode() in blob for v in PHI_VALUES), f"{name} carries an identifier"
     pdf_text = pypdf.PdfReader(io.BytesIO(files[next(n for n in files if n.endswith(".pdf"))])).pages[0].extract_text()
     assert "not for diagnosis" in pdf_text and not any(v in pdf_text for v in PHI_VALUES)
-    sc = pydicom.dcmread(io.BytesIO(files[next(n for n in files if n.endswith("_sc.dcm"))]))
+    assert "methods Grad-CAM, Grad-CAM++, Guided Backprop, Guided Grad-CAM" in pdf_text.replace("\n", " ")
+    assert "looks like the training data" in pdf_text.replace("\n", " ")  # the OOD verdict
     source = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    assert str(sc.PatientName) != PHI["PatientName"] and sc.PatientID != PHI["PatientID"]
-    assert sc.StudyInstanceUID == source.StudyInstanceUID
+    for archive, same_patient in ((pacs, True), (files[next(n for n in files if n.endswith("_deidentified.zip"))], False)):
+        with zipfile.ZipFile(io.BytesIO(archive)) as z:
+            members = sorted(z.namelist())
+            assert len(members) == 4 and not any("DOE" in n or "PID" in n for n in members)
+            scs = [pydicom.dcmread(io.BytesIO(z.read(n))) for n in members]
+        for sc in scs:
+            assert (sc.PatientID == PHI["PatientID"]) is same_patient
+            assert (sc.StudyInstanceUID == source.StudyInstanceUID) is same_patient
+            assert (sc.Rows, sc.Columns) > (source.Rows, source.Columns - 1)  # the film's own grid + label
+            assert sc.Columns == source.Columns
     overlay = Image.open(io.BytesIO(files[next(n for n in files if n.endswith("_gradcam.png"))]))
     assert overlay.width >= 1024  # exported at full resolution (plus the caption band below)
 
@@ -398,6 +410,30 @@ def test_dicom_upload_windowing_and_exports_carry_no_identifiers(
     assert "DOE^JANE" in pypdf.PdfReader(io.BytesIO(report)).pages[0].extract_text()
     assert np.any([PHI["PatientID"] in str(t.value) for t in at.table]) or any(
         PHI["PatientID"] in str(d.value) for d in at.dataframe)
+
+
+def test_report_is_drawn_at_export_resolution_not_from_screen_pixels(
+    deferred: dict[str, Callable[[], bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime
+
+    from xai import export
+
+    monkeypatch.setattr(export, "_utc_now", lambda: datetime(2026, 12, 1, 12, 0, tzinfo=UTC))
+    at = new_app()
+    choose_sample(at, "NIH")
+
+    def report_pixels() -> np.ndarray:
+        made = deferred[next(n for n in deferred if n.endswith("_report.png"))]()
+        return np.asarray(Image.open(io.BytesIO(made)).convert("RGB"))
+
+    first = report_pixels()
+    at.select_slider(key="disp_side").set_value("1536 px (fine)")
+    run(at)
+    np.testing.assert_array_equal(report_pixels(), first)
+    at.slider(key="disp_alpha").set_value(0.9)  # a display setting that is part of the report does change it
+    run(at)
+    assert not np.array_equal(report_pixels(), first)
 
 
 def test_a_missing_model_bundle_gives_a_clear_message_and_the_server_keeps_serving(

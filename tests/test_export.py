@@ -172,12 +172,12 @@ def test_exports_are_identical_when_made_from_many_threads(panel, provenance, gr
 
     small = panel[::4, ::4].copy()
     expected_png = export.overlay_png(small, provenance)
-    args = _report_args(gray[::4, ::4], small, provenance, source)
-    expected_report = PdfReader(io.BytesIO(export.report_pdf(**args))).pages[0].extract_text()
+    spec = _report_spec(gray[::4, ::4], small, provenance, source)
+    expected_report = PdfReader(io.BytesIO(export.report_pdf(spec))).pages[0].extract_text()
 
     def work(i: int) -> tuple[bytes, str]:
         png = export.overlay_png(small, provenance)
-        pdf = export.report_pdf(**args)
+        pdf = export.report_pdf(spec)
         return png, PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -187,29 +187,32 @@ def test_exports_are_identical_when_made_from_many_threads(panel, provenance, gr
 
 
 # --------------------------------------------------------------------------------------- report
-def _report_args(gray, panel, provenance, source):
-    return dict(
-        radiograph=gray,
-        panels={"Grad-CAM++": panel, "Guided Grad-CAM": panel},
-        provenance=provenance,
-        class_names=("non_covid", "covid19"),
-        probabilities=(0.28, 0.72),
-        threshold=0.5,
-        threshold_class="covid19",
-        predicted="covid19",
-        notes=("the map is flat for one method",),
-        patient=_patient(source),
-    )
+def _report_spec(gray, panel, provenance, source, **changes) -> export.ReportSpec:
+    return export.ReportSpec(**{
+        "radiograph": gray,
+        "panels": {"Grad-CAM++": panel, "Guided Grad-CAM": panel},
+        "provenance": provenance,
+        "class_names": ("non_covid", "covid19"),
+        "probabilities": (0.28, 0.72),
+        "threshold": 0.5,
+        "threshold_class": "covid19",
+        "predicted": "covid19",
+        "notes": ("the map is flat for one method",),
+        "ood": "Unlike the training data: Mahalanobis distance 41.2 (warning above 30.0).",
+        "ood_warning": True,
+        "patient": _patient(source),
+        **changes,
+    })
 
 
-def test_report_pdf_one_page_with_provenance_and_no_patient(gray, panel, provenance, source):
-    data = export.report_pdf(**_report_args(gray, panel, provenance, source))
+def test_report_pdf_one_page_with_provenance_ood_verdict_and_no_patient(gray, panel, provenance, source):
+    data = export.report_pdf(_report_spec(gray, panel, provenance, source))
     assert data.startswith(b"%PDF-")
     reader = PdfReader(io.BytesIO(data))
     assert len(reader.pages) == 1
     text = reader.pages[0].extract_text()
     for expected in ("chestcovnet", SHA, __version__, "features.denseblock4", "covid19", "not for diagnosis",
-                     "0.720", "threshold 0.50", "812 ms"):
+                     "0.720", "threshold 0.50", "812 ms", "Unlike the training data", "41.2"):
         assert expected in text, expected
     _assert_no_identifiers(text, "PDF text")
     _assert_no_identifiers(_inflated_streams(data), "PDF bytes")
@@ -218,14 +221,14 @@ def test_report_pdf_one_page_with_provenance_and_no_patient(gray, panel, provena
 
 
 def test_report_pdf_shows_patient_only_when_asked(gray, panel, provenance, source):
-    data = export.report_pdf(**_report_args(gray, panel, provenance, source), include_patient=True)
+    data = export.report_pdf(_report_spec(gray, panel, provenance, source, include_patient=True))
     text = PdfReader(io.BytesIO(data)).pages[0].extract_text()
     assert "Testpatient^Jolanda" in text and "PID-8472-XQZ" in text  # the search above can find them
     assert "Examplary" not in text  # institution is never part of an export
 
 
 def test_report_png_valid_and_clean(gray, panel, provenance, source):
-    data = export.report_png(**_report_args(gray, panel, provenance, source), dpi=60)
+    data = export.report_png(_report_spec(gray, panel, provenance, source), dpi=60)
     image = Image.open(io.BytesIO(data))
     assert image.format == "PNG" and image.height > image.width  # A4 portrait
     assert SHA in _png_text(data)
@@ -233,62 +236,128 @@ def test_report_png_valid_and_clean(gray, panel, provenance, source):
     _assert_no_identifiers(_png_all_bytes(data), "report PNG bytes")
 
 
-def test_report_rejects_mismatched_probabilities(gray, panel, provenance):
+def test_report_rejects_mismatched_probabilities_and_too_many_panels(gray, panel, provenance, source):
     with pytest.raises(export.ExportError, match="probabilities"):
-        export.report_png(gray, {"x": panel}, provenance, class_names=("a", "b", "c"), probabilities=(0.5, 0.5))
+        _report_spec(gray, panel, provenance, source, class_names=("a", "b", "c"))
+    with pytest.raises(export.ExportError, match="at most 5"):
+        _report_spec(gray, panel, provenance, source, panels={str(i): panel for i in range(6)})
+
+
+@pytest.mark.parametrize("threshold", [0.001, 0.02, 0.5, 0.97])
+def test_report_threshold_line_crosses_no_label(gray, panel, provenance, source, threshold):
+    """The dashed threshold line used to run over the probability label (e.g. "0.001") of its bar."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    spec = _report_spec(gray[::8, ::8], panel[::8, ::8], provenance, source, threshold=threshold,
+                        probabilities=(0.999, 0.001))
+    fig = export.report_figure(spec)
+    FigureCanvasAgg(fig).draw()
+    bars = next(ax for ax in fig.axes if ax.get_title().startswith("Prediction"))
+    (line,) = [ln for ln in bars.get_lines() if ln.get_linestyle() == "--"]
+    assert line.get_xdata()[0] == threshold
+    labels = [t for t in bars.texts if "  0." in t.get_text()]
+    assert [t.get_text() for t in labels] == ["non_covid  0.999", "covid19  0.001"]
+    line_box = line.get_window_extent()
+    for label in labels:
+        assert not line_box.overlaps(label.get_window_extent()), f"{label.get_text()} under the line"
+    assert f"threshold {threshold:.2f} on P(covid19)" in bars.get_title()
 
 
 # ----------------------------------------------------------------------------- secondary capture
-def test_secondary_capture_references_source_study_and_is_anonymous(panel, provenance, source, source_bytes):
-    data = export.secondary_capture(panel, source_bytes, provenance)
-    _assert_no_identifiers(data, "SC bytes")
-    sc = pydicom.dcmread(io.BytesIO(data))
-    assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
-    assert sc.StudyInstanceUID == source.StudyInstanceUID
-    assert sc.SeriesInstanceUID != source.SeriesInstanceUID and sc.SOPInstanceUID != source.SOPInstanceUID
-    (ref,) = sc.SourceImageSequence
-    assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID and ref.ReferencedSOPClassUID == source.SOPClassUID
-    (series,) = sc.ReferencedSeriesSequence
-    assert series.SeriesInstanceUID == source.SeriesInstanceUID
-    assert series.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-    assert str(sc.PatientName) == "ANONYMOUS^" and sc.PatientID == "ANON" and sc.PatientIdentityRemoved == "YES"
-    assert not sc.get("PatientBirthDate") and not sc.get("StudyDate") and not sc.get("AccessionNumber")
-    assert "InstitutionName" not in sc and sc.BurnedInAnnotation == "NO"
-    for expected in (SHA[:12], __version__, export.DISCLAIMER, "Grad-CAM++"):
-        assert expected in sc.ImageComments
-    assert SHA in sc.DerivationDescription
-    pixels = sc.pixel_array
-    assert sc.PhotometricInterpretation == "RGB" and pixels.shape[1] == panel.shape[1]
-    np.testing.assert_array_equal(pixels[: panel.shape[0]], panel)
+PANELS_KEYS = ("gradcam", "guided_gradcam")
 
 
-def test_secondary_capture_copies_patient_only_when_asked(panel, provenance, source):
-    sc = pydicom.dcmread(io.BytesIO(export.secondary_capture(panel, source, provenance, include_patient=True)))
-    assert str(sc.PatientName) == IDENTIFIERS["PatientName"] and sc.PatientID == IDENTIFIERS["PatientID"]
-    assert sc.PatientBirthDate == IDENTIFIERS["PatientBirthDate"] and sc.PatientSex == "F"
-    assert sc.StudyDate == IDENTIFIERS["StudyDate"] and sc.AccessionNumber == IDENTIFIERS["AccessionNumber"]
-    assert "PatientIdentityRemoved" not in sc and "InstitutionName" not in sc
-    assert sc.BurnedInAnnotation == "YES"
+def _read_sc(data: bytes) -> pydicom.Dataset:
+    """Read back and validate: pydicom parses it, highdicom accepts it as an image of its SOP class."""
+    import highdicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    image = highdicom.Image.from_dataset(ds, copy=True)
+    assert image.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+                    "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyID",
+                    "SeriesInstanceUID", "SeriesNumber", "Modality", "ConversionType"):
+        assert keyword in ds, f"{keyword} missing (type 1/2 attribute of the SC IOD)"
+    return ds
 
 
-def test_secondary_capture_from_mapping_new_uids_each_time(panel, provenance, source):
+def _film_panels(gray: np.ndarray) -> dict[str, np.ndarray]:
+    """Two distinct overlays at the film's resolution (the source DICOM's full 1024 x 1024 grid)."""
+    yy, xx = np.mgrid[: gray.shape[0], : gray.shape[1]]
+    return {m: render.overlay(gray, np.exp(-((yy - 300 * (i + 1)) ** 2 + (xx - 500) ** 2) / (2 * 90.0**2)))
+            for i, m in enumerate(PANELS_KEYS)}
+
+
+@pytest.fixture(scope="module")
+def film(source: pydicom.Dataset) -> np.ndarray:
+    return source.pixel_array.astype(np.float32) / 255.0
+
+
+def test_sc_for_our_pacs_joins_the_patients_study_in_a_new_series(film, provenance, source, source_bytes):
+    panels = _film_panels(film)
+    files = export.secondary_captures(panels, source_bytes, provenance, mode="pacs")
+    assert len(files) == len(panels)
+    read = [_read_sc(f) for f in files]
+    assert len({sc.SeriesInstanceUID for sc in read}) == 1 and [sc.InstanceNumber for sc in read] == [1, 2]
+    for sc, (method, rgb) in zip(read, panels.items(), strict=True):
+        # Patient and Study modules of the source: a PACS files it with the patient's study.
+        assert str(sc.PatientName) == IDENTIFIERS["PatientName"] and sc.PatientID == IDENTIFIERS["PatientID"]
+        assert sc.PatientBirthDate == IDENTIFIERS["PatientBirthDate"] and sc.PatientSex == "F"
+        assert sc.StudyDate == IDENTIFIERS["StudyDate"] and sc.AccessionNumber == IDENTIFIERS["AccessionNumber"]
+        assert str(sc.ReferringPhysicianName) == IDENTIFIERS["ReferringPhysicianName"]
+        assert sc.StudyInstanceUID == source.StudyInstanceUID
+        assert sc.SeriesInstanceUID != source.SeriesInstanceUID and sc.SOPInstanceUID != source.SOPInstanceUID
+        (ref,) = sc.SourceImageSequence
+        assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert sc.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+        assert "PatientIdentityRemoved" not in sc and "InstitutionName" not in sc
+        # The film's own resolution (1024 x 1024 here), the method's overlay untouched above its label band.
+        pixels = sc.pixel_array
+        assert pixels.shape[1] == film.shape[1] == source.Columns and pixels.shape[0] > film.shape[0]
+        np.testing.assert_array_equal(pixels[: film.shape[0]], rgb)
+        band = pixels[film.shape[0]:]
+        assert (band > 200).any()  # the burned-in label
+        assert sc.ImageComments.startswith(export.method_title(method))
+        assert export.method_title(method) in sc.DerivationDescription and SHA in sc.DerivationDescription
+        assert sc.BurnedInAnnotation == "NO"  # the label band holds provenance, never the patient's name
+        _assert_no_identifiers(band.tobytes(), "SC label band")
+
+
+def test_sc_deidentified_has_new_uids_throughout_and_no_identifiers(film, provenance, source, source_bytes):
+    panels = _film_panels(film)
+    files = export.secondary_captures(panels, source_bytes, provenance, mode="deidentified")
+    again = export.secondary_captures(panels, source_bytes, provenance, mode="deidentified")
+    read = [_read_sc(f) for f in files]
+    source_uids = {source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID}
+    for data, sc in zip(files, read, strict=True):
+        _assert_no_identifiers(data, "de-identified SC bytes")
+        assert not any(uid.encode() in data for uid in source_uids), "a source UID links it back"
+        assert sc.StudyInstanceUID not in source_uids and sc.SeriesInstanceUID not in source_uids
+        assert str(sc.PatientName) == "" and sc.PatientID.startswith("ANON-")
+        assert not sc.PatientBirthDate and not sc.StudyDate and not sc.AccessionNumber and not sc.PatientSex
+        assert sc.PatientIdentityRemoved == "YES" and "SourceImageSequence" not in sc
+        assert sc.pixel_array.shape[1] == film.shape[1]
+    assert len({sc.StudyInstanceUID for sc in read}) == 1  # one new study for the export…
+    assert _read_sc(again[0]).StudyInstanceUID != read[0].StudyInstanceUID  # …and another one next time
+    assert _read_sc(again[0]).PatientID != read[0].PatientID
+
+
+def test_sc_from_mapping_and_from_modality(provenance, source, panel):
     mapping = _patient(source)
-    first = pydicom.dcmread(io.BytesIO(export.secondary_capture(panel, mapping, provenance)))
-    second = pydicom.dcmread(io.BytesIO(export.secondary_capture(panel, mapping, provenance)))
-    assert first.StudyInstanceUID == second.StudyInstanceUID == source.StudyInstanceUID
-    assert first.SOPInstanceUID != second.SOPInstanceUID and first.SeriesInstanceUID != second.SeriesInstanceUID
     del mapping["SOPClassUID"]
     mapping["Modality"] = "CR"
-    cr = pydicom.dcmread(io.BytesIO(export.secondary_capture(panel, mapping, provenance)))
-    assert cr.SourceImageSequence[0].ReferencedSOPClassUID == pydicom.uid.ComputedRadiographyImageStorage
+    (cr,) = export.secondary_captures({"gradcam": panel}, mapping, provenance, mode="pacs")
+    assert _read_sc(cr).SourceImageSequence[0].ReferencedSOPClassUID == pydicom.uid.ComputedRadiographyImageStorage
 
 
-def test_secondary_capture_needs_a_dicom_source(panel, provenance):
+def test_secondary_capture_needs_a_dicom_source_and_a_mode(panel, provenance, source):
     png = render.to_png_bytes(panel)
     with pytest.raises(export.ExportError, match="not a readable DICOM"):
-        export.secondary_capture(panel, png, provenance)
+        export.secondary_captures({"gradcam": panel}, png, provenance, mode="pacs")
     with pytest.raises(export.ExportError, match="StudyInstanceUID"):
-        export.secondary_capture(panel, {"PatientName": "x"}, provenance)
+        export.secondary_captures({"gradcam": panel}, {"PatientName": "x"}, provenance, mode="pacs")
     with pytest.raises(export.ExportError, match="SOPClassUID"):
-        export.secondary_capture(panel, {"StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.2.3",
-                                         "SOPInstanceUID": "1.2.3.4"}, provenance)
+        export.secondary_captures({"gradcam": panel}, {"StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.2.3",
+                                                       "SOPInstanceUID": "1.2.3.4"}, provenance, mode="pacs")
+    with pytest.raises(export.ExportError, match="mode"):
+        export.secondary_captures({"gradcam": panel}, source, provenance, mode="anon")  # type: ignore[arg-type]

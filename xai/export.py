@@ -8,8 +8,8 @@ switch, off by default):
 * PNG files: the caption band is burned into the pixels; text chunks hold the provenance only.
 * Report PDF/PNG: drawn with matplotlib (``Figure`` + Agg/PDF backends, no pyplot state, so concurrent
   sessions do not share a figure); document metadata holds the provenance only.
-* DICOM Secondary Capture (``highdicom.sc.SCImage``): see :func:`secondary_capture` for which source
-  attributes are copied by default.
+* DICOM Secondary Capture (``highdicom.sc.SCImage``): one image per method at the film's resolution, either
+  for the hospital's PACS (patient and study of the source) or de-identified; see :func:`secondary_captures`.
 
 Pure library: no UI imports. Matplotlib and highdicom are imported when an export is made.
 """
@@ -19,10 +19,10 @@ from __future__ import annotations
 import io
 import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,6 +42,8 @@ __all__ = [
     "PATIENT_FIELDS",
     "ExportError",
     "Provenance",
+    "ReportSpec",
+    "ScMode",
     "captioned_panel",
     "method_title",
     "overlay_png",
@@ -49,7 +51,7 @@ __all__ = [
     "report_figure",
     "report_pdf",
     "report_png",
-    "secondary_capture",
+    "secondary_captures",
 ]
 
 APP_NAME = "ChestCOVNet XAI"
@@ -286,81 +288,108 @@ def provenance_png(rgb: NDArray[np.uint8], provenance: Provenance) -> bytes:
 
 
 # ----------------------------------------------------------------------------------------- report
-def report_figure(
-    radiograph: NDArray,
-    panels: Mapping[str, NDArray[np.uint8]],
-    provenance: Provenance,
-    *,
-    class_names: Sequence[str],
-    probabilities: Sequence[float],
-    threshold: float | None = None,
-    threshold_class: str | None = None,
-    predicted: str | None = None,
-    colormap: str = DEFAULT_CMAP,
-    notes: Sequence[str] = (),
-    patient: Mapping[str, Any] | None = None,
-    include_patient: bool = False,
-) -> Figure:
+@dataclass(frozen=True)
+class ReportSpec:
+    """Everything a one-page report shows (see :func:`report_figure`).
+
+    ``radiograph`` and ``panels`` (``{title: uint8 RGB}``, at most five) should be drawn at the export's
+    resolution (``xai.render.view`` with ``side=None``), never taken from screen pixels. ``ood``: the
+    out-of-distribution verdict in one sentence, ``ood_warning`` whether it warns.
+    """
+
+    radiograph: NDArray
+    panels: Mapping[str, NDArray[np.uint8]]
+    provenance: Provenance
+    class_names: Sequence[str]
+    probabilities: Sequence[float]
+    threshold: float | None = None
+    threshold_class: str | None = None
+    predicted: str | None = None
+    colormap: str = DEFAULT_CMAP
+    notes: Sequence[str] = ()
+    ood: str | None = None
+    ood_warning: bool = False
+    patient: Mapping[str, Any] | None = field(default=None, repr=False)
+    include_patient: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.panels) > 5:
+            raise ExportError(f"a report holds at most 5 panels, got {len(self.panels)}")
+        if len(self.probabilities) != len(self.class_names):
+            raise ExportError(f"{len(self.probabilities)} probabilities for {len(self.class_names)} classes")
+
+
+#: Longest side of each image drawn in the report (the A4 page at 150-300 dpi holds about this much).
+REPORT_IMAGE_SIDE = 1024
+_WARN_COLOUR = "#b00020"
+
+
+def _prediction_axes(ax: Any, spec: ReportSpec) -> None:
+    """Probability bars; names and values above each bar, the threshold a dashed line across its own bar
+    only and written in the title, so no line crosses a label."""
+    names = list(spec.class_names)
+    probs = np.asarray(spec.probabilities, dtype=np.float64).reshape(-1)
+    y = np.arange(len(names))
+    ax.barh(y, probs, color=["#d95f02" if n == spec.predicted else "#7570b3" for n in names], height=0.5)
+    ax.set_yticks([])
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.4, len(names) - 0.1)
+    ax.set_xlabel("probability", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    for yi, name, p in zip(y, names, probs, strict=True):
+        ax.text(0.01, yi + 0.3, f"{name}  {p:.3f}", va="bottom", fontsize=8)
+    title = "Prediction" + (f": {spec.predicted}" if spec.predicted else "")
+    if spec.threshold is not None:
+        positive = spec.threshold_class if spec.threshold_class in names else names[-1]
+        k = names.index(positive)
+        ax.plot([spec.threshold, spec.threshold], [k - 0.25, k + 0.25], color="black", ls="--", lw=1.2)
+        title += f"\n(dashed: threshold {spec.threshold:.2f} on P({positive}))"
+    ax.set_title(title, fontsize=9)
+
+
+def report_figure(spec: ReportSpec) -> Figure:
     """A one-page A4 report as a matplotlib ``Figure`` (no pyplot: safe with concurrent sessions).
 
-    Layout: title; the radiograph and up to five overlay ``panels`` (``{title: uint8 RGB}``) with the
-    prediction bar chart (threshold drawn on ``threshold_class``, default the last class) in a 3-column
-    grid; colour bar; model / target layer / class / settings / timings; notes; the disclaimer.
+    Layout: title and disclaimer; the out-of-distribution verdict; the radiograph and up to five overlay
+    panels with the prediction chart in a 3-column grid; colour bar; model / target layer / class /
+    settings / timings; notes; the disclaimer again.
     """
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
-    if len(panels) > 5:
-        raise ExportError(f"a report holds at most 5 panels, got {len(panels)}")
-    probs = np.asarray(probabilities, dtype=np.float64).reshape(-1)
-    if len(probs) != len(class_names):
-        raise ExportError(f"{len(probs)} probabilities for {len(class_names)} classes")
-    images: list[tuple[str, NDArray[np.uint8]]] = [("Radiograph", _as_rgb(downsample_for_display(
-        np.asarray(radiograph), 1024)))]
-    images += [(title, _as_rgb(downsample_for_display(np.asarray(img), 1024))) for title, img in panels.items()]
-    cells = len(images) + 1  # + the prediction chart
-    rows = -(-cells // 3)
+    def shrink(img: NDArray) -> NDArray[np.uint8]:
+        return _as_rgb(downsample_for_display(np.asarray(img), REPORT_IMAGE_SIDE))
+
+    images = [("Radiograph", shrink(spec.radiograph))] + [(t, shrink(i)) for t, i in spec.panels.items()]
+    rows = -(-(len(images) + 1) // 3)  # + the prediction chart
 
     fig = Figure(figsize=(8.27, 11.69))  # A4 portrait, inches
-    grid = fig.add_gridspec(rows + 2, 3, height_ratios=[0.5] + [3.0] * rows + [2.6 + 0.25 * len(notes)],
+    grid = fig.add_gridspec(rows + 2, 3, height_ratios=[0.7] + [3.0] * rows + [2.6 + 0.25 * len(spec.notes)],
                             left=0.05, right=0.95, top=0.97, bottom=0.03, hspace=0.35, wspace=0.12)
     head = fig.add_subplot(grid[0, :])
     head.axis("off")
-    head.text(0, 0.75, f"{APP_NAME} — explanation report", fontsize=15, weight="bold", va="center")
-    head.text(0, 0.05, DISCLAIMER, fontsize=10, color="#b00020", va="center")
+    head.text(0, 0.85, f"{APP_NAME} — explanation report", fontsize=15, weight="bold", va="center")
+    head.text(0, 0.45, DISCLAIMER, fontsize=10, color=_WARN_COLOUR, va="center")
+    if spec.ood:
+        head.text(0, 0.0, ("⚠ " if spec.ood_warning else "") + spec.ood, fontsize=8.5, va="center",
+                  color=_WARN_COLOUR if spec.ood_warning else "#1b5e20", wrap=True)
 
     for i, (title, img) in enumerate(images):
         ax = fig.add_subplot(grid[1 + i // 3, i % 3])
         ax.imshow(img, interpolation="lanczos")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-
     i = len(images)
-    bars = fig.add_subplot(grid[1 + i // 3, i % 3])
-    y = np.arange(len(class_names))
-    positive = threshold_class if threshold_class in class_names else class_names[-1]
-    colours = ["#d95f02" if name == predicted else "#7570b3" for name in class_names]
-    bars.barh(y, probs, color=colours, height=0.6)
-    bars.set_yticks([])
-    bars.set_xlim(0, 1)
-    bars.set_ylim(-0.6, len(class_names) - 0.2)
-    bars.set_xlabel("probability", fontsize=8)
-    bars.tick_params(axis="x", labelsize=7)
-    for yi, name, p in zip(y, class_names, probs, strict=True):  # class names inside the axes: no overlap
-        bars.text(0.02, yi + 0.38, f"{name}  {p:.3f}", va="center", fontsize=8)
-    if threshold is not None:
-        k = list(class_names).index(positive)
-        bars.plot([threshold, threshold], [k - 0.45, k + 0.45], color="black", ls="--", lw=1.2)
-        bars.text(threshold + 0.02, k - 0.4, f"threshold {threshold:.2f}", fontsize=7, va="bottom")
-    bars.set_title("Prediction" + (f": {predicted}" if predicted else ""), fontsize=9)
+    _prediction_axes(fig.add_subplot(grid[1 + i // 3, i % 3]), spec)
 
     info = fig.add_subplot(grid[rows + 1, :])
     info.axis("off")
     cax = info.inset_axes((0.0, 0.9, 0.35, 0.06))
-    fig.colorbar(ScalarMappable(Normalize(0, 1), colormap), cax=cax, orientation="horizontal")
-    cax.set_title(f"map value ({colormap})", fontsize=7)
+    fig.colorbar(ScalarMappable(Normalize(0, 1), spec.colormap), cax=cax, orientation="horizontal")
+    cax.set_title(f"map value ({spec.colormap})", fontsize=7)
     cax.tick_params(labelsize=6)
+    provenance = spec.provenance
     text = [
         f"Model: {provenance.model_name}   sha256 {provenance.model_sha256 or 'unknown'}",
         f"Method: {method_title(provenance.method)}   target class: {provenance.target_class}"
@@ -371,13 +400,13 @@ def report_figure(
     if provenance.timings_ms:
         text.append("Timings: " + ", ".join(f"{k} {float(v):.0f} ms" for k, v in provenance.timings_ms.items()))
     text.append(f"Created {provenance.date_text} with {APP_NAME} {provenance.app_version}")
-    if include_patient and (line := patient_line(patient)):
+    if spec.include_patient and (line := patient_line(spec.patient)):
         text.append(line)
-    text += [f"Note: {n}" for n in notes]
+    text += [f"Note: {n}" for n in spec.notes]
     wrapped = [w for t in text for w in textwrap.wrap(t, 120)]
     info.text(0, 0.72, "\n".join(wrapped), fontsize=7.5, va="top", family="DejaVu Sans", linespacing=1.5)
     info.text(0, 0.0, f"{DISCLAIMER}. Saliency maps show what the model used, not where disease is.",
-              fontsize=8.5, color="#b00020", va="bottom")
+              fontsize=8.5, color=_WARN_COLOUR, va="bottom")
     return fig
 
 
@@ -386,23 +415,20 @@ def _metadata_text(provenance: Provenance) -> str:
             f"sha256 {provenance.model_sha256}, {APP_NAME} {provenance.app_version}. {DISCLAIMER}")
 
 
-def report_png(*args: Any, dpi: int = 150, **kwargs: Any) -> bytes:
+def report_png(spec: ReportSpec, *, dpi: int = 150) -> bytes:
     """The :func:`report_figure` page as PNG bytes (provenance in text chunks, never patient data)."""
-    fig = report_figure(*args, **kwargs)
-    provenance: Provenance = kwargs.get("provenance") or args[2]
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, metadata={
-        "Title": f"{APP_NAME} report", "Software": f"{APP_NAME} {provenance.app_version}",
-        "Description": _metadata_text(provenance)})
+    report_figure(spec).savefig(buffer, format="png", dpi=dpi, metadata={
+        "Title": f"{APP_NAME} report", "Software": f"{APP_NAME} {spec.provenance.app_version}",
+        "Description": _metadata_text(spec.provenance)})
     return buffer.getvalue()
 
 
-def report_pdf(*args: Any, **kwargs: Any) -> bytes:
+def report_pdf(spec: ReportSpec) -> bytes:
     """The :func:`report_figure` page as a one-page PDF (document info holds provenance only)."""
-    fig = report_figure(*args, **kwargs)
-    provenance: Provenance = kwargs.get("provenance") or args[2]
+    provenance = spec.provenance
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="pdf", metadata={
+    report_figure(spec).savefig(buffer, format="pdf", metadata={
         "Title": f"{APP_NAME} report", "Author": None, "Subject": _metadata_text(provenance),
         "Creator": f"{APP_NAME} {provenance.app_version}", "Keywords": DISCLAIMER,
         "CreationDate": provenance.created})
@@ -410,6 +436,16 @@ def report_pdf(*args: Any, **kwargs: Any) -> bytes:
 
 
 # ----------------------------------------------------------------------------- secondary capture
+#: The two kinds of Secondary Capture: filed with the source study, or anonymous and unlinkable.
+ScMode = Literal["pacs", "deidentified"]
+#: Patient and Study module attributes a "pacs" export copies: DICOM keyword -> highdicom argument.
+_PATIENT_AND_STUDY = {
+    "PatientName": "patient_name", "PatientID": "patient_id", "PatientBirthDate": "patient_birth_date",
+    "PatientSex": "patient_sex", "StudyDate": "study_date", "StudyTime": "study_time",
+    "AccessionNumber": "accession_number", "StudyID": "study_id", "ReferringPhysicianName": "referring_physician_name",
+}
+
+
 def _source_attributes(source: pydicom.Dataset | Mapping[str, Any] | bytes | str | Path) -> dict[str, str]:
     """DICOM keyword -> string for the attributes an SC needs from its source."""
     import pydicom
@@ -433,44 +469,61 @@ def _source_attributes(source: pydicom.Dataset | Mapping[str, Any] | bytes | str
     return out
 
 
-def secondary_capture(
-    panel_rgb: NDArray[np.uint8],
+def _source_references(sop_class: str, src: Mapping[str, str]) -> tuple[Any, Any]:
+    """SourceImageSequence and ReferencedSeriesSequence pointing at the explained image."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    def instance() -> Dataset:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = src["SOPInstanceUID"]
+        return item
+
+    series = Dataset()
+    series.SeriesInstanceUID = src["SeriesInstanceUID"]
+    series.ReferencedInstanceSequence = DicomSequence([instance()])
+    return DicomSequence([instance()]), DicomSequence([series])
+
+
+def secondary_captures(
+    panels: Mapping[str, NDArray[np.uint8]],
     source: pydicom.Dataset | Mapping[str, Any] | bytes | str | Path,
     provenance: Provenance,
     *,
-    include_patient: bool = False,
+    mode: ScMode,
     series_number: int = 990,
-    instance_number: int = 1,
-) -> bytes:
-    """A DICOM Secondary Capture (RGB, Explicit VR Little Endian) of the captioned panel, as file bytes.
+) -> list[bytes]:
+    """One DICOM Secondary Capture per panel (``{method key: uint8 RGB at the film's resolution}``), all
+    in one new series, as file bytes (RGB, Explicit VR Little Endian).
 
-    ``source`` is the explained DICOM: a pydicom ``Dataset``, the file bytes or path, or a mapping of
-    DICOM keywords (``Radiograph.patient``) with at least StudyInstanceUID, SeriesInstanceUID,
-    SOPInstanceUID and SOPClassUID (or Modality CR/DX).
+    Each image is the panel at its own resolution with a caption band burned in below it, whose first line
+    names the method (the label); SeriesDescription, DerivationDescription and ImageComments name it too.
 
-    What is copied from the source:
+    ``mode``:
 
-    * Always: StudyInstanceUID (the SC joins the source study), and the source Series/SOP Instance UIDs
-      in ReferencedSeriesSequence and SourceImageSequence. UIDs are study references, not patient
-      identifiers; without them the SC could not be filed with its study.
-    * Never by default: PatientName is "ANONYMOUS^", PatientID "ANON"; birth date, sex, study date/time,
-      accession number, study ID and referring physician are empty; PatientIdentityRemoved = YES.
-      Institution and device attributes of the source are never copied.
-    * With ``include_patient=True``: PatientName, PatientID, PatientBirthDate, PatientSex, StudyDate,
-      StudyTime, AccessionNumber, StudyID and ReferringPhysicianName are copied so PACS files the SC
-      with the patient's study (and the caption band shows them).
+    * ``"pacs"`` — for the hospital's own PACS: the Patient module (name, ID, birth date, sex) and the
+      Study module (Study Instance UID, date, time, accession number, study ID, referring physician) of
+      the source, so the PACS files the images with the patient's study; a new series; the source image
+      referenced. THE FILES CONTAIN PATIENT IDENTIFIERS (in the header, never burned into the pixels).
+    * ``"deidentified"`` — new Study, Series and SOP Instance UIDs, a random pseudonymous patient ID, an
+      empty patient name and study attributes, no reference to the source's UIDs,
+      PatientIdentityRemoved = YES. Nothing links it back to the patient; a PACS files it as a new study.
 
-    New SeriesInstanceUID and SOPInstanceUID are generated for every call. Provenance (model + sha256,
-    app version, method, settings, date, disclaimer) goes into SeriesDescription, ImageComments,
-    DerivationDescription, ManufacturerModelName and SoftwareVersions.
+    A real study is never joined with an anonymous patient (a PACS would misfile it), and an anonymous
+    export never carries the real study's UIDs. Provenance (model + sha256, app version, method,
+    settings, date, disclaimer) goes into SeriesDescription, ImageComments, DerivationDescription,
+    ManufacturerModelName and SoftwareVersions.
     """
     import pydicom
     from highdicom import UID
     from highdicom.sc import SCImage
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence as DicomSequence
     from pydicom.uid import ExplicitVRLittleEndian
 
+    if mode not in ("pacs", "deidentified"):
+        raise ExportError(f"mode must be 'pacs' or 'deidentified', got {mode!r}")
+    if not panels:
+        raise ExportError("a Secondary Capture needs at least one panel")
     src = _source_attributes(source)
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not src.get(k)]
     if missing:
@@ -478,66 +531,44 @@ def secondary_capture(
     sop_class = src.get("SOPClassUID") or _SOP_CLASS_BY_MODALITY.get(src.get("Modality", "").upper())
     if not sop_class:
         raise ExportError("a Secondary Capture needs the source SOPClassUID (or Modality CR/DX)")
-
-    pixels = captioned_panel(panel_rgb, provenance, patient=src, include_patient=include_patient)
     orientation = tuple(src.get("PatientOrientation", "").split("\\"))
     if len(orientation) != 2 or not all(orientation):
         orientation = ("L", "F")  # conventional display of a frontal chest film (patient's right on the left)
-
-    def _keep(key: str) -> str | None:
-        value = src.get(key, "").strip()
-        return value if include_patient and value else None
-
-    sc = SCImage(
-        pixel_array=pixels,
-        photometric_interpretation="RGB",
-        bits_allocated=8,
-        coordinate_system="PATIENT",
-        study_instance_uid=src["StudyInstanceUID"],
-        series_instance_uid=UID(),
-        series_number=series_number,
-        sop_instance_uid=UID(),
-        instance_number=instance_number,
-        manufacturer=APP_NAME,
-        patient_id=_keep("PatientID") or ("ANON" if not include_patient else None),
-        patient_name=_keep("PatientName") or ("ANONYMOUS^" if not include_patient else None),
-        patient_birth_date=_keep("PatientBirthDate"),
-        patient_sex=_keep("PatientSex"),
-        accession_number=_keep("AccessionNumber"),
-        study_id=_keep("StudyID"),
-        study_date=_keep("StudyDate"),
-        study_time=_keep("StudyTime"),
-        referring_physician_name=_keep("ReferringPhysicianName"),
-        patient_orientation=orientation,
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        series_description=f"{APP_NAME} {method_title(provenance.method)} (not for diagnosis)"[:64],
-        manufacturer_model_name=f"{provenance.model_name}"[:64],
-        software_versions=f"{APP_NAME} {provenance.app_version}"[:64],
-        content_date=provenance.created.date(),
-        content_time=provenance.created.time().replace(microsecond=0),
-        specific_character_set="ISO_IR 192",  # UTF-8: captions use an em dash, names may be non-ASCII
+    pacs = mode == "pacs"
+    identity: dict[str, Any] = (
+        {arg: (src.get(k, "").strip() or None) for k, arg in _PATIENT_AND_STUDY.items()}
+        | {"study_instance_uid": src["StudyInstanceUID"]}
+        if pacs else {"study_instance_uid": UID(), "patient_id": f"ANON-{UID()[-12:]}", "patient_name": ""}
     )
-    if not include_patient:
-        sc.PatientIdentityRemoved = "YES"
-        sc.DeidentificationMethod = f"{APP_NAME}: patient module not copied"[:64]
-    sc.BurnedInAnnotation = "YES" if include_patient and patient_line(src) else "NO"
-    sc.ImageComments = " | ".join(provenance.lines())[:10240]
-    sc.DerivationDescription = (f"{method_title(provenance.method)} saliency overlay of the source image; "
-                                f"model {provenance.model_name} sha256 {provenance.model_sha256}; "
-                                f"{provenance.settings_text()}")[:1024]
+    series_uid = UID()
+    out: list[bytes] = []
+    for number, (method, rgb) in enumerate(panels.items(), start=1):
+        label = replace(provenance, method=method)
+        sc = SCImage(
+            pixel_array=captioned_panel(rgb, label), photometric_interpretation="RGB", bits_allocated=8,
+            coordinate_system="PATIENT", series_instance_uid=series_uid, series_number=series_number,
+            sop_instance_uid=UID(), instance_number=number, manufacturer=APP_NAME,
+            patient_orientation=orientation, transfer_syntax_uid=ExplicitVRLittleEndian,
+            series_description=f"{APP_NAME} saliency (not for diagnosis)"[:64],
+            manufacturer_model_name=f"{provenance.model_name}"[:64],
+            software_versions=f"{APP_NAME} {provenance.app_version}"[:64],
+            content_date=provenance.created.date(),
+            content_time=provenance.created.time().replace(microsecond=0),
+            specific_character_set="ISO_IR 192",  # UTF-8: captions use an em dash, names may be non-ASCII
+            **identity,
+        )
+        sc.BurnedInAnnotation = "NO"  # the caption band holds provenance only, never patient data
+        sc.ImageComments = " | ".join(label.lines())[:10240]
+        sc.DerivationDescription = (f"{method_title(method)} saliency overlay of the source image; "
+                                    f"model {provenance.model_name} sha256 {provenance.model_sha256}; "
+                                    f"{provenance.settings_text()}")[:1024]
+        if pacs:
+            sc.SourceImageSequence, sc.ReferencedSeriesSequence = _source_references(sop_class, src)
+        else:
+            sc.PatientIdentityRemoved = "YES"
+            sc.DeidentificationMethod = f"{APP_NAME}: new UIDs, no patient or study attributes"[:64]
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, sc, enforce_file_format=True)
+        out.append(buffer.getvalue())
+    return out
 
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = sop_class
-    reference.ReferencedSOPInstanceUID = src["SOPInstanceUID"]
-    sc.SourceImageSequence = DicomSequence([reference])
-    series_item = Dataset()
-    series_item.SeriesInstanceUID = src["SeriesInstanceUID"]
-    instance = Dataset()
-    instance.ReferencedSOPClassUID = sop_class
-    instance.ReferencedSOPInstanceUID = src["SOPInstanceUID"]
-    series_item.ReferencedInstanceSequence = DicomSequence([instance])
-    sc.ReferencedSeriesSequence = DicomSequence([series_item])
-
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, sc, enforce_file_format=True)
-    return buffer.getvalue()
