@@ -64,7 +64,13 @@ from models.data import (
     read_manifest,
     select,
 )
-from models.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0, efficientnet_lite0
+from models.efficientnet_lite import (
+    HEAD_CHANNELS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EfficientNetLite0,
+    efficientnet_lite0,
+)
 from models.metrics import auroc, binary_metrics, rounded, youden_threshold
 from xai.preprocessing import Preprocessing
 
@@ -249,6 +255,36 @@ def predict_features(model: EfficientNetLite0, feats: torch.Tensor, n_blocks: in
     finally:
         model.train(was_training)
     return torch.softmax(z, 1)[:, positive_index].numpy().astype(np.float64), z.numpy()
+
+
+@torch.no_grad()
+def pooled_features(model: EfficientNetLite0, feats: torch.Tensor, n_blocks: int, batch_size: int = 128) -> np.ndarray:
+    """The classifier's input (pooled ``head_act``, (N, 1280)) from cached front features, in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = [model.pool(model.forward_rest(feats[i:i + batch_size].float(), n_blocks, return_features=True)[1])
+               .flatten(1) for i in range(0, len(feats), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, HEAD_CHANNELS))
+
+
+def ood_warning_rate(features_of: Callable[[Sequence[Record]], np.ndarray], data: TrainData,
+                     records: Sequence[Record]) -> dict[str, Any]:
+    """How often the app's out-of-distribution check (:mod:`xai.trust.ood`: Mahalanobis distance to class
+    Gaussians, signed-square-root features, Ledoit-Wolf covariance) fitted on THIS run's train split and
+    calibrated on its val split warns on ``records`` (e.g. a source never seen in training)."""
+    from xai.trust.ood import WARN_PERCENTILE, fit_gaussian, mahalanobis, transform_features
+
+    means, precision, _ = fit_gaussian(transform_features(features_of(data.train)), data.labels(data.train))
+    limit = float(np.percentile(mahalanobis(transform_features(features_of(data.val)), means, precision),
+                                WARN_PERCENTILE))
+    distances = mahalanobis(transform_features(features_of(records)), means, precision)
+    warned = int((distances > limit).sum())
+    return {"warned": warned, "n": len(records), "rate": warned / max(1, len(records)),
+            "rule": f"Mahalanobis distance above the {WARN_PERCENTILE:.0f}th percentile of this run's val "
+                    "distances (statistics fitted on this run's train split)"}
 
 
 def _cell_mass(h: int, w: int, size: int) -> torch.Tensor:
@@ -590,10 +626,11 @@ def calibrate(score: Scorer, val: Sequence[Record]) -> tuple[float, dict[str, An
 
 
 # ------------------------------------------------------------------------------------------ stage: cross-source
-def check_held_out_source(data: TrainData, score: Scorer, holdout: str, threshold: float,
-                          command: str) -> dict[str, Any]:
+def check_held_out_source(data: TrainData, score: Scorer, holdout: str, threshold: float, command: str,
+                          features_of: Callable[[Sequence[Record]], np.ndarray] | None = None) -> dict[str, Any]:
     """All of the held-out source's images scored at the threshold chosen on the remaining val, per split,
-    and its positives against the other sources' test negatives."""
+    its positives against the other sources' test negatives, and (with ``features_of``, the classifier's
+    input for records) how often the out-of-distribution check warns on it."""
     p_held = score(data.held)
     y_held = data.labels(data.held)
     held = {"held_out_source": holdout, "threshold_from": "val without the held-out source",
@@ -602,6 +639,10 @@ def check_held_out_source(data: TrainData, score: Scorer, holdout: str, threshol
                          for s in SPLITS if (m := np.array([r.split == s for r in data.held])).any()},
             "vs_test_negatives": _against_test_negatives(data, score, holdout, p_held, y_held, threshold),
             "command": command, "date": datetime.now(UTC).strftime("%Y-%m-%d")}
+    if features_of is not None:
+        held["ood_warnings"] = ood_warning_rate(features_of, data, data.held)
+        log.info("out-of-distribution warnings on the held-out source: %d of %d", held["ood_warnings"]["warned"],
+                 len(data.held))
     all_splits = held["all_splits"]
     rate = all_splits["sensitivity"] if all_splits["sensitivity"] is not None else all_splits["specificity"]
     log.info("held-out %s: %s %.4f on %d images at threshold %.4f", holdout,
@@ -743,10 +784,13 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
     def score_top(recs: Sequence[Record]) -> np.ndarray:
         return predict_features(model, feats.clean[data.rows(recs)], args.freeze_blocks)[0]
 
+    def features_top(recs: Sequence[Record]) -> np.ndarray:
+        return pooled_features(model, feats.clean[data.rows(recs)], args.freeze_blocks)
+
     if args.whole_epochs <= 0:
-        return finish(args, out, model, pre, data, aug, fits, score_top, command, t_start)
+        return finish(args, out, model, pre, data, aug, fits, score_top, command, t_start, features_top)
     # Stage 1 is kept beside the final bundle (out/stage1), so the two stages can be compared on val.
-    finish(args, out / "stage1", model, pre, data, aug, fits, score_top, command, t_start)
+    finish(args, out / "stage1", model, pre, data, aug, fits, score_top, command, t_start, features_top)
     # from here the front changes: score_top's cached features no longer apply
     fits.append(fit_whole(args, model, data, pre, aug, generator))
 
@@ -757,13 +801,13 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
 
 def finish(args: argparse.Namespace, out: Path, model: EfficientNetLite0, pre: Preprocessing, data: TrainData,
-           aug: Augmentation, fits: Sequence[FitResult], score: Scorer, command: str,
-           t_start: float) -> dict[str, Any]:
+           aug: Augmentation, fits: Sequence[FitResult], score: Scorer, command: str, t_start: float,
+           features_of: Callable[[Sequence[Record]], np.ndarray] | None = None) -> dict[str, Any]:
     """Calibration, the held-out-source check and the card, for the model as it is now."""
     log.info("best epoch %d (%s stage)", fits[-1].best_epoch, fits[-1].history[0]["stage"])
     threshold, val_metrics = calibrate(score, data.val)
     holdout = args.holdout_source
-    cross_source = check_held_out_source(data, score, holdout, threshold, command) if holdout else {}
+    cross_source = check_held_out_source(data, score, holdout, threshold, command, features_of) if holdout else {}
     training = training_record(args, data, aug, fits, command, (time.time() - t_start) / 60)
     return write_outputs(args, out, model, pre, threshold, val_metrics, cross_source, training, fits)
 
