@@ -23,7 +23,7 @@ Formulas (N subjects/cases, k categories, n readers):
   p_e = sum_c p_reader(c) p_model(c).
 - **The reader's box against each map**: pointing-game hit, share of the map's energy inside the box and
   IoU of the Otsu-thresholded map with the box, with the CheXlocalize conventions of
-  :mod:`xai.trust.metrics` (the batch report's ``_agreement``); the box's share of the film is the
+  :mod:`xai.trust.metrics` (the batch report's :func:`xai.batch.films.agreement`); the box's share of the film is the
   chance hit rate of a map pointing at random.
 """
 
@@ -194,13 +194,13 @@ def reader_model_agreement(
 def box_agreement(maps: Mapping[str, NDArray], box: Sequence[float]) -> dict[str, dict[str, float]]:
     """Per method: ``hit`` (1.0/0.0), ``energy_inside``, ``iou_otsu`` of the map against the box, and the
     box's ``area_share`` of the film (chance hit rate). ``box`` = [x, y, w, h] in film pixels."""
-    from xai.batch import _agreement
+    from xai.batch.films import agreement
     from xai.trust.metrics import box_to_mask
 
     out: dict[str, dict[str, float]] = {}
     for method, heat in maps.items():
         mask = box_to_mask(tuple(box), heat.shape[:2])
-        out[method] = {**_agreement(np.asarray(heat, dtype=np.float64), mask), "area_share": float(mask.mean())}
+        out[method] = {**agreement(np.asarray(heat, dtype=np.float64), mask), "area_share": float(mask.mean())}
     return out
 
 

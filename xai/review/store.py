@@ -43,6 +43,7 @@ from xai.review import schema
 __all__ = [
     "CONFIDENCE_RANGE",
     "DIAGNOSES",
+    "PLAUSIBILITY_LABELS",
     "PLAUSIBILITY_RANGE",
     "QUESTIONS",
     "ReviewError",
@@ -56,6 +57,14 @@ __all__ = [
 DIAGNOSES = ("covid19", "non_covid", "uncertain")
 CONFIDENCE_RANGE = (1, 5)
 PLAUSIBILITY_RANGE = (1, 5)
+#: The plausibility scale: higher is more plausible (the mean per method reads "higher is better").
+PLAUSIBILITY_LABELS = {
+    5: "on the finding",
+    4: "mostly on the finding",
+    3: "partly on the finding",
+    2: "in the lungs, off the finding",
+    1: "artefact / outside the lungs",
+}
 #: The questions a session can ask; a session asks all of them unless created with fewer.
 QUESTIONS = ("diagnosis", "confidence", "plausibility", "note", "box")
 DEFAULT_METHODS = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam")
@@ -289,7 +298,14 @@ class ReviewStore:
 
     def __init__(self, url: str | None = None) -> None:
         self.url = url or default_url()
-        self.engine = _engine(self.url)
+        try:
+            self.engine = _engine(self.url)
+        except (sa.exc.SQLAlchemyError, ImportError, OSError) as exc:
+            shown = self.url
+            with contextlib.suppress(sa.exc.ArgumentError):
+                shown = sa.make_url(self.url).render_as_string(hide_password=True)
+            raise ReviewError(f"cannot open the review database {shown}: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
 
     # ------------------------------------------------------------------ transactions
     @contextlib.contextmanager
@@ -327,7 +343,7 @@ class ReviewStore:
         Raises :class:`ReviewError` naming the first file that cannot be read, an empty worklist, a
         duplicate name or an unknown method / question; nothing is stored then.
         """
-        from xai.batch import collect_inputs
+        from xai.batch.inputs import collect_inputs
         from xai.engine import METHODS
         from xai.radiograph import RadiographError, load_radiograph
 

@@ -1,0 +1,167 @@
+"""The Review page (``/review``) driven headless with ``streamlit.testing.v1.AppTest`` through ``app.py``.
+
+Real radiographs, the bundled model, a real SQLite review database in a temporary folder (``XAI_DB_URL``).
+Checks the blinded read (no model output, no map before the read is recorded), the anonymised maps
+("Map A-D" in the stored per-reader order, no method name on screen), that answers land under the
+right method, that a reader sees only their own answers, the owner's results and exports, session
+creation from the page (a zip and a bundled sample) and clear messages for bad input.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from xai.export import METHOD_TITLES
+from xai.review import ReviewStore, map_letters
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+TIMEOUT = 300
+FILMS = ("cxnet_001.jpg", "mhh_a4318ac9.jpg")
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ReviewStore:
+    url = f"sqlite:///{tmp_path / 'review.sqlite3'}"
+    monkeypatch.setenv("XAI_DB_URL", url)
+    return ReviewStore(url)
+
+
+def run(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def click(at: AppTest, key: str) -> AppTest:
+    at.button(key=key).click()
+    return run(at)
+
+
+def open_review(name: str) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    run(at)
+    run(at.switch_page("pages/review.py"))
+    at.text_input(key="review_reader_name").input(name)
+    return run(at)
+
+
+def labels(at: AppTest, widget: str) -> list[str]:
+    return [w.label for w in getattr(at, widget)]
+
+
+def maps_chart(at: AppTest) -> dict | None:
+    charts = [c for c in at.get("plotly_chart") if "review_maps" in c.proto.id]
+    return json.loads(charts[0].proto.spec) if charts else None
+
+
+def screen_text(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [i.value for i in at.info] + [c.value for c in at.caption]
+    parts += labels(at, "radio") + labels(at, "button")
+    return "\n".join(str(p) for p in parts)
+
+
+def test_blinded_anonymised_read_saves_under_the_right_methods(store, chestcovnet_dir):
+    sid = store.create_session("study", [str(chestcovnet_dir / "images" / f) for f in FILMS], owner="olga")
+    first, second = store.cases(sid)
+    at = open_review("ann")
+    # blinded: the film and the read, no model output and no map yet
+    assert "Record my read" in labels(at, "button")
+    assert maps_chart(at) is None and not [i for i in at.info if "Model (" in i.value]
+    assert not any(title in screen_text(at) for title in METHOD_TITLES.values())
+    at.radio(key=f"review_dx_{sid}_{first}").set_value("non_covid")
+    at.radio(key=f"review_conf_{sid}_{first}").set_value(2)
+    click(at, "review_record")
+    (saved,) = store.history(sid)
+    assert (saved["diagnosis"], saved["confidence"], saved["plausibility"]) == ("non_covid", 2, {})
+
+    # revealed: the prediction and four maps titled Map A-D, no method name anywhere on screen
+    assert any("Model (chestcovnet)" in i.value for i in at.info)
+    chart = maps_chart(at)
+    assert [a["text"] for a in chart["layout"]["annotations"]] == ["Map A", "Map B", "Map C", "Map D"]
+    assert sum(t["type"] == "image" for t in chart["data"]) == 4
+    assert not any(title in screen_text(at) for title in METHOD_TITLES.values())
+    assert "Your read: **Not COVID-19**, confidence 2" in screen_text(at)  # locked after the reveal
+    letters = map_letters(store.map_order(sid, first, "ann"))
+    for value, letter in zip((5, 4, 2, 1), letters, strict=True):
+        at.radio(key=f"review_pl_{sid}_{first}_{letter}").set_value(value)
+    at.text_area(key=f"review_note_{sid}_{first}").input("consolidation right lower zone")
+    click(at, "review_save")
+    (row,) = store.export(sid)
+    assert row["plausibility"] == {method: v for v, method in zip((5, 4, 2, 1), letters.values(), strict=True)}
+    assert (row["diagnosis"], row["confidence"], row["note"]) == ("non_covid", 2, "consolidation right lower zone")
+    assert row["map_order"] == list(letters.values()) and row["seconds"] is not None
+    assert len(store.history(sid)) == 2  # the read, then the full rating: both kept
+    # saved and moved on to the next case, whose read is blinded again
+    assert "Record my read" in labels(at, "button") and maps_chart(at) is None
+    assert f"review_dx_{sid}_{second}" in [r.key for r in at.radio]
+    assert store.predictions(sid, "chestcovnet")[first] in ("covid19", "non_covid")
+
+
+def test_a_second_reader_resumes_sees_only_own_answers_and_the_owner_gets_results(store, chestcovnet_dir):
+    sid = store.create_session("shared", [str(chestcovnet_dir / "images" / f) for f in FILMS], owner="olga",
+                               blinded=False)
+    first, second = store.cases(sid)
+    store.save_rating(sid, first, "ann", {"diagnosis": "covid19", "confidence": 5, "note": "ann's secret",
+                                          "plausibility": {"gradcam": 5}, "box": [50, 60, 100, 120]})
+    store.save_rating(sid, first, "ben", {"diagnosis": "covid19", "confidence": 3, "plausibility": {"gradcam": 4}})
+    at = open_review("ben")
+    # ben resumes at his first unrated case (the second) and the page has no Results view for him
+    assert f"review_dx_{sid}_{second}" in [r.key for r in at.radio]
+    assert not [s for s in at.get("segmented_control") if "Results" in str(s.proto)]
+    assert "ann's secret" not in screen_text(at)
+    click(at, "review_prev")  # back to the first case: his own answers, not ann's
+    assert at.radio(key=f"review_dx_{sid}_{first}").value == "covid19"
+    assert at.radio(key=f"review_conf_{sid}_{first}").value == 3
+    assert at.text_area(key=f"review_note_{sid}_{first}").value == ""
+    # not blinded: the maps are there at once
+    assert maps_chart(at) is not None
+
+    owner = open_review("olga")
+    control = owner.get("segmented_control")[0]
+    assert "Results" in str(control.proto)
+    control.set_value("Results")
+    run(owner)
+    metrics = {m.label: m.value for m in owner.metric}
+    assert metrics["Readers"] == "2"
+    assert metrics["Fleiss' kappa (read)"] == "–"  # one case, both said covid19: one category only (undefined)
+    charts = [c for c in owner.get("plotly_chart") if "review_plausibility_chart" in c.proto.id]
+    bars = json.loads(charts[0].proto.spec)["data"][0]
+    assert bars["x"] == ["Grad-CAM"] and bars["y"] == [4.5]
+    assert {b.proto.label for b in owner.get("download_button")} == {"Ratings (CSV)", "Session report (HTML)"}
+    click(owner, "review_close")
+    assert store.session(sid).closed
+    # closed: the reader now has the results too
+    again = open_review("ben")
+    assert "Results" in str(again.get("segmented_control")[0].proto)
+
+
+def test_create_a_session_from_a_zip_and_a_sample_and_refuse_bad_input(store, chestcovnet_dir):
+    at = open_review("olga")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(chestcovnet_dir / "images" / FILMS[0], "films/a.jpg")
+        z.write(chestcovnet_dir / "images" / FILMS[1], "films/b.jpg")
+    at.text_input(key="review_new_name").input("from the page")
+    at.file_uploader(key="review_new_files").set_value(("films.zip", archive.getvalue(), "application/zip"))
+    at.multiselect(key="review_new_samples").set_value([at.multiselect(key="review_new_samples").options[0]])
+    click(at, "review_create")
+    (session,) = store.sessions()
+    assert (session.name, session.n_cases, session.owner, session.patient_details) == ("from the page", 3, "olga", False)
+    assert all(store.case_info(session.id, c)["label"] is None for c in store.cases(session.id))
+    assert at.selectbox(key="review_session_choice").value == "from the page"
+
+    at.text_input(key="review_new_name").input("from the page")  # duplicate name
+    click(at, "review_create")
+    assert any("exists already" in e.value for e in at.error)
+    at.text_input(key="review_new_name").input("broken")
+    at.file_uploader(key="review_new_files").set_value(("notes.png", b"not an image" * 40, "image/png"))
+    at.multiselect(key="review_new_samples").set_value([])
+    click(at, "review_create")
+    assert any("notes.png" in e.value and "not created" in e.value for e in at.error)
+    assert [s.name for s in store.sessions()] == ["from the page"]
