@@ -1,4 +1,5 @@
-"""Command line: ``python -m xai explain ...`` and ``python -m xai report ...`` (console script ``xai``).
+"""Command line: ``python -m xai explain ...``, ``python -m xai report ...`` and ``python -m xai review ...``
+(console script ``xai``; ``review``: see :mod:`xai.review.cli`).
 
 Exit status: 0 all inputs done; 1 some inputs failed (each named on stderr with its reason, the others
 done); 2 a usage problem (unknown method or target, a model that cannot be loaded, an unreadable boxes
@@ -57,6 +58,9 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--only-boxed", action="store_true",
                         help="keep only the inputs whose file name has a box in --boxes")
     report.add_argument("--stability", action="store_true", help="also compute map stability (slow)")
+    from xai.review.cli import add_review_parser  # light: argparse only
+
+    add_review_parser(sub)
     return parser
 
 
@@ -191,6 +195,10 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     try:
         if args.command == "explain":
             return _run_explain(args, stdout, stderr)
+        if args.command == "review":
+            from xai.review.cli import run_review
+
+            return run_review(args, stdout, stderr)
         return _run_report(args, stdout, stderr)
     except (UsageError, TargetError) as exc:
         print(f"xai: error: {exc}", file=stderr)
