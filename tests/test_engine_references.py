@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from captum.attr import GuidedBackprop, LayerGradCam
+from captum.attr import GuidedBackprop, LayerActivation, LayerGradCam, LayerGradientXActivation
 from torch import nn
 
 from xai import METHODS, Explainer
@@ -101,13 +101,22 @@ def plain_layer_gradient(
     return store["a"].detach().double().numpy(), grad.double().numpy()
 
 
-def gradcam_plus_plus_eq19(a: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """Eq. 19 (Chattopadhyay et al. 2018), exponential score, alpha = 0 where the denominator is 0."""
+def gradcam_plus_plus_alphas_eq19(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Eq. 19 (Chattopadhyay et al. 2018), exponential score: alpha = g^2 / (2 g^2 + sum_ab A g^3), 0 where
+    the denominator is 0."""
     denominator = 2 * g**2 + a.sum(axis=(2, 3), keepdims=True) * g**3
     safe = np.where(denominator == 0, 1.0, denominator)
-    alpha = np.where(denominator == 0, 0.0, g**2 / safe)
-    weights = (alpha * np.maximum(g, 0)).sum(axis=(2, 3))
-    return np.maximum(np.einsum("nk,nkhw->nhw", weights, a), 0)
+    return np.where(denominator == 0, 0.0, g**2 / safe)
+
+
+def gradcam_plus_plus_weights_eq19(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """w_k = sum_ab alpha * ReLU(g)."""
+    return (gradcam_plus_plus_alphas_eq19(a, g) * np.maximum(g, 0)).sum(axis=(2, 3))
+
+
+def gradcam_plus_plus_eq19(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """The Grad-CAM++ map ReLU(sum_k w_k A_k)."""
+    return np.maximum(np.einsum("nk,nkhw->nhw", gradcam_plus_plus_weights_eq19(a, g), a), 0)
 
 
 def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-4) -> None:
@@ -158,6 +167,38 @@ def test_cams_and_guided_backprop_match_references(name: str, x: torch.Tensor) -
         )
         for i in range(2):
             assert maps[i].max() == (0.0 if flat[i] else pytest.approx(1.0)) and maps[i].min() >= 0.0
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121"])
+def test_details_match_captum_layer_activations_and_gradients(name: str, x: torch.Tensor) -> None:
+    # The engine as users run it (batch-norm folding on for resnet18; the target layer keeps its exact
+    # output) against captum's LayerActivation and layer gradients (LayerGradientXActivation without the
+    # multiplication by the activations) on the same post-ReLU tensor of a copy without in-place ReLUs.
+    model = seeded(name)
+    e = Explainer(model).explain(x, target=TARGETS, methods=["gradcam"], details=True)
+    ref_model, ref_layer = reference_model(name, model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        a = LayerActivation(ref_model, ref_layer).attribute(x).detach().double().numpy()
+        g = LayerGradientXActivation(ref_model, ref_layer, multiply_by_inputs=False).attribute(
+            x, target=TARGETS
+        ).detach().double().numpy()
+    d = e.details
+    assert d["activations"].shape == d["gradients"].shape == a.shape and a.shape[0] == 2
+    assert d["gradcam_weights"].shape == d["gradcam++_weights"].shape == a.shape[:2]
+    assert_close(d["activations"], a)
+    assert_close(d["gradients"], g)
+    assert_close(d["gradcam_weights"], g.mean(axis=(2, 3)))
+    assert_close(d["gradcam++_weights"], gradcam_plus_plus_weights_eq19(a, g))
+    # Alphas: 1 / (2 + S g) for g != 0, ill-conditioned where 2 + S g is near 0 (float32 against float64);
+    # compared where the denominator is not within 1e-3 of cancelling, which must be nearly everywhere.
+    reference = gradcam_plus_plus_alphas_eq19(a, g)
+    well_posed = np.abs(2 * g**2 + a.sum(axis=(2, 3), keepdims=True) * g**3) > 1e-3 * 2 * g**2
+    assert well_posed.mean() > 0.999
+    assert_close(np.where(well_posed, d["gradcam++_alphas"], 0.0), np.where(well_posed, reference, 0.0))
+    # The map is the documented function of these quantities.
+    cam = np.maximum(np.einsum("nk,nkhw->nhw", d["gradcam_weights"], d["activations"]), 0)
+    assert_close(e.raw["gradcam"], cam, rtol=1e-5)
 
 
 def test_guided_backprop_differs_from_the_plain_gradient_on_relu_networks(x: torch.Tensor) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +42,9 @@ def _chestcovnet_case() -> tuple[nn.Module, torch.Tensor]:
 @pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0", "chestcovnet"])
 def test_folded_maps_are_as_accurate_as_unfolded_ones(name: str, x: torch.Tensor) -> None:
     """Against a float64 run of the same model, folding costs at most twice the float32 error the
-    unfolded run already has (plus a floor of 1e-6 of the map's scale)."""
+    unfolded run already has, or stays within 1e-4 of the map's scale (the tolerance the reference tests
+    grant float32 against captum: efficientnet_b0's random statistics make it ill-conditioned enough that
+    the unfolded error alone is 2e-5 on some CPUs)."""
     model, x = _chestcovnet_case() if name == "chestcovnet" else (seeded(name), x)
     targets = [1, 0] if name == "chestcovnet" else TARGETS
     assert len(foldable_pairs(model)) == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
@@ -51,7 +56,8 @@ def test_folded_maps_are_as_accurate_as_unfolded_ones(name: str, x: torch.Tensor
         err_folded = np.abs(folded.raw[m] - exact.raw[m]) / scale
         err_plain = np.abs(plain.raw[m] - exact.raw[m]) / scale
         if m in ("gradcam", "gradcam++"):  # continuous in the weights: folding only reorders rounding
-            assert err_folded.max() <= 2 * err_plain.max() + 1e-6, (m, err_folded.max(), err_plain.max())
+            bound = max(2 * err_plain.max(), 1e-4)
+            assert err_folded.max() <= bound, (m, err_folded.max(), err_plain.max())
         else:
             # The guided rule gates on sign (and on 6 for ReLU6): a gate whose input lies within rounding
             # of the edge may flip, a local change far below what a display shows; on average no worse.
@@ -165,3 +171,44 @@ def test_nothing_under_an_unknown_wrapper_is_folded_and_plain_attributes_invalid
     key = state_key(model)
     model.layer4[1].conv2.padding = (2, 2)  # a tuple attribute
     assert state_key(model) != key
+
+
+def test_explainers_of_one_model_share_one_folded_copy_freed_with_the_model(x: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    first = Explainer(model)._runner(model.layer4, "layer4")[0]
+    assert first is not model and Explainer(model)._runner(model.layer4, "layer4")[0] is first
+    # A fresh explainer per call reuses the copy; the maps are those of the unfolded model.
+    reference = Explainer(model, fold_batchnorm=False).explain(x, target=TARGETS).raw["gradcam"]
+    for _ in range(2):
+        ours = Explainer(model).explain(x, target=TARGETS).raw["gradcam"]
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+    assert Explainer(model)._runner(model.layer4, "layer4")[0] is first
+    # Another target layer gets its own copy; the first one stays (two per model at most).
+    other = Explainer(model, target_layer="layer3")._runner(model.layer3, "layer3")[0]
+    assert other is not first and Explainer(model)._runner(model.layer4, "layer4")[0] is first
+
+    # A weight changed through any explainer's back: every fresh explainer rebuilds, none sees it stale.
+    with torch.no_grad():
+        model.fc.weight.mul_(-1.0)
+    rebuilt = Explainer(model)._runner(model.layer4, "layer4")[0]
+    assert rebuilt is not first
+    np.testing.assert_array_equal(rebuilt.fc.weight.numpy(), model.fc.weight.detach().numpy())
+    flipped = Explainer(model).explain(x, target=TARGETS).raw["gradcam"]
+    expected = Explainer(model, fold_batchnorm=False).explain(x, target=TARGETS).raw["gradcam"]
+    np.testing.assert_allclose(flipped, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+    # The cache holds the model weakly: the model, its cache and its copies go together.
+    copies = [weakref.ref(rebuilt), weakref.ref(other)]
+    model_ref = weakref.ref(model)
+    del model, first, other, rebuilt
+    gc.collect()
+    assert model_ref() is None and all(ref() is None for ref in copies)
+
+
+def test_one_folded_copy_under_concurrent_fresh_explainers(x: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        runners = list(pool.map(lambda _: Explainer(model)._runner(model.layer4, "layer4")[0], range(8)))
+    assert len({id(r) for r in runners}) == 1 and runners[0] is not model

@@ -51,8 +51,10 @@ import itertools
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -60,15 +62,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai.folding import FoldedModelCache
+from xai.folding import shared_fold_cache
 from xai.guided import GraphReport, GuidedState, guide_graph
 from xai.layers import TargetLayer, default_target_name, find_last_spatial_layer, last_linear, resolve_module
+from xai.scores import probabilities
 
 __all__ = [
+    "DETAILS",
     "METHODS",
+    "METHOD_TABLE",
     "Explainer",
     "Explanation",
+    "Method",
+    "Passes",
+    "cam_view",
+    "gradcam_plus_plus_alphas",
     "gradcam_plus_plus_weights",
+    "guided_view",
+    "register_method",
+    "upsample_cam",
     "gradcam_weights",
     "channel_abs_max",
     "guided_display",
@@ -78,19 +90,20 @@ __all__ = [
 ]
 
 METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam")
-_CAM_METHODS = ("gradcam", "gradcam++", "guided_gradcam")  # methods that need the target-layer gradient
-_GUIDED_METHODS = ("guided_backprop", "guided_gradcam")  # methods that need the guided input gradient
 GUIDED_CLIP_QUANTILE = 0.995
 _FLAT_RTOL = 1e-6  # max - min <= 1e-6 * max counts as constant (a few float32 ulps)
 
 
 @dataclass(frozen=True, eq=False)
 class Explanation:
-    """Immutable result of :meth:`Explainer.explain`; every array is a read-only numpy array.
+    """Immutable result of :meth:`Explainer.explain`, all the way down: its mappings are read-only
+    (:class:`types.MappingProxyType`) and every array is a read-only numpy array (``flags.writeable`` is
+    False; a writeable array passed in is copied first).
 
     Attributes:
         logits: ``(N, C)`` model outputs.
-        probabilities: ``(N, C)`` softmax of ``logits`` (sigmoid when ``C == 1``).
+        probabilities: ``(N, C)``, :func:`xai.scores.probabilities` of ``logits`` (softmax; sigmoid when
+            ``C == 1``).
         target: ``(N,)`` int64, the explained class per image.
         target_layer: dotted name of the layer whose feature map the CAMs use.
         maps: method -> float32 ``(N, H, W)`` in [0, 1] at the model-input resolution, for display.
@@ -103,24 +116,68 @@ class Explanation:
         features: ``(N, D)`` float32, the input of the model's last ``nn.Linear`` in this same forward
             pass (the penultimate features the out-of-distribution check uses, so it needs no second
             pass); ``None`` when the model has no ``nn.Linear``.
+        details: ``None`` unless ``explain(..., details=True)``; then the intermediate quantities of the
+            CAMs from the same passes (see :data:`DETAILS`): ``activations`` A and ``gradients``
+            g = dY/dA ``(N, K, h, w)``, ``gradcam_weights`` ``(N, K)``, ``gradcam++_weights`` ``(N, K)``,
+            ``gradcam++_alphas`` ``(N, K, h, w)``; float32 (float64 for a float64 model, like ``raw``).
     """
 
     logits: np.ndarray
     probabilities: np.ndarray
     target: np.ndarray
     target_layer: str
-    maps: dict[str, np.ndarray]
-    raw: dict[str, np.ndarray]
-    flat: dict[str, np.ndarray]
-    timings: dict[str, float]
-    versions: dict[str, str]
+    maps: Mapping[str, np.ndarray]
+    raw: Mapping[str, np.ndarray]
+    flat: Mapping[str, np.ndarray]
+    timings: Mapping[str, float]
+    versions: Mapping[str, str]
     notes: tuple[str, ...] = ()
     features: np.ndarray | None = None
+    details: Mapping[str, np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in _frozen_fields(vars(self)).items():
+            object.__setattr__(self, name, value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Plain dicts for pickle and ``copy`` (a mapping proxy cannot be pickled); re-frozen on load."""
+        return {k: dict(v) if isinstance(v, MappingProxyType) else v for k, v in vars(self).items()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in _frozen_fields(state).items():
+            object.__setattr__(self, name, value)
 
     @property
     def methods(self) -> tuple[str, ...]:
-        """The methods this explanation holds, in :data:`METHODS` order."""
-        return tuple(m for m in METHODS if m in self.maps)
+        """The methods this explanation holds, in the order they were computed (the table's order)."""
+        return tuple(self.maps)
+
+
+_MAPPING_FIELDS = ("maps", "raw", "flat", "timings", "versions", "details")
+_ARRAY_FIELDS = ("logits", "probabilities", "target", "features")
+
+
+def _frozen_array(value: Any) -> Any:
+    """A read-only view of a numpy array (a read-only copy when it is writeable: the caller keeps theirs)."""
+    if not isinstance(value, np.ndarray) or not value.flags.writeable:
+        return value
+    frozen = value.copy()
+    frozen.setflags(write=False)
+    return frozen
+
+
+def _frozen_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``fields`` with every mapping made a read-only proxy of a private copy and every array read-only."""
+    out = dict(fields)
+    for name in _ARRAY_FIELDS:
+        if name in out:
+            out[name] = _frozen_array(out[name])
+    for name in _MAPPING_FIELDS:
+        value = out.get(name)
+        if value is not None:
+            out[name] = MappingProxyType({k: _frozen_array(v) for k, v in value.items()})
+    out["notes"] = tuple(out.get("notes", ()))
+    return out
 
 
 # --------------------------------------------------------------------------------------------- formulas
@@ -131,18 +188,30 @@ def gradcam_weights(grad: torch.Tensor) -> torch.Tensor:
     return grad.mean(dim=(2, 3))
 
 
-def gradcam_plus_plus_weights(grad: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM++ channel weights (eq. 19, exponential score): ``(N, K, h, w) x2 -> (N, K)``.
+def gradcam_plus_plus_alphas(grad: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ per-pixel coefficients (Chattopadhyay et al. 2018, eq. 19, exponential score ``exp(S)``):
+    ``(N, K, h, w) x2 -> (N, K, h, w)``.
 
-    ``alpha = g^2 / (2 g^2 + sum_ab A_kab * g^3)``, 0 exactly where the denominator is 0 (no epsilon,
-    which would dominate ``g^2`` for small gradients); ``w_k = sum_ab alpha * ReLU(g)``.
+    ``alpha_kab = g_kab^2 / (2 g_kab^2 + sum_cd A_kcd * g_kab^3)`` with ``g = dS/dA``; ``alpha = 0`` exactly
+    where the denominator is 0 (no epsilon, which would dominate ``g^2`` for small gradients).
     """
     g2 = grad * grad
     g3 = g2 * grad
     denominator = 2.0 * g2 + activations.sum(dim=(2, 3), keepdim=True) * g3
     zero = denominator == 0
-    alpha = torch.where(zero, torch.zeros_like(g2), g2 / torch.where(zero, torch.ones_like(g2), denominator))
-    return (alpha * torch.relu(grad)).sum(dim=(2, 3))
+    return torch.where(zero, torch.zeros_like(g2), g2 / torch.where(zero, torch.ones_like(g2), denominator))
+
+
+def gradcam_plus_plus_weights(
+    grad: torch.Tensor, activations: torch.Tensor, alphas: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Grad-CAM++ channel weights (eq. 19): ``w_k = sum_ab alpha_kab * ReLU(g_kab)``, ``(N, K, h, w) -> (N, K)``.
+
+    ``alphas``: :func:`gradcam_plus_plus_alphas` of the same arguments when the caller already has them.
+    """
+    if alphas is None:
+        alphas = gradcam_plus_plus_alphas(grad, activations)
+    return (alphas * torch.relu(grad)).sum(dim=(2, 3))
 
 
 def weighted_cam(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
@@ -165,16 +234,23 @@ def _scaled(v: torch.Tensor, scale: torch.Tensor, flat: torch.Tensor) -> torch.T
     return display
 
 
-def cam_display(raw: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cam_display(
+    raw: torch.Tensor, size: tuple[int, int], upsampled: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(display (N, H, W) in [0, 1], flat (N,), upsampled raw (N, H, W))`` for a CAM ``raw (N, h, w)``.
 
-    Bilinear upsampling (``align_corners=False``), then division by the per-image maximum; flat maps
-    become zeros.
+    Bilinear upsampling (``align_corners=False``; ``upsampled``: :func:`upsample_cam` of ``raw`` when the
+    caller already has it), then division by the per-image maximum; flat maps become zeros.
     """
     vmin, vmax = torch.aminmax(raw.flatten(1), dim=1)
     flat = _flat(vmax, vmin)
-    up = F.interpolate(raw[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    up = upsample_cam(raw, size) if upsampled is None else upsampled
     return _scaled(up, up.flatten(1).amax(dim=1), flat), flat, up
+
+
+def upsample_cam(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling (``align_corners=False``) of a CAM ``(N, h, w)`` to ``size``: ``(N, H, W)``."""
+    return F.interpolate(raw[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
 def upper_quantile(v: torch.Tensor, q: float) -> torch.Tensor:
@@ -218,6 +294,179 @@ def guided_display(
     return _scaled(v, torch.where(hi > 0, hi, vmax), flat), flat
 
 
+# ----------------------------------------------------------------------------------- passes and methods
+
+
+class Passes:
+    """What one call's forward and backward passes give every method, plus the quantities several
+    methods (and ``details``) share, each computed once and only when first asked for.
+
+    Attributes:
+        activations: the target layer's map A ``(N, K, h, w)`` (float32 or float64), or ``None`` when no
+            requested method needs it.
+        gradients: g = dS/dA ``(N, K, h, w)`` with S the target logit (plain rule), or ``None``.
+        input_gradient: the guided input gradient ``(N, C, H, W)``, or ``None``.
+        size: the input's ``(H, W)``, the resolution of the display maps.
+    """
+
+    def __init__(
+        self,
+        activations: torch.Tensor | None,
+        gradients: torch.Tensor | None,
+        input_gradient: torch.Tensor | None,
+        size: tuple[int, int],
+    ) -> None:
+        self.activations = activations
+        self.gradients = gradients
+        self.input_gradient = input_gradient
+        self.size = size
+        self._raw: dict[str, torch.Tensor] = {}
+        self._upsampled: dict[str, torch.Tensor] = {}
+
+    def _cam_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.activations is None or self.gradients is None:
+            raise RuntimeError("this method needs the target-layer passes (Method.needs_target_gradient)")
+        return self.activations, self.gradients
+
+    @cached_property
+    def gradcam_weights(self) -> torch.Tensor:
+        """:func:`gradcam_weights` ``(N, K)``."""
+        return gradcam_weights(self._cam_inputs()[1])
+
+    @cached_property
+    def gradcam_plus_plus_alphas(self) -> torch.Tensor:
+        """:func:`gradcam_plus_plus_alphas` ``(N, K, h, w)``."""
+        return gradcam_plus_plus_alphas(self._cam_inputs()[1], self._cam_inputs()[0])
+
+    @cached_property
+    def gradcam_plus_plus_weights(self) -> torch.Tensor:
+        """:func:`gradcam_plus_plus_weights` ``(N, K)`` from the shared alphas."""
+        a, g = self._cam_inputs()
+        return gradcam_plus_plus_weights(g, a, self.gradcam_plus_plus_alphas)
+
+    @cached_property
+    def input_magnitude(self) -> torch.Tensor:
+        """:func:`channel_abs_max` of the guided input gradient ``(N, H, W)``."""
+        if self.input_gradient is None:
+            raise RuntimeError("this method needs the guided input gradient (Method.needs_input_gradient)")
+        return channel_abs_max(self.input_gradient)
+
+    def raw(self, method: str) -> torch.Tensor:
+        """The raw map of ``method`` (from the method table), computed once."""
+        if method not in self._raw:
+            self._raw[method] = _TABLE[method].raw(self)
+        return self._raw[method]
+
+    def upsampled(self, method: str) -> torch.Tensor:
+        """:func:`upsample_cam` of a CAM method's raw map to the input size, computed once."""
+        if method not in self._upsampled:
+            self._upsampled[method] = upsample_cam(self.raw(method), self.size)
+        return self._upsampled[method]
+
+    def details(self) -> Mapping[str, np.ndarray]:
+        """The read-only intermediate quantities listed in :data:`DETAILS`."""
+        a, g = self._cam_inputs()
+        values = {
+            "activations": a,
+            "gradients": g,
+            "gradcam_weights": self.gradcam_weights,
+            "gradcam++_weights": self.gradcam_plus_plus_weights,
+            "gradcam++_alphas": self.gradcam_plus_plus_alphas,
+        }
+        return MappingProxyType({k: _read_only(v) for k, v in values.items()})
+
+
+#: The keys of ``Explanation.details`` (see :meth:`Passes.details`).
+DETAILS: tuple[str, ...] = ("activations", "gradients", "gradcam_weights", "gradcam++_weights", "gradcam++_alphas")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One entry of the method table: how a method turns the shared passes into its maps.
+
+    Attributes:
+        raw: ``Passes -> raw map`` (a CAM ``(N, h, w)`` or an input-resolution map ``(N, C, H, W)``).
+        display: ``(Passes, method name) -> (display (N, H, W) in [0, 1], flat (N,))``; usually
+            :func:`cam_view` or :func:`guided_view`.
+        needs_target_gradient: the method reads ``Passes.activations`` / ``gradients``.
+        needs_input_gradient: the method reads ``Passes.input_gradient`` (the guided pass).
+    """
+
+    raw: Callable[[Passes], torch.Tensor]
+    display: Callable[[Passes, str], tuple[torch.Tensor, torch.Tensor]]
+    needs_target_gradient: bool = False
+    needs_input_gradient: bool = False
+
+    @property
+    def stage(self) -> str:
+        """The timing stage the method's work is counted in: ``guided`` or ``cams``."""
+        return "guided" if self.needs_input_gradient else "cams"
+
+
+def cam_view(passes: Passes, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Display of a CAM: upsampled, divided by the per-image maximum (:func:`cam_display`)."""
+    display, flat, _ = cam_display(passes.raw(method), passes.size, passes.upsampled(method))
+    return display, flat
+
+
+def guided_view(passes: Passes, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Display of an input-resolution map: ``|raw|``, max over channels, 99.5th-percentile clip."""
+    return guided_display(passes.raw(method))
+
+
+def _guided_backprop_view(passes: Passes, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return guided_display(passes.raw(method), passes.input_magnitude)
+
+
+def _guided_gradcam_raw(passes: Passes) -> torch.Tensor:
+    gx = passes.input_gradient
+    assert gx is not None
+    return gx * passes.upsampled("gradcam").to(gx.dtype)[:, None]
+
+
+def _guided_gradcam_view(passes: Passes, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    # max_c |g_c * u| = u * max_c |g_c| exactly, for u >= 0 (rounding is monotonic).
+    up = passes.upsampled("gradcam")
+    return guided_display(passes.raw(method), passes.input_magnitude * up.to(passes.input_magnitude.dtype))
+
+
+def _guided_backprop_raw(passes: Passes) -> torch.Tensor:
+    assert passes.input_gradient is not None
+    return passes.input_gradient
+
+
+_TABLE: dict[str, Method] = {
+    # Grad-CAM (Selvaraju et al. 2017): ReLU(sum_k w_k A_k), w_k = mean_ab g_kab.
+    "gradcam": Method(lambda p: weighted_cam(p.gradcam_weights, p.activations), cam_view, True),
+    # Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19): ReLU(sum_k w_k A_k), w_k = sum_ab alpha ReLU(g).
+    "gradcam++": Method(lambda p: weighted_cam(p.gradcam_plus_plus_weights, p.activations), cam_view, True),
+    # Guided Backprop (Springenberg et al. 2015): the guided input gradient, signed.
+    "guided_backprop": Method(_guided_backprop_raw, _guided_backprop_view, False, True),
+    # Guided Grad-CAM (Selvaraju et al. 2017): guided backprop x upsampled Grad-CAM.
+    "guided_gradcam": Method(_guided_gradcam_raw, _guided_gradcam_view, True, True),
+}
+#: The method table, read-only: method name -> :class:`Method`. :func:`register_method` adds one.
+METHOD_TABLE: Mapping[str, Method] = MappingProxyType(_TABLE)
+
+
+def register_method(name: str, method: Method) -> None:
+    """Add ``method`` to the table under ``name``: ``explain(methods=[name])`` then computes it from the
+    same shared passes, with no change to :meth:`Explainer.explain`. Existing names cannot be replaced.
+
+    Raises:
+        ValueError: ``name`` is already in the table. TypeError: ``method`` is not a :class:`Method`.
+    """
+    if not isinstance(method, Method):
+        raise TypeError(f"method must be an xai.engine.Method, not {type(method).__name__}")
+    with _TABLE_LOCK:
+        if name in _TABLE:
+            raise ValueError(f"method {name!r} is already registered")
+        _TABLE[name] = method
+
+
+_TABLE_LOCK = threading.Lock()
+
+
 # ----------------------------------------------------------------------------------------------- safety
 
 _MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
@@ -258,13 +507,15 @@ def _last_linear_of(model: nn.Module) -> nn.Module | None:
 
 
 def _check_methods(methods: str | Iterable[str]) -> tuple[str, ...]:
+    """The requested methods in table order; unknown or no names raise a ValueError listing the valid ones."""
     requested = (methods,) if isinstance(methods, str) else tuple(methods)
-    unknown = [m for m in requested if m not in METHODS]
+    table = tuple(_TABLE)
+    unknown = [m for m in requested if m not in _TABLE]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; valid methods: {', '.join(METHODS)}")
+        raise ValueError(f"unknown method(s) {unknown}; valid methods: {', '.join(table)}")
     if not requested:
-        raise ValueError(f"no method requested; valid methods: {', '.join(METHODS)}")
-    return tuple(m for m in METHODS if m in requested)
+        raise ValueError(f"no method requested; valid methods: {', '.join(table)}")
+    return tuple(m for m in table if m in requested)
 
 
 def _check_input(x: Any) -> torch.Tensor:
@@ -325,6 +576,11 @@ def _read_only(t: torch.Tensor, dtype: np.dtype | None = None) -> np.ndarray:
     return a
 
 
+def _as_float(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 unless it is float32 or float64 already (half / bfloat16 models)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def _versions() -> dict[str, str]:
     import xai
 
@@ -375,7 +631,7 @@ class Explainer:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         self.model = model
-        self._folded = FoldedModelCache(model) if fold_batchnorm else None
+        self._fold = bool(fold_batchnorm)
         self._resolved: tuple[nn.Module, str] | None = None
         self._resolve_lock = threading.Lock()
         spec = target_layer if target_layer is not None else default_target_name(model)
@@ -429,6 +685,8 @@ class Explainer:
         x: torch.Tensor,
         target: int | Sequence[int] | np.ndarray | torch.Tensor | None = None,
         methods: str | Iterable[str] = METHODS,
+        *,
+        details: bool = False,
     ) -> Explanation:
         """Compute the requested maps for the ``target`` logit of every image in ``x``.
 
@@ -437,7 +695,10 @@ class Explainer:
                 caller's tensor is never modified).
             target: class index for all images, one index per image, or ``None`` for each image's
                 predicted class (argmax of the logits).
-            methods: any subset of :data:`METHODS`.
+            methods: any subset of :data:`METHOD_TABLE` (the four of :data:`METHODS` unless more were
+                registered).
+            details: also return the CAMs' intermediate quantities (:data:`DETAILS`) in
+                ``Explanation.details``, from the same passes (no second forward pass).
 
         Returns:
             An :class:`Explanation`.
@@ -451,15 +712,63 @@ class Explainer:
         module, layer_name = self._target(x)
         device, dtype = _device_dtype(self.model, x)
         clock = _Clock(device)
-        need_cam = any(m in _CAM_METHODS for m in methods)
-        need_guided = any(m in _GUIDED_METHODS for m in methods)
+        need_cam = bool(details) or any(_TABLE[m].needs_target_gradient for m in methods)
+        need_guided = any(_TABLE[m].needs_input_gradient for m in methods)
         notes: list[str] = []
         if self.model.training:
             notes.append(
                 "the model is in training mode: dropout is active and batch-norm uses batch statistics "
                 "(call model.eval() for deterministic, per-image explanations); its buffers were restored"
             )
+        logits, targets, features, passes = self._passes(
+            x, target, module, layer_name, device, dtype, need_cam, need_guided, notes, clock
+        )
 
+        raw: dict[str, torch.Tensor] = {}
+        maps: dict[str, torch.Tensor] = {}
+        flat: dict[str, torch.Tensor] = {}
+        for method in methods:
+            raw[method] = passes.raw(method)
+            maps[method], flat[method] = _TABLE[method].display(passes, method)
+            clock.lap(_TABLE[method].stage)
+        detail_arrays = passes.details() if details else None
+        if passes.activations is not None and passes.activations.shape[2] * passes.activations.shape[3] == 1:
+            notes.append("the target layer map is 1x1 at this input size: CAMs carry no spatial information")
+
+        logits_d = logits.detach()
+        if logits_d.shape[1] == 1:
+            notes.append("single-logit model: probabilities are sigmoid(logit)")
+        return Explanation(
+            logits=_read_only(logits_d),
+            probabilities=_read_only(probabilities(logits_d)),
+            target=_read_only(targets, np.dtype(np.int64)),
+            target_layer=layer_name,
+            maps={m: _read_only(maps[m], np.dtype(np.float32)) for m in methods},
+            raw={m: _read_only(raw[m]) for m in methods},
+            flat={m: _read_only(flat[m], np.dtype(bool)) for m in methods},
+            timings=clock.total(),
+            versions=_versions(),
+            notes=tuple(notes),
+            features=None if features is None else _read_only(features.flatten(1), np.dtype(np.float32)),
+            details=detail_arrays,
+        )
+
+    # ------------------------------------------------------------------------------------------ stages
+
+    def _passes(
+        self,
+        x: torch.Tensor,
+        target: int | Sequence[int] | np.ndarray | torch.Tensor | None,
+        module: nn.Module,
+        layer_name: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        need_cam: bool,
+        need_guided: bool,
+        notes: list[str],
+        clock: _Clock,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Passes]:
+        """The shared forward pass and backward pass(es): ``(logits, targets, features, Passes)``."""
         with (
             # Training mode: batch-norm's backward needs its buffers as they were in the forward pass, so
             # they are restored only after the backward pass, holding the model lock throughout.
@@ -493,72 +802,16 @@ class Explainer:
                 report = guide_graph(score.grad_fn, state, target_node)
             grad_x, grad_a = self._backward(score, leaf, activations, state, report, notes)
             clock.lap("backward")
-
-        size = (x.shape[2], x.shape[3])
-        maps: dict[str, torch.Tensor] = {}
-        raw: dict[str, torch.Tensor] = {}
-        flat: dict[str, torch.Tensor] = {}
-        gradcam_up: torch.Tensor | None = None
-        if need_cam:
-            assert activations is not None and grad_a is not None
-            a = activations.detach()
-            g = grad_a
-            if a.dtype not in (torch.float32, torch.float64):
-                a, g = a.float(), g.float()
-            if "gradcam" in methods or "guided_gradcam" in methods:
-                raw["gradcam"] = weighted_cam(gradcam_weights(g), a)
-                maps["gradcam"], flat["gradcam"], gradcam_up = cam_display(raw["gradcam"], size)
-            if "gradcam++" in methods:
-                raw["gradcam++"] = weighted_cam(gradcam_plus_plus_weights(g, a), a)
-                maps["gradcam++"], flat["gradcam++"], _ = cam_display(raw["gradcam++"], size)
-            if a.shape[2] * a.shape[3] == 1:
-                notes.append(
-                    "the target layer map is 1x1 at this input size: CAMs carry no spatial information"
-                )
-            clock.lap("cams")
-        if need_guided:
-            assert grad_x is not None
-            gx = grad_x if grad_x.dtype in (torch.float32, torch.float64) else grad_x.float()
-            raw["guided_backprop"] = gx
-            magnitude = channel_abs_max(gx)
-            maps["guided_backprop"], flat["guided_backprop"] = guided_display(gx, magnitude)
-            if "guided_gradcam" in methods:
-                assert gradcam_up is not None
-                up = gradcam_up.to(gx.dtype)
-                raw["guided_gradcam"] = gx * up[:, None]
-                # max_c |g_c * u| = u * max_c |g_c| exactly, for u >= 0 (rounding is monotonic).
-                maps["guided_gradcam"], flat["guided_gradcam"] = guided_display(
-                    raw["guided_gradcam"], magnitude * up
-                )
-            assert report is not None
+        if report is not None:
             self._guided_notes(report, notes)
-            clock.lap("guided")
-
-        logits_d = logits.detach()
-        probabilities = torch.sigmoid(logits_d) if logits_d.shape[1] == 1 else torch.softmax(logits_d, dim=1)
-        if logits_d.shape[1] == 1:
-            notes.append("single-logit model: probabilities are sigmoid(logit)")
-        explanation = Explanation(
-            logits=_read_only(logits_d),
-            probabilities=_read_only(probabilities),
-            target=_read_only(targets, np.dtype(np.int64)),
-            target_layer=layer_name,
-            maps={m: _read_only(maps[m], np.dtype(np.float32)) for m in methods},
-            raw={m: _read_only(raw[m]) for m in methods},
-            flat={m: _read_only(flat[m], np.dtype(bool)) for m in methods},
-            timings={},
-            versions=_versions(),
-            notes=tuple(notes),
-            features=None if features is None else _read_only(features.flatten(1), np.dtype(np.float32)),
-        )
-        explanation.timings.update(clock.total())
-        return explanation
-
-    # ------------------------------------------------------------------------------------------ stages
+        a = None if activations is None else _as_float(activations.detach())
+        g = None if grad_a is None else _as_float(grad_a)
+        gx = None if grad_x is None else _as_float(grad_x)
+        return logits, targets, features, Passes(a, g, gx, (x.shape[2], x.shape[3]))
 
     def _runner(self, module: nn.Module, layer_name: str) -> tuple[nn.Module, nn.Module]:
         """The model to run and its target layer: the folded copy when there is one, else the model."""
-        folded = self._folded.get((layer_name,)) if self._folded is not None else None
+        folded = shared_fold_cache(self.model).get((layer_name,)) if self._fold else None
         if folded is None:
             return self.model, module
         return folded, folded.get_submodule(layer_name)

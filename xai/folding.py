@@ -24,6 +24,10 @@ nothing else, which module structure alone cannot prove for arbitrary ``forward`
 
 A pair touching the target layer (the convolution whose output the CAMs need) is left as it is; a model
 in training mode or carrying hooks is run as it is.
+
+The copies are cached per model, not per explainer (:func:`shared_fold_cache`, a weak-key dictionary):
+``Explainer(model).explain(x)`` with a new explainer per call costs what a reused explainer costs, the
+copies are freed with the model, and any change to it (:func:`state_key`) makes the next call rebuild.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
+import weakref
 from collections.abc import Collection
 
 import torch
@@ -188,33 +193,61 @@ def state_key(model: nn.Module) -> tuple:
 
 
 class FoldedModelCache:
-    """One folded copy of a model for an :class:`~xai.engine.Explainer`, rebuilt when the weights change.
+    """The folded copies of one model, rebuilt when the model changes (:func:`state_key`).
 
-    ``get(keep)`` returns the copy to run (or ``None``: run the model itself). Thread safe; a copy being
-    used by one thread is never modified by another (a rebuild replaces it).
+    ``get(keep)`` returns the copy to run (or ``None``: run the model itself). Holds the model weakly (a
+    cache must not keep it alive; see :func:`shared_fold_cache`). Thread safe; a copy being used by one
+    thread is never modified by another (a rebuild replaces it).
     """
 
+    #: Copies kept per model, one per set of kept names (target layers); the oldest goes first.
+    MAX_COPIES = 2
+
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
+        self._model = weakref.ref(model)
         self._lock = threading.Lock()
-        self._entry: tuple[tuple, tuple[str, ...], nn.Module] | None = None
+        self._copies: dict[tuple[str, ...], tuple[tuple, nn.Module]] = {}
         # Modules + kept names of a model found not worth folding (e.g. densenet): later calls skip the
         # full state key (~3 ms on densenet121). Not folding is always correct, so this errs safely.
         self._not_worth: tuple | None = None
 
     def get(self, keep: Collection[str]) -> nn.Module | None:
-        if self.model.training or has_hooks(self.model):  # checked on every call: hooks come and go
+        model = self._model()
+        if model is None or model.training or has_hooks(model):  # checked on every call: hooks come and go
             return None
         kept = tuple(sorted(keep))
-        structure = (tuple(id(m) for m in self.model.modules()), kept)
+        structure = (tuple(id(m) for m in model.modules()), kept)
         if structure == self._not_worth:
             return None
-        key = state_key(self.model)
+        key = state_key(model)
         with self._lock:
-            if self._entry is None or self._entry[0] != key or self._entry[1] != kept:
-                folded = folded_copy(self.model, kept)
-                if folded is None:
-                    self._entry, self._not_worth = None, structure
-                    return None
-                self._entry = (key, kept, folded)
-            return self._entry[2]
+            entry = self._copies.get(kept)
+            if entry is not None and entry[0] == key:
+                return entry[1]
+            self._copies.pop(kept, None)
+            folded = folded_copy(model, kept)
+            if folded is None:
+                self._not_worth = structure
+                return None
+            while len(self._copies) >= self.MAX_COPIES:
+                del self._copies[next(iter(self._copies))]
+            self._copies[kept] = (key, folded)
+            return folded
+
+
+_CACHES: weakref.WeakKeyDictionary[nn.Module, FoldedModelCache] = weakref.WeakKeyDictionary()
+_CACHES_GUARD = threading.Lock()
+
+
+def shared_fold_cache(model: nn.Module) -> FoldedModelCache:
+    """The one :class:`FoldedModelCache` of ``model``, shared by every explainer of it.
+
+    Keyed weakly on the module: the cache and its folded copies are freed with the model, and a fresh
+    ``Explainer(model)`` per call reuses the copy made by an earlier one (no deep copy per explainer).
+    """
+    with _CACHES_GUARD:
+        cache = _CACHES.get(model)
+        if cache is None:
+            cache = FoldedModelCache(model)
+            _CACHES[model] = cache
+        return cache
