@@ -157,37 +157,33 @@ def prediction_figure(
 ) -> go.Figure:
     """Horizontal probability bars, the decided class highlighted, the card's threshold as a line.
 
-    The threshold applies to P(``positive_class``): the line is drawn on that class's bar only.
+    Each class's name and probability are the axis label of its bar (always horizontal and readable,
+    however short the bar: a value written on a tiny bar used to be rotated), so nothing is written where
+    the threshold line runs. The threshold applies to P(``positive_class``): its line is drawn across that
+    class's bar only and explained in the title.
     """
     names = list(probabilities)
     values = [float(probabilities[n]) for n in names]
-    colors = ["#e4572e" if n == decision else "#7f8c9a" for n in names]
-    fig = go.Figure(
-        go.Bar(
-            x=values,
-            y=names,
-            orientation="h",
-            marker_color=colors,
-            text=[f"{v:.3f}" for v in values],
-            textposition="auto",
-            hovertemplate="%{y}: %{x:.4f}<extra></extra>",
-        )
-    )
+    labels = [f"{n}  {v:.3f}" for n, v in zip(names, values, strict=True)]
+    fig = go.Figure(go.Bar(
+        x=values, y=labels, orientation="h",
+        marker_color=["#e4572e" if n == decision else "#7f8c9a" for n in names],
+        hovertemplate="%{y}: %{x:.4f}<extra></extra>",
+    ))
+    title = ""
     if threshold is not None and positive_class in names:
         row = names.index(positive_class)
         fig.add_shape(
             type="line", x0=threshold, x1=threshold, y0=row - 0.45, y1=row + 0.45,
             line={"color": "#f5d76e", "width": 3, "dash": "dash"},
         )
-        fig.add_annotation(
-            x=threshold, y=row - 0.45, text=f"threshold {threshold:.3f}", showarrow=False, yanchor="bottom",
-            font={"color": "#f5d76e"},
-        )
+        title = f"dashed line: threshold {threshold:.3f} on P({positive_class})"
     fig.update_layout(
         height=90 + 48 * len(names),
         margin={"l": 8, "r": 8, "t": 28, "b": 8},
+        title={"text": title, "font": {"size": 12}, "x": 0.0, "xanchor": "left"},
         xaxis={"range": [0, 1], "title": "probability"},
-        yaxis={"autorange": "reversed"},
+        yaxis={"autorange": "reversed", "tickangle": 0},
         showlegend=False,
     )
     return fig

@@ -40,6 +40,8 @@ from xai.render import DisplaySettings
 SCREEN_SIDES = {"768 px (fast)": 768, "1024 px": 1024, "1536 px (fine)": 1536}
 ZOOM_STEPS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 PANEL_SIZES = {"Small": 0.7, "Medium": 1.0, "Large": 1.4}
+#: What is computed when no method is chosen: the prediction still shows (Grad-CAM is the cheapest pass).
+PREDICTION_ONLY = ("gradcam",)
 
 
 def resolve_target(choice: str, image: LoadedImage, model: ActiveModel) -> int | None:
@@ -374,13 +376,9 @@ def main() -> None:
             st.caption("This model's card records no test metrics.")
         return
     methods = tuple(m for m in METHODS if m in chosen)
-    if not methods:
-        st.warning("Choose at least one method in the sidebar.")
-        return
-
     target = resolve_target(target_choice, image, model)
-    try:
-        result = explain(image, model, target, methods)
+    try:  # with no method chosen, the cheapest one still gives the prediction (its map is not shown)
+        result = explain(image, model, target, methods or PREDICTION_ONLY)
     except Exception as exc:  # noqa: BLE001 - e.g. a user's exotic model: say so, keep serving
         st.error(f"The explanation failed with model {model.card.name}: {type(exc).__name__}: {exc}")
         return
@@ -392,13 +390,17 @@ def main() -> None:
         st.subheader(image.label if image.source == "sample" or show_patient else "Uploaded radiograph")
         st.caption(image_facts(image))
         for notice in result.notices:
-            st.info(notice, icon=":material/info:")
+            if methods or ": the map is flat" not in notice:  # no word about a map that is not shown
+                st.info(notice, icon=":material/info:")
         ood_slot = st.container()
     with top_right:
         prediction_section(result, model)
     if show_patient:
         patient_section(image)
-    panel_section(image, result, model, show_patient)
+    if methods:
+        panel_section(image, result, model, show_patient)
+    else:
+        st.warning("No method chosen: choose at least one in the sidebar to see where the model looked.")
     # The overlays go out first; the out-of-distribution verdict (Mahalanobis distance of the features the
     # explanation already recorded) fills the slot above them a moment later, cached like the maps.
     with ood_slot:

@@ -319,6 +319,46 @@ def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_imag
     assert len(loads) == 1
 
 
+def test_page_text_reads_right_and_no_method_still_shows_the_prediction() -> None:
+    import re
+
+    at = new_app()
+    choose_sample(at, "NIH")
+    at.radio(key="disp_scale").set_value("fixed")
+    run(at)
+    captions = [c.value for c in at.caption if "Scroll to zoom" in c.value]
+    assert len(captions) == 1 and "Fixed maxima" in captions[0]
+    assert re.search(r"(^|[.!?] )Scroll to zoom", captions[0]), captions[0]  # a full stop before it
+    bars = held_out_chart(at, "prediction_chart")
+    (trace,) = bars["data"]
+    assert "text" not in trace and bars["layout"]["yaxis"]["tickangle"] == 0  # no value rotated into a bar
+    assert all(re.fullmatch(r"\S+  \d\.\d{3}", label) for label in trace["y"])  # name and probability
+    assert "threshold" in bars["layout"]["title"]["text"]
+
+    at.multiselect(key="methods").set_value([])
+    run(at)
+    assert held_out_chart(at, "prediction_chart")["data"][0]["y"] == trace["y"], "the prediction went away"
+    assert not [c for c in at.get("plotly_chart") if "panel_chart" in c.proto.id]
+    assert any("No method chosen" in w.value for w in at.warning)
+
+
+def test_flat_map_notices_use_the_methods_names(tmp_path: Path) -> None:
+    import torch
+    from test_pipeline import make_bundle
+
+    import models
+    from xai.pipeline import explain_radiograph
+    from xai.radiograph import load_radiograph
+
+    loaded = models.load(make_bundle(tmp_path / "bundle"))
+    with torch.no_grad():
+        loaded.module.fc.weight.zero_()  # no class depends on the features: every map is flat
+    film = load_radiograph(next(iter(sorted((shared.SAMPLES_DIR).glob("*.png")))))
+    notices = explain_radiograph(film, loaded, name="x", methods=("gradcam", "gradcam++")).notices
+    flat = [n for n in notices if "the map is flat" in n]
+    assert [n.split(":")[0] for n in flat] == ["Grad-CAM", "Grad-CAM++"] and all(n.endswith(".") for n in flat)
+
+
 def test_png_upload_then_bad_upload_keeps_the_previous_result(
     chestcovnet_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

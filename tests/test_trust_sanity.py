@@ -127,3 +127,23 @@ def test_flat_original_map_has_no_verdict() -> None:
 def test_bad_input_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"\(1, C, H, W\)"):
         sanity_check(_toy(), torch.zeros(2, 3, 32, 32), methods=("gradcam",))
+
+
+def test_a_map_that_vanishes_after_randomisation_says_why_it_passes() -> None:
+    """A map that turns flat once the model is random "passed" with no word why (Spearman 0 against a
+    constant map), next to a note saying guided maps barely change: the verdict now gives the reason."""
+    trained_fc = _toy().fc.weight.detach().clone()
+
+    def vanishing(module: nn.Module, x: torch.Tensor, _t: int) -> np.ndarray:  # the image while fc is trained
+        same = torch.equal(module.fc.weight.detach(), trained_fc)
+        return x[0, 0].detach().numpy() if same else np.zeros(x.shape[-2:])
+
+    result = sanity_check(_toy(), _image(), methods=("gradcam",), target=1, extra={"vanishing": vanishing,
+                          "edges": edge_detector}, seed=0)
+    assert result.passes["vanishing"] is True and result.spearman["vanishing"] == (0.0, 0.0, 0.0)
+    assert result.vanished == {"gradcam": None, "vanishing": "fc", "edges": None}
+    assert "vanished" in result.reason("vanishing") and "fc" in result.reason("vanishing")
+    assert "vanished" not in result.reason("gradcam") and "depends on the weights" in result.reason("gradcam")
+    assert "shows the image" in result.reason("edges")
+    rows = {row["method"]: row["verdict"] for row in result.table()}
+    assert rows == {"gradcam": "passes", "vanishing": "passes (the map vanished)", "edges": "fails"}

@@ -236,10 +236,12 @@ def _result(
     """The :class:`PipelineResult` of one film (``shares``: the batch's stage times per film)."""
     class_names = tuple(model.card.class_names)
     probs = np.asarray(explanation.probabilities[0], dtype=np.float64)
+    from xai.export import method_title  # the methods' display names have one home
+
     final_target = int(explanation.target[0])
     notices = list(radiograph.notices) + list(explanation.notes)
     notices += [
-        f"{m}: the map is flat (no evidence for {class_names[final_target]} at this layer)"
+        f"{method_title(m)}: the map is flat (no evidence for {class_names[final_target]} at this layer)."
         for m in maps
         if bool(np.asarray(explanation.flat.get(m, False)).reshape(-1)[0])
     ]

@@ -67,7 +67,9 @@ class SanityResult:
     ``steps[k]`` names the layer group randomised at step k (cumulative, top first: after step k, groups
     0..k are random). ``spearman[m][k]`` / ``ssim[m][k]`` compare method m's original map with its map
     after step k. ``maps[m]`` is float32 (1 + len(steps), H, W): the original map then one per step.
-    ``passes[m]`` is None when the original map was flat (nothing to compare).
+    ``passes[m]`` is None when the original map was flat (nothing to compare). ``vanished[m]``: the step
+    from which the map stays flat (constant) to the end, else None — such a map "changes" (Spearman 0 against a
+    constant map) by vanishing, and :meth:`reason` says so instead of a bare "passes".
     """
 
     methods: tuple[str, ...]
@@ -81,6 +83,21 @@ class SanityResult:
     maps: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False)
     notes: tuple[str, ...] = ()
     timings_ms: Mapping[str, float] = field(default_factory=dict)
+    vanished: Mapping[str, str | None] = field(default_factory=dict)
+
+    def reason(self, method: str) -> str:
+        """One sentence that explains the verdict (and never contradicts the notes)."""
+        rho = self.spearman[method][-1]
+        if self.passes[method] is None:
+            return "The original map is flat: the test says nothing about it."
+        if not self.passes[method]:
+            return (f"Still ranks pixels like the original (Spearman {rho:.2f} ≥ {self.threshold}) with every "
+                    "layer random: it shows the image more than what the model learned.")
+        if (step := self.vanished.get(method)) is not None:
+            return (f"Passes only because the map vanished: it is flat (all zero) once {step} is random, and "
+                    "a flat map shares no ranking with the original (Spearman 0). It did not change shape; "
+                    "see the steps before it and SSIM.")
+        return f"Changes once the model is random (Spearman {rho:.2f} < {self.threshold}): it depends on the weights."
 
     @property
     def final_spearman(self) -> dict[str, float]:
@@ -106,6 +123,8 @@ class SanityResult:
         rows = []
         for m in self.methods:
             verdict = {True: "passes", False: "fails", None: "n/a (flat map)"}[self.passes[m]]
+            if self.passes[m] and self.vanished.get(m):
+                verdict = "passes (the map vanished)"
             first = self.first_change(m)
             rows.append(
                 {
@@ -118,6 +137,14 @@ class SanityResult:
                 }
             )
         return rows
+
+
+def _flat_from(labels: list[str], maps: list[np.ndarray]) -> str | None:
+    """The step from which every later map is flat (constant), or None when the last map is not flat."""
+    first = None
+    for label, m in zip(labels, maps, strict=True):
+        first = (first or label) if np.ptp(m) == 0 else None
+    return first
 
 
 def _parameter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -207,6 +234,7 @@ def sanity_check(
     after every step.
     """
     from xai.engine import METHODS, Explainer
+    from xai.export import method_title  # the methods' display names have one home
 
     methods = tuple(METHODS) if methods is None else tuple(methods)
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
@@ -237,8 +265,11 @@ def sanity_check(
         report(progress, (k + 2) / total, f"randomised {label} ({k + 1}/{len(groups)})")
 
     passes = {m: (None if flat[m] else bool(rho[m][-1] < PASS_THRESHOLD)) for m in names}
+    labels = [label for label, _ in groups]
+    vanished = {m: _flat_from(labels, maps[m][1:]) for m in names}
     notes = [GUIDED_NOTE] if any(m.startswith("guided") for m in names) else []
-    notes += [f"{m}: the original map is flat, the test says nothing about it" for m in names if flat[m]]
+    notes += [f"{method_title(m)}: the original map is flat, the test says nothing about it." for m in names
+              if flat[m]]
     return SanityResult(
         methods=names,
         steps=tuple(label for label, _ in groups),
@@ -250,4 +281,5 @@ def sanity_check(
         maps=MappingProxyType({m: np.stack(v) for m, v in maps.items()}),
         notes=tuple(notes),
         timings_ms=MappingProxyType({"total": round((time.perf_counter() - started) * 1e3, 1)}),
+        vanished=MappingProxyType(vanished),
     )
