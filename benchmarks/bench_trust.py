@@ -44,14 +44,14 @@ def main() -> int:
     from xai.preprocessing import prepare
     from xai.radiograph import load_radiograph
     from xai.trust.sanity import sanity_check
-    from xai.trust.stability import _load_second, stability
+    from xai.trust.stability import stability
 
     image = args.image or default_image()
     t0 = time.perf_counter()
     model = models.load(args.model)
     radiograph = load_radiograph(image)
     x, _geometry = prepare(radiograph, model.card.preprocessing)
-    second = _load_second(model.card)
+    second = models.second_checkpoint(model.card)
     t_load = time.perf_counter() - t0
     print(f"model {model.card.name} {model.card.version} ({model.card.architecture}), image {image.name} "
           f"{radiograph.pixels.shape[1]}x{radiograph.pixels.shape[0]}, torch threads {torch.get_num_threads()}, "

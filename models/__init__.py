@@ -4,6 +4,11 @@
 radiographs, see ``models/README.md`` and its ``card.json``); ``models.load_weights`` loads a user's
 state dict into one of :data:`ARCHITECTURES`. Nothing is ever unpickled: safetensors, or
 ``torch.load(weights_only=True)``.
+
+``LoadedModel`` and ``ModelCard`` implement :mod:`xai.protocols` (the library takes such objects and never
+imports this package). What a bundle carries beside the model is passed to ``xai`` as objects too:
+``models.ood_stats(loaded)`` (out-of-distribution statistics for :func:`xai.trust.ood.score`) and
+``models.second_checkpoint(card)`` (the second training seed for :func:`xai.trust.stability.stability`).
 """
 
 from models.architectures import ARCHITECTURES, Architecture, build_model, get_architecture
@@ -18,8 +23,11 @@ from models.bundle import (
     load_weights,
     read_state_dict,
     save_bundle,
+    second_checkpoint,
+    second_checkpoint_name,
     sha256_file,
 )
+from models.ood import ood_stats
 
 __all__ = [
     "ARCHITECTURES",
@@ -35,6 +43,9 @@ __all__ = [
     "load",
     "load_weights",
     "read_state_dict",
+    "ood_stats",
     "save_bundle",
+    "second_checkpoint",
+    "second_checkpoint_name",
     "sha256_file",
 ]

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import re
+import threading
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -374,6 +375,34 @@ def load(name_or_path: str | Path = DEFAULT_MODEL) -> LoadedModel:
                          f"class_names=..., preprocessing=...)")
     raise ModelError(f"no model bundle {text!r}: not a bundle name ({', '.join(available_bundles()) or 'none'}), "
                      f"a bundle folder or a .zip")
+
+
+def second_checkpoint_name(card: ModelCard) -> str | None:
+    """The bundle name of the second training seed of ``card``'s model (``chestcovnet`` -> ``-seed2``);
+    None for a second seed itself. Map stability across checkpoints compares the two."""
+    name = str(card.name or "")
+    if not name or name.endswith("-seed2"):
+        return None
+    return f"{name}-seed2"
+
+
+_SECOND: dict[str, LoadedModel | None] = {}
+_SECOND_LOCK = threading.Lock()
+
+
+def second_checkpoint(card: ModelCard) -> LoadedModel | None:
+    """The shipped second-seed checkpoint of ``card``'s model, loaded once per process (read-only use);
+    None when it is not shipped or does not load (then there is simply no checkpoint comparison)."""
+    name = second_checkpoint_name(card)
+    if name is None:
+        return None
+    with _SECOND_LOCK:
+        if name not in _SECOND:
+            try:
+                _SECOND[name] = load(name) if (BUNDLES_DIR / name / CARD_FILE).is_file() else None
+            except ModelError:
+                _SECOND[name] = None
+        return _SECOND[name]
 
 
 def load_weights(path: str | Path, architecture: str, class_names: Sequence[str],

@@ -45,6 +45,27 @@ def test_fit_gaussian_recovers_means_and_flags_a_far_point() -> None:
     assert inlier < 2.0 < 5.0 < outlier  # 3 = 6 sd along the narrow axis
 
 
+def test_ledoit_wolf_matches_scikit_learn() -> None:
+    """Our numpy Ledoit-Wolf (no scikit-learn at run time) against scikit-learn's, with fewer samples than
+    dimensions (the OOD case: 1280-d features, a few hundred films) and with more."""
+    from sklearn.covariance import LedoitWolf, ledoit_wolf
+
+    rng = np.random.default_rng(3)
+    for n, p in ((40, 120), (500, 8)):
+        x = rng.normal(size=(n, p)) @ rng.normal(size=(p, p)) * 0.3
+        x -= x.mean(axis=0)
+        cov, shrinkage = ood.ledoit_wolf(x)
+        ref_cov, ref_shrinkage = ledoit_wolf(x, assume_centered=True)
+        assert 0.0 < shrinkage < 1.0 and shrinkage == pytest.approx(ref_shrinkage, rel=1e-9)
+        np.testing.assert_allclose(cov, ref_cov, rtol=1e-9, atol=1e-12)
+    labels = rng.integers(0, 3, size=60)
+    feats = rng.normal(size=(60, 20)) + labels[:, None]
+    means, precision, shrinkage = ood.fit_gaussian(feats, labels)
+    reference = LedoitWolf(assume_centered=True).fit(feats - means[labels])
+    np.testing.assert_allclose(precision, reference.precision_, rtol=1e-7, atol=1e-9)
+    assert shrinkage == pytest.approx(reference.shrinkage_, rel=1e-9)
+
+
 def _stats(val: np.ndarray) -> ood.OODStats:
     return ood.OODStats(means=np.zeros((2, 3), np.float32), precision=np.eye(3, dtype=np.float32),
                         val_distances=np.sort(val).astype(np.float32), class_names=("a", "b"),
@@ -122,6 +143,94 @@ def test_extract_features_ignores_other_threads() -> None:
     np.testing.assert_allclose(seen[0], expected, rtol=1e-6)
 
 
+def test_statistics_are_passed_in_and_must_fit_the_weights() -> None:
+    """No statistics: header hints only, said so. Statistics fitted for other weights: a clear error (the
+    score would compare against the wrong features)."""
+    model = SimpleNamespace(module=Toy().eval(), card=SimpleNamespace(sha256="def", name="toy"))
+    x = torch.rand(1, 3, 10, 10)
+    bare = ood.score(model, x, None, radiograph=_radiograph(view_position="LL"))
+    assert bare.score is None and bare.is_ood and "only header hints" in bare.warnings[-1]
+    assert ood.score(model, x, None) == ood.OODResult(None, None, None, False, (), ())
+    stats = ood.OODStats(means=np.zeros((2, 4), np.float32), precision=np.eye(4, dtype=np.float32),
+                         val_distances=np.arange(1, 101, dtype=np.float32), class_names=("a", "b"),
+                         model_name="toy", model_sha256="abc", feature_layer="input of fc", n_train=1,
+                         shrinkage=0.0)
+    with pytest.raises(ValueError, match="fitted for other weights"):
+        ood.score(model, x, stats)
+    fitting = SimpleNamespace(module=model.module, card=SimpleNamespace(sha256="abc", name="toy"))
+    feats, _ = ood.extract_features(model.module, x)
+    result = ood.score(fitting, x, stats)
+    expected = float(np.sqrt(np.sum(ood.transform_features(feats[0]) ** 2)))  # identity precision, zero means
+    assert result.score == pytest.approx(expected, rel=1e-5)
+    assert result.percentile == stats.percentile(expected)
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> Path:
+    from PIL import Image
+
+    Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_fit_ood_on_images_reproduces_the_class_statistics(tmp_path: Path) -> None:
+    """fit_ood decodes and prepares each image as the app does, then: class means of the transformed
+    features (train), distances of the val images under the fitted Gaussian, and the card's identity."""
+    from xai.preprocessing import Preprocessing, prepare
+    from xai.radiograph import load_radiograph
+
+    rng = np.random.default_rng(5)
+    pre = Preprocessing(input_size=16, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
+    card = SimpleNamespace(name="toy", sha256="f" * 64, class_names=("dark", "bright"), preprocessing=pre)
+    model = SimpleNamespace(module=Toy().eval(), card=card)
+
+    def image(k: int, label: int) -> Path:
+        pixels = np.clip(0.25 + 0.5 * label + 0.1 * rng.standard_normal((24, 20)), 0, 1)
+        return _write_png(tmp_path / f"{label}_{k}.png", pixels)
+
+    train = [(image(k, k % 2), k % 2) for k in range(12)]
+    val = [image(100 + k, k % 2) for k in range(5)]
+    seen: list[float] = []
+    stats = ood.fit_ood(model, train, val, batch_size=5, progress=lambda f, _m: seen.append(f))
+
+    def feats(path: Path) -> np.ndarray:
+        return ood.extract_features(model.module, prepare(load_radiograph(path), pre)[0])[0][0]
+
+    f_train = ood.transform_features(np.stack([feats(p) for p, _ in train]))
+    labels = np.array([label for _, label in train])
+    np.testing.assert_allclose(stats.means, [f_train[labels == c].mean(axis=0) for c in (0, 1)], rtol=1e-4, atol=1e-6)
+    f_val = ood.transform_features(np.stack([feats(p) for p in val]))
+    np.testing.assert_allclose(stats.val_distances,
+                               np.sort(ood.mahalanobis(f_val, stats.means, stats.precision)), rtol=1e-3)
+    assert (stats.model_name, stats.model_sha256, stats.n_train, stats.class_names) == (
+        "toy", "f" * 64, 12, ("dark", "bright"))
+    assert seen[-1] == 1.0 and seen == sorted(seen)
+    with pytest.raises(ValueError, match="train and val"):
+        ood.fit_ood(model, train, [])
+
+
+def test_models_reads_the_statistics_beside_the_bundle_once_and_only_for_its_weights(tmp_path: Path) -> None:
+    import models
+    from models import ood as bundle_ood
+
+    shipped = models.load("chestcovnet-seed2")
+    folder = tmp_path / "mine"
+    card = models.save_bundle(folder, shipped.module, {**shipped.card.to_dict(), "name": "mine-test"})
+    loaded = models.load(folder)
+    assert bundle_ood.stats_path(loaded) == folder / "ood.safetensors"
+    assert models.ood_stats(loaded) is None  # no file
+    stats = ood.OODStats(means=np.zeros((2, 3), np.float32), precision=np.eye(3, dtype=np.float32),
+                         val_distances=np.arange(3, dtype=np.float32), class_names=card.class_names,
+                         model_name="mine-test", model_sha256="0" * 64, feature_layer="x", n_train=1, shrinkage=0.0)
+    ood.save_ood(stats, folder / "ood.safetensors")
+    bundle_ood._CACHE.clear()
+    assert models.ood_stats(loaded) is None, "fitted for other weights"
+    ood.save_ood(ood.OODStats(**{**stats.__dict__, "model_sha256": card.sha256}), folder / "ood.safetensors")
+    bundle_ood._CACHE.clear()
+    found = models.ood_stats(loaded)
+    assert found is not None and found.model_sha256 == card.sha256
+    assert models.ood_stats(loaded) is found
+
+
 def _radiograph(**meta: str) -> SimpleNamespace:
     patient = {k: meta.pop(k) for k in list(meta) if k[0].isupper()}
     return SimpleNamespace(metadata=meta, patient=patient)
@@ -191,19 +300,31 @@ def default_model():  # noqa: ANN201 - LoadedModel
     return models.load("chestcovnet")
 
 
+@pytest.fixture(scope="module")
+def default_stats(default_model):  # noqa: ANN001, ANN201 - OODStats
+    import models
+
+    stats = models.ood_stats(default_model)
+    assert stats is not None, "fit the statistics: python -m models.ood fit"
+    return stats
+
+
 def test_shipped_statistics_match_the_default_weights(default_model) -> None:  # noqa: ANN001
-    stats = ood.stats_for(default_model)
+    import models
+
+    stats = models.ood_stats(default_model)
+    assert models.ood_stats(default_model) is stats, "read once per process"
     assert stats is not None, "models/bundles/chestcovnet/ood.safetensors missing or fitted for other weights"
     assert stats.model_sha256 == default_model.card.sha256
     assert stats.means.shape[0] == len(default_model.card.class_names)
     assert stats.val_distances.size > 100
 
 
-def test_non_chest_images_and_lateral_header_rank_above_chest_pa_films(default_model, chestcovnet_dir: Path) -> None:  # noqa: ANN001
+def test_non_chest_images_and_lateral_header_rank_above_chest_pa_films(default_model, default_stats,  # noqa: ANN001
+                                                                        chestcovnet_dir: Path) -> None:
     from xai.preprocessing import prepare
     from xai.radiograph import load_radiograph
 
-    assert ood.stats_for(default_model) is not None, "fit the statistics: python -m xai.trust.ood fit"
     with (chestcovnet_dir / "manifest.csv").open(newline="", encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == "test" and r["view"] == "PA"]
     chest_rows = rows[:: max(1, len(rows) // 6)][:6]
@@ -211,20 +332,21 @@ def test_non_chest_images_and_lateral_header_rank_above_chest_pa_films(default_m
     chest = []
     for row in chest_rows:
         rad = load_radiograph(chestcovnet_dir / "images" / row["file"])
-        result = ood.score(default_model, prepare(rad, pre)[0], radiograph=rad)
+        result = ood.score(default_model, prepare(rad, pre)[0], default_stats, radiograph=rad)
         assert result.header_hints == ()
         chest.append(result.score)
-    others = [ood.score(default_model, prepare(img, pre)[0]) for img in (_landscape(), _document())]
+    others = [ood.score(default_model, prepare(img, pre)[0], default_stats) for img in (_landscape(), _document())]
     assert min(o.score for o in others) > max(chest), (chest, [o.score for o in others])
     assert all(o.is_ood and o.warnings for o in others)
     assert all(o.percentile == 100.0 for o in others)
     # a lateral film: the header says so, whatever the pixels look like
     lateral = SimpleNamespace(metadata={"view_position": "LL"}, patient={})
-    flagged = ood.score(default_model, prepare(_landscape(), pre)[0], radiograph=lateral)
+    flagged = ood.score(default_model, prepare(_landscape(), pre)[0], default_stats, radiograph=lateral)
     assert any("lateral" in w for w in flagged.warnings)
 
 
-def test_the_explanations_own_forward_pass_gives_the_ood_features(default_model, chestcovnet_dir: Path) -> None:  # noqa: ANN001
+def test_the_explanations_own_forward_pass_gives_the_ood_features(default_model, default_stats,  # noqa: ANN001
+                                                                  chestcovnet_dir: Path) -> None:
     """The engine records the last linear layer's input in its forward pass (on the folded copy): the same
     features as a separate no-grad pass, and so the same verdict, without running the model twice."""
     from xai.pipeline import explain_source, make_explainer
@@ -236,8 +358,9 @@ def test_the_explanations_own_forward_pass_gives_the_ood_features(default_model,
         ours = result.explanation.features
         assert ours.shape == separate.shape == (1, 1280) and not ours.flags.writeable
         np.testing.assert_allclose(ours, separate, rtol=1e-4, atol=1e-5 * np.abs(separate).max())
-        reused = ood.score(default_model, result.input_tensor, radiograph=result.radiograph, features=ours)
-        again = ood.score(default_model, result.input_tensor, radiograph=result.radiograph)
+        reused = ood.score(default_model, result.input_tensor, default_stats, radiograph=result.radiograph,
+                           features=ours)
+        again = ood.score(default_model, result.input_tensor, default_stats, radiograph=result.radiograph)
         assert reused.score == pytest.approx(again.score, rel=1e-4) and reused.warnings == again.warnings
 
 

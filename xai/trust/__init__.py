@@ -27,7 +27,6 @@ _LAZY = {
     "AgreementResult": "xai.trust.agreement",
     "integrated_gradients": "xai.trust.integrated_gradients",
     "IGResult": "xai.trust.integrated_gradients",
-    "ood_report": "xai.trust.ood",
     "ood_score": "xai.trust.ood",
     "OODResult": "xai.trust.ood",
     "stability_summary": "xai.trust.stability",

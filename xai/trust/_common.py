@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from xai.preprocessing import Preprocessing
@@ -37,6 +38,37 @@ def unpack_model(model: Any, target_layer: str | None = None) -> tuple[nn.Module
         raise TypeError(f"expected a models.LoadedModel or torch.nn.Module, got {type(model).__name__}")
     layer = target_layer if target_layer is not None else getattr(card, "target_layer", None)
     return module, layer, card
+
+
+def on_model(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` moved to the model's device and floating dtype (the engine's rule: its first floating parameter
+    or buffer), detached; the trust checks run where the model lives."""
+    from xai.engine import _device_dtype
+
+    device, dtype = _device_dtype(module, x)
+    return x.detach().to(device=device, dtype=dtype)
+
+
+def to_numpy(t: torch.Tensor, dtype: Any = np.float64) -> np.ndarray:
+    """A tensor on any device as a NumPy array: detached and copied to the CPU first (a CUDA tensor has no
+    ``.numpy()``)."""
+    return t.detach().cpu().numpy().astype(dtype, copy=False)
+
+
+def forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits of ``x`` without gradients, computed on the model's device (they stay there)."""
+    import torch
+
+    with torch.no_grad():
+        return module(on_model(module, x))
+
+
+def class_probabilities(module: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """(N, C) float64 probabilities of ``x`` by the one rule, :func:`xai.scores.probabilities` (softmax;
+    sigmoid for a single logit), computed on the model's device."""
+    from xai.scores import probabilities
+
+    return to_numpy(probabilities(forward(module, x).float()))
 
 
 def preprocessing_of(model: Any, preprocessing: Preprocessing | None) -> Preprocessing:
@@ -109,8 +141,6 @@ def compute_maps_batch(
 
     ``target`` None: the first image's predicted class, used for all. Returns (per-image maps, target,
     probabilities (N, C))."""
-    import torch
-
     n = int(x.shape[0])
     per_image: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
     if methods:
@@ -127,9 +157,7 @@ def compute_maps_batch(
             for i in range(n):
                 per_image[i][m] = batch[i]
     else:
-        with torch.no_grad():
-            logits = module(x)
-        probs = torch.softmax(logits.float(), dim=1).numpy().astype(np.float64)
+        probs = class_probabilities(module, x)
         if target is None:
             target = int(np.argmax(probs[0]))
     for name, fn in (extra or {}).items():

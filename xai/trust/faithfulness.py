@@ -4,7 +4,8 @@ Pixels of the model input are ranked by the map (most important first; ties in r
 *Deletion* starts from the input and replaces the top k % of pixels (all channels) by the baseline;
 *insertion* starts from the baseline and puts the top k % of the input's pixels back; k runs over
 ``steps + 1`` equal fractions from 0 to 1. The curve is the model's probability of the explained class
-(softmax over the logits; sigmoid for a single-logit model). A faithful map makes the deletion curve fall
+(:func:`xai.scores.probabilities`: softmax over the logits; sigmoid for a single-logit model, whose only
+class index is 0). A faithful map makes the deletion curve fall
 fast (low AUC is good) and the insertion curve rise fast (high AUC is good). AUC by the trapezoid rule over
 the fraction axis [0, 1].
 
@@ -12,7 +13,8 @@ Baseline (stated with every result): ``"blur"`` (default) — the input blurred 
 sigma = ``blur_sigma`` x side of the input (5 %: about 11 px at 224), in model-input space, so removed
 pixels lose detail but keep the image's overall intensity; ``"mean"`` — each channel's mean value;
 ``"black"`` — the prepared value of a black image (needs the preprocessing's mean/std, i.e. a LoadedModel).
-All ``2 (steps + 1)`` perturbed inputs per map are evaluated in batched forward passes without gradients.
+All ``2 (steps + 1)`` perturbed inputs per map are evaluated in batched forward passes without gradients,
+on the model's device and dtype.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import cv2
 import numpy as np
 import torch
 
+from xai.scores import probabilities
 from xai.trust import metrics
-from xai.trust._common import Progress, report, unpack_model
+from xai.trust._common import Progress, on_model, report, to_numpy, unpack_model
 
 __all__ = ["BASELINES", "FaithfulnessCurves", "FaithfulnessResult", "make_baseline", "faithfulness", "curves"]
 
@@ -67,12 +70,12 @@ def make_baseline(x: torch.Tensor, kind: str = "blur", *, blur_sigma: float = 0.
     """The baseline tensor for ``x`` (1, C, H, W) and a sentence describing it."""
     if kind == "blur":
         sigma = max(0.5, blur_sigma * max(x.shape[-2:]))
-        arr = x[0].detach().numpy().transpose(1, 2, 0)
+        arr = x[0].detach().cpu().float().numpy().transpose(1, 2, 0)
         blurred = cv2.GaussianBlur(np.ascontiguousarray(arr), (0, 0), sigmaX=sigma, sigmaY=sigma,
                                    borderType=cv2.BORDER_REFLECT)
         if blurred.ndim == 2:
             blurred = blurred[:, :, None]
-        out = torch.from_numpy(blurred.transpose(2, 0, 1).copy()).unsqueeze(0).to(x.dtype)
+        out = torch.from_numpy(blurred.transpose(2, 0, 1).copy()).unsqueeze(0).to(device=x.device, dtype=x.dtype)
         return out, f"Gaussian blur of the input (sigma {sigma:.1f} px)"
     if kind == "mean":
         return x.detach().mean(dim=(2, 3), keepdim=True).expand_as(x).clone(), "per-channel mean of the input"
@@ -83,13 +86,6 @@ def make_baseline(x: torch.Tensor, kind: str = "blur", *, blur_sigma: float = 0.
 
         return black_baseline(x.detach(), mean, std), "black image"
     raise ValueError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINES)}")
-
-
-def _probability(logits: torch.Tensor, target: int) -> torch.Tensor:
-    if logits.shape[1] == 1:
-        p = torch.sigmoid(logits[:, 0])
-        return p if target == 1 else 1 - p
-    return torch.softmax(logits, dim=1)[:, target]
 
 
 def curves(
@@ -103,6 +99,8 @@ def curves(
     batch_size: int = 21,
 ) -> FaithfulnessCurves:
     """Deletion and insertion curves for one map ``heat`` (H, W) on input ``x`` (1, C, H, W)."""
+    x = on_model(module, x)
+    baseline = baseline.detach().to(device=x.device, dtype=x.dtype)
     h, w = x.shape[-2:]
     heat = np.asarray(heat, dtype=np.float64)
     if heat.shape != (h, w):
@@ -115,20 +113,23 @@ def curves(
     # rank[p] = position of pixel p in the importance order; pixel p is "taken" at step s if rank < count_s
     rank = np.empty(h * w, dtype=np.int64)
     rank[order] = np.arange(h * w)
-    rank_t = torch.from_numpy(rank.reshape(h, w))
-    counts_t = torch.from_numpy(counts)
+    rank_t = torch.from_numpy(rank.reshape(h, w)).to(x.device)
+    counts_t = torch.from_numpy(counts).to(x.device)
     results: dict[str, list[torch.Tensor]] = {"deletion": [], "insertion": []}
     with torch.no_grad():
         for start in range(0, steps + 1, batch_size):
             taken = (rank_t[None] < counts_t[start : start + batch_size, None, None]).unsqueeze(1).to(x.dtype)
             deleted = x * (1 - taken) + baseline * taken
             inserted = baseline * (1 - taken) + x * taken
-            probs = _probability(module(torch.cat([deleted, inserted])), target)
+            logits = module(torch.cat([deleted, inserted]))
+            if not 0 <= target < logits.shape[1]:
+                raise ValueError(f"target class {target} out of range: the model has {logits.shape[1]} output(s)")
+            probs = probabilities(logits)[:, target]
             n = taken.shape[0]
             results["deletion"].append(probs[:n])
             results["insertion"].append(probs[n:])
-    deletion = torch.cat(results["deletion"]).numpy().astype(np.float64)
-    insertion = torch.cat(results["insertion"]).numpy().astype(np.float64)
+    deletion = to_numpy(torch.cat(results["deletion"]))
+    insertion = to_numpy(torch.cat(results["insertion"]))
     return FaithfulnessCurves(
         fractions=fractions,
         deletion=deletion,
@@ -156,9 +157,10 @@ def faithfulness(
     module, _layer, card = unpack_model(model)
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"x must be a prepared tensor of shape (1, C, H, W), got {getattr(x, 'shape', x)}")
+    x = on_model(module, x)
     pre = getattr(card, "preprocessing", None)
     base, description = make_baseline(
-        x.detach(), baseline, mean=getattr(pre, "mean", None), std=getattr(pre, "std", None)
+        x, baseline, mean=getattr(pre, "mean", None), std=getattr(pre, "std", None)
     )
     out: dict[str, FaithfulnessCurves] = {}
     notes = []
@@ -168,7 +170,7 @@ def faithfulness(
             heat = heat[0]
         if np.ptp(heat) == 0:
             notes.append(f"{method}: flat map, pixels taken in row-major order (the curve says nothing)")
-        out[method] = curves(module, x.detach(), heat, int(target), base, steps=steps, batch_size=batch_size)
+        out[method] = curves(module, x, heat, int(target), base, steps=steps, batch_size=batch_size)
         report(progress, (k + 1) / len(maps), f"deletion/insertion: {method}")
     return FaithfulnessResult(target=int(target), baseline=description, curves=MappingProxyType(out),
                               notes=tuple(notes))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xai.trust._common import Progress, report, unpack_model
+from xai.trust._common import Progress, on_model, report, to_numpy, unpack_model
 
 __all__ = ["IGResult", "black_baseline", "ig_display", "integrated_gradients", "trapezoid_weights"]
 
@@ -72,8 +72,8 @@ def black_baseline(x: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     c = x.shape[1]
     if len(mean) != c or len(std) != c:
         raise ValueError(f"mean/std have {len(mean)}/{len(std)} entries for a {c}-channel input")
-    m = torch.tensor(mean, dtype=x.dtype).view(1, c, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, c, 1, 1)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
     return ((0.0 - m) / s).expand_as(x).clone()
 
 
@@ -112,7 +112,7 @@ def integrated_gradients(
         raise ValueError(f"x must be a prepared tensor of shape (1, C, H, W), got {getattr(x, 'shape', x)}")
     if steps < 1 or batch_size < 1:
         raise ValueError("steps and batch_size must be >= 1")
-    x = x.detach()
+    x = on_model(module, x)  # the model's device and dtype
     if isinstance(baseline, str):
         if baseline == "zero":
             base, base_name = torch.zeros_like(x), "zero tensor (model-input space)"
@@ -127,7 +127,7 @@ def integrated_gradients(
     else:
         if baseline.shape != x.shape:
             raise ValueError(f"baseline shape {tuple(baseline.shape)} differs from input {tuple(x.shape)}")
-        base, base_name = baseline.detach().to(x.dtype), "given tensor"
+        base, base_name = baseline.detach().to(device=x.device, dtype=x.dtype), "given tensor"
 
     with torch.no_grad():
         logits = module(torch.cat([x, base]))
@@ -138,8 +138,8 @@ def integrated_gradients(
     target = int(target)
     score, base_score = float(logits[0, target]), float(logits[1, target])
 
-    alphas = torch.linspace(0.0, 1.0, steps + 1, dtype=x.dtype)
-    weights = torch.as_tensor(trapezoid_weights(steps), dtype=x.dtype)
+    alphas = torch.linspace(0.0, 1.0, steps + 1, dtype=x.dtype, device=x.device)
+    weights = torch.as_tensor(trapezoid_weights(steps), dtype=x.dtype, device=x.device)
     diff = x - base
     total = torch.zeros_like(x)
     for start in range(0, steps + 1, batch_size):
@@ -151,7 +151,7 @@ def integrated_gradients(
         w = weights[start : start + batch_size].view(-1, 1, 1, 1)
         total += (grad.detach() * w).sum(dim=0, keepdim=True)
         report(progress, min(1.0, (start + batch_size) / (steps + 1)), "integrated gradients")
-    attributions = (diff * total)[0].numpy().astype(np.float32)
+    attributions = to_numpy((diff * total)[0], np.float32)
     delta = float(attributions.astype(np.float64).sum() - (score - base_score))
     return IGResult(
         attributions=attributions,

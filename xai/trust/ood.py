@@ -25,19 +25,20 @@ check costs no second pass.
 
 Header hints (from :attr:`Radiograph.metadata`, and the patient's age — identifying data used only to
 warn, never echoed): lateral view, body part other than chest, a modality that is not a projection
-radiograph, a paediatric patient. Statistics live beside the bundle: ``models/bundles/<name>/ood.safetensors``
-(tensors + metadata naming the weights' sha256 they were fitted for).
+radiograph, a paediatric patient.
 
-Command line (once per bundle): ``python -m xai.trust.ood fit --model chestcovnet --data ../shared/data/chestcovnet``.
+The statistics are an object the caller passes in (:class:`OODStats`, read with :func:`load_ood`); this
+module never looks up a bundle. The shipped ones live beside the bundle,
+``models/bundles/<name>/ood.safetensors`` (tensors + metadata naming the weights' sha256 they were fitted
+for): ``models.ood_stats(loaded)`` reads them once per process, and ``python -m models.ood fit`` fits them.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -48,7 +49,7 @@ import torch
 from torch import nn
 
 from xai.layers import last_linear
-from xai.trust._common import Progress, report, unpack_model
+from xai.trust._common import Progress, on_model, report, to_numpy, unpack_model
 
 __all__ = [
     "OOD_FILE",
@@ -59,12 +60,12 @@ __all__ = [
     "fit_gaussian",
     "fit_ood",
     "header_hints",
+    "ledoit_wolf",
     "load_ood",
     "mahalanobis",
-    "ood_report",
     "save_ood",
     "score",
-    "stats_path",
+    "stats_from_features",
     "transform_features",
 ]
 
@@ -139,23 +140,44 @@ def mahalanobis(features: np.ndarray, means: np.ndarray, precision: np.ndarray) 
     return np.sqrt(np.clip(d2.min(axis=1), 0.0, None))
 
 
+def ledoit_wolf(centred: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ledoit–Wolf shrunk covariance of rows that are already centred, and the shrinkage used.
+
+    Ledoit & Wolf, "A well-conditioned estimator for large-dimensional covariance matrices", J. Multivariate
+    Anal. 2004 (the form scikit-learn's ``ledoit_wolf`` implements with ``assume_centered=True``). With
+    S = X^T X / n and mu = tr(S) / p, the estimate is (1 - a) S + a mu I, where
+    a = min(b2, d2) / d2, d2 = ||S - mu I||_F^2 / p and
+    b2 = (sum_k ||x_k x_k^T - S||_F^2) / (n^2 p) = (sum_k ||x_k||^4 / n - ||S||_F^2) / (n p).
+    """
+    x = np.asarray(centred, dtype=np.float64)
+    n, p = x.shape
+    cov = x.T @ x / n
+    mu = float(np.trace(cov)) / p
+    cov_norm2 = float(np.sum(cov**2))
+    row_norm4 = float(np.sum(np.sum(x**2, axis=1) ** 2))
+    b2 = (row_norm4 / n - cov_norm2) / (n * p)
+    d2 = (cov_norm2 - 2.0 * mu * float(np.trace(cov)) + p * mu**2) / p
+    shrinkage = 0.0 if d2 <= 0 else float(min(max(b2, 0.0), d2) / d2)
+    shrunk = (1.0 - shrinkage) * cov
+    shrunk.flat[:: p + 1] += shrinkage * mu
+    return shrunk, shrinkage
+
+
 def fit_gaussian(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Class means, Ledoit–Wolf-shrunk pooled within-class precision, and the shrinkage used."""
-    from sklearn.covariance import LedoitWolf
-
     f = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
     classes = np.unique(y)
     if f.ndim != 2 or f.shape[0] != y.shape[0] or classes.size < 1:
         raise ValueError("features must be (N, D) with one label per row")
     means = np.stack([f[y == c].mean(axis=0) for c in range(int(classes.max()) + 1)])
-    centred = f - means[y]
-    lw = LedoitWolf(assume_centered=True).fit(centred)
-    return means, lw.precision_, float(lw.shrinkage_)
+    covariance, shrinkage = ledoit_wolf(f - means[y])
+    return means, np.linalg.pinv(covariance, hermitian=True), shrinkage
 
 
 def extract_features(model: Any, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(penultimate features (N, D), logits (N, C)) for a prepared batch, without gradients.
+    """(penultimate features (N, D), logits (N, C)) for a prepared batch, without gradients, on the model's
+    device (the arrays are copied back to the CPU).
 
     The pre-hook on the last linear layer lives only for this call and ignores other threads."""
     module, _layer, _card = unpack_model(model)
@@ -170,20 +192,12 @@ def extract_features(model: Any, batch: torch.Tensor) -> tuple[np.ndarray, np.nd
     handle = linear.register_forward_pre_hook(hook)
     try:
         with torch.no_grad():
-            logits = module(batch)
+            logits = module(on_model(module, batch))
     finally:
         handle.remove()
     if not captured:
         raise RuntimeError("the last linear layer was not called during the forward pass")
-    feats = captured[-1].flatten(1)
-    return feats.float().numpy(), logits.float().numpy()
-
-
-def stats_path(model_name: str) -> Path:
-    """``models/bundles/<name>/ood.safetensors``."""
-    import models
-
-    return Path(models.BUNDLES_DIR) / model_name / OOD_FILE
+    return to_numpy(captured[-1].flatten(1), np.float32), to_numpy(logits, np.float32)
 
 
 def save_ood(stats: OODStats, path: str | Path) -> None:
@@ -235,27 +249,6 @@ def load_ood(path: str | Path) -> OODStats:
     )
 
 
-_CACHE: dict[tuple[str, str], OODStats | None] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def stats_for(model: Any) -> OODStats | None:
-    """The shipped statistics of a LoadedModel's bundle when they were fitted for these exact weights."""
-    card = getattr(model, "card", None)
-    name, sha = str(getattr(card, "name", "") or ""), str(getattr(card, "sha256", "") or "")
-    if not name:
-        return None
-    with _CACHE_LOCK:
-        if (name, sha) not in _CACHE:
-            path = stats_path(name)
-            stats = None
-            if path.is_file():
-                loaded = load_ood(path)
-                stats = loaded if loaded.model_sha256 == sha else None
-            _CACHE[(name, sha)] = stats
-        return _CACHE[(name, sha)]
-
-
 def _age_years(patient: dict[str, str]) -> float | None:
     """Age from PatientAge ('045Y', '006M', ...) or from birth and study dates; None when unknown."""
     text = str(patient.get("PatientAge", "") or "").strip().upper()
@@ -299,21 +292,32 @@ def header_hints(radiograph: Any) -> tuple[str, ...]:
     return tuple(hints)
 
 
+def check_fits(stats: OODStats, model: Any) -> None:
+    """Raise ``ValueError`` when ``stats`` were fitted for other weights than ``model``'s card names."""
+    sha = str(getattr(getattr(model, "card", None), "sha256", "") or "")
+    if sha and stats.model_sha256 and stats.model_sha256 != sha:
+        raise ValueError(f"the out-of-distribution statistics were fitted for other weights "
+                         f"(sha256 {stats.model_sha256[:12]}…, the model's is {sha[:12]}…)")
+
+
 def score(
-    model: Any, x: torch.Tensor, stats: OODStats | None = None, *, radiograph: Any = None,
+    model: Any, x: torch.Tensor, stats: OODStats | None, *, radiograph: Any = None,
     features: np.ndarray | None = None,
 ) -> OODResult:
-    """Out-of-distribution verdict for one prepared input ``x`` (1, C, H, W) of ``model`` (a LoadedModel).
+    """Out-of-distribution verdict for one prepared input ``x`` (1, C, H, W) of ``model`` (a loaded model,
+    :class:`xai.protocols.LoadedModel`, or an ``nn.Module``).
 
-    ``stats`` defaults to the bundle's shipped statistics (None when absent or fitted for other weights:
-    then only header hints are given). ``radiograph`` (optional) adds the header hints. ``features``: the
-    penultimate features of ``x`` when already computed (the engine records them in the explanation's own
-    forward pass, :attr:`xai.engine.Explanation.features`); otherwise a forward pass computes them."""
+    ``stats``: the statistics fitted for this model (``models.ood_stats(model)`` for a shipped bundle), or
+    None when there are none: then only header hints are given. Statistics fitted for other weights than
+    the model's card names raise ``ValueError``. ``radiograph`` (optional) adds the header hints.
+    ``features``: the penultimate features of ``x`` when already computed (the engine records them in the
+    explanation's own forward pass, :attr:`xai.engine.Explanation.features`); otherwise a forward pass
+    computes them."""
     hints = header_hints(radiograph) if radiograph is not None else ()
-    stats = stats if stats is not None else stats_for(model)
     if stats is None:
         note = "No out-of-distribution statistics for this model; only header hints are checked."
         return OODResult(None, None, None, bool(hints), (*hints, note) if hints else (), hints)
+    check_fits(stats, model)
     feats = np.atleast_2d(np.asarray(features, dtype=np.float32)) if features is not None else extract_features(model, x)[0]
     if feats.shape[1] != stats.means.shape[1]:
         raise ValueError(f"feature size {feats.shape[1]} does not match the statistics ({stats.means.shape[1]})")
@@ -329,39 +333,32 @@ def score(
     return OODResult(distance, pct, threshold, bool(warnings or hints), (*warnings, *hints), hints)
 
 
-def ood_report(model: Any, x: torch.Tensor, radiograph: Any = None, features: np.ndarray | None = None) -> OODResult:
-    """Same as :func:`score` with the bundle's statistics (the batch report's entry point)."""
-    return score(model, x, radiograph=radiograph, features=features)
-
-
-def _features_of_split(model: Any, data_dir: Path, records: Sequence[Any], batch_size: int,
-                       progress: Callable[[int], None]) -> np.ndarray:
+def _features_of_sources(model: Any, sources: Sequence[Any], batch_size: int,
+                         progress: Callable[[int], None]) -> np.ndarray:
     from xai.preprocessing import prepare_array
     from xai.radiograph import load_radiograph
 
     pre = model.card.preprocessing
     out = []
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        arrays = [prepare_array(load_radiograph(data_dir / "images" / r.file), pre)[0] for r in chunk]
+    for start in range(0, len(sources), batch_size):
+        chunk = sources[start : start + batch_size]
+        arrays = [prepare_array(load_radiograph(source), pre)[0] for source in chunk]
         feats, _ = extract_features(model, torch.from_numpy(np.stack(arrays)))
         out.append(feats)
         progress(len(chunk))
     return np.concatenate(out)
 
 
-def fit_ood(model: Any, card: Any = None, data_dir: str | Path = "../shared/data/chestcovnet", *,
-            batch_size: int = 32, transform: str = DEFAULT_TRANSFORM, progress: Progress | None = None) -> OODStats:
-    """Fit the Gaussian on the train split and calibrate on val of the ChestCOVNet manifest in ``data_dir``."""
-    from models.data import read_manifest, select
+def fit_ood(model: Any, train: Sequence[tuple[Any, int]], val: Sequence[Any], *, batch_size: int = 32,
+            transform: str = DEFAULT_TRANSFORM, progress: Progress | None = None) -> OODStats:
+    """Fit the class Gaussians on ``train`` and calibrate the distances on ``val``.
 
-    card = card if card is not None else model.card
-    data_dir = Path(data_dir)
-    class_names = tuple(card.class_names)
-    records = read_manifest(data_dir, class_names)
-    train, val = select(records, ["train"]), select(records, ["val"])
+    ``model``: a loaded model (its card gives the preprocessing, class names, name and weights' sha256).
+    ``train``: (image, class index) pairs; ``val``: images; an image is anything
+    :func:`xai.radiograph.load_radiograph` reads (a path, bytes). ``python -m models.ood fit`` feeds the
+    ChestCOVNet manifest's train and val splits."""
     if not train or not val:
-        raise ValueError(f"{data_dir} has no train or no val images")
+        raise ValueError("fitting the statistics needs train and val images")
     done = [0]
     total = len(train) + len(val)
 
@@ -369,48 +366,31 @@ def fit_ood(model: Any, card: Any = None, data_dir: str | Path = "../shared/data
         done[0] += n
         report(progress, done[0] / total, f"features {done[0]}/{total}")
 
-    f_train = transform_features(_features_of_split(model, data_dir, train, batch_size, tick), transform)
-    means, precision, shrinkage = fit_gaussian(f_train, np.array([r.label for r in train]))
-    f_val = transform_features(_features_of_split(model, data_dir, val, batch_size, tick), transform)
-    val_d = np.sort(mahalanobis(f_val, means, precision))
+    sources = [source for source, _label in train]
+    f_train = _features_of_sources(model, sources, batch_size, tick)
+    f_val = _features_of_sources(model, list(val), batch_size, tick)
+    return stats_from_features(model, f_train, [int(label) for _source, label in train], f_val, transform)
+
+
+def stats_from_features(model: Any, train_features: np.ndarray, train_labels: Sequence[int],
+                        val_features: np.ndarray, transform: str = DEFAULT_TRANSFORM) -> OODStats:
+    """The statistics from penultimate features already computed (:func:`extract_features`, or the
+    engine's :attr:`~xai.engine.Explanation.features`): class Gaussians fitted on the transformed train
+    features, distances calibrated on the val features; identity from ``model``'s card."""
+    f_train = transform_features(train_features, transform)
+    means, precision, shrinkage = fit_gaussian(f_train, np.asarray(train_labels))
+    val_d = np.sort(mahalanobis(transform_features(val_features, transform), means, precision))
     layer, _ = last_linear(unpack_model(model)[0])
+    card = model.card
     return OODStats(
         means=means.astype(np.float32),
         precision=precision.astype(np.float32),
         val_distances=val_d.astype(np.float32),
-        class_names=class_names,
+        class_names=tuple(card.class_names),
         model_name=str(card.name),
         model_sha256=str(card.sha256),
         feature_layer=f"input of {layer}",
-        n_train=len(train),
+        n_train=int(len(train_features)),
         shrinkage=shrinkage,
         transform=transform,
     )
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xai.trust.ood", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    fit = sub.add_parser("fit", help="fit and save the statistics of a bundle")
-    fit.add_argument("--model", default="chestcovnet", help="bundle name (models/bundles/<name>)")
-    fit.add_argument("--data", default="../shared/data/chestcovnet", help="folder with manifest.csv and images/")
-    fit.add_argument("--out", default=None, help="output file (default: the bundle's ood.safetensors)")
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    import models
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    loaded = models.load(args.model)
-
-    def show(fraction: float, message: str) -> None:
-        print(f"\r{fraction * 100:5.1f}% {message}", end="", flush=True)
-
-    stats = fit_ood(loaded, loaded.card, args.data, progress=show)
-    out = Path(args.out) if args.out else stats_path(loaded.card.name)
-    save_ood(stats, out)
-    print(f"\nsaved {out} (train {stats.n_train}, shrinkage {stats.shrinkage:.3f}, "
-          f"val 99th percentile distance {stats.threshold:.2f}, max {stats.val_distances.max():.2f})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

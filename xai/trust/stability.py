@@ -33,6 +33,7 @@ from xai.trust import metrics
 from xai.trust._common import (
     MapFn,
     Progress,
+    class_probabilities,
     compute_maps,
     compute_maps_batch,
     preprocessing_of,
@@ -45,7 +46,6 @@ __all__ = [
     "Comparison",
     "Perturbation",
     "StabilityResult",
-    "second_checkpoint_name",
     "stability",
     "stability_summary",
 ]
@@ -204,14 +204,6 @@ def _compare(ref: np.ndarray, other: np.ndarray, valid: np.ndarray) -> tuple[flo
     )
 
 
-def second_checkpoint_name(card: Any) -> str | None:
-    """The bundle name of the second training seed of ``card``'s model (``chestcovnet`` -> ``-seed2``)."""
-    name = str(getattr(card, "name", "") or "")
-    if not name or name.endswith("-seed2"):
-        return None
-    return f"{name}-seed2"
-
-
 def stability(
     model: Any,
     image: Any,
@@ -232,8 +224,8 @@ def stability(
     """Maps of ``image`` (a Radiograph or a 2-D float array in [0, 1]) under small changes.
 
     ``model``: LoadedModel (card gives preprocessing and target layer) or nn.Module with ``preprocessing``.
-    ``second_model``: another checkpoint of the same architecture (e.g. ``models.load("chestcovnet-seed2")``)
-    or None. ``reference_maps`` (maps on the original grid for ``target``, e.g. from the pipeline) saves one
+    ``second_model``: another checkpoint of the same architecture (e.g. ``models.second_checkpoint(card)``,
+    the second training seed) or None. ``reference_maps`` (maps on the original grid for ``target``, e.g. from the pipeline) saves one
     explanation; they must come from the same model and preprocessing. ``extra``: more maps,
     ``fn(module, x, target) -> (H, W)`` on the model grid (see :func:`xai.trust.sanity.sanity_check`).
     ``batch_size`` changed inputs are explained per engine call (fewer, larger passes; progress per batch).
@@ -271,7 +263,7 @@ def stability(
             x0, g0 = prepare(pixels, pre)
             more, _f, _t, _p = compute_maps(explainer, module, x0, target, (), extra)
             ref.update({m: _to_grid(g0.to_original(h), grid) for m, h in more.items()})
-        ref_probs = _probabilities(module, prepare(pixels, pre)[0])
+        ref_probs = class_probabilities(module, prepare(pixels, pre)[0])[0]
     names = tuple(ref)
     flat_ref = {m for m in names if float(np.ptp(ref[m])) == 0.0}
     report(progress, 1 / n_total, "reference maps")
@@ -331,47 +323,20 @@ def stability(
     )
 
 
-def _probabilities(module: Any, x: Any) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        logits = module(x)
-    if logits.shape[1] == 1:
-        p = torch.sigmoid(logits)
-        return torch.cat([1 - p, p], dim=1)[0].numpy()
-    return torch.softmax(logits, dim=1)[0].numpy()
-
-
-_SECOND_MODELS: dict[str, Any] = {}
-
-
-def _load_second(card: Any) -> Any:
-    """The second-seed checkpoint for ``card`` (loaded once per process, read-only use), or None."""
-    name = second_checkpoint_name(card)
-    if name is None:
-        return None
-    if name not in _SECOND_MODELS:
-        import models
-
-        try:
-            _SECOND_MODELS[name] = models.load(name)
-        except Exception:  # noqa: BLE001 - a missing bundle only means no checkpoint comparison
-            _SECOND_MODELS[name] = None
-    return _SECOND_MODELS[name]
-
-
-def stability_summary(model: Any, result: Any, *, progress: Progress | None = None) -> dict[str, dict[str, float]]:
+def stability_summary(model: Any, result: Any, *, second_model: Any = None,
+                      progress: Progress | None = None) -> dict[str, dict[str, float]]:
     """Stability figures for a :class:`xai.pipeline.PipelineResult` (batch report helper).
 
-    Uses the result's maps as the reference (no extra explanation), the default changes and, when its
-    bundle exists, the second-seed checkpoint. Returns :meth:`StabilityResult.summary`."""
+    Uses the result's maps as the reference (no extra explanation) and the default changes; ``second_model``
+    (another checkpoint of the same architecture, e.g. ``models.second_checkpoint(model.card)``) adds the
+    checkpoint comparison. Returns :meth:`StabilityResult.summary`."""
     res = stability(
         model,
         result.radiograph,
         target=int(result.target_index),
         methods=tuple(result.maps),
         reference_maps=result.maps,
-        second_model=_load_second(getattr(model, "card", None)),
+        second_model=second_model,
         progress=progress,
     )
     return res.summary()
