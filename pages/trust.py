@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+import models
 from pages._shared import (
     ActiveModel,
     LoadedImage,
@@ -29,7 +30,7 @@ from xai.trust import agreement as agreement_mod
 from xai.trust import faithfulness as faith_mod
 from xai.trust.integrated_gradients import integrated_gradients
 from xai.trust.sanity import GUIDED_NOTE, PASS_THRESHOLD, sanity_check
-from xai.trust.stability import _load_second, stability
+from xai.trust.stability import stability
 
 THUMB_SIDE = 320
 IG = "integrated_gradients"
@@ -123,7 +124,7 @@ def stability_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineResu
         bar = st.progress(0.0, text="starting")
         store[("stability", *key)] = stability(
             model.loaded, result.radiograph, target=result.target_index, methods=tuple(result.maps),
-            reference_maps=result.maps, second_model=_load_second(model.card), progress=_progress_callback(bar),
+            reference_maps=result.maps, second_model=models.second_checkpoint(model.card), progress=_progress_callback(bar),
         )
         bar.empty()
     res = store.get(("stability", *key))
