@@ -17,7 +17,6 @@ Sharing rules (Streamlit runs every session in its own thread of one process):
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import hmac
 import json
@@ -282,6 +281,7 @@ def default_model() -> ActiveModel:
 
     import models
     from xai.isolation import warm_up
+    from xai.startup import freeze_heap
 
     loaded = wrap_model(models.load(DEFAULT_MODEL), origin="bundled")
     warm_up()  # the upload decoder's fork server starts with the server, not on the first upload
@@ -289,11 +289,9 @@ def default_model() -> ActiveModel:
     spec = loaded.card.preprocessing
     blank = torch.zeros(1, spec.channels, spec.input_size, spec.input_size)
     warm_up_display(loaded, blank, loaded.explainer.explain(blank).features)
-    # Everything allocated so far (modules, the model, torch and plotly internals) lives as long as the
-    # server: keep it out of the cyclic garbage collector's full passes, which otherwise stall every
-    # session for 100-200 ms now and then (measured) while re-scanning that heap.
-    gc.collect()
-    gc.freeze()
+    # Everything allocated so far lives as long as the server: out of the cyclic collector's full passes
+    # (gc.freeze; what and why: xai.startup.freeze_heap).
+    freeze_heap()
     return loaded
 
 

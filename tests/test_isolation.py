@@ -153,15 +153,20 @@ def test_warm_up_starts_a_separate_worker_process():
     assert warm_up() is True  # the worker reported a pid other than ours
 
 
-def test_workers_do_not_rerun_the_parents_main_script(tmp_path):
+@pytest.mark.parametrize("worker_boot", [True, False], ids=["booted", "control-without-worker-boot"])
+def test_workers_do_not_rerun_the_parents_main_script(tmp_path, worker_boot):
     """A Streamlit server replaces ``__main__`` with the page script, which has no main guard: the decoder
-    workers must not execute it again (it would re-run the whole app, in bare mode, for every upload)."""
+    workers must not execute it again (it would re-run the whole app, in bare mode, for every upload).
+    The control leaves ``xai._worker_boot`` (the fork server's :func:`xai.startup.boot`) out of the
+    preload and sees the page script run in the workers: the check can fail."""
     page, marker = tmp_path / "page.py", tmp_path / "page_ran.txt"
     page.write_text(f"open({str(marker)!r}, 'a').write('ran\\n')\n")
     repo = Path(__file__).resolve().parents[1]
     driver = (
         "import os, sys, types\n"
         f"sys.path.insert(0, {str(repo)!r})\n"
+        "import xai.isolation\n"
+        f"if not {worker_boot}: xai.isolation.PRELOAD.remove('xai._worker_boot')\n"
         "from xai.isolation import load_radiograph_isolated, run_isolated, _worker_pid\n"
         "page = types.ModuleType('__main__')\n"
         f"page.__file__ = {str(page)!r}\n"
@@ -172,4 +177,7 @@ def test_workers_do_not_rerun_the_parents_main_script(tmp_path):
     done = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "(1024, 1024)" in done.stdout
-    assert not marker.exists(), "a worker executed the parent's __main__ script"
+    if worker_boot:
+        assert not marker.exists(), "a worker executed the parent's __main__ script"
+    else:
+        assert marker.read_text().count("ran") == 2, "the control's two workers both ran the page script"

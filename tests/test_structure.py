@@ -170,3 +170,85 @@ def test_loader_modules_import_in_any_order_in_a_fresh_interpreter(order):
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------- start-up: boot()
+def _run(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+def test_boot_applies_the_settings_once_from_any_number_of_threads():
+    out = _run(
+        "import threading, time\n"
+        "from multiprocessing import spawn\n"
+        "import pydicom.config as cfg\n"
+        "import xai, xai.startup as su\n"
+        "before = (cfg.settings.reading_validation_mode == cfg.IGNORE, spawn.prepare is su.prepare_without_main,"
+        " su.booted())\n"
+        "calls = []\n"
+        "original = su._quiet_pydicom\n"
+        "def slow():\n    calls.append(1); time.sleep(0.2); original()\n"
+        "su._quiet_pydicom = slow\n"
+        "threads = [threading.Thread(target=xai.boot) for _ in range(8)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "xai.boot()\n"
+        "after = (cfg.settings.reading_validation_mode == cfg.IGNORE, spawn.prepare is su.prepare_without_main,"
+        " su.booted())\n"
+        "print(before, after, len(calls))\n"
+    )
+    assert out == "(False, False, False) (True, True, True) 1"
+
+
+def test_reading_a_dicom_boots_the_library_first(dicom_dir):
+    """A program that never called boot() still never lets pydicom log header values."""
+    path = sorted(dicom_dir.glob("*.dcm"))[0]
+    out = _run(
+        "import pydicom.config as cfg\n"
+        "import xai.startup as su\n"
+        "from xai.radiograph import load_radiograph\n"
+        "print(su.booted())\n"
+        f"load_radiograph({str(path)!r})\n"
+        "print(su.booted(), cfg.settings.reading_validation_mode == cfg.IGNORE)\n"
+    )
+    assert out.split() == ["False", "True", "True"]
+
+
+def test_prepare_without_main_drops_only_the_main_module_entries(monkeypatch):
+    import xai.startup as su
+
+    seen = []
+    monkeypatch.setattr(su, "_prepare_with_main", seen.append)
+    su.prepare_without_main({"sys_path": ["/x"], "dir": "/w", "authkey": b"k", "init_main_from_path": "/app.py",
+                             "init_main_from_name": "app"})
+    assert seen == [{"sys_path": ["/x"], "dir": "/w", "authkey": b"k"}]
+
+
+def _calls(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {ast.unparse(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+
+
+def test_process_wide_side_effects_start_from_the_startup_module():
+    """gc.freeze, pydicom's settings and the spawn patch are made in xai/startup.py only; the app and the
+    command line call boot() at start-up, and the app freezes the heap through freeze_heap()."""
+    sources = [p for p in (*XAI.rglob("*.py"), *(ROOT / "pages").glob("*.py"), *(ROOT / "models").rglob("*.py"),
+                           ROOT / "app.py") if p.name != "startup.py" and "__pycache__" not in p.parts]
+    offenders = []
+    for path in sources:
+        text = path.read_text(encoding="utf-8")
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("gc.freeze", "freeze"):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} gc.freeze")
+            if isinstance(node, ast.Assign | ast.AugAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    name = ast.unparse(target)
+                    if name.startswith("pydicom.config") or name == "spawn.prepare":
+                        offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} sets {name}")
+    assert not offenders, offenders
+    assert "xai.boot" in _calls(ROOT / "app.py")
+    assert "boot" in _calls(XAI / "cli.py")
+    assert "freeze_heap" in _calls(ROOT / "pages" / "_shared.py")
