@@ -12,7 +12,10 @@ from pathlib import Path
 
 import streamlit as st
 
+import xai
 from pages._shared import access_gate, disclaimer
+
+xai.boot()  # the library's process-wide settings, once per process (what and why: xai/startup.py)
 
 APP_DIR = Path(__file__).resolve().parent
 

@@ -183,6 +183,9 @@ def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
     from xai.pipeline import TargetError
+    from xai.startup import boot
+
+    boot()  # the library's process-wide settings, once per process (what and why: xai/startup.py)
 
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
