@@ -10,6 +10,12 @@ same keys}), plus ``model``, ``split``, ``date``, ``command``. Every image goes 
 card's AUROC reproduces to 3 decimals.
 
 ``--update-card`` writes the figures into the bundle's ``card.json`` (``metrics[split]``).
+``--ood`` scores every split once, fits the out-of-distribution statistics (:mod:`xai.trust.ood`) on
+``train`` and calibrates them on ``val`` (written beside the bundle as ``ood.safetensors`` with
+``--update-card``), and reports how often they warn on the split, per source.
+``--lung-evidence manual|predicted`` measures Grad-CAM's share of evidence inside the lungs
+(:func:`xai.anatomy.evidence_in_lungs`) on the split's COVID-19 films, per source: with the manual /
+V7 masks of ``../shared/data/lungs`` where a film has one, or the lung U-Net's mask (:func:`xai.anatomy.lung_mask`).
 ``--border-energy N`` also measures, on N images of the split, the share of Grad-CAM energy (sum of the
 map) that falls in the outer 10 % band of the ORIGINAL image (maps taken back with
 ``Geometry.to_original``); a model looking at film edges, markers and text scores high.
@@ -49,21 +55,131 @@ def _prepared(data_dir: Path, rec: Record, loaded: LoadedModel):  # noqa: ANN202
 def score_records(loaded: LoadedModel, data_dir: Path, records: Sequence[Record], batch_size: int = 32,
                   progress: bool = False) -> np.ndarray:
     """Positive-class probabilities for ``records`` (same decode + prepare as the app)."""
+    return score_and_features(loaded, data_dir, records, batch_size, progress, features=False)[0]
+
+
+@torch.no_grad()
+def score_and_features(loaded: LoadedModel, data_dir: Path, records: Sequence[Record], batch_size: int = 32,
+                       progress: bool = False, *, features: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Positive-class probabilities and (with ``features``) the last linear layer's input, as the OOD check
+    sees it (:func:`xai.trust.ood.extract_features`), in one forward pass per batch."""
     from tqdm import tqdm
+
+    from xai.trust.ood import extract_features
 
     module = loaded.module
     was_training = module.training
     module.eval()
     scores: list[np.ndarray] = []
+    feats: list[np.ndarray] = []
     try:
         for start in tqdm(range(0, len(records), batch_size), disable=not progress, desc="evaluate",
                           mininterval=5):
             batch = torch.cat([_prepared(data_dir, r, loaded)[0] for r in records[start:start + batch_size]])
-            probs = torch.softmax(module(batch).double(), dim=1)[:, loaded.card.positive_index]
-            scores.append(probs.numpy())
+            if features:
+                f, logits = extract_features(loaded, batch)
+                feats.append(f)
+                logits_t = torch.from_numpy(logits)
+            else:
+                logits_t = module(batch)
+            scores.append(torch.softmax(logits_t.double(), dim=1)[:, loaded.card.positive_index].numpy())
     finally:
         module.train(was_training)
-    return np.concatenate(scores) if scores else np.zeros(0)
+    return (np.concatenate(scores) if scores else np.zeros(0),
+            (np.concatenate(feats) if feats else None) if features else None)
+
+
+def metrics_by_source(labels: np.ndarray, scores: np.ndarray, records: Sequence[Record],
+                      threshold: float) -> dict[str, Any]:
+    """Metrics at ``threshold`` overall, plus ``per_source``."""
+    result = binary_metrics(labels, scores, threshold)
+    result["per_source"] = {
+        source: binary_metrics(labels[m], scores[m], threshold)
+        for source in sorted({r.source for r in records})
+        if (m := np.array([r.source == source for r in records])).any()}
+    return result
+
+
+def fit_ood_stats(loaded: LoadedModel, records: Sequence[Record], features: np.ndarray):  # noqa: ANN201 - OODStats
+    """Out-of-distribution statistics (:mod:`xai.trust.ood`) from precomputed features: class Gaussians
+    on the ``train`` rows, distances calibrated on the ``val`` rows."""
+    from xai.layers import last_linear
+    from xai.trust.ood import DEFAULT_TRANSFORM, OODStats, fit_gaussian, mahalanobis, transform_features
+
+    split = np.array([r.split for r in records])
+    labels = np.array([int(r.label) for r in records])
+    f = transform_features(features, DEFAULT_TRANSFORM)
+    means, precision, shrinkage = fit_gaussian(f[split == "train"], labels[split == "train"])
+    val_d = np.sort(mahalanobis(f[split == "val"], means, precision))
+    layer, _ = last_linear(loaded.module)
+    card = loaded.card
+    return OODStats(means=means.astype(np.float32), precision=precision.astype(np.float32),
+                    val_distances=val_d.astype(np.float32), class_names=tuple(card.class_names),
+                    model_name=card.name, model_sha256=card.sha256, feature_layer=f"input of {layer}",
+                    n_train=int((split == "train").sum()), shrinkage=shrinkage, transform=DEFAULT_TRANSFORM)
+
+
+def ood_warning_rates(stats, records: Sequence[Record], features: np.ndarray) -> dict[str, Any]:  # noqa: ANN001
+    """How often ``stats`` warn (distance above their val percentile) on ``records``, overall and per source."""
+    from xai.trust.ood import WARN_PERCENTILE, mahalanobis, transform_features
+
+    warned = mahalanobis(transform_features(features, stats.transform), stats.means, stats.precision) > stats.threshold
+
+    def rate(mask: np.ndarray) -> dict[str, Any]:
+        return {"warned": int(warned[mask].sum()), "n": int(mask.sum()), "rate": float(warned[mask].mean())}
+
+    sources = np.array([r.source for r in records])
+    return {**rate(np.ones(len(records), dtype=bool)),
+            "per_source": {s: rate(sources == s) for s in sorted(set(sources.tolist()))},
+            "rule": f"Mahalanobis distance above the {WARN_PERCENTILE:.0f}th percentile of val distances",
+            "fitted_on": f"train split ({stats.n_train} films), calibrated on val"}
+
+
+def lung_evidence(loaded: LoadedModel, data_dir: str | Path, records: Sequence[Record], masks: str,
+                  lungs_dir: str | Path | None = None) -> dict[str, Any]:
+    """Grad-CAM's share of evidence inside the lungs (:func:`xai.anatomy.evidence_in_lungs`: the map's mass
+    inside the mask dilated by 3 % of the width), per source: median, mean, n, share of films >= 0.70.
+
+    ``masks``: ``"manual"`` (``lungs/manifest.csv``; films without one are skipped) or ``"predicted"``
+    (:func:`xai.anatomy.lung_mask`, every film; a film where it finds no lung field is skipped and counted).
+    Grad-CAM for the card's positive class at the card's target layer, on the original pixel grid."""
+    import cv2
+
+    from models.data import read_lung_masks
+    from xai import Explainer
+    from xai.anatomy import evidence_in_lungs, lung_mask
+
+    data_dir = Path(data_dir)
+    manual = read_lung_masks(lungs_dir or data_dir.parent / "lungs") if masks == "manual" else {}
+    explainer = Explainer(loaded.module, target_layer=loaded.card.target_layer)
+    shares: dict[str, list[float]] = {}
+    skipped = 0
+    for rec in records:
+        if masks == "manual" and rec.file not in manual:
+            continue
+        x, geometry, radiograph = _prepared(data_dir, rec, loaded)
+        if masks == "manual":
+            mask = cv2.imread(str(manual[rec.file]), cv2.IMREAD_GRAYSCALE) > 0
+        else:
+            mask = np.asarray(lung_mask(radiograph), dtype=bool)
+        if mask.shape != geometry.original_size or not mask.any():
+            skipped += 1
+            continue
+        explanation = explainer.explain(x, target=loaded.card.positive_index, methods=("gradcam",))
+        heat = geometry.to_original(np.asarray(explanation.maps["gradcam"][0], dtype=np.float32))
+        share = evidence_in_lungs(heat, mask)
+        if np.isfinite(share):
+            shares.setdefault(rec.source, []).append(float(share))
+
+    def summary(values: list[float]) -> dict[str, Any]:
+        v = np.array(values)
+        return {"median": float(np.median(v)), "mean": float(v.mean()), "n": len(v),
+                "share_at_least_0.70": float((v >= 0.70).mean())}
+
+    every = [s for values in shares.values() for s in values]
+    return {"masks": masks, "method": "gradcam, class covid19, mass inside the lung mask dilated by 3 % of width",
+            "all": summary(every) if every else None, "skipped_no_mask": skipped,
+            "per_source": {s: summary(v) for s, v in sorted(shares.items())}}
 
 
 def evaluate(loaded: LoadedModel, data_dir: str | Path, split: str = "test", *,
@@ -76,13 +192,7 @@ def evaluate(loaded: LoadedModel, data_dir: str | Path, split: str = "test", *,
         raise ValueError(f"no images in split {split!r}")
     scores = score_records(loaded, data_dir, records, progress=progress)
     labels = np.array([int(r.label == card.positive_index) for r in records])
-    result = binary_metrics(labels, scores, card.threshold)
-    per_source = {}
-    for source in sorted({r.source for r in records}):
-        mask = np.array([r.source == source for r in records])
-        per_source[source] = binary_metrics(labels[mask], scores[mask], card.threshold)
-    result["per_source"] = per_source
-    return result
+    return metrics_by_source(labels, scores, records, card.threshold)
 
 
 def border_energy(loaded: LoadedModel, data_dir: str | Path, records: Sequence[Record],
@@ -127,6 +237,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cross-source-from", nargs="+", default=None, metavar="DIR",
                    help="copy the cross_source checks of these --holdout-source training outputs into the "
                         "bundle's card (no evaluation is run)")
+    p.add_argument("--ood", action="store_true",
+                   help="score every split once, fit the OOD statistics on train/val (written beside the bundle "
+                        "with --update-card) and report their warning rates on the split")
+    p.add_argument("--lung-evidence", nargs="+", default=(), choices=("manual", "predicted"),
+                   help="Grad-CAM evidence inside the lungs on the split's COVID-19 films, with these masks")
+    p.add_argument("--lungs", default=None, help="lungs/ folder with the manual masks (default: beside --data)")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 
@@ -170,11 +286,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cross_source_from:
         print(json.dumps(merge_cross_source(_bundle_dir(args.model), args.cross_source_from), indent=2))
         return 0
-    result = rounded(evaluate(loaded, args.data, args.split, progress=sys.stderr.isatty()))
+    stats = None
+    if args.ood:
+        records = read_manifest(args.data, loaded.card.class_names)
+        scores, features = score_and_features(loaded, Path(args.data), records, progress=sys.stderr.isatty())
+        on_split = np.array([r.split == args.split for r in records])
+        split_records = [r for r, keep in zip(records, on_split, strict=True) if keep]
+        labels = np.array([int(r.label == loaded.card.positive_index) for r in split_records])
+        result = metrics_by_source(labels, scores[on_split], split_records, loaded.card.threshold)
+        stats = fit_ood_stats(loaded, records, features)
+        result["ood_warnings"] = ood_warning_rates(stats, split_records, features[on_split])
+        result = rounded(result)
+    else:
+        result = rounded(evaluate(loaded, args.data, args.split, progress=sys.stderr.isatty()))
     result["model"] = {"name": loaded.card.name, "version": loaded.card.version, "sha256": loaded.card.sha256}
     result["split"] = args.split
     result["date"] = datetime.now(UTC).strftime("%Y-%m-%d")
     result["command"] = command
+    if args.lung_evidence:
+        covid = [r for r in read_manifest(args.data, loaded.card.class_names)
+                 if r.split == args.split and r.label == loaded.card.positive_index]
+        result["grad_cam_lung_evidence"] = {
+            masks: rounded(lung_evidence(loaded, args.data, covid, masks, args.lungs)) for masks in args.lung_evidence}
     energy = None
     if args.border_energy > 0:
         records = [r for r in read_manifest(args.data, loaded.card.class_names) if r.split == args.split]
@@ -191,6 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics[args.split] = {k: v for k, v in result.items() if k != "grad_cam_border_energy"}
         card = replace(card, metrics=metrics, grad_cam_border_energy=energy or card.grad_cam_border_energy)
         write_card(_bundle_dir(args.model), card)
+        if stats is not None:
+            from xai.trust.ood import OOD_FILE, save_ood
+
+            save_ood(stats, _bundle_dir(args.model) / OOD_FILE)
     return 0
 
 

@@ -30,27 +30,174 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 # ------------------------------------------------------------------------------------------ card
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            rows.extend(_flatten(value, f"{name} › "))
-        elif isinstance(value, float):
-            rows.append((name, f"{value:.4g}"))
-        elif isinstance(value, list | tuple) and all(not isinstance(v, Mapping) for v in value):
-            rows.append((name, ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)))
-        else:
-            rows.append((name, str(value)))
-    return rows
+def _num(value: Any, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) and not isinstance(value, bool) else "–"
 
 
-def _table(data: Mapping[str, Any], empty: str) -> None:
-    rows = _flatten(data)
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _calls(m: Mapping[str, Any]) -> tuple[str, str]:
+    """("what the rate is", "k of n") from a metrics entry's confusion matrix [[tn, fp], [fn, tp]]."""
+    cm = m.get("confusion_matrix")
+    if not (isinstance(cm, list | tuple) and len(cm) == 2):
+        return "", ""
+    (tn, fp), (fn, tp) = cm
+    if tp + fn and not tn + fp:
+        return "COVID-19 films called COVID-19 (sensitivity)", f"{tp} of {tp + fn}"
+    if tn + fp and not tp + fn:
+        return "non-COVID films called non-COVID (specificity)", f"{tn} of {tn + fp}"
+    return "both classes", f"{tp} of {tp + fn} COVID-19 found; {tn} of {tn + fp} non-COVID cleared"
+
+
+def _rate(m: Mapping[str, Any]) -> str:
+    sens, spec = m.get("sensitivity"), m.get("specificity")
+    if isinstance(sens, int | float) and isinstance(spec, int | float):
+        return f"sensitivity {sens:.2f}, specificity {spec:.2f}"
+    return _num(sens if isinstance(sens, int | float) else spec)
+
+
+def _summary_sentence(m: Mapping[str, Any], split: str, threshold: float, positive: str) -> str:
+    _, calls = _calls(m)
+    return (f"On the fixed **{split}** split ({m.get('n', '?')} films), at the card's threshold "
+            f"{threshold:.3f} on P({positive}): **{_rate(m)}**, AUROC {_num(m.get('auroc'), 3)}, "
+            f"precision {_num(m.get('precision'))}, calibration error (ECE) {_num(m.get('ece'), 3)}. "
+            f"{calls}.")
+
+
+def _source_table(per_source: Mapping[str, Any]) -> None:
+    rows = [(name, m.get("n"), *_calls(m), _rate(m), _num(m.get("auroc"), 3))
+            for name, m in per_source.items() if isinstance(m, Mapping)]
     if rows:
-        st.dataframe({"field": [r[0] for r in rows], "value": [r[1] for r in rows]}, hide_index=True)
+        st.dataframe({"source": [r[0] for r in rows], "films": [r[1] for r in rows],
+                      "what is measured": [r[2] for r in rows], "correct calls": [r[3] for r in rows],
+                      "rate": [r[4] for r in rows], "AUROC": [r[5] for r in rows]}, hide_index=True)
+
+
+def _performance(card: Any, model: ActiveModel) -> None:
+    metrics = _mapping(getattr(card, "metrics", {}))
+    test = _mapping(metrics.get("test"))
+    st.subheader("How well it does on the test split")
+    if not test:
+        st.caption("No test-split figures recorded for this model.")
     else:
-        st.caption(empty)
+        st.markdown(_summary_sentence(test, "test", card.threshold, card.positive_class))
+        held_out_performance(model, key="card_performance")
+        _source_table(_mapping(test.get("per_source")))
+        st.caption(f"Measured by `{test.get('command', '?')}` on {test.get('date', '?')}. The decision threshold "
+                   "was chosen on the val split, never on test.")
+    val = _mapping(metrics.get("val"))
+    if val:
+        st.caption("Validation split (where the threshold was chosen): " + _rate(val)
+                   + f", AUROC {_num(val.get('auroc'), 3)}, {val.get('n', '?')} films.")
+
+
+def _held_out(card: Any) -> None:
+    cross = _mapping(getattr(card, "cross_source", {}))
+    st.subheader("A hospital it has never seen: leave one source out")
+    if not cross:
+        st.caption("No held-out-source checks recorded for this model.")
+        return
+    st.markdown(
+        "Each row is a model retrained **without** that source, its threshold chosen on the remaining val "
+        "split, then run on every film of the source (train, val and test). This is the honest estimate "
+        "for a new hospital; the test-split figures above are not.")
+    rows = []
+    for source, check in cross.items():
+        check = _mapping(check)
+        rates = _mapping(check.get("all_splits"))
+        what, calls = _calls(rates)
+        ood = _mapping(check.get("ood_warnings"))
+        versus = _mapping(check.get("vs_test_negatives"))
+        rows.append((source, rates.get("n"), what, calls, _rate(rates),
+                     _num(versus.get("auroc"), 3) if versus else "–",
+                     f"{ood['warned']} of {ood['n']}" if {"warned", "n"} <= set(ood) else "–",
+                     str(_mapping(check.get("model")).get("name", "")) or str(check.get("recipe", ""))))
+    st.dataframe({"held-out source": [r[0] for r in rows], "films": [r[1] for r in rows],
+                  "what is measured": [r[2] for r in rows], "correct calls": [r[3] for r in rows],
+                  "rate": [r[4] for r in rows], "AUROC vs other sources' test negatives": [r[5] for r in rows],
+                  "out-of-distribution warnings": [r[6] for r in rows], "run": [r[7] for r in rows]},
+                 hide_index=True)
+    recipe = next((str(_mapping(c).get("recipe")) for c in cross.values() if _mapping(c).get("recipe")), "")
+    if recipe:
+        st.caption(recipe)
+
+
+def _lung_evidence(card: Any) -> None:
+    evidence = _mapping(_mapping(_mapping(getattr(card, "metrics", {})).get("test")).get("grad_cam_lung_evidence"))
+    if not evidence:
+        return
+    st.subheader("Is the evidence in the lungs?")
+    st.markdown("Share of Grad-CAM's evidence for COVID-19 (the map's mass) that lies inside the lung fields, "
+                "dilated by 3 % of the film's width, on the test split's COVID-19 films. 1.0 = all inside.")
+    rows = []
+    for masks, entry in evidence.items():
+        entry = _mapping(entry)
+        label = {"manual": "manual / V7 masks", "predicted": "lung U-Net masks"}.get(masks, masks)
+        for source, s in {**_mapping(entry.get("per_source")), "all sources": _mapping(entry.get("all"))}.items():
+            if s:
+                rows.append((label, source, s.get("n"), _num(s.get("median")), _num(s.get("share_at_least_0.70"))))
+    st.dataframe({"lung masks": [r[0] for r in rows], "source": [r[1] for r in rows], "films": [r[2] for r in rows],
+                  "median share inside": [r[3] for r in rows], "films with ≥ 0.70 inside": [r[4] for r in rows]},
+                 hide_index=True)
+    border = _mapping(getattr(card, "grad_cam_border_energy", {}))
+    if border.get("mean") is not None:
+        st.caption(f"Grad-CAM energy in the outer 10 % band of the film: mean {border['mean']:.1%}, max "
+                   f"{_num(border.get('max'), 3)} on {border.get('n', '?')} test films (a uniform map: 36 %).")
+
+
+def _ood(card: Any) -> None:
+    ood = _mapping(_mapping(_mapping(getattr(card, "metrics", {})).get("test")).get("ood_warnings"))
+    if not ood:
+        return
+    st.subheader("Out-of-distribution warnings")
+    st.markdown(f"The check warned on **{ood.get('warned')} of {ood.get('n')}** test films ({ood.get('rule', '')}; "
+                f"{ood.get('fitted_on', '')}). **No warning means no warning** — not \"like the training data\": "
+                "a film from a hospital the model never saw can be scored confidently wrong without one "
+                "(see the held-out-source table for how often it warns there).")
+    per = _mapping(ood.get("per_source"))
+    if per:
+        st.dataframe({"source": list(per), "warnings": [f"{_mapping(v).get('warned')} of {_mapping(v).get('n')}"
+                                                        for v in per.values()]}, hide_index=True)
+
+
+def _training(card: Any) -> None:
+    training = _mapping(getattr(card, "training", {}))
+    if not training:
+        return
+    with st.expander("How it was trained, and what was tried"):
+        per_source = _mapping(training.get("train_images_per_source"))
+        lines = [f"- **Data**: {training.get('train_images', '?')} training and {training.get('val_images', '?')} "
+                 f"validation films; {training.get('split', '')}."]
+        if per_source:
+            lines.append("- **Training films per source**: " + "; ".join(f"{k} {v}" for k, v in per_source.items()) + ".")
+        for key, label in (("sampling", "Sampling"), ("frozen", "Frozen layers"), ("optimizer", "Optimiser"),
+                           ("early_stopping", "Early stopping"), ("initialisation", "Initialisation")):
+            if training.get(key):
+                lines.append(f"- **{label}**: {training[key]}.")
+        whole = _mapping(training.get("whole_network"))
+        if whole:
+            lines.append(f"- **Whole network**: {whole.get('what', '')}; {whole.get('epochs_run', '?')} epoch(s), "
+                         f"{whole.get('optimizer', '')}, {_num(whole.get('images_per_s'))} images/s, "
+                         f"{whole.get('minutes', '?')} min.")
+        lungs = _mapping(training.get("lung_masks"))
+        if training.get("cam_lung_penalty"):
+            lines.append(f"- **Evidence in the lungs**: penalty weight {training['cam_lung_penalty']} on Grad-CAM's "
+                         f"share outside the lung mask dilated by {lungs.get('dilation_px', '?')} px; films with a "
+                         f"mask: {', '.join(f'{k} {v}' for k, v in _mapping(lungs.get('train_films_with_mask')).items())}; "
+                         f"films without one: {lungs.get('without_mask', '')}.")
+        elif training.get("cam_border_penalty"):
+            lines.append(f"- **Border penalty**: weight {training['cam_border_penalty']} on Grad-CAM's share in the "
+                         "outer 10 % band.")
+        lines.append(f"- **Seed** {training.get('seed', '?')}; ran {training.get('minutes', '?')} min on "
+                     f"{training.get('hardware', 'CPU')}, {training.get('date', '')}; command `{training.get('command', '')}`.")
+        st.markdown("\n".join(lines))
+        tried = training.get("recipes_compared")
+        if isinstance(tried, list) and tried and all(isinstance(t, Mapping) for t in tried):
+            st.markdown("**Recipes compared** (chosen on val and the held-out sources, never on test):")
+            columns = list(dict.fromkeys(k for t in tried for k in t))
+            st.dataframe({c: [str(t.get(c, "–")) for t in tried] for c in columns}, hide_index=True)
 
 
 def render_card(model: ActiveModel) -> None:
@@ -79,23 +226,14 @@ def render_card(model: ActiveModel) -> None:
     if getattr(card, "limitations", ""):
         st.subheader("Limitations and known confound")
         st.warning(card.limitations, icon=":material/report:")
-
-    st.subheader("Test metrics")
-    held_out_performance(model, key="card_performance")
-    _table(getattr(card, "metrics", {}) or {}, "No metrics recorded for this model.")
-    st.subheader("Cross-source checks")
-    _table(getattr(card, "cross_source", {}) or {}, "No cross-source checks recorded.")
-    border = getattr(card, "grad_cam_border_energy", {}) or {}
-    if border:
-        st.subheader("Grad-CAM energy near the image border")
-        _table(border, "")
-    training = getattr(card, "training", {}) or {}
-    if training:
-        with st.expander("Training"):
-            _table(training, "")
+    _performance(card, model)
+    _held_out(card)
+    _lung_evidence(card)
+    _ood(card)
+    _training(card)
     attribution = getattr(card, "data_attribution", ()) or ()
     if attribution or getattr(card, "license", ""):
-        st.subheader("Data attribution and licence")
+        st.subheader("Data attribution and licences")
         for line in attribution:
             st.markdown(f"- {line}")
         if getattr(card, "license", ""):
