@@ -4,11 +4,18 @@
 from __future__ import annotations
 
 import ast
+import email
+import importlib.metadata
+import shutil
 import subprocess
 import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 XAI = ROOT / "xai"
@@ -252,3 +259,102 @@ def test_process_wide_side_effects_start_from_the_startup_module():
     assert "xai.boot" in _calls(ROOT / "app.py")
     assert "boot" in _calls(XAI / "cli.py")
     assert "freeze_heap" in _calls(ROOT / "pages" / "_shared.py")
+
+
+# ------------------------------------------------------------------------------------------ packaging
+def _declared() -> dict[str, Requirement]:
+    """Runtime dependencies and extras of pyproject.toml by canonical name."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    specs = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    return {canonicalize_name(Requirement(r).name): Requirement(r) for r in specs}
+
+
+def _pins(text: str) -> dict[str, str]:
+    """``name==version`` lines of a requirements file (comments, options and blank lines skipped)."""
+    pins = {}
+    for line in text.splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        req = Requirement(line)
+        (spec,) = req.specifier  # the lock pins exactly one version
+        assert spec.operator == "==", f"{line}: the lock pins exact versions"
+        pins[canonicalize_name(req.name)] = spec.version
+    return pins
+
+
+def _lock_problems(declared: dict[str, Requirement], pins: dict[str, str]) -> list[str]:
+    problems = [f"{name}=={version} is not in pyproject's range {declared[name].specifier}"
+                for name, version in pins.items() if name in declared
+                and not declared[name].specifier.contains(version, prereleases=True)]
+    problems += [f"{name} is pinned in requirements.txt but not declared in pyproject.toml"
+                 for name in pins if name not in declared]
+    return problems
+
+
+def test_the_pinned_lock_lies_in_the_declared_ranges():
+    pins = _pins((ROOT / "requirements.txt").read_text(encoding="utf-8"))
+    declared = _declared()
+    assert {"torch", "numpy", "pydicom"} <= pins.keys() <= declared.keys() | pins.keys()
+    assert not _lock_problems(declared, pins)
+    assert all(str(r.specifier) for r in declared.values()), "every dependency has a range"
+    # the check itself: a pin outside its range and a pin nobody declared are both reported
+    fake = {"numpy": "1.26.4", "left-pad": "1.0"}
+    assert _lock_problems(declared, fake) == [
+        "numpy==1.26.4 is not in pyproject's range <3,>=2.0",
+        "left-pad is pinned in requirements.txt but not declared in pyproject.toml",
+    ]
+
+
+def _third_party_imports() -> dict[str, str]:
+    """Top-level third-party module -> a file importing it, over xai/ and models/ (lazy imports included)."""
+    found: dict[str, str] = {}
+    for path in sorted((*XAI.rglob("*.py"), *(ROOT / "models").rglob("*.py"))):
+        for module, _line in _imports(path):
+            top = module.split(".")[0]
+            if top and top not in sys.stdlib_module_names and top not in ("xai", "models", "__future__"):
+                found.setdefault(top, str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_third_party_import_is_declared():
+    distributions = importlib.metadata.packages_distributions()
+    declared = _declared()
+    imports = _third_party_imports()
+    assert {"torch", "numpy", "cv2", "PIL", "pydicom", "safetensors"} <= imports.keys()
+    missing = []
+    for module, where in sorted(imports.items()):
+        names = {canonicalize_name(d) for d in distributions.get(module, [module])}
+        if not names & declared.keys():
+            missing.append(f"{module} (imported in {where}; distribution {sorted(names)})")
+    assert not missing, "imported but not declared in pyproject.toml: " + "; ".join(missing)
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_every_module_the_bundles_and_the_command(tmp_path):
+    """Build the wheel (no network, no isolation) from a copy of the sources and read it: every module and
+    data file of xai/ and models/ (model bundles, migration templates), the declared dependencies, the
+    ``xai`` command."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in ("xai", "models"):
+        shutil.copytree(ROOT / package, src / package, ignore=ignore)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        info = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        metadata = email.message_from_bytes(zf.read(info))
+        entry_points = zf.read(info.replace("METADATA", "entry_points.txt")).decode()
+    expected = {str(p.relative_to(src)) for package in ("xai", "models") for p in (src / package).rglob("*")
+                if p.is_file()}
+    assert not expected - names, f"left out of the wheel: {sorted(expected - names)}"
+    assert {"models/bundles/chestcovnet/card.json", "models/bundles/chestcovnet/model.safetensors"} <= names
+    requires = {canonicalize_name(Requirement(r).name) for r in metadata.get_all("Requires-Dist")}
+    assert requires == set(_declared())
+    assert "xai = xai.cli:main" in entry_points
