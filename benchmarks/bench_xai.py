@@ -15,6 +15,10 @@ Per model and size, one image, seeded random weights (speed does not depend on t
   ``layer4[-1]`` for resnet, ``features[-1]`` for densenet.
 * ``captum (3)``: ``LayerGradCam``, ``GuidedBackprop`` and ``GuidedGradCam`` ``attribute`` calls (no
   Grad-CAM++ in captum), on a copy with ``inplace=False`` ReLUs (captum's requirement for correctness).
+* Engine variants, in the same interleaved repeats (second table): ``fresh explainer``,
+  ``Explainer(model).explain(x)`` with a new explainer per call (the batch-norm-folded copy is cached per
+  model, so this should cost what the reused explainer costs; target <= 1.05x the panel), and
+  ``details=True``, the panel plus the CAMs' intermediate quantities (target <= 1.25x the panel).
 
 Time: medians over repeats after one warm-up, as process CPU time and as wall-clock; the methods are
 interleaved within each repeat so that background load hits them alike. By default torch runs ONE intra-op
@@ -53,7 +57,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-METHODS = ("lower bound", "xai panel", "pytorch-grad-cam", "captum (3)")
+METHODS = ("lower bound", "xai panel", "pytorch-grad-cam", "captum (3)")  # main table, memory too
+VARIANTS = ("fresh explainer", "details=True")  # engine variants, timed side by side with the above
 TARGET = 0
 
 
@@ -87,6 +92,17 @@ def make_runner(method: str, name: str, model: nn.Module) -> Callable[[torch.Ten
 
         explainer = Explainer(model)
         return lambda x: explainer.explain(x, target=TARGET)
+
+    if method == "fresh explainer":
+        from xai import Explainer
+
+        return lambda x: Explainer(model).explain(x, target=TARGET)
+
+    if method == "details=True":
+        from xai import Explainer
+
+        detailed = Explainer(model)
+        return lambda x: detailed.explain(x, target=TARGET, details=True)
 
     if method == "pytorch-grad-cam":
         from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, GuidedBackpropReLUModel
@@ -195,14 +211,14 @@ def measure_memory(method: str, name: str, size: int) -> float:
 
 
 def measure_times(name: str, size: int, repeats: int) -> dict[str, dict[str, float]]:
-    """Median wall-clock and process CPU time (ms) per method."""
+    """Median wall-clock and process CPU time (ms) per method (the main four and the engine variants)."""
     model = build_model(name)
-    runners = {m: make_runner(m, name, model) for m in METHODS}
+    runners = {m: make_runner(m, name, model) for m in METHODS + VARIANTS}
     x = make_input(size)
     for run in runners.values():  # warm-up
         run(x)
-    wall: dict[str, list[float]] = {m: [] for m in METHODS}
-    cpu: dict[str, list[float]] = {m: [] for m in METHODS}
+    wall: dict[str, list[float]] = {m: [] for m in runners}
+    cpu: dict[str, list[float]] = {m: [] for m in runners}
     for _ in range(repeats):
         for method, run in runners.items():
             gc.collect()
@@ -230,6 +246,19 @@ def print_time_table(rows: list[tuple[str, int, dict[str, float]]], title: str) 
             f"| {t['pytorch-grad-cam']:.0f} ({t['pytorch-grad-cam'] / lb:.2f}x) "
             f"| {t['captum (3)']:.0f} ({t['captum (3)'] / lb:.2f}x) "
             f"| {t['pytorch-grad-cam'] / t['xai panel']:.1f}x | {t['captum (3)'] / t['xai panel']:.1f}x |"
+        )
+
+
+def print_variant_table(rows: list[tuple[str, int, dict[str, float]]], title: str) -> None:
+    print(f"\n{title}\n")
+    print("| model | px | xai panel ms (x LB) | fresh explainer per call ms (x LB, x panel) "
+          "| details=True ms (x panel) |")
+    print("|---|---|---|---|---|")
+    for name, size, t in rows:
+        lb, panel, fresh, detailed = t["lower bound"], t["xai panel"], t["fresh explainer"], t["details=True"]
+        print(
+            f"| {name} | {size} | {panel:.0f} ({panel / lb:.2f}x) "
+            f"| {fresh:.0f} ({fresh / lb:.2f}x, {fresh / panel:.2f}x) | {detailed:.0f} ({detailed / panel:.2f}x) |"
         )
 
 
@@ -269,13 +298,15 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  {name} {size}px ({repeats} repeats): "
             + ", ".join(
-                f"{m} {times['cpu'][m]:.0f} ms cpu / {times['wall'][m]:.0f} ms wall" for m in METHODS
+                f"{m} {times['cpu'][m]:.0f} ms cpu / {times['wall'][m]:.0f} ms wall" for m in METHODS + VARIANTS
             ),
             flush=True,
         )
 
     print_time_table([(n, s, t["cpu"]) for n, s, t, _ in rows], "Process CPU time (ms, median)")
     print_time_table([(n, s, t["wall"]) for n, s, t, _ in rows], "Wall-clock time (ms, median)")
+    print_variant_table([(n, s, t["cpu"]) for n, s, t, _ in rows], "Engine variants, process CPU time (ms, median)")
+    print_variant_table([(n, s, t["wall"]) for n, s, t, _ in rows], "Engine variants, wall-clock time (ms, median)")
     if measure_mem:
         print("\nPeak extra resident memory of one call (MiB; fresh process per cell)\n")
         print("| model | px | lower bound | xai panel (x LB) | pytorch-grad-cam (x LB) | captum (3) (x LB) |")

@@ -25,6 +25,15 @@ backward pass
 ``A`` precedes the guided pass to ``x`` over the same graph. ``autograd.grad`` never touches ``.grad``
 and never computes parameter gradients.
 
+Methods are entries of one table (:data:`METHOD_TABLE`, :class:`Method`): a function from the shared
+passes (:class:`Passes`: ``A``, ``g``, the guided input gradient, and the quantities several methods share,
+each computed once) to a raw map, plus its display rule. ``explain`` only runs the passes the requested
+entries need and loops over them; :func:`register_method` adds a method without touching ``explain``.
+
+Intermediate quantities (``explain(..., details=True)``, :data:`DETAILS`): ``A``, ``g``, the Grad-CAM
+weights, the Grad-CAM++ alphas and weights, as read-only arrays from the same passes (no second forward);
+``Explanation.details`` is ``None`` otherwise.
+
 Display maps (``maps``): CAMs upsampled bilinearly to the input size and divided by their per-image
 maximum (zero stays zero); guided maps: ``|raw|``, max over channels, clipped at the 99.5th percentile,
 scaled to [0, 1]. A map that is constant or all zero is flagged in ``flat`` and shown as zeros, never
@@ -32,8 +41,11 @@ stretched noise.
 
 Speed: in eval mode the passes run on a cached copy of the model with its conv + batch-norm pairs of
 known wiring folded (:mod:`xai.folding`): the same maps to float rounding, one sweep fewer over the
-activations per folded layer. The copy is rebuilt when a weight, module, mode or plain attribute of the
-model changes; models with hooks, in training mode or wrapped in unknown code run as they are.
+activations per folded layer. The copy is cached per model, weakly (shared by every explainer of it, so
+``Explainer(model).explain(x)`` in a loop costs what a reused explainer costs, and freed with the model),
+and rebuilt when a weight, module, mode or plain attribute of the model changes; models with hooks, in
+training mode or wrapped in unknown code run as they are. Probabilities follow the one rule of
+:func:`xai.scores.probabilities` (softmax; sigmoid for a single logit).
 
 Safety: the target-layer hook exists only during the forward pass (removed in ``finally``) and records
 only the calling thread; hook registration and forward run under a per-model lock, so concurrent
@@ -621,7 +633,8 @@ class Explainer:
             a dotted name (``"layer4"``), or ``None`` for the automatic choice (see :mod:`xai.layers`).
         fold_batchnorm: in eval mode, run the passes on a copy with conv + batch-norm pairs folded
             (:mod:`xai.folding`: same maps to float rounding, 3-8 % faster on resnet18; one extra copy of
-            the weights, rebuilt when they change). ``False`` runs the model itself.
+            the weights per model, shared by all its explainers, rebuilt when they change). ``False`` runs
+            the model itself.
 
     Raises:
         ValueError: unknown layer name (the message lists the valid names), or a module not in ``model``.
