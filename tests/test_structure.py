@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -358,3 +359,49 @@ def test_the_wheel_carries_every_module_the_bundles_and_the_command(tmp_path):
     requires = {canonicalize_name(Requirement(r).name) for r in metadata.get_all("Requires-Dist")}
     assert requires == set(_declared())
     assert "xai = xai.cli:main" in entry_points
+
+
+# ------------------------------------------------------------------------------------------ protocols
+def _annotation_names() -> dict[str, object]:
+    """Names the annotations use under ``TYPE_CHECKING`` only."""
+    from torch import nn
+
+    from xai.preprocessing import Preprocessing
+
+    return {"nn": nn, "Preprocessing": Preprocessing}
+
+
+def _members(protocol: type) -> dict[str, object]:
+    """Protocol member -> the type its property returns."""
+    import typing
+
+    return {name: typing.get_type_hints(getattr(protocol, name).fget, localns=_annotation_names())["return"]
+            for name, value in vars(protocol).items() if isinstance(value, property)}
+
+
+def test_models_implements_the_library_protocols():
+    """isinstance on the real bundle, and the static shape: every protocol member is a field of the
+    models dataclass with the same type (the card field's type itself satisfying the card protocol)."""
+    import typing
+
+    import models
+    from xai import protocols
+
+    loaded = models.load("chestcovnet")
+    assert isinstance(loaded, protocols.LoadedModel) and isinstance(loaded.card, protocols.ModelCard)
+    for protocol, concrete in ((protocols.ModelCard, models.ModelCard), (protocols.LoadedModel, models.LoadedModel)):
+        hints = typing.get_type_hints(concrete, localns=_annotation_names())
+        members = _members(protocol)
+        assert members and set(members) <= {f.name for f in fields(concrete)}, protocol
+        for name, expected in members.items():
+            actual = hints[name]
+            if expected is protocols.ModelCard:
+                assert set(_members(protocols.ModelCard)) <= {f.name for f in fields(actual)}
+            else:
+                assert actual == expected, (concrete.__name__, name, actual, expected)
+    # a card without the target layer, or a bare module without a card, is not a loaded model
+    from types import SimpleNamespace
+
+    partial = SimpleNamespace(**{k: getattr(loaded.card, k) for k in _members(protocols.ModelCard) if k != "target_layer"})
+    assert not isinstance(partial, protocols.ModelCard)
+    assert not isinstance(loaded.module, protocols.LoadedModel)
