@@ -23,7 +23,9 @@ import json
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -289,6 +291,7 @@ def default_model() -> ActiveModel:
     spec = loaded.card.preprocessing
     blank = torch.zeros(1, spec.channels, spec.input_size, spec.input_size)
     warm_up_display(loaded, blank, loaded.explainer.explain(blank).features)
+    warm_up_page(loaded)
     # Everything allocated so far lives as long as the server: out of the cyclic collector's full passes
     # (gc.freeze; what and why: xai.startup.freeze_heap).
     freeze_heap()
@@ -316,6 +319,36 @@ def warm_up_display(model: ActiveModel, blank: Any, features: Any) -> None:
     prediction_figure({"a": 0.5, "b": 0.5}, threshold=0.5, positive_class="b", decision="b")
     with contextlib.suppress(ValueError, RuntimeError):  # statistics that do not fit: the page says so later
         ood.score(model.loaded, blank, models.ood_stats(model.loaded), features=features)
+
+
+def warm_up_page(model: ActiveModel) -> None:
+    """The result page's whole path once on a bundled film at start-up (~1 s), so the first user's
+    result is as fast as every later one: the decoder worker's first film, the engine on a real film,
+    the mapping back, every colour table, the screen view and its JPEGs, the panel figure. Nothing is
+    cached for users (the engine is called directly, not through the explanation cache)."""
+    from pages._panel import Panel, panel_figure, screen_image_uri
+    from xai import render
+
+    samples = list_samples()
+    if not samples:
+        return
+    try:
+        image = load_bytes((SAMPLES_DIR / next(iter(samples.values()))).read_bytes(), "warm-up", source="upload")
+        result = run_engine(image.radiograph, model, None, tuple(METHODS_FOR_WARM_UP), count=False)
+    except Exception:  # noqa: BLE001 - best effort: a failing warm-up only makes the first result slower
+        return
+    shown = render.view(image.radiograph, result, render.DisplaySettings())
+    panels = [Panel("", shown.original)] + [Panel("", rgb) for rgb in shown.overlays.values()]
+    index = render.heat_index(shown.original[:, :, 0] / 255.0)
+    for cmap in render.COLORMAPS:  # each colour table loads once per process: a first colormap change is fast
+        render.blend(shown.original, index, cmap=cmap)
+        panel_figure(panels, per_row=3, row_height=300, uirevision="warm-up",
+                     colorscale=render.plotly_colorscale(cmap)).to_json()
+    screen_image_uri(shown.original)
+
+
+#: The methods the start-up warm-up explains (the Explain page's default: all of them).
+METHODS_FOR_WARM_UP = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam")
 
 
 def active_model() -> ActiveModel:
@@ -451,14 +484,20 @@ _ENGINE_CALLS_LOCK = threading.Lock()
 
 
 def run_engine(
-    radiograph: Radiograph, model: ActiveModel, target: int | None, methods: tuple[str, ...]
+    radiograph: Radiograph, model: ActiveModel, target: int | None, methods: tuple[str, ...], *,
+    count: bool = True,
 ) -> PipelineResult:
-    """The only place the app computes maps: prepare -> explain -> maps on the original grid."""
+    """The only place the app computes maps: prepare -> explain -> maps on the original grid.
+
+    ``count=False`` for work no user asked for (the start-up warm-up, background prefetches, which have
+    their own counter), so :data:`ENGINE_CALLS` counts what a page computed while a user waited.
+    """
     global ENGINE_CALLS
     from xai.pipeline import PREDICTED, explain_radiograph
 
-    with _ENGINE_CALLS_LOCK:
-        ENGINE_CALLS += 1
+    if count:
+        with _ENGINE_CALLS_LOCK:
+            ENGINE_CALLS += 1
     return explain_radiograph(
         radiograph,
         model.loaded,
@@ -479,14 +518,89 @@ def explain_cached(
     """Cached :func:`run_engine`, keyed by image hash + model identity + target + methods.
 
     ``st.cache_resource`` (not ``cache_data``) because results are immutable records of read-only arrays:
-    no pickling on every rerun, and the bounded ``max_entries`` keeps memory flat.
+    no pickling on every rerun, and the bounded ``max_entries`` keeps memory flat. A result computed in
+    the background by :func:`prefetch_targets` is taken from there (waiting for it if still running).
     """
+    pending = _take_prefetched((image_sha, model_id, target, methods))
+    if pending is not None:
+        with contextlib.suppress(Exception):  # a failed prefetch: compute here, where the error is shown
+            return pending.result()
     return run_engine(_image.radiograph, _model, target, methods)
 
 
 def explain(image: LoadedImage, model: ActiveModel, target: int | None, methods: tuple[str, ...]) -> PipelineResult:
     """:func:`explain_cached` for the page's image and model (every page calls this one)."""
     return explain_cached(image.sha256, model.key, target, methods, image, model)
+
+
+# A single background worker explains the other classes of the film on screen while the user looks at the
+# first result, so switching the target class costs a cache lookup, not an engine pass (issue 17).
+_PREFETCH_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-prefetch")
+_PREFETCHED: OrderedDict[tuple[Any, ...], Future[PipelineResult]] = OrderedDict()
+_PREFETCH_LOCK = threading.Lock()
+#: Films whose classes were prefetched (or explained), so a rerun does not prefetch them again.
+_PREFETCH_SEEN: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+#: Prefetch only for models with at most this many classes (each class is one more engine pass).
+PREFETCH_MAX_CLASSES = 4
+PREFETCH_CALLS = 0
+"""How many explanations the background worker computed (tests read it)."""
+
+
+def _take_prefetched(key: tuple[Any, ...]) -> Future[PipelineResult] | None:
+    with _PREFETCH_LOCK:
+        return _PREFETCHED.pop(key, None)
+
+
+def _prefetch_one(radiograph: Radiograph, model: ActiveModel, target: int, methods: tuple[str, ...]) -> PipelineResult:
+    global PREFETCH_CALLS
+    with _ENGINE_CALLS_LOCK:
+        PREFETCH_CALLS += 1
+    return run_engine(radiograph, model, target, methods, count=False)
+
+
+def prefetch_targets(image: LoadedImage, model: ActiveModel, result: PipelineResult) -> int:
+    """Explain the film's other classes in the background (once per film, model and methods).
+
+    Bounded: at most :data:`PREFETCH_MAX_CLASSES` classes and :data:`EXPLANATION_CACHE_ENTRIES` results
+    waiting; the oldest waiting result is dropped first. Returns how many were queued.
+    """
+    if len(model.class_names) > PREFETCH_MAX_CLASSES:
+        return 0
+    film = (image.sha256, model.key, result.methods)
+    queued = 0
+    with _PREFETCH_LOCK:
+        if film in _PREFETCH_SEEN:
+            return 0
+        _PREFETCH_SEEN[film] = None
+        while len(_PREFETCH_SEEN) > 4 * EXPLANATION_CACHE_ENTRIES:
+            _PREFETCH_SEEN.popitem(last=False)
+        for index in range(len(model.class_names)):
+            if index == result.target_index:
+                continue
+            key = (image.sha256, model.key, index, result.methods)
+            _PREFETCHED[key] = _PREFETCH_POOL.submit(_prefetch_one, image.radiograph, model, index, result.methods)
+            queued += 1
+        while len(_PREFETCHED) > EXPLANATION_CACHE_ENTRIES:
+            _PREFETCHED.popitem(last=False)[1].cancel()
+    return queued
+
+
+def clear_prefetches() -> None:
+    """Forget every prefetch (with ``explain_cached.clear()``: a fresh start for tests)."""
+    with _PREFETCH_LOCK:
+        for future in _PREFETCHED.values():
+            future.cancel()
+        _PREFETCHED.clear()
+        _PREFETCH_SEEN.clear()
+
+
+def wait_for_prefetches(timeout_s: float = 600) -> None:
+    """Block until every queued prefetch has finished (tests and the benchmark)."""
+    with _PREFETCH_LOCK:
+        pending = list(_PREFETCHED.values())
+    for future in pending:
+        with contextlib.suppress(Exception):
+            future.result(timeout=timeout_s)
 
 
 @dataclass(frozen=True)

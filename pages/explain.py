@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 import streamlit as st
 
+from pages._howto import how_popovers
 from pages._panel import Panel, panel_figure, prediction_figure, row_height_for
 from pages._shared import (
     DISCLAIMER,
@@ -26,6 +27,7 @@ from pages._shared import (
     ood_summary,
     page_store,
     predicted_class,
+    prefetch_targets,
     remember_predicted,
     require_model,
     screen_view,
@@ -207,6 +209,7 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
         view=s.zoom,
     )
     st.plotly_chart(fig, key="panel_chart", config={"scrollZoom": True, "displaylogo": False}, theme=None)
+    how_popovers(result.methods)  # "How <method> works" under the panel, linking to the How page
     notes = []
     if image.radiograph.shape != shown.original.shape[:2]:
         h, w = image.radiograph.shape
@@ -405,6 +408,8 @@ def main() -> None:
     # explanation already recorded) fills the slot above them a moment later, cached like the maps.
     with ood_slot:
         ood_banner(image.sha256, model, result)
+    if methods:  # the other classes in the background: a target switch then needs no engine pass
+        prefetch_targets(image, model, result)
 
 
 main()

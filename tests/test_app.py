@@ -229,8 +229,9 @@ def test_own_model_is_per_session_and_a_pickle_is_never_executed(tmp_path: Path)
 
 def test_sample_gives_four_overlays_and_display_changes_compute_no_map() -> None:
     shared.explain_cached.clear()
+    shared.clear_prefetches()
     at = new_app()
-    calls = shared.ENGINE_CALLS
+    calls, prefetch_start = shared.ENGINE_CALLS, shared.PREFETCH_CALLS
     choose_sample(at, "NIH")
     assert calls + 1 == shared.ENGINE_CALLS
     titles = image_titles(at)
@@ -267,11 +268,21 @@ def test_sample_gives_four_overlays_and_display_changes_compute_no_map() -> None
     classes = shared.default_model().class_names
     predicted = next(t for t in image_titles(at)[1:]).split("class ")[1].split(" ")[0]
     other = next(c for c in classes if c != predicted)
+    shared.wait_for_prefetches()  # the other class was explained in the background after each first result
+    assert prefetch_start + 2 == shared.PREFETCH_CALLS  # once per set of methods, never for display changes
     target_box = next(s for s in at.selectbox if s.label == "Target class")
     target_box.set_value(other)
     run(at)
-    assert calls + 3 == shared.ENGINE_CALLS
+    assert calls + 2 == shared.ENGINE_CALLS, "the target switch waited for an engine pass"
     assert all(f"class {other}" in t for t in image_titles(at)[1:])
+    # The prefetched maps are the engine's own for that class (same pipeline as a direct call).
+    image = at.session_state[shared.Key.IMAGE]
+    direct = shared.run_engine(image.radiograph, shared.default_model(), classes.index(other),
+                               ("gradcam", "guided_backprop"), count=False)
+    shown = shared.explain(image, shared.default_model(), classes.index(other), ("gradcam", "guided_backprop"))
+    assert shown.target == other
+    for m in direct.maps:
+        np.testing.assert_allclose(shown.maps[m], direct.maps[m], atol=1e-5)
 
 
 def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_image(
@@ -279,6 +290,7 @@ def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_imag
 ) -> None:
     from xai import render
 
+    at = new_app()  # the server's start-up warm-up draws a view too: count from here
     made: list[render.DisplaySettings] = []
     layers = render.layers
 
@@ -296,7 +308,6 @@ def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_imag
 
     monkeypatch.setattr(shared, "load_bytes", counting_load)
     shared.load_sample.clear()
-    at = new_app()
     choose_sample(at, "NIH")
     assert len(made) == 1 and made[0] == render.DisplaySettings()  # the layers' key: defaults but layers
     at.slider(key="disp_alpha").set_value(0.8)
