@@ -113,3 +113,15 @@ def test_the_sanity_check_runs_on_request(page: AppTest) -> None:
     for _, row in table.iterrows():  # the verdict follows the final rank correlation
         if not row["verdict"].startswith("n/a"):
             assert row["verdict"].startswith("fails") == (row["spearman_all_random"] >= PASS_THRESHOLD), row
+
+
+def test_each_explain_panel_has_a_popover_linking_here() -> None:
+    at = run(AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT))
+    at.selectbox(key="sample").set_value(SAMPLE_TITLE)
+    run(at)
+    labels = [p.proto.popover.label for p in at.get("popover")]
+    assert labels == ["How Grad-CAM works", "How Grad-CAM++ works", "How Guided Backprop works",
+                      "How Guided Grad-CAM works"]
+    links = at.get("page_link")
+    assert len(links) == 4 and {link.proto.page for link in links} == {"how"}
+    assert len(at.get("latex")) >= 4  # each popover carries its method's formula
