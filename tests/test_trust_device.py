@@ -19,16 +19,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_trust_methods import PRE, ToyCNN
 from torch import nn
 
-from xai.preprocessing import Preprocessing, prepare
+from xai.preprocessing import prepare
 from xai.trust._common import class_probabilities, compute_maps_batch
 from xai.trust.faithfulness import faithfulness
 from xai.trust.integrated_gradients import integrated_gradients
 from xai.trust.ood import extract_features
 from xai.trust.stability import DEFAULT_PERTURBATIONS, stability
-
-PRE = Preprocessing(input_size=32, channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
 class DeviceOnly(torch.Tensor):
@@ -44,22 +43,17 @@ class DeviceOnly(torch.Tensor):
         return out
 
 
-class Toy(nn.Module):
-    def __init__(self, seed: int = 0, outputs: int = 2) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.act1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.act2 = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, outputs)
-        with torch.no_grad():
-            self.fc.weight[-1].abs_()  # the last class has positive evidence: its Grad-CAM is not flat
-        self.eval()
+class Toy(ToyCNN):
+    """The trust tests' toy network; ``outputs=1`` swaps in a one-logit head (positive weights, so the
+    explained class has evidence and its Grad-CAM is not flat)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.act2(self.conv2(self.act1(self.conv1(x))))).flatten(1))
+    def __init__(self, seed: int = 0, outputs: int = 2) -> None:
+        super().__init__(seed)
+        if outputs != 2:
+            self.fc = nn.Linear(16, outputs)
+            with torch.no_grad():
+                self.fc.weight.abs_()
+        self.eval()
 
 
 class OnDevice(Toy):

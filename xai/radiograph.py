@@ -29,18 +29,14 @@ import numpy as np
 
 # The record, its errors and windowing live in the leaf module (xai.dicom imports it too, not this one);
 # re-exported so that ``from xai.radiograph import Radiograph, RadiographError, apply_window`` keeps working.
+from xai import radiograph_core as _core
 from xai.dicom import decode_dicom
+from xai.radiograph_core import *  # noqa: F403 - its public names are this module's too
 from xai.radiograph_core import (
     DEFAULT_MAX_PIXELS,
-    LUMA_WEIGHTS,
-    MIN_SIDE,
-    BlankImageError,
-    CodecMissingError,
     CorruptImageError,
     ImageTooLargeError,
-    NoPixelDataError,
     NotAnImageError,
-    NotARadiographError,
     Radiograph,
     RadiographError,
     UnreadableSourceError,
@@ -51,29 +47,7 @@ from xai.radiograph_core import (
     to_luminance,
 )
 
-__all__ = [
-    "DEFAULT_MAX_PIXELS",
-    "LUMA_WEIGHTS",
-    "MIN_SIDE",
-    "BlankImageError",
-    "CodecMissingError",
-    "CorruptImageError",
-    "ImageTooLargeError",
-    "NoPixelDataError",
-    "NotARadiographError",
-    "NotAnImageError",
-    "Radiograph",
-    "RadiographError",
-    "Source",
-    "UnreadableSourceError",
-    "apply_window",
-    "check_plausible",
-    "check_size",
-    "load_radiograph",
-    "sniff_format",
-    "stored_range_window",
-    "to_luminance",
-]
+__all__ = [*_core.__all__, "Source", "load_radiograph", "sniff_format"]
 
 
 # ----------------------------------------------------------------------------------------- sniffing
