@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xai.radiograph import Radiograph
+from xai.radiograph_core import Radiograph  # the record only: no loader needed to prepare pixels
 
 if TYPE_CHECKING:
     import torch
