@@ -25,16 +25,13 @@ from xai.engine import DETAILS, METHOD_TABLE, Method, Passes, cam_view, register
 from xai.scores import probabilities
 
 
-class Pixelwise(nn.Module):
-    """x (N,1,2,2) -> conv 1x1 (u = [1, -1]) -> ReLU [target "act"] -> flatten (8) -> linear (hand-set)."""
+class Pixelwise(OneLayer):
+    """OneLayer's conv 1x1 (u = [1, -1]) -> ReLU [target "act"], then flatten (8) -> linear (hand-set)."""
 
     def __init__(self, fc_weight: list[list[float]]) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 1, bias=False)
-        self.act = nn.ReLU()
+        super().__init__([[0.0, 0.0]])
         self.fc = nn.Linear(8, len(fc_weight))
         with torch.no_grad():
-            self.conv.weight.copy_(torch.tensor([1.0, -1.0]).reshape(2, 1, 1, 1))
             self.fc.weight.copy_(torch.tensor(fc_weight))
             self.fc.bias.zero_()
 
