@@ -1,32 +1,41 @@
 """Batch page: several uploads or a zip -> overlays, report.csv and a self-contained index.html.
 
-A thin layer over :func:`xai.batch.run_report` (the same code as ``python -m xai report``). Zips are read
-in memory with size, count and compression-ratio limits (:func:`xai.batch.read_zip`); the report is
-built in a temporary folder that is removed as soon as its zip is in memory.
+A thin layer over :func:`xai.batch.run.run_report` (the same code as ``python -m xai report``). Zips are
+read in memory by the one safe reader (:func:`xai.batch.archive.read_zip`: unsafe paths, size, count and
+compression-ratio limits); the report is built in a temporary folder that is removed as soon as its zip is
+in memory. Every download names the films by the Explain page's hashed names (model + content hash),
+never by the uploaded file names, unless patient details are switched on.
 """
 
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import streamlit as st
 
+import models
 from pages._shared import ensure_routed, method_label, require_model
-from xai.batch import (
-    ArchiveError,
-    BoxesError,
-    ZipLimits,
-    items_from_uploads,
-    parse_boxes,
-    run_report,
-    zip_folder,
-)
+from xai.batch.archive import ArchiveError, ZipLimits, zip_folder
+from xai.batch.boxes import BoxesError, parse_boxes
+from xai.batch.films import Checks, ReportSpec
+from xai.batch.inputs import items_from_uploads
+from xai.batch.names import content_sha256, export_stem
+from xai.batch.outputs import COMPACT, FULL_RESOLUTION
+from xai.batch.run import run_report
 from xai.engine import METHODS
 
 ZIP_LIMITS = ZipLimits(max_archive_bytes=200 * 1024 * 1024, max_members=200, max_member_bytes=64 * 1024 * 1024,
                        max_total_bytes=512 * 1024 * 1024, max_ratio=100.0)
 _RESULT_KEY = "batch_result"
+_SIZES = {"Compact: JPEG overlays, longest side 2048 px": COMPACT,
+          "Full resolution: PNG overlays on each film's own pixel grid (slow, large)": FULL_RESOLUTION}
+
+
+def _in_download(path: PurePosixPath) -> bool:
+    """The zip holds the report, the CSV and the overlays; thumbnails live in index.html already."""
+    return not (path.parts[-1] == "row.json" or "thumbs" in path.parts[:-1])
+
 
 ensure_routed()  # gate + disclaimer before anything renders, deep links included
 st.title("Batch report")
@@ -45,7 +54,13 @@ with st.form("batch_form"):
     methods = left.multiselect("Methods", METHODS, default=list(METHODS), format_func=method_label)
     default_target = class_names.index("covid19") + 1 if "covid19" in class_names else 0
     target = right.selectbox("Explain class", ["predicted", *class_names], index=default_target)
+    size = st.radio("Overlays in the download", list(_SIZES), index=0, key="batch_overlays")
     stability = st.checkbox("Stability under small changes (slow: several explanations per image)")
+    show_patient = st.toggle(
+        "Show patient details", value=False, key="batch_show_patient",
+        help="Off: the downloads name each film by the model and a hash of its content, as the Explain page "
+             "does. On: by its uploaded file name, which may identify a patient.",
+    )
     submitted = st.form_submit_button("Run the batch", type="primary")
 
 if submitted:
@@ -60,13 +75,15 @@ if submitted:
         try:
             boxes = parse_boxes(boxes_file.getvalue().decode("utf-8-sig"))
         except UnicodeDecodeError:
-            problem = "Boxes file: not UTF-8 text"
+            problem = "Boxes file: not UTF-8 text."
         except BoxesError as exc:
             problem = f"Boxes file: {exc}"
     items = []
     if problem is None:
+        card_name = model.card.name
+        labeller = None if show_patient else (lambda _name, data: export_stem(card_name, content_sha256(data)))
         try:
-            items = items_from_uploads([(u.name, u.getvalue()) for u in uploads], ZIP_LIMITS)
+            items = items_from_uploads([(u.name, u.getvalue()) for u in uploads], ZIP_LIMITS, labeller=labeller)
         except ArchiveError as exc:
             problem = str(exc)
     if problem is not None:
@@ -74,30 +91,26 @@ if submitted:
     else:
         bar = st.progress(0.0, text="Starting…")
 
-        def _progress(done: int, total: int, name: str) -> None:
+        def _progress(done: int, total: int, _row: object) -> None:
             bar.progress(done / max(total, 1), text=f"{done} of {total} done")
 
+        spec = ReportSpec(methods=tuple(methods), target=target, stability=stability, overlays=_SIZES[size])
+        checks = Checks(ood_stats=models.ood_stats(model.loaded),
+                        second_model=models.second_checkpoint(model.card) if stability else None)
         with tempfile.TemporaryDirectory(prefix="xai-batch-") as tmp:
             out_dir = Path(tmp) / "report"
-            report = run_report(
-                items,
-                model.loaded,
-                out_dir,
-                methods=tuple(methods),
-                target=target,
-                boxes=boxes,
-                stability=stability,
-                progress=_progress,
-                explainer=model.explainer,
-            )
+            report = run_report(items, model.loaded, out_dir, spec, boxes=boxes, checks=checks, progress=_progress,
+                                explainer=model.explainer)
             st.session_state[_RESULT_KEY] = {
-                "zip": zip_folder(out_dir),
+                "zip": zip_folder(out_dir, keep=lambda p: _in_download(PurePosixPath(p.as_posix()))),
                 "csv": (out_dir / "report.csv").read_bytes(),
                 "html": (out_dir / "index.html").read_bytes(),
                 "summary": report.summary_markdown() if boxes else "",
-                "failed": [(row.file, row.error) for row in report.failed],
-                "done": len(report.rows) - len(report.failed),
-                "total": len(report.rows),
+                # On screen only: which upload a failure was (the downloads carry the hashed names).
+                "failed": [(name, next((i.name for i in items if i.export_name == name), name), error)
+                           for name, error in report.failed],
+                "done": report.done,
+                "total": report.total,
                 "target": report.target,
             }
         bar.empty()
@@ -109,7 +122,9 @@ if result:
         st.markdown("**Agreement with the boxes**")
         st.markdown(result["summary"])
     if result["failed"]:
-        st.warning("Not processed:\n\n" + "\n".join(f"- `{name}`: {reason}" for name, reason in result["failed"]))
+        st.warning("Not processed:\n\n" + "\n".join(
+            f"- `{label}`" + (f" (`{name}`)" if name != label else "") + f": {reason}"
+            for label, name, reason in result["failed"]))
     c1, c2, c3 = st.columns(3)
     c1.download_button("Report (zip)", result["zip"], "xai-report.zip", "application/zip")
     c2.download_button("report.csv", result["csv"], "report.csv", "text/csv")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import zipfile
 from pathlib import Path
@@ -10,26 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xai.batch import (
-    ArchiveError,
-    Box,
-    BoxesError,
-    Report,
-    ReportRow,
-    ZipLimits,
-    boxes_mask,
-    collect_inputs,
-    items_from_uploads,
-    load_boxes,
-    output_dir_for,
-    parse_boxes,
-    read_zip,
-    report_csv,
-    report_html,
-    safe_stem,
-    unique_stems,
-    zip_folder,
-)
+from xai.batch.archive import ArchiveError, ZipLimits, read_zip, zip_folder
+from xai.batch.boxes import Box, BoxesError, boxes_mask, load_boxes, parse_boxes
+from xai.batch.inputs import collect_inputs, items_from_uploads
+from xai.batch.names import export_stem, file_stems, method_file, output_dir_for, safe_stem, unique_stems
+from xai.batch.report import ReportMeta, ReportRow, report_texts
 
 
 # ------------------------------------------------------------------------------------------ names
@@ -37,6 +23,8 @@ from xai.batch import (
     ("name", "expected"),
     [
         ("chest.png", "chest"),
+        ("No_findings__x.png", "No_findings__x"),  # the file's stem as it is: no collapsing of "__"
+        ("data/Pneumonia-_x_.dcm", "Pneumonia-_x_"),
         ("../../x", "x"),
         ("../../etc/passwd.dcm", "passwd"),
         ("/abs/path/film.jpg", "film"),
@@ -45,13 +33,18 @@ from xai.batch import (
         ("..", "image"),
         ("...", "image"),
         ("", "image"),
-        ("a b;rm -rf~.png", "a_b_rm_-rf"),
-        ("x.tar.gz", "x_tar"),
+        ("-rf.png", "rf"),
+        ("a b;rm -rf~.png", "a_b_rm_-rf_"),
+        ("x.tar.gz", "x.tar"),
+        ("v1.2+final.png", "v1.2+final"),
         ("Röntgen_ßild.png", "Röntgen_ßild"),
         ("ｆｕｌｌ.png", "full"),  # NFKC folds full-width letters
         ("CON.png", "_CON"),
         ("nul", "_nul"),
-        ("name\u202egnp.exe", "name_gnp"),  # right-to-left override is not kept
+        ("com1.tar.gz", "_com1.tar"),
+        ("name\u202egnp.exe", "name_gnp"),  # a right-to-left override is not kept
+        ("tab\there.png", "tab_here"),
+        ("a:b*c?d|e<f>g\"h.png", "a_b_c_d_e_f_g_h"),
     ],
 )
 def test_safe_stem(name: str, expected: str) -> None:
@@ -62,14 +55,24 @@ def test_safe_stem_is_bounded_in_bytes_and_never_a_path() -> None:
     stem = safe_stem("é" * 300 + ".png")
     assert len(stem.encode("utf-8")) <= 100
     assert stem == "é" * 50
-    for hostile in ["../../x", "/", "a/../..", "..\\..\\y", "\x00.png", "./.", "-rf"]:
+    for hostile in ["../../x", "/", "a/../..", "..\\..\\y", "\x00.png", "./.", "-rf", "..hidden", "x."]:
         s = safe_stem(hostile)
         assert s and "/" not in s and "\\" not in s and not s.startswith((".", "-")) and "\x00" not in s
+        assert not s.endswith(".")
 
 
 def test_unique_stems_disambiguates_in_order_case_insensitively() -> None:
     names = ["a/img.png", "b/img.png", "img.dcm", "IMG.jpg", "img_2.png"]
-    assert unique_stems(names) == ["img", "img_2", "img_3", "IMG_4", "img_2_2"]
+    assert file_stems(names) == ["img", "img_2", "img_3", "IMG_4", "img_2_2"]
+    assert unique_stems(["m_ab", "m_ab", "M_AB"]) == ["m_ab", "m_ab_2", "M_AB_3"]
+
+
+def test_hashed_names_are_the_explain_pages_and_carry_no_file_name() -> None:
+    sha = hashlib.sha256(b"pixels").hexdigest()
+    assert export_stem("chestcovnet", sha) == f"chestcovnet_{sha[:10]}"
+    assert export_stem("my model/v1.2", sha) == f"my_model_v1.2_{sha[:10]}"  # the card name made path-safe
+    assert [method_file(m) for m in ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam")] == [
+        "gradcam", "gradcam++", "guided_backprop", "guided_gradcam"]
 
 
 def test_output_dir_for_stays_inside(tmp_path: Path) -> None:
@@ -109,30 +112,42 @@ def _zip(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> 
     return buffer.getvalue()
 
 
-def test_read_zip_reads_files_and_neutralises_paths() -> None:
+def test_read_zip_reads_files_and_skips_what_is_not_a_file() -> None:
     rng = np.random.default_rng(0)
     payload = rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()
-    data = _zip(
-        {
-            "study/a.png": payload,
-            "../../evil.png": b"1" * 10,
-            "/etc/abs.dcm": b"2" * 10,
-            "__MACOSX/._a.png": b"junk",
-            ".DS_Store": b"junk",
-            "folder/": b"",
-        }
-    )
+    data = _zip({"study/a.png": payload, "b.dcm": b"2" * 10, "__MACOSX/._a.png": b"junk", ".DS_Store": b"junk",
+                 "study/.hidden/c.png": b"junk", "folder/": b""})
     files = read_zip(data)
-    assert [name for name, _ in files] == ["study/a.png", "evil.png", "etc/abs.dcm"]
+    assert [name for name, _ in files] == ["study/a.png", "b.dcm"]
     assert files[0][1] == payload
-    assert unique_stems([name for name, _ in files]) == ["a", "evil", "abs"]
+    assert [name for name, _ in read_zip(data, only=lambda n: n.endswith(".dcm"))] == ["b.dcm"]
+
+
+@pytest.mark.parametrize("evil", ["../../evil.png", "/etc/abs.dcm", "C:/win/x.png", "a/../../b.png", "..\\up.png"])
+def test_read_zip_refuses_unsafe_paths_naming_them(evil: str) -> None:
+    data = _zip({"ok.png": b"1" * 10, evil: b"2" * 10})
+    with pytest.raises(ArchiveError, match="unsafe paths") as caught:
+        read_zip(data)
+    assert evil in str(caught.value)
+    assert evil not in caught.value.anonymous  # the message exports may carry names no member
+
+
+def test_read_zip_reads_a_path_and_refuses_one_over_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "set.zip"
+    path.write_bytes(_zip({"a.png": b"A" * 100}))
+    assert read_zip(path) == [("a.png", b"A" * 100)]
+    with pytest.raises(ArchiveError, match="the limit is 50"):
+        read_zip(path, ZipLimits(max_archive_bytes=50))
+    with pytest.raises(ArchiveError, match="cannot read the archive"):
+        read_zip(tmp_path / "missing.zip")
 
 
 def test_read_zip_refuses_a_zip_bomb() -> None:
     bomb = _zip({"bomb.dcm": bytes(20 * 1024 * 1024)})  # 20 MiB of zeros deflates ~1000:1
     assert len(bomb) < 100_000
-    with pytest.raises(ArchiveError, match="zip bomb"):
+    with pytest.raises(ArchiveError, match="bomb.dcm: compression ratio over 100:1") as caught:
         read_zip(bomb)
+    assert "bomb.dcm" not in caught.value.anonymous and "zip bomb" in caught.value.anonymous
 
 
 def test_read_zip_refuses_oversized_archives_and_members() -> None:
@@ -198,7 +213,11 @@ def test_boxes_mask_union_and_clipping() -> None:
 
 
 # ------------------------------------------------------------------------------------------ report files
-def _toy_report() -> Report:
+META = ReportMeta(methods=("gradcam",), class_names=("non_covid", "covid19"),
+                  model={"name": "m", "version": "1", "sha256": "ab" * 32}, target="covid19")
+
+
+def _toy_rows() -> list[ReportRow]:
     ok = ReportRow(
         file="=HYPERLINK(\"http://x\")<script>.png",
         stem="x",
@@ -208,6 +227,7 @@ def _toy_report() -> Report:
         n_boxes=1,
         box_fraction=0.1,
         agreement={"gradcam": {"hit": 1.0, "energy_inside": 0.5, "iou_otsu": 0.25}},
+        files=("thumbs/gradcam.jpg",),
         thumbnails={"gradcam": b"\xff\xd8jpeg"},
     )
     ok2 = ReportRow(
@@ -221,36 +241,54 @@ def _toy_report() -> Report:
         agreement={"gradcam": {"hit": 0.0, "energy_inside": 0.1, "iou_otsu": 0.05}},
     )
     bad = ReportRow(file="broken.png", error="not an image <b>")
-    return Report(
-        rows=[ok, ok2, bad],
-        methods=("gradcam",),
-        class_names=("non_covid", "covid19"),
-        model={"name": "m", "version": "1", "sha256": "ab" * 32},
-        target="covid19",
-        stability=False,
-    )
+    return [ok, ok2, bad]
 
 
 def test_report_summary_csv_and_html() -> None:
-    report = _toy_report()
+    csv_text, page, report = report_texts(META, _toy_rows())
     summary = report.summary()["gradcam"]
     assert summary == {"n": 2, "hit_rate": 0.5, "mean_energy_inside": pytest.approx(0.3), "miou": pytest.approx(0.15)}
     assert "| gradcam | 2 | 0.500 | 0.300 | 0.150 |" in report.summary_markdown()
     assert report.chance_hit_rate() == pytest.approx(0.15)
     assert "| 0.150 | 0.150 |" in report.summary_markdown().splitlines()[-1]
+    assert (report.total, report.done, report.failed) == (3, 2, [("broken.png", "not an image <b>")])
 
-    rows = list(csv.DictReader(io.StringIO(report_csv(report))))
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
     assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
     assert rows[0]["file"].startswith("'=")  # formula neutralised
     assert rows[0]["prediction"] == "covid19" and float(rows[0]["probability"]) == 0.75
     assert float(rows[0]["gradcam_iou_otsu"]) == 0.25 and rows[0]["gradcam_hit"] == "1"
     assert rows[2]["error"] == "not an image <b>" and rows[2]["gradcam_hit"] == ""
 
-    page = report_html(report)
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "not an image &lt;b&gt;" in page
-    assert "data:image/jpeg;base64," in page
+    assert page.count("data:image/jpeg;base64,") == 1
     assert "http" not in page.replace("http://x", "").replace("http-equiv", "")  # nothing fetched from outside
+
+
+def test_streamed_report_files_equal_the_in_memory_ones_and_read_thumbnails_from_disk(tmp_path: Path) -> None:
+    from xai.batch.report import ReportWriter
+
+    rows = _toy_rows()
+    csv_text, page, _ = report_texts(META, rows)
+    (tmp_path / "x" / "thumbs").mkdir(parents=True)
+    (tmp_path / "x" / "thumbs" / "gradcam.jpg").write_bytes(b"\xff\xd8jpeg")
+    with ReportWriter(tmp_path, META) as writer:
+        for row in _toy_rows():
+            row.thumbnails = {}  # as a worker's row arrives: the thumbnails are on disk only
+            writer.add(row)
+    assert (tmp_path / "report.csv").read_text("utf-8") == csv_text
+    assert (tmp_path / "index.html").read_text("utf-8") == page
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html", "report.csv", "x"]  # no temporary files
+
+
+def test_an_interrupted_writer_leaves_no_half_report(tmp_path: Path) -> None:
+    from xai.batch.report import ReportWriter
+
+    with pytest.raises(KeyboardInterrupt), ReportWriter(tmp_path, META) as writer:
+        writer.add(_toy_rows()[2])
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_items_from_uploads_expands_zips_and_keeps_going_after_a_bad_one() -> None:
@@ -258,32 +296,59 @@ def test_items_from_uploads_expands_zips_and_keeps_going_after_a_bad_one() -> No
     bomb = _zip({"bomb.png": bytes(5 * 1024 * 1024)})
     items = items_from_uploads([("one.png", b"\x89PNG..."), ("set.zip", good), ("evil.zip", bomb)])
     assert [i.name for i in items] == ["one.png", "set.zip/x/a.png", "set.zip/b.dcm", "evil.zip"]
+    assert [i.export_name for i in items] == [i.name for i in items]
+    assert [i.stem for i in items] == ["one", "a", "b", "evil"]
     assert items[1].source == b"A" * 10
-    assert items[3].source is None and "zip bomb" in (items[3].error or "")
+    assert items[3].source is None and "bomb.png: compression ratio" in (items[3].error or "")
     with pytest.raises(ArchiveError, match="limit is 2"):
         items_from_uploads([("set.zip", good), ("c.png", b"c")], ZipLimits(max_members=2))
 
 
-def test_zip_folder_round_trips(tmp_path: Path) -> None:
-    (tmp_path / "a").mkdir()
+def test_hashed_upload_names_hide_file_names_in_names_and_errors() -> None:
+    good = _zip({"Smith_John/a.png": b"A" * 10})
+    bomb = _zip({"Doe_Jane.png": bytes(5 * 1024 * 1024)})
+
+    def labeller(_name: str, data: bytes) -> str:
+        return export_stem("m", hashlib.sha256(data).hexdigest())
+
+    items = items_from_uploads([("Smith_John.zip", good), ("Doe_Jane.zip", bomb)], labeller=labeller)
+    assert [i.export_name for i in items] == [export_stem("m", hashlib.sha256(b"A" * 10).hexdigest()),
+                                              export_stem("m", hashlib.sha256(bomb).hexdigest())]
+    assert [i.stem for i in items] == [i.export_name for i in items]
+    assert items[1].error == "a file in the archive: compression ratio over 100:1 (a zip bomb?); refused"
+    assert items[0].file_name == "a.png"  # boxes still match the uploaded file name
+
+
+def test_zip_folder_round_trips_stores_images_and_filters(tmp_path: Path) -> None:
+    (tmp_path / "a" / "thumbs").mkdir(parents=True)
     (tmp_path / "a" / "m.png").write_bytes(b"png")
-    (tmp_path / "report.csv").write_text("file\n")
-    files = dict(read_zip(zip_folder(tmp_path)))
-    assert files == {"a/m.png": b"png", "report.csv": b"file\n"}
+    (tmp_path / "a" / "thumbs" / "m.jpg").write_bytes(b"jpg")
+    (tmp_path / "report.csv").write_text("file\n" * 100)
+    data = zip_folder(tmp_path)
+    assert dict(read_zip(data)) == {"a/m.png": b"png", "a/thumbs/m.jpg": b"jpg", "report.csv": b"file\n" * 100}
+    kinds = {i.filename: i.compress_type for i in zipfile.ZipFile(io.BytesIO(data)).infolist()}
+    assert kinds == {"a/m.png": zipfile.ZIP_STORED, "a/thumbs/m.jpg": zipfile.ZIP_STORED,
+                     "report.csv": zipfile.ZIP_DEFLATED}
+    kept = zip_folder(tmp_path, keep=lambda p: "thumbs" not in p.parts)
+    assert sorted(dict(read_zip(kept))) == ["a/m.png", "report.csv"]
 
 
 def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dicom_dir: Path) -> None:
     """The Streamlit page end to end (bundled model, one method to stay quick): a zip of two films, a zip
-    bomb, and a DICOM whose header carries identifiers that must not reach any download; no temporary
-    folder is left behind."""
+    bomb, and a DICOM whose header carries identifiers that must not reach any download. By default every
+    download names the films by the Explain page's hashed names (no uploaded file name anywhere) and the zip
+    is compact (JPEG overlays, no thumbnails or row records); with patient details on, the uploaded names
+    and full-resolution PNGs. No temporary folder is left behind."""
+    import json
     import tempfile
 
     import pydicom
+    from PIL import Image
     from streamlit.testing.v1 import AppTest
 
     images = chestcovnet_dir / "images"
-    good = _zip({"films/a.jpg": (images / "nih_00008727_009.jpg").read_bytes(),
-                 "films/b.jpg": (images / "mhh_b343e657.jpg").read_bytes()}, compression=zipfile.ZIP_STORED)
+    film_a, film_b = (images / "nih_00008727_009.jpg").read_bytes(), (images / "mhh_b343e657.jpg").read_bytes()
+    good = _zip({"films/a.jpg": film_a, "films/b.jpg": film_b}, compression=zipfile.ZIP_STORED)
     bomb = _zip({"bomb.dcm": bytes(20 * 1024 * 1024)})
     ds = pydicom.dcmread(dicom_dir / "siim_cr_pa_mono2_jpeg_baseline.dcm")
     phi = {"PatientName": "Qwzyx^Vbnmo", "PatientID": "MRN-5550199", "InstitutionName": "Grommet Infirmary",
@@ -292,6 +357,9 @@ def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dic
         setattr(ds, keyword, value)
     buffer = io.BytesIO()
     ds.save_as(buffer)
+    scan = buffer.getvalue()
+    card = json.loads((Path(__file__).resolve().parents[1] / "models" / "bundles" / "chestcovnet" / "card.json").read_text())
+    hashed = [export_stem(card["name"], hashlib.sha256(data).hexdigest()) for data in (film_a, film_b, bomb, scan)]
     before = set(Path(tempfile.gettempdir()).glob("xai-batch-*"))
 
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "batch.py"), default_timeout=300)
@@ -299,7 +367,7 @@ def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dic
     assert not at.exception
     at.file_uploader(key="batch_uploads").set_value([("films.zip", good, "application/zip"),
                                                       ("bomb.zip", bomb, "application/zip"),
-                                                      ("scan.dcm", buffer.getvalue(), "application/dicom")])
+                                                      ("scan.dcm", scan, "application/dicom")])
     at.file_uploader(key="batch_boxes").set_value(("boxes.csv", b"file,x,y,w,h\na.jpg,100,200,150,150\n", "text/csv"))
     at.multiselect[0].set_value(["gradcam"])
     at.button[0].click()  # the form's submit button
@@ -307,16 +375,36 @@ def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dic
     assert not at.exception, at.exception
     assert "3 of 4 image(s) explained" in at.success[0].value
     assert any("| gradcam | 1 |" in m.value for m in at.markdown)  # agreement for the one boxed film
-    assert "bomb.zip" in at.warning[-1].value and "zip bomb" in at.warning[-1].value
+    warning = at.warning[-1].value  # on screen: the hashed name and which upload it was
+    assert hashed[2] in warning and "bomb.zip" in warning and "zip bomb" in warning
     assert len(at.get("download_button")) == 3
     result = at.session_state["batch_result"]
     files = dict(read_zip(result["zip"]))
-    assert {"report.csv", "index.html", "a/gradcam.png", "b/gradcam.png", "scan/gradcam.png"} <= set(files)
+    assert sorted(files) == sorted(["report.csv", "index.html", *(f"{h}/gradcam.jpg" for h in (hashed[0], hashed[1],
+                                                                                                hashed[3]))])
+    with Image.open(io.BytesIO(files[f"{hashed[3]}/gradcam.jpg"])) as overlay:
+        assert overlay.format == "JPEG" and max(overlay.size) == 1024  # the DICOM's own 1024 px (under 2048)
     rows = list(csv.DictReader(io.StringIO(result["csv"].decode("utf-8"))))
-    assert [(r["file"], r["status"]) for r in rows] == [
-        ("films.zip/films/a.jpg", "ok"), ("films.zip/films/b.jpg", "ok"), ("bomb.zip", "failed"),
-        ("scan.dcm", "ok")]
+    assert [(r["file"], r["status"]) for r in rows] == [(hashed[0], "ok"), (hashed[1], "ok"), (hashed[2], "failed"),
+                                                        (hashed[3], "ok")]
+    assert rows[0]["n_boxes"] == "1"  # boxes still match the uploaded file name
     downloads = [result["zip"], result["csv"], result["html"], *files.values()]
-    for secret in ["Qwzyx", "Vbnmo", "MRN-5550199", "Grommet", "20190723", "19380511"]:
+    for secret in ["Qwzyx", "Vbnmo", "MRN-5550199", "Grommet", "20190723", "19380511", "films", "a.jpg", "b.jpg", "bomb.zip",
+                   "bomb.dcm", "scan"]:
         assert not any(secret.encode() in blob for blob in downloads), secret
+
+    # Patient details on, full resolution: the uploaded names, PNG overlays on the film's grid.
+    at.file_uploader(key="batch_uploads").set_value([("films.zip", good, "application/zip")])
+    at.toggle(key="batch_show_patient").set_value(True)
+    at.radio(key="batch_overlays").set_value(at.radio(key="batch_overlays").options[1])
+    at.button[0].click()
+    at.run()
+    assert not at.exception, at.exception
+    result = at.session_state["batch_result"]
+    rows = list(csv.DictReader(io.StringIO(result["csv"].decode("utf-8"))))
+    assert [r["file"] for r in rows] == ["films.zip/films/a.jpg", "films.zip/films/b.jpg"]
+    files = dict(read_zip(result["zip"]))
+    assert sorted(files) == ["a/gradcam.png", "b/gradcam.png", "index.html", "report.csv"]
+    with Image.open(io.BytesIO(files["b/gradcam.png"])) as overlay, Image.open(images / "mhh_b343e657.jpg") as film:
+        assert overlay.size == film.size and "model_sha256" in overlay.text["Description"]
     assert set(Path(tempfile.gettempdir()).glob("xai-batch-*")) == before

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -127,7 +128,7 @@ def test_output_names_never_leave_the_output_folder(bundle: Path, chestcovnet_di
     source = chestcovnet_dir / "images" / "nih_00008727_009.jpg"
     inputs = tmp_path / "in"
     names = ["a/img.jpg", "b/img.jpg", "c/IMG.png", "d/...jpg", "d/.hidden.jpg", "d/CON.jpg", "d/über röntgen.jpg",
-             "d/semi;colon$(x).jpg"]
+             "d/semi;colon$(x).jpg", "d/No_findings__x.png", "d/-dash.jpg"]
     for name in names:
         (inputs / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, inputs / name)
@@ -138,7 +139,7 @@ def test_output_names_never_leave_the_output_folder(bundle: Path, chestcovnet_di
     code, _, stderr = run(argv)
     assert code == 0, stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["img", "img_2", "IMG_3", "jpg", "hidden", "_CON", "über_röntgen", "semi_colon_x"]
+        ["img", "img_2", "IMG_3", "jpg", "hidden", "_CON", "über_röntgen", "semi_colon__x_", "No_findings__x", "dash"]
     )
     for path in out.rglob("*"):
         assert path.resolve().is_relative_to(out.resolve())
@@ -194,7 +195,7 @@ def test_no_patient_identifiers_in_outputs_messages_or_logs(
                              "--boxes", str(boxes)])
     assert (code1, code2) == (1, 1)  # the truncated copy fails, the scan is done
     assert (tmp_path / "explain" / "scan" / "result.json").is_file()
-    assert (tmp_path / "report" / "scan" / "gradcam.png").is_file()
+    assert (tmp_path / "report" / "scan" / "gradcam.jpg").is_file()
     worker_out, worker_err = capfd.readouterr()  # anything the decoder worker processes printed
     texts += [out1, err1, out2, err2, caplog.text, worker_out, worker_err]
     produced = [p for p in (tmp_path / "explain").rglob("*") if p.is_file()]
@@ -258,7 +259,12 @@ def test_report_with_manifest_boxes(bundle: Path, chestcovnet_dir: Path, tmp_pat
     assert "zz_text.dcm" in page and "Files not processed" in page
     assert "<script" not in page and "src='http" not in page
     for stem in ("nih_00008727_009", "nih_00010120_010", "mhh_b343e657"):
-        assert sorted(p.name for p in (out / stem).iterdir()) == ["gradcam++.png", "gradcam.png"]
+        assert sorted(p.name for p in (out / stem).iterdir()) == ["gradcam++.jpg", "gradcam.jpg", "row.json", "thumbs"]
+        assert sorted(p.name for p in (out / stem / "thumbs").iterdir()) == ["gradcam++.jpg", "gradcam.jpg",
+                                                                              "original.jpg"]
+        with Image.open(out / stem / "gradcam.jpg") as overlay, Image.open(inputs / f"{stem}.jpg") as film:
+            assert overlay.size == film.size  # compact keeps films up to 2048 px at their own size
+            assert json.loads(overlay.info["comment"])["Description"]  # the provenance travels in a comment
 
     # --only-boxed keeps the images the boxes file names (the bad file is not one of them).
     code, _, stderr = run(["report", str(inputs), "--out", str(tmp_path / "only"), "--model", str(bundle),
@@ -290,3 +296,89 @@ def test_report_stability_and_ood_columns(bundle: Path, chestcovnet_dir: Path, t
     # The tiny test bundle has no fitted OOD statistics: no score, and no flag without header hints.
     assert row["ood_score"] == "" and row["ood_flag"] == "0"
     assert "stability: Spearman mean" in (out / "index.html").read_text("utf-8")
+
+
+def _segments(stderr: str) -> list[str]:
+    """What a terminal would show as separate writes: lines split at newlines and carriage returns."""
+    return [s for s in re.split(r"[\r\n]", stderr) if s.strip()]
+
+
+def test_progress_bar_and_messages_do_not_overwrite_each_other(
+    bundle: Path, chestcovnet_dir: Path, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.jpg", "c.jpg"):
+        shutil.copy(chestcovnet_dir / "images" / "nih_00008727_009.jpg", inputs / name)
+    (inputs / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    for command in ("explain", "report"):
+        code, _, stderr = run([command, str(inputs), "--model", str(bundle), "--methods", "gradcam",
+                               "--out", str(tmp_path / command)])
+        assert code == 1
+        assert "3/3" in stderr  # the bar ran
+        messages = [s for s in _segments(stderr) if "xai: skipped" in s]
+        # The message was written on a line of its own above the bar (tqdm.write), not into the bar's line.
+        assert len(messages) == 1 and messages[0].startswith("xai: skipped") and "b.png" in messages[0], stderr
+
+
+def _report(bundle: Path, inputs: Path, out: Path, *extra: str) -> tuple[int, str]:
+    code, _, stderr = run(["report", str(inputs), "--model", str(bundle), "--methods", "gradcam,guided_gradcam",
+                           "--out", str(out), "--no-progress", *extra])
+    return code, stderr
+
+
+def _three_films(chestcovnet_dir: Path, folder: Path) -> Path:
+    folder.mkdir()
+    for name in ("nih_00008727_009.jpg", "mhh_b343e657.jpg", "nih_00010120_010.jpg"):
+        shutil.copy(chestcovnet_dir / "images" / name, folder / name)
+    return folder
+
+
+def test_resume_recomputes_only_incomplete_films(bundle: Path, chestcovnet_dir: Path, tmp_path: Path) -> None:
+    inputs = _three_films(chestcovnet_dir, tmp_path / "in")
+    out = tmp_path / "out"
+    code, stderr = _report(bundle, inputs, out)
+    assert code == 0, stderr
+    first_csv = (out / "report.csv").read_text("utf-8")
+    first_html = (out / "index.html").read_text("utf-8")
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    (out / "mhh_b343e657" / "guided_gradcam.jpg").unlink()  # as if the run had been killed while writing it
+    (out / "nih_00010120_010" / "row.json").unlink()  # ...or before its record was written
+    code, stderr = _report(bundle, inputs, out, "--resume")
+    assert code == 0, stderr
+    changed = {p.relative_to(out).as_posix() for p, t in stamps.items() if not p.exists() or p.stat().st_mtime_ns != t}
+    assert {c.split("/")[0] for c in changed} == {"mhh_b343e657", "nih_00010120_010", "report.csv", "index.html"}
+    assert (out / "mhh_b343e657" / "guided_gradcam.jpg").is_file()
+    assert (out / "report.csv").read_text("utf-8") == first_csv
+    assert (out / "index.html").read_text("utf-8") == first_html
+    # A different question (another method list) is not taken for a finished one.
+    code, stderr = _report(bundle, inputs, out, "--resume", "--methods", "gradcam")
+    assert code == 0, stderr
+    assert all(json.loads((out / s / "row.json").read_text())["key"]["methods"] == ["gradcam"]
+               for s in ("mhh_b343e657", "nih_00008727_009", "nih_00010120_010"))
+    assert not list(out.rglob(".*.tmp"))  # no temporary file is left behind
+
+
+def test_batch_size_and_full_resolution(bundle: Path, chestcovnet_dir: Path, tmp_path: Path) -> None:
+    inputs = _three_films(chestcovnet_dir, tmp_path / "in")
+    (inputs / "zz_bad.dcm").write_text("not a dicom")
+    code, stderr = _report(bundle, inputs, tmp_path / "one")
+    assert code == 1, stderr
+    code, stderr = _report(bundle, inputs, tmp_path / "three", "--batch-size", "3", "--full-resolution")
+    assert code == 1, stderr
+    one = list(csv.DictReader((tmp_path / "one" / "report.csv").open(encoding="utf-8")))
+    three = list(csv.DictReader((tmp_path / "three" / "report.csv").open(encoding="utf-8")))
+    assert [r["file"] for r in one] == [r["file"] for r in three] and three[-1]["status"] == "failed"
+    for a, b in zip(one, three, strict=True):  # several films in one pass: the same numbers as one by one
+        for key, value in a.items():
+            if key.startswith(("p_", "probability", "gradcam", "guided", "ood_score")) and value:
+                assert float(b[key]) == pytest.approx(float(value), rel=1e-4, abs=1e-5), key
+            else:
+                assert b[key] == value, key
+    folder = tmp_path / "three" / "mhh_b343e657"
+    with Image.open(folder / "gradcam.png") as png, Image.open(inputs / "mhh_b343e657.jpg") as film:
+        assert png.size == film.size and png.format == "PNG"
+        assert json.loads(png.text["Description"])["method"] == "gradcam"
+    code, _, stderr = run(["report", str(inputs), "--model", str(bundle), "--out", str(tmp_path / "x"),
+                           "--batch-size", "0"])
+    assert code == 2 and "must be at least 1" in stderr

@@ -3,21 +3,30 @@
 
 Exit status: 0 all inputs done; 1 some inputs failed (each named on stderr with its reason, the others
 done); 2 a usage problem (unknown method or target, a model that cannot be loaded, an unreadable boxes
-file). Nothing printed or written carries DICOM header fields: outputs are named from file names.
+file, Ray missing or failing). Nothing printed or written carries DICOM header fields: outputs are named
+from file names (each output folder keeps its file's stem, :func:`xai.batch.names.safe_stem`).
+
+The progress bar (tqdm, on stderr) and messages never overwrite each other: while the bar runs, messages,
+warnings and log records go through ``tqdm.write``.
+
+The command line is the one place in ``xai`` that loads bundles (``models``); the library takes objects.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from models import LoadedModel
-    from xai.batch import InputItem
+    from xai.batch.films import Checks
+    from xai.batch.inputs import InputItem
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_MODEL = "chestcovnet"
@@ -25,6 +34,13 @@ DEFAULT_MODEL = "chestcovnet"
 
 class UsageError(Exception):
     """A problem with the command as a whole (exit status 2)."""
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -58,6 +74,18 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--only-boxed", action="store_true",
                         help="keep only the inputs whose file name has a box in --boxes")
     report.add_argument("--stability", action="store_true", help="also compute map stability (slow)")
+    report.add_argument("--full-resolution", action="store_true",
+                        help="overlays as PNG on each film's own pixel grid (default: compact JPEG, longest side "
+                             "2048 px)")
+    report.add_argument("--batch-size", type=_positive, default=1,
+                        help="films per forward/backward pass (default: %(default)s)")
+    report.add_argument("--resume", action="store_true",
+                        help="keep the films whose outputs in --out are complete from an earlier run")
+    report.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="run here, or as a Ray Data pipeline (a local Ray started for the run, or the "
+                             "cluster at RAY_ADDRESS) (default: %(default)s)")
+    report.add_argument("--workers", type=_positive, default=2,
+                        help="Ray workers, each with its own copy of the model (default: %(default)s)")
     from xai.review.cli import add_review_parser  # light: argparse only
 
     add_review_parser(sub)
@@ -85,23 +113,53 @@ def _load_model(name_or_path: str) -> LoadedModel:
         raise UsageError(f"cannot load model {name_or_path!r}: {exc}") from None
 
 
-def _progress_bar(total: int, disabled: bool, stderr: TextIO):  # noqa: ANN202 - tqdm type is private
+def _checks(model: LoadedModel, stability: bool) -> Checks:
+    """What the report's trust checks need of the bundle: its OOD statistics, its second checkpoint."""
+    import models
+    from xai.batch.films import Checks
+
+    return Checks(ood_stats=models.ood_stats(model),
+                  second_model=models.second_checkpoint(model.card) if stability else None)
+
+
+def worker_setup(name_or_path: str, stability: bool) -> tuple[LoadedModel, Checks]:
+    """The model and the checks' inputs, loaded in a Ray worker (picklable by reference)."""
+    import models
+
+    model = models.load(name_or_path)
+    return model, _checks(model, stability)
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, disabled: bool, stderr: TextIO) -> Iterator[Any]:
+    """A tqdm bar on stderr; while it runs, warnings and log records are written above it (tqdm.write)."""
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    return tqdm(total=total, unit="image", file=stderr, disable=disabled or total < 2, leave=False)
+    with tqdm(total=total, unit="image", file=stderr, disable=disabled or total < 2, leave=False) as bar:
+
+        def show(message: Any, category: type[Warning], filename: str, lineno: int, *_: Any) -> None:
+            _message(f"xai: warning: {category.__name__}: {message}", stderr, bar)
+
+        with logging_redirect_tqdm(), warnings.catch_warnings():
+            warnings.showwarning = show
+            yield bar
 
 
-def _report_failure(name: str, reason: str | None, stderr: TextIO, bar: object | None = None) -> None:
-    message = f"xai: skipped {name}: {reason}"
-    writer = getattr(bar, "write", None)
-    if writer is not None and not getattr(bar, "disable", True):
-        writer(message, file=stderr)
+def _message(text: str, stderr: TextIO, bar: Any = None) -> None:
+    """One line on stderr, above the progress bar when one is running (never through it)."""
+    if bar is not None and not getattr(bar, "disable", True):
+        bar.write(text, file=stderr)
     else:
-        print(message, file=stderr)
+        print(text, file=stderr)
+
+
+def _report_failure(name: str, reason: str | None, stderr: TextIO, bar: Any = None) -> None:
+    _message(f"xai: skipped {name}: {reason}", stderr, bar)
 
 
 def _collect(inputs: Sequence[str], stderr: TextIO) -> list[InputItem]:
-    from xai.batch import collect_inputs
+    from xai.batch.inputs import collect_inputs
 
     skipped: list[str] = []
     items = collect_inputs(inputs, skipped)
@@ -111,14 +169,16 @@ def _collect(inputs: Sequence[str], stderr: TextIO) -> list[InputItem]:
 
 
 def _run_explain(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from xai.batch import iter_explained, output_dir_for, unique_stems, write_explain_outputs
+    from xai.batch.films import iter_explained
+    from xai.batch.names import file_stems, output_dir_for
+    from xai.batch.outputs import write_explain_outputs
     from xai.pipeline import resolve_target
 
     methods = _parse_methods(args.methods)
     model = _load_model(args.model)
     resolve_target(args.target, model.card.class_names)  # TargetError -> usage error before any work
     items = _collect(args.inputs, stderr)
-    stems = unique_stems([item.name for item in items])
+    stems = file_stems([item.name for item in items])
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -142,42 +202,61 @@ def _run_explain(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
 
 
 def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from xai.batch import BoxesError, default_report_target, load_boxes, run_report
-    from xai.pipeline import resolve_target
+    from xai.batch.boxes import BoxesError, load_boxes
+    from xai.batch.films import ReportSpec
+    from xai.batch.outputs import COMPACT, FULL_RESOLUTION
+    from xai.batch.run import default_report_target, report_meta, run_report
 
     methods = _parse_methods(args.methods)
     try:
         boxes = load_boxes(args.boxes) if args.boxes is not None else None
     except BoxesError as exc:
         raise UsageError(f"boxes file {args.boxes}: {exc}") from None
+    if args.only_boxed and boxes is None:
+        raise UsageError("--only-boxed needs --boxes")
     model = _load_model(args.model)
     target = args.target if args.target is not None else default_report_target(model.card.class_names)
-    resolve_target(target, model.card.class_names)
+    spec = ReportSpec(methods=methods, target=target, stability=args.stability,
+                      overlays=FULL_RESOLUTION if args.full_resolution else COMPACT,
+                      isolated=not args.no_isolation, batch_size=args.batch_size)
+    meta = report_meta(model, spec)  # TargetError -> usage error before any work
     items = _collect(args.inputs, stderr)
     if args.only_boxed:
-        if boxes is None:
-            raise UsageError("--only-boxed needs --boxes")
-        items = [item for item in items if Path(item.name).name in boxes]
+        items = [item for item in items if item.file_name in boxes]
     with _progress_bar(len(items), args.no_progress, stderr) as bar:
-        report = run_report(
-            items,
-            model,
-            args.out,
-            methods=methods,
-            target=target,
-            boxes=boxes,
-            stability=args.stability,
-            isolated=not args.no_isolation,
-            progress=lambda done, total, name: bar.update(1),
-        )
-    for row in report.failed:
-        _report_failure(row.file, row.error, stderr)
-    print(f"xai: report on {len(report.rows) - len(report.failed)} of {len(report.rows)} image(s): "
+
+        def progress(done: int, total: int, row: Any) -> None:
+            if row.error is not None:
+                _report_failure(row.file, row.error, stderr, bar)
+            bar.update(1)
+
+        if args.engine == "ray":
+            report = _run_on_ray(args, items, meta, spec, boxes, progress)
+        else:
+            report = run_report(items, model, args.out, spec, boxes=boxes, checks=_checks(model, args.stability),
+                                progress=progress, resume=args.resume)
+    print(f"xai: report on {report.done} of {report.total} image(s): "
           f"{args.out / 'index.html'}, {args.out / 'report.csv'}", file=stdout)
     if boxes is not None:
         print(f"\nAgreement with the boxes (explained class: {report.target})\n", file=stdout)
         print(report.summary_markdown(), file=stdout)
     return EXIT_SOME_FAILED if report.failed else EXIT_OK
+
+
+def _run_on_ray(args: argparse.Namespace, items: Sequence[InputItem], meta: Any, spec: Any, boxes: Any,
+                progress: Any) -> Any:
+    try:
+        from xai.batch.ray_engine import run_report_ray
+    except ImportError as exc:
+        raise UsageError(f"--engine ray needs Ray Data (pip install 'ray[data]'): {exc}") from None
+    import ray.exceptions
+
+    setup = functools.partial(worker_setup, args.model, args.stability)
+    try:
+        return run_report_ray(items, meta, args.out, spec, setup, workers=args.workers, boxes=boxes,
+                              progress=progress, resume=args.resume)
+    except (ray.exceptions.RayError, ConnectionError) as exc:
+        raise UsageError(f"the Ray run failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:

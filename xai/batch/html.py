@@ -1,0 +1,107 @@
+"""The report's self-contained ``index.html``: inline CSS, images as data URIs, no scripts, every string escaped.
+
+Written in pieces so that it can be streamed: :func:`head` (title, model, summary, failed files) once the
+rows are all in, :func:`card` per explained film as it arrives, :data:`TAIL` at the end.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from xai.batch.report import Report, ReportRow
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;background:#fafafa;color:#222}
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
+td:first-child,th:first-child{text-align:left}.card{background:#fff;border:1px solid #ddd;margin:1rem 0;padding:.75rem}
+.strip{display:flex;flex-wrap:wrap;gap:.5rem}.strip figure{margin:0}.strip img{max-width:256px;height:auto;display:block}
+figcaption{font-size:.8rem;color:#555}.warn{color:#a40}.fail{color:#b00}.note{font-size:.85rem;color:#555}
+"""
+TAIL = "</body></html>\n"
+
+
+def ood_warning_text(ood: Mapping[str, Any]) -> str:
+    """The out-of-distribution warnings of a row as one line (the CSV cell and the card's warning)."""
+    warnings = ood.get("warnings") or ()
+    if isinstance(warnings, str):
+        return warnings
+    return "; ".join(str(w) for w in warnings)
+
+
+def _data_uri(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def _explained(target: str) -> str:
+    return "the predicted class of each image" if target == "predicted" else target
+
+
+def head(report: Report) -> str:
+    """Everything above the image cards: the model, the question, the agreement summary, failed files."""
+    e = html.escape
+    meta = report.meta
+    model = meta.model
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">",
+        f"<title>ChestCOVNet XAI batch report</title><style>{_CSS}</style></head><body>",
+        "<h1>ChestCOVNet XAI batch report</h1>",
+        f"<p>Model <b>{e(model['name'])}</b> version {e(model['version'])} "
+        f"(weights sha256 <code>{e(model['sha256'][:16])}…</code>). Explained class: <b>{e(_explained(meta.target))}</b>. "
+        f"Images: {report.total}, failed: {len(report.failed)}.</p>",
+        "<p class='note'>Where a radiologist's box exists (green), the agreement figures ask whether the "
+        "model's evidence for the explained class sits on the boxed finding: pointing game (the map's maximum "
+        "falls inside a box), share of map energy inside, and IoU of the Otsu-thresholded map with the boxes "
+        "(CheXlocalize conventions). They do not say whether the prediction is right.</p>",
+    ]
+    summary = report.summary()
+    if summary:
+        parts.append("<h2>Agreement with the boxes</h2><table><tr><th>method</th><th>images</th>"
+                     "<th>hit rate</th><th>mean energy inside</th><th>mIoU (Otsu)</th></tr>")
+        for method, s in summary.items():
+            parts.append(
+                f"<tr><td>{e(method)}</td><td>{int(s['n'])}</td><td>{s['hit_rate']:.3f}</td>"
+                f"<td>{s['mean_energy_inside']:.3f}</td><td>{s['miou']:.3f}</td></tr>"
+            )
+        chance = report.chance_hit_rate()
+        if chance is not None:
+            parts.append(f"<tr><td><i>chance: uniform map or random point</i></td><td></td><td>{chance:.3f}</td>"
+                         f"<td>{chance:.3f}</td><td></td></tr>")
+        parts.append("</table>")
+    if report.failed:
+        parts.append("<h2 class='fail'>Files not processed</h2><ul>")
+        parts += [f"<li><b>{e(name)}</b>: {e(error)}</li>" for name, error in report.failed]
+        parts.append("</ul>")
+    parts.append("<h2>Images</h2>")
+    return "".join(parts)
+
+
+def card(row: ReportRow) -> str:
+    """One explained film: prediction, OOD verdict, notices, and its thumbnails with their figures."""
+    e = html.escape
+    probs = ", ".join(f"{e(c)} {p:.3f}" for c, p in row.probabilities.items())
+    parts = [f"<div class='card'><h3>{e(row.file)}</h3><p>Prediction <b>{e(row.predicted or '')}</b> "
+             f"({probs}); explained: {e(row.target or '')}."]
+    if row.ood.get("score") is not None:
+        parts.append(f" OOD score (Mahalanobis distance) {float(row.ood['score']):.1f}.")
+    parts.append("</p>")
+    warning = ood_warning_text(row.ood)
+    if warning:
+        parts.append(f"<p class='warn'>⚠ {e(warning)}</p>")
+    if row.notices:
+        parts.append("<ul class='note'>" + "".join(f"<li>{e(n)}</li>" for n in row.notices) + "</ul>")
+    parts.append("<div class='strip'>")
+    for key, jpeg in row.thumbnails.items():
+        caption = e(key)
+        if key in row.agreement:
+            a = row.agreement[key]
+            caption += f" — hit {int(a['hit'])}, inside {a['energy_inside']:.2f}, IoU {a['iou_otsu']:.2f}"
+        if key in row.stability and "spearman_mean" in row.stability[key]:
+            caption += f" — stability: Spearman mean {row.stability[key]['spearman_mean']:.2f}"
+        parts.append(f"<figure><img alt='{e(key)}' src='{_data_uri(jpeg)}'><figcaption>{caption}</figcaption></figure>")
+    parts.append("</div></div>")
+    return "".join(parts)
