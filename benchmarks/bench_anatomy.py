@@ -1,0 +1,83 @@
+"""Lung field per film (xai.anatomy.lung_mask) beside one engine explanation, measured in the same run.
+
+    .venv/bin/python benchmarks/bench_anatomy.py [--films 40] [--threads N] [--model chestcovnet]
+
+Films: the first ``--films`` test films of ``../shared/data/lungs`` (decoded once beforehand: the time is
+the mask itself — prepare, U-Net, post-processing, resampling to the original grid). Target: <= 60 ms per
+film on this CPU. For scale, the same films are explained once each by the default classifier (all four
+maps through ``xai.pipeline.explain_radiograph``), and ``evidence_in_lungs`` is timed on the Grad-CAM map.
+Median and 90th percentile over films; ratio = lung mask / explanation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+LUNGS = ROOT.parent / "shared" / "data" / "lungs"
+TARGET_MS = 60.0
+sys.path.insert(0, str(ROOT))
+
+
+def _ms(fn, *args, **kwargs) -> tuple[float, object]:  # noqa: ANN001, ANN002, ANN003 - a tiny timer
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return 1000 * (time.perf_counter() - t0), out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--films", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--model", default="chestcovnet")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import models
+    from xai.anatomy import evidence_in_lungs, load_lung_model, lung_mask
+    from xai.pipeline import explain_radiograph, make_explainer
+    from xai.radiograph import load_radiograph
+
+    with open(LUNGS / "manifest.csv", newline="") as f:
+        paths = [LUNGS / r["image"] for r in csv.DictReader(f) if r["split"] == "test"][: args.films]
+    films = [load_radiograph(p) for p in paths]
+    load_ms, _ = _ms(load_lung_model)
+    classifier = models.load(args.model)
+    explainer = make_explainer(classifier)
+    lung_mask(films[0])  # warm-up of both models
+    explain_radiograph(films[0], classifier, name="warm-up", explainer=explainer)
+
+    mask_ms, explain_ms, share_ms = [], [], []
+    for i, film in enumerate(films):
+        t, mask = _ms(lung_mask, film)
+        mask_ms.append(t)
+        t, result = _ms(explain_radiograph, film, classifier, name=f"film {i}", explainer=explainer)
+        explain_ms.append(t)
+        t, _ = _ms(evidence_in_lungs, result.maps["gradcam"], mask)
+        share_ms.append(t)
+
+    def row(name: str, values: list[float]) -> str:
+        return f"{name:<42} median {np.median(values):7.1f} ms   p90 {np.percentile(values, 90):7.1f} ms"
+
+    size = np.median([f.pixels.shape[1] for f in films])
+    print(f"{len(films)} test films (median width {size:.0f} px), torch threads {torch.get_num_threads()}; "
+          f"lung model load (once per process) {load_ms:.0f} ms")
+    print(row("lung_mask (prepare + U-Net + post + resample)", mask_ms))
+    print(row(f"one explanation, 4 maps ({args.model})", explain_ms))
+    print(row("evidence_in_lungs (Grad-CAM, 3 % dilation)", share_ms))
+    ratio = np.median(mask_ms) / np.median(explain_ms)
+    verdict = "meets" if np.median(mask_ms) <= TARGET_MS else "MISSES"
+    print(f"lung mask / explanation = {ratio:.2f}; {verdict} the {TARGET_MS:.0f} ms target")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
