@@ -313,41 +313,33 @@ def _load_bundle_dir(directory: Path) -> LoadedModel:
     return _load_bundle_bytes(card_bytes, weights_bytes, str(directory))
 
 
-def _safe_member(name: str) -> bool:
-    path = PurePosixPath(name.replace("\\", "/"))
-    return not (path.is_absolute() or ".." in path.parts or re.match(r"^[A-Za-z]:", name))
-
-
 def _load_bundle_zip(path: Path) -> LoadedModel:
-    """Read ``card.json`` and ``model.safetensors`` from a zip in memory; nothing is extracted to disk."""
+    """Read ``card.json`` and ``model.safetensors`` from a zip in memory with the one safe zip reader
+    (:func:`xai.batch.archive.read_zip`: unsafe paths, oversized members and zip bombs are refused)."""
+    from xai.batch.archive import ArchiveError, ZipLimits, read_zip
+
+    limits = ZipLimits(max_archive_bytes=MAX_WEIGHTS_BYTES + MAX_CARD_BYTES, max_members=MAX_ZIP_MEMBERS,
+                       max_member_bytes=MAX_WEIGHTS_BYTES, max_total_bytes=MAX_WEIGHTS_BYTES + MAX_CARD_BYTES)
+
+    def wanted(name: str) -> bool:  # at the top or in one folder
+        parts = PurePosixPath(name).parts
+        return len(parts) <= 2 and parts[-1] in (CARD_FILE, WEIGHTS_FILE)
+
     try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            if len(infos) > MAX_ZIP_MEMBERS:
-                raise ModelError(f"{path.name} has {len(infos)} entries; a bundle needs 2")
-            unsafe = [i.filename for i in infos if not _safe_member(i.filename)]
-            if unsafe:
-                raise ModelError(f"{path.name} has unsafe paths (absolute or '..'): {', '.join(unsafe[:5])}")
-            files = [i for i in infos if not i.is_dir()]
+        files = read_zip(path, limits, only=wanted)
+    except ArchiveError as exc:
+        raise ModelError(f"{path.name}: {exc}") from None
 
-            def find(name: str, limit: int) -> bytes:
-                hits = [i for i in files if PurePosixPath(i.filename).name == name
-                        and len(PurePosixPath(i.filename).parts) <= 2]
-                if len(hits) != 1:
-                    raise ModelError(f"{path.name} must contain exactly one {name} (at the top or in one "
-                                     f"folder); found {len(hits)}")
-                if hits[0].file_size > limit:
-                    raise ModelError(f"{name} in {path.name} is larger than the limit of {limit} bytes")
-                with zf.open(hits[0]) as fh:
-                    data = fh.read(limit + 1)
-                if len(data) > limit:
-                    raise ModelError(f"{name} in {path.name} is larger than the limit of {limit} bytes")
-                return data
+    def find(name: str, limit: int) -> bytes:
+        hits = [data for member, data in files if PurePosixPath(member).name == name]
+        if len(hits) != 1:
+            raise ModelError(f"{path.name} must contain exactly one {name} (at the top or in one folder); "
+                             f"found {len(hits)}")
+        if len(hits[0]) > limit:
+            raise ModelError(f"{name} in {path.name} is larger than the limit of {limit} bytes")
+        return hits[0]
 
-            return _load_bundle_bytes(find(CARD_FILE, MAX_CARD_BYTES), find(WEIGHTS_FILE, MAX_WEIGHTS_BYTES),
-                                      str(path))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, NotImplementedError) as exc:
-        raise ModelError(f"{path.name} is not a readable zip file: {exc}") from exc
+    return _load_bundle_bytes(find(CARD_FILE, MAX_CARD_BYTES), find(WEIGHTS_FILE, MAX_WEIGHTS_BYTES), str(path))
 
 
 def available_bundles() -> tuple[str, ...]:
