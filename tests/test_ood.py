@@ -58,6 +58,9 @@ def test_ledoit_wolf_matches_scikit_learn() -> None:
         ref_cov, ref_shrinkage = ledoit_wolf(x, assume_centered=True)
         assert 0.0 < shrinkage < 1.0 and shrinkage == pytest.approx(ref_shrinkage, rel=1e-9)
         np.testing.assert_allclose(cov, ref_cov, rtol=1e-9, atol=1e-12)
+        precision, same = ood.ledoit_wolf_precision(x)  # Woodbury when n < p, a p x p inverse otherwise
+        assert same == shrinkage
+        np.testing.assert_allclose(precision @ ref_cov, np.eye(p), atol=1e-8)
     labels = rng.integers(0, 3, size=60)
     feats = rng.normal(size=(60, 20)) + labels[:, None]
     means, precision, shrinkage = ood.fit_gaussian(feats, labels)
@@ -369,3 +372,35 @@ def test_a_model_without_a_linear_layer_has_no_features() -> None:
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
     assert Explainer(model, target_layer="1").explain(torch.randn(1, 3, 16, 16)).features is None
+
+
+def test_the_fit_command_fits_a_bundle_on_the_manifest_splits(chestcovnet_dir: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """``python -m models.ood fit``: train rows fit the Gaussians, val rows calibrate; test rows unused."""
+    import models
+    from models import ood as bundle_ood
+    from xai.preprocessing import prepare
+    from xai.radiograph import load_radiograph
+
+    with (chestcovnet_dir / "manifest.csv").open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    chosen = [next(r for r in rows if r["split"] == split and r["label"] == label)
+              for split in ("train", "val", "test") for label in ("non_covid", "covid19")]
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    with (data / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(chosen)
+    for r in chosen:
+        (data / "images" / r["file"]).symlink_to(chestcovnet_dir / "images" / r["file"])
+    out = tmp_path / "ood.safetensors"
+    assert bundle_ood.main(["fit", "--model", "chestcovnet-seed2", "--data", str(data), "--out", str(out)]) == 0
+    assert "saved" in capsys.readouterr().out
+    stats = ood.load_ood(out)
+    model = models.load("chestcovnet-seed2")
+    assert (stats.model_name, stats.model_sha256, stats.n_train) == ("chestcovnet-seed2", model.card.sha256, 2)
+    val = [r for r in chosen if r["split"] == "val"]
+    feats = np.concatenate([ood.extract_features(model, prepare(load_radiograph(data / "images" / r["file"]),
+                                                                model.card.preprocessing)[0])[0] for r in val])
+    expected = np.sort(ood.mahalanobis(ood.transform_features(feats, stats.transform), stats.means, stats.precision))
+    np.testing.assert_allclose(stats.val_distances, expected, rtol=1e-3)

@@ -61,6 +61,7 @@ __all__ = [
     "fit_ood",
     "header_hints",
     "ledoit_wolf",
+    "ledoit_wolf_precision",
     "load_ood",
     "mahalanobis",
     "save_ood",
@@ -140,27 +141,54 @@ def mahalanobis(features: np.ndarray, means: np.ndarray, precision: np.ndarray) 
     return np.sqrt(np.clip(d2.min(axis=1), 0.0, None))
 
 
+def _shrinkage(x: np.ndarray) -> tuple[float, float]:
+    """(Ledoit–Wolf shrinkage a, mu = tr(S) / p) for centred rows ``x`` (n, p); see :func:`ledoit_wolf`.
+
+    ||S||_F^2 comes from the n x n Gram matrix when n < p (||X^T X||_F = ||X X^T||_F), never a p x p product."""
+    n, p = x.shape
+    row_sq = np.einsum("ij,ij->i", x, x)
+    mu = float(row_sq.sum()) / (n * p)
+    gram = x @ x.T if n < p else x.T @ x
+    cov_norm2 = float(np.sum(gram**2)) / n**2
+    b2 = (float(np.sum(row_sq**2)) / n - cov_norm2) / (n * p)
+    d2 = cov_norm2 / p - mu**2
+    return (0.0 if d2 <= 0 else min(max(b2, 0.0), d2) / d2), mu
+
+
 def ledoit_wolf(centred: np.ndarray) -> tuple[np.ndarray, float]:
     """Ledoit–Wolf shrunk covariance of rows that are already centred, and the shrinkage used.
 
     Ledoit & Wolf, "A well-conditioned estimator for large-dimensional covariance matrices", J. Multivariate
     Anal. 2004 (the form scikit-learn's ``ledoit_wolf`` implements with ``assume_centered=True``). With
     S = X^T X / n and mu = tr(S) / p, the estimate is (1 - a) S + a mu I, where
-    a = min(b2, d2) / d2, d2 = ||S - mu I||_F^2 / p and
+    a = min(b2, d2) / d2, d2 = ||S - mu I||_F^2 / p = ||S||_F^2 / p - mu^2 and
     b2 = (sum_k ||x_k x_k^T - S||_F^2) / (n^2 p) = (sum_k ||x_k||^4 / n - ||S||_F^2) / (n p).
     """
     x = np.asarray(centred, dtype=np.float64)
-    n, p = x.shape
-    cov = x.T @ x / n
-    mu = float(np.trace(cov)) / p
-    cov_norm2 = float(np.sum(cov**2))
-    row_norm4 = float(np.sum(np.sum(x**2, axis=1) ** 2))
-    b2 = (row_norm4 / n - cov_norm2) / (n * p)
-    d2 = (cov_norm2 - 2.0 * mu * float(np.trace(cov)) + p * mu**2) / p
-    shrinkage = 0.0 if d2 <= 0 else float(min(max(b2, 0.0), d2) / d2)
-    shrunk = (1.0 - shrinkage) * cov
-    shrunk.flat[:: p + 1] += shrinkage * mu
+    shrinkage, mu = _shrinkage(x)
+    shrunk = (1.0 - shrinkage) * (x.T @ x) / x.shape[0]
+    shrunk.flat[:: x.shape[1] + 1] += shrinkage * mu
     return shrunk, shrinkage
+
+
+def ledoit_wolf_precision(centred: np.ndarray) -> tuple[np.ndarray, float]:
+    """The inverse of :func:`ledoit_wolf`'s covariance, and the shrinkage.
+
+    With fewer rows than dimensions (the usual case: a few hundred films, 1280 features) the covariance is
+    c I + B^T B with c = a mu and B = sqrt((1 - a) / n) X, and the Woodbury identity gives its inverse
+    from an n x n system: (I - B^T (c I + B B^T)^-1 B) / c. Otherwise (or without shrinkage) the
+    pseudo-inverse of the p x p matrix."""
+    x = np.asarray(centred, dtype=np.float64)
+    n, p = x.shape
+    shrinkage, mu = _shrinkage(x)
+    c = shrinkage * mu
+    if n >= p or c <= 0:
+        return np.linalg.pinv(ledoit_wolf(x)[0], hermitian=True), shrinkage
+    b = np.sqrt((1.0 - shrinkage) / n) * x
+    inner = c * np.eye(n) + b @ b.T
+    precision = -(b.T @ np.linalg.solve(inner, b))
+    precision.flat[:: p + 1] += 1.0
+    return precision / c, shrinkage
 
 
 def fit_gaussian(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -171,8 +199,8 @@ def fit_gaussian(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
     if f.ndim != 2 or f.shape[0] != y.shape[0] or classes.size < 1:
         raise ValueError("features must be (N, D) with one label per row")
     means = np.stack([f[y == c].mean(axis=0) for c in range(int(classes.max()) + 1)])
-    covariance, shrinkage = ledoit_wolf(f - means[y])
-    return means, np.linalg.pinv(covariance, hermitian=True), shrinkage
+    precision, shrinkage = ledoit_wolf_precision(f - means[y])
+    return means, precision, shrinkage
 
 
 def extract_features(model: Any, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
