@@ -176,6 +176,24 @@ def test_read_zip_refuses_non_zip_and_encrypted() -> None:
         read_zip(bytes(data))
 
 
+def test_model_bundles_are_read_by_the_same_reader(tmp_path: Path) -> None:
+    """A bundle zip goes through the one safe reader: its refusals, with the bundle's name in front."""
+    import models
+
+    bomb = tmp_path / "bomb.zip"
+    bomb.write_bytes(_zip({"card.json": b"{}", "model.safetensors": bytes(30 * 1024 * 1024)}))
+    with pytest.raises(models.ModelError, match=r"bomb\.zip: model\.safetensors: compression ratio over 100:1"):
+        models.load(bomb)
+    evil = tmp_path / "evil.zip"
+    evil.write_bytes(_zip({"card.json": b"{}", "/etc/model.safetensors": b"x"}))
+    with pytest.raises(models.ModelError, match=r"evil\.zip: archive has unsafe paths.*/etc/model\.safetensors"):
+        models.load(evil)
+    many = tmp_path / "many.zip"
+    many.write_bytes(_zip({f"{i}.txt": b"x" for i in range(80)}))
+    with pytest.raises(models.ModelError, match="80 files; the limit is 64"):
+        models.load(many)
+
+
 # ------------------------------------------------------------------------------------------ boxes
 def test_load_boxes_manifest_format_scales_from_1024(chestcovnet_dir: Path) -> None:
     boxes = load_boxes(chestcovnet_dir / "manifest.csv")
