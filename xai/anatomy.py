@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AREA_RANGE",
+    "BORDER_BAND",
     "BUNDLE_DIR",
     "CONVENTIONS",
     "DEFAULT_CONVENTION",
@@ -75,8 +76,10 @@ __all__ = [
     "MIN_OVERLAP",
     "MIN_SOLIDITY",
     "MIN_SPAN",
+    "OUTSIDE_REGIONS",
     "dilate_mask",
     "evidence_in_lungs",
+    "evidence_outside",
     "find_lungs",
     "load_lung_model",
     "lung_box",
@@ -89,6 +92,8 @@ LUNG_PREPROCESSING = Preprocessing(input_size=128, channels=1, mean=(0.5,), std=
                                    equalize="hist", crop="none")
 BUNDLE_DIR = Path(__file__).resolve().parent.parent / "models" / "bundles" / "lungs"
 DEFAULT_DILATION = 0.03
+BORDER_BAND = 0.05
+OUTSIDE_REGIONS = ("film border", "above the lungs", "below the lungs", "beside the lungs", "between the lungs")
 MIN_COMPONENT = 0.01
 AREA_RANGE = (0.06, 0.65)
 MIN_SPAN = (0.30, 0.25)
@@ -318,6 +323,16 @@ def evidence_in_lungs(saliency: np.ndarray, mask: np.ndarray, *, dilation: float
     Returns a float in [0, 1]; nan for a flat map (every value equal: it points nowhere) and for an empty
     mask (no lung field to compare with). A shape mismatch or non-finite values raise ValueError.
     """
+    s, m = _checked(saliency, mask)
+    if s.size == 0 or s.max() == s.min() or not m.any():
+        return float("nan")
+    weight = np.abs(s)
+    inside = float(weight[dilate_mask(m, dilation)].sum())
+    return min(1.0, inside / float(weight.sum()))
+
+
+def _checked(saliency: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(|s| as float64, mask as bool) after the checks shared by the evidence functions."""
     s = np.asarray(saliency)
     m = np.asarray(mask)
     if s.ndim != 2 or m.ndim != 2:
@@ -330,8 +345,43 @@ def evidence_in_lungs(saliency: np.ndarray, mask: np.ndarray, *, dilation: float
     s = s.astype(np.float64)
     if not np.isfinite(s).all():
         raise ValueError("saliency contains NaN or infinite values")
+    return s, m.astype(bool)
+
+
+def evidence_outside(saliency: np.ndarray, mask: np.ndarray, *,
+                     dilation: float = DEFAULT_DILATION) -> dict[str, float]:
+    """Where the map's mass outside the (dilated) lungs lies: share of the TOTAL mass per region.
+
+    Regions (:data:`OUTSIDE_REGIONS`, each pixel in the first that applies): ``"film border"`` (the outer
+    :data:`BORDER_BAND` of the width / height: labels, collimation edges, text), then relative to the lungs'
+    bounding box: ``"above the lungs"`` (neck, shoulders), ``"below the lungs"`` (diaphragm, abdomen),
+    ``"beside the lungs"`` (chest wall, arms), ``"between the lungs"`` (mediastinum, heart, spine — inside
+    the box, outside the mask). The shares add up to ``1 - evidence_in_lungs(...)``. Empty dict for a flat map
+    or an empty mask.
+    """
+    s, m = _checked(saliency, mask)
     if s.size == 0 or s.max() == s.min() or not m.any():
-        return float("nan")
+        return {}
     weight = np.abs(s)
-    inside = float(weight[dilate_mask(m, dilation)].sum())
-    return min(1.0, inside / float(weight.sum()))
+    total = float(weight.sum())
+    outside = ~dilate_mask(m, dilation)
+    H, W = m.shape
+    bw, bh = max(1, int(round(BORDER_BAND * W))), max(1, int(round(BORDER_BAND * H)))
+    border = np.ones((H, W), bool)
+    border[bh:H - bh, bw:W - bw] = False
+    x0, y0, x1, y1 = lung_box(m)  # type: ignore[misc] - m is not empty
+    rows = np.arange(H)[:, None]
+    cols = np.arange(W)[None, :]
+    regions = {
+        "film border": border,
+        "above the lungs": np.broadcast_to(rows < y0, (H, W)),
+        "below the lungs": np.broadcast_to(rows >= y1, (H, W)),
+        "beside the lungs": np.broadcast_to((cols < x0) | (cols >= x1), (H, W)),
+        "between the lungs": np.ones((H, W), bool),
+    }
+    out, taken = {}, np.zeros((H, W), bool)
+    for name in OUTSIDE_REGIONS:
+        region = outside & regions[name] & ~taken
+        taken |= region
+        out[name] = float(weight[region].sum()) / total
+    return out
