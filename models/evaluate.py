@@ -177,7 +177,15 @@ def lung_evidence(loaded: LoadedModel, data_dir: str | Path, records: Sequence[R
                 "share_at_least_0.70": float((v >= 0.70).mean())}
 
     every = [s for values in shares.values() for s in values]
-    return {"masks": masks, "method": "gradcam, class covid19, mass inside the lung mask dilated by 3 % of width",
+    if masks == "predicted":
+        from xai.anatomy import load_lung_model
+
+        lung_card = load_lung_model().card
+        masks_from = {"lung_model": f"{lung_card.get('name', 'lungs')} {lung_card.get('version', '')}".strip(),
+                      "sha256": lung_card.get("sha256", "")}
+    else:
+        masks_from = {"masks": "manual NLM masks (Montgomery, Shenzhen) and V7 Labs polygons (COVID-CXNet, MHH)"}
+    return {"masks": masks, **masks_from, "method": "gradcam, class covid19, mass inside the lung mask dilated by 3 % of width",
             "all": summary(every) if every else None, "skipped_no_mask": skipped,
             "per_source": {s: summary(v) for s, v in sorted(shares.items())}}
 
