@@ -65,8 +65,11 @@ def panel_figure(
     colorbar_title: str = "",
     colorbar_range: tuple[float, float] = (0.0, 1.0),
     view: tuple[float, float, float] | None = None,
+    light: bool = False,
 ) -> go.Figure:
     """Panels on a grid with zoom and pan linked across all of them.
+
+    ``light``: titles in dark text for the light (projector) theme; the images keep their black surround.
 
     ``view = (zoom, centre_x, centre_y)`` (centre as fractions of the image) sets the shown region of
     every panel from the server: Streamlit remounts a chart whenever its figure changes, so a zoom made
@@ -97,7 +100,7 @@ def panel_figure(
         "dragmode": "pan",
         "paper_bgcolor": "rgba(0,0,0,0)",
         "plot_bgcolor": "black",
-        "font": {"color": "#e8e8e8"},
+        "font": {"color": "#1f1f1f" if light else "#e8e8e8"},
         "showlegend": False,
         "annotations": [],
     }

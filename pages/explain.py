@@ -7,7 +7,7 @@ colour bar, scale, window/level, panel layout) only re-draws pixels inside a fra
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import streamlit as st
@@ -32,8 +32,10 @@ from pages._shared import (
     require_model,
     screen_view,
 )
+from xai import calibration as calibration_mod
 from xai import export, render
 from xai.engine import METHODS
+from xai.export import METHOD_TITLES
 from xai.pipeline import PREDICTED, PipelineResult
 from xai.render import DisplaySettings
 
@@ -97,25 +99,64 @@ def patient_section(image: LoadedImage) -> None:
             st.write("This file carries no patient details.")
 
 
+def _window_keys(image: LoadedImage) -> tuple[str, str]:
+    return f"wc:{image.sha256}", f"ww:{image.sha256}"
+
+
+def _file_window(image: LoadedImage) -> tuple[float, float, float, float]:
+    """(lowest value, highest value, the file's own centre, width) of a DICOM's modality values."""
+    r = image.radiograph
+    lo, hi = float(np.min(r.modality_values)), float(np.max(r.modality_values))
+    center0, width0 = r.window if r.window else ((lo + hi) / 2.0, max(hi - lo, 1.0))
+    return lo, hi, float(min(max(center0, lo), hi)), float(min(max(width0, 1.0), hi - lo + 1.0))
+
+
+def _set_window(image: LoadedImage, preset: str | None) -> None:
+    """Button callback: put the sliders on a preset (or back on the file's own window) before they draw."""
+    lo, hi, center, width = _file_window(image)
+    if preset is not None:
+        center, width = render.window_preset(image.radiograph, preset)
+    step = render.nice_step(hi - lo)
+    keys = _window_keys(image)
+    st.session_state[keys[0]] = float(np.clip(round(center / step) * step, lo, hi))
+    st.session_state[keys[1]] = float(np.clip(round(width / step) * step, step, hi - lo + 1.0))
+
+
 def window_controls(image: LoadedImage) -> tuple[float, float] | None:
-    """Window centre and width sliders for a DICOM; None while they show the file's own window."""
+    """Window presets, a reset and centre/width sliders for a DICOM; None while they show the file's own
+    window. The sliders step by a round ~1/200 of the value range, so arrow keys move visibly."""
     r = image.radiograph
     if r.format != "dicom":
         return None
-    lo, hi = float(np.min(r.modality_values)), float(np.max(r.modality_values))
-    center0, width0 = r.window if r.window else ((lo + hi) / 2.0, max(hi - lo, 1.0))
-    center0 = float(min(max(center0, lo), hi))
-    width0 = float(min(max(width0, 1.0), hi - lo + 1.0))
-    center = st.slider("Window centre", lo, hi, center0, key=f"wc:{image.sha256}")
-    width = st.slider("Window width", 1.0, max(hi - lo + 1.0, 2.0), width0, key=f"ww:{image.sha256}")
-    if r.window is None or (center, width) != (center0, width0):
+    lo, hi, center0, width0 = _file_window(image)
+    step = render.nice_step(hi - lo)
+    with st.container(horizontal=True):
+        for preset in render.WINDOW_PRESETS:
+            st.button(preset.capitalize(), key=f"win_{preset}", on_click=_set_window, args=(image, preset),
+                      help=f"{preset.capitalize()} window: brightness percentiles "
+                      f"{render.WINDOW_PRESETS[preset][0]:g}–{render.WINDOW_PRESETS[preset][1]:g} of this film.")
+        st.button("Reset", key="win_reset", on_click=_set_window, args=(image, None),
+                  help="Back to the file's own window.")
+    kc, kw = _window_keys(image)
+    st.session_state.setdefault(kc, center0)  # the slider's start (a preset's callback may have set it)
+    st.session_state.setdefault(kw, width0)
+    center = st.slider("Window centre", lo, hi, step=step, key=kc)
+    width = st.slider("Window width", step, max(hi - lo + 1.0, 2 * step), step=step, key=kw)
+    if r.window is None or abs(center - center0) > step / 2 or abs(width - width0) > step / 2:
         return (center, width)
     return None
 
 
+SCALES = {
+    "model": "the model's typical range (default)",
+    "per_image": "per image (stretched)",
+    "session": "fixed on the first image of this session",
+}
+
+
 def fixed_maxima(result: PipelineResult, model: ActiveModel, reset: bool) -> tuple[tuple[str, float], ...]:
-    """Per-method maxima of the fixed scale, kept in the session (first image shown, or on request):
-    the 99.5th percentile of each method's raw magnitude on the model grid."""
+    """Per-method maxima of the session's fixed scale (first image shown, or on request): the 99.5th
+    percentile of each method's raw magnitude on the model grid."""
     store: dict = page_store("explain").setdefault("fixed_vmax", {})
     for m in result.methods:
         if reset or (model.key, m) not in store:
@@ -123,9 +164,43 @@ def fixed_maxima(result: PipelineResult, model: ActiveModel, reset: bool) -> tup
     return tuple((m, float(store[(model.key, m)])) for m in result.methods)
 
 
-def display_settings(image: LoadedImage, result: PipelineResult, model: ActiveModel) -> DisplaySettings:
-    """The display controls (tucked in an expander) as one :class:`DisplaySettings`. Nothing here touches
-    a map's computation."""
+@dataclass(frozen=True)
+class Scale:
+    """The scale in use: the settings' part (``scale``, ``vmax``) and what the page says about it."""
+
+    mode: str
+    vmax: tuple[tuple[str, float], ...]
+    label: str
+    colorbar_title: str
+    notice: str | None = None
+
+    @property
+    def render_mode(self) -> render.ScaleMode:
+        return "per_image" if self.mode == "per_image" else "fixed"
+
+
+def resolve_scale(choice: str, result: PipelineResult, model: ActiveModel, reset: bool) -> Scale:
+    """The chosen scale, or the per-image stretch with a notice when the card has no calibration."""
+    if choice == "session":
+        vmax = fixed_maxima(result, model, reset)
+        return Scale("session", vmax, "Scale: fixed on this session's first image (" + ", ".join(
+            f"{method_label(m)} {v:.3g}" for m, v in vmax) + ").", "× the session's maximum")
+    calibration = calibration_mod.from_card(model.card)
+    if choice == "model" and calibration is not None and all(m in calibration.vmax for m in result.methods):
+        n = f"{calibration.n} {calibration.split} films".strip() if calibration.n else "validation films"
+        return Scale("model", tuple((m, calibration.vmax[m]) for m in result.methods),
+                     f"Scale: the model's typical range — 1 is the median peak of its maps on {n}; "
+                     "brighter than that is clipped.", "× the model's typical peak")
+    notice = None if choice == "per_image" else (
+        f"The card of {model.card.name} has no calibrated display scale: each map is stretched to its own "
+        "range (per image), so a weak map looks as bright as a strong one.")
+    return Scale("per_image", (), "Scale: per image — each map stretched from its own minimum to its own "
+                 "maximum.", "saliency (per image)", notice)
+
+
+def display_settings(image: LoadedImage, result: PipelineResult, model: ActiveModel) -> tuple[DisplaySettings, Scale]:
+    """The display controls (tucked in an expander) as one :class:`DisplaySettings`, and the scale in use.
+    Nothing here touches a map's computation."""
     n_panels = 1 + len(result.methods)
     with st.expander("Display", expanded=False, icon=":material/tune:"):
         c1, c2, c3, c4 = st.columns(4)
@@ -138,14 +213,14 @@ def display_settings(image: LoadedImage, result: PipelineResult, model: ActiveMo
         colorbar = c2.toggle("Colour bar", value=True, key="disp_colorbar")
         contours = c3.toggle("Contours", value=False, key="disp_contours")
         level = c3.slider("Contour level", 0.05, 1.0, 0.5, 0.05, key="disp_contour_level")
-        scale = c4.radio(
-            "Scale", ("per_image", "fixed"), key="disp_scale",
-            format_func=lambda m: "per image" if m == "per_image" else "fixed (same for every image)",
-            help="Per image: each map stretched to its own range. Fixed: each method's raw values divided "
-            "by one maximum kept for the session, so colours mean the same value across images.",
+        choice = c4.radio(
+            "Scale", tuple(SCALES), key="disp_scale", format_func=SCALES.get,
+            help="The model's typical range: each method's raw values divided by what its maps typically "
+            "reach on validation films (stored on the model card), so weak evidence looks weak. Per image: "
+            "each map stretched to its own range. Fixed: one maximum per method kept for the session.",
         )
         reset_fixed = c4.button(
-            "Fix the scale on this image", key="disp_fix_here", disabled=scale != "fixed",
+            "Fix the scale on this image", key="disp_fix_here", disabled=choice != "session",
             help="Take each method's fixed maximum (99.5th percentile) from the image shown now.",
         )
         c5, c6, c7 = st.columns([1, 1, 2])
@@ -159,18 +234,19 @@ def display_settings(image: LoadedImage, result: PipelineResult, model: ActiveMo
         z1, z2, z3 = st.columns(3)
         zoom = z1.select_slider("Zoom (all panels)", ZOOM_STEPS, value=1.0, key="disp_zoom",
                                 format_func=lambda z: f"{z:g}×",
-                                help="Stays across display changes. Scroll and drag on the panel zoom and pan "
-                                "too, until the next change.")
+                                help="Stays across display changes. Click a panel, then scroll and drag to "
+                                "zoom and pan too, until the next change.")
         cx = z2.slider("Zoom centre, left → right (%)", 0, 100, 50, key="disp_cx", disabled=zoom == 1.0)
         cy = z3.slider("Zoom centre, top → bottom (%)", 0, 100, 50, key="disp_cy", disabled=zoom == 1.0)
         with c7:
             window = window_controls(image)
-    return DisplaySettings(
-        side=side, window=window, scale=scale,
-        vmax=fixed_maxima(result, model, reset_fixed) if scale == "fixed" else (),
+    scale = resolve_scale(choice, result, model, reset_fixed)
+    settings = DisplaySettings(
+        side=side, window=window, scale=scale.render_mode, vmax=scale.vmax,
         show_heat=show_heat, alpha=alpha, cmap=cmap, contour_level=level if contours else None,
         colorbar=colorbar, per_row=per_row, size=size, zoom=(float(zoom), cx / 100.0, cy / 100.0),
     )
+    return settings, scale
 
 
 def panel_caption(result: PipelineResult, model: ActiveModel) -> str:
@@ -193,34 +269,70 @@ def panel_titles(image: LoadedImage, result: PipelineResult, model: ActiveModel,
 @st.fragment
 def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel, show_patient: bool) -> None:
     """Original + overlays, linked zoom/pan, display controls and downloads (reruns on its own)."""
-    s = display_settings(image, result, model)
+    s, scale = display_settings(image, result, model)
     shown, original_uri = screen_view(image, model, result, s)
     titles = panel_titles(image, result, model, s)
     panels = [Panel(titles[0], shown.original, source=original_uri)]
     panels += [Panel(t, shown.overlays[m]) for t, m in zip(titles[1:], result.methods, strict=True)]
-    fixed = s.scale == "fixed"
+    if scale.notice:
+        st.info(scale.notice, icon=":material/straighten:")
+    weak = calibration_mod.weak_evidence(
+        result.target, float(result.probabilities[result.target]), calibration_mod.map_peaks(result.explanation),
+        calibration_mod.from_card(model.card) if scale.mode == "model" else None, METHOD_TITLES)
+    if weak:
+        st.warning(weak, icon=":material/blur_on:")
     fig = panel_figure(
         panels,
         per_row=s.per_row,
         row_height=row_height_for(shown.original.shape[:2], min(s.per_row, len(panels)), s.size),
         uirevision=f"{image.sha256}:{model.key}",
         colorscale=render.plotly_colorscale(s.cmap) if s.colorbar and s.show_heat else None,
-        colorbar_title="fraction of the fixed max" if fixed else "saliency (per image)",
+        colorbar_title=scale.colorbar_title,
         view=s.zoom,
+        light=light_theme(),
     )
+    wheel_zoom_after_click()
     st.plotly_chart(fig, key="panel_chart", config={"scrollZoom": True, "displaylogo": False}, theme=None)
     how_popovers(result.methods)  # "How <method> works" under the panel, linking to the How page
-    notes = []
+    notes = [scale.label]
     if image.radiograph.shape != shown.original.shape[:2]:
         h, w = image.radiograph.shape
         notes.append(f"Shown at {shown.original.shape[1]}×{shown.original.shape[0]}; maps are computed and "
                      f"exported at {w}×{h}.")
-    if fixed:
-        notes.append("Fixed maxima: " + ", ".join(f"{method_label(m)} {v:.3g}" for m, v in s.vmax) + ".")
-    notes.append("Scroll to zoom, drag to pan: all panels move together; double-click resets. "
-                 "For a zoom that stays while you change the display, use Zoom under Display.")
+    notes.append("Click a panel, then scroll to zoom and drag to pan: all panels move together; double-click "
+                 "resets. Scrolling elsewhere moves the page. For a zoom that stays while you change the "
+                 "display, use Zoom under Display.")
     st.caption(" ".join(notes))
     downloads_section(image, result, model, s, show_patient)
+
+
+#: Mouse-wheel zoom only once the user has clicked a panel: until then a wheel over the panels scrolls the
+#: page (the event is stopped before plotly sees it, without preventing the browser's scroll). Leaving
+#: the panels or clicking elsewhere disarms it again.
+_WHEEL_GATE_JS = """<script>
+(() => {
+  if (window.__xaiWheelGate) return;
+  window.__xaiWheelGate = true;
+  let armed = false;
+  const inPanel = (t) => !!(t && t.closest && t.closest('.st-key-panel_chart'));
+  document.addEventListener('pointerdown', (e) => { armed = inPanel(e.target); }, true);
+  document.addEventListener('pointerover', (e) => { if (!inPanel(e.target)) armed = false; }, true);
+  window.addEventListener('wheel', (e) => { if (inPanel(e.target) && !armed) e.stopPropagation(); },
+                          {capture: true, passive: true});
+})();
+</script>"""
+
+
+def light_theme() -> bool:
+    """Whether the browser shows the light theme (chosen in the menu, or the system's) — for the panels'
+    titles, which plotly draws itself."""
+    theme = getattr(st.context, "theme", None)
+    return getattr(theme, "type", None) == "light"
+
+
+def wheel_zoom_after_click() -> None:
+    """Install :data:`_WHEEL_GATE_JS` on the page (once per page load; a rerun finds it installed)."""
+    st.html(_WHEEL_GATE_JS, unsafe_allow_javascript=True)
 
 
 # --------------------------------------------------------------------------------------- downloads
@@ -242,8 +354,11 @@ def film_view(image: LoadedImage, result: PipelineResult, s: DisplaySettings) ->
 
 
 def export_stem(image: LoadedImage, model: ActiveModel) -> str:
-    """File names carry the model and a content-hash prefix, never the upload's name (it may hold PHI)."""
-    return f"{model.card.name}_{image.sha256[:10]}"
+    """File names carry the model and a content-hash prefix, never the upload's name (it may hold PHI);
+    the rule's one home is :func:`xai.batch.names.export_stem` (the Batch page's downloads use it too)."""
+    from xai.batch.names import export_stem as hashed_stem
+
+    return hashed_stem(model.card.name, image.sha256)
 
 
 def report_spec(

@@ -13,6 +13,7 @@ import io
 import json
 import zipfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -245,7 +246,7 @@ def test_sample_gives_four_overlays_and_display_changes_compute_no_map() -> None
     at.slider(key="disp_alpha").set_value(0.9)
     at.selectbox(key="disp_cmap").set_value("viridis")
     at.toggle(key="disp_contours").set_value(True)
-    at.radio(key="disp_scale").set_value("fixed")
+    at.radio(key="disp_scale").set_value("per_image")
     run(at)
     after = image_sources(at)
     assert after[0] == before[0] and all(a != b for a, b in zip(after[1:], before[1:], strict=True))
@@ -308,8 +309,13 @@ def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_imag
 
     monkeypatch.setattr(shared, "load_bytes", counting_load)
     shared.load_sample.clear()
+    shared._screen_layers.clear()
     choose_sample(at, "NIH")
-    assert len(made) == 1 and made[0] == render.DisplaySettings()  # the layers' key: defaults but layers
+    from xai import calibration
+
+    typical = tuple(calibration.from_card(shared.default_model().card).vmax.items())
+    default_layers = render.DisplaySettings(scale="fixed", vmax=typical)  # the model's typical range
+    assert len(made) == 1 and made[0] == default_layers  # the layers' key: nothing but layer fields
     at.slider(key="disp_alpha").set_value(0.8)
     at.selectbox(key="disp_cmap").set_value("cividis")
     at.toggle(key="disp_contours").set_value(True)
@@ -319,7 +325,7 @@ def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_imag
     assert len(made) == 1, "a colour, contour or zoom change rebuilt the layers"
     at.select_slider(key="disp_side").set_value("1024 px")
     run(at)
-    assert len(made) == 2 and made[1] == render.DisplaySettings(side=1024)
+    assert len(made) == 2 and made[1] == replace(default_layers, side=1024)
     at.select_slider(key="disp_side").set_value("768 px (fast)")
     run(at)
     assert len(made) == 2, "the first layers should still be cached"
@@ -335,11 +341,11 @@ def test_page_text_reads_right_and_no_method_still_shows_the_prediction() -> Non
 
     at = new_app()
     choose_sample(at, "NIH")
-    at.radio(key="disp_scale").set_value("fixed")
+    at.radio(key="disp_scale").set_value("session")
     run(at)
-    captions = [c.value for c in at.caption if "Scroll to zoom" in c.value]
-    assert len(captions) == 1 and "Fixed maxima" in captions[0]
-    assert re.search(r"(^|[.!?] )Scroll to zoom", captions[0]), captions[0]  # a full stop before it
+    captions = [c.value for c in at.caption if "scroll to zoom" in c.value]
+    assert len(captions) == 1 and "fixed on this session's first image" in captions[0]
+    assert re.search(r"(^|[.!?] )Click a panel, then scroll to zoom", captions[0]), captions[0]  # a full stop
     bars = held_out_chart(at, "prediction_chart")
     (trace,) = bars["data"]
     assert "text" not in trace and bars["layout"]["yaxis"]["tickangle"] == 0  # no value rotated into a bar
@@ -368,6 +374,76 @@ def test_flat_map_notices_use_the_methods_names(tmp_path: Path) -> None:
     notices = explain_radiograph(film, loaded, name="x", methods=("gradcam", "gradcam++")).notices
     flat = [n for n in notices if "the map is flat" in n]
     assert [n.split(":")[0] for n in flat] == ["Grad-CAM", "Grad-CAM++"] and all(n.endswith(".") for n in flat)
+
+
+def test_default_scale_is_the_models_calibration_and_weak_evidence_is_flagged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from xai import calibration, render
+
+    at = new_app()
+    choose_sample(at, "NIH")
+    assert at.radio(key="disp_scale").value == "model"
+    stored = calibration.from_card(shared.default_model().card)
+    assert stored is not None
+    spec = panel_spec(at)
+    assert "typical peak" in json.dumps(spec["data"][-1]["marker"]["colorbar"])  # the colour bar says which
+    assert any("Scale: the model's typical range" in c.value for c in at.caption)
+    # The overlays are the calibrated view: raw magnitude / the card's typical peak, not a per-image stretch.
+    image = at.session_state[shared.Key.IMAGE]
+    model = shared.default_model()
+    result = shared.explain(image, model, None, tuple(shared.METHODS_FOR_WARM_UP))
+    expected = render.view(image.radiograph, result, render.DisplaySettings(
+        scale="fixed", vmax=tuple((m, stored.vmax[m]) for m in result.methods)))
+    from pages._panel import screen_image_uri
+
+    assert image_sources(at)[1] == screen_image_uri(expected.overlays["gradcam"])
+    stretched = render.view(image.radiograph, result, render.DisplaySettings())
+    assert image_sources(at)[1] != screen_image_uri(stretched.overlays["gradcam"])
+
+    # Explaining covid19 on a normal NIH film: weak evidence, said so.
+    weak = [w.value for w in at.warning if w.value.startswith("Weak evidence")]
+    predicted = result.predicted
+    target_box = next(s for s in at.selectbox if s.label == "Target class")
+    target_box.set_value("covid19" if predicted != "covid19" else "non_covid")
+    run(at)
+    flagged = [w.value for w in at.warning if w.value.startswith("Weak evidence")]
+    assert len(flagged) == 1 and "probability" in flagged[0] and not weak
+
+    # Per-image stretch is an explicit choice; a card without a calibration falls back to it and says so.
+    at.radio(key="disp_scale").set_value("per_image")
+    run(at)
+    assert any("Scale: per image" in c.value for c in at.caption) and not any("no calibrated" in i.value for i in at.info)
+    monkeypatch.setattr(calibration, "from_card", lambda card: None)
+    at.radio(key="disp_scale").set_value("model")
+    run(at)
+    assert any("has no calibrated display scale" in i.value for i in at.info)
+    assert any("Scale: per image" in c.value for c in at.caption)
+
+
+def test_dicom_window_presets_reset_and_slider_steps(dicom_dir: Path) -> None:
+    from xai import render
+
+    at = new_app()
+    at.file_uploader(key="upload").set_value(("film.dcm", dicom_with_phi(dicom_dir), "application/dicom"))
+    run(at)
+    image = at.session_state[shared.Key.IMAGE]
+    values = image.radiograph.modality_values
+    step = render.nice_step(float(values.max() - values.min()))
+    centre, width = (next(s for s in at.slider if s.label == f"Window {n}") for n in ("centre", "width"))
+    assert centre.step == width.step == step  # an arrow key moves ~1/200 of the range
+    start, shown = (centre.value, width.value), image_sources(at)[0]
+    for preset in ("lung", "bone"):
+        at.button(key=f"win_{preset}").click()
+        run(at)
+        c, w = render.window_preset(image.radiograph, preset)
+        now = tuple(next(s for s in at.slider if s.label == f"Window {n}").value for n in ("centre", "width"))
+        assert now == pytest.approx((c, w), abs=step)
+        assert image_sources(at)[0] != shown
+    at.button(key="win_reset").click()
+    run(at)
+    assert tuple(next(s for s in at.slider if s.label == f"Window {n}").value
+                 for n in ("centre", "width")) == pytest.approx(start, abs=step)
 
 
 def test_png_upload_then_bad_upload_keeps_the_previous_result(
@@ -438,7 +514,7 @@ def test_dicom_upload_windowing_and_exports_carry_no_identifiers(
     pdf_text = pypdf.PdfReader(io.BytesIO(files[next(n for n in files if n.endswith(".pdf"))])).pages[0].extract_text()
     assert "not for diagnosis" in pdf_text and not any(v in pdf_text for v in PHI_VALUES)
     assert "methods Grad-CAM, Grad-CAM++, Guided Backprop, Guided Grad-CAM" in pdf_text.replace("\n", " ")
-    assert "looks like the training data" in pdf_text.replace("\n", " ")  # the OOD verdict
+    assert "No out-of-distribution warning" in pdf_text.replace("\n", " ")  # the OOD verdict
     source = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     for archive, same_patient in ((pacs, True), (files[next(n for n in files if n.endswith("_deidentified.zip"))], False)):
         with zipfile.ZipFile(io.BytesIO(archive)) as z:
@@ -527,7 +603,7 @@ def test_a_chest_film_gets_no_out_of_distribution_warning(chestcovnet_dir: Path)
     at.file_uploader(key="upload").set_value(("film.jpg", film, "image/jpeg"))
     run(at)
     assert not [w.value for w in at.warning if "Unlike the training data" in w.value]
-    assert any("looks like the training data" in c.value for c in at.caption)
+    assert any("No out-of-distribution warning" in c.value and "never saw" in c.value for c in at.caption)
 
 
 def test_held_out_chart_draws_recorded_rates_only() -> None:

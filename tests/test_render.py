@@ -304,3 +304,27 @@ def test_view_on_screen_shrinks_then_scales_and_windows_the_modality_values():
     again = render.compose(prepared, s)
     for m in result.maps:
         np.testing.assert_array_equal(again.overlays[m], shown.overlays[m])
+
+
+def test_window_presets_span_the_films_own_brightness_percentiles():
+    from types import SimpleNamespace
+
+    values = np.arange(10_000, dtype=np.float32).reshape(100, 100)  # uniform 0..9999
+    plain = SimpleNamespace(modality_values=values, inverted=False)
+    inverted = SimpleNamespace(modality_values=values, inverted=True)
+    for name, (lo_p, hi_p) in render.WINDOW_PRESETS.items():
+        centre, width = render.window_preset(plain, name)
+        lo, hi = np.percentile(values, [lo_p, hi_p])
+        assert centre == pytest.approx((lo + hi) / 2) and width == pytest.approx(hi - lo)
+        # MONOCHROME1: low values are bright, so the same brightness range sits at the mirrored values.
+        centre_i, width_i = render.window_preset(inverted, name)
+        assert centre_i == pytest.approx(9999 - centre, abs=1) and width_i == pytest.approx(width, abs=1)
+    lung, bone = render.window_preset(plain, "lung"), render.window_preset(plain, "bone")
+    assert lung[0] < render.window_preset(plain, "mediastinum")[0] < bone[0]
+    with pytest.raises(ValueError, match="unknown window preset"):
+        render.window_preset(plain, "brain")
+
+
+@pytest.mark.parametrize(("span", "step"), [(4095, 20.0), (255, 1.0), (1.0, 0.005), (65535, 500.0), (0, 1.0)])
+def test_slider_steps_are_round_and_about_a_200th_of_the_range(span, step):
+    assert render.nice_step(span) == pytest.approx(step)

@@ -60,6 +60,9 @@ __all__ = [
     "scale_map",
     "to_png_bytes",
     "view",
+    "WINDOW_PRESETS",
+    "nice_step",
+    "window_preset",
 ]
 
 #: Colormaps offered to users, default first. ``jet`` is last on purpose (see module docstring).
@@ -431,7 +434,8 @@ class DisplaySettings:
             "colormap": self.cmap,
             "opacity": self.alpha if self.show_heat else 0.0,
             "contour": self.contour_level if self.contour_level is not None else "off",
-            "scale": "per image" if self.scale == "per_image" else "fixed",
+            "scale": "per image" if self.scale == "per_image" else "fixed (" + ", ".join(
+                f"{m} {v:.3g}" for m, v in self.vmax) + ")",
         }
         if self.window is not None:
             out["window"] = f"{self.window[0]:.0f}/{self.window[1]:.0f}"
@@ -539,3 +543,44 @@ def view(radiograph: _Radiograph, result: _Result, settings: DisplaySettings) ->
     resolution, never from screen pixels.
     """
     return compose(layers(radiograph, result, settings), settings)
+
+
+# --------------------------------------------------------------------------------------------- windows
+#: Window presets for a radiograph, as ranges of display brightness percentiles (dark -> bright) of the
+#: film's own values: radiographs have no Hounsfield scale, so a fixed centre/width cannot fit every film.
+#: ``lung``: the darker part stretched (parenchyma and vessels); ``mediastinum``: mid to bright (heart,
+#: mediastinum, retrocardiac and subdiaphragmatic areas); ``bone``: the brightest part (ribs, spine, clavicles).
+WINDOW_PRESETS: Mapping[str, tuple[float, float]] = MappingProxyType({
+    "lung": (2.0, 65.0),
+    "mediastinum": (35.0, 97.0),
+    "bone": (65.0, 99.8),
+})
+
+
+def window_preset(radiograph: _Radiograph, name: str) -> tuple[float, float]:
+    """``(centre, width)`` on the modality values for a :data:`WINDOW_PRESETS` entry.
+
+    The preset's brightness percentiles ``(a, b)`` become the values at those percentiles (at ``100 - b``
+    and ``100 - a`` for an inverted display, MONOCHROME1, where low values are bright); the window spans
+    them. Percentiles come from at most ~250k evenly strided pixels (a 12 MP film costs a few ms).
+    """
+    if name not in WINDOW_PRESETS:
+        raise ValueError(f"unknown window preset {name!r}; choose one of {', '.join(WINDOW_PRESETS)}")
+    values = np.asarray(radiograph.modality_values, dtype=np.float32)
+    stride = max(1, int(np.sqrt(values.size / 250_000)))
+    sample = values[::stride, ::stride]
+    lo_p, hi_p = WINDOW_PRESETS[name]
+    if radiograph.inverted:
+        lo_p, hi_p = 100.0 - hi_p, 100.0 - lo_p
+    lo, hi = (float(v) for v in np.percentile(sample, [lo_p, hi_p]))
+    return (lo + hi) / 2.0, max(hi - lo, 1e-3)
+
+
+def nice_step(span: float, steps: int = 200) -> float:
+    """A round slider step (1, 2 or 5 times a power of ten, nearest in ratio) to ``span / steps``: an arrow key then moves
+    a visible amount on a 12-bit film as on an 8-bit one."""
+    if not np.isfinite(span) or span <= 0:
+        return 1.0
+    raw = span / max(1, steps)
+    power = 10.0 ** np.floor(np.log10(raw))
+    return float(min((m * power for m in (1.0, 2.0, 5.0, 10.0)), key=lambda c: abs(np.log(c / raw))))
