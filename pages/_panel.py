@@ -169,7 +169,7 @@ def prediction_figure(
     values = [float(probabilities[n]) for n in names]
     labels = [f"{n}  {v:.3f}" for n, v in zip(names, values, strict=True)]
     fig = go.Figure(go.Bar(
-        x=values, y=labels, orientation="h",
+        x=values, y=names, orientation="h",
         marker_color=["#e4572e" if n == decision else "#7f8c9a" for n in names],
         hovertemplate="%{y}: %{x:.4f}<extra></extra>",
     ))
@@ -186,7 +186,7 @@ def prediction_figure(
         margin={"l": 8, "r": 8, "t": 28, "b": 8},
         title={"text": title, "font": {"size": 12}, "x": 0.0, "xanchor": "left"},
         xaxis={"range": [0, 1], "title": "probability"},
-        yaxis={"autorange": "reversed", "tickangle": 0},
+        yaxis={"autorange": "reversed", "tickangle": 0, "tickmode": "array", "tickvals": names, "ticktext": labels},
         showlegend=False,
     )
     return fig

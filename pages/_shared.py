@@ -631,8 +631,39 @@ def _screen_layers(key: ResultKey, settings: DisplaySettings, _radiograph: Radio
     from pages._panel import screen_image_uri
     from xai import render
 
-    prepared = render.layers(_radiograph, _result, settings)
-    return ScreenLayers(prepared, screen_image_uri(prepared.original))
+    lungs = lung_field(key.image, _radiograph).mask if settings.lungs else None
+    prepared = render.layers(_radiograph, _result, settings, lungs)
+    original = prepared.original if prepared.lungs is None else render.compose(
+        render.Layers(prepared.original, {}, prepared.lungs), settings).original  # the outline on it too
+    return ScreenLayers(prepared, screen_image_uri(original))
+
+
+# ------------------------------------------------------------------------------------------ lungs
+@st.cache_resource(max_entries=EXPLANATION_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
+def lung_field(image_sha: str, _radiograph: Radiograph) -> Any:
+    """:func:`xai.anatomy.find_lungs` of a film, once per image (the lung model is shared, read-only)."""
+    from xai.anatomy import find_lungs
+
+    return find_lungs(_radiograph)
+
+
+@dataclass(frozen=True)
+class LungEvidence:
+    """Per method: the share of the map's mass inside the (dilated) lungs, and where the rest lies
+    (:func:`xai.anatomy.evidence_outside`: share of the total mass per region)."""
+
+    inside: Mapping[str, float]
+    outside: Mapping[str, Mapping[str, float]]
+
+
+@st.cache_resource(max_entries=EXPLANATION_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
+def lung_evidence(key: ResultKey, _result: PipelineResult, _field: Any) -> LungEvidence:
+    """:func:`xai.anatomy.evidence_in_lungs` and ``evidence_outside`` of each map on the film's own grid."""
+    from xai.anatomy import evidence_in_lungs, evidence_outside
+
+    maps = _result.maps
+    return LungEvidence(inside={m: evidence_in_lungs(maps[m], _field.mask) for m in maps},
+                        outside={m: evidence_outside(maps[m], _field.mask) for m in maps})
 
 
 def screen_view(image: LoadedImage, model: ActiveModel, result: PipelineResult, settings: DisplaySettings) -> tuple[
@@ -686,9 +717,11 @@ def ood_summary(image_sha: str, model: ActiveModel, result: PipelineResult) -> O
         return OodSummary(tuple(verdict.warnings), "")
     if verdict.score is None:
         return OodSummary((), "No out-of-distribution score for this image.")
-    return OodSummary((), f"Input looks like the training data: Mahalanobis distance {verdict.score:.1f} "
+    return OodSummary((), f"No out-of-distribution warning: Mahalanobis distance {verdict.score:.1f} "
                           f"(percentile {verdict.percentile:.0f} among validation images, warning above "
-                          f"{verdict.threshold:.1f}).")
+                          f"{verdict.threshold:.1f}). No warning is not proof the film is like the training "
+                          "data: a film from a hospital the model never saw can be scored confidently wrong "
+                          "without one.")
 
 
 def ood_banner(image_sha: str, model: ActiveModel, result: PipelineResult) -> None:

@@ -7,6 +7,7 @@ colour bar, scale, window/level, panel layout) only re-draws pixels inside a fra
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -18,10 +19,13 @@ from pages._shared import (
     DISCLAIMER,
     ActiveModel,
     LoadedImage,
+    ResultKey,
     ensure_routed,
     explain,
     held_out_performance,
     load_input,
+    lung_evidence,
+    lung_field,
     method_label,
     ood_banner,
     ood_summary,
@@ -213,6 +217,8 @@ def display_settings(image: LoadedImage, result: PipelineResult, model: ActiveMo
         colorbar = c2.toggle("Colour bar", value=True, key="disp_colorbar")
         contours = c3.toggle("Contours", value=False, key="disp_contours")
         level = c3.slider("Contour level", 0.05, 1.0, 0.5, 0.05, key="disp_contour_level")
+        lungs = c3.toggle("Lung outline", value=False, key="disp_lungs",
+                          help="Outline the lung fields the lung model found (green), on every panel.")
         choice = c4.radio(
             "Scale", tuple(SCALES), key="disp_scale", format_func=SCALES.get,
             help="The model's typical range: each method's raw values divided by what its maps typically "
@@ -242,7 +248,7 @@ def display_settings(image: LoadedImage, result: PipelineResult, model: ActiveMo
             window = window_controls(image)
     scale = resolve_scale(choice, result, model, reset_fixed)
     settings = DisplaySettings(
-        side=side, window=window, scale=scale.render_mode, vmax=scale.vmax,
+        side=side, window=window, scale=scale.render_mode, vmax=scale.vmax, lungs=lungs,
         show_heat=show_heat, alpha=alpha, cmap=cmap, contour_level=level if contours else None,
         colorbar=colorbar, per_row=per_row, size=size, zoom=(float(zoom), cx / 100.0, cy / 100.0),
     )
@@ -256,14 +262,54 @@ def panel_caption(result: PipelineResult, model: ActiveModel) -> str:
     return f"{model.card.name} · {result.explanation.target_layer}<br>class {result.target}{took}"
 
 
-def panel_titles(image: LoadedImage, result: PipelineResult, model: ActiveModel, s: DisplaySettings) -> list[str]:
-    """The original's title, then one per method (name, flat-map flag, model, layer, class, time)."""
+def panel_titles(image: LoadedImage, result: PipelineResult, model: ActiveModel, s: DisplaySettings,
+                 in_lungs: Mapping[str, float] | None) -> list[str]:
+    """The original's title, then one per method (name, flat-map flag, model, layer, class, time, and the
+    share of its evidence inside the lungs when a lung field was found)."""
     window_note = f"window {s.window[0]:.0f}/{s.window[1]:.0f}" if s.window else " "
     titles = [f"<b>Original</b><br>{image_facts(image, short=True)}<br>{window_note}"]
     for m in result.methods:
         flat = bool(np.asarray(result.explanation.flat.get(m, False)).reshape(-1)[0])
-        titles.append(f"<b>{method_label(m)}</b>{' — flat map' if flat else ''}<br>{panel_caption(result, model)}")
+        share = (in_lungs or {}).get(m)
+        lungs = f" · {share:.0%} in lungs" if share is not None and np.isfinite(share) else ""
+        titles.append(f"<b>{method_label(m)}</b>{' — flat map' if flat else ''}<br>"
+                      f"{panel_caption(result, model)}{lungs}")
     return titles
+
+
+#: Where evidence outside the lungs lies, in words (keys: ``xai.anatomy.OUTSIDE_REGIONS``).
+REGION_WORDS = {
+    "film border": "on the film's border (labels, text, collimation edges)",
+    "above the lungs": "above the lungs (neck, shoulders)",
+    "below the lungs": "below the lungs (diaphragm, abdomen)",
+    "beside the lungs": "beside the lungs (chest wall, arms)",
+    "between the lungs": "between the lungs (mediastinum, heart, spine — where tubes and lines run)",
+}
+#: A map is flagged when less than this share of its mass lies inside the lungs.
+OUTSIDE_FLAG = 0.5
+
+
+def lung_notes(image: LoadedImage, model: ActiveModel, result: PipelineResult) -> dict[str, float] | None:
+    """Warn when no lung field is found or when most of a map lies outside the lungs (and where);
+    return each method's share inside the lungs (None without a lung field)."""
+    try:
+        field = lung_field(image.sha256, image.radiograph)
+    except Exception as exc:  # noqa: BLE001 - the lung model missing or failing must not hide the maps
+        st.caption(f"No lung-field check: {type(exc).__name__}: {exc}")
+        return None
+    if not field.found:
+        st.warning(f"No lung field found ({field.reason}): this image may not be a frontal chest radiograph, "
+                   "and the model's output on it means little.", icon=":material/pulmonology:")
+        return None
+    evidence = lung_evidence(ResultKey.of(image, model, result), result, field)
+    for m, share in evidence.inside.items():
+        if np.isfinite(share) and share < OUTSIDE_FLAG:
+            places = sorted(evidence.outside[m].items(), key=lambda kv: -kv[1])
+            where = "; ".join(f"{v:.0%} {REGION_WORDS.get(k, k)}" for k, v in places if v >= 0.05)
+            st.warning(f"**{method_label(m)}: most of the map lies outside the lungs** — {share:.0%} inside. "
+                       f"Outside: {where}. The model may be using something other than the lungs.",
+                       icon=":material/crisis_alert:")
+    return dict(evidence.inside)
 
 
 @st.fragment
@@ -271,7 +317,7 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
     """Original + overlays, linked zoom/pan, display controls and downloads (reruns on its own)."""
     s, scale = display_settings(image, result, model)
     shown, original_uri = screen_view(image, model, result, s)
-    titles = panel_titles(image, result, model, s)
+    titles = panel_titles(image, result, model, s, lung_notes(image, model, result))
     panels = [Panel(titles[0], shown.original, source=original_uri)]
     panels += [Panel(t, shown.overlays[m]) for t, m in zip(titles[1:], result.methods, strict=True)]
     if scale.notice:
@@ -350,7 +396,8 @@ def provenance(result: PipelineResult, model: ActiveModel, method: str, s: Displ
 
 def film_view(image: LoadedImage, result: PipelineResult, s: DisplaySettings) -> render.View:
     """The view at the film's own resolution with the current display settings (what exports draw)."""
-    return render.view(image.radiograph, result, replace(s, side=None))
+    lungs = lung_field(image.sha256, image.radiograph).mask if s.lungs else None
+    return render.view(image.radiograph, result, replace(s, side=None), lungs)
 
 
 def export_stem(image: LoadedImage, model: ActiveModel) -> str:

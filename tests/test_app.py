@@ -348,8 +348,11 @@ def test_page_text_reads_right_and_no_method_still_shows_the_prediction() -> Non
     assert re.search(r"(^|[.!?] )Click a panel, then scroll to zoom", captions[0]), captions[0]  # a full stop
     bars = held_out_chart(at, "prediction_chart")
     (trace,) = bars["data"]
-    assert "text" not in trace and bars["layout"]["yaxis"]["tickangle"] == 0  # no value rotated into a bar
-    assert all(re.fullmatch(r"\S+  \d\.\d{3}", label) for label in trace["y"])  # name and probability
+    axis = bars["layout"]["yaxis"]
+    assert "text" not in trace and axis["tickangle"] == 0  # no value rotated into a bar
+    assert axis["tickvals"] == trace["y"]
+    assert [t.split("  ")[0] for t in axis["ticktext"]] == trace["y"]  # each bar labelled by name…
+    assert all(re.fullmatch(r"\S+  \d\.\d{3}", label) for label in axis["ticktext"])  # …and probability
     assert "threshold" in bars["layout"]["title"]["text"]
 
     at.multiselect(key="methods").set_value([])
@@ -444,6 +447,59 @@ def test_dicom_window_presets_reset_and_slider_steps(dicom_dir: Path) -> None:
     run(at)
     assert tuple(next(s for s in at.slider if s.label == f"Window {n}").value
                  for n in ("centre", "width")) == pytest.approx(start, abs=step)
+
+
+def test_lungs_share_in_each_caption_outline_toggle_and_outside_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    from xai.anatomy import LungField, evidence_in_lungs, find_lungs
+
+    at = new_app()
+    choose_sample(at, "NIH")
+    image = at.session_state[shared.Key.IMAGE]
+    field = find_lungs(image.radiograph)
+    assert field.found
+    result = shared.explain(image, shared.default_model(), None, tuple(shared.METHODS_FOR_WARM_UP))
+    for title, m in zip(image_titles(at)[1:], result.methods, strict=True):  # the share, independently computed
+        shown = re.search(r"· (\d+)% in lungs", title)
+        assert shown, title
+        assert int(shown.group(1)) == round(100 * evidence_in_lungs(result.maps[m], field.mask))
+    assert not [w for w in at.warning if "No lung field" in w.value]
+
+    before = image_sources(at)
+    at.toggle(key="disp_lungs").set_value(True)
+    run(at)
+    after = image_sources(at)
+    assert all(a != b for a, b in zip(after, before, strict=True))  # the outline on every panel
+    original = np.asarray(Image.open(io.BytesIO(base64.b64decode(after[0].split(",")[1]))).convert("RGB")).astype(int)
+    green = (original[..., 1] > 200) & (original[..., 0] < 190) & (original[..., 2] < 180)
+    assert green.sum() > 500  # the light-green outline on the gray radiograph
+
+    # A lung field in the top-left corner only: every map lies mostly outside it, and the page says where.
+    corner = np.zeros(image.radiograph.shape, bool)
+    corner[: corner.shape[0] // 5, : corner.shape[1] // 5] = True
+    monkeypatch.setattr(shared, "lung_field", lambda sha, radiograph: LungField(
+        mask=corner, found=True, area_fraction=float(corner.mean()), convention="v7", reason="", components=1))
+    shared.lung_evidence.clear()
+    at.toggle(key="disp_lungs").set_value(False)
+    run(at)
+    flags = [w.value for w in at.warning if "most of the map lies outside the lungs" in w.value]
+    assert len(flags) == len(result.methods)
+    assert all("below the lungs (diaphragm, abdomen)" in f or "beside the lungs" in f for f in flags)
+    shared.lung_evidence.clear()
+
+
+def test_a_film_without_lung_fields_is_flagged() -> None:
+    from test_ood import _document  # one home for the synthetic non-chest picture
+
+    page = io.BytesIO()
+    Image.fromarray((_document() * 255).astype(np.uint8)).save(page, format="PNG")
+    at = new_app()
+    at.file_uploader(key="upload").set_value(("page.png", page.getvalue(), "image/png"))
+    run(at)
+    warnings = [w.value for w in at.warning if "No lung field found" in w.value]
+    assert len(warnings) == 1 and "may not be a frontal chest radiograph" in warnings[0]
+    assert not any("in lungs" in t for t in image_titles(at))
 
 
 def test_png_upload_then_bad_upload_keeps_the_previous_result(

@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_CMAP",
     "DEFAULT_SIDE",
+    "LUNG_COLOR",
     "PERCEPTUALLY_UNIFORM",
     "DisplaySettings",
     "Layers",
@@ -386,7 +387,7 @@ class DisplaySettings:
     Layers: ``side`` (longest side of the images, None = the film's resolution), ``window`` ((centre,
     width) applied to the modality values, None = the file's own display), ``scale`` (see
     :func:`scale_map`; ``"fixed"`` divides each method's raw magnitude by ``vmax[method]``) and ``vmax``
-    (``((method, value), …)``). Blend: ``show_heat``, ``alpha``, ``cmap``, ``contour_level`` (see
+    (``((method, value), …)``), ``lungs`` (outline the lung fields given to :func:`layers`). Blend: ``show_heat``, ``alpha``, ``cmap``, ``contour_level`` (see
     :func:`blend`). Layout: ``colorbar``, ``per_row``, ``size`` (row height factor) and ``zoom``
     (``(factor, centre_x, centre_y)``, centre as fractions of the image).
     """
@@ -395,6 +396,7 @@ class DisplaySettings:
     window: tuple[float, float] | None = _setting(None, "layers")
     scale: ScaleMode = _setting("per_image", "layers")
     vmax: tuple[tuple[str, float], ...] = _setting((), "layers")
+    lungs: bool = _setting(False, "layers")
     show_heat: bool = _setting(True, "blend")
     alpha: float = _setting(DEFAULT_ALPHA, "blend")
     cmap: str = _setting(DEFAULT_CMAP, "blend")
@@ -459,13 +461,18 @@ class _Result(Protocol):
     geometry: Any
 
 
+#: Colour of the lung-field outline: light green, apart from the heat contours' cyan and every colormap.
+LUNG_COLOR: tuple[int, int, int] = (140, 255, 120)
+
+
 @dataclass(frozen=True)
 class Layers:
-    """The expensive, colour-independent part of a view: the radiograph as uint8 RGB and each map as a
-    :func:`heat_index`, on one pixel grid (read-only arrays)."""
+    """The expensive, colour-independent part of a view: the radiograph as uint8 RGB, each map as a
+    :func:`heat_index` and the lung fields (255 inside, or None), on one pixel grid (read-only arrays)."""
 
     original: NDArray[np.uint8]
     heat: Mapping[str, NDArray[np.uint8]]
+    lungs: NDArray[np.uint8] | None = None
 
 
 @dataclass(frozen=True)
@@ -516,33 +523,45 @@ def _heat(result: _Result, method: str, settings: DisplaySettings) -> NDArray[np
     return heat_index(scale_map(_shrink(magnitude, settings.side), "fixed", vmax))
 
 
-def layers(radiograph: _Radiograph, result: _Result, settings: DisplaySettings) -> Layers:
+def layers(radiograph: _Radiograph, result: _Result, settings: DisplaySettings,
+           lungs: NDArray | None = None) -> Layers:
     """The radiograph (windowed as set) and each map (scaled as set) on the view's pixel grid.
 
-    Depends only on the ``"layers"`` fields of ``settings``. Maps are shrunk after scaling is decided on
-    the full-resolution values' units, so the screen and an export at the film's resolution agree.
+    Depends only on the ``"layers"`` fields of ``settings`` (and ``lungs``: a bool mask on the radiograph's
+    grid, outlined when ``settings.lungs``). Maps are shrunk after scaling is decided on the full-resolution
+    values' units, so the screen and an export at the film's resolution agree.
     """
     original = _readonly(gray_to_rgb(_gray(radiograph, settings)))
     heat = {m: _readonly(_heat(result, m, settings)) for m in result.maps}
-    return Layers(original=original, heat=MappingProxyType(heat))
+    outline = None
+    if settings.lungs and lungs is not None and np.any(lungs):
+        shrunk = _shrink(np.asarray(lungs, np.float32), settings.side)
+        outline = _readonly(np.where(shrunk >= 0.5, 255, 0).astype(np.uint8))
+    return Layers(original=original, heat=MappingProxyType(heat), lungs=outline)
 
 
 def compose(prepared: Layers, settings: DisplaySettings) -> View:
-    """The overlays from prepared layers: one :func:`blend` per map (the ``"blend"`` fields)."""
+    """The overlays from prepared layers: one :func:`blend` per map (the ``"blend"`` fields), then the
+    lung outline (if the layers have one) on every panel."""
     style = {"cmap": settings.cmap, "alpha": settings.alpha, "contour_level": settings.contour_level,
              "show_heat": settings.show_heat}
-    overlays = {m: _readonly(blend(prepared.original, index, **style)) for m, index in prepared.heat.items()}
-    return View(original=prepared.original, overlays=MappingProxyType(overlays))
+    overlays = {m: blend(prepared.original, index, **style) for m, index in prepared.heat.items()}
+    original = prepared.original
+    if prepared.lungs is not None:
+        original = original.copy()
+        for rgb in (original, *overlays.values()):
+            _draw_contours(rgb, prepared.lungs, 128, LUNG_COLOR, None)
+    return View(original=_readonly(original), overlays=MappingProxyType({m: _readonly(o) for m, o in overlays.items()}))
 
 
-def view(radiograph: _Radiograph, result: _Result, settings: DisplaySettings) -> View:
+def view(radiograph: _Radiograph, result: _Result, settings: DisplaySettings, lungs: NDArray | None = None) -> View:
     """The pixels of an explanation as the settings say: ``compose(layers(...), settings)``.
 
     Pure: same inputs, same pixels. The app caches :func:`layers` (keyed by ``settings.only("layers")``)
     and re-composes on colour changes; exports call this with ``side=None`` to draw at the film's own
-    resolution, never from screen pixels.
+    resolution, never from screen pixels. ``lungs``: the lung fields (bool, radiograph grid) to outline.
     """
-    return compose(layers(radiograph, result, settings), settings)
+    return compose(layers(radiograph, result, settings, lungs), settings)
 
 
 # --------------------------------------------------------------------------------------------- windows
