@@ -109,6 +109,14 @@ def _overlay(box: GlassBox, heat: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ sections
+def value_title(prefix: str, a: np.ndarray) -> str:
+    """A map's title with its values: one number when the map is constant, else its range."""
+    lo, hi = float(np.min(a)), float(np.max(a))
+    if hi - lo <= 1e-6 * max(abs(lo), abs(hi)):
+        return f"{prefix} = {lo:.3g} at every cell"
+    return f"{prefix}: {lo:.2g} … {hi:.2g}"
+
+
 def note(method: str) -> None:
     n = METHOD_NOTES[method]
     st.latex(n.formula)
@@ -169,10 +177,11 @@ def plus_plus_section(box: GlassBox, result: PipelineResult) -> None:
     note("gradcam++")
     pp, d = box.plus_plus, box.details
     h, w = d.feature_shape
-    st.plotly_chart(maps_figure([(f"ch {c}: α (spread {pp.alpha_spread[i]:.1e})", pp.alphas[i], "auto")
+    st.plotly_chart(maps_figure([(value_title(f"ch {c}: α", pp.alphas[i]), pp.alphas[i], "auto")
                                  for i, c in enumerate(pp.channels)], height=200), key="how_alphas")
-    st.plotly_chart(maps_figure([(f"ch {c}: α·ReLU(g) − g/{h * w}", pp.pp_pixel_weights[i] - pp.cam_pixel_weights[i],
-                                  "signed") for i, c in enumerate(pp.channels)], height=200), key="how_pixel_weights")
+    excess = [pp.pp_pixel_weights[i] - pp.cam_pixel_weights[i] for i in range(len(pp.channels))]
+    st.plotly_chart(maps_figure([(value_title(f"ch {c}: α·ReLU(g) − g/{h * w}", excess[i]), excess[i], "signed")
+                                 for i, c in enumerate(pp.channels)], height=200), key="how_pixel_weights")
     st.caption("Above: Grad-CAM++'s alphas for the four channels Grad-CAM weights most. Below: the per-pixel "
                "weight of Grad-CAM++ (α·ReLU(g), summing to its channel weight) minus Grad-CAM's (g / hw, "
                "summing to the mean gradient). " + ("Here alpha is flat within each channel (the gradient is "
