@@ -102,7 +102,8 @@ def test_the_other_class_shows_weak_evidence_and_where_the_cams_part(page: AppTe
     assert shown is not None and float(shown.group(1)) == pytest.approx(100 * share, abs=0.06)
 
 
-def test_the_sanity_check_runs_on_request(page: AppTest) -> None:
+@pytest.mark.slow  # randomises the model layer by layer and explains 10 changed films: minutes on a busy CPU
+def test_the_sanity_and_stability_checks_run_on_request(page: AppTest) -> None:
     at = page
     assert not at.dataframe
     at.button(key="how_run_sanity").click()
@@ -113,6 +114,15 @@ def test_the_sanity_check_runs_on_request(page: AppTest) -> None:
     for _, row in table.iterrows():  # the verdict follows the final rank correlation
         if not row["verdict"].startswith("n/a"):
             assert row["verdict"].startswith("fails") == (row["spearman_all_random"] >= PASS_THRESHOLD), row
+
+    at.button(key="how_run_stability").click()
+    run(at)
+    assert len(at.dataframe) == 2
+    stable = at.dataframe[1].value
+    assert list(stable["method"]) == list(table["method"])
+    for column in ("spearman_mean", "spearman_worst", "spearman_checkpoint"):  # the second seed is shipped
+        assert stable[column].between(-1, 1).all(), column
+    assert (stable["spearman_worst"] <= stable["spearman_mean"] + 1e-9).all()
 
 
 def test_each_explain_panel_has_a_popover_linking_here() -> None:
