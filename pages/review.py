@@ -2,8 +2,7 @@
 
 A session (created here from uploads, a zip or the bundled samples, or with ``python -m xai review create
 NAME DIR``) lives in the review database (:class:`xai.review.ReviewStore`). A reader (``st.user`` when
-signed in with OIDC, else the name typed here) works through the cases with Previous / Next (keys ← →,
-or p / n):
+signed in with OIDC, else the name typed here) works through the cases with Previous / Next (keys ← / →):
 
 1. blinded sessions first show the film alone: the reader records their read (COVID-19 / not /
    uncertain, confidence 1-5) and may draw a box around what they see;
@@ -51,23 +50,6 @@ SELECT_GRID = 48
 DIAGNOSIS_LABELS = {"covid19": "COVID-19", "non_covid": "Not COVID-19", "uncertain": "Uncertain"}
 CONFIDENCE_LABELS = {1: "1 – very unsure", 2: "2", 3: "3", 4: "4", 5: "5 – certain"}
 NEXT_KEY, PREV_KEY, NEXT_OPEN_KEY = "review_next", "review_prev", "review_next_open"
-
-#: Keyboard shortcuts: ← / p previous, → / n next (not while typing in a field).
-SHORTCUTS_JS = f"""<script>
-(() => {{
-  if (window.__xaiReviewKeys) return;
-  window.__xaiReviewKeys = true;
-  document.addEventListener('keydown', (event) => {{
-    const t = event.target, tag = ((t && t.tagName) || '').toLowerCase();
-    if (tag === 'input' || tag === 'textarea' || tag === 'select' || (t && t.isContentEditable)) return;
-    if (event.altKey || event.ctrlKey || event.metaKey) return;
-    const key = {{ArrowRight: '{NEXT_KEY}', n: '{NEXT_KEY}', ArrowLeft: '{PREV_KEY}', p: '{PREV_KEY}'}}[event.key];
-    const button = key && document.querySelector('.st-key-' + key + ' button');
-    if (button && !button.disabled) {{ event.preventDefault(); button.click(); }}
-  }});
-}})();
-</script>"""
-
 
 class K:
     """This page's ``st.session_state`` keys (widget keys are built next to their widgets)."""
@@ -203,19 +185,22 @@ def _my_latest(store: ReviewStore, session: ReviewSession, reader: str) -> dict[
     return {r["case"]: r for r in store.export(session.id, reader=reader) if r["reader"] == reader}
 
 
-def navigation(session: ReviewSession, ids: list[str], position: int, progress: dict[str, Any]) -> int:
-    """Previous / Next / next open buttons (with keyboard shortcuts); returns the new position."""
-    st.html(SHORTCUTS_JS, unsafe_allow_javascript=True)
+def _go(session_id: str, position: int) -> None:
+    """Button callback: runs before the script, so everything drawn in this run shows the new case."""
+    st.session_state.setdefault(K.POSITION, {})[session_id] = position
+
+
+def navigation(session: ReviewSession, ids: list[str], position: int, progress: dict[str, Any]) -> None:
+    """Previous / Next (keyboard ← / →, Streamlit's own button shortcuts) / next unrated, and the progress."""
+    prev_col, next_col, open_col, _ = st.columns([1, 1, 1.4, 3])
+    prev_col.button("◀ Previous", key=PREV_KEY, disabled=position == 0, shortcut="Left",
+                    on_click=_go, args=(session.id, position - 1))
+    next_col.button("Next ▶", key=NEXT_KEY, disabled=position >= len(ids) - 1, shortcut="Right",
+                    on_click=_go, args=(session.id, position + 1))
+    open_col.button("Next unrated", key=NEXT_OPEN_KEY, disabled=progress["next"] is None,
+                    on_click=_go, args=(session.id, progress["next"] or 0))
     st.progress(progress["done"] / max(progress["total"], 1),
                 text=f"Case {position + 1} of {len(ids)} · you have rated {progress['done']} of {progress['total']}")
-    prev_col, next_col, open_col, _ = st.columns([1, 1, 1.4, 3])
-    if prev_col.button("◀ Previous", key=PREV_KEY, disabled=position == 0, help="Keyboard: ← or p"):
-        position -= 1
-    if next_col.button("Next ▶", key=NEXT_KEY, disabled=position >= len(ids) - 1, help="Keyboard: → or n"):
-        position += 1
-    if open_col.button("Next unrated", key=NEXT_OPEN_KEY, disabled=progress["next"] is None):
-        position = int(progress["next"])
-    return position
 
 
 def _seconds(session: ReviewSession, case_id: str) -> float:
@@ -277,11 +262,11 @@ def plausibility_inputs(session: ReviewSession, case_id: str, labels: dict[str, 
     st.markdown("**How plausible is each map?** (5 = on the finding … 1 = artefact / outside the lungs)")
     given = (mine or {}).get("plausibility") or {}
     out = {}
-    for label, method in labels.items():
+    for i, (label, method) in enumerate(labels.items()):
         current = given.get(method)
         choice = st.radio(label, [5, 4, 3, 2, 1], format_func=lambda v: f"{v} {PLAUSIBILITY_LABELS[v]}",
                           horizontal=True, index=5 - current if current else None,
-                          key=f"review_pl_{session.id}_{case_id}_{label}")
+                          key=f"review_pl_{session.id}_{case_id}_{i}")
         if choice is not None:
             out[method] = int(choice)
     return out
@@ -293,8 +278,8 @@ def reading_view(session: ReviewSession, reader: str) -> None:
     progress = store.progress(session.id, reader)
     positions = st.session_state.setdefault(K.POSITION, {})
     position = positions.setdefault(session.id, progress["next"] if progress["next"] is not None else 0)
-    position = min(max(navigation(session, ids, position, progress), 0), len(ids) - 1)
-    positions[session.id] = position
+    position = positions[session.id] = min(max(int(position), 0), len(ids) - 1)
+    navigation(session, ids, position, progress)
     if message := st.session_state.pop(K.FLASH, None):
         st.toast(message)
     case = store.case_info(session.id, ids[position])
