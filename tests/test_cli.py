@@ -255,7 +255,8 @@ def test_report_with_manifest_boxes(bundle: Path, chestcovnet_dir: Path, tmp_pat
         assert float(row["probability"]) == pytest.approx(result.probabilities[row["prediction"]], rel=1e-4)
 
     page = (out / "index.html").read_text("utf-8")
-    assert page.count("data:image/jpeg;base64,") == 3 * 3  # original + two overlays for each good image
+    cards = page.split("<h2>Images</h2>", 1)[1]
+    assert cards.count("data:image/jpeg;base64,") == 3 * 3  # original + two overlays for each good image
     assert "zz_text.dcm" in page and "Files not processed" in page
     assert "<script" not in page and "src='http" not in page
     for stem in ("nih_00008727_009", "nih_00010120_010", "mhh_b343e657"):
@@ -315,7 +316,7 @@ def test_progress_bar_and_messages_do_not_overwrite_each_other(
         code, _, stderr = run([command, str(inputs), "--model", str(bundle), "--methods", "gradcam",
                                "--out", str(tmp_path / command)])
         assert code == 1
-        assert "3/3" in stderr  # the bar ran
+        assert "0/3 [" in stderr  # the bar ran
         messages = [s for s in _segments(stderr) if "xai: skipped" in s]
         # The message was written on a line of its own above the bar (tqdm.write), not into the bar's line.
         assert len(messages) == 1 and messages[0].startswith("xai: skipped") and "b.png" in messages[0], stderr
@@ -382,3 +383,89 @@ def test_batch_size_and_full_resolution(bundle: Path, chestcovnet_dir: Path, tmp
     code, _, stderr = run(["report", str(inputs), "--model", str(bundle), "--out", str(tmp_path / "x"),
                            "--batch-size", "0"])
     assert code == 2 and "must be at least 1" in stderr
+
+
+def _text_page(path: Path) -> Path:
+    """A scanned-document look-alike: black text on white, nothing like a chest."""
+    import cv2
+
+    page = np.full((600, 450), 255, np.uint8)
+    for i in range(14):
+        cv2.putText(page, f"Line {i}: lorem ipsum dolor", (20, 40 + 40 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.8, 0, 2)
+    cv2.imwrite(str(path), page)
+    return path
+
+
+def test_explain_json_has_the_evidence_inside_the_lungs(bundle: Path, chestcovnet_dir: Path, tmp_path: Path) -> None:
+    from xai.anatomy import evidence_in_lungs, find_lungs
+    from xai.radiograph import load_radiograph
+
+    film = chestcovnet_dir / "images" / "nlm_CHNCXR_0001_0.jpg"
+    page = _text_page(tmp_path / "page.png")
+    out = tmp_path / "out"
+    code, _, stderr = run(["explain", str(film), str(page), "--model", str(bundle), "--out", str(out)])
+    assert code == 0, stderr
+    record = json.loads((out / "nlm_CHNCXR_0001_0" / "result.json").read_text("utf-8"))
+    lungs = find_lungs(load_radiograph(film))  # the anatomy module's own answer on the film's own grid
+    assert lungs.found and record["lung_area_fraction"] == pytest.approx(lungs.area_fraction, abs=1e-6)
+    assert set(record["evidence_in_lungs"]) == set(METHODS)
+    for method in METHODS:
+        heat = np.load(out / "nlm_CHNCXR_0001_0" / f"{method}.npy")
+        assert record["evidence_in_lungs"][method] == pytest.approx(evidence_in_lungs(heat, lungs.mask), abs=1e-5)
+    # A document has no lung field: no shares, an area of 0 and a warning that names the file.
+    record = json.loads((out / "page" / "result.json").read_text("utf-8"))
+    assert record["lung_area_fraction"] == 0 and set(record["evidence_in_lungs"].values()) == {None}
+    assert any("page.png" in s and "no lung field found" in s for s in _segments(stderr))
+
+
+def test_report_lung_columns_and_cohort_view(bundle: Path, chestcovnet_dir: Path, tmp_path: Path) -> None:
+    import base64
+
+    from xai.anatomy import find_lungs, lung_box
+    from xai.radiograph import load_radiograph
+
+    inputs = tmp_path / "in"
+    (inputs / "site_a").mkdir(parents=True)
+    (inputs / "site_b").mkdir()
+    for name in ("nih_00008727_009.jpg", "nlm_CHNCXR_0001_0.jpg"):
+        shutil.copy(chestcovnet_dir / "images" / name, inputs / "site_a" / name)
+    shutil.copy(chestcovnet_dir / "images" / "mhh_b343e657.jpg", inputs / "site_b" / "mhh_b343e657.jpg")
+    _text_page(inputs / "site_b" / "zz_page.png")
+    out = tmp_path / "report"
+    code, stderr = _report(bundle, inputs, out, "--batch-size", "2")
+    assert code == 0, stderr
+    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "report.csv").open(encoding="utf-8"))}
+    page = rows.pop("zz_page.png")
+    assert page["lung_area_fraction"] == "0" and page["gradcam_in_lungs"] == ""
+    registered = {}
+    for name, row in rows.items():
+        film = inputs / ("site_b" if name.startswith("mhh") else "site_a") / name
+        assert 0.1 < float(row["lung_area_fraction"]) < 0.6
+        assert 0 <= float(row["gradcam_in_lungs"]) <= 1 and 0 <= float(row["guided_gradcam_in_lungs"]) <= 1
+        stored = json.loads((out / Path(name).stem / "row.json").read_text("utf-8"))["row"]
+        heat = np.frombuffer(base64.b64decode(stored["registered"]["map"]), np.uint8).reshape(64, 64)
+        registered[name] = heat
+        # The registered map is the film's map in its lungs' box: its peak sits where the film's peak sits
+        # relative to the box (the film's own map, recomputed here by the pipeline).
+        from xai.pipeline import explain_source
+
+        result = explain_source(film, __import__("models").load(bundle), methods=["gradcam"], target="covid19")
+        x0, y0, x1, y1 = lung_box(find_lungs(load_radiograph(film)).mask)
+        box = result.maps["gradcam"][y0:y1, x0:x1]
+        py, px = np.unravel_index(np.argmax(box), box.shape)
+        ry, rx = np.unravel_index(np.argmax(heat), heat.shape)
+        assert abs(ry - py * 64 / box.shape[0]) <= 3 and abs(rx - px * 64 / box.shape[1]) <= 3, name
+    html_page = (out / "index.html").read_text("utf-8")
+    assert "Where the model looks, relative to the lungs" in html_page
+    assert "site_a — 2 films" in html_page and "site_b — 1 film" in html_page  # the document is left out
+    assert "no lung field found" in html_page
+    from xai.batch.report import Report, ReportMeta, ReportRow
+
+    tally = Report(ReportMeta(("gradcam",), ("non_covid", "covid19"), {}, "covid19"))
+    for name in ("nih_00008727_009.jpg", "nlm_CHNCXR_0001_0.jpg"):
+        stored = json.loads((out / Path(name).stem / "row.json").read_text("utf-8"))["row"]
+        tally.add(ReportRow.from_dict(stored))
+    (group, n, mean, _), *_ = tally.cohort.means("folder")
+    assert (group, n) == ("site_a", 2)
+    np.testing.assert_allclose(mean, (registered["nih_00008727_009.jpg"] / 255.0
+                                      + registered["nlm_CHNCXR_0001_0.jpg"] / 255.0) / 2)

@@ -191,7 +191,8 @@ def _run_explain(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
                 _report_failure(item.name, error, stderr, bar)
             else:
                 try:
-                    write_explain_outputs(result, model, output_dir_for(out_dir, stem))
+                    write_explain_outputs(result, model, output_dir_for(out_dir, stem),
+                                          extra=_lung_record(result, stderr, bar))
                 except (OSError, ValueError) as exc:
                     failed += 1
                     _report_failure(item.name, f"cannot write outputs: {exc}", stderr, bar)
@@ -199,6 +200,22 @@ def _run_explain(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
     done = len(items) - failed
     print(f"xai: explained {done} of {len(items)} image(s) into {out_dir}", file=stdout)
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _lung_record(result: Any, stderr: TextIO, bar: Any) -> dict[str, Any]:
+    """``evidence_in_lungs`` ({method: share}) and ``lung_area_fraction`` for ``result.json``; a warning
+    when the film has no lung field (it may not be a frontal chest radiograph)."""
+    from xai.anatomy import LungModelError
+    from xai.batch.lungs import NO_LUNG_NOTICE, lung_figures
+
+    try:
+        figures = lung_figures(result)
+    except (LungModelError, ValueError, RuntimeError) as exc:
+        _message(f"xai: warning: {result.file}: no lung figures: {exc}", stderr, bar)
+        return {}
+    if not figures.found:
+        _message(f"xai: warning: {result.file}: {NO_LUNG_NOTICE} ({figures.reason})", stderr, bar)
+    return figures.record()
 
 
 def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:

@@ -54,7 +54,8 @@ class ReportSpec:
     ``target``: class name, index or ``"predicted"``; ``overlays``: the overlay files' format (compact
     JPEG by default, :data:`~xai.batch.outputs.FULL_RESOLUTION` for PNG on the film's grid);
     ``batch_size``: films per forward/backward pass; ``isolated``: decode each file in a worker process
-    with time and memory limits (:mod:`xai.isolation`).
+    with time and memory limits (:mod:`xai.isolation`); ``lungs``: the share of each map inside the lung
+    field and the film's map registered to its lungs for the cohort view (:mod:`xai.batch.lungs`).
     """
 
     methods: tuple[str, ...]
@@ -65,6 +66,7 @@ class ReportSpec:
     max_pixels: int | None = None
     isolated: bool = True
     batch_size: int = 1
+    lungs: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -130,28 +132,39 @@ class FilmRunner:
 
     def __call__(self, tasks: Sequence[FilmTask]) -> list[ReportRow]:
         """One row per task, in order; a film that cannot be read or explained gives a row with its error."""
-        rows: list[ReportRow | None] = [None] * len(tasks)
+        return self.finish(self.explain(tasks))
+
+    def explain(self, tasks: Sequence[FilmTask]) -> list[tuple[FilmTask, ReportRow | PipelineResult]]:
+        """The first half: decode and explain (one pass for the chunk). Each task comes back with its
+        result, or with its row when it is finished already (``resume``) or failed."""
+        out: list[tuple[FilmTask, ReportRow | PipelineResult]] = []
         loaded: list[tuple[int, Radiograph, float]] = []
         for i, task in enumerate(tasks):
             done = self.completed(task) if self.resume else None
-            if done is not None:
-                rows[i] = done
-                continue
-            radiograph, load_ms, error = self._load(task.item)
-            if radiograph is None:
-                rows[i] = ReportRow(file=task.item.export_name, error=error)
-            else:
+            radiograph, load_ms, error = (None, 0.0, None) if done is not None else self._load(task.item)
+            if done is None and radiograph is None:
+                done = ReportRow(file=task.item.export_name, error=error)
+            out.append((task, done if done is not None else ReportRow(file=task.item.export_name)))
+            if radiograph is not None:
                 loaded.append((i, radiograph, load_ms))
         for i, result, error in self._explain(tasks, loaded):
-            task = tasks[i]
-            if result is None:
-                rows[i] = ReportRow(file=task.item.export_name, error=error)
+            out[i] = (tasks[i], result if result is not None else ReportRow(file=tasks[i].item.export_name,
+                                                                          error=error))
+        return out
+
+    def finish(self, explained: Sequence[tuple[FilmTask, ReportRow | PipelineResult]]) -> list[ReportRow]:
+        """The second half: each explained film's files and figures (rows pass through). Thread-safe
+        beside :meth:`explain` unless ``spec.stability`` (its checks run the model again)."""
+        rows = []
+        for task, outcome in explained:
+            if isinstance(outcome, ReportRow):
+                rows.append(outcome)
                 continue
             try:
-                rows[i] = self._write(task, result)
+                rows.append(self._write(task, outcome))
             except (OSError, ValueError, RuntimeError) as exc:
-                rows[i] = ReportRow(file=task.item.export_name, error=f"cannot write outputs: {exc}")
-        return [row for row in rows if row is not None]
+                rows.append(ReportRow(file=task.item.export_name, error=f"cannot write outputs: {exc}"))
+        return rows
 
     # -------------------------------------------------------------------------------- steps
     def _load(self, item: InputItem) -> tuple[Radiograph | None, float, str | None]:
@@ -208,6 +221,8 @@ class FilmRunner:
         if spec.stability:
             row.stability, notice = stability_record(result, self.model, self.checks.second_model)
             row.notices += notice
+        if spec.lungs:
+            row.notices += lung_record(row, task, result, spec.methods)
         row.files = tuple(files)
         write_atomic(folder / ROW_FILE, json.dumps({"version": ROW_VERSION, "key": self.key(task),
                                                     "row": row.to_dict()}).encode("utf-8"))
@@ -226,7 +241,7 @@ class FilmRunner:
         return {
             "file": task.item.export_name, "model_sha256": str(self.model.card.sha256),
             "methods": list(spec.methods), "target": spec.target, "overlays": spec.overlays.key(),
-            "cmap": spec.cmap, "stability": spec.stability, "max_pixels": spec.max_pixels,
+            "cmap": spec.cmap, "stability": spec.stability, "max_pixels": spec.max_pixels, "lungs": spec.lungs,
             "boxes": [asdict(b) for b in task.boxes],
         }
 
@@ -293,6 +308,30 @@ def ood_record(result: PipelineResult, model: LoadedModel, stats: OODStats | Non
     except (ValueError, RuntimeError) as exc:
         return {}, (f"no out-of-distribution score: {exc}",)
     return _plain(asdict(verdict)), ()
+
+
+def lung_record(row: ReportRow, task: FilmTask, result: PipelineResult, methods: Sequence[str]) -> tuple[str, ...]:
+    """Fill ``row``'s lung figures and cohort groups (:mod:`xai.batch.lungs`); the notices to add."""
+    from xai.anatomy import LungModelError
+    from xai.batch.lungs import NO_LUNG_NOTICE, lung_figures
+
+    try:
+        figures = lung_figures(result, methods)
+    except (LungModelError, ValueError, RuntimeError) as exc:
+        return (f"no lung figures: {exc}",)
+    row.in_lungs = figures.in_lungs
+    row.lung_area_fraction = figures.area_fraction
+    row.registered = figures.registered()
+    row.groups = {"predicted class": result.predicted}
+    if task.item.label is None:  # folders only where file names may be shown (a folder can name a patient)
+        row.groups = {"folder": folder_of(task.item.name), **row.groups}
+    return () if figures.found else (f"{NO_LUNG_NOTICE} ({figures.reason})",)
+
+
+def folder_of(name: str) -> str:
+    """The folder a file was in, as given (``.`` for none): the cohort's stand-in for its source."""
+    parent = Path(name.replace("\\", "/")).parent.as_posix()
+    return parent.rsplit("/", 1)[-1] if parent not in ("", ".") else "."
 
 
 def stability_record(

@@ -72,11 +72,37 @@ def head(report: Report) -> str:
             parts.append(f"<tr><td><i>chance: uniform map or random point</i></td><td></td><td>{chance:.3f}</td>"
                          f"<td>{chance:.3f}</td><td></td></tr>")
         parts.append("</table>")
+    parts.append(cohort_section(report))
     if report.failed:
         parts.append("<h2 class='fail'>Files not processed</h2><ul>")
         parts += [f"<li><b>{e(name)}</b>: {e(error)}</li>" for name, error in report.failed]
         parts.append("</ul>")
     parts.append("<h2>Images</h2>")
+    return "".join(parts)
+
+
+def cohort_section(report: Report) -> str:
+    """Where the model looks on average relative to the lungs: one mean registered map per group."""
+    from xai.batch.lungs import COHORT_METHOD, cohort_image
+    from xai.batch.outputs import jpeg_bytes
+
+    e = html.escape
+    groupings = [g for g in ("folder", "predicted class") if report.cohort.means(g)]
+    if not groupings:
+        return ""
+    method = COHORT_METHOD if COHORT_METHOD in report.meta.methods else report.meta.methods[0]
+    parts = [f"<h2>Where the model looks, relative to the lungs</h2><p class='note'>Mean {e(method)} map of "
+             "the films in each group, each film's map first cropped to its lungs' bounding box and resampled to a "
+             "common square (so films of any size and framing line up lung on lung); cyan: the lung outline of at "
+             "least half the films. Colours run from 0 to each group's own maximum. Films without a lung field "
+             "are left out.</p>"]
+    for grouping in groupings:
+        parts.append(f"<h3>By {e(grouping)}</h3><div class='strip'>")
+        for name, n, mean_map, mean_lungs in report.cohort.means(grouping):
+            jpeg = jpeg_bytes(cohort_image(mean_map, mean_lungs), quality=90)
+            parts.append(f"<figure><img alt='{e(name)}' src='{_data_uri(jpeg)}'><figcaption>{e(name)} — "
+                         f"{n} film{'s' if n != 1 else ''}</figcaption></figure>")
+        parts.append("</div>")
     return "".join(parts)
 
 
@@ -88,6 +114,8 @@ def card(row: ReportRow) -> str:
              f"({probs}); explained: {e(row.target or '')}."]
     if row.ood.get("score") is not None:
         parts.append(f" OOD score (Mahalanobis distance) {float(row.ood['score']):.1f}.")
+    if row.lung_area_fraction:
+        parts.append(f" Lung field: {row.lung_area_fraction:.0%} of the film.")
     parts.append("</p>")
     warning = ood_warning_text(row.ood)
     if warning:
@@ -100,6 +128,8 @@ def card(row: ReportRow) -> str:
         if key in row.agreement:
             a = row.agreement[key]
             caption += f" — hit {int(a['hit'])}, inside {a['energy_inside']:.2f}, IoU {a['iou_otsu']:.2f}"
+        if row.in_lungs.get(key) is not None:
+            caption += f" — in lungs {row.in_lungs[key]:.2f}"
         if key in row.stability and "spearman_mean" in row.stability[key]:
             caption += f" — stability: Spearman mean {row.stability[key]['spearman_mean']:.2f}"
         parts.append(f"<figure><img alt='{e(key)}' src='{_data_uri(jpeg)}'><figcaption>{caption}</figcaption></figure>")

@@ -161,9 +161,13 @@ def overlays(result: PipelineResult, max_side: int | None, cmap: str) -> tuple[n
     return np.asarray(drawn.original), {m: np.asarray(rgb) for m, rgb in drawn.overlays.items()}
 
 
-def write_explain_outputs(result: PipelineResult, model: LoadedModel, folder: Path, *, cmap: str = "inferno") -> None:
+def write_explain_outputs(
+    result: PipelineResult, model: LoadedModel, folder: Path, *, cmap: str = "inferno",
+    extra: Mapping[str, Any] | None = None,
+) -> None:
     """The ``explain`` command's files: ``<method>.png`` (overlay on the film's own grid), ``<method>.npy``
-    (float32 map on that grid) and ``result.json``; each written atomically, ``result.json`` last."""
+    (float32 map on that grid) and ``result.json`` (:func:`xai.pipeline.result_record` plus ``extra``, e.g.
+    the lung figures); each written atomically, ``result.json`` last."""
     from xai.pipeline import result_record
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -174,5 +178,5 @@ def write_explain_outputs(result: PipelineResult, model: LoadedModel, folder: Pa
                                                                                       {"colormap": cmap}),
                                                           FULL_RESOLUTION))
         write_atomic(folder / f"{name}.npy", npy_bytes(np.asarray(heat, dtype=np.float32)))
-    record = result_record(result, model)
+    record = {**result_record(result, model), **(extra or {})}
     write_atomic(folder / "result.json", (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))

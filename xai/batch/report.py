@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from xai.batch import html as report_html_parts
 from xai.batch.html import ood_warning_text
+from xai.batch.lungs import CohortTally
 
 AGREEMENT_KEYS = ("hit", "energy_inside", "iou_otsu")
 #: Stability columns per method (:meth:`xai.trust.stability.StabilityResult.summary`); ``_checkpoint``
@@ -53,6 +54,13 @@ class ReportRow:
     agreement: dict[str, dict[str, float]] = field(default_factory=dict)
     stability: dict[str, dict[str, float]] = field(default_factory=dict)
     notices: tuple[str, ...] = ()
+    in_lungs: dict[str, float | None] = field(default_factory=dict)
+    """Share of each map's mass inside the (dilated) lung field; None for a flat map or no lung field."""
+    lung_area_fraction: float | None = None
+    registered: dict[str, str] | None = field(default=None, repr=False)
+    """The Grad-CAM map and lung mask registered to the lungs' box (:mod:`xai.batch.lungs`), for the cohort."""
+    groups: dict[str, str] = field(default_factory=dict)
+    """The cohort groups this film counts in: ``{"folder": ..., "predicted class": ...}``."""
     files: tuple[str, ...] = ()
     thumbnails: dict[str, bytes] = field(default_factory=dict, repr=False)
 
@@ -82,6 +90,7 @@ class ReportMeta:
     model: Mapping[str, str]
     target: str
     stability: bool = False
+    lungs: bool = False
 
 
 @dataclass
@@ -91,6 +100,7 @@ class Report:
     meta: ReportMeta
     total: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    cohort: CohortTally = field(default_factory=CohortTally, repr=False)
     _sums: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
     _box_shares: list[float] = field(default_factory=list, repr=False)
 
@@ -119,6 +129,8 @@ class Report:
                 sums[key] += float(scored[key])
         if row.agreement and row.box_fraction is not None:
             self._box_shares.append(float(row.box_fraction))
+        if row.registered:
+            self.cohort.add(row.registered, row.groups)
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Per method over images with boxes: ``n``, ``hit_rate``, ``mean_energy_inside``, ``miou``."""
@@ -165,10 +177,16 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
+def _blank_none(value: Any) -> Any:
+    return "" if value is None else value
+
+
 def csv_header(meta: ReportMeta) -> list[str]:
     header = ["file", "status", "error", "prediction", "probability", "target"]
     header += [f"p_{c}" for c in meta.class_names] + list(OOD_KEYS) + ["n_boxes", "box_fraction"]
     header += [f"{m}_{k}" for m in meta.methods for k in AGREEMENT_KEYS]
+    if meta.lungs:
+        header += ["lung_area_fraction"] + [f"{m}_in_lungs" for m in meta.methods]
     if meta.stability:
         header += [f"{m}_stability_{k}" for m in meta.methods for k in STABILITY_KEYS]
     return header
@@ -183,6 +201,9 @@ def csv_values(meta: ReportMeta, row: ReportRow) -> list[Any]:
     values += [row.ood.get("score"), "" if flag is None else int(bool(flag)), ood_warning_text(row.ood)]
     values += [row.n_boxes if ok else "", row.box_fraction]
     values += [row.agreement.get(m, {}).get(k, "") for m in meta.methods for k in AGREEMENT_KEYS]
+    if meta.lungs:
+        values += [row.lung_area_fraction]
+        values += [_blank_none(row.in_lungs.get(m)) for m in meta.methods]
     if meta.stability:
         values += [row.stability.get(m, {}).get(k, "") for m in meta.methods for k in STABILITY_KEYS]
     return [_csv_cell(v) for v in values]

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int, ReportRow], None]
 """``progress(done, total, row)`` called after each film, in input order."""
 T = TypeVar("T")
+U = TypeVar("U")
+V = TypeVar("V")
 
 
 def default_report_target(class_names: Sequence[str]) -> str:
@@ -41,7 +44,8 @@ def report_meta(model: LoadedModel, spec: ReportSpec) -> ReportMeta:
     class_names = tuple(model.card.class_names)
     index = resolve_target(spec.target, class_names)
     return ReportMeta(methods=spec.methods, class_names=class_names, model=model_identity(model),
-                      target="predicted" if index is None else class_names[index], stability=spec.stability)
+                      target="predicted" if index is None else class_names[index], stability=spec.stability,
+                      lungs=spec.lungs)
 
 
 def chunked(values: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -73,9 +77,35 @@ def run_report(
     tasks = plan_tasks(items, boxes)
     runner = FilmRunner(model, spec, out_dir, checks or Checks(), explainer, resume)
     with ReportWriter(out_dir, report_meta(model, spec)) as writer:
-        for chunk in chunked(tasks, spec.batch_size):
-            for row in runner(chunk):
+
+        def write(rows: Sequence[ReportRow]) -> None:
+            for row in rows:
                 writer.add(row)
                 if progress is not None:
                     progress(writer.report.total, len(tasks), row)
+
+        if spec.stability:  # its checks run the model again: no second thread beside the explanations
+            for chunk in chunked(tasks, spec.batch_size):
+                write(runner(chunk))
+        else:
+            overlapped(chunked(tasks, spec.batch_size), runner.explain, runner.finish, write)
     return writer.report
+
+
+def overlapped(chunks: Iterable[T], first: Callable[[T], U], second: Callable[[U], V],
+               take: Callable[[V], None]) -> None:
+    """``take(second(first(chunk)))`` for each chunk in order, ``second`` of one chunk running in a thread
+    while ``first`` works on the next (at most two chunks in hand: memory stays bounded).
+
+    For a report: the films' files (overlays, encoding, lung figures: OpenCV and NumPy, which release the
+    GIL) are written while the next films are decoded and explained.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-report-finish") as pool:
+        pending: Future[V] | None = None
+        for chunk in chunks:
+            done = first(chunk)
+            if pending is not None:
+                take(pending.result())
+            pending = pool.submit(second, done)
+        if pending is not None:
+            take(pending.result())
