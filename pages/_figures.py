@@ -1,4 +1,4 @@
-"""Plotly figure builders shared by the "How the maps are made" and "Compare" pages (no Streamlit calls)."""
+"""What the "How the maps are made" and "Compare" pages share: plotly figure builders and the film picker."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+import streamlit as st
 from plotly.subplots import make_subplots
 
 from pages._panel import screen_image_uri
+from pages._shared import LoadedImage, load_input
 from xai import render
 
 CELL_SIDE = 112  # longest side of a large map drawn as a heatmap (px); images go as JPEG instead
@@ -40,3 +42,14 @@ def maps_figure(cells: list[tuple[str, np.ndarray, str]], height: int = 260) -> 
     fig.update_annotations(font_size=12)
     fig.update_layout(height=height, margin={"l": 4, "r": 4, "t": 40, "b": 4})
     return fig
+
+
+def sidebar_film(prefix: str) -> LoadedImage | None:
+    """The session's radiograph, with the uploader and sample picker in the sidebar; a hint when none."""
+    with st.sidebar:
+        st.header("Radiograph")
+        image = load_input(prefix=prefix)
+    if image is None:
+        st.info("Upload a radiograph or pick a bundled sample in the sidebar (or on the Explain page).",
+                icon=":material/upload_file:")
+    return image

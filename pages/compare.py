@@ -20,7 +20,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._figures import maps_figure
+from pages._figures import maps_figure, sidebar_film
 from pages._shared import (
     CACHE_TTL_S,
     DEFAULT_MODEL,
@@ -28,7 +28,6 @@ from pages._shared import (
     default_model,
     ensure_routed,
     explain,
-    load_input,
     method_label,
     page_store,
     require_model,
@@ -132,7 +131,9 @@ def show(image_gray: np.ndarray, a: tuple[ActiveModel, PipelineResult], b: tuple
                   for m, c in comparisons.items()], hide_index=True, key="compare_table")
     st.caption(f"A = {label_a}; B = {label_b}. Maps compared on the radiograph's grid shrunk to "
                f"{next(iter(comparisons.values())).a.shape[1]} px wide. Spearman 1: same ranking of pixels, "
-               "0: unrelated. Flat maps (no evidence) have no ranking: shown as NaN.")
+               "0: unrelated. Flat maps (no evidence) have no ranking: shown as NaN. Each map is the engine's "
+               "display map (divided by its own maximum): the rank correlation does not depend on that, the "
+               "difference and SSIM do.")
     gray = to_grid(image_gray).astype(np.float32)
     for m, c in comparisons.items():
         st.markdown(f"**{method_label(m)}** — Spearman {c.spearman:.2f}, SSIM {c.ssim:.2f}")
@@ -148,12 +149,8 @@ def main() -> None:
     st.title("Compare")
     st.caption("One radiograph, two models or two classes, side by side: where do the maps agree?")
     session_model = require_model()
-    with st.sidebar:
-        st.header("Radiograph")
-        image = load_input(prefix="compare_")
+    image = sidebar_film("compare_")
     if image is None:
-        st.info("Upload a radiograph or pick a bundled sample in the sidebar (or on the Explain page).",
-                icon=":material/upload_file:")
         return
     mode = st.radio("Compare", ("Two models", "Two classes"), horizontal=True, key="compare_mode")
     if mode == "Two models":

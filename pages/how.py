@@ -20,14 +20,13 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._figures import maps_figure
+from pages._figures import maps_figure, sidebar_film
 from pages._howto import METHOD_NOTES
 from pages._shared import (
     CACHE_TTL_S,
     ActiveModel,
     ensure_routed,
     explain,
-    load_input,
     method_label,
     page_store,
     predicted_class,
@@ -284,12 +283,8 @@ def main() -> None:
     st.caption("Each method step by step, with this film's own numbers: the same computation that draws the "
                "Explain page's maps, opened up.")
     model = require_model()
-    with st.sidebar:
-        st.header("Radiograph")
-        image = load_input(prefix="how_")
+    image = sidebar_film("how_")
     if image is None:
-        st.info("Upload a radiograph or pick a bundled sample in the sidebar (or on the Explain page).",
-                icon=":material/upload_file:")
         return
     names = model.class_names
     choice = st.selectbox("Class to explain", [PREDICTED, *names], key=f"how_target:{model.key}",
