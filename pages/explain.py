@@ -353,8 +353,8 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
 
 
 #: Mouse-wheel zoom only once the user has clicked a panel: until then a wheel over the panels scrolls the
-#: page (the event is stopped before plotly sees it, without preventing the browser's scroll). Leaving
-#: the panels or clicking elsewhere disarms it again.
+#: page (the event is stopped before plotly sees it, without preventing the browser's scroll). A click
+#: elsewhere, or a wheel turned outside the panels, disarms it again.
 _WHEEL_GATE_JS = """<script>
 (() => {
   if (window.__xaiWheelGate) return;
@@ -362,9 +362,10 @@ _WHEEL_GATE_JS = """<script>
   let armed = false;
   const inPanel = (t) => !!(t && t.closest && t.closest('.st-key-panel_chart'));
   document.addEventListener('pointerdown', (e) => { armed = inPanel(e.target); }, true);
-  document.addEventListener('pointerover', (e) => { if (!inPanel(e.target)) armed = false; }, true);
-  window.addEventListener('wheel', (e) => { if (inPanel(e.target) && !armed) e.stopPropagation(); },
-                          {capture: true, passive: true});
+  window.addEventListener('wheel', (e) => {
+    if (!inPanel(e.target)) armed = false;  // scrolling elsewhere: the next wheel over the panels scrolls too
+    else if (!armed) e.stopPropagation();   // plotly never sees it; the browser still scrolls the page
+  }, {capture: true, passive: true});
 })();
 </script>"""
 

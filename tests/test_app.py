@@ -489,19 +489,6 @@ def test_lungs_share_in_each_caption_outline_toggle_and_outside_flag(monkeypatch
     shared.lung_evidence.clear()
 
 
-def test_a_film_without_lung_fields_is_flagged() -> None:
-    from test_ood import _document  # one home for the synthetic non-chest picture
-
-    page = io.BytesIO()
-    Image.fromarray((_document() * 255).astype(np.uint8)).save(page, format="PNG")
-    at = new_app()
-    at.file_uploader(key="upload").set_value(("page.png", page.getvalue(), "image/png"))
-    run(at)
-    warnings = [w.value for w in at.warning if "No lung field found" in w.value]
-    assert len(warnings) == 1 and "may not be a frontal chest radiograph" in warnings[0]
-    assert not any("in lungs" in t for t in image_titles(at))
-
-
 def test_png_upload_then_bad_upload_keeps_the_previous_result(
     chestcovnet_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -645,6 +632,10 @@ def test_explain_page_warns_when_the_input_is_unlike_the_training_data() -> None
     run(at)
     warnings = [w.value for w in at.warning if "Unlike the training data" in w.value]
     assert len(warnings) == 1 and "Mahalanobis distance" in warnings[0]
+    # No lung field on a page of text: said so, and no share of evidence "in the lungs" is given.
+    lungs = [w.value for w in at.warning if "No lung field found" in w.value]
+    assert len(lungs) == 1 and "may not be a frontal chest radiograph" in lungs[0]
+    assert not any("in lungs" in t for t in image_titles(at))
 
     calls = shared.ENGINE_CALLS
     at.slider(key="disp_alpha").set_value(0.3)  # a display change: the verdict is cached, no map recomputed
