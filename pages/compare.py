@@ -69,11 +69,27 @@ def uploaded_bundle(upload: Any) -> ActiveModel | None:
     return store[upload.file_id]
 
 
-def pick_model(side: str, default_choice: str, session_model: ActiveModel) -> ActiveModel | None:
-    """One side's model: the session's, a bundled one, or an uploaded bundle zip."""
-    import models
+def classifier_bundles() -> tuple[str, ...]:
+    """The shipped bundles whose card names a classifier architecture (not e.g. the lung segmenter)."""
+    import json
 
-    options = [SESSION, *(f"bundled: {n}" for n in models.available_bundles()), UPLOAD]
+    import models
+    from models.bundle import BUNDLES_DIR, CARD_FILE
+
+    names = []
+    for name in models.available_bundles():
+        try:
+            card = json.loads((BUNDLES_DIR / name / CARD_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if card.get("architecture") in models.ARCHITECTURES and card.get("class_names"):
+            names.append(name)
+    return tuple(names)
+
+
+def pick_model(side: str, default_choice: str, session_model: ActiveModel) -> ActiveModel | None:
+    """One side's model: the session's, a bundled classifier, or an uploaded bundle zip."""
+    options = [SESSION, *(f"bundled: {n}" for n in classifier_bundles()), UPLOAD]
     index = options.index(default_choice) if default_choice in options else 0
     choice = st.selectbox(f"Model {side}", options, index=index, key=f"compare_model_{side}",
                           format_func=lambda o: f"{o} ({session_model.card.name})" if o == SESSION else o)

@@ -15,6 +15,7 @@ from scipy import stats
 from streamlit.testing.v1 import AppTest
 
 import models
+from models.bundle import export_zip
 from xai.compare import COMPARISON_SIDE, compare_maps, difference_map, to_grid
 from xai.pipeline import explain_source
 
@@ -124,3 +125,27 @@ def test_compare_page_two_classes_of_one_model() -> None:
     # the same class on both sides is flagged
     at.selectbox(key="compare_class_B").set_value("non_covid").run()
     assert any("identical" in w.value for w in at.warning)
+
+
+def test_compare_page_with_an_uploaded_bundle_zip(two_seeds) -> None:
+    """The second seed uploaded as a bundle zip gives the same numbers as the bundled second seed; a zip
+    that is not a bundle gets a message naming the problem. Only classifier bundles are offered."""
+    at = page()
+    at.selectbox(key="compare_sample").set_value(SAMPLE_TITLE).run()
+    options = at.selectbox(key="compare_model_B").options
+    assert "Upload a bundle zip…" in options and "bundled: chestcovnet-seed2" in options
+    assert not any("lungs" in o for o in options)  # the lung segmenter is not a classifier to compare
+    at.selectbox(key="compare_model_B").set_value("Upload a bundle zip…").run()
+    assert any("Choose both models" in i.value for i in at.info)
+    at.file_uploader(key="compare_zip_B").set_value(("not-a-bundle.zip", b"PK not really a zip", "application/zip"))
+    at.run()
+    assert not at.exception and any("Could not load the bundle" in e.value for e in at.error)
+    zipped = export_zip(REPO / "models" / "bundles" / "chestcovnet-seed2")
+    at.file_uploader(key="compare_zip_B").set_value(("seed2.zip", zipped, "application/zip"))
+    at.run()
+    at.selectbox(key="compare_class").set_value("covid19").run()
+    assert not at.exception, [e.value for e in at.exception]
+    a, b = two_seeds
+    row = at.dataframe[0].value.iloc[0]  # Grad-CAM
+    expected = stats.spearmanr(grid(a.maps["gradcam"]).ravel(), grid(b.maps["gradcam"]).ravel()).statistic
+    assert row["method"] == "Grad-CAM" and row["Spearman"] == pytest.approx(expected, abs=1e-3)
