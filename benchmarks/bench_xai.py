@@ -274,15 +274,20 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=1, help="torch intra-op threads (default 1, see below)"
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument(
+        "--case", action="append", default=None, metavar="MODEL:PX",
+        help="only this torchvision model and size (repeatable), e.g. --case densenet121:224",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the memory subprocesses
-    cases = (
-        [("resnet18", 224)]
-        if args.quick
-        else [(m, s) for m in ("resnet18", "densenet121") for s in (224, 512)]
-    )
+    if args.case:
+        cases = [(c.partition(":")[0], int(c.partition(":")[2] or 224)) for c in args.case]
+    elif args.quick:
+        cases = [("resnet18", 224)]
+    else:
+        cases = [(m, s) for m in ("resnet18", "densenet121") for s in (224, 512)]
     measure_mem = not (args.quick or args.no_memory)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s), CPU ({os.cpu_count()} cores), "
@@ -299,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  {name} {size}px ({repeats} repeats): "
             + ", ".join(
                 f"{m} {times['cpu'][m]:.0f} ms cpu / {times['wall'][m]:.0f} ms wall" for m in METHODS + VARIANTS
-            ),
+            )
+            + ("; peak MiB " + ", ".join(f"{m} {v:.0f}" for m, v in mem.items()) if mem else ""),
             flush=True,
         )
 
