@@ -12,6 +12,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import streamlit as st
 
 import models
@@ -22,6 +23,7 @@ from xai.batch.films import Checks, ReportSpec
 from xai.batch.inputs import items_from_uploads
 from xai.batch.names import content_sha256, export_stem
 from xai.batch.outputs import COMPACT, FULL_RESOLUTION
+from xai.batch.report import Report
 from xai.batch.run import run_report
 from xai.engine import METHODS
 
@@ -35,6 +37,14 @@ _SIZES = {"Compact: JPEG overlays, longest side 2048 px": COMPACT,
 def _in_download(path: PurePosixPath) -> bool:
     """The zip holds the report, the CSV and the overlays; thumbnails live in index.html already."""
     return not (path.parts[-1] == "row.json" or "thumbs" in path.parts[:-1])
+
+
+def _cohort(report: Report) -> list[tuple[str, list[tuple[str, int, np.ndarray]]]]:
+    """The cohort view's images (as in index.html): per grouping, ``(group, films, RGB)``."""
+    from xai.batch.lungs import cohort_image
+
+    return [(grouping, [(name, n, cohort_image(heat, lungs)) for name, n, heat, lungs in means])
+            for grouping in ("folder", "predicted class") if (means := report.cohort.means(grouping))]
 
 
 ensure_routed()  # gate + disclaimer before anything renders, deep links included
@@ -109,6 +119,7 @@ if submitted:
                 # On screen only: which upload a failure was (the downloads carry the hashed names).
                 "failed": [(name, next((i.name for i in items if i.export_name == name), name), error)
                            for name, error in report.failed],
+                "cohort": _cohort(report),
                 "done": report.done,
                 "total": report.total,
                 "target": report.target,
@@ -121,6 +132,11 @@ if result:
     if result["summary"]:
         st.markdown("**Agreement with the boxes**")
         st.markdown(result["summary"])
+    for grouping, groups in result["cohort"]:
+        st.markdown(f"**Where the model looks, relative to the lungs — by {grouping}** (mean Grad-CAM, each "
+                    "film's map registered to its lungs' box; cyan: the lung outline of half the films)")
+        for column, (name, n, rgb) in zip(st.columns(min(len(groups), 6)), groups[:6], strict=False):
+            column.image(rgb, caption=f"{name} — {n} film{'s' if n != 1 else ''}", width=160)
     if result["failed"]:
         st.warning("Not processed:\n\n" + "\n".join(
             f"- `{label}`" + (f" (`{name}`)" if name != label else "") + f": {reason}"

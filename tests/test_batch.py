@@ -351,6 +351,10 @@ def test_zip_folder_round_trips_stores_images_and_filters(tmp_path: Path) -> Non
     assert sorted(dict(read_zip(kept))) == ["a/m.png", "report.csv"]
 
 
+def result_html(at: object) -> str:
+    return at.session_state["batch_result"]["html"].decode("utf-8")  # type: ignore[attr-defined]
+
+
 def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dicom_dir: Path) -> None:
     """The Streamlit page end to end (bundled model, one method to stay quick): a zip of two films, a zip
     bomb, and a DICOM whose header carries identifiers that must not reach any download. By default every
@@ -393,6 +397,9 @@ def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dic
     assert not at.exception, at.exception
     assert "3 of 4 image(s) explained" in at.success[0].value
     assert any("| gradcam | 1 |" in m.value for m in at.markdown)  # agreement for the one boxed film
+    cohort = [m.value for m in at.markdown if "Where the model looks" in m.value]
+    assert len(cohort) == 1 and "by predicted class" in cohort[0]  # no folder grouping: folders may name patients
+    assert "Where the model looks, relative to the lungs" in result_html(at)
     warning = at.warning[-1].value  # on screen: the hashed name and which upload it was
     assert hashed[2] in warning and "bomb.zip" in warning and "zip bomb" in warning
     assert len(at.get("download_button")) == 3
@@ -407,7 +414,7 @@ def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dic
                                                         (hashed[3], "ok")]
     assert rows[0]["n_boxes"] == "1"  # boxes still match the uploaded file name
     downloads = [result["zip"], result["csv"], result["html"], *files.values()]
-    for secret in ["Qwzyx", "Vbnmo", "MRN-5550199", "Grommet", "20190723", "19380511", "films", "a.jpg", "b.jpg", "bomb.zip",
+    for secret in ["Qwzyx", "Vbnmo", "MRN-5550199", "Grommet", "20190723", "19380511", "films.zip", "films/", "a.jpg", "b.jpg", "bomb.zip",
                    "bomb.dcm", "scan"]:
         assert not any(secret.encode() in blob for blob in downloads), secret
 
@@ -421,6 +428,7 @@ def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dic
     result = at.session_state["batch_result"]
     rows = list(csv.DictReader(io.StringIO(result["csv"].decode("utf-8"))))
     assert [r["file"] for r in rows] == ["films.zip/films/a.jpg", "films.zip/films/b.jpg"]
+    assert any("by folder" in m.value for m in at.markdown)  # names shown: the folder grouping too
     files = dict(read_zip(result["zip"]))
     assert sorted(files) == ["a/gradcam.png", "b/gradcam.png", "index.html", "report.csv"]
     with Image.open(io.BytesIO(files["b/gradcam.png"])) as overlay, Image.open(images / "mhh_b343e657.jpg") as film:

@@ -115,8 +115,8 @@ def _data_context() -> None:
 def _pipeline(tasks: list[str], spec: ReportSpec, setup: Setup, out_dir: Path, resume: bool, workers: int) -> Any:
     """The Ray Data pipeline: tasks -> ``workers`` actors of :class:`RayFilms`, ``spec.batch_size`` films a call.
 
-    Each actor has one batch in flight at a time (an idle worker takes the next one: no film waits behind
-    a slow one on a busy worker) and is not restarted: a film that kills its worker stops the run with
+    Each actor has at most two batches in flight (the next one is waiting when it finishes one, and no more
+    films queue behind a slow worker) and is not restarted: a film that kills its worker stops the run with
     Ray's message (decoder crashes are contained per file by :mod:`xai.isolation` before that).
     """
     import ray.data
@@ -126,7 +126,7 @@ def _pipeline(tasks: list[str], spec: ReportSpec, setup: Setup, out_dir: Path, r
         return ray.data.from_items([{"task": task} for task in tasks]).map_batches(
             RayFilms,
             fn_constructor_kwargs={"setup": setup, "spec": spec, "out_dir": str(out_dir), "resume": resume},
-            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
+            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2),
             batch_size=spec.batch_size, num_cpus=1, batch_format="numpy", max_restarts=0,
         )
 
