@@ -275,3 +275,30 @@ def test_target_layer_reason_names_the_rule(bundle) -> None:
     assert "table for ResNet" in glassbox.target_layer_reason(resnet18(weights=None), "layer4")
     toy = ToyNet()
     assert "dry run" in glassbox.target_layer_reason(toy, "act")
+
+
+def test_plain_gradient_beside_concurrent_explanations_on_one_shared_model(bundle, film) -> None:
+    """Sessions share one model: plain gradients and engine calls with details in parallel threads give
+    the same numbers as one at a time, and leave no hook behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    explainer = Explainer(bundle.module, target_layer=bundle.card.target_layer)
+    other = film.flip(-1)
+    expected_plain = {t: glassbox.plain_input_gradient(bundle.module, film, t) for t in (0, 1)}
+    expected_weights = explainer.explain(other, target=1, details=True).details["gradcam_weights"]
+
+    def plain(t: int) -> np.ndarray:
+        return glassbox.plain_input_gradient(bundle.module, film, t)
+
+    def weights(_: int) -> np.ndarray:
+        return np.asarray(explainer.explain(other, target=1, details=True).details["gradcam_weights"])
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        plains = [pool.submit(plain, t) for t in (0, 1, 0, 1)]
+        details = [pool.submit(weights, i) for i in range(2)]
+        for t, future in zip((0, 1, 0, 1), plains, strict=True):
+            np.testing.assert_allclose(future.result(), expected_plain[t], rtol=1e-5, atol=1e-9)
+        for future in details:
+            np.testing.assert_allclose(future.result(), expected_weights, rtol=1e-6)
+    for m in bundle.module.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
