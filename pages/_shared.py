@@ -493,11 +493,37 @@ def run_engine(
     their own counter), so :data:`ENGINE_CALLS` counts what a page computed while a user waited.
     """
     global ENGINE_CALLS
-    from xai.pipeline import PREDICTED, explain_radiograph
 
     if count:
         with _ENGINE_CALLS_LOCK:
             ENGINE_CALLS += 1
+    with _foreground(count):
+        return _explain_radiograph(radiograph, model, target, methods)
+
+
+_FOREGROUND = 0
+"""Engine calls a user is waiting for, in flight now (a prefetch that finds one skips: users first)."""
+
+
+@contextlib.contextmanager
+def _foreground(active: bool) -> Any:
+    global _FOREGROUND
+    if not active:
+        yield
+        return
+    with _ENGINE_CALLS_LOCK:
+        _FOREGROUND += 1
+    try:
+        yield
+    finally:
+        with _ENGINE_CALLS_LOCK:
+            _FOREGROUND -= 1
+
+
+def _explain_radiograph(radiograph: Radiograph, model: ActiveModel, target: int | None,
+                        methods: tuple[str, ...]) -> PipelineResult:
+    from xai.pipeline import PREDICTED, explain_radiograph
+
     return explain_radiograph(
         radiograph,
         model.loaded,
@@ -551,9 +577,15 @@ def _take_prefetched(key: tuple[Any, ...]) -> Future[PipelineResult] | None:
         return _PREFETCHED.pop(key, None)
 
 
+class PrefetchSkipped(RuntimeError):
+    """A prefetch that did not run because a user was waiting for the engine (the page computes it)."""
+
+
 def _prefetch_one(radiograph: Radiograph, model: ActiveModel, target: int, methods: tuple[str, ...]) -> PipelineResult:
     global PREFETCH_CALLS
     with _ENGINE_CALLS_LOCK:
+        if _FOREGROUND:  # under load (many sessions) the background work would only slow everyone down
+            raise PrefetchSkipped("a user is waiting for the engine")
         PREFETCH_CALLS += 1
     return run_engine(radiograph, model, target, methods, count=False)
 

@@ -234,6 +234,7 @@ def test_sample_gives_four_overlays_and_display_changes_compute_no_map() -> None
     at = new_app()
     calls, prefetch_start = shared.ENGINE_CALLS, shared.PREFETCH_CALLS
     choose_sample(at, "NIH")
+    shared.wait_for_prefetches()  # (a prefetch that meets a waiting user skips: keep the count exact)
     assert calls + 1 == shared.ENGINE_CALLS
     titles = image_titles(at)
     assert titles[0].startswith("<b>Original</b>")
@@ -487,6 +488,25 @@ def test_lungs_share_in_each_caption_outline_toggle_and_outside_flag(monkeypatch
     assert len(flags) == len(result.methods)
     assert all("below the lungs (diaphragm, abdomen)" in f or "beside the lungs" in f for f in flags)
     shared.lung_evidence.clear()
+
+
+def test_a_prefetch_gives_way_to_a_user_waiting_for_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    samples = shared.list_samples()
+    image = shared.load_sample(samples[next(t for t in samples if "NIH" in t)])
+    model = shared.default_model()
+    result = shared.run_engine(image.radiograph, model, None, ("gradcam",), count=False)
+    shared.clear_prefetches()
+    monkeypatch.setattr(shared, "_FOREGROUND", 1)  # someone's explanation is being computed
+    before, calls = shared.PREFETCH_CALLS, shared.ENGINE_CALLS
+    assert shared.prefetch_targets(image, model, result) == len(model.class_names) - 1
+    shared.wait_for_prefetches()
+    assert before == shared.PREFETCH_CALLS  # skipped, not computed
+    monkeypatch.setattr(shared, "_FOREGROUND", 0)
+    other = 1 - result.target_index
+    shared.explain_cached.clear()
+    switched = shared.explain(image, model, other, ("gradcam",))  # the page computes it itself
+    assert switched.target_index == other and calls + 1 == shared.ENGINE_CALLS
+    assert shared.prefetch_targets(image, model, result) == 0  # once per film: not queued again
 
 
 def test_png_upload_then_bad_upload_keeps_the_previous_result(
