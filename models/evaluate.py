@@ -143,6 +143,13 @@ def lung_evidence(loaded: LoadedModel, data_dir: str | Path, records: Sequence[R
     ``masks``: ``"manual"`` (``lungs/manifest.csv``; films without one are skipped) or ``"predicted"``
     (:func:`xai.anatomy.lung_mask`, every film; a film where it finds no lung field is skipped and counted).
     Grad-CAM for the card's positive class at the card's target layer, on the original pixel grid."""
+    shares, skipped = lung_evidence_shares(loaded, data_dir, records, masks, lungs_dir)
+    return summarize_lung_evidence(shares, skipped, masks)
+
+
+def lung_evidence_shares(loaded: LoadedModel, data_dir: str | Path, records: Sequence[Record], masks: str,
+                         lungs_dir: str | Path | None = None) -> tuple[dict[str, list[float]], int]:
+    """({source: per-film shares}, films skipped for want of a mask) that :func:`lung_evidence` summarises."""
     import cv2
 
     from models.data import read_lung_masks
@@ -170,7 +177,10 @@ def lung_evidence(loaded: LoadedModel, data_dir: str | Path, records: Sequence[R
         share = evidence_in_lungs(heat, mask)
         if np.isfinite(share):
             shares.setdefault(rec.source, []).append(float(share))
+    return shares, skipped
 
+
+def summarize_lung_evidence(shares: dict[str, list[float]], skipped: int, masks: str) -> dict[str, Any]:
     def summary(values: list[float]) -> dict[str, Any]:
         v = np.array(values)
         return {"median": float(np.median(v)), "mean": float(v.mean()), "n": len(v),
@@ -185,7 +195,8 @@ def lung_evidence(loaded: LoadedModel, data_dir: str | Path, records: Sequence[R
                       "sha256": lung_card.get("sha256", "")}
     else:
         masks_from = {"masks": "manual NLM masks (Montgomery, Shenzhen) and V7 Labs polygons (COVID-CXNet, MHH)"}
-    return {"masks": masks, **masks_from, "method": "gradcam, class covid19, mass inside the lung mask dilated by 3 % of width",
+    return {"masks": masks, **masks_from,
+            "method": "gradcam, class covid19, mass inside the lung mask dilated by 3 % of width",
             "all": summary(every) if every else None, "skipped_no_mask": skipped,
             "per_source": {s: summary(v) for s, v in sorted(shares.items())}}
 
@@ -211,6 +222,12 @@ def border_energy(loaded: LoadedModel, data_dir: str | Path, records: Sequence[R
     pixel grid with ``Geometry.to_original``; share = sum(map in band) / sum(map). The band alone covers
     ``1 - (1 - 2 f)^2`` = 36 % of the area for f = 10 %, so a map spread uniformly would score 0.36.
     """
+    return summarize_border(border_shares(loaded, data_dir, records, fraction), loaded, fraction)
+
+
+def border_shares(loaded: LoadedModel, data_dir: str | Path, records: Sequence[Record],
+                  fraction: float = BORDER_FRACTION) -> list[float]:
+    """Per film (flat maps skipped): the border share :func:`border_energy` summarises."""
     from xai import Explainer
 
     data_dir = Path(data_dir)
@@ -227,6 +244,10 @@ def border_energy(loaded: LoadedModel, data_dir: str | Path, records: Sequence[R
         by, bx = max(1, round(fraction * h)), max(1, round(fraction * w))
         inner = float(heat[by:h - by, bx:w - bx].sum())
         shares.append((total - inner) / total)
+    return shares
+
+
+def summarize_border(shares: Sequence[float], loaded: LoadedModel, fraction: float = BORDER_FRACTION) -> dict[str, Any]:
     arr = np.array(shares)
     return {"mean": float(arr.mean()) if len(arr) else None, "median": float(np.median(arr)) if len(arr) else None,
             "max": float(arr.max()) if len(arr) else None, "n": len(arr), "band": f"outer {fraction:.0%} of each side",
@@ -251,6 +272,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lung-evidence", nargs="+", default=(), choices=("manual", "predicted"),
                    help="Grad-CAM evidence inside the lungs on the split's COVID-19 films, with these masks")
     p.add_argument("--lungs", default=None, help="lungs/ folder with the manual masks (default: beside --data)")
+    p.add_argument("--part", default=None, metavar="I/N",
+                   help="measure only films I, I+N, I+2N ... of the split (1-based) and write the per-film values to "
+                        "--part-out; --merge-parts combines the parts (the same figures as one run, in parallel)")
+    p.add_argument("--part-out", default=None, metavar="FILE")
+    p.add_argument("--merge-parts", nargs="+", default=None, metavar="FILE")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 
@@ -281,6 +307,74 @@ def _bundle_dir(model: str) -> Path:
     raise ModelError(f"--update-card needs a bundle folder; {model!r} is not one")
 
 
+def _split_records(loaded: LoadedModel, args: argparse.Namespace) -> list[Record]:
+    records = [r for r in read_manifest(args.data, loaded.card.class_names) if r.split == args.split]
+    if not records:
+        raise ValueError(f"no images in split {args.split!r}")
+    return records
+
+
+def measure_part(loaded: LoadedModel, args: argparse.Namespace, index: int, count: int,
+                 scores: np.ndarray | None = None) -> dict[str, Any]:
+    """Per-film values for films ``index, index + count, ...`` of the split: P(positive), lung-evidence
+    shares, border shares (``scores``: the split's probabilities when already computed)."""
+    records = _split_records(loaded, args)
+    mine = list(range(index, len(records), count))
+    part = [records[k] for k in mine]
+    probs = scores[mine] if scores is not None else score_records(loaded, Path(args.data), part,
+                                                                  progress=sys.stderr.isatty())
+    positives = [r for r in part if r.label == loaded.card.positive_index]
+    lung = {}
+    for masks in args.lung_evidence:
+        shares, skipped = lung_evidence_shares(loaded, args.data, positives, masks, args.lungs)
+        lung[masks] = {"shares": shares, "skipped": skipped}
+    border: list[float] = []
+    if args.border_energy > 0:
+        step = max(1, len(records) // args.border_energy)
+        chosen = {r.file for r in records[::step][:args.border_energy]}
+        border = border_shares(loaded, args.data, [r for r in part if r.file in chosen])
+    return {"model_sha256": loaded.card.sha256, "split": args.split, "files": [r.file for r in part],
+            "scores": [float(p) for p in probs], "lung": lung, "border": border}
+
+
+def combine_parts(loaded: LoadedModel, args: argparse.Namespace, parts: Sequence[dict[str, Any]],
+                  command: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The split's figures from per-film parts (one part = the whole split): metrics at the card's
+    threshold per source, lung evidence, border energy. Refuses parts of another model or split, or parts
+    that do not cover the split exactly once."""
+    records = _split_records(loaded, args)
+    by_file = {}
+    for part in parts:
+        if part["model_sha256"] != loaded.card.sha256 or part["split"] != args.split:
+            raise ModelError("a part was measured on another model or split")
+        by_file.update(zip(part["files"], part["scores"], strict=True))
+    if sorted(by_file) != sorted(r.file for r in records) or sum(len(p["files"]) for p in parts) != len(records):
+        raise ModelError("the parts do not cover the split exactly once")
+    scores = np.array([by_file[r.file] for r in records])
+    labels = np.array([int(r.label == loaded.card.positive_index) for r in records])
+    result = rounded(metrics_by_source(labels, scores, records, loaded.card.threshold))
+    result["model"] = {"name": loaded.card.name, "version": loaded.card.version, "sha256": loaded.card.sha256}
+    result["split"] = args.split
+    result["date"] = datetime.now(UTC).strftime("%Y-%m-%d")
+    result["command"] = command
+    if args.lung_evidence:
+        evidence = {}
+        for masks in args.lung_evidence:
+            shares: dict[str, list[float]] = {}
+            for part in parts:
+                for source, values in part["lung"][masks]["shares"].items():
+                    shares.setdefault(source, []).extend(values)
+            skipped = sum(part["lung"][masks]["skipped"] for part in parts)
+            evidence[masks] = rounded(summarize_lung_evidence(shares, skipped, masks))
+        result["grad_cam_lung_evidence"] = evidence
+    energy = None
+    if args.border_energy > 0:
+        energy = rounded(summarize_border([s for part in parts for s in part["border"]], loaded))
+        energy.update(split=args.split, date=result["date"], command=command)
+        result["grad_cam_border_energy"] = energy
+    return result, energy
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -295,34 +389,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(merge_cross_source(_bundle_dir(args.model), args.cross_source_from), indent=2))
         return 0
     stats = None
-    if args.ood:
+    if args.part:
+        i, n = (int(v) for v in args.part.split("/"))
+        Path(args.part_out).write_text(json.dumps(measure_part(loaded, args, i - 1, n)), encoding="utf-8")
+        return 0
+    if args.merge_parts:
+        parts = [json.loads(Path(f).read_text(encoding="utf-8")) for f in args.merge_parts]
+        result, energy = combine_parts(loaded, args, parts, command)
+    elif args.ood:
         records = read_manifest(args.data, loaded.card.class_names)
         scores, features = score_and_features(loaded, Path(args.data), records, progress=sys.stderr.isatty())
         on_split = np.array([r.split == args.split for r in records])
         split_records = [r for r, keep in zip(records, on_split, strict=True) if keep]
-        labels = np.array([int(r.label == loaded.card.positive_index) for r in split_records])
-        result = metrics_by_source(labels, scores[on_split], split_records, loaded.card.threshold)
         stats = fit_ood_stats(loaded, records, features)
-        result["ood_warnings"] = ood_warning_rates(stats, split_records, features[on_split])
-        result = rounded(result)
+        part = measure_part(loaded, args, 0, 1, scores=scores[on_split])
+        result, energy = combine_parts(loaded, args, [part], command)
+        result["ood_warnings"] = rounded(ood_warning_rates(stats, split_records, features[on_split]))
     else:
-        result = rounded(evaluate(loaded, args.data, args.split, progress=sys.stderr.isatty()))
-    result["model"] = {"name": loaded.card.name, "version": loaded.card.version, "sha256": loaded.card.sha256}
-    result["split"] = args.split
-    result["date"] = datetime.now(UTC).strftime("%Y-%m-%d")
-    result["command"] = command
-    if args.lung_evidence:
-        covid = [r for r in read_manifest(args.data, loaded.card.class_names)
-                 if r.split == args.split and r.label == loaded.card.positive_index]
-        result["grad_cam_lung_evidence"] = {
-            masks: rounded(lung_evidence(loaded, args.data, covid, masks, args.lungs)) for masks in args.lung_evidence}
-    energy = None
-    if args.border_energy > 0:
-        records = [r for r in read_manifest(args.data, loaded.card.class_names) if r.split == args.split]
-        step = max(1, len(records) // args.border_energy)
-        energy = rounded(border_energy(loaded, args.data, records[::step][:args.border_energy]))
-        energy.update(split=args.split, date=result["date"], command=command)
-        result["grad_cam_border_energy"] = energy
+        result, energy = combine_parts(loaded, args, [measure_part(loaded, args, 0, 1)], command)
     print(json.dumps(result, indent=2))
     if args.update_card:
         from dataclasses import replace
