@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PORT ?= 8501
 
-.PHONY: run test lint bench browser clean
+.PHONY: run test lint bench browser postgres clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
@@ -32,7 +32,16 @@ browser:
 		echo "installed chromium: $$(command -v chromium)"; \
 	else echo "chromium missing and not root: browser tests will fail in CI"; fi
 
-test: $(VENV)/.dev browser
+# PostgreSQL server binaries for the review store's tests (a throw-away cluster on a unix socket, no service).
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then echo "postgresql: $$(ls -d /usr/lib/postgresql/*/bin | tail -1)"; \
+	elif [ "$$(id -u)" = "0" ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null && \
+		echo "installed postgresql: $$(ls -d /usr/lib/postgresql/*/bin | tail -1)"; \
+	else echo "PostgreSQL server binaries missing and not root: the review store's PostgreSQL tests will fail"; fi
+
+test: $(VENV)/.dev browser postgres
 	$(PY) -m pytest
 
 lint: $(VENV)/.dev

@@ -48,9 +48,10 @@ def _as_postgres(command: list[str]) -> list[str]:
 
 
 class PostgresCluster:
-    """``initdb`` a cluster in a fresh temporary folder and serve it on a unix socket there."""
+    """``initdb`` a cluster in a fresh temporary folder and serve it on a unix socket there (``fsync`` off
+    for the tests, on for the benchmark)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
         self.bin = pg_bin()
         self.root = Path(tempfile.mkdtemp(prefix="xai-pg-"))
         self.data = self.root / "data"
@@ -60,7 +61,8 @@ class PostgresCluster:
         subprocess.run(_as_postgres([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
                                      "--auth=trust", "-E", "UTF8", "--no-sync"]),
                        check=True, capture_output=True, timeout=120)
-        options = f"-k {self.root} -c listen_addresses='' -c fsync=off -c max_connections=60"
+        options = (f"-k {self.root} -c listen_addresses='' -c fsync={'on' if fsync else 'off'} "
+                   "-c max_connections=60")
         started = subprocess.run(_as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
                                                "-o", options, "-w", "-t", "60", "start"]),
                                  capture_output=True, text=True, timeout=90)
