@@ -117,6 +117,16 @@ def browser() -> Iterator[object]:
 
 
 # ------------------------------------------------------------------------------------- page helpers
+def app_page_titles() -> list[str]:
+    """The titles of app.py's page list (``_PAGES``) whose scripts exist, in order: the navigation to expect."""
+    import ast
+
+    tree = ast.parse((REPO / "app.py").read_text(encoding="utf-8"))
+    pages = next(ast.literal_eval(node.value) for node in ast.walk(tree)
+                 if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_PAGES")
+    return [title for script, title, _icon in pages if (REPO / script).is_file()]
+
+
 def overlay_count_js(n_methods: int) -> str:
     """JS predicate: the panel shows the original + ``n_methods`` images, titled with every method label."""
     labels = list(METHOD_LABELS[:n_methods])
@@ -254,9 +264,70 @@ def test_a_deep_link_on_a_fresh_server_gets_the_apps_own_pages(browser, tmp_path
         page.wait_for_selector(".st-key-card_performance .js-plotly-plot", state="visible",
                                timeout=SERVER_START_S * 1000)
         links = page.locator('[data-testid="stSidebarNavLink"]').all_inner_texts()
-        assert [text.split("\n")[-1].strip() for text in links] == ["Explain", "Model", "Trust", "Batch"]
+        assert [text.split("\n")[-1].strip() for text in links] == app_page_titles()
         assert page.get_by_text("Research and teaching use — not for diagnosis").first.is_visible()
         assert error_texts(page) == []
     finally:
         context.close()
         stop_server(process)
+
+
+SCROLL_TOP_JS = """() => { const m = document.querySelector('[data-testid="stMain"]');
+    return (m ? m.scrollTop : 0) + window.scrollY; }"""
+X_RANGE_JS = f"""() => {{ const gd = document.querySelector('{PANEL} .js-plotly-plot');
+    return gd && gd._fullLayout ? gd._fullLayout.xaxis.range.slice() : null; }}"""
+
+
+def test_wheel_zooms_only_after_a_click_and_captions_give_the_share_in_the_lungs(server, browser):
+    """The page scrolls under the mouse wheel until the user clicks a panel; then the wheel zooms."""
+    context = browser.new_context(viewport={"width": 1400, "height": 800})
+    page = context.new_page()
+    try:
+        page.goto(server, wait_until="domcontentloaded")
+        page.wait_for_selector(UPLOADER, state="attached", timeout=SERVER_START_S * 1000)
+        page.locator(UPLOADER).set_input_files(str(REPO / "samples" / "non_covid_nih_pa.png"))
+        page.wait_for_function(overlay_count_js(4), timeout=RESULT_S * 1000, polling=250)
+        wait_idle(page)
+        titles = page.locator(f"{PANEL} .annotation-text").all_text_contents()
+        assert sum("% in lungs" in t for t in titles) == 4, titles
+        panel = page.locator(f"{PANEL} .js-plotly-plot").first
+        panel.scroll_into_view_if_needed()
+        page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]'); if (m) m.scrollTop += 150; }")
+        page.wait_for_timeout(300)
+        box = panel.bounding_box()
+        x, y = box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.6
+        page.mouse.move(x, y)
+        range0, top0 = page.evaluate(X_RANGE_JS), page.evaluate(SCROLL_TOP_JS)
+        page.mouse.wheel(0, -200)
+        page.wait_for_timeout(600)
+        assert page.evaluate(X_RANGE_JS) == range0, "the wheel zoomed before any click on the panel"
+        assert page.evaluate(SCROLL_TOP_JS) < top0, "the page did not scroll"
+        box = panel.bounding_box()
+        x, y = box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.6
+        page.mouse.click(x, y)
+        page.mouse.wheel(0, -200)
+        page.wait_for_timeout(600)
+        zoomed = page.evaluate(X_RANGE_JS)
+        assert zoomed != range0 and zoomed[1] - zoomed[0] < range0[1] - range0[0], (range0, zoomed)
+        assert error_texts(page) == []
+    finally:
+        context.close()
+
+
+def test_the_menu_offers_a_light_theme_for_projectors(server, browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, color_scheme="dark")
+    page = context.new_page()
+    try:
+        page.goto(server, wait_until="domcontentloaded")
+        page.wait_for_selector(UPLOADER, state="attached", timeout=SERVER_START_S * 1000)
+        background = "() => getComputedStyle(document.querySelector('.stApp')).backgroundColor"
+        assert page.evaluate(background) != "rgb(255, 255, 255)"  # dark on a dark system
+        for theme, light in (("Light", True), ("Dark", False)):
+            item = page.locator(f'[data-testid="stMainMenuItem-theme-{theme}"]')
+            if not item.is_visible():  # the menu may still be open after the previous choice
+                page.locator('[data-testid="stMainMenu"] button').first.click()
+            item.click()
+            page.wait_for_function(f"() => (({background})() === 'rgb(255, 255, 255)') === {str(light).lower()}",
+                                   timeout=30_000)
+    finally:
+        context.close()
