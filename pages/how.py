@@ -6,8 +6,9 @@ maps differ; guided backpropagation beside the plain input gradient; Guided Grad
 what each method is known to get wrong; and this model's sanity check and stability, on request.
 
 Every number and plot comes from the real computation: one engine call with ``details=True`` (the
-activations and gradients of the same passes that made the maps) and, for the plain input gradient, one
-extra forward + backward pass (:func:`xai.glassbox.plain_input_gradient`). Both are cached per (image,
+activations and gradients of the same passes that made the maps), for the plain input gradient one
+extra forward + backward pass (:func:`xai.glassbox.plain_input_gradient`), and one forward pass whose graph
+shows where the guided rule acts (:func:`xai.glassbox.guided_relus`). Both are cached per (image,
 model, class) for every session; the checks are kept per session.
 """
 
@@ -50,6 +51,7 @@ class GlassBox:
     plus_plus: glassbox.PlusPlusContrast
     guided: glassbox.GuidedContrast
     guided_gradcam: np.ndarray
+    relus: Any  # xai.guided.GraphReport: where the guided rule acts on this network
     background: np.ndarray  # the model input as gray [0, 1], what the model saw
 
 
@@ -69,7 +71,7 @@ def glass_box(image_sha: str, model_key: str, target: int, _result: PipelineResu
     return GlassBox(
         details=d, explanation=e, gradcam=cam, top=glassbox.top_channels(d.activations, d.gradcam_weights, TOP_K),
         plus_plus=glassbox.plus_plus_contrast(d, size, k=4), guided=glassbox.guided_contrast(plain[0], guided),
-        guided_gradcam=ggc_display, background=gray,
+        guided_gradcam=ggc_display, relus=glassbox.guided_relus(_model.loaded.module, x), background=gray,
     )
 
 
@@ -219,6 +221,10 @@ def guided_section(box: GlassBox, result: PipelineResult) -> None:
                f"{100 * g.guided_negative:.1f} %. Rank correlation of the two maps: {g.spearman:.2f}. The plain "
                "gradient costs one extra forward and backward pass of the model (the engine's single pass "
                "is guided).")
+    others = ", ".join(f"{name} ×{n}" for name, n in sorted(box.relus.other_activations.items()))
+    st.markdown(f"On this network the guided rule acts at **{box.relus.relus} ReLU nodes** of the forward "
+                "pass's graph (ReLU and ReLU6, modules and functional calls alike)"
+                + (f"; the gradient passes these other activations unguided: {others}." if others else "."))
     pitfalls("guided_backprop")
 
 

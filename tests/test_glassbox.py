@@ -211,6 +211,39 @@ def test_a_spatially_varying_gradient_is_not_called_uniform() -> None:
     np.testing.assert_allclose(d.gradients, weight, rtol=1e-6)
 
 
+class FunctionalNet(nn.Module):
+    """One ReLU module used twice, one F.relu call and one ReLU6: four places for the guided rule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 1)
+        self.act = nn.ReLU()
+        self.six = nn.ReLU6()
+        self.fc = nn.Linear(2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.six(torch.nn.functional.relu(self.act(self.act(self.conv(x)))))
+        return self.fc(torch.sigmoid(y).mean(dim=(2, 3)))
+
+
+def test_guided_relus_are_counted_however_they_are_written(bundle, film) -> None:
+    report = glassbox.guided_relus(FunctionalNet().eval(), torch.randn(1, 1, 4, 4))
+    assert report.relus == 4 and dict(report.other_activations) == {"sigmoid": 1}
+    # ChestCOVNet: every ReLU6 module call of one forward pass (counted here with forward hooks)
+    calls = []
+    handles = [m.register_forward_hook(lambda *_: calls.append(1)) for m in bundle.module.modules()
+               if isinstance(m, nn.ReLU6)]
+    try:
+        with torch.no_grad():
+            bundle.module(film)
+    finally:
+        for h in handles:
+            h.remove()
+    assert glassbox.guided_relus(bundle.module, film).relus == len(calls) > 10
+    for m in bundle.module.modules():
+        assert not m._forward_hooks
+
+
 def snapshot(model: nn.Module) -> dict:
     return {
         "state": {k: v.detach().clone() for k, v in model.state_dict().items()},

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 import models
@@ -74,6 +75,8 @@ def test_every_step_is_drawn_from_the_film(page: AppTest, bundle: models.LoadedM
     text = "\n".join(m.value for m in at.markdown)
     assert "`head_act` (ReLU6): the model card names it" in text
     assert "1280 channels" in text and "7 × 7" in text
+    relu6_calls = sum(isinstance(m, torch.nn.ReLU6) for m in bundle.module.modules())  # each runs once
+    assert f"acts at **{relu6_calls} ReLU nodes**" in text
 
     # The bars are the top Grad-CAM weights. Independent: behind GAP + linear, w_k = W[covid19, k] / 49.
     row = bundle.module.classifier.weight.detach().numpy()[1] / 49.0

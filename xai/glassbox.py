@@ -14,6 +14,7 @@ the engine did.
   eq. 19) against Grad-CAM's uniform ``g / (h w)``, and where the two maps differ.
 * :func:`plain_input_gradient` -- the plain gradient ``dS/dx`` (one extra forward + backward pass of the
   model as given), to set beside guided backpropagation (Springenberg et al. 2015).
+* :func:`guided_relus` -- the ReLU nodes of the real network where the guided rule acts.
 * :func:`guided_contrast`, :func:`guided_gradcam` -- guided vs plain gradient, and Guided Grad-CAM as
   guided backprop x upsampled Grad-CAM.
 * :func:`target_layer_reason` -- which rule chose the target layer and why that layer.
@@ -38,6 +39,7 @@ from xai.engine import (
     guided_display,
     weighted_cam,
 )
+from xai.guided import GraphReport, GuidedState, guide_graph
 from xai.trust import metrics
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "cam_steps",
     "guided_contrast",
     "guided_gradcam",
+    "guided_relus",
     "image_details",
     "plain_input_gradient",
     "plus_plus_contrast",
@@ -316,6 +319,26 @@ def plain_input_gradient(
     if grad is None:
         grad = torch.zeros_like(leaf)
     return _read_only(grad, np.dtype(np.float32))
+
+
+def guided_relus(model: nn.Module, x: torch.Tensor) -> GraphReport:
+    """Where the guided rule acts on ``model``: the ReLU / ReLU6 nodes (modules, functional calls, reused
+    modules alike) in the autograd graph of one forward pass of ``x``, as :func:`xai.guided.guide_graph`
+    finds them for the engine, plus the non-ReLU activations the gradient passes unguided.
+
+    One forward pass, no backward pass; the graph's hooks are inert (plain rule) and die with the graph.
+    The model must be in eval mode (see :func:`plain_input_gradient`).
+    """
+    if model.training:
+        raise ValueError("the model is in training mode: call model.eval() first")
+    x = _check_input(x)
+    device, dtype = _device_dtype(model, x)
+    with torch.inference_mode(False), torch.enable_grad():
+        leaf = x.detach().to(device=device, dtype=dtype).clone().requires_grad_(True)
+        logits = model(leaf.clone())
+        if not isinstance(logits, torch.Tensor) or logits.grad_fn is None:
+            raise ValueError("the model's output does not depend on its input through autograd")
+        return guide_graph(logits.grad_fn, GuidedState(guided=False))
 
 
 @dataclass(frozen=True, eq=False)
