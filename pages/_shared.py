@@ -324,7 +324,7 @@ def warm_up_display(model: ActiveModel, blank: Any, features: Any) -> None:
 def warm_up_page(model: ActiveModel) -> None:
     """The result page's whole path once on a bundled film at start-up (~1 s), so the first user's
     result is as fast as every later one: the decoder worker's first film, the engine on a real film,
-    the mapping back, every colour table, the screen view and its JPEGs, the panel figure. Nothing is
+    the mapping back, the lung model, every colour table, the screen view and its JPEGs, the panel figure. Nothing is
     cached for users (the engine is called directly, not through the explanation cache)."""
     from pages._panel import Panel, panel_figure, screen_image_uri
     from xai import render
@@ -339,6 +339,13 @@ def warm_up_page(model: ActiveModel) -> None:
         return
     shown = render.view(image.radiograph, result, render.DisplaySettings())
     panels = [Panel("", shown.original)] + [Panel("", rgb) for rgb in shown.overlays.values()]
+    with contextlib.suppress(Exception):  # the lung model: read once per process, its first film slow
+        from xai.anatomy import evidence_in_lungs, evidence_outside, find_lungs
+
+        field = find_lungs(image.radiograph)
+        for saliency in result.maps.values():
+            evidence_in_lungs(saliency, field.mask)
+            evidence_outside(saliency, field.mask)
     index = render.heat_index(shown.original[:, :, 0] / 255.0)
     for cmap in render.COLORMAPS:  # each colour table loads once per process: a first colormap change is fast
         render.blend(shown.original, index, cmap=cmap)
