@@ -8,7 +8,8 @@ with the variants interleaved in every repeat after one warm-up):
 * ``panel``: ``Explainer.explain(x)``, the four maps the Explain page shows;
 * ``panel + details``: the same call with ``details=True``;
 * ``glass box``: what the page computes -- the call with ``details=True``, the plain input gradient
-  (:func:`xai.glassbox.plain_input_gradient`, one extra forward + backward pass) and every step of
+  (:func:`xai.glassbox.plain_input_gradient`, one extra forward + backward pass), the ReLU nodes of one
+  more forward graph (:func:`xai.glassbox.guided_relus`) and every step of
   :mod:`xai.glassbox` (CAM steps, top channels, Grad-CAM++ contrast, guided contrast, Guided Grad-CAM).
 
 Figures (every bundled sample, both classes): where Grad-CAM and Grad-CAM++ part (share of pixels whose
@@ -51,6 +52,7 @@ def glass_box(model: models.LoadedModel, explainer: Explainer, x: torch.Tensor, 
     plain = glassbox.plain_input_gradient(model.module, x, target)
     glassbox.guided_contrast(plain[0], e.raw["guided_backprop"][0])
     glassbox.guided_gradcam(e.raw["guided_backprop"][0], cam.upsampled)
+    glassbox.guided_relus(model.module, x)
 
 
 def speed(model: models.LoadedModel, repeats: int) -> None:
