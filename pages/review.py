@@ -113,26 +113,34 @@ def reader_identity() -> str | None:
 
 
 # -------------------------------------------------------------------------------------------- films
-def film_figure(uri: str, shape: tuple[int, int], factor: float, box: list[float] | None, uirevision: str) -> go.Figure:
-    """The film with a box-select drag mode; ``box`` (film pixels) drawn as a rectangle."""
+def film_figure(uri: str, shape: tuple[int, int], factor: float, box: list[float] | None, uirevision: str) -> dict:
+    """The film with a box-select drag mode; ``box`` (film pixels) drawn as a rectangle.
+
+    Written as a plain figure dict (no plotly validation): it is built on every case change. Invisible
+    points under the film make plotly report the dragged box (an image trace alone is not selectable).
+    """
     h, w = round(shape[0] / factor), round(shape[1] / factor)
     step = max(1.0, max(h, w) / SELECT_GRID)
     ys, xs = np.mgrid[step / 2 : h : step, step / 2 : w : step]
-    fig = go.Figure([
-        go.Image(source=uri, x0=0, dx=1, y0=0, dy=1, hoverinfo="skip"),
-        go.Scatter(x=xs.ravel(), y=ys.ravel(), mode="markers", hoverinfo="skip", showlegend=False,
-                   marker={"opacity": 0, "size": 6}, selected={"marker": {"opacity": 0}},
-                   unselected={"marker": {"opacity": 0}}),
-    ])
+    hidden = {"opacity": 0}
+    data = [
+        {"type": "image", "source": uri, "x0": 0, "dx": 1, "y0": 0, "dy": 1, "hoverinfo": "skip"},
+        {"type": "scatter", "x": np.round(xs.ravel(), 1).tolist(), "y": np.round(ys.ravel(), 1).tolist(),
+         "mode": "markers", "hoverinfo": "skip", "showlegend": False, "marker": {"opacity": 0, "size": 6},
+         "selected": {"marker": hidden}, "unselected": {"marker": hidden}},
+    ]
+    shapes = []
     if box is not None:
         x, y, bw, bh = (v / factor for v in box)
-        fig.add_shape(type="rect", x0=x, y0=y, x1=x + bw, y1=y + bh, line={"color": "#00e676", "width": 2})
-    fig.update_layout(
-        dragmode="select", height=min(820, max(360, int(h * 620 / max(w, 1)))), margin={"l": 0, "r": 0, "t": 0, "b": 0},
-        xaxis={"visible": False, "range": [0, w]}, yaxis={"visible": False, "range": [h, 0], "scaleanchor": "x"},
-        uirevision=uirevision, paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="black",
-    )
-    return fig
+        shapes.append({"type": "rect", "x0": x, "y0": y, "x1": x + bw, "y1": y + bh,
+                       "line": {"color": "#00e676", "width": 2}})
+    layout = {
+        "template": {}, "dragmode": "select", "height": min(820, max(360, int(h * 620 / max(w, 1)))),
+        "margin": {"l": 0, "r": 0, "t": 0, "b": 0}, "shapes": shapes, "uirevision": uirevision,
+        "xaxis": {"visible": False, "range": [0, w]}, "yaxis": {"visible": False, "range": [h, 0], "scaleanchor": "x"},
+        "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "black",
+    }
+    return {"data": data, "layout": layout}
 
 
 def drawn_box(event: Any, factor: float, shape: tuple[int, int]) -> list[float] | None:

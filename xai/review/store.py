@@ -246,6 +246,14 @@ def _engine(url: str) -> Engine:
         return engine
 
 
+_WRITER_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _writer_lock(url: str) -> threading.Lock:
+    with _ENGINES_LOCK:
+        return _WRITER_LOCKS.setdefault(url, threading.Lock())
+
+
 @contextlib.contextmanager
 def _migration_lock(engine: Engine, connection: Connection) -> Iterator[None]:
     """One migrator at a time across processes: a file lock beside a SQLite file, an advisory lock on
@@ -300,6 +308,8 @@ class ReviewStore:
         self.url = url or default_url()
         try:
             self.engine = _engine(self.url)
+            self._writer_lock = _writer_lock(self.url) if self.engine.url.get_backend_name() == "sqlite" \
+                else contextlib.nullcontext()
         except (sa.exc.SQLAlchemyError, ImportError, OSError) as exc:
             shown = self.url
             with contextlib.suppress(sa.exc.ArgumentError):
@@ -310,7 +320,10 @@ class ReviewStore:
     # ------------------------------------------------------------------ transactions
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self.engine.connect() as connection:
+        """One write transaction. On SQLite the threads of a process queue on a lock first: SQLite's own
+        busy handler sleeps in growing steps (up to 100 ms) while it waits, a lock hands over at once;
+        processes still meet at ``BEGIN IMMEDIATE`` (the busy timeout)."""
+        with self._writer_lock, self.engine.connect() as connection:
             connection = connection.execution_options(sqlite_begin="IMMEDIATE")
             with connection.begin():
                 yield connection
@@ -562,16 +575,19 @@ class ReviewStore:
         "seconds": time spent (optional)}``. Raises :class:`ReviewError` for a closed session, an unknown
         case, or a field out of range (the message names it).
         """
-        session = self.session(session_id)
-        if session.closed:
-            raise ReviewError(f"session {session.name!r} is closed; no more ratings can be saved")
         reader = _clean_name(reader, "reader")
-        with self._read() as c:
+        with self._write() as c:  # one transaction: the session's state, the case and the new row
+            row = c.execute(sa.select(schema.sessions).where(schema.sessions.c.id == str(session_id))).mappings().first()
+            if row is None:
+                raise ReviewError(f"no review session with id {session_id!r}")
+            session = self._session_record(row, 0)
+            if session.closed:
+                raise ReviewError(f"session {session.name!r} is closed; no more ratings can be saved")
             case = self._case(c, session.id, case_id)
-        values = self.validate_rating(session, (case["height"], case["width"]), rating)
-        order = method_order(session.id, case["id"], reader, session.methods) if session.anonymised else session.methods
-        values["plausibility"] = json.dumps(values["plausibility"], sort_keys=True)
-        with self._write() as c:
+            values = self.validate_rating(session, (case["height"], case["width"]), rating)
+            order = method_order(session.id, case["id"], reader, session.methods) if session.anonymised \
+                else session.methods
+            values["plausibility"] = json.dumps(values["plausibility"], sort_keys=True)
             result = c.execute(schema.ratings.insert().values(
                 session_id=session.id, case_id=case["id"], reader=reader, map_order=json.dumps(list(order)),
                 saved_at=_now(), **values,
