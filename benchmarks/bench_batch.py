@@ -16,7 +16,8 @@ Rows (films/s; seconds per film):
   back to the film's grid (:func:`xai.pipeline.explain_source`, decoding in this process, a reused
   explainer) — and nothing else: no overlay, file, OOD or HTML.
 * ``local report``: :func:`xai.batch.run.run_report` (what ``python -m xai report`` runs), the same films.
-  Target: at most 1.5x the bound per film.
+  Target: at most 1.5x the bound per film. Also with ``--no-isolation`` (decoding in this process, like the
+  bound): the difference is what decoding each file in a worker process with limits costs.
 * ``ray, 1 worker`` / ``ray, 2 workers``: :func:`xai.batch.ray_engine.run_report_ray` on a local Ray with 2
   CPUs started once before both (its start-up is printed apart); ``total`` includes starting the workers and
   loading the model in them, ``steady`` is the rate between the first and the last film (what an archive of
@@ -110,13 +111,14 @@ def engine_bound(model: Any, films: list[Path]) -> Clock:
     return clock
 
 
-def local_report(model: Any, films: list[Path], out: Path, *, profile: bool, batch_size: int) -> Clock:
+def local_report(model: Any, films: list[Path], out: Path, *, profile: bool, batch_size: int,
+                 isolated: bool = True) -> Clock:
     import models
     from xai.batch.films import Checks, ReportSpec
     from xai.batch.inputs import collect_inputs
     from xai.batch.run import run_report
 
-    spec = ReportSpec(methods=METHODS, target="covid19", batch_size=batch_size)
+    spec = ReportSpec(methods=METHODS, target="covid19", batch_size=batch_size, isolated=isolated)
     checks = Checks(ood_stats=models.ood_stats(model))
     items = collect_inputs(films)
     profiler = cProfile.Profile() if profile else None
@@ -215,10 +217,15 @@ def main() -> None:
         n = len(films)
         bound = engine_bound(model, films)
         local = local_report(model, films, root / "local", profile=args.profile, batch_size=args.batch_size)
+        inproc = local_report(model, films, root / "inproc", profile=False, batch_size=args.batch_size,
+                              isolated=False)
         print("\n| row | films/s | s per film (wall) | s per film (CPU) | x bound |\n|---|---:|---:|---:|---:|")
         print(f"| engine bound | {n / bound.wall:.3f} | {bound.wall / n:.3f} | {bound.cpu / n:.3f} | 1.00 |")
         print(f"| local report | {n / local.wall:.3f} | {local.wall / n:.3f} | {local.cpu / n:.3f} | "
               f"{local.wall / bound.wall:.2f} (CPU {local.cpu / bound.cpu:.2f}) |")
+        print(f"| local report, decoding in this process (--no-isolation) | {n / inproc.wall:.3f} | "
+              f"{inproc.wall / n:.3f} | {inproc.cpu / n:.3f} | {inproc.wall / bound.wall:.2f} "
+              f"(CPU {inproc.cpu / bound.cpu:.2f}) |")
         if not args.skip_ray:
             rows = ray_reports(model, films, root)
             print(f"\nRay start-up (local, 2 CPUs): {rows.pop('ray start-up')['total']:.1f} s")

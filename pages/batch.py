@@ -30,7 +30,7 @@ from xai.engine import METHODS
 ZIP_LIMITS = ZipLimits(max_archive_bytes=200 * 1024 * 1024, max_members=200, max_member_bytes=64 * 1024 * 1024,
                        max_total_bytes=512 * 1024 * 1024, max_ratio=100.0)
 _RESULT_KEY = "batch_result"
-_SIZES = {"Compact: JPEG overlays, longest side 2048 px": COMPACT,
+_SIZES = {"Compact: JPEG overlays, longest side 1024 px": COMPACT,
           "Full resolution: PNG overlays on each film's own pixel grid (slow, large)": FULL_RESOLUTION}
 
 

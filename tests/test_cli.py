@@ -264,7 +264,7 @@ def test_report_with_manifest_boxes(bundle: Path, chestcovnet_dir: Path, tmp_pat
         assert sorted(p.name for p in (out / stem / "thumbs").iterdir()) == ["gradcam++.jpg", "gradcam.jpg",
                                                                               "original.jpg"]
         with Image.open(out / stem / "gradcam.jpg") as overlay, Image.open(inputs / f"{stem}.jpg") as film:
-            assert overlay.size == film.size  # compact keeps films up to 2048 px at their own size
+            assert overlay.size == film.size  # compact keeps films up to 1024 px at their own size
             assert json.loads(overlay.info["comment"])["Description"]  # the provenance travels in a comment
 
     # --only-boxed keeps the images the boxes file names (the bad file is not one of them).
@@ -469,3 +469,28 @@ def test_report_lung_columns_and_cohort_view(bundle: Path, chestcovnet_dir: Path
     assert (group, n) == ("site_a", 2)
     np.testing.assert_allclose(mean, (registered["nih_00008727_009.jpg"] / 255.0
                                       + registered["nlm_CHNCXR_0001_0.jpg"] / 255.0) / 2)
+
+
+def test_compact_overlays_start_from_maps_resampled_from_the_model_grid(bundle: Path, chestcovnet_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    """A large film's compact overlays use maps resampled straight from the model grid to the small grid:
+    the same maps as the full-resolution ones shrunk by area averaging, within a few thousandths."""
+    import cv2
+
+    import models
+    from xai.batch.outputs import shrunk_film
+    from xai.pipeline import explain_source
+    from xai.render import downsample_for_display
+
+    big = tmp_path / "big.png"
+    film = cv2.imread(str(chestcovnet_dir / "images" / "mhh_b343e657.jpg"), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(big), cv2.resize(film, (film.shape[1] * 5, film.shape[0] * 5), interpolation=cv2.INTER_CUBIC))
+    result = explain_source(big, models.load(bundle), target="covid19")
+    small = shrunk_film(result, 1000)
+    assert max(small.pixels.shape) == 1000
+    np.testing.assert_allclose(small.pixels, downsample_for_display(result.radiograph.pixels, 1000))
+    for method, heat in small.maps.items():
+        reference = downsample_for_display(result.maps[method], 1000)
+        assert heat.shape == reference.shape == small.pixels.shape
+        assert float(np.abs(heat - reference).mean()) < 2e-3 and float(np.abs(heat - reference).max()) < 0.1
+    assert shrunk_film(result, 10_000).maps["gradcam"] is result.maps["gradcam"]  # small enough: as it is

@@ -76,7 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--stability", action="store_true", help="also compute map stability (slow)")
     report.add_argument("--full-resolution", action="store_true",
                         help="overlays as PNG on each film's own pixel grid (default: compact JPEG, longest side "
-                             "2048 px)")
+                             "1024 px)")
     report.add_argument("--batch-size", type=_positive, default=1,
                         help="films per forward/backward pass (default: %(default)s)")
     report.add_argument("--resume", action="store_true",
@@ -209,7 +209,7 @@ def _lung_record(result: Any, stderr: TextIO, bar: Any) -> dict[str, Any]:
     from xai.batch.lungs import NO_LUNG_NOTICE, lung_figures
 
     try:
-        figures = lung_figures(result)
+        figures = lung_figures(result.radiograph.pixels, result.maps)
     except (LungModelError, ValueError, RuntimeError) as exc:
         _message(f"xai: warning: {result.file}: no lung figures: {exc}", stderr, bar)
         return {}

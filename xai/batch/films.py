@@ -26,10 +26,12 @@ from xai.batch.inputs import InputItem
 from xai.batch.names import method_file, output_dir_for
 from xai.batch.outputs import (
     COMPACT,
+    Film,
     OverlayFormat,
     overlay_file,
     overlays,
     provenance,
+    shrunk_film,
     thumbnail,
     write_atomic,
 )
@@ -206,7 +208,8 @@ class FilmRunner:
         )
         row.ood, notice = ood_record(result, self.model, self.checks.ood_stats)
         row.notices += notice
-        original, drawn = overlays(result, spec.overlays.max_side, spec.cmap)
+        film = shrunk_film(result, spec.overlays.max_side)
+        original, drawn = overlays(film, spec.cmap)
         scale = original.shape[0] / result.radiograph.shape[0]
         boxes = [Box(b.x * scale, b.y * scale, b.w * scale, b.h * scale, b.label) for b in task.boxes]
         files = [self._thumb(folder, "original", draw_boxes(original, boxes))]
@@ -222,7 +225,7 @@ class FilmRunner:
             row.stability, notice = stability_record(result, self.model, self.checks.second_model)
             row.notices += notice
         if spec.lungs:
-            row.notices += lung_record(row, task, result, spec.methods)
+            row.notices += lung_record(row, task, film, result.predicted)
         row.files = tuple(files)
         write_atomic(folder / ROW_FILE, json.dumps({"version": ROW_VERSION, "key": self.key(task),
                                                     "row": row.to_dict()}).encode("utf-8"))
@@ -310,19 +313,19 @@ def ood_record(result: PipelineResult, model: LoadedModel, stats: OODStats | Non
     return _plain(asdict(verdict)), ()
 
 
-def lung_record(row: ReportRow, task: FilmTask, result: PipelineResult, methods: Sequence[str]) -> tuple[str, ...]:
+def lung_record(row: ReportRow, task: FilmTask, film: Film, predicted: str) -> tuple[str, ...]:
     """Fill ``row``'s lung figures and cohort groups (:mod:`xai.batch.lungs`); the notices to add."""
     from xai.anatomy import LungModelError
     from xai.batch.lungs import NO_LUNG_NOTICE, lung_figures
 
     try:
-        figures = lung_figures(result, methods)
+        figures = lung_figures(film.pixels, film.maps)
     except (LungModelError, ValueError, RuntimeError) as exc:
         return (f"no lung figures: {exc}",)
     row.in_lungs = figures.in_lungs
     row.lung_area_fraction = figures.area_fraction
     row.registered = figures.registered()
-    row.groups = {"predicted class": result.predicted}
+    row.groups = {"predicted class": predicted}
     if task.item.label is None:  # folders only where file names may be shown (a folder can name a patient)
         row.groups = {"folder": folder_of(task.item.name), **row.groups}
     return () if figures.found else (f"{NO_LUNG_NOTICE} ({figures.reason})",)

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
-
-if TYPE_CHECKING:
-    from xai.pipeline import PipelineResult
 
 WORK_SIDE = 1024
 REGISTERED_SIDE = 64
@@ -71,27 +68,28 @@ def _share(value: float) -> float | None:
     return None if math.isnan(value) else round(float(value), 6)
 
 
-def lung_figures(result: PipelineResult, methods: Sequence[str] | None = None) -> LungFigures:
-    """The lung figures of an explained film (see the module docstring)."""
+def lung_figures(pixels: np.ndarray, maps: Mapping[str, np.ndarray]) -> LungFigures:
+    """The lung figures of a film (``pixels``) and its maps, all on one grid of any size (the film's own,
+    or a shrunk copy); see the module docstring."""
     from xai.anatomy import dilate_mask, evidence_in_lungs, find_lungs, lung_box
 
-    methods = tuple(methods) if methods else tuple(result.maps)
-    gray = _shrink(result.radiograph.pixels)
+    methods = tuple(maps)
+    gray = _shrink(pixels)
     lungs = find_lungs(gray)
     if not lungs.found:
         return LungFigures(dict.fromkeys(methods), 0.0, False, lungs.reason)
     grown = dilate_mask(lungs.mask)  # once for every map (evidence_in_lungs would dilate per call)
-    maps = {m: _shrink(result.maps[m]) for m in methods}
-    in_lungs = {m: _share(evidence_in_lungs(maps[m], grown, dilation=0.0)) for m in methods}
+    small = {m: _shrink(heat) for m, heat in maps.items()}
+    in_lungs = {m: _share(evidence_in_lungs(small[m], grown, dilation=0.0)) for m in methods}
     x0, y0, x1, y1 = lung_box(lungs.mask) or (0, 0, gray.shape[1], gray.shape[0])
-    cohort = COHORT_METHOD if COHORT_METHOD in maps else methods[0]
+    cohort = COHORT_METHOD if COHORT_METHOD in small else methods[0]
 
     def register(a: np.ndarray) -> np.ndarray:
         crop = np.ascontiguousarray(a[y0:y1, x0:x1], dtype=np.float32)
         side = (REGISTERED_SIDE, REGISTERED_SIDE)
         return np.clip(np.rint(cv2.resize(crop, side, interpolation=cv2.INTER_AREA) * 255), 0, 255).astype(np.uint8)
 
-    return LungFigures(in_lungs, round(float(lungs.area_fraction), 6), True, "", register(maps[cohort]),
+    return LungFigures(in_lungs, round(float(lungs.area_fraction), 6), True, "", register(small[cohort]),
                        register(lungs.mask.astype(np.float32)))
 
 
