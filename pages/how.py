@@ -293,7 +293,11 @@ def main() -> None:
     if image is None:
         return
     names = model.class_names
-    choice = st.selectbox("Class to explain", [PREDICTED, *names], key=f"how_target:{model.key}",
+    key = f"how_target:{model.key}"
+    on_explain = st.session_state.get(f"target:{model.key}")  # the class on the Explain page, if just there
+    if key not in st.session_state and on_explain in (PREDICTED, *names):
+        st.session_state[key] = on_explain  # start from the class the user was looking at
+    choice = st.selectbox("Class to explain", [PREDICTED, *names], key=key,
                           format_func=lambda c: "Predicted class" if c == PREDICTED else c)
     target = None if choice == PREDICTED or choice == predicted_class(image.sha256, model.key) else names.index(choice)
     try:

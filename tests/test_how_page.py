@@ -132,9 +132,15 @@ def test_each_explain_panel_has_a_popover_linking_here() -> None:
     at = run(AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT))
     at.selectbox(key="sample").set_value(SAMPLE_TITLE)
     run(at)
+    target_box = next(s for s in at.selectbox if s.key and s.key.startswith("target:"))
+    target_box.set_value("non_covid")
+    run(at)
     labels = [p.proto.popover.label for p in at.get("popover")]
     assert labels == ["How Grad-CAM works", "How Grad-CAM++ works", "How Guided Backprop works",
                       "How Guided Grad-CAM works"]
     links = at.get("page_link")
     assert len(links) == 4 and {link.proto.page for link in links} == {"how"}
     assert len(at.get("latex")) >= 4  # each popover carries its method's formula
+    # The link's page opens on the film and the class the Explain page shows.
+    run(at.switch_page("pages/how.py"))
+    assert any("explaining **non_covid** (P = 0.009" in m.value for m in at.markdown)
