@@ -588,17 +588,30 @@ class PrefetchSkipped(RuntimeError):
     """A prefetch that did not run because a user was waiting for the engine (the page computes it)."""
 
 
-def _prefetch_one(radiograph: Radiograph, model: ActiveModel, target: int, methods: tuple[str, ...]) -> PipelineResult:
+def _prefetch_one(image: LoadedImage, model: ActiveModel, target: int, methods: tuple[str, ...],
+                  settings: DisplaySettings | None) -> PipelineResult:
+    """One other class: the explanation, then (best effort) what its page will need — the screen layers
+    for the display settings in use and the evidence in the lungs — into the same caches the page reads."""
     global PREFETCH_CALLS
     with _ENGINE_CALLS_LOCK:
         if _FOREGROUND:  # under load (many sessions) the background work would only slow everyone down
             raise PrefetchSkipped("a user is waiting for the engine")
         PREFETCH_CALLS += 1
-    return run_engine(radiograph, model, target, methods, count=False)
+    result = run_engine(image.radiograph, model, target, methods, count=False)
+    key = ResultKey.of(image, model, result)
+    with contextlib.suppress(Exception):  # the page computes whatever this could not
+        if settings is not None:
+            _screen_layers(key, settings, image.radiograph, result)
+        field = lung_field(image.sha256, image.radiograph)
+        if field.found:
+            lung_evidence(key, result, field)
+    return result
 
 
-def prefetch_targets(image: LoadedImage, model: ActiveModel, result: PipelineResult) -> int:
-    """Explain the film's other classes in the background (once per film, model and methods).
+def prefetch_targets(image: LoadedImage, model: ActiveModel, result: PipelineResult,
+                     settings: DisplaySettings | None = None) -> int:
+    """Explain the film's other classes in the background (once per film, model and methods), with their
+    screen layers for ``settings`` (the layer fields of the display in use) and their lung evidence.
 
     Bounded: at most :data:`PREFETCH_MAX_CLASSES` classes and :data:`EXPLANATION_CACHE_ENTRIES` results
     waiting; the oldest waiting result is dropped first. Returns how many were queued.
@@ -617,7 +630,8 @@ def prefetch_targets(image: LoadedImage, model: ActiveModel, result: PipelineRes
             if index == result.target_index:
                 continue
             key = (image.sha256, model.key, index, result.methods)
-            _PREFETCHED[key] = _PREFETCH_POOL.submit(_prefetch_one, image.radiograph, model, index, result.methods)
+            _PREFETCHED[key] = _PREFETCH_POOL.submit(_prefetch_one, image, model, index, result.methods,
+                                                     None if settings is None else settings.only("layers"))
             queued += 1
         while len(_PREFETCHED) > EXPLANATION_CACHE_ENTRIES:
             _PREFETCHED.popitem(last=False)[1].cancel()

@@ -350,6 +350,8 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
                  "display, use Zoom under Display.")
     st.caption(" ".join(notes))
     downloads_section(image, result, model, s, show_patient)
+    # The other classes in the background, drawn as now: a target switch then needs no engine pass.
+    prefetch_targets(image, model, result, s)
 
 
 #: Mouse-wheel zoom only once the user has clicked a panel: until then a wheel over the panels scrolls the
@@ -571,8 +573,6 @@ def main() -> None:
     # explanation already recorded) fills the slot above them a moment later, cached like the maps.
     with ood_slot:
         ood_banner(image.sha256, model, result)
-    if methods:  # the other classes in the background: a target switch then needs no engine pass
-        prefetch_targets(image, model, result)
 
 
 main()

@@ -228,7 +228,7 @@ def test_own_model_is_per_session_and_a_pickle_is_never_executed(tmp_path: Path)
     assert other_box.options[1:] == list(shared.default_model().class_names), "another session's model changed"
 
 
-def test_sample_gives_four_overlays_and_display_changes_compute_no_map() -> None:
+def test_sample_gives_four_overlays_and_display_changes_compute_no_map(monkeypatch: pytest.MonkeyPatch) -> None:
     shared.explain_cached.clear()
     shared.clear_prefetches()
     at = new_app()
@@ -272,10 +272,16 @@ def test_sample_gives_four_overlays_and_display_changes_compute_no_map() -> None
     other = next(c for c in classes if c != predicted)
     shared.wait_for_prefetches()  # the other class was explained in the background after each first result
     assert prefetch_start + 2 == shared.PREFETCH_CALLS  # once per set of methods, never for display changes
+    from xai import render
+
+    layers_made: list[object] = []
+    layers = render.layers
+    monkeypatch.setattr(render, "layers", lambda *a: layers_made.append(a) or layers(*a))
     target_box = next(s for s in at.selectbox if s.label == "Target class")
     target_box.set_value(other)
     run(at)
     assert calls + 2 == shared.ENGINE_CALLS, "the target switch waited for an engine pass"
+    assert not layers_made, "the switched class's screen layers were not prefetched"
     assert all(f"class {other}" in t for t in image_titles(at)[1:])
     # The prefetched maps are the engine's own for that class (same pipeline as a direct call).
     image = at.session_state[shared.Key.IMAGE]
