@@ -161,6 +161,7 @@ def main() -> None:
                         help="mean pause between a reader's saves in the paced runs (s; exponential)")
     parser.add_argument("--browser", action="store_true", help="also time the next case in a real browser")
     parser.add_argument("--rounds", type=int, default=8, help="next-case presses in the browser")
+    parser.add_argument("--only-browser", action="store_true", help="skip the store measurements")
     args = parser.parse_args()
     import os
 
@@ -169,10 +170,12 @@ def main() -> None:
              (f"{args.readers} paced {args.think:g} s", args.readers, "threads", args.think),
              (f"{args.readers} paced {args.think:g} s", args.readers, "processes", args.think)]
     rows = []
+    if args.only_browser:
+        plans, args.browser = [], True
     with tempfile.TemporaryDirectory() as tmp:
         sqlite = f"sqlite:///{tmp}/review.sqlite3"
         rows += [("SQLite", what, mode, run_store(sqlite, n, args.saves, mode, think)) for what, n, mode, think in plans]
-    pg = postgres_url()
+    pg = postgres_url() if plans else None
     if pg is not None:
         cluster, url = pg
         try:

@@ -46,7 +46,7 @@ from xai.review.store import PLAUSIBILITY_LABELS
 #: Longest side of the film on screen (px); boxes are stored in the film's own pixels.
 FILM_SIDE = 768
 #: Spacing of the invisible points under the film that make plotly report a box selection.
-SELECT_GRID = 48
+SELECT_GRID = 24
 DIAGNOSIS_LABELS = {"covid19": "COVID-19", "non_covid": "Not COVID-19", "uncertain": "Uncertain"}
 CONFIDENCE_LABELS = {1: "1 – very unsure", 2: "2", 3: "3", 4: "4", 5: "5 – certain"}
 NEXT_KEY, PREV_KEY, NEXT_OPEN_KEY = "review_next", "review_prev", "review_next_open"

@@ -7,24 +7,5 @@ schema migrated with Alembic on open); :mod:`xai.review.stats` — the agreement
 
 from __future__ import annotations
 
-from xai.review.store import (
-    DIAGNOSES,
-    QUESTIONS,
-    ReviewError,
-    ReviewSession,
-    ReviewStore,
-    default_url,
-    map_letters,
-    method_order,
-)
-
-__all__ = [
-    "DIAGNOSES",
-    "QUESTIONS",
-    "ReviewError",
-    "ReviewSession",
-    "ReviewStore",
-    "default_url",
-    "map_letters",
-    "method_order",
-]
+from xai.review.store import *  # noqa: F403 - the store's public names are the package's
+from xai.review.store import __all__ as __all__  # noqa: PLC0414
