@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--moves", type=int, default=6, help="opacity changes per round (default 6)")
     parser.add_argument("--model", default=os.environ.get("XAI_APP_MODEL", "chestcovnet"))
     parser.add_argument("--image", type=Path, default=REPO / "samples" / "cr_pa_siim.dcm")
+    parser.add_argument("--compare-prefetch", action="store_true",
+                        help="one more round with XAI_APP_PREFETCH=0: the class switch without the background work")
     args = parser.parse_args(argv)
     rounds, moves = max(1, min(args.rounds, 10)), max(1, min(args.moves, 20))
 
@@ -271,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"class switch first {res['switch_first_ms']:.0f} ms, median {res['switch_page_ms']:.0f} ms "
                       f"(after {res['think_s']:.1f} s looking); later film {res['later_page_s']:.2f} s in the page "
                       f"(engine in app {res['later_engine_ms']:.0f} ms)")
+            if args.compare_prefetch:
+                off = one_round(browser, args.image, moves, {"XAI_APP_MODEL": args.model, "XAI_APP_PREFETCH": "0"},
+                                tuple(engine.model.card.class_names))
+                print(f"without prefetch: class switch first {off['switch_first_ms']:.0f} ms, median "
+                      f"{off['switch_page_ms']:.0f} ms; opacity change {off['display_page_ms']:.0f} ms in the same round; "
+                      f"with prefetch (median of rounds): first {statistics.median(r['switch_first_ms'] for r in results):.0f} ms")
         finally:
             browser.close()
 

@@ -573,8 +573,9 @@ _PREFETCHED: OrderedDict[tuple[Any, ...], Future[PipelineResult]] = OrderedDict(
 _PREFETCH_LOCK = threading.Lock()
 #: Films whose classes were prefetched (or explained), so a rerun does not prefetch them again.
 _PREFETCH_SEEN: OrderedDict[tuple[Any, ...], None] = OrderedDict()
-#: Prefetch only for models with at most this many classes (each class is one more engine pass).
-PREFETCH_MAX_CLASSES = 4
+#: Prefetch only for models with at most this many classes (each class is one more engine pass);
+#: ``XAI_APP_PREFETCH=0`` turns prefetching off (benchmarks/bench_app.py compares both).
+PREFETCH_MAX_CLASSES = 4 if os.environ.get("XAI_APP_PREFETCH", "1") != "0" else 0
 PREFETCH_CALLS = 0
 """How many explanations the background worker computed (tests read it)."""
 
