@@ -781,11 +781,19 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
     feats = build_features(args, data, model, pre, aug)
     fits = [fit_top(args, model, data, feats, generator)]
 
-    def score_top(recs: Sequence[Record]) -> np.ndarray:
-        return predict_features(model, feats.clean[data.rows(recs)], args.freeze_blocks)[0]
+    # one pass of the trained top over every cached image: the classifier's input, from which both the
+    # probabilities (the classifier is linear) and the OOD features are read
+    pooled: list[np.ndarray] = []
 
     def features_top(recs: Sequence[Record]) -> np.ndarray:
-        return pooled_features(model, feats.clean[data.rows(recs)], args.freeze_blocks)
+        if not pooled:
+            pooled.append(pooled_features(model, feats.clean, args.freeze_blocks))
+        return pooled[0][data.rows(recs)]
+
+    def score_top(recs: Sequence[Record]) -> np.ndarray:
+        with torch.no_grad():
+            logits = model.classifier(torch.from_numpy(features_top(recs)).float())
+        return torch.softmax(logits.double(), 1)[:, 1].numpy()
 
     if args.whole_epochs <= 0:
         return finish(args, out, model, pre, data, aug, fits, score_top, command, t_start, features_top)

@@ -17,6 +17,7 @@ from models.data import (
     balanced_weights,
     build_cache,
     normalize,
+    read_lung_masks,
     read_manifest,
     select,
 )
@@ -192,3 +193,38 @@ def test_lung_masks_follow_the_films_crop_and_lie_on_the_dark_lungs(chestcovnet_
     on_grid = mask_to_model(half, geometry)
     x0, _, x1, _ = geometry.crop_box
     assert on_grid[112].mean() == pytest.approx((w // 2 - x0) / (x1 - x0), abs=0.02)
+
+
+def test_evaluation_in_parts_equals_one_run_and_refuses_a_gap(tmp_path: Path, chestcovnet_dir: Path, shared_data: Path):
+    """``models.evaluate --part I/N`` + ``--merge-parts`` gives the same figures as one run (scores, lung
+    evidence with the manual masks, border energy), and a set of parts missing a film is refused."""
+    import csv
+
+    from models import evaluate
+
+    rows = list(csv.DictReader((chestcovnet_dir / "manifest.csv").open(encoding="utf-8")))
+    masked = set(read_lung_masks(shared_data / "lungs"))
+    chosen = ([r for r in rows if r["split"] == "test" and r["label"] == "covid19" and r["file"] in masked][:2]
+              + [r for r in rows if r["split"] == "test" and r["label"] == "non_covid"][:2])
+    data = tmp_path / "chestcovnet"
+    data.mkdir()
+    (data / "images").symlink_to(chestcovnet_dir / "images")
+    with (data / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(chosen)
+    common = ["--model", "chestcovnet", "--data", str(data), "--lung-evidence", "manual", "--lungs",
+              str(shared_data / "lungs"), "--border-energy", "4", "--threads", "1"]
+    parts = [tmp_path / f"p{i}.json" for i in (1, 2)]
+    for i, part in enumerate(parts, 1):
+        assert evaluate.main([*common, "--part", f"{i}/2", "--part-out", str(part)]) == 0
+    loaded = models.load("chestcovnet")
+    args = evaluate.parse_args(common)
+    merged, energy = evaluate.combine_parts(loaded, args, [json.loads(p.read_text()) for p in parts], "x")
+    whole, whole_energy = evaluate.combine_parts(loaded, args, [evaluate.measure_part(loaded, args, 0, 1)], "x")
+    for result in (merged, whole):
+        result.pop("date")
+    assert merged == whole and energy["n"] == whole_energy["n"] == 4
+    assert merged["n"] == 4 and merged["grad_cam_lung_evidence"]["manual"]["all"]["n"] == 2
+    with pytest.raises(models.ModelError, match="exactly once"):
+        evaluate.combine_parts(loaded, args, [json.loads(parts[0].read_text())], "x")
