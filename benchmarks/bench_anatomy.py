@@ -6,13 +6,15 @@ Films: the first ``--films`` test films of ``../shared/data/lungs`` (decoded onc
 the mask itself — prepare, U-Net, post-processing, resampling to the original grid). Target: <= 60 ms per
 film on this CPU. For scale, the same films are explained once each by the default classifier (all four
 maps through ``xai.pipeline.explain_radiograph``), and ``evidence_in_lungs`` is timed on the Grad-CAM map.
-Median and 90th percentile over films; ratio = lung mask / explanation.
+Median and 90th percentile over films, wall time and process CPU time (the CPU time is what the work costs
+when other jobs share the machine); ratio = lung mask / explanation.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,10 +28,11 @@ TARGET_MS = 60.0
 sys.path.insert(0, str(ROOT))
 
 
-def _ms(fn, *args, **kwargs) -> tuple[float, object]:  # noqa: ANN001, ANN002, ANN003 - a tiny timer
-    t0 = time.perf_counter()
+def _ms(fn, *args, **kwargs) -> tuple[tuple[float, float], object]:  # noqa: ANN001, ANN002, ANN003 - a timer
+    """(wall ms, process CPU ms) of one call, and its result."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn(*args, **kwargs)
-    return 1000 * (time.perf_counter() - t0), out
+    return (1000 * (time.perf_counter() - t0), 1000 * (time.process_time() - c0)), out
 
 
 def main() -> int:
@@ -49,7 +52,7 @@ def main() -> int:
     with open(LUNGS / "manifest.csv", newline="") as f:
         paths = [LUNGS / r["image"] for r in csv.DictReader(f) if r["split"] == "test"][: args.films]
     films = [load_radiograph(p) for p in paths]
-    load_ms, _ = _ms(load_lung_model)
+    (load_ms, _cpu), _ = _ms(load_lung_model)
     classifier = models.load(args.model)
     explainer = make_explainer(classifier)
     lung_mask(films[0])  # warm-up of both models
@@ -64,8 +67,10 @@ def main() -> int:
         t, _ = _ms(evidence_in_lungs, result.maps["gradcam"], mask)
         share_ms.append(t)
 
-    def row(name: str, values: list[float]) -> str:
-        return f"{name:<42} median {np.median(values):7.1f} ms   p90 {np.percentile(values, 90):7.1f} ms"
+    def row(name: str, values: list[tuple[float, float]]) -> str:
+        wall, cpu = np.array(values).T
+        return (f"{name:<46} wall median {np.median(wall):7.1f} ms  p90 {np.percentile(wall, 90):7.1f} ms | "
+                f"CPU median {np.median(cpu):7.1f} ms")
 
     size = np.median([f.pixels.shape[1] for f in films])
     print(f"{len(films)} test films (median width {size:.0f} px), torch threads {torch.get_num_threads()}; "
@@ -73,9 +78,12 @@ def main() -> int:
     print(row("lung_mask (prepare + U-Net + post + resample)", mask_ms))
     print(row(f"one explanation, 4 maps ({args.model})", explain_ms))
     print(row("evidence_in_lungs (Grad-CAM, 3 % dilation)", share_ms))
-    ratio = np.median(mask_ms) / np.median(explain_ms)
-    verdict = "meets" if np.median(mask_ms) <= TARGET_MS else "MISSES"
-    print(f"lung mask / explanation = {ratio:.2f}; {verdict} the {TARGET_MS:.0f} ms target")
+    wall = np.median([t[0] for t in mask_ms])
+    ratio = wall / np.median([t[0] for t in explain_ms])
+    verdict = "meets" if wall <= TARGET_MS else "MISSES"
+    print(f"lung mask / explanation (wall) = {ratio:.2f}; {verdict} the {TARGET_MS:.0f} ms target (wall). "
+          f"System load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: on a shared machine the CPU "
+          "column (process time, all threads) is what the work costs.")
     return 0
 
 

@@ -118,16 +118,21 @@ def finish_input(content_pixels: np.ndarray, content_box: Sequence[int], size: i
 
 
 def augment_pair(image: np.ndarray, mask: np.ndarray, content_box: Sequence[int], rng: np.random.Generator,
-                 preprocessing: Preprocessing = LUNG_PREPROCESSING) -> tuple[np.ndarray, np.ndarray]:
+                 preprocessing: Preprocessing = LUNG_PREPROCESSING, *,
+                 narrow_window: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """One training sample: uint8 grid image + 0/1 mask -> (normalised float32 (S, S), float32 mask (S, S)).
 
     Intensity (before equalisation, as a different window or exposure would act): random window over the
-    stored range, gamma 0.6-1.6; then the card's equalisation; then geometry: rotation +-10 degrees, scale
+    stored range (low end 0-0.15, high end 0.85-1; with probability ``narrow_window`` a narrow one: low end
+    0-0.35, high end 0.55-1, clipping dark lungs or bright bone), gamma 0.6-1.6; then the card's equalisation; then geometry: rotation +-10 degrees, scale
     0.9-1.1, shift +-6 % (no flips: left/right matters); then mild Gaussian blur or noise.
     """
     S = image.shape[0]
     x = image.astype(np.float32) / 255.0
-    lo, hi = rng.uniform(0.0, 0.15), rng.uniform(0.85, 1.0)
+    if rng.uniform() < narrow_window:
+        lo, hi = rng.uniform(0.0, 0.35), rng.uniform(0.55, 1.0)
+    else:
+        lo, hi = rng.uniform(0.0, 0.15), rng.uniform(0.85, 1.0)
     x = np.clip((x - lo) / (hi - lo), 0.0, 1.0) ** rng.uniform(0.6, 1.6)
     x = finish_input(x, content_box, S, _plain(preprocessing) if preprocessing.equalize == "none" else
                      dataclasses.replace(preprocessing, mean=(0.0,), std=(1.0,)))

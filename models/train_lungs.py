@@ -10,6 +10,7 @@
   feature while neither is forced onto the other's labels.
 - Augmentation (:func:`models.lungs.augment_pair`): window/gamma before equalisation, rotation +-10 degrees,
   scale, shift, blur/noise; no flips. 8 % synthetic non-chest images with an empty target on both channels.
+- ``--init`` continues from saved weights (a fine-tune: e.g. with ``--narrow-window`` for window robustness).
 - AdamW, warm-up then cosine learning rate, best epoch by mean val Dice (both conventions weighted equally).
 - ``--minutes`` caps the wall time: the schedule advances by whichever is further along, steps out of
   ``--epochs`` or wall time out of ``--minutes``, and training stops at the end of the epoch where it
@@ -50,6 +51,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--v7-weight", type=float, default=1.5, help="sampling weight of a V7 film relative to an NLM film")
+    p.add_argument("--narrow-window", type=float, default=0.0,
+                   help="probability of a narrow display window in augmentation (see models.lungs.augment_pair)")
+    p.add_argument("--init", default=None, help="start from these weights (safetensors) instead of from scratch")
     return p.parse_args(argv)
 
 
@@ -123,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     steps_per_epoch = len(train) // args.batch
 
     model = LungUNet(1, len(CONVENTIONS), DEFAULT_WIDTHS)
+    if args.init:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(args.init), strict=True)
+        log.info("initialised from %s", args.init)
     opt = torch.optim.AdamW(model.parameters(), lr=_lr(args.lr, 0.0), weight_decay=1e-4)
     total_steps = args.epochs * steps_per_epoch
     step = 0
@@ -139,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                     chans.append(int(rng.integers(0, len(CONVENTIONS))))
                     neg.append(True)
                     continue
-                x, y = augment_pair(cache["image"][i], cache["mask"][i], cache["content"][i], rng)
+                x, y = augment_pair(cache["image"][i], cache["mask"][i], cache["content"][i], rng,
+                                    narrow_window=args.narrow_window)
                 xs.append(x)
                 ys.append(y)
                 chans.append(int(conventions[i]))

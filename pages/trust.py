@@ -1,8 +1,15 @@
-"""Trust page: can these maps be trusted? Sanity check, stability, faithfulness, agreement, IG, OOD warning.
+"""Trust page: can these maps be trusted? A plain verdict per map first, the numbers for modelers below.
 
-A thin layer over :mod:`xai.trust`: every number comes from the library (the same functions the CLI uses).
-Results are kept per session, keyed by (image, model, target), so display changes never recompute them;
-each check runs on a button press with a progress bar.
+At the top, for a radiologist: a thumbnail of the film with its lung fields, a "Run all checks" button and,
+for every map, a traffic light and one sentence per check (changes when the model is randomised, stable
+under small changes, evidence inside the lungs, faithful), plus one for the film (unlike the training data:
+"No warning" when the check is silent). The rules turning numbers into lights live in
+:mod:`xai.trust.verdict`. Then "Where is the finding?": a box drawn on the film with the mouse (Plotly box
+selection) scored against every map. The raw figures stay in an expander for modelers.
+
+A thin layer over :mod:`xai.trust` and :mod:`xai.anatomy`: every number comes from the library (the same
+functions the CLI uses). Results are kept per session, keyed by (image, model, target), so display changes
+never recompute them; each check runs on a button press with a progress bar.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import numpy as np
 import streamlit as st
 
 import models
+from pages._finding import box_figure, box_from_selection
+from pages._lungs import contour_thumbnail, lung_field, lung_shares
 from pages._shared import (
     ActiveModel,
     LoadedImage,
@@ -20,7 +29,7 @@ from pages._shared import (
     explain_cached,
     load_input,
     method_label,
-    ood_banner,
+    ood_verdict,
     require_model,
 )
 from xai import render
@@ -28,21 +37,26 @@ from xai.engine import METHODS
 from xai.pipeline import PipelineResult
 from xai.trust import agreement as agreement_mod
 from xai.trust import faithfulness as faith_mod
+from xai.trust import verdict as verdicts
 from xai.trust.integrated_gradients import integrated_gradients
 from xai.trust.sanity import GUIDED_NOTE, PASS_THRESHOLD, sanity_check
 from xai.trust.stability import stability
 
 THUMB_SIDE = 320
 IG = "integrated_gradients"
+FAITH_DEFAULTS = ("blur", 20)  # baseline and steps of "Run all checks" (the faithfulness tab's defaults)
+LIGHT = {"green": "🟢", "amber": "🟡", "red": "🔴", "gray": "⚪"}
+LIGHT_WORD = {"green": "no concern", "amber": "caution", "red": "problem", "gray": "not judged"}
 
 
 def _label(method: str) -> str:
     return "Integrated Gradients" if method == IG else method_label(method)
 
 
-def _progress_callback(bar: Any) -> Any:
+def _progress_callback(bar: Any, part: int = 0, parts: int = 1) -> Any:
+    """A progress callback filling the ``part``-th of ``parts`` equal stretches of one bar."""
     def update(fraction: float, message: str) -> None:
-        bar.progress(min(1.0, max(0.0, fraction)), text=message)
+        bar.progress(min(1.0, (part + min(1.0, max(0.0, fraction))) / parts), text=message)
 
     return update
 
@@ -93,11 +107,11 @@ def sanity_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineResult)
     for col, m in zip(cols, res.methods, strict=True):
         verdict = res.passes[m]
         badge = {True: ":green-badge[passes]", False: ":red-badge[fails]", None: ":gray-badge[flat map]"}[verdict]
+        if verdict and res.vanished.get(m):
+            badge = ":orange-badge[passes: the map vanished]"
         col.markdown(f"**{_label(m)}** {badge}")
         col.metric("Spearman, all random", f"{res.final_spearman[m]:.2f}")
-        first = res.first_change(m)
-        col.caption(f"changes (ρ < {PASS_THRESHOLD}) once randomised down to {first}" if first
-                    else "never drops below the threshold")
+        col.caption(res.reason(m))  # the verdict's reason (e.g. a map that vanished, not changed)
         stack = res.maps[m]
         col.image(render.colorize(stack[-1]), caption="map after full randomisation", width="stretch")
     steps = ["original", *res.steps]
@@ -136,8 +150,8 @@ def stability_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineResu
         st.caption("No second checkpoint of this model is installed: seed-to-seed comparison not shown.")
     for note in res.notes:
         st.warning(note)
-    with st.expander("Every change"):
-        st.dataframe(res.table(), hide_index=True)
+    st.caption("Every change:")
+    st.dataframe(res.table(), hide_index=True)
 
 
 def _model_grid_maps(key: tuple[Any, ...], result: PipelineResult) -> dict[str, np.ndarray]:
@@ -148,12 +162,24 @@ def _model_grid_maps(key: tuple[Any, ...], result: PipelineResult) -> dict[str, 
     return maps
 
 
+def run_faithfulness(key: tuple[Any, ...], model: ActiveModel, result: PipelineResult, baseline: str, steps: int,
+                     progress: Any) -> Any:
+    """Deletion/insertion of every map plus a random pixel order on the same film (the verdict's reference)."""
+    maps = _model_grid_maps(key, result)
+    some = next(iter(maps.values()))
+    maps[verdicts.RANDOM_REFERENCE] = np.random.default_rng(0).random(np.shape(some)[-2:]).astype(np.float32)
+    res = faith_mod.faithfulness(model.loaded, result.input_tensor, maps, result.target_index, baseline=baseline,
+                                 steps=steps, progress=progress)
+    _results()[("faith", *key, baseline, steps)] = res
+    return res
+
+
 def faithfulness_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineResult) -> None:
     st.markdown(
         "**Deletion / insertion** (Petsiuk et al. 2018): pixels of the model input are removed (replaced by "
         "the baseline) or inserted in the order the map ranks them; the curve is the probability of the "
         "explained class. Faithful maps make deletion fall fast (**low** AUC) and insertion rise fast "
-        "(**high** AUC)."
+        "(**high** AUC). A random pixel order (seed 0) on the same film is the reference the verdict compares with."
     )
     left, right = st.columns(2)
     baseline = left.selectbox("Baseline for removed pixels", faith_mod.BASELINES, key="faith_baseline")
@@ -162,9 +188,7 @@ def faithfulness_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineR
     fkey = ("faith", *key, baseline, steps)
     if st.button("Run deletion / insertion", key="run_faith"):
         bar = st.progress(0.0, text="starting")
-        store[fkey] = faith_mod.faithfulness(model.loaded, result.input_tensor, _model_grid_maps(key, result),
-                                             result.target_index, baseline=baseline, steps=steps,
-                                             progress=_progress_callback(bar))
+        run_faithfulness(key, model, result, baseline, steps, _progress_callback(bar))
         bar.empty()
     res = store.get(fkey)
     if res is None:
@@ -181,16 +205,28 @@ def faithfulness_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineR
         st.caption(note)
 
 
-def _mask_from_inputs(shape: tuple[int, int]) -> np.ndarray | None:
+def _typed_box(shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
     h, w = shape
-    mode = st.radio("Finding location", ["Draw a box", "Upload a mask"], horizontal=True, key="agree_mode")
-    if mode == "Draw a box":
+    with st.expander("Or type the box (keyboard)"):
+        use = st.checkbox("Use the typed box", key="box_typed")
         cols = st.columns(4)
-        x = cols[0].number_input("x (px)", 0, w - 1, w // 4, key="box_x")
-        y = cols[1].number_input("y (px)", 0, h - 1, h // 4, key="box_y")
+        x = cols[0].number_input("left (px)", 0, w - 1, w // 4, key="box_x")
+        y = cols[1].number_input("top (px)", 0, h - 1, h // 4, key="box_y")
         bw = cols[2].number_input("width (px)", 1, w, w // 4, key="box_w")
         bh = cols[3].number_input("height (px)", 1, h, h // 4, key="box_h")
-        return agreement_mod.boxes_to_mask([(x, y, bw, bh)], shape)
+    return (int(x), int(y), int(bw), int(bh)) if use else None
+
+
+def _mask_from_inputs(shape: tuple[int, int], pixels: np.ndarray) -> np.ndarray | None:
+    mode = st.radio("Finding location", ["Draw a box", "Upload a mask"], horizontal=True, key="agree_mode")
+    if mode == "Draw a box":
+        st.caption("Drag on the film to draw a box around the finding.")
+        box = box_from_selection(st.session_state.get("finding_box"), shape)
+        typed = _typed_box(shape)
+        box = typed if typed is not None else box
+        st.plotly_chart(box_figure(pixels, box), key="finding_box", on_select="rerun", selection_mode=("box",),
+                        config={"displayModeBar": False})
+        return agreement_mod.boxes_to_mask([box], shape) if box is not None else None
     upload = st.file_uploader("Mask image (same size as the radiograph; non-zero = finding)", type=["png", "bmp",
                               "tif", "tiff"], key="agree_mask")
     if upload is None:
@@ -208,30 +244,59 @@ def _mask_from_inputs(shape: tuple[int, int]) -> np.ndarray | None:
         return None
 
 
-def agreement_tab(key: tuple[Any, ...], result: PipelineResult) -> None:
-    st.markdown(
-        "**Agreement with the radiologist** (CheXlocalize conventions, Saporta et al. 2022): where is the "
-        "finding? Per map: pointing-game hit (the map's maximum inside, no tolerance), share of map energy "
-        "inside, and IoU of the Otsu-thresholded map with it. Saporta et al. found Grad-CAM the best of "
-        "seven methods — and all of them below radiologists."
-    )
-    shape = result.radiograph.pixels.shape
-    mask = _mask_from_inputs(shape)
+def finding_section(key: tuple[Any, ...], result: PipelineResult) -> None:
+    """Where is the finding? A box (or mask) scored against every map, in words; numbers kept for modelers."""
+    st.subheader("Where is the finding?")
+    mask = _mask_from_inputs(result.radiograph.pixels.shape, result.radiograph.pixels)
     if mask is None:
+        _results().pop(("agreement", *key), None)
         return
     maps = dict(result.maps)
     ig = _results().get(("ig", *key))
     if ig is not None:
         maps[IG] = result.geometry.to_original(ig.map)
     scores = agreement_mod.agreement_for_maps(maps, mask)
+    _results()[("agreement", *key)] = scores
+    for m, a in scores.items():
+        where = {True: "its strongest point lies inside your box", False: "its strongest point lies outside your box",
+                 None: "it is flat"}[a.hit]
+        st.markdown(f"**{_label(m)}**: {where}; {a.energy_inside:.0%} of its energy is inside.")
+
+
+def agreement_tab(key: tuple[Any, ...]) -> None:
+    st.markdown(
+        "**Agreement with the radiologist** (CheXlocalize conventions, Saporta et al. 2022), for the box or mask "
+        "given above: per map, pointing-game hit (the map's maximum inside, no tolerance), share of map energy "
+        "inside, and IoU of the Otsu-thresholded map with it. Saporta et al. found Grad-CAM the best of "
+        "seven methods — and all of them below radiologists."
+    )
+    scores = _results().get(("agreement", *key))
+    if scores is None:
+        st.caption("No finding marked yet (see \"Where is the finding?\").")
+        return
     st.dataframe(
         [{"method": _label(m), "pointing hit": {True: "hit", False: "miss", None: "—"}[a.hit],
           "energy inside": round(a.energy_inside, 3), "IoU (Otsu)": round(a.iou_otsu, 3)}
          for m, a in scores.items()],
         hide_index=True,
     )
-    view = render.overlay(result.radiograph.pixels, mask.astype(np.float32), alpha=0.0, contour_level=0.5)
-    st.image(render.downsample_for_display(view, 512), caption="finding outline", width=min(512, shape[1]))
+
+
+def lungs_tab(key: tuple[Any, ...], result: PipelineResult, field: Any) -> None:
+    st.markdown(
+        "**Evidence inside the lungs** (`xai.anatomy`): share of each map's mass `sum |s|` inside the lung mask "
+        "dilated by 3 % of the film's width, and where the rest lies. Lung fields from the lung U-Net "
+        "(`models/bundles/lungs`, V7 convention: retrocardiac lung included)."
+    )
+    if isinstance(field, str) or not field.found:
+        st.caption(field if isinstance(field, str) else f"No lung field: {field.reason}.")
+        return
+    rows = []
+    for m, (share, outside) in lung_shares(field, result.maps).items():
+        rows.append({"method": _label(m), "inside the lungs": round(share, 3),
+                     **{k: round(v, 3) for k, v in outside.items()}})
+    st.dataframe(rows, hide_index=True)
+    st.caption(f"Lung area: {field.area_fraction:.1%} of the film; {field.components} lung regions.")
 
 
 def ig_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineResult) -> None:
@@ -265,6 +330,68 @@ def ig_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineResult) -> 
                "clipped at the 99.5th percentile.")
 
 
+# ---------------------------------------------------------------------------------------- verdicts
+def run_all(key: tuple[Any, ...], model: ActiveModel, result: PipelineResult) -> None:
+    """Sanity check, stability and faithfulness (with its random reference) in one go, one progress bar."""
+    bar = st.progress(0.0, text="sanity check")
+    store = _results()
+    store[("sanity", *key)] = sanity_check(model.loaded, result.input_tensor, target=result.target_index,
+                                           progress=_progress_callback(bar, 0, 3))
+    store[("stability", *key)] = stability(
+        model.loaded, result.radiograph, target=result.target_index, methods=tuple(result.maps),
+        reference_maps=result.maps, second_model=models.second_checkpoint(model.card), progress=_progress_callback(bar, 1, 3))
+    run_faithfulness(key, model, result, *FAITH_DEFAULTS, _progress_callback(bar, 2, 3))
+    bar.empty()
+
+
+def map_verdicts(key: tuple[Any, ...], result: PipelineResult, field: Any) -> dict[str, list[verdicts.Verdict]]:
+    """Per map, the four per-map verdicts (gray "not run yet" where a check has not run)."""
+    store = _results()
+    sanity, stab = store.get(("sanity", *key)), store.get(("stability", *key))
+    faith = store.get(("faith", *key, *FAITH_DEFAULTS))
+    lung_ok = not isinstance(field, str) and field.found
+    shares = lung_shares(field, result.maps) if not isinstance(field, str) else {}
+    out = {}
+    for m in result.maps:
+        share, outside = shares.get(m, (float("nan"), {}))
+        out[m] = [
+            verdicts.sanity_verdict(sanity, m) if sanity is not None and m in sanity.methods else verdicts.not_run("sanity"),
+            verdicts.stability_verdict(stab, m) if stab is not None and m in stab.methods else verdicts.not_run("stability"),
+            verdicts.lung_verdict(share, outside, lung_ok),
+            verdicts.faithfulness_verdict(faith, m) if faith is not None and m in faith.curves
+            else verdicts.not_run("faithfulness"),
+        ]
+    return out
+
+
+def _line(v: verdicts.Verdict) -> str:
+    return f"{LIGHT[v.light]} **{verdicts.CHECKS[v.check]}** ({LIGHT_WORD[v.light]}) — {v.sentence}"
+
+
+def verdict_section(image: LoadedImage, key: tuple[Any, ...], model: ActiveModel, result: PipelineResult,
+                    field: Any) -> None:
+    thumb, right = st.columns([1, 3])
+    thumb.image(contour_thumbnail(result.radiograph.pixels, field, THUMB_SIDE), width="stretch",
+                caption="The film; lung fields outlined in green" if not isinstance(field, str) and field.found
+                else "The film (no lung field found)")
+    with right:
+        if st.button("Run all checks", key="run_all", type="primary",
+                     help="Randomisation, stability and faithfulness for every map (about a minute on a CPU)"):
+            run_all(key, model, result)
+        try:
+            ood = ood_verdict(image.sha256, model.key, result, model)
+        except (ValueError, RuntimeError):  # statistics that do not fit a user's model
+            ood = None
+        lung_found = None if isinstance(field, str) else field.found
+        st.markdown(_line(verdicts.ood_verdict(ood, lung_found)))
+        if isinstance(field, str):
+            st.caption(field)
+    for m, lines in map_verdicts(key, result, field).items():
+        with st.container(border=True):
+            st.markdown(f"**{_label(m)}** " + "".join(LIGHT[v.light] for v in lines))
+            st.markdown("\n".join(f"- {_line(v)}" for v in lines))
+
+
 # -------------------------------------------------------------------------------------------- page
 ensure_routed()
 st.title("Trust: can these maps be trusted?")
@@ -282,17 +409,23 @@ target = None if choice == "predicted" else names.index(choice)
 result = explain_cached(image.sha256, model.key, target, tuple(METHODS), image, model)
 st.caption(f"Image: {image.label} — model {model.card.name} {model.card.version}; explaining "
            f"**{result.target}** (predicted: {result.predicted}).")
-ood_banner(image.sha256, model, result)
 key = (image.sha256, model.key, result.target_index)
+field = lung_field(image.sha256, image.radiograph)
 
-tabs = st.tabs(["Sanity check", "Stability", "Faithfulness", "Agreement", "Integrated Gradients"])
-with tabs[0]:
-    sanity_tab(key, model, result)
-with tabs[1]:
-    stability_tab(key, model, result)
-with tabs[2]:
-    faithfulness_tab(key, model, result)
-with tabs[3]:
-    agreement_tab(key, result)
-with tabs[4]:
-    ig_tab(key, model, result)
+verdict_section(image, key, model, result, field)
+finding_section(key, result)
+
+with st.expander("Numbers for modelers"):
+    tabs = st.tabs(["Sanity check", "Stability", "Faithfulness", "Lungs", "Agreement", "Integrated Gradients"])
+    with tabs[0]:
+        sanity_tab(key, model, result)
+    with tabs[1]:
+        stability_tab(key, model, result)
+    with tabs[2]:
+        faithfulness_tab(key, model, result)
+    with tabs[3]:
+        lungs_tab(key, result, field)
+    with tabs[4]:
+        agreement_tab(key)
+    with tabs[5]:
+        ig_tab(key, model, result)
