@@ -30,7 +30,7 @@ from xai.export import METHOD_TITLES
 from xai.render import downsample_for_display
 from xai.review import ReviewStore, map_letters
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 FILMS = ("mhh_a4318ac9.jpg", "cxnet_001.jpg")
 NAME = "browser study"

@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import models
 from xai.export import METHOD_TITLES
+from xai.pipeline import explain_radiograph
 from xai.review import ReviewStore, map_letters
+from xai.trust.metrics import box_to_mask, energy_inside, pointing_game
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 TIMEOUT = 300
@@ -88,8 +91,9 @@ def test_blinded_anonymised_read_saves_under_the_right_methods(store, chestcovne
     assert not any(title in screen_text(at) for title in METHOD_TITLES.values())
     assert "Your read: **Not COVID-19**, confidence 2" in screen_text(at)  # locked after the reveal
     letters = map_letters(store.map_order(sid, first, "ann"))
-    for value, letter in zip((5, 4, 2, 1), letters, strict=True):
-        at.radio(key=f"review_pl_{sid}_{first}_{letter}").set_value(value)
+    for i, value in enumerate((5, 4, 2, 1)):
+        assert at.radio(key=f"review_pl_{sid}_{first}_{i}").label == f"Map {'ABCD'[i]}"
+        at.radio(key=f"review_pl_{sid}_{first}_{i}").set_value(value)
     at.text_area(key=f"review_note_{sid}_{first}").input("consolidation right lower zone")
     click(at, "review_save")
     (row,) = store.export(sid)
@@ -134,6 +138,17 @@ def test_a_second_reader_resumes_sees_only_own_answers_and_the_owner_gets_result
     bars = json.loads(charts[0].proto.spec)["data"][0]
     assert bars["x"] == ["Grad-CAM"] and bars["y"] == [4.5]
     assert {b.proto.label for b in owner.get("download_button")} == {"Ratings (CSV)", "Session report (HTML)"}
+    # the readers' boxes against the maps, computed by the engine on the stored film
+    owner.toggle(key=f"review_score_boxes_{sid}").set_value(True)
+    run(owner)
+    table = owner.dataframe[0].value
+    gradcam = table[table["method"] == "Grad-CAM"].iloc[0]
+    result = explain_radiograph(store.radiograph(sid, first), models.load("chestcovnet"), name="case",
+                                methods=["gradcam"])
+    mask = box_to_mask((50, 60, 100, 120), result.maps["gradcam"].shape)
+    assert gradcam["box hit"] == float(pointing_game(result.maps["gradcam"], mask))
+    assert gradcam["box energy_inside"] == pytest.approx(energy_inside(result.maps["gradcam"], mask), abs=1e-6)
+    assert store.predictions(sid, "chestcovnet")[first] == result.predicted
     click(owner, "review_close")
     assert store.session(sid).closed
     # closed: the reader now has the results too
