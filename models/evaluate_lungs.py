@@ -1,7 +1,7 @@
 """Evaluate the lung U-Net through the library's own path and write its bundle (weights + card).
 
-    python -m models.evaluate_lungs --checkpoint runs/lungs/best.safetensors --history runs/lungs/history.json \
-        --data ../shared/data/lungs --out models/bundles/lungs
+    python -m models.evaluate_lungs --checkpoint runs/lungs_ft/best.safetensors \
+        --history runs/lungs/history.json runs/lungs_ft/history.json --data ../shared/data/lungs --out models/bundles/lungs
 
 Every figure comes from :func:`xai.anatomy.find_lungs` on the original pixel grid (load_radiograph ->
 prepare -> U-Net -> post-processing -> resample), compared with the original-size manual mask, each film on
@@ -178,12 +178,30 @@ LICENCE = ("Trained on lung masks under different terms: Shenzhen masks (Stirenk
            "sets (public, attribution required), COVID-CXNet (CC BY 4.0), MHH (CC BY 3.0).")
 
 
-def base_card(sha256: str, history: dict[str, Any]) -> dict[str, Any]:
+def _stage(history: dict[str, Any]) -> dict[str, Any]:
+    """One training run (``train_lungs`` history.json) as it goes on the card."""
     args = history.get("args", {})
     epochs = history.get("history", [])
+    flags = f" --init {args['init']} --narrow-window {args.get('narrow_window')} --lr {args.get('lr')}" \
+        if args.get("init") else ""
+    return {
+        "command": (f"nice -n 10 python -m models.train_lungs --data ../shared/data/lungs --out {args.get('out')} "
+                    f"--epochs {args.get('epochs')} --minutes {args.get('minutes')} --threads {args.get('threads')} "
+                    f"--seed {args.get('seed')}{flags}"),
+        "epochs_run": len(epochs),
+        "best_epoch": (max(epochs, key=lambda e: float(np.mean(list(e["val_dice"].values()))))["epoch"]
+                       if epochs else None),
+        "wall_minutes": round(sum(e["seconds"] for e in epochs) / 60, 1),
+        "history": epochs,
+    }
+
+
+def base_card(sha256: str, histories: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The card without figures; ``histories``: the training runs in order (from scratch, then fine-tunes)."""
+    stages = [_stage(h) for h in histories]
     return {
         "name": "lungs",
-        "version": "1.0",
+        "version": "1.1",
         "architecture": "lung-unet",
         "widths": list(DEFAULT_WIDTHS),
         "conventions": list(CONVENTIONS),
@@ -215,15 +233,10 @@ def base_card(sha256: str, history: dict[str, Any]) -> dict[str, Any]:
         "licence": LICENCE,
         "training": {
             "data": "../shared/data/lungs (manifest.csv fixed patient-level splits, not re-split)",
-            "command": ("nice -n 10 python -m models.train_lungs --data ../shared/data/lungs --out runs/lungs "
-                        f"--epochs {args.get('epochs')} --minutes {args.get('minutes')} --threads "
-                        f"{args.get('threads')} --seed {args.get('seed')}"),
-            "epochs_run": len(epochs),
-            "best_epoch": (max(epochs, key=lambda e: float(np.mean(list(e["val_dice"].values()))))["epoch"]
-                           if epochs else None),
-            "wall_minutes": round(sum(e["seconds"] for e in epochs) / 60, 1),
+            "stages": stages,
+            "epochs_run": sum(st["epochs_run"] for st in stages),
+            "wall_minutes": round(sum(st["wall_minutes"] for st in stages), 1),
             "hardware": "2-core CPU shared with other jobs, 1 torch thread, nice 10",
-            "history": epochs,
         },
     }
 
@@ -231,7 +244,8 @@ def base_card(sha256: str, history: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default="runs/lungs/best.safetensors")
-    p.add_argument("--history", default="runs/lungs/history.json")
+    p.add_argument("--history", nargs="+", default=["runs/lungs/history.json"],
+                   help="history.json of each training run, in order (from scratch, then any fine-tune)")
     p.add_argument("--data", default="../shared/data/lungs")
     p.add_argument("--out", default="models/bundles/lungs")
     p.add_argument("--skip-robustness", action="store_true")
@@ -242,8 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     out = Path(args.out)
     sha = write_weights(Path(args.checkpoint), out)
-    history = json.loads(Path(args.history).read_text()) if Path(args.history).exists() else {}
-    card = base_card(sha, history)
+    card = base_card(sha, [json.loads(Path(h).read_text()) for h in args.history])
     (out / "card.json").write_text(json.dumps(card, indent=2))
     model = load_lung_model(out)  # the library's own loader: sha256 and shapes checked
     if args.weights_only:
