@@ -38,7 +38,8 @@ resolution.
 **Evidence inside the lungs.** :func:`evidence_in_lungs` is the share of the map's mass ``sum |s|`` that falls
 inside the mask dilated by :data:`DEFAULT_DILATION` of the image width (a disc; 3 % keeps hilar and pleural
 evidence from counting as outside — Field guide section 6). Both signs count as evidence (a signed map such as
-Integrated Gradients marks where the model looks either way).
+Integrated Gradients marks where the model looks either way). :func:`evidence_outside` splits the rest by
+region (film border, above, below, beside or between the lungs) so a warning can say where it lies.
 """
 
 from __future__ import annotations
