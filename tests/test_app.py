@@ -302,9 +302,9 @@ def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_imag
     made: list[render.DisplaySettings] = []
     layers = render.layers
 
-    def counting_layers(radiograph, result, settings):  # noqa: ANN001, ANN202
+    def counting_layers(radiograph, result, settings, lungs=None):  # noqa: ANN001, ANN202
         made.append(settings)
-        return layers(radiograph, result, settings)
+        return layers(radiograph, result, settings, lungs)
 
     monkeypatch.setattr(render, "layers", counting_layers)
     loads: list[str] = []
