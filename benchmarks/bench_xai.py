@@ -21,7 +21,7 @@ Per model and size, one image, seeded random weights (speed does not depend on t
   ``details=True``, the panel plus the CAMs' intermediate quantities (target <= 1.25x the panel).
 
 Time: medians over repeats after one warm-up, as process CPU time and as wall-clock; the methods are
-interleaved within each repeat so that background load hits them alike, in an order rotated each
+interleaved within each repeat so that background load hits them alike, in a seeded random order per
 repeat. By default torch runs ONE intra-op thread (``--threads``): on a shared, busy machine multi-threaded wall-clock times are dominated by
 scheduling (threads spinning while a sibling waits for a core), whereas single-thread CPU time measures the
 work each method does; on a quiet machine the two agree. Memory: each method runs in a fresh subprocess (model built, one
@@ -39,6 +39,7 @@ import copy
 import gc
 import json
 import os
+import random
 import resource
 import statistics
 import subprocess
@@ -221,9 +222,9 @@ def measure_times(name: str, size: int, repeats: int) -> dict[str, dict[str, flo
     cpu: dict[str, list[float]] = {m: [] for m in runners}
     names = list(runners)
     for repeat in range(repeats):
-        # Rotated each repeat: no method always runs right after the same neighbour (a method following
-        # captum's large, freshly freed allocations pays page faults that are not its own).
-        for method in names[repeat % len(names):] + names[:repeat % len(names)]:
+        # A seeded shuffle each repeat: no method always runs right after the same neighbour (a method
+        # following captum's large, freshly freed allocations pays page faults that are not its own).
+        for method in random.Random(repeat).sample(names, len(names)):
             run = runners[method]
             gc.collect()
             start_wall, start_cpu = time.perf_counter(), time.process_time()
