@@ -33,7 +33,6 @@ _PAGES = (  # (script, title, icon); Explain is the default page
     ("pages/compare.py", "Compare", ":material/compare:"),
     ("pages/batch.py", "Batch", ":material/dataset:"),
     ("pages/review.py", "Review", ":material/rate_review:"),
-    ("pages/review.py", "Review", ":material/rate_review:"),
 )
 pages = [
     st.Page(script, title=title, icon=icon, default=(i == 0))
