@@ -30,6 +30,7 @@ Output: a bundle (``model.safetensors`` + ``card.json``) in DIR, plus ``train.lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -38,7 +39,7 @@ import math
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -243,30 +244,33 @@ def feature_cache(model: EfficientNetLite0, cache: np.ndarray, train_rows: np.nd
     return clean, augmented
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block; the model's own mode comes back after it, also on an error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def predict_features(model: EfficientNetLite0, feats: torch.Tensor, n_blocks: int, batch_size: int = 128,
                      positive_index: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Positive-class probabilities and logits from cached front features; model left in its mode."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         z = torch.cat([model.forward_rest(feats[i:i + batch_size].float(), n_blocks)
                        for i in range(0, len(feats), batch_size)])
-    finally:
-        model.train(was_training)
     return torch.softmax(z, 1)[:, positive_index].numpy().astype(np.float64), z.numpy()
 
 
 @torch.no_grad()
 def pooled_features(model: EfficientNetLite0, feats: torch.Tensor, n_blocks: int, batch_size: int = 128) -> np.ndarray:
     """The classifier's input (pooled ``head_act``, (N, 1280)) from cached front features, in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out = [model.pool(model.forward_rest(feats[i:i + batch_size].float(), n_blocks, return_features=True)[1])
                .flatten(1) for i in range(0, len(feats), batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, HEAD_CHANNELS))
 
 
@@ -571,13 +575,9 @@ def whole_network_logits(model: EfficientNetLite0, x: torch.Tensor) -> tuple[tor
 def predict_images(model: EfficientNetLite0, images: np.ndarray, pre: Preprocessing, batch_size: int = 64,
                    positive_index: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Positive-class probabilities and logits for cached display-space images; model left in its mode."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         z = torch.cat([model(normalize(torch.from_numpy(images[i:i + batch_size]), pre))
                        for i in range(0, len(images), batch_size)]) if len(images) else torch.zeros(0, 2)
-    finally:
-        model.train(was_training)
     return torch.softmax(z, 1)[:, positive_index].numpy().astype(np.float64), z.numpy()
 
 
