@@ -293,11 +293,20 @@ def test_ig_black_baseline_from_card() -> None:
 # ---------------------------------------------------------------- the Trust page (bundled model, headless)
 
 
+def _agreement_table(at: object) -> object:
+    """The box-agreement table of the Trust page (under "Numbers for modelers", tab "Agreement")."""
+    tables = [df.value for df in at.dataframe if "pointing hit" in df.value.columns]  # type: ignore[attr-defined]
+    assert len(tables) == 1, [list(df.value.columns) for df in at.dataframe]  # type: ignore[attr-defined]
+    return tables[0]
+
+
 def test_trust_page_agreement_and_integrated_gradients() -> None:
     from pathlib import Path
 
     from streamlit.testing.v1 import AppTest
 
+    from pages import _shared as shared
+    from xai.engine import METHODS
     app = Path(__file__).resolve().parents[1] / "app.py"
     at = AppTest.from_file(str(app), default_timeout=300)
     at.run()
@@ -309,14 +318,32 @@ def test_trust_page_agreement_and_integrated_gradients() -> None:
     box.set_value(next(o for o in box.options if "NIH" in o))
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    # agreement with the default box is computed at once, one row per method
-    table = at.dataframe[0].value
+    assert not any("pointing hit" in df.value.columns for df in at.dataframe)  # no finding marked: no table
+    # a box typed on the keyboard (x, y, w, h in original pixels) is scored against every map at once
+    at.checkbox(key="box_typed").check()
+    for name, value in {"box_x": 60, "box_y": 60, "box_w": 200, "box_h": 200}.items():
+        at.number_input(key=name).set_value(value)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = _agreement_table(at)
     assert list(table["method"]) == ["Grad-CAM", "Grad-CAM++", "Guided Backprop", "Guided Grad-CAM"]
-    assert set(table["pointing hit"]) <= {"hit", "miss"}
-    assert ((table["energy inside"] >= 0) & (table["energy inside"] <= 1)).all()
+    # independent check: the same maps from a direct engine call, scored by hand against the same box
+    image = at.session_state[shared.Key.IMAGE]
+    (target,) = {k[3] for k in at.session_state["_trust_results"] if k[0] == "agreement"}
+    direct = shared.run_engine(image.radiograph, shared.default_model(), target, tuple(METHODS), count=False)
+    inside = np.zeros(image.radiograph.pixels.shape, dtype=bool)
+    inside[60:260, 60:260] = True
+    for row, heat in zip(table.itertuples(index=False), direct.maps.values(), strict=True):
+        heat = np.asarray(heat, dtype=np.float64)
+        hit = None if np.ptp(heat) == 0 else bool(inside.flat[int(np.argmax(heat))])
+        assert row[1] == {True: "hit", False: "miss", None: "miss"}[hit], row
+        positive = np.clip(heat, 0, None)
+        share = positive[inside].sum() / positive.sum() if positive.sum() > 0 else 0.0
+        assert row[2] == pytest.approx(share, abs=1.5e-3), row  # the page rounds to 3 decimals
+        assert 0 <= row[3] <= 1
     at.slider(key="ig_steps").set_value(8)
     at.button(key="run_ig").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("completeness error" in c.value for c in at.caption)
-    assert "Integrated Gradients" in list(at.dataframe[0].value["method"])  # IG joins the agreement table
+    assert "Integrated Gradients" in list(_agreement_table(at)["method"])  # IG joins the agreement table
