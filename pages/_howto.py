@@ -12,6 +12,8 @@ import streamlit as st
 from pages._shared import method_label
 
 HOW_PAGE = "pages/how.py"
+#: Below this probability for the explained class the "How" page warns that the evidence is weak.
+WEAK_EVIDENCE = 0.05
 
 
 @dataclass(frozen=True)

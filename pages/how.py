@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages._figures import maps_figure, sidebar_film
-from pages._howto import METHOD_NOTES
+from pages._howto import METHOD_NOTES, WEAK_EVIDENCE
 from pages._shared import (
     CACHE_TTL_S,
     ActiveModel,
@@ -309,7 +309,7 @@ def main() -> None:
     p = result.probabilities[result.target]
     st.markdown(f"**{model.card.name}** explaining **{result.target}** (P = {p:.3f}; predicted: "
                 f"{result.predicted}) on {'the sample ' + image.label if image.source == 'sample' else 'the uploaded film'}.")
-    if p < 0.05:
+    if p < WEAK_EVIDENCE:
         st.warning(f"Weak evidence: the model gives {result.target} a probability of {p:.3f}. Every map below "
                    "is still stretched to full brightness by its own maximum.", icon=":material/warning:")
     layer_section(box, model)

@@ -17,6 +17,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import models
+from pages._howto import WEAK_EVIDENCE
 from xai.engine import Explainer
 from xai.glassbox import DIFFER_LEVEL
 from xai.preprocessing import prepare
@@ -54,6 +55,25 @@ def bundle() -> models.LoadedModel:
     return models.load("chestcovnet")
 
 
+@pytest.fixture(scope="module")
+def film(bundle: models.LoadedModel) -> torch.Tensor:
+    x, _ = prepare(load_radiograph(REPO / "samples" / SAMPLE), bundle.card.preprocessing)
+    return x
+
+
+@pytest.fixture(scope="module")
+def probabilities(bundle: models.LoadedModel, film: torch.Tensor) -> dict[str, float]:
+    """The model's own softmax on the sample, computed here (not by the engine or the page)."""
+    with torch.no_grad():
+        p = torch.softmax(bundle.module(film), dim=1)[0].tolist()
+    return dict(zip(bundle.card.class_names, p, strict=True))
+
+
+def shown(name: str, p: float) -> str:
+    """The page's sentence for the explained class, formatted as the page formats it."""
+    return f"explaining **{name}** (P = {p:.3f}"
+
+
 @pytest.fixture()
 def page() -> AppTest:
     at = run(AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT))
@@ -64,7 +84,7 @@ def page() -> AppTest:
     return run(at)
 
 
-def test_every_step_is_drawn_from_the_film(page: AppTest, bundle: models.LoadedModel) -> None:
+def test_every_step_is_drawn_from_the_film(page: AppTest, bundle: models.LoadedModel, probabilities) -> None:
     at = page
     headers = [h.value for h in at.header]
     for section in SECTIONS:
@@ -78,31 +98,42 @@ def test_every_step_is_drawn_from_the_film(page: AppTest, bundle: models.LoadedM
     relu6_calls = sum(isinstance(m, torch.nn.ReLU6) for m in bundle.module.modules())  # each runs once
     assert f"acts at **{relu6_calls} ReLU nodes**" in text
 
-    # The bars are the top Grad-CAM weights. Independent: behind GAP + linear, w_k = W[covid19, k] / 49.
-    row = bundle.module.classifier.weight.detach().numpy()[1] / 49.0
+    # The bars are the top Grad-CAM weights of the predicted class. Independent: behind GAP + linear,
+    # w_k = W[predicted, k] / 49.
+    predicted = max(probabilities, key=probabilities.get)
+    row = bundle.module.classifier.weight.detach().numpy()[bundle.card.class_names.index(predicted)] / 49.0
     top = np.sort(row)[::-1][:8]
     bars = chart(at, "how_weights")["data"][0]
     np.testing.assert_allclose(bars["y"], top, rtol=1e-4)
     assert bars["x"] == [f"ch {i}" for i in np.argsort(-row, kind="stable")[:8]]
-    assert "explaining **covid19** (P = 0.991" in text
+    assert shown(predicted, probabilities[predicted]) in text
 
     # Rebuilt maps equal the engine's (the page prints the largest difference).
     errors = [float(v) for v in re.findall(r"by at most ([0-9.e+-]+)\.", captions(at))]
     assert len(errors) == 2 and max(errors) < 1e-5
 
 
-def test_the_other_class_shows_weak_evidence_and_where_the_cams_part(page: AppTest, bundle) -> None:
+def test_the_other_class_shows_weak_evidence_and_where_the_cams_part(page: AppTest, bundle, film,
+                                                                      probabilities) -> None:
     at = page
+    names = list(bundle.card.class_names)
+    predicted = max(probabilities, key=probabilities.get)
+    other = next(n for n in names if n != predicted)
     target_box = next(s for s in at.selectbox if s.key and s.key.startswith("how_target"))
-    target_box.set_value("non_covid")
+    target_box.set_value(other)
     run(at)
-    assert any("Weak evidence" in w.value for w in at.warning)
-    x, _ = prepare(load_radiograph(REPO / "samples" / SAMPLE), bundle.card.preprocessing)
-    e = Explainer(bundle.module, target_layer="head_act").explain(x, target=0)
-    share = float(np.mean(np.abs(e.maps["gradcam"][0] - e.maps["gradcam++"][0]) >= DIFFER_LEVEL))
-    assert share > 0.05  # explaining a rejected class, the two CAMs disagree on a large area
-    shown = re.search(r"differ by at least [0-9.]+ on \*\*([0-9.]+) %\*\*", captions(at))
-    assert shown is not None and float(shown.group(1)) == pytest.approx(100 * share, abs=0.06)
+    assert shown(other, probabilities[other]) in "\n".join(m.value for m in at.markdown)
+    assert any("Weak evidence" in w.value for w in at.warning) == (probabilities[other] < WEAK_EVIDENCE)
+    explainer = Explainer(bundle.module, target_layer="head_act")
+
+    def differ_share(name: str) -> float:
+        e = explainer.explain(film, target=names.index(name))
+        return float(np.mean(np.abs(e.maps["gradcam"][0] - e.maps["gradcam++"][0]) >= DIFFER_LEVEL))
+
+    share = differ_share(other)
+    assert share > differ_share(predicted)  # explaining the rejected class, the two CAMs part on more pixels
+    shown_share = re.search(r"differ by at least [0-9.]+ on \*\*([0-9.]+) %\*\*", captions(at))
+    assert shown_share is not None and float(shown_share.group(1)) == pytest.approx(100 * share, abs=0.06)
 
 
 @pytest.mark.slow  # randomises the model layer by layer and explains 10 changed films: minutes on a busy CPU
@@ -128,7 +159,7 @@ def test_the_sanity_and_stability_checks_run_on_request(page: AppTest) -> None:
     assert (stable["spearman_worst"] <= stable["spearman_mean"] + 1e-9).all()
 
 
-def test_each_explain_panel_has_a_popover_linking_here() -> None:
+def test_each_explain_panel_has_a_popover_linking_here(probabilities) -> None:
     at = run(AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT))
     at.selectbox(key="sample").set_value(SAMPLE_TITLE)
     run(at)
@@ -143,4 +174,4 @@ def test_each_explain_panel_has_a_popover_linking_here() -> None:
     assert len(at.get("latex")) >= 4  # each popover carries its method's formula
     # The link's page opens on the film and the class the Explain page shows.
     run(at.switch_page("pages/how.py"))
-    assert any("explaining **non_covid** (P = 0.009" in m.value for m in at.markdown)
+    assert any(shown("non_covid", probabilities["non_covid"]) in m.value for m in at.markdown)
