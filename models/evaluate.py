@@ -102,21 +102,13 @@ def metrics_by_source(labels: np.ndarray, scores: np.ndarray, records: Sequence[
 
 def fit_ood_stats(loaded: LoadedModel, records: Sequence[Record], features: np.ndarray):  # noqa: ANN201 - OODStats
     """Out-of-distribution statistics (:mod:`xai.trust.ood`) from precomputed features: class Gaussians
-    on the ``train`` rows, distances calibrated on the ``val`` rows."""
-    from xai.layers import last_linear
-    from xai.trust.ood import DEFAULT_TRANSFORM, OODStats, fit_gaussian, mahalanobis, transform_features
+    on the ``train`` rows, distances calibrated on the ``val`` rows (:func:`xai.trust.ood.stats_from_features`)."""
+    from xai.trust.ood import stats_from_features
 
     split = np.array([r.split for r in records])
     labels = np.array([int(r.label) for r in records])
-    f = transform_features(features, DEFAULT_TRANSFORM)
-    means, precision, shrinkage = fit_gaussian(f[split == "train"], labels[split == "train"])
-    val_d = np.sort(mahalanobis(f[split == "val"], means, precision))
-    layer, _ = last_linear(loaded.module)
-    card = loaded.card
-    return OODStats(means=means.astype(np.float32), precision=precision.astype(np.float32),
-                    val_distances=val_d.astype(np.float32), class_names=tuple(card.class_names),
-                    model_name=card.name, model_sha256=card.sha256, feature_layer=f"input of {layer}",
-                    n_train=int((split == "train").sum()), shrinkage=shrinkage, transform=DEFAULT_TRANSFORM)
+    train = split == "train"
+    return stats_from_features(loaded, features[train], labels[train], features[split == "val"])
 
 
 def ood_warning_rates(stats, records: Sequence[Record], features: np.ndarray) -> dict[str, Any]:  # noqa: ANN001

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from xai.engine import (
+    DETAILS,
     _check_input,
     _device_dtype,
     _read_only,
@@ -61,9 +62,8 @@ __all__ = [
     "top_channels",
 ]
 
-DETAIL_KEYS: tuple[str, ...] = (
-    "activations", "gradients", "gradcam_weights", "gradcam++_weights", "gradcam++_alphas",
-)
+#: The engine's ``details`` keys this module reads (one list, the engine's own).
+DETAIL_KEYS: tuple[str, ...] = DETAILS
 #: Two display maps (each in [0, 1], divided by its own maximum) "differ" where they are this far apart.
 DIFFER_LEVEL = 0.25
 
