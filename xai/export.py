@@ -48,6 +48,7 @@ __all__ = [
     "method_title",
     "overlay_png",
     "patient_line",
+    "provenance_text",
     "report_figure",
     "report_pdf",
     "report_png",
@@ -251,7 +252,7 @@ def _png_with_text(rgb: NDArray[np.uint8], text: Mapping[str, str]) -> bytes:
     return buffer.getvalue()
 
 
-def _provenance_text(provenance: Provenance) -> dict[str, str]:
+def provenance_text(provenance: Provenance) -> dict[str, str]:
     import json
 
     return {
@@ -275,7 +276,7 @@ def overlay_png(
     and appear in the burned-in caption only with ``include_patient=True``.
     """
     rgb = captioned_panel(panel_rgb, provenance, patient=patient, include_patient=include_patient)
-    return _png_with_text(rgb, _provenance_text(provenance))
+    return _png_with_text(rgb, provenance_text(provenance))
 
 
 def provenance_png(rgb: NDArray[np.uint8], provenance: Provenance) -> bytes:
@@ -284,7 +285,7 @@ def provenance_png(rgb: NDArray[np.uint8], provenance: Provenance) -> bytes:
     For file outputs that must keep the original pixel grid (CLI and batch overlays): the model name,
     sha256, app version, settings, date and disclaimer travel as ``iTXt`` chunks, never patient data.
     """
-    return _png_with_text(np.ascontiguousarray(rgb, dtype=np.uint8), _provenance_text(provenance))
+    return _png_with_text(np.ascontiguousarray(rgb, dtype=np.uint8), provenance_text(provenance))
 
 
 # ----------------------------------------------------------------------------------------- report

@@ -111,9 +111,9 @@ def thumbnail(rgb: np.ndarray, max_side: int = THUMBNAIL_SIDE) -> bytes:
 
 def overlay_file(rgb: np.ndarray, provenance: Provenance, fmt: OverlayFormat) -> bytes:
     """An overlay file in ``fmt`` with ``provenance`` embedded (``iTXt`` chunks or a JPEG comment)."""
-    from xai.export import _provenance_text
+    from xai.export import provenance_text
 
-    text = _provenance_text(provenance)
+    text = provenance_text(provenance)
     if fmt.kind == "png":
         return png_bytes(rgb, text, compression=fmt.compression)
     return jpeg_bytes(rgb, json.dumps(text, ensure_ascii=False), quality=fmt.quality)

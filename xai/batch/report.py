@@ -168,7 +168,7 @@ class Report:
 
 
 # ------------------------------------------------------------------------------------------ csv
-def _csv_cell(value: Any) -> Any:
+def csv_cell(value: Any) -> Any:
     """Quote text a spreadsheet would execute as a formula (CSV injection); floats with 6 significant digits."""
     if isinstance(value, str) and value.startswith(_FORMULA_START):
         return "'" + value
@@ -206,7 +206,7 @@ def csv_values(meta: ReportMeta, row: ReportRow) -> list[Any]:
         values += [_blank_none(row.in_lungs.get(m)) for m in meta.methods]
     if meta.stability:
         values += [row.stability.get(m, {}).get(k, "") for m in meta.methods for k in STABILITY_KEYS]
-    return [_csv_cell(v) for v in values]
+    return [csv_cell(v) for v in values]
 
 
 # ------------------------------------------------------------------------------------------ the writer

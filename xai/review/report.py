@@ -14,7 +14,7 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from xai.batch.report import _csv_cell
+from xai.batch.report import csv_cell
 from xai.export import DISCLAIMER, METHOD_TITLES
 from xai.review.store import ReviewSession
 
@@ -44,7 +44,7 @@ def ratings_csv(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], predi
         values += ["" if v is None else float(v) for v in box]
         values += [r.get("note") or "", "" if r.get("seconds") is None else float(r["seconds"]),
                    (predictions or {}).get(r["case"], ""), " ".join(r.get("map_order") or ()), r["saved_at"]]
-        writer.writerow([_csv_cell(v) for v in values])
+        writer.writerow([csv_cell(v) for v in values])
     return buffer.getvalue()
 
 
