@@ -32,6 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
+from pages._lungs import lung_field, lung_outline, lung_shares
+from xai.anatomy import LungField
+
 # One home for the disclaimer and the methods' display names: the export module prints them on every file.
 from xai.export import DISCLAIMER
 from xai.export import METHOD_TITLES as METHOD_LABELS
@@ -340,12 +343,9 @@ def warm_up_page(model: ActiveModel) -> None:
     shown = render.view(image.radiograph, result, render.DisplaySettings())
     panels = [Panel("", shown.original)] + [Panel("", rgb) for rgb in shown.overlays.values()]
     with contextlib.suppress(Exception):  # the lung model: read once per process, its first film slow
-        from xai.anatomy import evidence_in_lungs, evidence_outside, find_lungs
+        from xai.anatomy import find_lungs, lung_evidence
 
-        field = find_lungs(image.radiograph)
-        for saliency in result.maps.values():
-            evidence_in_lungs(saliency, field.mask)
-            evidence_outside(saliency, field.mask)
+        lung_evidence(result.maps, find_lungs(image.radiograph).mask)
     index = render.heat_index(shown.original[:, :, 0] / 255.0)
     for cmap in render.COLORMAPS:  # each colour table loads once per process: a first colormap change is fast
         render.blend(shown.original, index, cmap=cmap)
@@ -604,8 +604,8 @@ def _prefetch_one(image: LoadedImage, model: ActiveModel, target: int, methods: 
         if settings is not None:
             _screen_layers(key, settings, image.radiograph, result)
         field = lung_field(image.sha256, image.radiograph)
-        if field.found:
-            lung_evidence(key, result, field)
+        if isinstance(field, LungField):
+            lung_shares(key, result.maps, field)
     return result
 
 
@@ -685,49 +685,11 @@ def _screen_layers(key: ResultKey, settings: DisplaySettings, _radiograph: Radio
     from pages._panel import screen_image_uri
     from xai import render
 
-    lungs = lung_field(key.image, _radiograph).mask if settings.lungs else None
+    lungs = lung_outline(key.image, _radiograph) if settings.lungs else None
     prepared = render.layers(_radiograph, _result, settings, lungs)
     original = prepared.original if prepared.lungs is None else render.compose(
         render.Layers(prepared.original, {}, prepared.lungs), settings).original  # the outline on it too
     return ScreenLayers(prepared, screen_image_uri(original))
-
-
-# ------------------------------------------------------------------------------------------ lungs
-@st.cache_resource(max_entries=EXPLANATION_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
-def lung_field(image_sha: str, _radiograph: Radiograph) -> Any:
-    """:func:`xai.anatomy.find_lungs` of a film, once per image (the lung model is shared, read-only)."""
-    from xai.anatomy import find_lungs
-
-    return find_lungs(_radiograph)
-
-
-@dataclass(frozen=True)
-class LungEvidence:
-    """Per method: the share of the map's mass inside the (dilated) lungs, and where the rest lies
-    (:func:`xai.anatomy.evidence_outside`: share of the total mass per region)."""
-
-    inside: Mapping[str, float]
-    outside: Mapping[str, Mapping[str, float]]
-
-
-@st.cache_resource(max_entries=EXPLANATION_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
-def lung_evidence(key: ResultKey, _result: PipelineResult, _field: Any) -> LungEvidence:
-    """:func:`xai.anatomy.evidence_in_lungs` and ``evidence_outside`` of each map, on the film's own grid up
-    to :data:`LUNG_EVIDENCE_SIDE` px (larger films on a grid shrunk by area: mass shares are kept, and a
-    12 MP film costs milliseconds instead of a second per map)."""
-    from xai.anatomy import evidence_in_lungs, evidence_outside
-    from xai.render import downsample_for_display
-
-    mask = _field.mask
-    maps = {m: downsample_for_display(a, LUNG_EVIDENCE_SIDE) for m, a in _result.maps.items()}
-    if max(mask.shape) > LUNG_EVIDENCE_SIDE:
-        mask = downsample_for_display(mask.astype("float32"), LUNG_EVIDENCE_SIDE) >= 0.5
-    return LungEvidence(inside={m: evidence_in_lungs(a, mask) for m, a in maps.items()},
-                        outside={m: evidence_outside(a, mask) for m, a in maps.items()})
-
-
-#: Longest side of the grid the lung evidence is computed on (the caption gives whole percents).
-LUNG_EVIDENCE_SIDE = 1024
 
 
 def screen_view(image: LoadedImage, model: ActiveModel, result: PipelineResult, settings: DisplaySettings) -> tuple[

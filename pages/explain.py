@@ -14,6 +14,7 @@ import numpy as np
 import streamlit as st
 
 from pages._howto import how_popovers
+from pages._lungs import lung_field, lung_outline, lung_shares
 from pages._panel import Panel, panel_figure, prediction_figure, row_height_for
 from pages._shared import (
     DISCLAIMER,
@@ -24,8 +25,6 @@ from pages._shared import (
     explain,
     held_out_performance,
     load_input,
-    lung_evidence,
-    lung_field,
     method_label,
     ood_banner,
     ood_summary,
@@ -294,22 +293,25 @@ def lung_notes(image: LoadedImage, model: ActiveModel, result: PipelineResult) -
     return each method's share inside the lungs (None without a lung field)."""
     try:
         field = lung_field(image.sha256, image.radiograph)
-    except Exception as exc:  # noqa: BLE001 - the lung model missing or failing must not hide the maps
-        st.caption(f"No lung-field check: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - the lung model failing on this film must not hide the maps
+        field = f"No lung-field check: {type(exc).__name__}: {exc}"
+    if isinstance(field, str):  # the lung model is unavailable: say so once, keep the maps
+        st.caption(field)
         return None
     if not field.found:
         st.warning(f"No lung field found ({field.reason}): this image may not be a frontal chest radiograph, "
                    "and the model's output on it means little.", icon=":material/pulmonology:")
         return None
-    evidence = lung_evidence(ResultKey.of(image, model, result), result, field)
-    for m, share in evidence.inside.items():
+    evidence = lung_shares(ResultKey.of(image, model, result), result.maps, field)
+    for m, shares in evidence.items():
+        share = shares.inside
         if np.isfinite(share) and share < OUTSIDE_FLAG:
-            places = sorted(evidence.outside[m].items(), key=lambda kv: -kv[1])
+            places = sorted(shares.outside.items(), key=lambda kv: -kv[1])
             where = "; ".join(f"{v:.0%} {REGION_WORDS.get(k, k)}" for k, v in places if v >= 0.05)
             st.warning(f"**{method_label(m)}: most of the map lies outside the lungs** — {share:.0%} inside. "
                        f"Outside: {where}. The model may be using something other than the lungs.",
                        icon=":material/crisis_alert:")
-    return dict(evidence.inside)
+    return {m: shares.inside for m, shares in evidence.items()}
 
 
 @st.fragment
@@ -399,7 +401,7 @@ def provenance(result: PipelineResult, model: ActiveModel, method: str, s: Displ
 
 def film_view(image: LoadedImage, result: PipelineResult, s: DisplaySettings) -> render.View:
     """The view at the film's own resolution with the current display settings (what exports draw)."""
-    lungs = lung_field(image.sha256, image.radiograph).mask if s.lungs else None
+    lungs = lung_outline(image.sha256, image.radiograph) if s.lungs else None
     return render.view(image.radiograph, result, replace(s, side=None), lungs)
 
 

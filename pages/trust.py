@@ -292,9 +292,9 @@ def lungs_tab(key: tuple[Any, ...], result: PipelineResult, field: Any) -> None:
         st.caption(field if isinstance(field, str) else f"No lung field: {field.reason}.")
         return
     rows = []
-    for m, (share, outside) in lung_shares(field, result.maps).items():
-        rows.append({"method": _label(m), "inside the lungs": round(share, 3),
-                     **{k: round(v, 3) for k, v in outside.items()}})
+    for m, shares in lung_shares(("trust", *key), result.maps, field).items():
+        rows.append({"method": _label(m), "inside the lungs": round(shares.inside, 3),
+                     **{k: round(v, 3) for k, v in shares.outside.items()}})
     st.dataframe(rows, hide_index=True)
     st.caption(f"Lung area: {field.area_fraction:.1%} of the film; {field.components} lung regions.")
 
@@ -350,10 +350,10 @@ def map_verdicts(key: tuple[Any, ...], result: PipelineResult, field: Any) -> di
     sanity, stab = store.get(("sanity", *key)), store.get(("stability", *key))
     faith = store.get(("faith", *key, *FAITH_DEFAULTS))
     lung_ok = not isinstance(field, str) and field.found
-    shares = lung_shares(field, result.maps) if not isinstance(field, str) else {}
+    shares = lung_shares(("trust", *key), result.maps, field) if not isinstance(field, str) else {}
     out = {}
     for m in result.maps:
-        share, outside = shares.get(m, (float("nan"), {}))
+        share, outside = (shares[m].inside, shares[m].outside) if m in shares else (float("nan"), {})
         out[m] = [
             verdicts.sanity_verdict(sanity, m) if sanity is not None and m in sanity.methods else verdicts.not_run("sanity"),
             verdicts.stability_verdict(stab, m) if stab is not None and m in stab.methods else verdicts.not_run("stability"),

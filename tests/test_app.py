@@ -23,6 +23,7 @@ from PIL import Image
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
+import pages._lungs as app_lungs
 import pages._shared as shared
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -493,15 +494,15 @@ def test_lungs_share_in_each_caption_outline_toggle_and_outside_flag(monkeypatch
     # A lung field in the top-left corner only: every map lies mostly outside it, and the page says where.
     corner = np.zeros(image.radiograph.shape, bool)
     corner[: corner.shape[0] // 5, : corner.shape[1] // 5] = True
-    monkeypatch.setattr(shared, "lung_field", lambda sha, radiograph: LungField(
+    monkeypatch.setattr(app_lungs, "lung_field", lambda sha, radiograph: LungField(
         mask=corner, found=True, area_fraction=float(corner.mean()), convention="v7", reason="", components=1))
-    shared.lung_evidence.clear()
+    app_lungs.lung_shares.clear()
     at.toggle(key="disp_lungs").set_value(False)
     run(at)
     flags = [w.value for w in at.warning if "most of the map lies outside the lungs" in w.value]
     assert len(flags) == len(result.methods)
     assert all("below the lungs (diaphragm, abdomen)" in f or "beside the lungs" in f for f in flags)
-    shared.lung_evidence.clear()
+    app_lungs.lung_shares.clear()
 
 
 def test_a_prefetch_gives_way_to_a_user_waiting_for_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -71,16 +71,15 @@ def _share(value: float) -> float | None:
 def lung_figures(pixels: np.ndarray, maps: Mapping[str, np.ndarray]) -> LungFigures:
     """The lung figures of a film (``pixels``) and its maps, all on one grid of any size (the film's own,
     or a shrunk copy); see the module docstring."""
-    from xai.anatomy import dilate_mask, evidence_in_lungs, find_lungs, lung_box
+    from xai.anatomy import find_lungs, lung_box, lung_evidence
 
     methods = tuple(maps)
     gray = _shrink(pixels)
     lungs = find_lungs(gray)
     if not lungs.found:
         return LungFigures(dict.fromkeys(methods), 0.0, False, lungs.reason)
-    grown = dilate_mask(lungs.mask)  # once for every map (evidence_in_lungs would dilate per call)
     small = {m: _shrink(heat) for m, heat in maps.items()}
-    in_lungs = {m: _share(evidence_in_lungs(small[m], grown, dilation=0.0)) for m in methods}
+    in_lungs = {m: _share(shares.inside) for m, shares in lung_evidence(small, lungs.mask).items()}
     x0, y0, x1, y1 = lung_box(lungs.mask) or (0, 0, gray.shape[1], gray.shape[0])
     cohort = COHORT_METHOD if COHORT_METHOD in small else methods[0]
 
