@@ -27,9 +27,11 @@ from xai.anatomy import (
     LungModelError,
     dilate_mask,
     evidence_in_lungs,
+    evidence_outside,
     find_lungs,
     load_lung_model,
     lung_box,
+    lung_evidence,
     lung_mask,
 )
 from xai.preprocessing import Preprocessing, prepare
@@ -177,6 +179,49 @@ def test_dilation_is_a_disc_of_three_percent_of_the_width() -> None:
     assert grown[45, 52] and not grown[45, 53] and grown[37, 45] and not grown[36, 45]
     assert not grown[37, 37]  # a disc, not a square: the corner (3, 3) away is sqrt(18) > 3 from the block
     assert lung_box(m) == (40, 40, 50, 50) and lung_box(np.zeros((3, 3))) is None
+
+
+def test_lung_evidence_of_several_maps_matches_a_brute_force_reference() -> None:
+    """One dilation and one region map for all maps give, per map, what the definition gives computed
+    naively: the disc from SciPy's exact Euclidean distance transform, then one boolean mask per region
+    taken in OUTSIDE_REGIONS order."""
+    from scipy.ndimage import distance_transform_edt
+
+    rng = np.random.default_rng(7)
+    H, W = 90, 120
+    mask = np.zeros((H, W), bool)
+    mask[20:70, 15:50] = True
+    mask[25:75, 66:100] = True
+    mask[40:45, 30:34] = False  # a hole: it stays inside once dilated
+    maps = {"smooth": rng.random((H, W)), "signed": rng.standard_normal((H, W)),
+            "f32": rng.random((H, W)).astype(np.float32), "flat": np.full((H, W), 0.5)}
+    got = lung_evidence(maps, mask)
+
+    r = round(DEFAULT_DILATION * W)
+    grown = distance_transform_edt(~mask) <= r
+    np.testing.assert_array_equal(dilate_mask(mask), grown)
+    rows, cols = np.mgrid[0:H, 0:W]
+    x0, y0, x1, y1 = 15, 20, 100, 75
+    bw, bh = round(0.05 * W), round(0.05 * H)
+    regions = {
+        "film border": (rows < bh) | (rows >= H - bh) | (cols < bw) | (cols >= W - bw),
+        "above the lungs": rows < y0, "below the lungs": rows >= y1,
+        "beside the lungs": (cols < x0) | (cols >= x1), "between the lungs": np.ones((H, W), bool),
+    }
+    for name in ("smooth", "signed", "f32"):
+        w = np.abs(maps[name].astype(np.float64))
+        assert got[name].inside == pytest.approx(w[grown].sum() / w.sum(), abs=1e-9)
+        taken = grown.copy()
+        for region, where in regions.items():
+            share = w[where & ~taken].sum() / w.sum()
+            taken |= where
+            assert got[name].outside[region] == pytest.approx(share, abs=1e-9), (name, region)
+        assert got[name].inside + sum(got[name].outside.values()) == pytest.approx(1.0, abs=1e-9)
+        assert evidence_in_lungs(maps[name], mask) == got[name].inside
+        assert evidence_outside(maps[name], mask) == got[name].outside
+    assert np.isnan(got["flat"].inside) and got["flat"].outside == {}
+    with pytest.raises(ValueError, match="same pixel grid"):
+        lung_evidence({"ok": maps["smooth"], "bad": np.ones((H, W + 1))}, mask)
 
 
 def test_flat_maps_and_empty_masks_give_nan() -> None:
