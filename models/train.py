@@ -73,7 +73,7 @@ from models.efficientnet_lite import (
     efficientnet_lite0,
 )
 from models.metrics import auroc, binary_metrics, rounded, youden_threshold
-from xai.preprocessing import Preprocessing
+from xai.preprocessing import CROP_MODES, Preprocessing
 
 log = logging.getLogger("models.train")
 
@@ -146,7 +146,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--whole-steps", type=int, default=None, help="stage 2: steps per epoch (default: one pass)")
     p.add_argument("--equalize", default=CHESTCOVNET_PREPROCESSING.equalize, choices=("none", "hist", "clahe"),
                    help="ablations: override the card's equalisation")
-    p.add_argument("--crop", default=CHESTCOVNET_PREPROCESSING.crop, choices=("none", "body"),
+    p.add_argument("--crop", default=CHESTCOVNET_PREPROCESSING.crop, choices=CROP_MODES,
                    help="ablations: override the card's crop")
     p.add_argument("--cam-border-weight", type=float, default=0.0,
                    help="weight of the Grad-CAM border-share penalty (0: off)")

@@ -10,7 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from xai.preprocessing import Geometry, Preprocessing, body_crop_box, prepare, prepare_array
+from xai.preprocessing import (
+    LUNG_CROP_MARGIN,
+    Geometry,
+    Preprocessing,
+    body_crop_box,
+    crop_box,
+    lung_crop_box,
+    prepare,
+    prepare_array,
+)
 from xai.radiograph import load_radiograph
 
 
@@ -43,7 +52,7 @@ def test_spec_json_round_trip():
         ({"mean": [float("nan")] * 3}, "finite"),
         ({"resize": "crop"}, "resize"),
         ({"equalize": "yes"}, "equalize"),
-        ({"crop": "lungs"}, "crop"),
+        ({"crop": "chest"}, "crop"),
         ({"colour": "gray"}, "unknown preprocessing field"),
     ],
 )
@@ -215,6 +224,63 @@ def test_prepare_with_body_crop_records_the_box():
     out = geo.to_original(np.ones((7, 7), np.float32))
     x0, y0, x1, y1 = geo.crop_box
     assert out[:y0].sum() == 0 and out[y1:].sum() == 0 and np.all(out[y0:y1, x0:x1] == 1)
+
+
+def _manual_lung_films(shared_data, n_per_source: int = 2):
+    """(pixels, manual lung mask on the film's grid) for NLM films (Montgomery, Shenzhen) with a manual mask."""
+    from models.data import read_lung_masks, read_manifest
+
+    masks = read_lung_masks(shared_data / "lungs")
+    out, taken = [], {}
+    for r in read_manifest(shared_data / "chestcovnet"):
+        if r.file in masks and r.file.startswith("nlm_") and taken.get(r.source, 0) < n_per_source:
+            taken[r.source] = taken.get(r.source, 0) + 1
+            pixels = load_radiograph(shared_data / "chestcovnet" / "images" / r.file).pixels
+            mask = cv2.imread(str(masks[r.file]), cv2.IMREAD_GRAYSCALE)
+            mask = cv2.resize(mask, pixels.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+            out.append((pixels, mask))
+    assert len(taken) == 2 and len(out) == 2 * n_per_source
+    return out
+
+
+def test_lung_crop_keeps_the_manual_lungs_and_drops_the_rest(shared_data):
+    # Reference: the radiologists' manual lung masks (never seen by this rule). The crop must keep every lung
+    # pixel, hug the lungs (the manual box plus little more) and leave out much of the film.
+    pre = Preprocessing(input_size=96, channels=1, mean=(0.0,), std=(1.0,), resize="stretch", crop="lungs")
+    for pixels, mask in _manual_lung_films(shared_data):
+        out, geo = prepare_array(pixels, pre)
+        x0, y0, x1, y1 = geo.crop_box
+        assert geo.crop_box == lung_crop_box(pixels) == crop_box(pixels, "lungs")
+        assert mask[y0:y1, x0:x1].sum() >= 0.99 * mask.sum()
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        mx0, my0, mx1, my1 = cols[0], rows[0], cols[-1] + 1, rows[-1] + 1
+        grow = 2 * LUNG_CROP_MARGIN + 0.10  # the margin on both sides, plus 10 % for the U-Net vs the manual mask
+        assert (x1 - x0) <= (1 + grow) * (mx1 - mx0) and (y1 - y0) <= (1 + grow) * (my1 - my0)
+        assert (x1 - x0) * (y1 - y0) <= 0.75 * pixels.size
+        # the model input is exactly the crop stretched to the grid (INTER_AREA when shrinking)
+        expected = cv2.resize(np.ascontiguousarray(pixels[y0:y1, x0:x1]), (96, 96), interpolation=cv2.INTER_AREA)
+        np.testing.assert_allclose(out[0], expected, atol=1e-6)
+        # and a map on the grid goes back inside the box only
+        back = geo.to_original(np.ones((7, 7), np.float32))
+        assert back[y0:y1, x0:x1].min() == 1.0 and back.sum() == (x1 - x0) * (y1 - y0)
+
+
+def test_lung_crop_falls_back_to_the_body_box_without_a_lung_field():
+    from xai.anatomy import find_lungs
+
+    noise = _noise_image(300, 240, seed=7)
+    assert not find_lungs(noise).found  # the premise: no lung field on noise
+    assert lung_crop_box(noise) == body_crop_box(noise)
+    _, geo = prepare_array(noise, Preprocessing(crop="lungs"))
+    assert geo.crop_box == body_crop_box(noise)
+
+
+def test_crop_box_modes_and_an_unknown_mode():
+    img = _body_phantom(400, 300)
+    assert crop_box(img, "none") == (0, 0, 300, 400)
+    assert crop_box(img, "body") == body_crop_box(img)
+    with pytest.raises(ValueError, match="crop must be one of none, body, lungs"):
+        crop_box(img, "chest")
 
 
 # -------------------------------------------------------------- the bright-square test (issue 3)

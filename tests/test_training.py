@@ -228,3 +228,26 @@ def test_evaluation_in_parts_equals_one_run_and_refuses_a_gap(tmp_path: Path, ch
     assert merged["n"] == 4 and merged["grad_cam_lung_evidence"]["manual"]["all"]["n"] == 2
     with pytest.raises(models.ModelError, match="exactly once"):
         evaluate.combine_parts(loaded, args, [json.loads(parts[0].read_text())], "x")
+
+
+def test_lung_crop_run_trains_on_what_the_app_prepares(tmp_path: Path, chestcovnet_dir: Path):
+    """``--crop lungs``: the card says so, the decoded-image cache is the app's ``prepare`` with the lung crop
+    (not the body crop), and the bundle scores val through the app's path as training measured it."""
+    out = tmp_path / "bundle"
+    rc = train_mod.main(["--data", str(chestcovnet_dir), "--out", str(out), "--epochs", "1", "--max-images", "8",
+                         "--batch-size", "4", "--views", "0", "--cache-dir", "", "--seed", "4",
+                         "--crop", "lungs", "--name", "smoke-lungs"])
+    assert rc == 0
+    loaded = models.load(out)
+    assert loaded.card.preprocessing.crop == "lungs"
+    records = train_mod._cap(select(read_manifest(chestcovnet_dir), ["val"]), 8)
+    film = load_radiograph(chestcovnet_dir / "images" / records[0].file)
+    lungs, body = loaded.card.preprocessing, train_mod.CHESTCOVNET_PREPROCESSING
+    cache = build_cache(chestcovnet_dir, records[:1], lungs, None, progress=False)
+    (x_lungs, g_lungs), (_, g_body) = prepare(film, lungs), prepare(film, body)
+    torch.testing.assert_close(normalize(torch.from_numpy(cache), lungs), x_lungs, atol=2e-3, rtol=0)
+    box, body_box = g_lungs.crop_box, g_body.crop_box
+    assert (box[2] - box[0]) * (box[3] - box[1]) < (body_box[2] - body_box[0]) * (body_box[3] - body_box[1])
+    scores = score_records(loaded, chestcovnet_dir, records)
+    labels = np.array([r.label for r in records])
+    assert auroc(labels, scores) == pytest.approx(loaded.card.metrics["val"]["auroc"], abs=2e-3)

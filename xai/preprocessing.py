@@ -3,8 +3,10 @@
 One function, :func:`prepare`, is used by training, evaluation, the CLI and the app alike. The steps, in
 order, are fixed by a :class:`Preprocessing` spec (embedded in every model card as JSON):
 
-1. **crop** (``"none"`` | ``"body"``): ``"body"`` is an explicit heuristic crop box (see :func:`body_crop_box`)
-   computed on the original image. Nothing is cropped silently: with ``"none"`` the whole image is used.
+1. **crop** (``"none"`` | ``"body"`` | ``"lungs"``): ``"body"`` is an explicit heuristic crop box (see
+   :func:`body_crop_box`) computed on the original image; ``"lungs"`` is the lung U-Net's lung-field box plus a
+   margin (see :func:`lung_crop_box`; the body box when no lung field is found). Nothing is cropped silently:
+   with ``"none"`` the whole image is used.
 2. **resize** the crop to the square model grid of side ``input_size``:
    ``"letterbox"`` keeps the aspect ratio and centres the image, padding with pixel value 0 (black,
    i.e. air, in display space; after normalisation the pad equals ``-mean / std``); ``"stretch"``
@@ -37,20 +39,24 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("letterbox", "stretch")
 EQUALIZE_MODES = ("none", "hist", "clahe")
-CROP_MODES = ("none", "body")
+CROP_MODES = ("none", "body", "lungs")
 CLAHE_CLIP_LIMIT = 2.0
 CLAHE_TILES = (8, 8)
 BODY_COMPONENT_FRACTION = 0.10
+LUNG_CROP_MARGIN = 0.08
 
 __all__ = [
     "CROP_MODES",
     "EQUALIZE_MODES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "LUNG_CROP_MARGIN",
     "RESIZE_MODES",
     "Geometry",
     "Preprocessing",
     "body_crop_box",
+    "crop_box",
+    "lung_crop_box",
     "prepare",
     "prepare_array",
 ]
@@ -63,7 +69,7 @@ class Preprocessing:
 
     ``input_size``: side S of the square model input. ``channels``: 1, or 3 (gray replicated).
     ``mean``/``std``: one value per channel (default ImageNet). ``resize``: ``"letterbox"`` | ``"stretch"``.
-    ``equalize``: ``"none"`` | ``"hist"`` | ``"clahe"``. ``crop``: ``"none"`` | ``"body"``.
+    ``equalize``: ``"none"`` | ``"hist"`` | ``"clahe"``. ``crop``: ``"none"`` | ``"body"`` | ``"lungs"``.
     """
 
     input_size: int = 224
@@ -273,6 +279,42 @@ def body_crop_box(image: np.ndarray, *, margin: float = 0.05) -> tuple[int, int,
     return (x0, y0, x1, y1)
 
 
+def lung_crop_box(image: np.ndarray, *, margin: float = LUNG_CROP_MARGIN) -> tuple[int, int, int, int]:
+    """Box around the lung fields: (x0, y0, x1, y1), x1/y1 exclusive.
+
+    Rule: the lung U-Net's lung field (:func:`xai.anatomy.find_lungs`, default convention, which includes the
+    retrocardiac lung), its bounding box (:func:`xai.anatomy.lung_box`) plus ``margin`` of the box size on each
+    side (keeps apices, costophrenic angles and the pleura when the mask is a little tight), clipped to the
+    image. Everything outside — labels, markers, collimation, the film's border, shoulders and abdomen — is
+    left out of the model's input. When the U-Net finds no plausible lung field the :func:`body_crop_box` is
+    used instead, so a film is never cropped to a guess.
+    """
+    from xai.anatomy import find_lungs, lung_box  # lazy: xai.anatomy prepares its own input with this module
+
+    img = np.asarray(image, dtype=np.float32)
+    H, W = img.shape
+    field = find_lungs(img)
+    box = lung_box(field.mask) if field.found else None
+    if box is None:
+        return body_crop_box(img)
+    x0, y0, x1, y1 = box
+    mx, my = margin * (x1 - x0), margin * (y1 - y0)
+    return (max(0, math.floor(x0 - mx)), max(0, math.floor(y0 - my)),
+            min(W, math.ceil(x1 + mx)), min(H, math.ceil(y1 + my)))
+
+
+def crop_box(image: np.ndarray, mode: str) -> tuple[int, int, int, int]:
+    """The crop box of a gray image (H, W) under a crop mode of :data:`CROP_MODES` (``"none"``: the whole image)."""
+    if mode == "body":
+        return body_crop_box(image)
+    if mode == "lungs":
+        return lung_crop_box(image)
+    if mode == "none":
+        H, W = np.shape(image)
+        return (0, 0, W, H)
+    raise ValueError(f"crop must be one of {', '.join(CROP_MODES)}; got {mode!r}")
+
+
 # --------------------------------------------------------------------------------------------- prepare
 def _as_gray(image: Radiograph | np.ndarray) -> np.ndarray:
     if isinstance(image, Radiograph):
@@ -313,8 +355,8 @@ def prepare_array(image: Radiograph | np.ndarray, preprocessing: Preprocessing) 
     gray = _as_gray(image)
     H, W = gray.shape
     S = preprocessing.input_size
-    crop_box = body_crop_box(gray) if preprocessing.crop == "body" else (0, 0, W, H)
-    x0, y0, x1, y1 = crop_box
+    box = crop_box(gray, preprocessing.crop)
+    x0, y0, x1, y1 = box
     region = gray[y0:y1, x0:x1]
     ch, cw = region.shape
     if preprocessing.resize == "stretch":
@@ -334,7 +376,7 @@ def prepare_array(image: Radiograph | np.ndarray, preprocessing: Preprocessing) 
     for c in range(preprocessing.channels):
         np.subtract(canvas, np.float32(preprocessing.mean[c]), out=out[c])
         out[c] *= np.float32(1.0 / preprocessing.std[c])
-    geometry = Geometry(original_size=(H, W), crop_box=crop_box, input_size=S,
+    geometry = Geometry(original_size=(H, W), crop_box=box, input_size=S,
                         content_box=(px, py, px + nw, py + nh))
     return out, geometry
 
