@@ -11,7 +11,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import plotly.graph_objects as go
 
@@ -49,10 +48,9 @@ def screen_image_uri(rgb: np.ndarray) -> str:
 
     Sending an encoded image instead of ``z`` keeps a 1024² panel at ~100 kB instead of megabytes of JSON.
     """
-    ok, buffer = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, SCREEN_JPEG_QUALITY])
-    if not ok:
-        raise ValueError("could not encode the panel image")
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.tobytes()).decode("ascii")
+    from xai.batch.outputs import jpeg_bytes  # one JPEG encoder (OpenCV, a colour conversion not a copy)
+
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(rgb, quality=SCREEN_JPEG_QUALITY)).decode("ascii")
 
 
 def panel_figure(
@@ -148,7 +146,7 @@ def panel_figure(
                 "colorbar": {"title": {"text": colorbar_title, "side": "right"}, "thickness": 14, "len": 0.9},
             },
         })
-    return go.Figure(data=data, layout=layout)
+    return unvalidated_figure(data, layout)
 
 
 def prediction_figure(
@@ -168,28 +166,40 @@ def prediction_figure(
     names = list(probabilities)
     values = [float(probabilities[n]) for n in names]
     labels = [f"{n}  {v:.3f}" for n, v in zip(names, values, strict=True)]
-    fig = go.Figure(go.Bar(
-        x=values, y=names, orientation="h",
-        marker_color=["#e4572e" if n == decision else "#7f8c9a" for n in names],
-        hovertemplate="%{y}: %{x:.4f}<extra></extra>",
-    ))
-    title = ""
+    bar = {
+        "type": "bar", "x": values, "y": names, "orientation": "h",
+        "marker": {"color": ["#e4572e" if n == decision else "#7f8c9a" for n in names]},
+        "hovertemplate": "%{y}: %{x:.4f}<extra></extra>",
+    }
+    title, shapes = "", []
     if threshold is not None and positive_class in names:
         row = names.index(positive_class)
-        fig.add_shape(
-            type="line", x0=threshold, x1=threshold, y0=row - 0.45, y1=row + 0.45,
-            line={"color": "#f5d76e", "width": 3, "dash": "dash"},
-        )
+        shapes.append({"type": "line", "x0": threshold, "x1": threshold, "y0": row - 0.45, "y1": row + 0.45,
+                       "line": {"color": "#f5d76e", "width": 3, "dash": "dash"}})
         title = f"dashed line: threshold {threshold:.3f} on P({positive_class})"
-    fig.update_layout(
-        height=90 + 48 * len(names),
-        margin={"l": 8, "r": 8, "t": 28, "b": 8},
-        title={"text": title, "font": {"size": 12}, "x": 0.0, "xanchor": "left"},
-        xaxis={"range": [0, 1], "title": "probability"},
-        yaxis={"autorange": "reversed", "tickangle": 0, "tickmode": "array", "tickvals": names, "ticktext": labels},
-        showlegend=False,
-    )
-    return fig
+    layout = {
+        "height": 90 + 48 * len(names),
+        "margin": {"l": 8, "r": 8, "t": 28, "b": 8},
+        "title": {"text": title, "font": {"size": 12}, "x": 0.0, "xanchor": "left"},
+        "xaxis": {"range": [0, 1], "title": {"text": "probability"}},
+        "yaxis": {"autorange": "reversed", "tickangle": 0, "tickmode": "array", "tickvals": names, "ticktext": labels},
+        "showlegend": False,
+    }
+    if shapes:
+        layout["shapes"] = shapes
+    return unvalidated_figure([bar], layout)
+
+
+def unvalidated_figure(data: list[dict], layout: dict) -> go.Figure:
+    """A figure from plain dicts without plotly's per-property validation (tens of ms per figure on every
+    rerun of the Explain page). The builders here are fixed code: tests rebuild each figure with validation
+    on and compare, so a misspelt property still fails (tests/test_panel_figures.py). Without a ``template``
+    in ``layout`` the default one is used, as a validated figure would."""
+    if "template" not in layout:
+        import plotly.io as pio
+
+        layout = {"template": pio.templates[pio.templates.default], **layout}
+    return go.Figure(data=data, layout=layout, _validate=False)
 
 
 def source_metrics_figure(

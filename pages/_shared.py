@@ -288,12 +288,18 @@ def default_model() -> ActiveModel:
     from xai.isolation import warm_up
     from xai.startup import freeze_heap
 
+    # The upload decoders' fork server starts with the server, not on the first upload. It is a separate
+    # process (about 1 s of imports), so it starts first and runs on the other core while the model loads.
+    decoders = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-decoder-warm-up")
+    decoders_ready = decoders.submit(warm_up)
+    decoders.shutdown(wait=False)
     loaded = wrap_model(models.load(DEFAULT_MODEL), origin="bundled")
-    warm_up()  # the upload decoder's fork server starts with the server, not on the first upload
-    # One explanation of a blank input builds the CPU kernels now, so the first user does not wait for it.
+    # One explanation of a blank input builds the CPU kernels now (oneDNN compiles one per convolution
+    # shape on first use: seconds), so the first user does not wait for it.
     spec = loaded.card.preprocessing
     blank = torch.zeros(1, spec.channels, spec.input_size, spec.input_size)
     warm_up_display(loaded, blank, loaded.explainer.explain(blank).features)
+    decoders_ready.result()  # the page warm-up decodes a film in it
     warm_up_page(loaded)
     # Everything allocated so far lives as long as the server: out of the cyclic collector's full passes
     # (gc.freeze; what and why: xai.startup.freeze_heap).
