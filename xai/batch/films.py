@@ -110,6 +110,16 @@ class FilmTask:
                    tuple(Box(**b) for b in d["boxes"]))
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """One task after :meth:`FilmRunner.decode`: its finished or failed ``row``, else its ``radiograph``."""
+
+    task: FilmTask
+    row: ReportRow | None
+    radiograph: Radiograph | None = None
+    load_ms: float = 0.0
+
+
 @dataclass
 class FilmRunner:
     """Explains chunks of films and writes their outputs into ``out_dir/<stem>/`` (see the module doc).
@@ -134,28 +144,36 @@ class FilmRunner:
 
     def __call__(self, tasks: Sequence[FilmTask]) -> list[ReportRow]:
         """One row per task, in order; a film that cannot be read or explained gives a row with its error."""
-        return self.finish(self.explain(tasks))
+        return self.finish(self.explain(self.decode(tasks)))
 
-    def explain(self, tasks: Sequence[FilmTask]) -> list[tuple[FilmTask, ReportRow | PipelineResult]]:
-        """The first half: decode and explain (one pass for the chunk). Each task comes back with its
-        result, or with its row when it is finished already (``resume``) or failed."""
-        out: list[tuple[FilmTask, ReportRow | PipelineResult]] = []
-        loaded: list[tuple[int, Radiograph, float]] = []
-        for i, task in enumerate(tasks):
+    def decode(self, tasks: Sequence[FilmTask]) -> list[Decoded]:
+        """The first step: each task with its row when it is finished already (``resume``) or cannot be
+        read, else with its radiograph. Runs no model: safe in a thread beside :meth:`explain`."""
+        out: list[Decoded] = []
+        for task in tasks:
             done = self.completed(task) if self.resume else None
-            radiograph, load_ms, error = (None, 0.0, None) if done is not None else self._load(task.item)
-            if done is None and radiograph is None:
-                done = ReportRow(file=task.item.export_name, error=error)
-            out.append((task, done if done is not None else ReportRow(file=task.item.export_name)))
-            if radiograph is not None:
-                loaded.append((i, radiograph, load_ms))
+            if done is not None:
+                out.append(Decoded(task, done))
+                continue
+            radiograph, load_ms, error = self._load(task.item)
+            out.append(Decoded(task, ReportRow(file=task.item.export_name, error=error)) if radiograph is None
+                       else Decoded(task, None, radiograph, load_ms))
+        return out
+
+    def explain(self, decoded: Sequence[Decoded]) -> list[tuple[FilmTask, ReportRow | PipelineResult]]:
+        """The second step: explain the decoded films (one pass for the chunk). Each task comes back with its
+        result, or with its row when it was finished already or failed."""
+        tasks = [d.task for d in decoded]
+        out: list[tuple[FilmTask, ReportRow | PipelineResult]] = [
+            (d.task, d.row if d.row is not None else ReportRow(file=d.task.item.export_name)) for d in decoded]
+        loaded = [(i, d.radiograph, d.load_ms) for i, d in enumerate(decoded) if d.radiograph is not None]
         for i, result, error in self._explain(tasks, loaded):
             out[i] = (tasks[i], result if result is not None else ReportRow(file=tasks[i].item.export_name,
                                                                           error=error))
         return out
 
     def finish(self, explained: Sequence[tuple[FilmTask, ReportRow | PipelineResult]]) -> list[ReportRow]:
-        """The second half: each explained film's files and figures (rows pass through). Thread-safe
+        """The last step: each explained film's files and figures (rows pass through). Thread-safe
         beside :meth:`explain` unless ``spec.stability`` (its checks run the model again)."""
         rows = []
         for task, outcome in explained:

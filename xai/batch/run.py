@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from xai.batch.boxes import Box
 from xai.batch.films import Checks, FilmRunner, FilmTask, ReportSpec
@@ -21,8 +21,6 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int, ReportRow], None]
 """``progress(done, total, row)`` called after each film, in input order."""
 T = TypeVar("T")
-U = TypeVar("U")
-V = TypeVar("V")
 
 
 def default_report_target(class_names: Sequence[str]) -> str:
@@ -84,28 +82,50 @@ def run_report(
                 if progress is not None:
                     progress(writer.report.total, len(tasks), row)
 
-        if spec.stability:  # its checks run the model again: no second thread beside the explanations
-            for chunk in chunked(tasks, spec.batch_size):
-                write(runner(chunk))
+        chunks = chunked(tasks, spec.batch_size)
+        if spec.stability:  # its checks run the model again: no thread explains beside them
+            pipelined(chunks, (runner.decode, lambda d: runner.finish(runner.explain(d))), write)
         else:
-            overlapped(chunked(tasks, spec.batch_size), runner.explain, runner.finish, write)
+            pipelined(chunks, (runner.decode, runner.explain, runner.finish), write)
     return writer.report
 
 
-def overlapped(chunks: Iterable[T], first: Callable[[T], U], second: Callable[[U], V],
-               take: Callable[[V], None]) -> None:
-    """``take(second(first(chunk)))`` for each chunk in order, ``second`` of one chunk running in a thread
-    while ``first`` works on the next (at most two chunks in hand: memory stays bounded).
+def pipelined(chunks: Iterable[Any], stages: Sequence[Callable[[Any], Any]], take: Callable[[Any], None]) -> None:
+    """``take(stages[-1](...stages[0](chunk)))`` for each chunk in order, every stage in its own thread
+    working on the next chunk while the following stage works on this one (a chunk at most in hand and one
+    waiting per stage: memory stays bounded whatever the number of chunks).
 
-    For a report: the films' files (overlays, encoding, lung figures: OpenCV and NumPy, which release the
-    GIL) are written while the next films are decoded and explained.
+    For a report: the next films are decoded (in decoder processes, or OpenCV / pydicom, which release the
+    GIL) while this chunk is explained, and its files are written (encoders, NumPy) while the next is
+    explained. An exception in any stage reaches the caller; the stages still running finish their chunk.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-report-finish") as pool:
-        pending: Future[V] | None = None
-        for chunk in chunks:
-            done = first(chunk)
+    with ThreadPoolExecutor(max_workers=len(stages), thread_name_prefix="xai-report") as pool:
+        flow: Iterator[Any] = iter(chunks)
+        for stage in stages:
+            flow = _ahead(flow, stage, pool)
+        for done in flow:
+            take(done)
+
+
+def _ahead(items: Iterator[Any], stage: Callable[[Any], Any], pool: ThreadPoolExecutor) -> Iterator[Any]:
+    """``stage(item)`` for each item in order, the next one submitted before the current result is handed
+    on (one stage call at a time: ``stage`` need not be thread-safe with itself). When an earlier stage
+    fails, the chunk already in this stage is still handed on first, so every chunk before the failing one
+    reaches the end."""
+    pending: Future[Any] | None = None
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            break
+        except BaseException:
             if pending is not None:
-                take(pending.result())
-            pending = pool.submit(second, done)
+                yield pending.result()
+            raise
+        result = pending.result() if pending is not None else None
+        submitted = pool.submit(stage, item)
         if pending is not None:
-            take(pending.result())
+            yield result
+        pending = submitted
+    if pending is not None:
+        yield pending.result()
