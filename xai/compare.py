@@ -22,6 +22,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from xai.arrays import read_only
 from xai.render import downsample_for_display
 from xai.trust import metrics
 
@@ -62,12 +63,6 @@ class MapComparison:
         return float(np.mean(np.abs(self.difference)))
 
 
-def _read_only(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a)
-    a.setflags(write=False)
-    return a
-
-
 def compare_maps(
     maps_a: Mapping[str, np.ndarray], maps_b: Mapping[str, np.ndarray], side: int = COMPARISON_SIDE
 ) -> Mapping[str, MapComparison]:
@@ -85,7 +80,7 @@ def compare_maps(
         flat = float(np.ptp(a)) == 0.0 or float(np.ptp(b)) == 0.0
         nan = float("nan")
         out[m] = MapComparison(
-            method=m, a=_read_only(a), b=_read_only(b), difference=_read_only(difference_map(a, b)),
+            method=m, a=read_only(a), b=read_only(b), difference=read_only(difference_map(a, b)),
             spearman=nan if flat else metrics.spearman(a, b),
             ssim=metrics.ssim(a, b, data_range=1.0) if min(a.shape) >= 7 else nan,
             iou_top10=nan if flat else metrics.top_k_iou(a, b, TOP_FRACTION),

@@ -74,6 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xai.arrays import read_only
 from xai.folding import shared_fold_cache
 from xai.guided import GraphReport, GuidedState, guide_graph
 from xai.layers import TargetLayer, default_target_name, find_last_spatial_layer, last_linear, resolve_module
@@ -95,9 +96,12 @@ __all__ = [
     "upsample_cam",
     "gradcam_weights",
     "channel_abs_max",
+    "check_input",
     "guided_display",
     "cam_display",
+    "model_device_dtype",
     "model_lock",
+    "resolve_targets",
     "weighted_cam",
 ]
 
@@ -385,7 +389,7 @@ class Passes:
             "gradcam++_weights": self.gradcam_plus_plus_weights,
             "gradcam++_alphas": self.gradcam_plus_plus_alphas,
         }
-        return MappingProxyType({k: _read_only(v) for k, v in values.items()})
+        return MappingProxyType({k: read_only(v) for k, v in values.items()})
 
 
 #: The keys of ``Explanation.details`` (see :meth:`Passes.details`).
@@ -530,7 +534,9 @@ def _check_methods(methods: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(m for m in table if m in requested)
 
 
-def _check_input(x: Any) -> torch.Tensor:
+def check_input(x: Any) -> torch.Tensor:
+    """``x`` if it is a finite, non-empty float tensor of shape (N, C, H, W); TypeError / ValueError naming
+    what is wrong otherwise (every method here and in :mod:`xai.glassbox` checks its input with it)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor of shape (N, C, H, W), not {type(x).__name__}")
     if x.dim() != 4:
@@ -544,9 +550,11 @@ def _check_input(x: Any) -> torch.Tensor:
     return x
 
 
-def _resolve_targets(
+def resolve_targets(
     target: int | Sequence[int] | np.ndarray | torch.Tensor | None, logits: torch.Tensor
 ) -> torch.Tensor:
+    """One class index per image (long tensor on the logits' device): the predicted class for ``None``, else
+    ``target`` (an int for every image, or one per image) checked against the number of classes."""
     n, c = logits.shape
     if target is None:
         return logits.detach().argmax(dim=1)
@@ -571,21 +579,12 @@ def _resolve_targets(
     return torch.tensor(values, dtype=torch.long, device=logits.device)
 
 
-def _device_dtype(model: nn.Module, x: torch.Tensor) -> tuple[torch.device, torch.dtype]:
+def model_device_dtype(model: nn.Module, x: torch.Tensor) -> tuple[torch.device, torch.dtype]:
     """Device and float dtype of the model's first floating parameter/buffer (x's when there is none)."""
     for tensor in itertools.chain(model.parameters(), model.buffers()):
         if tensor.is_floating_point():
             return tensor.device, tensor.dtype
     return x.device, x.dtype
-
-
-def _read_only(t: torch.Tensor, dtype: np.dtype | None = None) -> np.ndarray:
-    a = t.detach().cpu().numpy()
-    if dtype is not None and a.dtype != dtype:
-        a = a.astype(dtype)
-    a = np.ascontiguousarray(a)
-    a.setflags(write=False)
-    return a
 
 
 def _as_float(t: torch.Tensor) -> torch.Tensor:
@@ -669,7 +668,7 @@ class Explainer:
         return self._resolved
 
     def _find_fallback(self, example: torch.Tensor | None) -> str:
-        device, dtype = _device_dtype(self.model, example if example is not None else torch.zeros(()))
+        device, dtype = model_device_dtype(self.model, example if example is not None else torch.zeros(()))
         if example is None:
             dry = torch.zeros(1, 3, 224, 224, device=device, dtype=dtype)
         else:
@@ -721,9 +720,9 @@ class Explainer:
                 (non-4-D target map, output not ``(N, C)``); the model is left untouched.
         """
         methods = _check_methods(methods)
-        x = _check_input(x)
+        x = check_input(x)
         module, layer_name = self._target(x)
-        device, dtype = _device_dtype(self.model, x)
+        device, dtype = model_device_dtype(self.model, x)
         clock = _Clock(device)
         need_cam = bool(details) or any(_TABLE[m].needs_target_gradient for m in methods)
         need_guided = any(_TABLE[m].needs_input_gradient for m in methods)
@@ -752,17 +751,17 @@ class Explainer:
         if logits_d.shape[1] == 1:
             notes.append("single-logit model: probabilities are sigmoid(logit)")
         return Explanation(
-            logits=_read_only(logits_d),
-            probabilities=_read_only(probabilities(logits_d)),
-            target=_read_only(targets, np.dtype(np.int64)),
+            logits=read_only(logits_d),
+            probabilities=read_only(probabilities(logits_d)),
+            target=read_only(targets, np.dtype(np.int64)),
             target_layer=layer_name,
-            maps={m: _read_only(maps[m], np.dtype(np.float32)) for m in methods},
-            raw={m: _read_only(raw[m]) for m in methods},
-            flat={m: _read_only(flat[m], np.dtype(bool)) for m in methods},
+            maps={m: read_only(maps[m], np.dtype(np.float32)) for m in methods},
+            raw={m: read_only(raw[m]) for m in methods},
+            flat={m: read_only(flat[m], np.dtype(bool)) for m in methods},
             timings=clock.total(),
             versions=_versions(),
             notes=tuple(notes),
-            features=None if features is None else _read_only(features.flatten(1), np.dtype(np.float32)),
+            features=None if features is None else read_only(features.flatten(1), np.dtype(np.float32)),
             details=detail_arrays,
         )
 
@@ -804,7 +803,7 @@ class Explainer:
             clock.lap("forward")
 
             logits = self._check_logits(logits, x.shape[0])
-            targets = _resolve_targets(target, logits)
+            targets = resolve_targets(target, logits)
             activations = self._check_activations(captured, calls, layer_name, notes) if need_cam else None
             score = logits.gather(1, targets[:, None]).sum()
             state, report = None, None

@@ -30,14 +30,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from xai.arrays import read_only
 from xai.engine import (
     DETAILS,
-    _check_input,
-    _device_dtype,
-    _read_only,
-    _resolve_targets,
     cam_display,
+    check_input,
     guided_display,
+    model_device_dtype,
+    resolve_targets,
     weighted_cam,
 )
 from xai.guided import GraphReport, GuidedState, guide_graph
@@ -66,12 +66,6 @@ __all__ = [
 DETAIL_KEYS: tuple[str, ...] = DETAILS
 #: Two display maps (each in [0, 1], divided by its own maximum) "differ" where they are this far apart.
 DIFFER_LEVEL = 0.25
-
-
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a)
-    a.setflags(write=False)
-    return a
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -143,11 +137,11 @@ def image_details(explanation: Any, index: int = 0) -> Details:
         if arrays[key].shape != (a.shape[0],):
             raise ValueError(f"{key} has shape {arrays[key].shape}; expected ({a.shape[0]},)")
     return Details(
-        activations=_frozen(arrays["activations"]),
-        gradients=_frozen(arrays["gradients"]),
-        gradcam_weights=_frozen(arrays["gradcam_weights"]),
-        gradcam_pp_weights=_frozen(arrays["gradcam++_weights"]),
-        alphas=_frozen(arrays["gradcam++_alphas"]),
+        activations=read_only(arrays["activations"]),
+        gradients=read_only(arrays["gradients"]),
+        gradcam_weights=read_only(arrays["gradcam_weights"]),
+        gradcam_pp_weights=read_only(arrays["gradcam++_weights"]),
+        alphas=read_only(arrays["gradcam++_alphas"]),
     )
 
 
@@ -182,8 +176,8 @@ def cam_steps(activations: np.ndarray, weights: np.ndarray, size: tuple[int, int
     relu = weighted_cam(w[None], a[None])[0]
     display, flat, up = _unit_display(relu.numpy(), size)
     return CamSteps(
-        weights=_frozen(np.asarray(weights)), weighted_sum=_frozen(weighted.numpy()), relu=_frozen(relu.numpy()),
-        upsampled=_frozen(up), display=_frozen(display), flat=flat,
+        weights=read_only(np.asarray(weights)), weighted_sum=read_only(weighted.numpy()), relu=read_only(relu.numpy()),
+        upsampled=read_only(up), display=read_only(display), flat=flat,
     )
 
 
@@ -215,7 +209,7 @@ def top_channels(
     key = w if by == "weight" else contribution
     order = np.argsort(-key, kind="stable")[: min(k, a.shape[0])]
     return tuple(
-        Channel(index=int(i), weight=float(w[i]), contribution=float(contribution[i]), activation=_frozen(a[i]))
+        Channel(index=int(i), weight=float(w[i]), contribution=float(contribution[i]), activation=read_only(a[i]))
         for i in order
     )
 
@@ -272,10 +266,10 @@ def plus_plus_contrast(details: Details, size: tuple[int, int], channels: Sequen
     flat_alphas = alphas.reshape(len(shown), -1)
     return PlusPlusContrast(
         channels=shown,
-        alphas=_frozen(alphas),
-        pp_pixel_weights=_frozen(alphas * np.maximum(g, 0)),
-        cam_pixel_weights=_frozen(g / (h * w)),
-        alpha_spread=_frozen(flat_alphas.max(axis=1) - flat_alphas.min(axis=1)),
+        alphas=read_only(alphas),
+        pp_pixel_weights=read_only(alphas * np.maximum(g, 0)),
+        cam_pixel_weights=read_only(g / (h * w)),
+        alpha_spread=read_only(flat_alphas.max(axis=1) - flat_alphas.min(axis=1)),
         gradcam_weights=details.gradcam_weights,
         gradcam_pp_weights=details.gradcam_pp_weights,
         dropped_channels=int(np.sum((details.gradcam_pp_weights == 0) & (details.gradcam_weights != 0))),
@@ -283,8 +277,8 @@ def plus_plus_contrast(details: Details, size: tuple[int, int], channels: Sequen
                                          np.asarray(details.gradcam_pp_weights)[None]),
         gradcam=cam,
         gradcam_pp=pp,
-        difference=_frozen(difference),
-        differ=_frozen(np.abs(difference) >= DIFFER_LEVEL),
+        difference=read_only(difference),
+        differ=read_only(np.abs(difference) >= DIFFER_LEVEL),
         map_spearman=metrics.spearman(cam.display, pp.display),
     )
 
@@ -306,19 +300,19 @@ def plain_input_gradient(
     if model.training:
         raise ValueError("the model is in training mode: call model.eval() first (a forward pass would "
                          "change its batch-norm statistics)")
-    x = _check_input(x)
-    device, dtype = _device_dtype(model, x)
+    x = check_input(x)
+    device, dtype = model_device_dtype(model, x)
     with torch.inference_mode(False), torch.enable_grad():
         leaf = x.detach().to(device=device, dtype=dtype).clone().requires_grad_(True)
         logits = model(leaf.clone())
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             raise ValueError(f"the model must return logits of shape (N, C); got {getattr(logits, 'shape', logits)}")
-        targets = _resolve_targets(target, logits)
+        targets = resolve_targets(target, logits)
         score = logits.gather(1, targets[:, None]).sum()
         (grad,) = torch.autograd.grad(score, [leaf], allow_unused=True)
     if grad is None:
         grad = torch.zeros_like(leaf)
-    return _read_only(grad, np.dtype(np.float32))
+    return read_only(grad, np.dtype(np.float32))
 
 
 def guided_relus(model: nn.Module, x: torch.Tensor) -> GraphReport:
@@ -331,8 +325,8 @@ def guided_relus(model: nn.Module, x: torch.Tensor) -> GraphReport:
     """
     if model.training:
         raise ValueError("the model is in training mode: call model.eval() first")
-    x = _check_input(x)
-    device, dtype = _device_dtype(model, x)
+    x = check_input(x)
+    device, dtype = model_device_dtype(model, x)
     with torch.inference_mode(False), torch.enable_grad():
         leaf = x.detach().to(device=device, dtype=dtype).clone().requires_grad_(True)
         logits = model(leaf.clone())
@@ -371,7 +365,7 @@ def guided_contrast(plain: np.ndarray, guided: np.ndarray) -> GuidedContrast:
         raise ValueError(f"plain and guided gradients must both be (C, H, W); got {p.shape} and {g.shape}")
     pd, gd = _display_of_gradient(p), _display_of_gradient(g)
     return GuidedContrast(
-        plain_display=_frozen(pd), guided_display=_frozen(gd),
+        plain_display=read_only(pd), guided_display=read_only(gd),
         plain_negative=float(np.mean(p < 0)), guided_negative=float(np.mean(g < 0)),
         plain_zero=float(np.mean(p == 0)), guided_zero=float(np.mean(g == 0)),
         spearman=metrics.spearman(pd, gd),
@@ -386,7 +380,7 @@ def guided_gradcam(guided: np.ndarray, gradcam_upsampled: np.ndarray) -> tuple[n
     if g.ndim != 3 or up.shape != g.shape[1:]:
         raise ValueError(f"guided must be (C, H, W) and the upsampled Grad-CAM (H, W); got {g.shape}, {up.shape}")
     product = g * up.astype(g.dtype)[None]
-    return _frozen(product), _frozen(_display_of_gradient(product))
+    return read_only(product), read_only(_display_of_gradient(product))
 
 
 # ---------------------------------------------------------------------------------------- the layer

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xai.arrays import read_only
+
 DEFAULT_MAX_PIXELS = 50_000_000
 MIN_SIDE = 16  # smaller than this cannot be a radiograph (and breaks the crop/resize heuristics)
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow and OpenCV use
@@ -81,12 +83,6 @@ class NotARadiographError(RadiographError):
 
 
 # ----------------------------------------------------------------------------------------- the record
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    a.setflags(write=False)
-    return a
-
-
 @dataclass(frozen=True)
 class Radiograph:
     """A decoded radiograph on its original pixel grid.
@@ -116,8 +112,8 @@ class Radiograph:
     voi_function: str = "LINEAR"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "pixels", _readonly(self.pixels))
-        object.__setattr__(self, "modality_values", _readonly(self.modality_values))
+        object.__setattr__(self, "pixels", read_only(self.pixels, np.float32))
+        object.__setattr__(self, "modality_values", read_only(self.modality_values, np.float32))
         if self.pixels.ndim != 2 or self.pixels.shape != self.modality_values.shape:
             raise ValueError("pixels and modality_values must be 2-D arrays of the same shape")
 

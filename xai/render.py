@@ -32,6 +32,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from xai.arrays import read_only
+
 __all__ = [
     "COLORMAPS",
     "CONTOUR_COLOR",
@@ -483,12 +485,6 @@ class View:
     overlays: Mapping[str, NDArray[np.uint8]]
 
 
-def _readonly(a: NDArray) -> NDArray:
-    a = np.ascontiguousarray(a)
-    a.setflags(write=False)
-    return a
-
-
 def raw_magnitude(explanation: Any, method: str, index: int = 0) -> NDArray[np.float32]:
     """A method's unnormalised map on the model grid, in the same units for every image.
 
@@ -531,12 +527,12 @@ def layers(radiograph: _Radiograph, result: _Result, settings: DisplaySettings,
     grid, outlined when ``settings.lungs``). Maps are shrunk after scaling is decided on the full-resolution
     values' units, so the screen and an export at the film's resolution agree.
     """
-    original = _readonly(gray_to_rgb(_gray(radiograph, settings)))
-    heat = {m: _readonly(_heat(result, m, settings)) for m in result.maps}
+    original = read_only(gray_to_rgb(_gray(radiograph, settings)))
+    heat = {m: read_only(_heat(result, m, settings)) for m in result.maps}
     outline = None
     if settings.lungs and lungs is not None and np.any(lungs):
         shrunk = _shrink(np.asarray(lungs, np.float32), settings.side)
-        outline = _readonly(np.where(shrunk >= 0.5, 255, 0).astype(np.uint8))
+        outline = read_only(np.where(shrunk >= 0.5, 255, 0).astype(np.uint8))
     return Layers(original=original, heat=MappingProxyType(heat), lungs=outline)
 
 
@@ -551,7 +547,7 @@ def compose(prepared: Layers, settings: DisplaySettings) -> View:
         original = original.copy()
         for rgb in (original, *overlays.values()):
             _draw_contours(rgb, prepared.lungs, 128, LUNG_COLOR, None)
-    return View(original=_readonly(original), overlays=MappingProxyType({m: _readonly(o) for m, o in overlays.items()}))
+    return View(original=read_only(original), overlays=MappingProxyType({m: read_only(o) for m, o in overlays.items()}))
 
 
 def view(radiograph: _Radiograph, result: _Result, settings: DisplaySettings, lungs: NDArray | None = None) -> View:

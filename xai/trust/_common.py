@@ -43,9 +43,9 @@ def unpack_model(model: Any, target_layer: str | None = None) -> tuple[nn.Module
 def on_model(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``x`` moved to the model's device and floating dtype (the engine's rule: its first floating parameter
     or buffer), detached; the trust checks run where the model lives."""
-    from xai.engine import _device_dtype
+    from xai.engine import model_device_dtype
 
-    device, dtype = _device_dtype(module, x)
+    device, dtype = model_device_dtype(module, x)
     return x.detach().to(device=device, dtype=dtype)
 
 
