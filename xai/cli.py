@@ -278,10 +278,10 @@ def _run_on_ray(args: argparse.Namespace, items: Sequence[InputItem], meta: Any,
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
-    from xai.pipeline import TargetError
     from xai.startup import boot
 
-    boot()  # the library's process-wide settings, once per process (what and why: xai/startup.py)
+    boot()  # the library's process-wide settings, once per process, before torch loads (xai/startup.py)
+    from xai.pipeline import TargetError
 
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
