@@ -41,6 +41,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
+from xai.startup import boot  # noqa: E402
+
+boot()  # the in-process engine reference runs as the app's engine does (xai/startup.py), before torch loads
+
 from test_browser import (  # noqa: E402 - one home for the server/browser helpers
     CHROMIUM,
     CHROMIUM_ARGS,

@@ -50,6 +50,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from xai.startup import boot  # noqa: E402
+
+boot()  # as the command line runs (idle OpenMP threads sleep; set before torch loads, see xai/startup.py)
+
 DATA = REPO.parent / "shared" / "data"
 METHODS = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam")
 UPSCALED = (("mhh_b343e657.jpg", (1448, 1448)), ("nih_00008727_009.jpg", (2448, 2448)),
