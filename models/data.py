@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import xai.anatomy  # noqa: F401 - registers the "lungs" crop a card may name (xai.preprocessing.crop_box)
 from xai.preprocessing import Preprocessing, prepare_array
 
 CLASS_NAMES: tuple[str, ...] = ("non_covid", "covid19")

@@ -43,6 +43,7 @@ BORDER_FRACTION = 0.10
 
 
 def _prepared(data_dir: Path, rec: Record, loaded: LoadedModel):  # noqa: ANN202 - (tensor, Geometry, pixels)
+    import xai.anatomy  # noqa: F401 - registers the "lungs" crop a card may name (xai.preprocessing.crop_box)
     from xai.preprocessing import prepare
     from xai.radiograph import load_radiograph
 

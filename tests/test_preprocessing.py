@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,13 +11,12 @@ import pytest
 import torch
 from torch import nn
 
+from xai.anatomy import LUNG_CROP_MARGIN, lung_crop_box
 from xai.preprocessing import (
-    LUNG_CROP_MARGIN,
     Geometry,
     Preprocessing,
     body_crop_box,
     crop_box,
-    lung_crop_box,
     prepare,
     prepare_array,
 )
@@ -339,3 +339,18 @@ def test_gradcam_peak_lands_on_the_bright_square(shape, square, resize, crop):
         total = back.sum()
         cy, cx = (back * ys).sum() / total, (back * xs).sum() / total
         assert abs(cx - (x0 + x1) / 2) < 12 and abs(cy - (y0 + y1) / 2) < 12
+
+
+def test_the_lungs_crop_is_registered_by_the_lung_module_and_named_when_missing() -> None:
+    """xai.preprocessing cannot import the lung U-Net (xai.anatomy prepares its input with it): the rule is
+    registered by xai.anatomy, which the pipeline imports; without it the error says what to import."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\nfrom xai.preprocessing import crop_box\n"
+            "try:\n    crop_box(np.zeros((8, 8), np.float32), 'lungs')\nexcept ValueError as e:\n    print(e)\n"
+            "import xai.pipeline\nfrom xai.anatomy import lung_crop_box\nimport xai.preprocessing as p\n"
+            "print(p._CROP_RULES['lungs'] is lung_crop_box)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.splitlines()
+    assert "needs xai.anatomy" in out[0] and out[-1] == "True", out

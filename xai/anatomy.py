@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xai.preprocessing import Preprocessing, prepare
+from xai.preprocessing import Preprocessing, body_crop_box, prepare, register_crop_rule
 from xai.radiograph import Radiograph
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ __all__ = [
     "CONVENTIONS",
     "DEFAULT_CONVENTION",
     "DEFAULT_DILATION",
+    "LUNG_CROP_MARGIN",
     "LUNG_PREPROCESSING",
     "LungField",
     "LungModel",
@@ -86,6 +87,7 @@ __all__ = [
     "find_lungs",
     "load_lung_model",
     "lung_box",
+    "lung_crop_box",
     "lung_evidence",
     "lung_mask",
 ]
@@ -299,6 +301,36 @@ def lung_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     if rows.size == 0:
         return None
     return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+
+
+#: Margin around the lung box of :func:`lung_crop_box`, as a fraction of the box's size on each side.
+LUNG_CROP_MARGIN = 0.08
+
+
+def lung_crop_box(image: np.ndarray, *, margin: float = LUNG_CROP_MARGIN) -> tuple[int, int, int, int]:
+    """Box around the lung fields: (x0, y0, x1, y1), x1/y1 exclusive — the ``"lungs"`` crop of
+    :func:`xai.preprocessing.prepare` (this module registers it there when imported).
+
+    Rule: the lung U-Net's lung field (:func:`find_lungs`, default convention, which includes the
+    retrocardiac lung), its bounding box (:func:`lung_box`) plus ``margin`` of the box size on each side
+    (keeps apices, costophrenic angles and the pleura when the mask is a little tight), clipped to the
+    image. Everything outside — labels, markers, collimation, the film's border, shoulders and abdomen — is
+    left out of the model's input. When the U-Net finds no plausible lung field
+    :func:`xai.preprocessing.body_crop_box` is used instead, so a film is never cropped to a guess.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    H, W = img.shape
+    field = find_lungs(img)
+    box = lung_box(field.mask) if field.found else None
+    if box is None:
+        return body_crop_box(img)
+    x0, y0, x1, y1 = box
+    mx, my = margin * (x1 - x0), margin * (y1 - y0)
+    return (max(0, math.floor(x0 - mx)), max(0, math.floor(y0 - my)),
+            min(W, math.ceil(x1 + mx)), min(H, math.ceil(y1 + my)))
+
+
+register_crop_rule("lungs", lung_crop_box)
 
 
 # --------------------------------------------------------------------------------------- the evidence

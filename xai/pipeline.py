@@ -171,6 +171,7 @@ def explain_radiographs(
     """
     import torch
 
+    import xai.anatomy  # noqa: F401 - registers the "lungs" crop a card may name (xai.preprocessing.crop_box)
     from xai.engine import METHODS
     from xai.preprocessing import prepare
 

@@ -5,7 +5,8 @@ order, are fixed by a :class:`Preprocessing` spec (embedded in every model card 
 
 1. **crop** (``"none"`` | ``"body"`` | ``"lungs"``): ``"body"`` is an explicit heuristic crop box (see
    :func:`body_crop_box`) computed on the original image; ``"lungs"`` is the lung U-Net's lung-field box plus a
-   margin (see :func:`lung_crop_box`; the body box when no lung field is found). Nothing is cropped silently:
+   margin (see :func:`xai.anatomy.lung_crop_box`, registered by :mod:`xai.anatomy`; the body box when no lung
+   field is found). Nothing is cropped silently:
    with ``"none"`` the whole image is used.
 2. **resize** the crop to the square model grid of side ``input_size``:
    ``"letterbox"`` keeps the aspect ratio and centres the image, padding with pixel value 0 (black,
@@ -25,6 +26,7 @@ box the result is 0).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,20 +45,18 @@ CROP_MODES = ("none", "body", "lungs")
 CLAHE_CLIP_LIMIT = 2.0
 CLAHE_TILES = (8, 8)
 BODY_COMPONENT_FRACTION = 0.10
-LUNG_CROP_MARGIN = 0.08
 
 __all__ = [
     "CROP_MODES",
     "EQUALIZE_MODES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "LUNG_CROP_MARGIN",
     "RESIZE_MODES",
     "Geometry",
     "Preprocessing",
     "body_crop_box",
     "crop_box",
-    "lung_crop_box",
+    "register_crop_rule",
     "prepare",
     "prepare_array",
 ]
@@ -281,39 +281,37 @@ def body_crop_box(image: np.ndarray, *, margin: float = 0.05) -> tuple[int, int,
     return (x0, y0, x1, y1)
 
 
-def lung_crop_box(image: np.ndarray, *, margin: float = LUNG_CROP_MARGIN) -> tuple[int, int, int, int]:
-    """Box around the lung fields: (x0, y0, x1, y1), x1/y1 exclusive.
+CropRule = Callable[[np.ndarray], tuple[int, int, int, int]]
+"""``rule(gray) -> (x0, y0, x1, y1)``: the crop box of a gray image (H, W), x1/y1 exclusive."""
 
-    Rule: the lung U-Net's lung field (:func:`xai.anatomy.find_lungs`, default convention, which includes the
-    retrocardiac lung), its bounding box (:func:`xai.anatomy.lung_box`) plus ``margin`` of the box size on each
-    side (keeps apices, costophrenic angles and the pleura when the mask is a little tight), clipped to the
-    image. Everything outside — labels, markers, collimation, the film's border, shoulders and abdomen — is
-    left out of the model's input. When the U-Net finds no plausible lung field the :func:`body_crop_box` is
-    used instead, so a film is never cropped to a guess.
-    """
-    from xai.anatomy import find_lungs, lung_box  # lazy: xai.anatomy prepares its own input with this module
 
-    img = np.asarray(image, dtype=np.float32)
-    H, W = img.shape
-    field = find_lungs(img)
-    box = lung_box(field.mask) if field.found else None
-    if box is None:
-        return body_crop_box(img)
-    x0, y0, x1, y1 = box
-    mx, my = margin * (x1 - x0), margin * (y1 - y0)
-    return (max(0, math.floor(x0 - mx)), max(0, math.floor(y0 - my)),
-            min(W, math.ceil(x1 + mx)), min(H, math.ceil(y1 + my)))
+def _whole_image(image: np.ndarray) -> tuple[int, int, int, int]:
+    H, W = np.shape(image)
+    return (0, 0, W, H)
+
+
+# "lungs" is registered by xai.anatomy (the lung U-Net lives there and prepares its own input with this
+# module: a rule this module imported would be an import cycle).
+_CROP_RULES: dict[str, CropRule] = {"none": _whole_image, "body": body_crop_box}
+_CROP_PROVIDERS = {"lungs": "xai.anatomy"}
+
+
+def register_crop_rule(mode: str, rule: CropRule) -> None:
+    """Make ``rule`` the crop box of ``mode`` (one of :data:`CROP_MODES`); :mod:`xai.anatomy` registers
+    ``"lungs"`` (:func:`xai.anatomy.lung_crop_box`) when it is imported."""
+    if mode not in CROP_MODES:
+        raise ValueError(f"crop must be one of {', '.join(CROP_MODES)}; got {mode!r}")
+    _CROP_RULES[mode] = rule
 
 
 def crop_box(image: np.ndarray, mode: str) -> tuple[int, int, int, int]:
     """The crop box of a gray image (H, W) under a crop mode of :data:`CROP_MODES` (``"none"``: the whole image)."""
-    if mode == "body":
-        return body_crop_box(image)
-    if mode == "lungs":
-        return lung_crop_box(image)
-    if mode == "none":
-        H, W = np.shape(image)
-        return (0, 0, W, H)
+    rule = _CROP_RULES.get(mode)
+    if rule is not None:
+        return rule(image)
+    if mode in _CROP_PROVIDERS:
+        raise ValueError(f"crop {mode!r} needs {_CROP_PROVIDERS[mode]}, which registers it: import it first "
+                         "(xai.pipeline and the trust checks do)")
     raise ValueError(f"crop must be one of {', '.join(CROP_MODES)}; got {mode!r}")
 
 

@@ -232,6 +232,7 @@ def stability(
     """
     import torch
 
+    import xai.anatomy  # noqa: F401 - registers the "lungs" crop a card may name (xai.preprocessing.crop_box)
     from xai.engine import METHODS, Explainer
     from xai.preprocessing import prepare
 
