@@ -66,14 +66,14 @@ def score_and_features(loaded: LoadedModel, data_dir: Path, records: Sequence[Re
     sees it (:func:`xai.trust.ood.extract_features`), in one forward pass per batch."""
     from tqdm import tqdm
 
+    from models.train import eval_mode
+    from xai.scores import probabilities
     from xai.trust.ood import extract_features
 
     module = loaded.module
-    was_training = module.training
-    module.eval()
     scores: list[np.ndarray] = []
     feats: list[np.ndarray] = []
-    try:
+    with eval_mode(module):
         for start in tqdm(range(0, len(records), batch_size), disable=not progress, desc="evaluate",
                           mininterval=5):
             batch = torch.cat([_prepared(data_dir, r, loaded)[0] for r in records[start:start + batch_size]])
@@ -83,9 +83,7 @@ def score_and_features(loaded: LoadedModel, data_dir: Path, records: Sequence[Re
                 logits_t = torch.from_numpy(logits)
             else:
                 logits_t = module(batch)
-            scores.append(torch.softmax(logits_t.double(), dim=1)[:, loaded.card.positive_index].numpy())
-    finally:
-        module.train(was_training)
+            scores.append(probabilities(logits_t.double())[:, loaded.card.positive_index].numpy())
     return (np.concatenate(scores) if scores else np.zeros(0),
             (np.concatenate(feats) if feats else None) if features else None)
 

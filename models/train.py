@@ -74,6 +74,7 @@ from models.efficientnet_lite import (
 )
 from models.metrics import auroc, binary_metrics, rounded, youden_threshold
 from xai.preprocessing import CROP_MODES, Preprocessing
+from xai.scores import probabilities
 
 log = logging.getLogger("models.train")
 
@@ -262,7 +263,7 @@ def predict_features(model: EfficientNetLite0, feats: torch.Tensor, n_blocks: in
     with eval_mode(model):
         z = torch.cat([model.forward_rest(feats[i:i + batch_size].float(), n_blocks)
                        for i in range(0, len(feats), batch_size)])
-    return torch.softmax(z, 1)[:, positive_index].numpy().astype(np.float64), z.numpy()
+    return probabilities(z)[:, positive_index].numpy().astype(np.float64), z.numpy()
 
 
 @torch.no_grad()
@@ -578,7 +579,7 @@ def predict_images(model: EfficientNetLite0, images: np.ndarray, pre: Preprocess
     with eval_mode(model):
         z = torch.cat([model(normalize(torch.from_numpy(images[i:i + batch_size]), pre))
                        for i in range(0, len(images), batch_size)]) if len(images) else torch.zeros(0, 2)
-    return torch.softmax(z, 1)[:, positive_index].numpy().astype(np.float64), z.numpy()
+    return probabilities(z)[:, positive_index].numpy().astype(np.float64), z.numpy()
 
 
 def fit_whole(args: argparse.Namespace, model: EfficientNetLite0, data: TrainData, pre: Preprocessing,
@@ -793,7 +794,7 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
     def score_top(recs: Sequence[Record]) -> np.ndarray:
         with torch.no_grad():
             logits = model.classifier(torch.from_numpy(features_top(recs)).float())
-        return torch.softmax(logits.double(), 1)[:, 1].numpy()
+        return probabilities(logits.double())[:, 1].numpy()
 
     if args.whole_epochs <= 0:
         return finish(args, out, model, pre, data, aug, fits, score_top, command, t_start, features_top)
