@@ -584,6 +584,9 @@ _PREFETCH_SEEN: OrderedDict[tuple[Any, ...], None] = OrderedDict()
 PREFETCH_MAX_CLASSES = 4 if os.environ.get("XAI_APP_PREFETCH", "1") != "0" else 0
 PREFETCH_CALLS = 0
 """How many explanations the background worker computed (tests read it)."""
+#: Seconds the background worker waits before its first class: the browser is still drawing the result
+#: the user waits for, on the same cores (``XAI_APP_PREFETCH_DELAY_S`` overrides it).
+PREFETCH_DELAY_S = float(os.environ.get("XAI_APP_PREFETCH_DELAY_S", "1.0"))
 
 
 def _take_prefetched(key: tuple[Any, ...]) -> Future[PipelineResult] | None:
@@ -600,6 +603,7 @@ def _prefetch_one(image: LoadedImage, model: ActiveModel, target: int, methods: 
     """One other class: the explanation, then (best effort) what its page will need — the screen layers
     for the display settings in use and the evidence in the lungs — into the same caches the page reads."""
     global PREFETCH_CALLS
+    time.sleep(PREFETCH_DELAY_S)  # after the browser has drawn what the user is waiting for
     with _ENGINE_CALLS_LOCK:
         if _FOREGROUND:  # under load (many sessions) the background work would only slow everyone down
             raise PrefetchSkipped("a user is waiting for the engine")
