@@ -25,12 +25,14 @@ decoders' fork server runs it through :mod:`xai._worker_boot`):
 
 3. **Idle OpenMP threads sleep** (``OMP_WAIT_POLICY=PASSIVE``, set when the environment does not set it and
    torch is not imported yet: the OpenMP runtime reads it once, when torch loads it). By default an idle
-   intra-op thread spins and yields, waiting for the next parallel region; when anything else wants a core
-   (the browser beside a local server, another session's explanation, the background class prefetch, even
-   a nice-19 job) the threads of one parallel region wait on each other for whole scheduler slices. Measured
-   on this 2-core machine with two torch threads and two nice-19 jobs running: one four-map explanation of a
-   1024 px film took 4.0 s with the default policy, 0.17 s passive, 0.13 s with one thread
-   (``benchmarks/bench_threads.py``). A process that imported torch before :func:`boot` keeps its setting.
+   intra-op thread spins, waiting for the next parallel region. On this 2-core machine, while other jobs
+   ran (four nice-19 training processes and a test run), one four-map explanation of a 1024 px film took
+   4.0 s (three runs, 3.98-4.10 s) with the default policy, 0.17 s passive and 0.13 s with one thread. The
+   cost when nothing else runs: 148 ms passive against 109 ms default (``benchmarks/bench_threads.py``,
+   which also shows that plain busy loops at nice 19 do not trigger the collapse). A server shares its
+   cores with browsers, sessions and background work, so the bounded cost is taken over the unbounded
+   one. A process that imported torch before :func:`boot`, or an environment that sets the variable, keeps
+   its own setting.
 
 :func:`boot` is idempotent and thread-safe (a lock and a done flag): calling it again costs a flag check.
 
