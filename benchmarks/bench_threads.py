@@ -9,6 +9,11 @@ default wait policy (libgomp: idle threads spin, then yield), with ``OMP_WAIT_PO
 beside one busy loop per core at nice 19 (the lowest priority there is: a stand-in for a browser, another
 session or a background job). Median and range of ``--repeats`` calls after three warm-up calls; the
 ratio column is each row's median over the quiet passive row's, all measured in this one run.
+
+What it shows and what it does not: the cost of the passive policy when the cores are free (148 vs 109 ms
+on the 2-core machine, 2026-12-01). The collapse the policy prevents (4.0 s instead of 0.17 s per
+explanation, measured while four nice-19 training processes and a test run shared the machine) is not
+reproduced by these busy loops; see ``xai/startup.py``.
 """
 
 from __future__ import annotations
