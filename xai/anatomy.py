@@ -373,17 +373,15 @@ class _Regions:
     indices of each, so every map of a film is scored with six gathered sums instead of a dilation and five
     full-size masks per map."""
 
-    def __init__(self, mask: np.ndarray, dilation: float) -> None:
-        m = np.asarray(mask, bool)
+    def __init__(self, m: np.ndarray, dilation: float) -> None:
         H, W = m.shape
         outside = ~dilate_mask(m, dilation)
         bw, bh = max(1, int(round(BORDER_BAND * W))), max(1, int(round(BORDER_BAND * H)))
         x0, y0, x1, y1 = lung_box(m) or (0, 0, W, H)
         # Each outside pixel takes the FIRST region of OUTSIDE_REGIONS that applies: assign in reverse order.
         label = np.where(outside, np.uint8(5), np.uint8(0))                        # between the lungs
-        beside = np.zeros((H, W), bool)
-        beside[:, :x0] = beside[:, x1:] = True
-        label[outside & beside] = 4
+        label[:, :x0][outside[:, :x0]] = 4                                         # beside the lungs
+        label[:, x1:][outside[:, x1:]] = 4
         label[y1:][outside[y1:]] = 3                                                # below the lungs
         label[:y0][outside[:y0]] = 2                                                # above the lungs
         border = np.ones((H, W), bool)
@@ -421,8 +419,11 @@ def lung_evidence(maps: Mapping[str, np.ndarray], mask: np.ndarray, *,
     mask's grid (ValueError otherwise; resample with ``Geometry.to_original`` first). A flat map (it points
     nowhere) or an empty mask (no lung field) gives ``inside = nan`` and no regions.
     """
-    checked = {name: _checked(saliency, mask)[0] for name, saliency in maps.items()}
-    m = np.asarray(mask, bool)
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"saliency and mask must be 2-D, got a mask of shape {m.shape}")
+    m = m.astype(bool, copy=False)
+    checked = {name: _checked(saliency, m.shape) for name, saliency in maps.items()}
     regions = _Regions(m, dilation) if m.any() else None
     out = {}
     for name, s in checked.items():
@@ -438,15 +439,14 @@ def evidence_in_lungs(saliency: np.ndarray, mask: np.ndarray, *, dilation: float
     return lung_evidence({"": saliency}, mask, dilation=dilation)[""].inside
 
 
-def _checked(saliency: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(s as a float array — float32 kept, other numbers as float64 —, mask as bool) after the checks shared
-    by the evidence functions."""
+def _checked(saliency: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The map as a float array (float32 kept, other numbers as float64) after the checks every evidence
+    function applies: 2-D, on the mask's grid (``shape``), real-valued and finite."""
     s = np.asarray(saliency)
-    m = np.asarray(mask)
-    if s.ndim != 2 or m.ndim != 2:
-        raise ValueError(f"saliency and mask must be 2-D, got shapes {s.shape} and {m.shape}")
-    if s.shape != m.shape:
-        raise ValueError(f"saliency map {s.shape} and lung mask {m.shape} are not on the same pixel grid; "
+    if s.ndim != 2:
+        raise ValueError(f"saliency and mask must be 2-D, got shapes {s.shape} and {shape}")
+    if s.shape != shape:
+        raise ValueError(f"saliency map {s.shape} and lung mask {shape} are not on the same pixel grid; "
                          "resample the map to the radiograph's grid first (Geometry.to_original)")
     if not np.issubdtype(s.dtype, np.number) or np.issubdtype(s.dtype, np.complexfloating):
         raise ValueError(f"saliency must be a real-valued array, got dtype {s.dtype}")
@@ -454,7 +454,7 @@ def _checked(saliency: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nda
         s = s.astype(np.float64)
     if not np.isfinite(s).all():
         raise ValueError("saliency contains NaN or infinite values")
-    return s, m.astype(bool)
+    return s
 
 
 def evidence_outside(saliency: np.ndarray, mask: np.ndarray, *,
