@@ -599,11 +599,13 @@ class PrefetchSkipped(RuntimeError):
 
 
 def _prefetch_one(image: LoadedImage, model: ActiveModel, target: int, methods: tuple[str, ...],
-                  settings: DisplaySettings | None) -> PipelineResult:
+                  settings: DisplaySettings | None, not_before: float) -> PipelineResult:
     """One other class: the explanation, then (best effort) what its page will need — the screen layers
     for the display settings in use and the evidence in the lungs — into the same caches the page reads."""
     global PREFETCH_CALLS
-    time.sleep(PREFETCH_DELAY_S)  # after the browser has drawn what the user is waiting for
+    # After the browser has drawn what the user is waiting for; classes queued behind one another wait for
+    # the same moment (``not_before``, time.monotonic()), not a delay each.
+    time.sleep(max(0.0, not_before - time.monotonic()))
     with _ENGINE_CALLS_LOCK:
         if _FOREGROUND:  # under load (many sessions) the background work would only slow everyone down
             raise PrefetchSkipped("a user is waiting for the engine")
@@ -630,6 +632,7 @@ def prefetch_targets(image: LoadedImage, model: ActiveModel, result: PipelineRes
     if len(model.class_names) > PREFETCH_MAX_CLASSES:
         return 0
     film = (image.sha256, model.key, result.methods)
+    not_before = time.monotonic() + PREFETCH_DELAY_S
     queued = 0
     with _PREFETCH_LOCK:
         if film in _PREFETCH_SEEN:
@@ -642,7 +645,8 @@ def prefetch_targets(image: LoadedImage, model: ActiveModel, result: PipelineRes
                 continue
             key = (image.sha256, model.key, index, result.methods)
             _PREFETCHED[key] = _PREFETCH_POOL.submit(_prefetch_one, image, model, index, result.methods,
-                                                     None if settings is None else settings.only("layers"))
+                                                     None if settings is None else settings.only("layers"),
+                                                     not_before)
             queued += 1
         while len(_PREFETCHED) > EXPLANATION_CACHE_ENTRIES:
             _PREFETCHED.popitem(last=False)[1].cancel()
