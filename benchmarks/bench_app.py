@@ -70,8 +70,12 @@ def when_true_js(predicate: str) -> str:
     """JS: a promise of performance.now() at the first animation frame where ``predicate(arg)`` holds."""
     return (f"(arg) => new Promise(resolve => {{ const check = {predicate}; const tick = () => "
             f"check(arg) ? resolve(performance.now()) : requestAnimationFrame(tick); tick(); }})")
-HREFS_JS = f"() => Array.from(document.querySelectorAll('{PANEL} image')).map(e => e.getAttribute('href'))"
-CHANGED_JS = f"(before) => {{ const now = ({HREFS_JS})(); return now.length >= 5 && now[1] !== before[1]; }}"
+# What the panel shows: each image's source and, as computed by the page, its opacity and colour filter (the
+# heat layers are coloured and blended by a style rule: an opacity or colormap change alters no image).
+HREFS_JS = (f"() => Array.from(document.querySelectorAll('{PANEL} image')).map(e => "
+            "{ const s = getComputedStyle(e); return [e.getAttribute('href'), s.opacity, s.filter].join(' '); })")
+CHANGED_JS = (f"(before) => {{ const now = ({HREFS_JS})(); return now.length >= 5 && "
+              "now.join('|') !== before.join('|'); }")
 TARGET_SELECT = '[class*="st-key-target"] input[role="combobox"]'
 CMAP_SELECT = '.st-key-disp_cmap input[role="combobox"]'
 COLORMAPS = ("viridis", "inferno")  # back and forth

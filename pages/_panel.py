@@ -1,15 +1,24 @@
 """Plotly figures for the Explain page: the prediction chart and the linked side-by-side panel.
 
 Pure figure builders (no Streamlit calls), so they can be tested and reused. Pixels come from
-``xai.render`` (the same overlays as the exports); this module only lays them out.
+``xai.render`` (the same layers as the exports); this module only lays them out.
+
+The Explain panel blends in the browser: each overlay panel is the radiograph, the map's
+:func:`xai.render.heat_index` as a gray PNG on top, painted with the colormap by an SVG colour filter
+(:func:`colormap_filters_js`, one ``feComponentTransfer`` table per colormap, the same 256 entries as
+:func:`xai.render.lut`) at the chosen opacity (:func:`heat_style`), then the outlines
+(:func:`xai.render.outlines`). That is :func:`xai.render.compose`'s formula, so the pixels match the exports
+within rounding — and an opacity or colormap change sends one small style element instead of a new figure
+(Streamlit remounts a chart whose figure changes: ~0.3 s of plotly redrawing five images).
 """
 
 from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import plotly.graph_objects as go
@@ -36,11 +45,105 @@ class Panel:
     """One image of the side-by-side panel: a uint8 RGB array and its (HTML) title.
 
     ``source``: the image already encoded by :func:`screen_image_uri` (e.g. cached), else encoded here.
+    ``heat``: a gray PNG data URI (:func:`screen_png_uri`) of a map's heat index drawn over the image, coloured
+    and blended by the page's :func:`heat_style`; ``lines``: an RGBA PNG data URI drawn on top of both.
     """
 
     title: str
     rgb: np.ndarray
     source: str | None = None
+    heat: str | None = None
+    lines: str | None = None
+
+
+#: A black-to-white colour bar: the page's colour filter paints it with the colormap, like the heat layers.
+GRAY_COLORSCALE: list = [[0.0, "rgb(0,0,0)"], [1.0, "rgb(255,255,255)"]]
+#: The Streamlit key of the Explain page's panel chart (the style rules below are scoped to it).
+PANEL_KEY = "panel_chart"
+
+
+def subplot_id(i: int) -> str:
+    """Plotly's name of the ``i``-th panel's subplot (``xy``, ``x2y2``, ...), also its SVG group's class."""
+    return "xy" if i == 0 else f"x{i + 1}y{i + 1}"
+
+
+def filter_id(cmap: str) -> str:
+    """The id of the page's SVG colour filter for ``cmap`` (installed by :func:`colormap_filters_js`)."""
+    return f"xai-cmap-{cmap}"
+
+
+@cache
+def colormap_filters_js() -> str:
+    """JS that installs the colour filters of every colormap on the page: one SVG ``feComponentTransfer``
+    filter each, added once per page load (a rerun finds them). It adds one SVG ``feComponentTransfer`` filter per colormap to the page, once. With 256 table
+    entries, input level ``i`` maps exactly to ``lut[i]``; ``color-interpolation-filters="sRGB"`` keeps the
+    browser from converting to linear light first. Built with DOM calls: Streamlit's HTML sanitiser drops
+    an SVG written as markup."""
+    import json
+
+    from xai import render
+
+    tables = {filter_id(c): [" ".join(f"{v / 255:.5f}" for v in render.lut(c)[:, k]) for k in range(3)]
+              for c in render.COLORMAPS}
+    return """<script>
+(() => {
+  const NS = 'http://www.w3.org/2000/svg';
+  let defs = document.getElementById('xai-colormaps');
+  if (!defs) {
+    defs = document.createElementNS(NS, 'svg');
+    defs.id = 'xai-colormaps';
+    defs.setAttribute('width', '0'); defs.setAttribute('height', '0');
+    defs.style.position = 'absolute';
+    document.body.appendChild(defs);
+  }
+  for (const [id, rgb] of Object.entries(TABLES)) {
+    if (document.getElementById(id)) continue;
+    const filter = document.createElementNS(NS, 'filter');
+    filter.id = id;
+    filter.setAttribute('color-interpolation-filters', 'sRGB');
+    const transfer = document.createElementNS(NS, 'feComponentTransfer');
+    ['R', 'G', 'B'].forEach((c, k) => {
+      const f = document.createElementNS(NS, 'feFunc' + c);
+      f.setAttribute('type', 'table');
+      f.setAttribute('tableValues', rgb[k]);
+      transfer.appendChild(f);
+    });
+    filter.appendChild(transfer);
+    defs.appendChild(filter);
+  }
+})();
+</script>""".replace("TABLES", json.dumps(tables))
+
+
+
+def heat_style(heat_panels: Iterable[int], *, cmap: str, alpha: float, show_heat: bool, key: str = PANEL_KEY) -> str:
+    """The ``<style>`` that colours and blends the heat layers of the chart keyed ``key`` (laid out by
+    :func:`panel_figure`): ``cmap``'s filter and opacity ``alpha`` (0 when ``show_heat`` is off) on the heat
+    image of each panel in ``heat_panels`` (positions; the second image of its subplot), and the same
+    filter on the colour bar. Style only: Streamlit puts it outside the layout, so it can be sent first."""
+    heat_rules = ", ".join(f".st-key-{key} g.subplot.{subplot_id(i)} .imagelayer > g:nth-child(2) > image"
+                           for i in heat_panels)
+    opacity = float(alpha) if show_heat else 0.0
+    paint = f"filter: url(#{filter_id(cmap)});"
+    rules = [f".st-key-{key} .colorbar .cbfill {{ {paint} }}"]
+    if heat_rules:
+        rules.append(f"{heat_rules} {{ opacity: {opacity:.3f} !important; {paint} }}")
+    return "<style>" + "\n".join(rules) + "</style>"
+
+
+def screen_png_uri(image: np.ndarray) -> str:
+    """A uint8 gray (H, W) or RGBA (H, W, 4) image as a PNG data URI (lossless: heat indices are looked up
+    in a colour table, where a JPEG's ringing would show as false colours). Fast compression: these are
+    previews re-encoded whenever the maps change."""
+    import cv2
+
+    a = np.ascontiguousarray(image)
+    if a.ndim == 3:
+        a = cv2.cvtColor(a, cv2.COLOR_RGBA2BGRA)
+    ok, buffer = cv2.imencode(".png", a, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError(f"could not encode a {a.shape} image as PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.tobytes()).decode("ascii")
 
 
 def screen_image_uri(rgb: np.ndarray) -> str:
@@ -132,10 +235,14 @@ def panel_figure(
             "text": panel.title, "x": x0 + cell_w / 2, "y": top, "xref": "paper", "yref": "paper",
             "xanchor": "center", "yanchor": "bottom", "showarrow": False, "font": {"size": 12},
         })
-        data.append({
-            "type": "image", "source": panel.source or screen_image_uri(panel.rgb), "x0": 0, "dx": 1, "y0": 0, "dy": 1,
-            "hoverinfo": "skip", "name": str(i), "xaxis": f"x{suffix}", "yaxis": f"y{suffix}",
-        })
+        # The radiograph, then the heat layer (coloured and blended by heat_style), then the outlines.
+        for layer, source in (("", panel.source or screen_image_uri(panel.rgb)), (" heat", panel.heat),
+                              (" lines", panel.lines)):
+            if source is not None:
+                data.append({
+                    "type": "image", "source": source, "x0": 0, "dx": 1, "y0": 0, "dy": 1,
+                    "hoverinfo": "skip", "name": f"{i}{layer}", "xaxis": f"x{suffix}", "yaxis": f"y{suffix}",
+                })
     if colorscale is not None:
         lo, hi = colorbar_range
         data.append({

@@ -333,9 +333,16 @@ def warm_up_display(model: ActiveModel, blank: Any, features: Any) -> None:
 def warm_up_page(model: ActiveModel) -> None:
     """The result page's whole path once on a bundled film at start-up (~1 s), so the first user's
     result is as fast as every later one: the decoder worker's first film, the engine on a real film,
-    the mapping back, the lung model, every colour table, the screen view and its JPEGs, the panel figure. Nothing is
+    the mapping back, the lung model, every colour table, the screen layers and their images, the panel figure. Nothing is
     cached for users (the engine is called directly, not through the explanation cache)."""
-    from pages._panel import Panel, panel_figure, screen_image_uri
+    from pages._panel import (
+        GRAY_COLORSCALE,
+        Panel,
+        colormap_filters_js,
+        panel_figure,
+        screen_image_uri,
+        screen_png_uri,
+    )
     from xai import render
 
     samples = list_samples()
@@ -346,18 +353,17 @@ def warm_up_page(model: ActiveModel) -> None:
         result = run_engine(image.radiograph, model, None, tuple(METHODS_FOR_WARM_UP), count=False)
     except Exception:  # noqa: BLE001 - best effort: a failing warm-up only makes the first result slower
         return
-    shown = render.view(image.radiograph, result, render.DisplaySettings())
-    panels = [Panel("", shown.original)] + [Panel("", rgb) for rgb in shown.overlays.values()]
+    prepared = render.layers(image.radiograph, result, render.DisplaySettings())
+    base = screen_image_uri(prepared.original)
+    panels = [Panel("", prepared.original, source=base)] + [
+        Panel("", prepared.original, source=base, heat=screen_png_uri(index)) for index in prepared.heat.values()]
     with contextlib.suppress(Exception):  # the lung model: read once per process, its first film slow
         from xai.anatomy import find_lungs, lung_evidence
 
         lung_evidence(result.maps, find_lungs(image.radiograph).mask)
-    index = render.heat_index(shown.original[:, :, 0] / 255.0)
-    for cmap in render.COLORMAPS:  # each colour table loads once per process: a first colormap change is fast
-        render.blend(shown.original, index, cmap=cmap)
-        panel_figure(panels, per_row=3, row_height=300, uirevision="warm-up",
-                     colorscale=render.plotly_colorscale(cmap)).to_json()
-    screen_image_uri(shown.original)
+    colormap_filters_js()  # every colour table, once per process
+    render.outlines(prepared, render.DisplaySettings(contour_level=0.5))
+    panel_figure(panels, per_row=3, row_height=300, uirevision="warm-up", colorscale=GRAY_COLORSCALE).to_json()
 
 
 #: The methods the start-up warm-up explains (the Explain page's default: all of them).
@@ -673,10 +679,12 @@ def wait_for_prefetches(timeout_s: float = 600) -> None:
 
 @dataclass(frozen=True)
 class ScreenLayers:
-    """:func:`xai.render.layers` on the screen grid, with the unchanged radiograph already encoded."""
+    """:func:`xai.render.layers` on the screen grid, encoded for the browser: the radiograph (JPEG, no
+    outline) and each map's heat index (gray PNG, coloured and blended in the page)."""
 
     layers: Layers
     original_uri: str
+    heat_uris: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -696,29 +704,43 @@ class ResultKey:
 @st.cache_resource(max_entries=DISPLAY_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
 def _screen_layers(key: ResultKey, settings: DisplaySettings, _radiograph: Radiograph,
                    _result: PipelineResult) -> ScreenLayers:
-    from pages._panel import screen_image_uri
+    from pages._panel import screen_image_uri, screen_png_uri
     from xai import render
 
     lungs = lung_outline(key.image, _radiograph) if settings.lungs else None
     prepared = render.layers(_radiograph, _result, settings, lungs)
-    original = prepared.original if prepared.lungs is None else render.compose(
-        render.Layers(prepared.original, {}, prepared.lungs), settings).original  # the outline on it too
-    return ScreenLayers(prepared, screen_image_uri(original))
+    return ScreenLayers(prepared, screen_image_uri(prepared.original),
+                        {m: screen_png_uri(index) for m, index in prepared.heat.items()})
 
 
-def screen_view(image: LoadedImage, model: ActiveModel, result: PipelineResult, settings: DisplaySettings) -> tuple[
-        View, str]:
-    """The pure :func:`xai.render.view` of what is on screen, behind the app's one display cache.
+@st.cache_resource(max_entries=DISPLAY_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
+def _screen_outlines(key: ResultKey, settings: DisplaySettings, _layers: Layers) -> Mapping[str, str | None]:
+    """:func:`xai.render.outlines` as RGBA PNG data URIs (keyed by the layer settings and the contour level)."""
+    from pages._panel import screen_png_uri
+    from xai import render
 
-    The cache holds the expensive layers, keyed by the explanation's own key and the settings' layer
-    fields (``settings.only("layers")``: windows, scale, size); colour, opacity and contours re-compose
-    those layers (a table lookup and a weighted sum per panel). Returns the view and the original's
-    encoded image.
-    """
+    return {panel: None if rgba is None else screen_png_uri(rgba)
+            for panel, rgba in render.outlines(_layers, settings).items()}
+
+
+def screen_layers(image: LoadedImage, model: ActiveModel, result: PipelineResult,
+                  settings: DisplaySettings) -> tuple[ScreenLayers, Mapping[str, str | None]]:
+    """What the Explain panel draws, behind the app's one display cache: the encoded layers (keyed by the
+    explanation's own key and ``settings.only("layers")``: windows, scale, size) and the outlines (also by
+    the contour level). Colour and opacity are not in either key: the page blends them (``pages._panel``)."""
+    key = ResultKey.of(image, model, result)
+    screen = _screen_layers(key, settings.only("layers"), image.radiograph, result)
+    outline_settings = replace(settings.only("layers"), contour_level=settings.contour_level)
+    return screen, _screen_outlines(key, outline_settings, screen.layers)
+
+
+def screen_view(image: LoadedImage, model: ActiveModel, result: PipelineResult, settings: DisplaySettings) -> View:
+    """The pure :func:`xai.render.view` of an explanation at screen size, from the cached layers (for pages
+    that show composed pixels, e.g. Review)."""
     from xai import render
 
     screen = _screen_layers(ResultKey.of(image, model, result), settings.only("layers"), image.radiograph, result)
-    return render.compose(screen.layers, settings), screen.original_uri
+    return render.compose(screen.layers, settings)
 
 
 # ------------------------------------------------------------------------------ out-of-distribution

@@ -15,7 +15,16 @@ import streamlit as st
 
 from pages._howto import how_popovers
 from pages._lungs import lung_field, lung_outline, lung_shares
-from pages._panel import Panel, panel_figure, prediction_figure, row_height_for
+from pages._panel import (
+    GRAY_COLORSCALE,
+    PANEL_KEY,
+    Panel,
+    colormap_filters_js,
+    heat_style,
+    panel_figure,
+    prediction_figure,
+    row_height_for,
+)
 from pages._shared import (
     DISCLAIMER,
     ActiveModel,
@@ -33,7 +42,7 @@ from pages._shared import (
     prefetch_targets,
     remember_predicted,
     require_model,
-    screen_view,
+    screen_layers,
 )
 from xai import calibration as calibration_mod
 from xai import export, render
@@ -201,16 +210,29 @@ def resolve_scale(choice: str, result: PipelineResult, model: ActiveModel, reset
                  "maximum.", "saliency (per image)", notice)
 
 
+#: The widgets that decide how the heat layers look, with their defaults (one home for both uses below).
+HEAT_LOOK = DisplaySettings(show_heat=True, alpha=render.DEFAULT_ALPHA, cmap=render.DEFAULT_CMAP)
+
+
+def heat_look() -> DisplaySettings:
+    """Overlay on/off, opacity and colormap as the widgets hold them when this run starts (Streamlit updates
+    a widget's state before the rerun it triggers), so the page can restyle the heat layers before drawing
+    anything else. Other fields stay at their defaults."""
+    state = st.session_state
+    return replace(HEAT_LOOK, show_heat=bool(state.get("disp_overlay", HEAT_LOOK.show_heat)),
+                   alpha=float(state.get("disp_alpha", HEAT_LOOK.alpha)), cmap=str(state.get("disp_cmap", HEAT_LOOK.cmap)))
+
+
 def display_settings(image: LoadedImage, result: PipelineResult, model: ActiveModel) -> tuple[DisplaySettings, Scale]:
     """The display controls (tucked in an expander) as one :class:`DisplaySettings`, and the scale in use.
     Nothing here touches a map's computation."""
     n_panels = 1 + len(result.methods)
     with st.expander("Display", expanded=False, icon=":material/tune:"):
         c1, c2, c3, c4 = st.columns(4)
-        show_heat = c1.toggle("Overlay", value=True, key="disp_overlay")
-        alpha = c1.slider("Opacity", 0.0, 1.0, render.DEFAULT_ALPHA, 0.05, key="disp_alpha")
+        show_heat = c1.toggle("Overlay", value=HEAT_LOOK.show_heat, key="disp_overlay")
+        alpha = c1.slider("Opacity", 0.0, 1.0, HEAT_LOOK.alpha, 0.05, key="disp_alpha")
         cmap = c2.selectbox(
-            "Colormap", render.COLORMAPS, key="disp_cmap",
+            "Colormap", render.COLORMAPS, index=render.COLORMAPS.index(HEAT_LOOK.cmap), key="disp_cmap",
             format_func=lambda c: c if c in render.PERCEPTUALLY_UNIFORM else f"{c} (not perceptually uniform)",
         )
         colorbar = c2.toggle("Colour bar", value=True, key="disp_colorbar")
@@ -317,11 +339,23 @@ def lung_notes(image: LoadedImage, model: ActiveModel, result: PipelineResult) -
 @st.fragment
 def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel, show_patient: bool) -> None:
     """Original + overlays, linked zoom/pan, display controls and downloads (reruns on its own)."""
+    # The heat layers' colour and opacity go out first: an opacity or colormap change needs nothing else,
+    # and the widgets' state already holds the new value before they are drawn again below.
+    heat_panels = range(1, 1 + len(result.methods))
+    look = heat_look()
+    panel_scripts()
+    st.html(heat_style(heat_panels, cmap=look.cmap, alpha=look.alpha, show_heat=look.show_heat))
     s, scale = display_settings(image, result, model)
-    shown, original_uri = screen_view(image, model, result, s)
+    if (s.show_heat, s.alpha, s.cmap) != (look.show_heat, look.alpha, look.cmap):  # never expected; the later rule wins
+        st.html(heat_style(heat_panels, cmap=s.cmap, alpha=s.alpha, show_heat=s.show_heat))
+    screen, outlines = screen_layers(image, model, result, s)
+    original = screen.layers.original
     titles = panel_titles(image, result, model, s, lung_notes(image, model, result))
-    panels = [Panel(titles[0], shown.original, source=original_uri)]
-    panels += [Panel(t, shown.overlays[m]) for t, m in zip(titles[1:], result.methods, strict=True)]
+    # Every panel is the radiograph; an overlay adds its map's heat layer, which the page colours and
+    # blends (heat_style): an opacity or colormap change leaves the figure, and so the chart, untouched.
+    panels = [Panel(titles[0], original, source=screen.original_uri, lines=outlines[""])]
+    panels += [Panel(t, original, source=screen.original_uri, heat=screen.heat_uris[m], lines=outlines[m])
+               for t, m in zip(titles[1:], result.methods, strict=True)]
     if scale.notice:
         st.info(scale.notice, icon=":material/straighten:")
     weak = calibration_mod.weak_evidence(
@@ -332,20 +366,19 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
     fig = panel_figure(
         panels,
         per_row=s.per_row,
-        row_height=row_height_for(shown.original.shape[:2], min(s.per_row, len(panels)), s.size),
+        row_height=row_height_for(original.shape[:2], min(s.per_row, len(panels)), s.size),
         uirevision=f"{image.sha256}:{model.key}",
-        colorscale=render.plotly_colorscale(s.cmap) if s.colorbar and s.show_heat else None,
+        colorscale=GRAY_COLORSCALE if s.colorbar and s.show_heat else None,  # painted by heat_style
         colorbar_title=scale.colorbar_title,
         view=s.zoom,
         light=light_theme(),
     )
-    wheel_zoom_after_click()
-    st.plotly_chart(fig, key="panel_chart", config={"scrollZoom": True, "displaylogo": False}, theme=None)
+    st.plotly_chart(fig, key=PANEL_KEY, config={"scrollZoom": True, "displaylogo": False}, theme=None)
     how_popovers(result.methods)  # "How <method> works" under the panel, linking to the How page
     notes = [scale.label]
-    if image.radiograph.shape != shown.original.shape[:2]:
+    if image.radiograph.shape != original.shape[:2]:
         h, w = image.radiograph.shape
-        notes.append(f"Shown at {shown.original.shape[1]}×{shown.original.shape[0]}; maps are computed and "
+        notes.append(f"Shown at {original.shape[1]}×{original.shape[0]}; maps are computed and "
                      f"exported at {w}×{h}.")
     notes.append("Click a panel, then scroll to zoom and drag to pan: all panels move together; double-click "
                  "resets. Scrolling elsewhere moves the page. For a zoom that stays while you change the "
@@ -381,9 +414,10 @@ def light_theme() -> bool:
     return getattr(theme, "type", None) == "light"
 
 
-def wheel_zoom_after_click() -> None:
-    """Install :data:`_WHEEL_GATE_JS` on the page (once per page load; a rerun finds it installed)."""
-    st.html(_WHEEL_GATE_JS, unsafe_allow_javascript=True)
+def panel_scripts() -> None:
+    """Install :data:`_WHEEL_GATE_JS` and the colour filters the heat layers use (once per page load; a
+    rerun finds them installed)."""
+    st.html(_WHEEL_GATE_JS + colormap_filters_js(), unsafe_allow_javascript=True)
 
 
 # --------------------------------------------------------------------------------------- downloads

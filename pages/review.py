@@ -257,7 +257,7 @@ def maps_panel(session: ReviewSession, case: dict[str, Any], image: LoadedImage,
             f"({probabilities}).", icon=":material/smart_toy:")
     order = store.map_order(session.id, case["id"], reader)
     labels = map_letters(order) if session.anonymised else {method_label(m): m for m in order}
-    view, _ = screen_view(image, model, result, DisplaySettings())
+    view = screen_view(image, model, result, DisplaySettings())
     panels = [Panel(label, view.overlays[method]) for label, method in labels.items()]
     fig = panel_figure(panels, per_row=2, row_height=row_height_for(view.original.shape[:2], 2, 0.7),
                        uirevision=f"{session.id}:{case['id']}:maps", colorscale=plotly_colorscale())

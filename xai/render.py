@@ -56,6 +56,8 @@ __all__ = [
     "gray_to_rgb",
     "heat_index",
     "layers",
+    "lut",
+    "outlines",
     "overlay",
     "plotly_colorscale",
     "raw_magnitude",
@@ -97,6 +99,12 @@ def _lut(cmap: str) -> NDArray[np.uint8]:
     lut = np.round(table * 255.0).astype(np.uint8)
     lut.setflags(write=False)
     return lut
+
+
+def lut(cmap: str = DEFAULT_CMAP) -> NDArray[np.uint8]:
+    """The colormap's 256-entry uint8 RGB table (read-only): index ``i`` of a :func:`heat_index` map is drawn
+    as ``lut(cmap)[i]`` everywhere (overlays, colour bars, the browser's colour filter in the app)."""
+    return _lut(_check_cmap(cmap))
 
 
 def _as_unit_2d(name: str, array: NDArray, *, clip: bool = True) -> NDArray[np.float32]:
@@ -226,7 +234,7 @@ def _draw_contours(
     rgb: NDArray[np.uint8],
     index: NDArray[np.uint8],
     level: int,
-    color: tuple[int, int, int],
+    color: tuple[int, ...],
     thickness: int | None,
 ) -> None:
     """Draw the outline of ``index >= level`` (a :func:`heat_index` map, level in 1..255) on ``rgb`` in place.
@@ -548,6 +556,48 @@ def compose(prepared: Layers, settings: DisplaySettings) -> View:
         for rgb in (original, *overlays.values()):
             _draw_contours(rgb, prepared.lungs, 128, LUNG_COLOR, None)
     return View(original=read_only(original), overlays=MappingProxyType({m: read_only(o) for m, o in overlays.items()}))
+
+
+def outlines(prepared: Layers, settings: DisplaySettings) -> Mapping[str, NDArray[np.uint8] | None]:
+    """What :func:`compose` draws over the blend, as straight-alpha RGBA (H, W, 4) layers: each map's heat
+    contour (if ``settings.contour_level``) and the lung outline (if the layers have one), per panel; key
+    ``""`` is the radiograph's own panel. None for a panel with nothing to outline.
+
+    For a viewer that blends in the display (the app's panels: radiograph, then ``lut(cmap)[index]`` at
+    opacity ``alpha``, then this layer on top, so opacity and colormap changes redraw nothing):
+    ``(1 - a) * (blend) + a * rgb`` with ``a = alpha_channel / 255`` gives :func:`compose`'s pixels within
+    rounding. The outlines are anti-aliased coverage (OpenCV ``LINE_AA``) in the alpha channel over a flat
+    colour, so edges blend exactly as ``compose`` draws them onto the blend.
+    """
+    level = None if settings.contour_level is None else max(1, round(255.0 * float(settings.contour_level)))
+    lungs = _coverage(prepared.lungs, 128) if prepared.lungs is not None else None
+    out: dict[str, NDArray[np.uint8] | None] = {"": None if lungs is None else _rgba_over([(LUNG_COLOR, lungs)])}
+    for method, index in prepared.heat.items():
+        drawn = [] if level is None else [(CONTOUR_COLOR, _coverage(index, level))]
+        if lungs is not None:
+            drawn.append((LUNG_COLOR, lungs))
+        out[method] = _rgba_over(drawn) if drawn else None
+    return MappingProxyType({k: None if v is None else read_only(v) for k, v in out.items()})
+
+
+def _coverage(index: NDArray[np.uint8], level: int) -> NDArray[np.uint8]:
+    """The anti-aliased outline of ``index >= level`` as coverage 0..255 (:func:`_draw_contours`'s rule)."""
+    canvas = np.zeros(index.shape, np.uint8)
+    _draw_contours(canvas, index, level, (255,), None)
+    return canvas
+
+
+def _rgba_over(layers: list[tuple[tuple[int, int, int], NDArray[np.uint8]]]) -> NDArray[np.uint8]:
+    """Flat-colour coverage layers stacked bottom to top ("over" in straight alpha) as uint8 RGBA."""
+    h, w = layers[0][1].shape
+    rgb, alpha = np.zeros((h, w, 3), np.float32), np.zeros((h, w), np.float32)
+    for color, coverage in layers:
+        a = coverage.astype(np.float32) / 255.0
+        new_alpha = a + alpha * (1.0 - a)
+        weight = np.divide(a, new_alpha, out=np.zeros_like(a), where=new_alpha > 0)
+        rgb = rgb * (1.0 - weight)[..., None] + np.asarray(color, np.float32) * weight[..., None]
+        alpha = new_alpha
+    return np.dstack([np.round(rgb), np.round(alpha * 255.0)]).astype(np.uint8)
 
 
 def view(radiograph: _Radiograph, result: _Result, settings: DisplaySettings, lungs: NDArray | None = None) -> View:
