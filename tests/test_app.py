@@ -72,8 +72,25 @@ def image_titles(at: AppTest) -> list[str]:
     return [a["text"] for a in panel_spec(at)["layout"]["annotations"]]
 
 
+def panel_layers(at: AppTest) -> list[dict[str, str]]:
+    """Each panel's image layers by role: ``base`` (the radiograph), ``heat`` (a map's gray heat index, coloured
+    and blended by the page's style) and ``lines`` (outlines on top), from the traces named ``"<i>[ role]"``."""
+    panels: dict[str, dict[str, str]] = {}
+    for t in panel_spec(at)["data"]:
+        if t["type"] == "image":
+            index, _, role = t["name"].partition(" ")
+            panels.setdefault(index, {})[role or "base"] = t["source"]
+    return list(panels.values())
+
+
 def image_sources(at: AppTest) -> list[str]:
-    return [t["source"] for t in panel_spec(at)["data"] if t["type"] == "image"]
+    """One string per panel: all its layers' sources (equal when the panel's pixels are)."""
+    return ["|".join(f"{k}={v}" for k, v in sorted(p.items())) for p in panel_layers(at)]
+
+
+def heat_styles(at: AppTest) -> list[str]:
+    """The page's style rules for the heat layers (opacity and colour filter), in page order."""
+    return [h.proto.body for h in at.get("html") if "opacity:" in h.proto.body]
 
 
 def choose_sample(at: AppTest, fragment: str) -> AppTest:
@@ -252,13 +269,21 @@ def test_sample_gives_four_overlays_and_display_changes_compute_no_map(monkeypat
     run(at)
     after = image_sources(at)
     assert after[0] == before[0] and all(a != b for a, b in zip(after[1:], before[1:], strict=True))
+    # Opacity and colormap are the page's style, not new images: one rule, on the four heat layers.
+    style = heat_styles(at)[-1]
+    assert "opacity: 0.900 !important" in style and "url(#xai-cmap-viridis)" in style
+    assert all(f"g.subplot.x{i}y{i} " in style for i in range(2, 6)) and "g.subplot.xy " not in style
+    at.slider(key="disp_alpha").set_value(0.3)
+    run(at)
+    assert image_sources(at) == after and "opacity: 0.300 !important" in heat_styles(at)[-1]
     at.toggle(key="disp_overlay").set_value(False)
     at.select_slider(key="disp_zoom").set_value(2.0)
     run(at)
+    assert "opacity: 0.000 !important" in heat_styles(at)[-1]
     at.slider(key="disp_cx").set_value(25)
     run(at)
     layout = panel_spec(at)["layout"]
-    width = Image.open(io.BytesIO(base64.b64decode(image_sources(at)[0].split(",")[1]))).width
+    width = Image.open(io.BytesIO(base64.b64decode(panel_layers(at)[0]["base"].split(",")[1]))).width
     assert layout["xaxis"]["range"] == pytest.approx([0.0, width / 2])  # 2x around 25 % from the left
     assert all(layout[f"xaxis{i}"]["matches"] == "x" for i in range(2, 6))  # every panel follows the zoom
     assert calls + 1 == shared.ENGINE_CALLS, "a display-only change recomputed the maps"
@@ -412,13 +437,13 @@ def test_default_scale_is_the_models_calibration_and_weak_evidence_is_flagged(
     image = at.session_state[shared.Key.IMAGE]
     model = shared.default_model()
     result = shared.explain(image, model, None, tuple(shared.METHODS_FOR_WARM_UP))
-    expected = render.view(image.radiograph, result, render.DisplaySettings(
+    expected = render.layers(image.radiograph, result, render.DisplaySettings(
         scale="fixed", vmax=tuple((m, stored.vmax[m]) for m in result.methods)))
-    from pages._panel import screen_image_uri
+    from pages._panel import screen_png_uri
 
-    assert image_sources(at)[1] == screen_image_uri(expected.overlays["gradcam"])
-    stretched = render.view(image.radiograph, result, render.DisplaySettings())
-    assert image_sources(at)[1] != screen_image_uri(stretched.overlays["gradcam"])
+    assert panel_layers(at)[1]["heat"] == screen_png_uri(expected.heat["gradcam"])
+    stretched = render.layers(image.radiograph, result, render.DisplaySettings())
+    assert panel_layers(at)[1]["heat"] != screen_png_uri(stretched.heat["gradcam"])
 
     # Explaining covid19 on a normal NIH film: weak evidence, said so.
     weak = [w.value for w in at.warning if w.value.startswith("Weak evidence")]
@@ -487,9 +512,10 @@ def test_lungs_share_in_each_caption_outline_toggle_and_outside_flag(monkeypatch
     run(at)
     after = image_sources(at)
     assert all(a != b for a, b in zip(after, before, strict=True))  # the outline on every panel
-    original = np.asarray(Image.open(io.BytesIO(base64.b64decode(after[0].split(",")[1]))).convert("RGB")).astype(int)
-    green = (original[..., 1] > 200) & (original[..., 0] < 190) & (original[..., 2] < 180)
-    assert green.sum() > 500  # the light-green outline on the gray radiograph
+    lines = panel_layers(at)[0]["lines"]
+    outline = np.asarray(Image.open(io.BytesIO(base64.b64decode(lines.split(",")[1]))).convert("RGBA")).astype(int)
+    green = (outline[..., 3] > 128) & (outline[..., 1] > 200) & (outline[..., 0] < 190) & (outline[..., 2] < 180)
+    assert green.sum() > 500  # the light-green outline over the radiograph
 
     # A lung field in the top-left corner only: every map lies mostly outside it, and the page says where.
     corner = np.zeros(image.radiograph.shape, bool)

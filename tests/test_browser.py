@@ -141,14 +141,36 @@ def overlay_count_js(n_methods: int) -> str:
     }}"""
 
 
+PANEL_LAYERS_JS = f"""() => Array.from(document.querySelectorAll('{PANEL} g.subplot')).map(subplot =>
+    Array.from(subplot.querySelectorAll('.imagelayer image')).map(e => {{
+        const s = getComputedStyle(e); return [e.getAttribute('href'), parseFloat(s.opacity), s.filter]; }}))"""
+
+
+def _decode(href: str, mode: str) -> np.ndarray:
+    assert href.startswith("data:image/"), href[:40]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(href.split(",", 1)[1]))).convert(mode)).astype(np.float64)
+
+
 def panel_images(page) -> list[np.ndarray]:
-    """Decode the panel's images (JPEG data URIs of the plotly image traces), in drawing order."""
-    hrefs = page.eval_on_selector_all(f"{PANEL} image", "els => els.map(e => e.getAttribute('href'))")
+    """Each panel as the page draws it, from its layers and their computed style: the radiograph, the heat
+    layer (a gray heat index painted by the colour filter named in its CSS ``filter``, at its CSS opacity)
+    and the outlines on top — xai.render.compose's formula (int16 RGB, panels in order)."""
+    from xai import render
+
     images = []
-    for href in hrefs:
-        assert href.startswith("data:image/"), href[:40]
-        data = base64.b64decode(href.split(",", 1)[1])
-        images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16))
+    for layers in page.evaluate(PANEL_LAYERS_JS):
+        (base_href, _, _), *rest = layers
+        out = _decode(base_href, "RGB")
+        for href, opacity, css_filter in rest:
+            if "xai-cmap-" in css_filter:  # a heat layer
+                cmap = css_filter.split("xai-cmap-")[1].split(")")[0].strip("\"'")
+                color = render.lut(cmap)[_decode(href, "L").astype(np.uint8)]
+                out = (1 - opacity) * out + opacity * color
+            else:  # outlines: straight alpha over
+                rgba = _decode(href, "RGBA")
+                alpha = rgba[..., 3:] / 255.0
+                out = (1 - alpha) * out + alpha * rgba[..., :3]
+        images.append(np.round(out).astype(np.int16))
     return images
 
 
@@ -219,6 +241,10 @@ def test_upload_shows_four_overlays_then_bad_upload_keeps_them(server, browser, 
             assert np.abs(overlay[..., 0] - overlay[..., 2]).mean() > 3  # colour, not gray
         gray = original.std(axis=2).mean()
         assert gray < 3  # the original panel is the gray radiograph
+        # The browser really paints the heat layer with the colour filter: colour in its screenshot.
+        painted = np.asarray(Image.open(io.BytesIO(page.locator(f"{PANEL} g.subplot.x2y2").screenshot()))
+                             .convert("RGB")).astype(np.int16)
+        assert np.abs(painted[..., 0] - painted[..., 2]).mean() > 3
 
         page.wait_for_function(f"() => ({SHOWN_PROBABILITIES_JS})() !== null", timeout=60_000)
         shown = shown_probabilities(page)

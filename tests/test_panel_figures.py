@@ -56,3 +56,37 @@ def test_a_misspelt_property_is_caught_by_the_validation_these_tests_apply() -> 
     bad = go.Figure(data=[{"type": "bar", "x": [1], "colour": "red"}], layout={}, _validate=False)
     with pytest.raises(ValueError, match="colour"):
         _validated_json(bad)
+
+
+def test_layered_panels_draw_radiograph_heat_then_outlines_and_the_style_targets_each_heat_layer() -> None:
+    from pages._panel import GRAY_COLORSCALE, heat_style, screen_png_uri, subplot_id
+
+    rgb = np.zeros((40, 50, 3), np.uint8)
+    heat = screen_png_uri(np.full((40, 50), 7, np.uint8))
+    lines = screen_png_uri(np.zeros((40, 50, 4), np.uint8))
+    panels = [Panel("original", rgb, lines=lines), Panel("a", rgb, heat=heat), Panel("b", rgb, heat=heat, lines=lines)]
+    fig = panel_figure(panels, per_row=3, row_height=200, uirevision="u", colorscale=GRAY_COLORSCALE)
+    _same_as_validated(fig)
+    images = [(t["name"], t["xaxis"]) for t in fig.to_dict()["data"] if t["type"] == "image"]
+    assert images == [("0", "x"), ("0 lines", "x"), ("1", "x2"), ("1 heat", "x2"), ("2", "x3"), ("2 heat", "x3"),
+                      ("2 lines", "x3")]
+    style = heat_style([1, 2], cmap="cividis", alpha=0.25, show_heat=True)
+    assert [subplot_id(i) for i in range(3)] == ["xy", "x2y2", "x3y3"]
+    assert ".st-key-panel_chart g.subplot.x2y2 .imagelayer > g:nth-child(2) > image" in style
+    assert "g.subplot.x3y3" in style and "g.subplot.xy " not in style  # the original's 2nd layer is outlines
+    assert "opacity: 0.250 !important" in style and style.count("url(#xai-cmap-cividis)") == 2  # + colour bar
+    assert "opacity: 0.000" in heat_style([1], cmap="cividis", alpha=0.25, show_heat=False)
+
+
+def test_the_pages_colour_filters_hold_each_colormaps_own_table() -> None:
+    """The browser paints heat index i with entry i of the filter's table: it must be render.lut's."""
+    from pages._panel import colormap_filters_js, filter_id
+
+    script = colormap_filters_js()
+    tables = json.loads(script.split("for (const [id, rgb] of Object.entries(")[1].split("))")[0])
+    assert set(tables) == {filter_id(c) for c in render.COLORMAPS}
+    for cmap in render.COLORMAPS:
+        rgb = np.array([[float(v) for v in channel.split()] for channel in tables[filter_id(cmap)]]).T
+        assert rgb.shape == (256, 3)
+        np.testing.assert_array_equal(np.round(rgb * 255), render.lut(cmap))
+    assert "color-interpolation-filters', 'sRGB'" in script  # no conversion to linear light first

@@ -328,3 +328,42 @@ def test_window_presets_span_the_films_own_brightness_percentiles():
 @pytest.mark.parametrize(("span", "step"), [(4095, 20.0), (255, 1.0), (1.0, 0.005), (65535, 500.0), (0, 1.0)])
 def test_slider_steps_are_round_and_about_a_200th_of_the_range(span, step):
     assert render.nice_step(span) == pytest.approx(step)
+
+
+@pytest.mark.parametrize("contour_level", [None, 0.5])
+@pytest.mark.parametrize(("alpha", "cmap", "show_heat"), [(0.45, "inferno", True), (1.0, "jet", True),
+                                                          (0.0, "viridis", True), (0.6, "magma", False)])
+def test_blending_in_the_viewer_from_outlines_gives_composes_pixels(contour_level, alpha, cmap, show_heat):
+    """The app's panels blend in the browser: radiograph, then lut(cmap)[index] at opacity alpha, then the
+    outlines layer (straight alpha) on top. That must be compose()'s picture within rounding, anti-aliased
+    outline edges included (where compose rounds to 8 bits between the two outlines)."""
+    from types import MappingProxyType
+
+    yy, xx = np.mgrid[0:300, 0:400]
+    gray = render.gray_to_rgb(((xx + yy) / 700.0).astype(np.float32))
+    rng = np.random.default_rng(0)
+    heat = {"smooth": render.heat_index(np.exp(-((xx - 200.0) ** 2 + (yy - 150.0) ** 2) / 5000.0)),
+            "speckled": render.heat_index(rng.random((300, 400)))}
+    lungs = np.zeros((300, 400), np.uint8)
+    lungs[50:250, 60:180] = lungs[50:250, 220:340] = 255
+    prepared = render.Layers(gray, MappingProxyType(heat), lungs)
+    settings = render.DisplaySettings(alpha=alpha, cmap=cmap, contour_level=contour_level, show_heat=show_heat)
+    reference, outlines = render.compose(prepared, settings), render.outlines(prepared, settings)
+
+    def in_viewer(index, layer):
+        out = gray.astype(np.float64)
+        if index is not None and show_heat:
+            out = (1 - alpha) * out + alpha * render.lut(cmap)[index]
+        a = layer[..., 3:] / 255.0
+        return (1 - a) * out + a * layer[..., :3]
+
+    assert set(outlines) == {"", "smooth", "speckled"}
+    for panel, index, expected in [("", None, reference.original),
+                                   *((m, heat[m], reference.overlays[m]) for m in heat)]:
+        layer = outlines[panel]
+        assert layer is not None and layer.shape == (300, 400, 4) and not layer.flags.writeable
+        error = np.abs(in_viewer(index, layer) - expected)
+        assert error.max() <= 6 and error.mean() <= 0.6, (panel, error.max(), error.mean())
+        assert (layer[..., 3] > 0).sum() > 500  # the lung outline (and contours) are really there
+    plain = render.outlines(render.Layers(gray, MappingProxyType(heat)), render.DisplaySettings())
+    assert dict(plain) == {"": None, "smooth": None, "speckled": None}  # nothing to outline: no layer
