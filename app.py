@@ -13,7 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 import xai
-from pages._shared import access_gate, disclaimer
+from pages._shared import access_gate, chart_code_preload, disclaimer
 
 xai.boot()  # the library's process-wide settings, once per process (what and why: xai/startup.py)
 
@@ -39,4 +39,11 @@ pages = [
     for i, (script, title, icon) in enumerate(_PAGES)
     if (APP_DIR / script).is_file()
 ]
-st.navigation(pages).run()
+# Before the page imports torch and loads the model (seconds on a fresh server), the browser gets a chart to
+# load plotly's code meanwhile; the invisible chart goes once the page has run.
+preload = chart_code_preload()
+try:
+    st.navigation(pages).run()
+finally:
+    if preload is not None:
+        preload.empty()

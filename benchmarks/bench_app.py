@@ -17,8 +17,10 @@ For each round a fresh ``streamlit run app.py`` (localhost, free port) is driven
   same server -> its overlays drawn; first result / later result (issue 17: the first as fast as later ones).
 
 Both are timed twice: by the page's own clock (the input's change event or the key press -> the first
-animation frame with the new images in the DOM: the app's latency) and by this driver (which adds
-Playwright's round trips to the browser).
+animation frame with the new images in the DOM, or the heat layers' new computed opacity and colour filter:
+the app's latency; the watcher is armed in the page before the action) and by this driver (which adds
+Playwright's round trips to the browser). The page previews an opacity change itself (pages/_panel.py,
+HEAT_PREVIEW_JS); the time until the server's rerun comes back with the same value is reported beside it.
 
 The engine's panel time for the same image is measured in this process first (load + prepare + four
 methods + mapping back to the original grid, median of warm runs), for the ratio the targets use:
@@ -66,10 +68,27 @@ document.addEventListener('keydown', () => window.__bench.key.push(performance.n
 """
 
 
-def when_true_js(predicate: str) -> str:
-    """JS: a promise of performance.now() at the first animation frame where ``predicate(arg)`` holds."""
-    return (f"(arg) => new Promise(resolve => {{ const check = {predicate}; const tick = () => "
-            f"check(arg) ? resolve(performance.now()) : requestAnimationFrame(tick); tick(); }})")
+def arm(page, predicate: str, arg: object, name: str = "__drawn") -> None:
+    """Start watching, in the page, for the first animation frame where ``predicate(arg)`` holds; read the
+    moment with :func:`drawn_at`. Armed BEFORE the action: a change the page makes at once (e.g. the
+    opacity preview) is then timed when it is drawn, not when the driver gets round to asking."""
+    page.evaluate(f"(arg) => {{ window.{name} = new Promise(resolve => {{ const check = {predicate}; "
+                  "const tick = () => check(arg) ? resolve(performance.now()) : requestAnimationFrame(tick); "
+                  "requestAnimationFrame(tick); }); }", arg)
+
+
+def drawn_at(page, name: str = "__drawn") -> float:
+    """performance.now() at the frame :func:`arm` was waiting for (waits for it)."""
+    return page.evaluate(f"() => window.{name}")
+
+
+# The server's style for the slider's current value is in the page (after key press number ``arg`` + 1): the
+# rerun that follows the page's own preview of an opacity change has come back and agrees with it.
+CONFIRMED_JS = """(presses) => {
+    if (window.__bench.key.length <= presses) return false;
+    const v = parseFloat(document.querySelector('.st-key-disp_alpha input[type=range]').value).toFixed(3);
+    return Array.from(document.querySelectorAll('style')).some(s => s.textContent.includes('--xai-heat-opacity: ' + v + ';'));
+}"""
 # What the panel shows: each image's source and, as computed by the page, its opacity and colour filter (the
 # heat layers are coloured and blended by a style rule: an opacity or colormap change alters no image).
 HREFS_JS = (f"() => Array.from(document.querySelectorAll('{PANEL} image')).map(e => "
@@ -111,10 +130,9 @@ def keyboard_choice(page, select: str, option: str) -> float:
     page.keyboard.press("ControlOrMeta+a")
     page.keyboard.type(option)
     page.wait_for_selector('[role="option"]', state="visible", timeout=30_000)
-    before = page.evaluate(HREFS_JS)
+    arm(page, CHANGED_JS, page.evaluate(HREFS_JS))
     page.keyboard.press("Enter")
-    redrawn_at = page.evaluate(when_true_js(CHANGED_JS), before)
-    return redrawn_at - page.evaluate("() => window.__bench.key.at(-1)")
+    return drawn_at(page) - page.evaluate("() => window.__bench.key.at(-1)")
 
 
 class EnginePanel:
@@ -178,10 +196,11 @@ def one_round(browser, image: Path, moves: int, extra_env: dict[str, str], class
 
             big_frames.clear()
             chosen = time.perf_counter()
+            arm(page, overlay_count_js(4), None)
             page.locator(UPLOADER).set_input_files(str(image))
-            drawn_at = page.evaluate(when_true_js(overlay_count_js(4)), None)
+            first_drawn = drawn_at(page)
             first = time.perf_counter() - chosen
-            first_in_page = (drawn_at - page.evaluate("() => window.__bench.change.at(-1)")) / 1e3
+            first_in_page = (first_drawn - page.evaluate("() => window.__bench.change.at(-1)")) / 1e3
             first_server = (big_frames[-1] - chosen) if big_frames else float("nan")  # the panel figure arrived
             # The engine time of THIS explanation, as the server measured it (the panels' captions say
             # "... · 812 ms"): the fairest base for the ratio on a machine whose load changes by the second.
@@ -195,16 +214,16 @@ def one_round(browser, image: Path, moves: int, extra_env: dict[str, str], class
             display_ms, display_page_ms, server_ms = [], [], []
             changed = CHANGED_JS
             for i in range(moves):
-                before = page.evaluate(HREFS_JS)
                 slider.focus()
-                big_frames.clear()
+                arm(page, changed, page.evaluate(HREFS_JS))
+                arm(page, CONFIRMED_JS, page.evaluate("() => window.__bench.key.length"), "__confirmed")
                 t0 = time.perf_counter()
                 slider.press("ArrowLeft" if i % 2 == 0 else "ArrowRight")
-                redrawn_at = page.evaluate(when_true_js(changed), before)
+                redrawn_at = drawn_at(page)
                 display_ms.append((time.perf_counter() - t0) * 1e3)
-                display_page_ms.append(redrawn_at - page.evaluate("() => window.__bench.key.at(-1)"))
-                if big_frames:  # press -> the new figure arrived: server rerun + transfer
-                    server_ms.append((big_frames[0] - t0) * 1e3)
+                pressed = page.evaluate("() => window.__bench.key.at(-1)")
+                display_page_ms.append(redrawn_at - pressed)
+                server_ms.append(drawn_at(page, "__confirmed") - pressed)  # the server's rerun came back
                 page.wait_for_timeout(300)  # let the rerun settle before the next move
             cmap_page_ms = [keyboard_choice(page, CMAP_SELECT, COLORMAPS[i % 2]) for i in range(max(2, moves // 2))]
             # A reader looks at the first result before switching the class (the app explains the other
@@ -218,10 +237,10 @@ def one_round(browser, image: Path, moves: int, extra_env: dict[str, str], class
             # A later film on the same server: same size and kind as the first.
             later_file = mirrored_copy(image, Path(tmp))
             page.wait_for_timeout(think_s * 1e3)  # the first film's background work is over
-            before = page.evaluate(HREFS_JS)
+            arm(page, CHANGED_JS, page.evaluate(HREFS_JS))
             chosen = time.perf_counter()
             page.locator(UPLOADER).set_input_files(str(later_file))
-            later_at = page.evaluate(when_true_js(CHANGED_JS), before)
+            later_at = drawn_at(page)
             later_page = (later_at - page.evaluate("() => window.__bench.change.at(-1)")) / 1e3
             later_titles = page.locator(f"{PANEL} .annotation-text").all_text_contents()
             later_engine = [float(m.group(1)) for t in later_titles if (m := re.search(r"·\s*([\d.]+)\s*ms", t))]
@@ -277,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"in process {res['engine_ms']:.0f} ms), "
                       f"display-only median {res['display_page_ms']:.0f} ms in the page, {res['display_ms']:.0f} ms "
                       f"from the driver (max {res['display_max_ms']:.0f} ms; "
-                      f"figure received after {res['display_server_ms']:.0f} ms); colormap {res['cmap_page_ms']:.0f} ms; "
+                      f"server's style back after {res['display_server_ms']:.0f} ms); colormap {res['cmap_page_ms']:.0f} ms; "
                       f"class switch first {res['switch_first_ms']:.0f} ms, median {res['switch_page_ms']:.0f} ms "
                       f"(after {res['think_s']:.1f} s looking); later film {res['later_page_s']:.2f} s in the page "
                       f"(engine in app {res['later_engine_ms']:.0f} ms)")
@@ -325,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
          f"<= 1.5x + 0.5 s: {in_app / 1e3 * 1.5 + 0.5:.2f} s", first_ok_in_app),
         ("display-only change (opacity, in the page)", f"{display_page:.0f} ms", "<= 200 ms", display_page <= 200),
         ("  the same, seen from the driver", f"{display:.0f} ms", "(+ Playwright round trips)", display <= 200),
-        ("  of which: server rerun + transfer", f"{display_server:.0f} ms", "", None),
+        ("  the server's rerun back (same value, in the page)", f"{display_server:.0f} ms", "", None),
         ("colormap change (keyboard, in the page)", f"{cmap_page:.0f} ms", "", None),
         ("  colormap / opacity change", f"{cmap_vs_opacity:.2f}x", "<= 1.25x (as fast)", cmap_vs_opacity <= 1.25),
         ("target-class switch, first (key -> overlays)", f"{switch_first:.0f} ms", "<= 500 ms", switch_first <= 500),

@@ -120,15 +120,80 @@ def heat_style(heat_panels: Iterable[int], *, cmap: str, alpha: float, show_heat
     """The ``<style>`` that colours and blends the heat layers of the chart keyed ``key`` (laid out by
     :func:`panel_figure`): ``cmap``'s filter and opacity ``alpha`` (0 when ``show_heat`` is off) on the heat
     image of each panel in ``heat_panels`` (positions; the second image of its subplot), and the same
-    filter on the colour bar. Style only: Streamlit puts it outside the layout, so it can be sent first."""
+    filter on the colour bar. Style only: Streamlit puts it outside the layout, so it can be sent first.
+
+    The values are two custom properties of the chart's container, ``--xai-heat-opacity`` and
+    ``--xai-heat-filter``; :data:`HEAT_PREVIEW_JS` sets the same properties from the display widgets as
+    they move, before this style comes back from the server with the same values."""
     heat_rules = ", ".join(f".st-key-{key} g.subplot.{subplot_id(i)} .imagelayer > g:nth-child(2) > image"
                            for i in heat_panels)
     opacity = float(alpha) if show_heat else 0.0
-    paint = f"filter: url(#{filter_id(cmap)});"
-    rules = [f".st-key-{key} .colorbar .cbfill {{ {paint} }}"]
+    rules = [f".st-key-{key} {{ --xai-heat-opacity: {opacity:.3f}; --xai-heat-filter: url(#{filter_id(cmap)}); }}",
+             f".st-key-{key} .colorbar .cbfill {{ filter: var(--xai-heat-filter); }}"]
     if heat_rules:
-        rules.append(f"{heat_rules} {{ opacity: {opacity:.3f} !important; {paint} }}")
+        rules.append(f"{heat_rules} {{ opacity: var(--xai-heat-opacity) !important; filter: var(--xai-heat-filter); }}")
     return "<style>" + "\n".join(rules) + "</style>"
+
+
+#: The page previews an opacity, overlay or colormap change the moment the widget moves: it reads the
+#: Display widgets (the opacity slider's value, the overlay toggle, the colormap shown in its select box)
+#: and sets the chart container's custom properties that :func:`heat_style` uses. The server's rerun then
+#: sends the same values in the style (and keeps the exports in step). Without these widgets on the page,
+#: or if Streamlit's markup changes, nothing is previewed and the server's style alone applies.
+HEAT_PREVIEW_JS = r"""<script>
+(() => {
+  if (window.__xaiHeatPreview) return;
+  window.__xaiHeatPreview = true;
+  let queued = false;
+  const apply = () => {
+    queued = false;
+    const chart = document.querySelector('.st-key-KEY');
+    const slider = document.querySelector('.st-key-disp_alpha input[type="range"]');
+    const toggle = document.querySelector('.st-key-disp_overlay input[type="checkbox"]');
+    const combo = document.querySelector('.st-key-disp_cmap input[role="combobox"]');
+    if (!chart || !slider || !toggle || !combo) return;
+    const alpha = parseFloat(slider.value);
+    if (Number.isFinite(alpha)) {
+      chart.style.setProperty('--xai-heat-opacity', (toggle.checked ? alpha : 0).toFixed(3));
+    }
+    // The colormap once chosen (the list closed), not while a name is being typed to filter the list, and
+    // only when the box's value changes (the key press or click below may have painted the new one first).
+    if (combo.getAttribute('aria-expanded') !== 'true' && combo.value !== shownValue) {
+      shownValue = combo.value;
+      paint(combo.value);
+    }
+  };
+  let shownValue = null;
+  // A colormap option's text ("jet (not perceptually uniform)"): its first word names the filter.
+  const paint = (text) => {
+    const chart = document.querySelector('.st-key-KEY');
+    const cmap = (text || '').trim().split(/\s+/)[0];
+    if (chart && document.getElementById('xai-cmap-' + cmap)) {
+      chart.style.setProperty('--xai-heat-filter', 'url(#xai-cmap-' + cmap + ')');
+    }
+  };
+  // The option being chosen, at the key press or click itself (before the select box redraws).
+  const cmapCombo = () => document.querySelector('.st-key-disp_cmap input[role="combobox"]');
+  document.addEventListener('keydown', (e) => {
+    const combo = cmapCombo();
+    if (e.key !== 'Enter' || !combo || e.target !== combo) return;
+    const active = document.getElementById(combo.getAttribute('aria-activedescendant') || '');
+    if (active) paint(active.textContent);
+  }, true);
+  document.addEventListener('click', (e) => {
+    const combo = cmapCombo();
+    const list = combo && document.getElementById(combo.getAttribute('aria-controls') || '');
+    const option = e.target.closest && e.target.closest('[role="option"]');
+    if (list && option && list.contains(option)) paint(option.textContent);
+  }, true);
+  const schedule = () => { if (!queued) { queued = true; requestAnimationFrame(apply); } };
+  new MutationObserver(schedule).observe(document.body, {
+    subtree: true, childList: true, characterData: true, attributes: true,
+    attributeFilter: ['value', 'aria-valuetext', 'aria-expanded', 'aria-checked', 'checked', 'class']});
+  document.addEventListener('input', schedule, true);
+  document.addEventListener('change', schedule, true);
+})();
+</script>""".replace("KEY", PANEL_KEY)
 
 
 def screen_png_uri(image: np.ndarray) -> str:

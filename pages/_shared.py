@@ -76,6 +76,7 @@ class Key:
     USER_MODEL = "user_model"  # ActiveModel loaded on the Model page (this session only)
     PREDICTED = "_predicted"  # {(image sha, model key): predicted class name}
     STORES = "_stores"  # {name: dict}: per-page result stores (e.g. the Trust page's checks)
+    CHART_CODE_SENT = "_chart_code_sent"  # bool: this session's page was given a chart to load plotly's code
 
 
 def _state() -> Any:
@@ -385,6 +386,28 @@ def require_model() -> ActiveModel:
         st.error(f"The model could not be loaded: {exc}. Load a model on the Model page, or restore the "
                  f"bundle '{DEFAULT_MODEL}' and restart the app.")
         st.stop()
+
+
+#: Out of sight and out of the layout, but mounted: the browser loads the chart's code for it.
+_CHART_CODE_STYLE = ("<style>.st-key-chart_code_preload { position: absolute; width: 1px; height: 1px; "
+                     "overflow: hidden; opacity: 0; pointer-events: none; }</style>")
+
+
+def chart_code_preload() -> Any:
+    """Once per session, before a page imports torch and loads the model: an invisible one-point chart, so
+    the browser fetches and compiles plotly's code (a 4.7 MB script: ~2 s of this machine's cores) while the
+    server does that on a fresh start, instead of after it, when the first page with a chart (every page has
+    one) would wait for it. Returns the slot to clear after the page (None after the session's first run)."""
+    if _state().get(Key.CHART_CODE_SENT):
+        return None
+    _state()[Key.CHART_CODE_SENT] = True
+    st.html(_CHART_CODE_STYLE)
+    slot = st.empty()
+    with slot.container(key="chart_code_preload"):
+        st.plotly_chart({"data": [{"type": "scatter", "x": [0], "y": [0]}], "layout": {"height": 10}},
+                        key="chart_code_preload_chart",
+                        config={"staticPlot": True})
+    return slot
 
 
 # ----------------------------------------------------------------------------------------- images

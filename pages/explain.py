@@ -17,6 +17,7 @@ from pages._howto import how_popovers
 from pages._lungs import lung_field, lung_outline, lung_shares
 from pages._panel import (
     GRAY_COLORSCALE,
+    HEAT_PREVIEW_JS,
     PANEL_KEY,
     Panel,
     colormap_filters_js,
@@ -415,9 +416,9 @@ def light_theme() -> bool:
 
 
 def panel_scripts() -> None:
-    """Install :data:`_WHEEL_GATE_JS` and the colour filters the heat layers use (once per page load; a
-    rerun finds them installed)."""
-    st.html(_WHEEL_GATE_JS + colormap_filters_js(), unsafe_allow_javascript=True)
+    """Install :data:`_WHEEL_GATE_JS`, the colour filters the heat layers use and their live preview
+    (:data:`pages._panel.HEAT_PREVIEW_JS`), once per page load (a rerun finds them installed)."""
+    st.html(_WHEEL_GATE_JS + colormap_filters_js() + HEAT_PREVIEW_JS, unsafe_allow_javascript=True)
 
 
 # --------------------------------------------------------------------------------------- downloads

@@ -90,7 +90,7 @@ def image_sources(at: AppTest) -> list[str]:
 
 def heat_styles(at: AppTest) -> list[str]:
     """The page's style rules for the heat layers (opacity and colour filter), in page order."""
-    return [h.proto.body for h in at.get("html") if "opacity:" in h.proto.body]
+    return [h.proto.body for h in at.get("html") if h.proto.body.startswith("<style>") and "--xai-heat-opacity:" in h.proto.body]
 
 
 def choose_sample(at: AppTest, fragment: str) -> AppTest:
@@ -271,15 +271,15 @@ def test_sample_gives_four_overlays_and_display_changes_compute_no_map(monkeypat
     assert after[0] == before[0] and all(a != b for a, b in zip(after[1:], before[1:], strict=True))
     # Opacity and colormap are the page's style, not new images: one rule, on the four heat layers.
     style = heat_styles(at)[-1]
-    assert "opacity: 0.900 !important" in style and "url(#xai-cmap-viridis)" in style
+    assert "--xai-heat-opacity: 0.900;" in style and "--xai-heat-filter: url(#xai-cmap-viridis)" in style
     assert all(f"g.subplot.x{i}y{i} " in style for i in range(2, 6)) and "g.subplot.xy " not in style
     at.slider(key="disp_alpha").set_value(0.3)
     run(at)
-    assert image_sources(at) == after and "opacity: 0.300 !important" in heat_styles(at)[-1]
+    assert image_sources(at) == after and "--xai-heat-opacity: 0.300;" in heat_styles(at)[-1]
     at.toggle(key="disp_overlay").set_value(False)
     at.select_slider(key="disp_zoom").set_value(2.0)
     run(at)
-    assert "opacity: 0.000 !important" in heat_styles(at)[-1]
+    assert "--xai-heat-opacity: 0.000;" in heat_styles(at)[-1]
     at.slider(key="disp_cx").set_value(25)
     run(at)
     layout = panel_spec(at)["layout"]

@@ -246,6 +246,19 @@ def test_upload_shows_four_overlays_then_bad_upload_keeps_them(server, browser, 
                              .convert("RGB")).astype(np.int16)
         assert np.abs(painted[..., 0] - painted[..., 2]).mean() > 3
 
+        # An opacity change is previewed by the page as the slider moves (the container's custom property),
+        # and the server's style then agrees: every heat layer drawn at the new opacity.
+        page.locator('[data-testid="stExpander"] summary', has_text="Display").first.click()
+        slider = page.locator(".st-key-disp_alpha input[type=range]")
+        slider.wait_for(state="attached", timeout=30_000)
+        slider.focus()
+        slider.press("ArrowRight")  # 0.45 -> 0.50
+        page.wait_for_function(f"() => document.querySelector('{PANEL}').style"
+                               ".getPropertyValue('--xai-heat-opacity') === '0.500'", timeout=10_000)
+        wait_idle(page)
+        drawn = [layers[1] for layers in page.evaluate(PANEL_LAYERS_JS)[1:]]
+        assert len(drawn) == 4 and all(o == pytest.approx(0.5) and "xai-cmap-inferno" in f for _, o, f in drawn)
+
         page.wait_for_function(f"() => ({SHOWN_PROBABILITIES_JS})() !== null", timeout=60_000)
         shown = shown_probabilities(page)
         expected = model_probabilities(image_path)

@@ -74,8 +74,10 @@ def test_layered_panels_draw_radiograph_heat_then_outlines_and_the_style_targets
     assert [subplot_id(i) for i in range(3)] == ["xy", "x2y2", "x3y3"]
     assert ".st-key-panel_chart g.subplot.x2y2 .imagelayer > g:nth-child(2) > image" in style
     assert "g.subplot.x3y3" in style and "g.subplot.xy " not in style  # the original's 2nd layer is outlines
-    assert "opacity: 0.250 !important" in style and style.count("url(#xai-cmap-cividis)") == 2  # + colour bar
-    assert "opacity: 0.000" in heat_style([1], cmap="cividis", alpha=0.25, show_heat=False)
+    assert "--xai-heat-opacity: 0.250;" in style and "--xai-heat-filter: url(#xai-cmap-cividis);" in style
+    assert "opacity: var(--xai-heat-opacity) !important; filter: var(--xai-heat-filter)" in style
+    assert ".colorbar .cbfill { filter: var(--xai-heat-filter); }" in style
+    assert "--xai-heat-opacity: 0.000;" in heat_style([1], cmap="cividis", alpha=0.25, show_heat=False)
 
 
 def test_the_pages_colour_filters_hold_each_colormaps_own_table() -> None:
