@@ -176,6 +176,10 @@ def test_starts_with_disclaimer_and_model_page_renders_the_card() -> None:
     at = new_app()
     assert disclaimer_shown(at)
     assert at.file_uploader[0].allowed_type == []  # no extension filter: DICOMs often have none
+    # The invisible chart that lets the browser load plotly's code during the first run is gone after it,
+    # and the session remembers it was sent (a rerun sends none).
+    assert at.session_state[shared.Key.CHART_CODE_SENT] is True
+    assert not [c for c in at.get("plotly_chart") if "chart_code_preload" in c.proto.id]
     assert at.multiselect(key="methods").value == ["gradcam", "gradcam++", "guided_backprop", "guided_gradcam"]
     card = models.load(shared.DEFAULT_MODEL).card
     # Before any radiograph: the model's held-out record, per source, straight from its card.

@@ -258,6 +258,23 @@ def test_upload_shows_four_overlays_then_bad_upload_keeps_them(server, browser, 
         wait_idle(page)
         drawn = [layers[1] for layers in page.evaluate(PANEL_LAYERS_JS)[1:]]
         assert len(drawn) == 4 and all(o == pytest.approx(0.5) and "xai-cmap-inferno" in f for _, o, f in drawn)
+        # A colormap chosen with the keyboard: previewed at once, then the server's style agrees.
+        page.locator('.st-key-disp_cmap input[role="combobox"]').click()
+        page.keyboard.press("ControlOrMeta+a")
+        page.keyboard.type("viridis")
+        page.wait_for_selector('[role="option"]', state="visible", timeout=30_000)
+        page.keyboard.press("Enter")
+        page.wait_for_function(f"() => document.querySelector('{PANEL}').style"
+                               ".getPropertyValue('--xai-heat-filter').includes('xai-cmap-viridis')", timeout=10_000)
+        wait_idle(page)
+        drawn = [layers[1] for layers in page.evaluate(PANEL_LAYERS_JS)[1:]]
+        assert all(o == pytest.approx(0.5) and "xai-cmap-viridis" in f for _, o, f in drawn)
+        page.locator('.st-key-disp_cmap input[role="combobox"]').click()  # back to the default for what follows
+        page.keyboard.press("ControlOrMeta+a")
+        page.keyboard.type("inferno")
+        page.wait_for_selector('[role="option"]', state="visible", timeout=30_000)
+        page.keyboard.press("Enter")
+        wait_idle(page)
 
         page.wait_for_function(f"() => ({SHOWN_PROBABILITIES_JS})() !== null", timeout=60_000)
         shown = shown_probabilities(page)
@@ -291,7 +308,10 @@ def test_upload_shows_four_overlays_then_bad_upload_keeps_them(server, browser, 
 
 def test_a_deep_link_on_a_fresh_server_gets_the_apps_own_pages(browser, tmp_path):
     """The first request of a fresh server opening /model: Streamlit's legacy pages/ mode would show its
-    own page list (helper modules included) and skip app.py's layout; the app's navigation must show."""
+    own page list (helper modules included) and skip app.py's layout; the app's navigation must show.
+
+    Also on a fresh server: the browser starts loading plotly's code while the server still loads the model
+    (app.py's invisible chart), not once the first chart arrives after it."""
     log, port = tmp_path / "server.log", free_port()
     url = f"http://127.0.0.1:{port}"
     process = start_server(log, port)
@@ -299,9 +319,15 @@ def test_a_deep_link_on_a_fresh_server_gets_the_apps_own_pages(browser, tmp_path
     try:
         wait_healthy(url, process, log, SERVER_START_S)
         page = context.new_page()
+        frames: list[bytes] = []  # the server's messages, in order
+        page.on("websocket", lambda ws: ws.on(
+            "framereceived", lambda p: frames.append(p if isinstance(p, bytes) else p.encode())))
         page.goto(f"{url}/model", wait_until="domcontentloaded")
         page.wait_for_selector(".st-key-card_performance .js-plotly-plot", state="visible",
                                timeout=SERVER_START_S * 1000)
+        order = [next((i for i, f in enumerate(frames) if key in f), -1)
+                 for key in (b"chart_code_preload", b"card_performance")]
+        assert 0 <= order[0] < order[1], order  # the invisible chart went out before the model's card
         links = page.locator('[data-testid="stSidebarNavLink"]').all_inner_texts()
         assert [text.split("\n")[-1].strip() for text in links] == app_page_titles()
         assert page.get_by_text("Research and teaching use — not for diagnosis").first.is_visible()
