@@ -374,7 +374,10 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
         view=s.zoom,
         light=light_theme(),
     )
-    st.plotly_chart(fig, key=PANEL_KEY, config={"scrollZoom": True, "displaylogo": False}, theme=None)
+    # No "download as PNG" in the mode bar: plotly would draw the heat layers gray and opaque (their colour
+    # and opacity are the page's style); the Downloads below give the real overlays at full resolution.
+    st.plotly_chart(fig, key=PANEL_KEY, theme=None,
+                    config={"scrollZoom": True, "displaylogo": False, "modeBarButtonsToRemove": ["toImage"]})
     how_popovers(result.methods)  # "How <method> works" under the panel, linking to the How page
     notes = [scale.label]
     if image.radiograph.shape != original.shape[:2]:

@@ -273,6 +273,9 @@ def test_sample_gives_four_overlays_and_display_changes_compute_no_map(monkeypat
     run(at)
     after = image_sources(at)
     assert after[0] == before[0] and all(a != b for a, b in zip(after[1:], before[1:], strict=True))
+    # plotly's own PNG export would miss the page's colours: the panel's mode bar does not offer it.
+    chart = next(c for c in at.get("plotly_chart") if "panel_chart" in c.proto.id)
+    assert json.loads(chart.proto.config)["modeBarButtonsToRemove"] == ["toImage"]
     # Opacity and colormap are the page's style, not new images: one rule, on the four heat layers.
     style = heat_styles(at)[-1]
     assert "--xai-heat-opacity: 0.900;" in style and "--xai-heat-filter: url(#xai-cmap-viridis)" in style
