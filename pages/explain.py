@@ -14,7 +14,7 @@ import numpy as np
 import streamlit as st
 
 from pages._howto import how_popovers
-from pages._lungs import lung_field, lung_outline, lung_shares
+from pages._lungs import lung_field, lung_outline, lung_shares, start_lung_field
 from pages._panel import (
     GRAY_COLORSCALE,
     HEAT_PREVIEW_JS,
@@ -583,6 +583,7 @@ def main() -> None:
         else:
             st.caption("This model's card records no test metrics.")
         return
+    start_lung_field(image.sha256, image.radiograph)  # beside the engine (cached: once per film)
     methods = tuple(m for m in METHODS if m in chosen)
     target = resolve_target(target_choice, image, model)
     try:  # with no method chosen, the cheapest one still gives the prediction (its map is not shown)

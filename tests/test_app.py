@@ -742,3 +742,25 @@ def test_the_start_up_heap_is_kept_out_of_full_garbage_collections() -> None:
 
     new_app()
     assert gc.get_freeze_count() > 100_000
+
+
+def test_the_lung_field_started_early_is_the_one_the_page_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """start_lung_field runs the lung model in the background (beside the engine); the page's own call then
+    finds it in the cache: one lung-model run per film, the same object."""
+    from xai.radiograph import load_radiograph
+
+    radiograph = load_radiograph(APP.parent / "samples" / "non_covid_nih_pa.png")
+    runs: list[int] = []
+    real = app_lungs.find_lungs
+
+    def counted(r):  # noqa: ANN001, ANN202
+        runs.append(1)
+        return real(r)
+
+    monkeypatch.setattr(app_lungs, "find_lungs", counted)
+    app_lungs.lung_field.clear()
+    app_lungs.start_lung_field("early-film", radiograph)
+    app_lungs._EARLY.submit(lambda: None).result(timeout=120)  # the one worker has finished the film
+    assert runs == [1]
+    field = app_lungs.lung_field("early-film", radiograph)
+    assert runs == [1] and field.found and app_lungs.lung_field("early-film", radiograph) is field
