@@ -4,12 +4,13 @@ Pure figure builders (no Streamlit calls), so they can be tested and reused. Pix
 ``xai.render`` (the same layers as the exports); this module only lays them out.
 
 The Explain panel blends in the browser: each overlay panel is the radiograph, the map's
-:func:`xai.render.heat_index` as a gray PNG on top, painted with the colormap by an SVG colour filter
+:func:`xai.render.heat_index` as a gray image on top (:func:`screen_heat_uri`), painted with the colormap by an SVG colour filter
 (:func:`colormap_filters_js`, one ``feComponentTransfer`` table per colormap, the same 256 entries as
 :func:`xai.render.lut`) at the chosen opacity (:func:`heat_style`), then the outlines
 (:func:`xai.render.outlines`). That is :func:`xai.render.compose`'s formula, so the pixels match the exports
 within rounding — and an opacity or colormap change sends one small style element instead of a new figure
-(Streamlit remounts a chart whose figure changes: ~0.3 s of plotly redrawing five images).
+(Streamlit remounts a chart whose figure changes: ~0.3 s of plotly redrawing five images). The page also
+previews those changes as the controls move (:data:`HEAT_PREVIEW_JS`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Panel:
     """One image of the side-by-side panel: a uint8 RGB array and its (HTML) title.
 
     ``source``: the image already encoded by :func:`screen_image_uri` (e.g. cached), else encoded here.
-    ``heat``: a gray PNG data URI (:func:`screen_png_uri`) of a map's heat index drawn over the image, coloured
+    ``heat``: a gray image data URI (:func:`screen_heat_uri`) of a map's heat index drawn over the image, coloured
     and blended by the page's :func:`heat_style`; ``lines``: an RGBA PNG data URI drawn on top of both.
     """
 
@@ -209,6 +210,28 @@ def screen_png_uri(image: np.ndarray) -> str:
     if not ok:
         raise ValueError(f"could not encode a {a.shape} image as PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.tobytes()).decode("ascii")
+
+
+#: A heat layer's PNG above this size (speckled guided maps: ~290 kB at 768 px, over 1 MB at 1536 px) is
+#: sent as a gray JPEG at :data:`HEAT_JPEG_QUALITY` instead (about half the bytes).
+HEAT_PNG_MAX_BYTES = 160_000
+#: On guided maps at 768 px, q95 keeps every index within 5 levels of the lossless one (mean 0.4): finer than
+#: the overlay JPEGs (q85) the panel used to show; smooth CAM maps stay lossless PNGs (20-60 kB).
+HEAT_JPEG_QUALITY = 95
+
+
+def screen_heat_uri(index: np.ndarray) -> str:
+    """A map's uint8 heat index (H, W) as a data URI for the page's colour filter: lossless PNG, unless that
+    exceeds :data:`HEAT_PNG_MAX_BYTES` (speckled maps), then a gray JPEG at :data:`HEAT_JPEG_QUALITY`."""
+    import cv2
+
+    png = screen_png_uri(index)
+    if len(png) * 3 // 4 <= HEAT_PNG_MAX_BYTES:
+        return png
+    ok, buffer = cv2.imencode(".jpg", np.ascontiguousarray(index), [cv2.IMWRITE_JPEG_QUALITY, HEAT_JPEG_QUALITY])
+    if not ok:
+        raise ValueError(f"could not encode a {index.shape} heat map as JPEG")
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.tobytes()).decode("ascii")
 
 
 def screen_image_uri(rgb: np.ndarray) -> str:

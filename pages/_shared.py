@@ -341,8 +341,8 @@ def warm_up_page(model: ActiveModel) -> None:
         Panel,
         colormap_filters_js,
         panel_figure,
+        screen_heat_uri,
         screen_image_uri,
-        screen_png_uri,
     )
     from xai import render
 
@@ -357,7 +357,7 @@ def warm_up_page(model: ActiveModel) -> None:
     prepared = render.layers(image.radiograph, result, render.DisplaySettings())
     base = screen_image_uri(prepared.original)
     panels = [Panel("", prepared.original, source=base)] + [
-        Panel("", prepared.original, source=base, heat=screen_png_uri(index)) for index in prepared.heat.values()]
+        Panel("", prepared.original, source=base, heat=screen_heat_uri(index)) for index in prepared.heat.values()]
     with contextlib.suppress(Exception):  # the lung model: read once per process, its first film slow
         from xai.anatomy import find_lungs, lung_evidence
 
@@ -703,7 +703,7 @@ def wait_for_prefetches(timeout_s: float = 600) -> None:
 @dataclass(frozen=True)
 class ScreenLayers:
     """:func:`xai.render.layers` on the screen grid, encoded for the browser: the radiograph (JPEG, no
-    outline) and each map's heat index (gray PNG, coloured and blended in the page)."""
+    outline) and each map's heat index (gray PNG or, when speckled, JPEG q95; coloured and blended in the page)."""
 
     layers: Layers
     original_uri: str
@@ -727,13 +727,13 @@ class ResultKey:
 @st.cache_resource(max_entries=DISPLAY_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
 def _screen_layers(key: ResultKey, settings: DisplaySettings, _radiograph: Radiograph,
                    _result: PipelineResult) -> ScreenLayers:
-    from pages._panel import screen_image_uri, screen_png_uri
+    from pages._panel import screen_heat_uri, screen_image_uri
     from xai import render
 
     lungs = lung_outline(key.image, _radiograph) if settings.lungs else None
     prepared = render.layers(_radiograph, _result, settings, lungs)
     return ScreenLayers(prepared, screen_image_uri(prepared.original),
-                        {m: screen_png_uri(index) for m, index in prepared.heat.items()})
+                        {m: screen_heat_uri(index) for m, index in prepared.heat.items()})
 
 
 @st.cache_resource(max_entries=DISPLAY_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)

@@ -446,11 +446,12 @@ def test_default_scale_is_the_models_calibration_and_weak_evidence_is_flagged(
     result = shared.explain(image, model, None, tuple(shared.METHODS_FOR_WARM_UP))
     expected = render.layers(image.radiograph, result, render.DisplaySettings(
         scale="fixed", vmax=tuple((m, stored.vmax[m]) for m in result.methods)))
-    from pages._panel import screen_png_uri
+    from pages._panel import screen_heat_uri
 
-    assert panel_layers(at)[1]["heat"] == screen_png_uri(expected.heat["gradcam"])
+    assert panel_layers(at)[1]["heat"] == screen_heat_uri(expected.heat["gradcam"])
+    assert panel_layers(at)[1]["heat"].startswith("data:image/png;")  # a smooth CAM map: lossless
     stretched = render.layers(image.radiograph, result, render.DisplaySettings())
-    assert panel_layers(at)[1]["heat"] != screen_png_uri(stretched.heat["gradcam"])
+    assert panel_layers(at)[1]["heat"] != screen_heat_uri(stretched.heat["gradcam"])
 
     # Explaining covid19 on a normal NIH film: weak evidence, said so.
     weak = [w.value for w in at.warning if w.value.startswith("Weak evidence")]

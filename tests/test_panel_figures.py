@@ -92,3 +92,27 @@ def test_the_pages_colour_filters_hold_each_colormaps_own_table() -> None:
         assert rgb.shape == (256, 3)
         np.testing.assert_array_equal(np.round(rgb * 255), render.lut(cmap))
     assert "color-interpolation-filters', 'sRGB'" in script  # no conversion to linear light first
+
+
+def test_heat_layers_are_lossless_when_smooth_and_a_close_jpeg_when_speckled() -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    from pages._panel import screen_heat_uri, screen_png_uri
+
+    yy, xx = np.mgrid[0:768, 0:768]
+    smooth = render.heat_index(np.exp(-((xx - 300.0) ** 2 + (yy - 400.0) ** 2) / 20000.0))
+    rng = np.random.default_rng(3)  # a guided map's speckle: independent pixels, a smooth envelope
+    speckled = render.heat_index(np.clip(rng.gamma(0.6, 0.15, (768, 768)) * (smooth / 255.0 + 0.2), 0, 1))
+
+    def decoded(uri: str) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("L")).astype(int)
+
+    smooth_uri, speckled_uri = screen_heat_uri(smooth), screen_heat_uri(speckled)
+    assert smooth_uri.startswith("data:image/png;") and np.array_equal(decoded(smooth_uri), smooth)
+    assert speckled_uri.startswith("data:image/jpeg;")
+    assert len(speckled_uri) < 0.8 * len(screen_png_uri(speckled))  # the point of the switch: fewer bytes
+    error = np.abs(decoded(speckled_uri) - speckled.astype(int))
+    assert error.mean() <= 1.5 and np.percentile(error, 99) <= 6, (error.mean(), np.percentile(error, 99))
