@@ -275,6 +275,15 @@ def test_upload_shows_four_overlays_then_bad_upload_keeps_them(server, browser, 
         page.wait_for_selector('[role="option"]', state="visible", timeout=30_000)
         page.keyboard.press("Enter")
         wait_idle(page)
+        # Enlarged to full screen, the panel keeps its coloured, blended heat layers (the style is scoped to
+        # the chart's container, which the full-screen view keeps).
+        page.locator(PANEL).hover()
+        page.get_by_role("button", name="Fullscreen").first.click()
+        page.get_by_role("button", name="Close fullscreen").wait_for(state="visible", timeout=10_000)
+        drawn = [layers[1] for layers in page.evaluate(PANEL_LAYERS_JS)[1:]]
+        assert len(drawn) == 4 and all(o == pytest.approx(0.5) and "xai-cmap-inferno" in f for _, o, f in drawn)
+        page.get_by_role("button", name="Close fullscreen").click()
+        wait_idle(page)
 
         page.wait_for_function(f"() => ({SHOWN_PROBABILITIES_JS})() !== null", timeout=60_000)
         shown = shown_probabilities(page)
