@@ -9,7 +9,7 @@ sharing one object between sessions is safe); the lung model itself is loaded on
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -35,11 +35,11 @@ def lung_field(image_sha: str, _radiograph: Radiograph) -> LungField | str:
 _EARLY = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-lungs")
 
 
-def start_lung_field(image_sha: str, radiograph: Radiograph) -> None:
-    """Start :func:`lung_field` for a film in the background (returns at once): a page that explains the film
-    next gets the lung field from the cache, found while the engine ran on the other core, instead of
-    after it (~0.1 s of the first result). A failure is left for the page's own call to report."""
-    _EARLY.submit(lung_field, image_sha, radiograph)
+def start_lung_field(image_sha: str, radiograph: Radiograph) -> Future:
+    """Start :func:`lung_field` for a film in the background (returns at once, with the Future): a page that
+    explains the film next gets the lung field from the cache, found while the engine ran on the other core,
+    instead of after it (~0.1 s of the first result). A failure is left for the page's own call to report."""
+    return _EARLY.submit(lung_field, image_sha, radiograph)
 
 
 def lung_outline(image_sha: str, radiograph: Radiograph) -> np.ndarray | None:

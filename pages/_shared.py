@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
-from pages._lungs import lung_field, lung_outline, lung_shares
+from pages._lungs import lung_field, lung_outline, lung_shares, start_lung_field
 from xai.anatomy import LungField
 
 # One home for the disclaimer and the methods' display names: the export module prints them on every file.
@@ -359,9 +359,12 @@ def warm_up_page(model: ActiveModel) -> None:
     panels = [Panel("", prepared.original, source=base)] + [
         Panel("", prepared.original, source=base, heat=screen_heat_uri(index)) for index in prepared.heat.values()]
     with contextlib.suppress(Exception):  # the lung model: read once per process, its first film slow
-        from xai.anatomy import find_lungs, lung_evidence
+        from xai.anatomy import lung_evidence
 
-        lung_evidence(result.maps, find_lungs(image.radiograph).mask)
+        # In the background worker the pages use (its first torch call starts that thread's OpenMP team).
+        field = start_lung_field("warm-up", image.radiograph).result()
+        lung_field.clear()  # nothing cached for users
+        lung_evidence(result.maps, field.mask)
     colormap_filters_js()  # every colour table, once per process
     render.outlines(prepared, render.DisplaySettings(contour_level=0.5))
     panel_figure(panels, per_row=3, row_height=300, uirevision="warm-up", colorscale=GRAY_COLORSCALE).to_json()
