@@ -311,8 +311,8 @@ def default_model() -> ActiveModel:
 def warm_up_display(model: ActiveModel, blank: Any, features: Any) -> None:
     """Pay the first-use costs of the result page at start-up instead of on the first upload (~0.3 s).
 
-    The colour tables (a matplotlib import), plotly's figure validators and the OOD statistics (read
-    from the bundle) are each slow only the first time they are used in a process. ``features``: the
+    The colour tables (shipped data since they cost a matplotlib import), plotly's figure validators and the OOD
+    statistics (read from the bundle) are each slow only the first time they are used in a process. ``features``: the
     blank input's features from the warm-up explanation, so the OOD warm-up needs no forward pass.
     """
     import numpy as np

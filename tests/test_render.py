@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -38,6 +39,27 @@ def test_colorize_matches_matplotlib_at_table_points(cmap):
     # Same 256-level quantisation as the colormap: index round(255 * v).
     ref = colormaps[cmap](np.array([0, 64, 128, 191, 255, 255]) / 255.0)[:, :3]
     np.testing.assert_allclose(rgb.reshape(-1, 3), np.round(ref * 255), atol=0)
+
+
+def test_shipped_colour_tables_are_matplotlibs_own_and_drawing_needs_no_matplotlib():
+    """xai.colormap_tables ships every offered colormap's 256 entries (so the app never imports matplotlib to
+    draw): each must equal matplotlib's table, and the file must be what its generator writes."""
+    import subprocess
+    import sys
+
+    from xai import colormap_tables
+
+    assert set(colormap_tables.TABLES) == set(render.COLORMAPS)
+    for cmap in render.COLORMAPS:
+        expected = np.round(colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).astype(np.uint8)
+        np.testing.assert_array_equal(render.lut(cmap), expected)
+    source = Path(colormap_tables.__file__).read_text(encoding="utf-8")
+    assert colormap_tables._generate(render.COLORMAPS) in source
+    drawn = subprocess.run(
+        [sys.executable, "-c", "import sys, numpy as np; from xai import render; "
+         "render.overlay(np.zeros((8, 8)), np.ones((8, 8)), cmap='jet'); print('matplotlib' in sys.modules)"],
+        capture_output=True, text=True, check=True, cwd=Path(render.__file__).resolve().parents[1])
+    assert drawn.stdout.strip() == "False"
 
 
 def test_colorize_nan_counts_as_zero_and_bad_cmap_rejected():

@@ -92,11 +92,11 @@ def _check_cmap(cmap: str) -> str:
 
 @lru_cache(maxsize=len(COLORMAPS))
 def _lut(cmap: str) -> NDArray[np.uint8]:
-    """256-entry RGB lookup table of a matplotlib colormap (read-only, cached: tables are tiny)."""
-    from matplotlib import colormaps  # colour tables only; no figure, no backend
+    """256-entry RGB lookup table of a matplotlib colormap (read-only, cached: tables are tiny), from the
+    shipped copy in :mod:`xai.colormap_tables` (no matplotlib import on the drawing path)."""
+    from xai.colormap_tables import TABLES
 
-    table = colormaps[_check_cmap(cmap)](np.linspace(0.0, 1.0, 256))[:, :3]
-    lut = np.round(table * 255.0).astype(np.uint8)
+    lut = np.frombuffer(bytes.fromhex(TABLES[_check_cmap(cmap)]), dtype=np.uint8).reshape(256, 3).copy()
     lut.setflags(write=False)
     return lut
 
