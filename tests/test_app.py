@@ -667,6 +667,7 @@ def test_report_is_drawn_at_export_resolution_not_from_screen_pixels(
         return np.asarray(Image.open(io.BytesIO(made)).convert("RGB"))
 
     first = report_pixels()
+    assert export.Provenance("m", "0", "gradcam", "c", "l").date_text == "2026-12-01 12:00 UTC"  # the fixed clock
     at.select_slider(key="disp_side").set_value("1536 px (fine)")
     run(at)
     np.testing.assert_array_equal(report_pixels(), first)

@@ -3,7 +3,7 @@
 Each table is matplotlib's colormap sampled at 256 evenly spaced values and rounded to uint8
 (``round(255 * colormaps[name](linspace(0, 1, 256))[:, :3])``), stored as hex. Shipping them means drawing never
 imports matplotlib (about 0.5 s at the app's start-up on this machine); ``tests/test_render.py`` checks every
-table against matplotlib itself. Regenerate with ``python -m xai.colormap_tables`` after adding a colormap.
+table against matplotlib itself. Regenerate with ``python -m xai.colormap_tables`` (a new colormap: add its name to ``TABLES`` first).
 """
 
 from __future__ import annotations
@@ -117,7 +117,5 @@ def _generate(names: tuple[str, ...]) -> str:
     return "\n".join(out)
 
 
-if __name__ == "__main__":
-    from xai.render import COLORMAPS
-
-    print(_generate(COLORMAPS))
+if __name__ == "__main__":  # the names already here (add a new one to xai.render.COLORMAPS and here)
+    print(_generate(tuple(TABLES)))

@@ -115,7 +115,9 @@ class Provenance:
     settings: Mapping[str, Any] = field(default_factory=dict)
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     app_version: str = __version__
-    created: datetime = field(default_factory=_utc_now)
+    # Looked up when a Provenance is made, not bound here: a caller (or a test) that sets the module's clock
+    # gets it; binding the function at class creation made the "Created" minute follow the real clock.
+    created: datetime = field(default_factory=lambda: _utc_now())
 
     @property
     def short_sha(self) -> str:
