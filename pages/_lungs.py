@@ -42,6 +42,12 @@ def start_lung_field(image_sha: str, radiograph: Radiograph) -> Future:
     return _EARLY.submit(lung_field, image_sha, radiograph)
 
 
+def warm_up_lung_worker(radiograph: Radiograph) -> LungField:
+    """The lung model on a film in the background worker, uncached (start-up warm-up): the worker's first torch
+    call starts that thread's OpenMP team before a user's first film needs it."""
+    return _EARLY.submit(find_lungs, radiograph).result()
+
+
 def lung_outline(image_sha: str, radiograph: Radiograph) -> np.ndarray | None:
     """The lung mask to draw on the film; None when it has no lung field or the lung model is unavailable."""
     field = lung_field(image_sha, radiograph)

@@ -76,8 +76,8 @@ def filter_id(cmap: str) -> str:
 @cache
 def colormap_filters_js() -> str:
     """JS that installs the colour filters of every colormap on the page: one SVG ``feComponentTransfer``
-    filter each, added once per page load (a rerun finds them). It adds one SVG ``feComponentTransfer`` filter per colormap to the page, once. With 256 table
-    entries, input level ``i`` maps exactly to ``lut[i]``; ``color-interpolation-filters="sRGB"`` keeps the
+    filter each, added once per page load (a rerun finds them). With 256 table entries, input level ``i``
+    maps exactly to ``lut[i]``; ``color-interpolation-filters="sRGB"`` keeps the
     browser from converting to linear light first. Built with DOM calls: Streamlit's HTML sanitiser drops
     an SVG written as markup."""
     import json
@@ -114,7 +114,6 @@ def colormap_filters_js() -> str:
   }
 })();
 </script>""".replace("TABLES", json.dumps(tables))
-
 
 
 def heat_style(heat_panels: Iterable[int], *, cmap: str, alpha: float, show_heat: bool, key: str = PANEL_KEY) -> str:
@@ -209,7 +208,12 @@ def screen_png_uri(image: np.ndarray) -> str:
     ok, buffer = cv2.imencode(".png", a, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise ValueError(f"could not encode a {a.shape} image as PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.tobytes()).decode("ascii")
+    return _data_uri("png", buffer.tobytes())
+
+
+def _data_uri(subtype: str, encoded: bytes) -> str:
+    """``data:image/<subtype>;base64,...`` for an encoded image (the panel's image sources)."""
+    return f"data:image/{subtype};base64," + base64.b64encode(encoded).decode("ascii")
 
 
 #: A heat layer's PNG above this size (speckled guided maps: ~290 kB at 768 px, over 1 MB at 1536 px) is
@@ -231,7 +235,7 @@ def screen_heat_uri(index: np.ndarray) -> str:
     ok, buffer = cv2.imencode(".jpg", np.ascontiguousarray(index), [cv2.IMWRITE_JPEG_QUALITY, HEAT_JPEG_QUALITY])
     if not ok:
         raise ValueError(f"could not encode a {index.shape} heat map as JPEG")
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.tobytes()).decode("ascii")
+    return _data_uri("jpeg", buffer.tobytes())
 
 
 def screen_image_uri(rgb: np.ndarray) -> str:
@@ -241,7 +245,7 @@ def screen_image_uri(rgb: np.ndarray) -> str:
     """
     from xai.batch.outputs import jpeg_bytes  # one JPEG encoder (OpenCV, a colour conversion not a copy)
 
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(rgb, quality=SCREEN_JPEG_QUALITY)).decode("ascii")
+    return _data_uri("jpeg", jpeg_bytes(rgb, quality=SCREEN_JPEG_QUALITY))
 
 
 def panel_figure(

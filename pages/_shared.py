@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
-from pages._lungs import lung_field, lung_outline, lung_shares, start_lung_field
+from pages._lungs import lung_field, lung_outline, lung_shares, warm_up_lung_worker
 from xai.anatomy import LungField
 
 # One home for the disclaimer and the methods' display names: the export module prints them on every file.
@@ -361,10 +361,7 @@ def warm_up_page(model: ActiveModel) -> None:
     with contextlib.suppress(Exception):  # the lung model: read once per process, its first film slow
         from xai.anatomy import lung_evidence
 
-        # In the background worker the pages use (its first torch call starts that thread's OpenMP team).
-        field = start_lung_field("warm-up", image.radiograph).result()
-        lung_field.clear()  # nothing cached for users
-        lung_evidence(result.maps, field.mask)
+        lung_evidence(result.maps, warm_up_lung_worker(image.radiograph).mask)
     colormap_filters_js()  # every colour table, once per process
     render.outlines(prepared, render.DisplaySettings(contour_level=0.5))
     panel_figure(panels, per_row=3, row_height=300, uirevision="warm-up", colorscale=GRAY_COLORSCALE).to_json()
@@ -646,7 +643,7 @@ def _prefetch_one(image: LoadedImage, model: ActiveModel, target: int, methods: 
     key = ResultKey.of(image, model, result)
     with contextlib.suppress(Exception):  # the page computes whatever this could not
         if settings is not None:
-            _screen_layers(key, settings, image.radiograph, result)
+            _screen(key, settings, image.radiograph, result)
         field = lung_field(image.sha256, image.radiograph)
         if isinstance(field, LungField):
             lung_shares(key, result.maps, field)
@@ -729,14 +726,28 @@ class ResultKey:
 
 @st.cache_resource(max_entries=DISPLAY_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
 def _screen_layers(key: ResultKey, settings: DisplaySettings, _radiograph: Radiograph,
-                   _result: PipelineResult) -> ScreenLayers:
-    from pages._panel import screen_heat_uri, screen_image_uri
+                   _result: PipelineResult) -> Layers:
+    """:func:`xai.render.layers` on the screen grid (keyed by the explanation and ``settings.only("layers")``)."""
     from xai import render
 
     lungs = lung_outline(key.image, _radiograph) if settings.lungs else None
-    prepared = render.layers(_radiograph, _result, settings, lungs)
-    return ScreenLayers(prepared, screen_image_uri(prepared.original),
-                        {m: screen_heat_uri(index) for m, index in prepared.heat.items()})
+    return render.layers(_radiograph, _result, settings, lungs)
+
+
+@st.cache_resource(max_entries=DISPLAY_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
+def _screen_images(key: ResultKey, settings: DisplaySettings, _layers: Layers) -> ScreenLayers:
+    """The cached layers encoded for the Explain panel (only that page blends in the browser; a page that
+    shows composed pixels, e.g. Review, never pays for these encodings)."""
+    from pages._panel import screen_heat_uri, screen_image_uri
+
+    return ScreenLayers(_layers, screen_image_uri(_layers.original),
+                        {m: screen_heat_uri(index) for m, index in _layers.heat.items()})
+
+
+def _screen(key: ResultKey, settings: DisplaySettings, radiograph: Radiograph, result: PipelineResult) -> ScreenLayers:
+    """The Explain panel's encoded layers for ``settings.only("layers")`` (both caches above)."""
+    layer_settings = settings.only("layers")
+    return _screen_images(key, layer_settings, _screen_layers(key, layer_settings, radiograph, result))
 
 
 @st.cache_resource(max_entries=DISPLAY_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
@@ -755,7 +766,7 @@ def screen_layers(image: LoadedImage, model: ActiveModel, result: PipelineResult
     explanation's own key and ``settings.only("layers")``: windows, scale, size) and the outlines (also by
     the contour level). Colour and opacity are not in either key: the page blends them (``pages._panel``)."""
     key = ResultKey.of(image, model, result)
-    screen = _screen_layers(key, settings.only("layers"), image.radiograph, result)
+    screen = _screen(key, settings, image.radiograph, result)
     outline_settings = replace(settings.only("layers"), contour_level=settings.contour_level)
     return screen, _screen_outlines(key, outline_settings, screen.layers)
 
@@ -765,8 +776,8 @@ def screen_view(image: LoadedImage, model: ActiveModel, result: PipelineResult, 
     that show composed pixels, e.g. Review)."""
     from xai import render
 
-    screen = _screen_layers(ResultKey.of(image, model, result), settings.only("layers"), image.radiograph, result)
-    return render.compose(screen.layers, settings)
+    layers = _screen_layers(ResultKey.of(image, model, result), settings.only("layers"), image.radiograph, result)
+    return render.compose(layers, settings)
 
 
 # ------------------------------------------------------------------------------ out-of-distribution

@@ -352,6 +352,7 @@ def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_imag
     monkeypatch.setattr(shared, "load_bytes", counting_load)
     shared.load_sample.clear()
     shared._screen_layers.clear()
+    shared._screen_images.clear()
     choose_sample(at, "NIH")
     # The other classes' layers are drawn in the background as now (prefetch): wait, so that they are
     # counted here and not taken for a rebuild by a later display change.
