@@ -11,6 +11,10 @@ imports this package). What a bundle carries beside the model is passed to ``xai
 ``models.second_checkpoint(card)`` (the second training seed for :func:`xai.trust.stability.stability`).
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from models.architectures import ARCHITECTURES, Architecture, build_model, get_architecture
 from models.bundle import (
     BUNDLES_DIR,
@@ -21,13 +25,23 @@ from models.bundle import (
     available_bundles,
     load,
     load_weights,
+    read_card,
     read_state_dict,
     save_bundle,
     second_checkpoint,
     second_checkpoint_name,
     sha256_file,
 )
-from models.ood import ood_stats
+
+
+def __getattr__(name: str) -> Any:
+    # The OOD statistics' reader imports torch (xai.trust.ood); resolved on first use so that reading a card
+    # (models.read_card) stays free of torch.
+    if name == "ood_stats":
+        from models.ood import ood_stats
+
+        return ood_stats
+    raise AttributeError(f"module 'models' has no attribute {name!r}")
 
 __all__ = [
     "ARCHITECTURES",
@@ -42,6 +56,7 @@ __all__ = [
     "get_architecture",
     "load",
     "load_weights",
+    "read_card",
     "read_state_dict",
     "ood_stats",
     "save_bundle",

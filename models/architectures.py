@@ -1,7 +1,9 @@
 """Registry of the architectures a bundle or a user's state dict can name.
 
 Every builder makes a randomly initialised network (``weights=None``: nothing is ever downloaded) whose
-classifier has ``num_classes`` outputs; weights come afterwards from a bundle or a user's file.
+classifier has ``num_classes`` outputs; weights come afterwards from a bundle or a user's file. The builders
+import torch when called, not this module: a model card can be read and checked without it (the app shows the
+bundled model's record while torch loads).
 """
 
 from __future__ import annotations
@@ -9,10 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
-from models.efficientnet_lite import EfficientNetLite0
+#: ChestCOVNet's Grad-CAM layer (``EfficientNetLite0.default_target_layer`` reads it): its home is here so the
+#: registry, and with it reading a model card, needs no torch import.
+CHESTCOVNET_TARGET_LAYER = "head_act"
 
 
 @dataclass(frozen=True)
@@ -36,12 +42,15 @@ class Architecture:
 
 
 def _chestcovnet(num_classes: int) -> nn.Module:
+    from models.efficientnet_lite import EfficientNetLite0
+
     return EfficientNetLite0(num_classes)
 
 
 def _torchvision(factory: str, classifier: str) -> Callable[[int], nn.Module]:
     def build(num_classes: int) -> nn.Module:
         import torchvision.models as tvm
+        from torch import nn
 
         model = getattr(tvm, factory)(weights=None)
         parent_name, _, attr = classifier.rpartition(".")
@@ -60,7 +69,7 @@ def _torchvision(factory: str, classifier: str) -> Callable[[int], nn.Module]:
 _REGISTRY = {
     arch.name: arch
     for arch in (
-        Architecture("chestcovnet", _chestcovnet, "classifier", EfficientNetLite0.default_target_layer,
+        Architecture("chestcovnet", _chestcovnet, "classifier", CHESTCOVNET_TARGET_LAYER,
                      "EfficientNet-Lite0 (one module per activation), the project's default"),
         Architecture("densenet121", _torchvision("densenet121", "classifier"), "classifier", "features",
                      "torchvision DenseNet-121 (CheXNet-style)"),

@@ -23,12 +23,12 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
 from models.architectures import ARCHITECTURES, get_architecture
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where weights are read or built: a card reads without it (read_card)
+    import torch
+    from torch import nn
+
     from xai.preprocessing import Preprocessing
 
 BUNDLES_DIR = Path(__file__).resolve().parent / "bundles"
@@ -209,6 +209,8 @@ def build_with_state(architecture: str, class_names: Sequence[str], state: Mappi
 
 def _tensor_state(obj: Any, what: str) -> OrderedDict[str, torch.Tensor]:
     """Unwrap ``{"state_dict": ...}`` / ``{"model": ...}`` and ``module.`` prefixes; all values must be tensors."""
+    import torch
+
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
             obj = obj[wrapper]
@@ -226,6 +228,7 @@ def _tensor_state(obj: Any, what: str) -> OrderedDict[str, torch.Tensor]:
 
 def read_state_dict(path: str | Path) -> OrderedDict[str, torch.Tensor]:
     """Read a ``.safetensors`` file or a ``.pt``/``.pth`` state dict without executing code from it."""
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -281,15 +284,19 @@ def write_card(directory: str | Path, card: ModelCard) -> None:
     (directory / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
 
 
-def _load_bundle_bytes(card_bytes: bytes, weights_bytes: bytes, source: str) -> LoadedModel:
-    from safetensors import SafetensorError
-    from safetensors.torch import load as load_safetensors
-
+def _card_from_bytes(card_bytes: bytes, source: str) -> ModelCard:
     try:
         card_data = json.loads(card_bytes.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{CARD_FILE} in {source} is not valid JSON: {exc}") from exc
-    card = ModelCard.from_dict(card_data)
+    return ModelCard.from_dict(card_data)
+
+
+def _load_bundle_bytes(card_bytes: bytes, weights_bytes: bytes, source: str) -> LoadedModel:
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    card = _card_from_bytes(card_bytes, source)
     actual = sha256_bytes(weights_bytes)
     if actual != card.sha256:
         raise ModelError(f"sha256 mismatch for {WEIGHTS_FILE} in {source}: card says {card.sha256}, "
@@ -310,26 +317,31 @@ def _read_limited(path: Path, limit: int) -> bytes:
     return path.read_bytes()
 
 
-def _load_bundle_dir(directory: Path) -> LoadedModel:
-    card_bytes = _read_limited(directory / CARD_FILE, MAX_CARD_BYTES)
-    weights_bytes = _read_limited(directory / WEIGHTS_FILE, MAX_WEIGHTS_BYTES)
-    return _load_bundle_bytes(card_bytes, weights_bytes, str(directory))
+#: (file name, size limit) of a bundle's two files.
+_CARD = (CARD_FILE, MAX_CARD_BYTES)
+_WEIGHTS = (WEIGHTS_FILE, MAX_WEIGHTS_BYTES)
 
 
-def _load_bundle_zip(path: Path) -> LoadedModel:
-    """Read ``card.json`` and ``model.safetensors`` from a zip in memory with the one safe zip reader
+def _read_bundle_dir(directory: Path, wanted: tuple[tuple[str, int], ...]) -> list[bytes]:
+    return [_read_limited(directory / name, limit) for name, limit in wanted]
+
+
+def _read_bundle_zip(path: Path, wanted: tuple[tuple[str, int], ...]) -> list[bytes]:
+    """Read ``wanted`` files from a zip in memory with the one safe zip reader
     (:func:`xai.batch.archive.read_zip`: unsafe paths, oversized members and zip bombs are refused)."""
     from xai.batch.archive import ArchiveError, ZipLimits, read_zip
 
+    names = {name for name, _ in wanted}
+    total = sum(limit for _, limit in wanted)
     limits = ZipLimits(max_archive_bytes=MAX_WEIGHTS_BYTES + MAX_CARD_BYTES, max_members=MAX_ZIP_MEMBERS,
-                       max_member_bytes=MAX_WEIGHTS_BYTES, max_total_bytes=MAX_WEIGHTS_BYTES + MAX_CARD_BYTES)
+                       max_member_bytes=max(limit for _, limit in wanted), max_total_bytes=total)
 
-    def wanted(name: str) -> bool:  # at the top or in one folder
+    def is_wanted(name: str) -> bool:  # at the top or in one folder
         parts = PurePosixPath(name).parts
-        return len(parts) <= 2 and parts[-1] in (CARD_FILE, WEIGHTS_FILE)
+        return len(parts) <= 2 and parts[-1] in names
 
     try:
-        files = read_zip(path, limits, only=wanted)
+        files = read_zip(path, limits, only=is_wanted)
     except ArchiveError as exc:
         raise ModelError(f"{path.name}: {exc}") from None
 
@@ -342,7 +354,25 @@ def _load_bundle_zip(path: Path) -> LoadedModel:
             raise ModelError(f"{name} in {path.name} is larger than the limit of {limit} bytes")
         return hits[0]
 
-    return _load_bundle_bytes(find(CARD_FILE, MAX_CARD_BYTES), find(WEIGHTS_FILE, MAX_WEIGHTS_BYTES), str(path))
+    return [find(name, limit) for name, limit in wanted]
+
+
+def _read_bundle(name_or_path: str | Path, wanted: tuple[tuple[str, int], ...]) -> tuple[list[bytes], str]:
+    """``wanted`` files of a bundle named (``models/bundles/<name>``), a folder or a ``.zip``, and its source."""
+    text = str(name_or_path)
+    path = Path(text)
+    if isinstance(name_or_path, str) and _BUNDLE_NAME.match(text) and (BUNDLES_DIR / text / CARD_FILE).is_file():
+        path = BUNDLES_DIR / text
+        return _read_bundle_dir(path, wanted), str(path)
+    if path.is_dir():
+        return _read_bundle_dir(path, wanted), str(path)
+    if path.is_file() and path.suffix.lower() == ".zip":
+        return _read_bundle_zip(path, wanted), str(path)
+    if path.is_file() and path.suffix.lower() in (".pt", ".pth", ".safetensors"):
+        raise ModelError(f"{path.name} is a bare weights file; use models.load_weights(path, architecture=..., "
+                         f"class_names=..., preprocessing=...)")
+    raise ModelError(f"no model bundle {text!r}: not a bundle name ({', '.join(available_bundles()) or 'none'}), "
+                     f"a bundle folder or a .zip")
 
 
 def available_bundles() -> tuple[str, ...]:
@@ -357,19 +387,15 @@ def load(name_or_path: str | Path = DEFAULT_MODEL) -> LoadedModel:
 
     The weights' sha256 must match the card; shapes and keys must fit the card's architecture exactly.
     """
-    text = str(name_or_path)
-    path = Path(text)
-    if isinstance(name_or_path, str) and _BUNDLE_NAME.match(text) and (BUNDLES_DIR / text / CARD_FILE).is_file():
-        return _load_bundle_dir(BUNDLES_DIR / text)
-    if path.is_dir():
-        return _load_bundle_dir(path)
-    if path.is_file() and path.suffix.lower() == ".zip":
-        return _load_bundle_zip(path)
-    if path.is_file() and path.suffix.lower() in (".pt", ".pth", ".safetensors"):
-        raise ModelError(f"{path.name} is a bare weights file; use models.load_weights(path, architecture=..., "
-                         f"class_names=..., preprocessing=...)")
-    raise ModelError(f"no model bundle {text!r}: not a bundle name ({', '.join(available_bundles()) or 'none'}), "
-                     f"a bundle folder or a .zip")
+    (card_bytes, weights_bytes), source = _read_bundle(name_or_path, (_CARD, _WEIGHTS))
+    return _load_bundle_bytes(card_bytes, weights_bytes, source)
+
+
+def read_card(name_or_path: str | Path = DEFAULT_MODEL) -> ModelCard:
+    """A bundle's checked card alone (named as for :func:`load`), without reading the weights or importing
+    torch: what a page shows about a model before the model itself has loaded."""
+    (card_bytes,), source = _read_bundle(name_or_path, (_CARD,))
+    return _card_from_bytes(card_bytes, source)
 
 
 def second_checkpoint_name(card: ModelCard) -> str | None:

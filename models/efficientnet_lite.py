@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from models.architectures import CHESTCOVNET_TARGET_LAYER
+
 #: (repeats, kernel, stride, expand ratio, in channels, out channels) per stage of EfficientNet-Lite0.
 LITE0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
     (1, 3, 1, 1, 32, 16),
@@ -106,7 +108,7 @@ class EfficientNetLite0(nn.Module):
     """
 
     #: Post-ReLU6 head activation feeding the pooling: the Grad-CAM target used by the engine.
-    default_target_layer: str = "head_act"
+    default_target_layer: str = CHESTCOVNET_TARGET_LAYER
     #: Conv + batch-norm pairs of ``forward``/``features`` the engine may fold (:mod:`xai.folding`).
     foldable_conv_bn = (("stem_conv", "stem_bn"), ("head_conv", "head_bn"))
 

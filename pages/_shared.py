@@ -41,7 +41,7 @@ from xai.export import METHOD_TITLES as METHOD_LABELS
 from xai.radiograph import RadiographError
 
 if TYPE_CHECKING:
-    from models import LoadedModel
+    from models import LoadedModel, ModelCard
     from xai.engine import Explainer
     from xai.pipeline import PipelineResult
     from xai.radiograph import Radiograph
@@ -283,25 +283,28 @@ def wrap_model(loaded: LoadedModel, origin: str) -> ActiveModel:
 @st.cache_resource(show_spinner="Loading the bundled model…")
 def default_model() -> ActiveModel:
     """The bundled ChestCOVNet, ONE object for every session."""
-    import torch
-
     import models
     from xai.isolation import warm_up
     from xai.startup import freeze_heap
 
     # The upload decoders' fork server starts with the server, not on the first upload. It is a separate
-    # process (about 1 s of imports), so it starts first and runs on the other core while the model loads.
+    # process (about 1 s of imports), so it starts first, before torch loads, and runs on the other core while
+    # this thread imports torch and loads the model; the page warm-up then decodes a film in it.
     decoders = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-decoder-warm-up")
     decoders_ready = decoders.submit(warm_up)
     decoders.shutdown(wait=False)
     loaded = wrap_model(models.load(DEFAULT_MODEL), origin="bundled")
-    # One explanation of a blank input builds the CPU kernels now (oneDNN compiles one per convolution
-    # shape on first use: seconds), so the first user does not wait for it.
+    decoders_ready.result()
+    # The result page's whole path once on a bundled film; its explanation also builds the CPU kernels
+    # (oneDNN compiles one per convolution shape on first use: seconds), so the first user waits for none of it.
+    features = warm_up_page(loaded)
+    import torch
+
     spec = loaded.card.preprocessing
     blank = torch.zeros(1, spec.channels, spec.input_size, spec.input_size)
-    warm_up_display(loaded, blank, loaded.explainer.explain(blank).features)
-    decoders_ready.result()  # the page warm-up decodes a film in it
-    warm_up_page(loaded)
+    if features is None:  # no bundled film to warm up on: a blank input builds the kernels
+        features = loaded.explainer.explain(blank).features
+    warm_up_display(loaded, blank, features)
     # Everything allocated so far lives as long as the server: out of the cyclic collector's full passes
     # (gc.freeze; what and why: xai.startup.freeze_heap).
     freeze_heap()
@@ -312,8 +315,9 @@ def warm_up_display(model: ActiveModel, blank: Any, features: Any) -> None:
     """Pay the first-use costs of the result page at start-up instead of on the first upload (~0.3 s).
 
     The colour tables (shipped data since they cost a matplotlib import), plotly's figure validators and the OOD
-    statistics (read from the bundle) are each slow only the first time they are used in a process. ``features``: the
-    blank input's features from the warm-up explanation, so the OOD warm-up needs no forward pass.
+    statistics (read from the bundle) are each slow only the first time they are used in a process. ``features``:
+    penultimate features from a warm-up explanation, so the OOD warm-up needs no forward pass (``blank``, an input
+    of the model's shape, is not run).
     """
     import numpy as np
 
@@ -331,11 +335,14 @@ def warm_up_display(model: ActiveModel, blank: Any, features: Any) -> None:
         ood.score(model.loaded, blank, models.ood_stats(model.loaded), features=features)
 
 
-def warm_up_page(model: ActiveModel) -> None:
+def warm_up_page(model: ActiveModel) -> Any:
     """The result page's whole path once on a bundled film at start-up (~1 s), so the first user's
     result is as fast as every later one: the decoder worker's first film, the engine on a real film,
     the mapping back, the lung model, every colour table, the screen layers and their images, the panel figure. Nothing is
-    cached for users (the engine is called directly, not through the explanation cache)."""
+    cached for users (the engine is called directly, not through the explanation cache).
+
+    Returns the film's penultimate features (for the OOD warm-up), or None when no film could be explained.
+    """
     from pages._panel import (
         GRAY_COLORSCALE,
         Panel,
@@ -348,12 +355,12 @@ def warm_up_page(model: ActiveModel) -> None:
 
     samples = list_samples()
     if not samples:
-        return
+        return None
     try:
         image = load_bytes((SAMPLES_DIR / next(iter(samples.values()))).read_bytes(), "warm-up", source="upload")
         result = run_engine(image.radiograph, model, None, tuple(METHODS_FOR_WARM_UP), count=False)
     except Exception:  # noqa: BLE001 - best effort: a failing warm-up only makes the first result slower
-        return
+        return None
     prepared = render.layers(image.radiograph, result, render.DisplaySettings())
     base = screen_image_uri(prepared.original)
     panels = [Panel("", prepared.original, source=base)] + [
@@ -365,10 +372,31 @@ def warm_up_page(model: ActiveModel) -> None:
     colormap_filters_js()  # every colour table, once per process
     render.outlines(prepared, render.DisplaySettings(contour_level=0.5))
     panel_figure(panels, per_row=3, row_height=300, uirevision="warm-up", colorscale=GRAY_COLORSCALE).to_json()
+    return result.explanation.features
 
 
 #: The methods the start-up warm-up explains (the Explain page's default: all of them).
 METHODS_FOR_WARM_UP = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam")
+
+
+@st.cache_resource(show_spinner=False)
+def bundle_card(name_or_path: str) -> ModelCard | None:
+    """A bundle's card alone, read without torch (milliseconds), so a fresh server's first page can show the
+    bundled model's record while the model itself loads; None when it does not read (:func:`require_model`
+    then names the problem)."""
+    import models
+
+    try:
+        return models.read_card(name_or_path)
+    except (models.ModelError, OSError):
+        return None
+
+
+def active_card() -> ModelCard | None:
+    """This session's model's card without waiting for the bundled model to load (see :func:`bundle_card`)."""
+    ensure_routed()
+    chosen = user_model()
+    return chosen.card if chosen is not None else bundle_card(DEFAULT_MODEL)
 
 
 def active_model() -> ActiveModel:
@@ -833,7 +861,7 @@ def ood_banner(image_sha: str, model: ActiveModel, result: PipelineResult) -> No
 
 
 # ------------------------------------------------------------------------------------- model record
-def held_out_performance(model: ActiveModel, key: str) -> bool:
+def held_out_performance(card: ModelCard, key: str) -> bool:
     """The model's test-split sensitivity and specificity, overall and per data source, and on each source
     left out of training in the card's cross-source checks, as a chart.
 
@@ -842,9 +870,9 @@ def held_out_performance(model: ActiveModel, key: str) -> bool:
     """
     from pages._panel import source_metrics_figure
 
-    metrics = getattr(model.card, "metrics", None) or {}
+    metrics = getattr(card, "metrics", None) or {}
     test = metrics.get("test") if isinstance(metrics, Mapping) else None
-    cross = getattr(model.card, "cross_source", None)
+    cross = getattr(card, "cross_source", None)
     fig = source_metrics_figure(test, cross_source=cross if isinstance(cross, Mapping) else None) \
         if isinstance(test, Mapping) else None
     if fig is None:

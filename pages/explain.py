@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
@@ -31,6 +32,7 @@ from pages._shared import (
     ActiveModel,
     LoadedImage,
     ResultKey,
+    active_card,
     ensure_routed,
     explain,
     held_out_performance,
@@ -47,10 +49,13 @@ from pages._shared import (
 )
 from xai import calibration as calibration_mod
 from xai import export, render
-from xai.engine import METHODS
 from xai.export import METHOD_TITLES
+from xai.method_names import METHODS  # not xai.engine: the page draws what needs no torch first
 from xai.pipeline import PREDICTED, PipelineResult
 from xai.render import DisplaySettings
+
+if TYPE_CHECKING:
+    from models import ModelCard
 
 #: Longest side of the on-screen images (px); maps are computed and exported at full resolution.
 #: 768 is the default: sharp on a 1080p projector, and a display change sends ~half the pixels of 1024.
@@ -549,12 +554,32 @@ def downloads_section(
 
 
 # -------------------------------------------------------------------------------------------- page
+def landing(card: ModelCard | None) -> None:
+    """Before a radiograph is chosen: where to choose one, and the model's record on held-out films (its card
+    alone: on a fresh server this is drawn while torch and the model are still loading)."""
+    st.info("Upload a radiograph or pick a bundled sample in the sidebar.", icon=":material/upload_file:")
+    if card is None:  # the bundle does not read: require_model says why
+        return
+    st.subheader(f"How {card.name} did on held-out radiographs")
+    if held_out_performance(card, key="landing_performance"):
+        st.caption("Rates at the card's threshold, per source hospital or collection; “never seen in "
+                   "training” rows come from a model retrained without that source, the honest estimate "
+                   "for a new hospital. Sources with one class have one rate. See the Model page for the "
+                   "full card and its known confound.")
+    else:
+        st.caption("This model's card records no test metrics.")
+
+
 def main() -> None:
     ensure_routed()
-    model = require_model()
+    # What needs no model first (the uploader, the model's record): a fresh server's first visitor can choose a
+    # film while the model loads (the run then goes on with it), and the browser draws these meanwhile.
     with st.sidebar:
         st.header("Radiograph")
     image = load_input(container=st.sidebar)
+    if image is None:
+        landing(active_card())
+    model = require_model()
     with st.sidebar:
         st.header("Explanation")
         chosen = st.multiselect(
@@ -573,15 +598,6 @@ def main() -> None:
         st.caption(f"Model: **{model.card.name}** ({origin}) · layer `{model.card.target_layer}`")
 
     if image is None:
-        st.info("Upload a radiograph or pick a bundled sample in the sidebar.", icon=":material/upload_file:")
-        st.subheader(f"How {model.card.name} did on held-out radiographs")
-        if held_out_performance(model, key="landing_performance"):
-            st.caption("Rates at the card's threshold, per source hospital or collection; “never seen in "
-                       "training” rows come from a model retrained without that source, the honest estimate "
-                       "for a new hospital. Sources with one class have one rate. See the Model page for the "
-                       "full card and its known confound.")
-        else:
-            st.caption("This model's card records no test metrics.")
         return
     start_lung_field(image.sha256, image.radiograph)  # beside the engine (cached: once per film)
     methods = tuple(m for m in METHODS if m in chosen)

@@ -83,7 +83,7 @@ def _performance(card: Any, model: ActiveModel) -> None:
         st.caption("No test-split figures recorded for this model.")
     else:
         st.markdown(_summary_sentence(test, "test", card.threshold, card.positive_class))
-        held_out_performance(model, key="card_performance")
+        held_out_performance(card, key="card_performance")
         _source_table(_mapping(test.get("per_source")))
         st.caption(f"Measured by `{test.get('command', '?')}` on {test.get('date', '?')}. The decision threshold "
                    "was chosen on the val split, never on test.")

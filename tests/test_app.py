@@ -206,6 +206,26 @@ def test_starts_with_disclaimer_and_model_page_renders_the_card() -> None:
     assert any(m.label.startswith("Threshold on P(") and m.value == f"{card.threshold:.3f}" for m in at.metric)
 
 
+def test_the_explain_page_needs_no_torch_before_it_loads_the_model() -> None:
+    """A fresh server's first run imports torch and loads the model (seconds). The Explain page draws what needs
+    neither first (the uploader, the model's record from its card: tests/test_browser.py checks the order the
+    browser gets them in), so its own imports and the card must not import torch."""
+    import ast
+    import subprocess
+    import sys
+
+    script = APP.parent / "pages" / "explain.py"
+    imports = [node for node in ast.parse(script.read_text(encoding="utf-8")).body
+               if isinstance(node, ast.Import | ast.ImportFrom) and getattr(node, "module", "") != "__future__"]
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "pages._shared" for n in imports)
+    code = "\n".join(ast.unparse(node) for node in imports) + (
+        "\nimport sys\nimport models\ncard = models.read_card(shared.DEFAULT_MODEL)\n"
+        "print(card.name, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", "import pages._shared as shared\n" + code],
+                         capture_output=True, text=True, check=True, cwd=APP.parent)
+    assert out.stdout.split()[-1] == "False", out.stdout
+
+
 class _Payload:
     """A pickle that would create a file if anything unpickled it."""
 

@@ -346,6 +346,34 @@ def test_a_deep_link_on_a_fresh_server_gets_the_apps_own_pages(browser, tmp_path
         stop_server(process)
 
 
+def test_a_fresh_servers_first_visitor_can_choose_a_film_while_the_model_loads(browser, tmp_path):
+    """A fresh server's first run imports torch and loads the model (seconds). The Explain page sends the uploader
+    and the model's record (from its card) before that, so the reader can choose a film meanwhile; a film chosen
+    at once is explained as soon as the model is ready."""
+    log, port = tmp_path / "server.log", free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_server(log, port)
+    context = browser.new_context(viewport={"width": 1600, "height": 1100})
+    try:
+        wait_healthy(url, process, log, SERVER_START_S)
+        page = context.new_page()
+        frames: list[bytes] = []  # the server's messages, in order
+        page.on("websocket", lambda ws: ws.on(
+            "framereceived", lambda p: frames.append(p if isinstance(p, bytes) else p.encode())))
+        page.goto(url, wait_until="domcontentloaded")
+        page.locator(UPLOADER).locator("..").wait_for(state="visible", timeout=SERVER_START_S * 1000)
+        page.locator(UPLOADER).set_input_files(str(REPO / "samples" / "non_covid_nih_pa.png"))
+        page.wait_for_function(overlay_count_js(4), timeout=RESULT_S * 1000, polling=250)
+        # "Target class" lists the model's classes: the first message that needs the loaded model.
+        order = [next((i for i, f in enumerate(frames) if key in f), -1)
+                 for key in (b"Upload a radiograph", b"landing_performance", b"Target class")]
+        assert 0 <= order[0] < order[1] < order[2], order
+        assert error_texts(page) == []
+    finally:
+        context.close()
+        stop_server(process)
+
+
 SCROLL_TOP_JS = """() => { const m = document.querySelector('[data-testid="stMain"]');
     return (m ? m.scrollTop : 0) + window.scrollY; }"""
 X_RANGE_JS = f"""() => {{ const gd = document.querySelector('{PANEL} .js-plotly-plot');

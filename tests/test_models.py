@@ -178,6 +178,8 @@ def test_zip_with_path_traversal_is_refused(bundle, tmp_path):
         zf.writestr("../escaped.txt", "x")
     with pytest.raises(models.ModelError, match=r"unsafe paths.*\.\./escaped\.txt"):
         models.load(zpath)
+    with pytest.raises(models.ModelError, match=r"unsafe paths.*\.\./escaped\.txt"):
+        models.read_card(zpath)
     assert not (tmp_path.parent / "escaped.txt").exists()
 
 
@@ -187,6 +189,42 @@ def test_zip_without_weights_is_refused(bundle, tmp_path):
         zf.write(bundle / CARD_FILE, CARD_FILE)
     with pytest.raises(models.ModelError, match="exactly one model.safetensors"):
         models.load(zpath)
+
+
+def test_read_card_gives_the_checked_card_alone(bundle, tmp_path):
+    """read_card: the card load() would give, from a folder or a zip, without the weights; checked the same way."""
+    loaded = models.load(bundle)
+    zpath = tmp_path / "b.zip"
+    zpath.write_bytes(export_zip(bundle))
+    assert models.read_card(bundle) == loaded.card
+    assert models.read_card(zpath) == loaded.card
+    (bundle / WEIGHTS_FILE).unlink()  # the card alone still reads; the model does not
+    assert models.read_card(bundle) == loaded.card
+    with pytest.raises(models.ModelError, match="bundle file missing"):
+        models.load(bundle)
+    card = json.loads((bundle / CARD_FILE).read_text())
+    card["architecture"] = "alexnet"
+    (bundle / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(models.ModelError, match="architecture.*alexnet"):
+        models.read_card(bundle)
+    (bundle / CARD_FILE).write_text("{not json")
+    with pytest.raises(models.ModelError, match="not valid JSON"):
+        models.read_card(bundle)
+    with pytest.raises(models.ModelError, match="no model bundle 'nope'"):
+        models.read_card("nope")
+
+
+def test_reading_the_shipped_card_imports_no_torch():
+    """The app shows the bundled model's record while torch loads: reading a card must not import it (and the
+    architectures' registry, which checks the card, builds networks only when asked)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, models; card = models.read_card('chestcovnet'); "
+            "print(card.target_layer, card.architecture, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(models.__file__).resolve().parents[1])
+    assert out.stdout.split() == [EfficientNetLite0.default_target_layer, "chestcovnet", "False"]
 
 
 # ------------------------------------------------------------------------------------- user weights

@@ -78,6 +78,7 @@ from xai.arrays import read_only
 from xai.folding import shared_fold_cache
 from xai.guided import GraphReport, GuidedState, guide_graph
 from xai.layers import TargetLayer, default_target_name, find_last_spatial_layer, last_linear, resolve_module
+from xai.method_names import METHODS
 from xai.scores import probabilities
 
 __all__ = [
@@ -105,7 +106,6 @@ __all__ = [
     "weighted_cam",
 ]
 
-METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam")
 GUIDED_CLIP_QUANTILE = 0.995
 _FLAT_RTOL = 1e-6  # max - min <= 1e-6 * max counts as constant (a few float32 ulps)
 

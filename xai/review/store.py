@@ -38,6 +38,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from xai.method_names import METHODS
 from xai.review import schema
 
 __all__ = [
@@ -67,7 +68,7 @@ PLAUSIBILITY_LABELS = {
 }
 #: The questions a session can ask; a session asks all of them unless created with fewer.
 QUESTIONS = ("diagnosis", "confidence", "plausibility", "note", "box")
-DEFAULT_METHODS = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam")
+DEFAULT_METHODS = METHODS
 BUSY_TIMEOUT_MS = 30_000
 MAX_NAME = 200
 MAX_NOTE = 10_000
