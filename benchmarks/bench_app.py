@@ -58,6 +58,7 @@ from test_browser import (  # noqa: E402 - one home for the server/browser helpe
     overlay_count_js,
     start_server,
     stop_server,
+    wait_idle,
 )
 
 LANDING_CHART = ".st-key-landing_performance .js-plotly-plot"
@@ -215,7 +216,8 @@ def one_round(browser, image: Path, moves: int, extra_env: dict[str, str], class
 
             page.locator('[data-testid="stExpander"] summary', has_text="Display").first.click()
             slider = page.locator(".st-key-disp_alpha input[type=range]")  # react-aria slider's hidden input
-            slider.wait_for(state="attached", timeout=30_000)
+            slider.wait_for(state="attached", timeout=30_000)  # the expander draws its controls once opened
+            wait_idle(page)
             display_ms, display_page_ms, server_ms = [], [], []
             changed = CHANGED_JS
             for i in range(moves):

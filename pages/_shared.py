@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -77,6 +77,7 @@ class Key:
     PREDICTED = "_predicted"  # {(image sha, model key): predicted class name}
     STORES = "_stores"  # {name: dict}: per-page result stores (e.g. the Trust page's checks)
     CHART_CODE_SENT = "_chart_code_sent"  # bool: this session's page was given a chart to load plotly's code
+    KEPT_WIDGETS = "_kept_widgets"  # {widget key: value}: what widgets drawn only sometimes held when last drawn
 
 
 def _state() -> Any:
@@ -111,6 +112,34 @@ def set_load_error(message: str | None) -> None:
         _state().pop(Key.LOAD_ERROR, None)
     else:
         _state()[Key.LOAD_ERROR] = message
+
+
+# Streamlit drops a widget's state at the end of a run that did not draw it: widgets drawn only sometimes (e.g.
+# inside an expander that draws its content only while open) keep their values in Key.KEPT_WIDGETS instead.
+def kept_value(key: str, default: Any) -> Any:
+    """The value of widget ``key`` whether or not this run draws it: its state, else the value it held when last
+    drawn, else ``default``."""
+    state = _state()
+    if key in state:
+        return state[key]
+    return state.get(Key.KEPT_WIDGETS, {}).get(key, default)
+
+
+def restore_widget(key: str, default: Any) -> None:
+    """Before drawing widget ``key``: give it back its kept value (or ``default``) when Streamlit dropped its
+    state. Draw it without a ``value``/``index``: its state is its value (no default to conflict with)."""
+    state = _state()
+    if key not in state:
+        state[key] = state.get(Key.KEPT_WIDGETS, {}).get(key, default)
+
+
+def keep_widgets(keys: Iterable[str]) -> None:
+    """After drawing widgets: keep their values for runs that do not draw them (see :func:`kept_value`)."""
+    state = _state()
+    kept = state.setdefault(Key.KEPT_WIDGETS, {})
+    for key in keys:
+        if key in state:
+            kept[key] = state[key]
 
 
 def user_model() -> ActiveModel | None:

@@ -36,6 +36,8 @@ from pages._shared import (
     ensure_routed,
     explain,
     held_out_performance,
+    keep_widgets,
+    kept_value,
     load_input,
     method_label,
     ood_banner,
@@ -45,6 +47,7 @@ from pages._shared import (
     prefetch_targets,
     remember_predicted,
     require_model,
+    restore_widget,
     screen_layers,
 )
 from xai import calibration as calibration_mod
@@ -140,12 +143,12 @@ def _set_window(image: LoadedImage, preset: str | None) -> None:
     st.session_state[keys[1]] = float(np.clip(round(width / step) * step, step, hi - lo + 1.0))
 
 
-def window_controls(image: LoadedImage) -> tuple[float, float] | None:
-    """Window presets, a reset and centre/width sliders for a DICOM; None while they show the file's own
-    window. The sliders step by a round ~1/200 of the value range, so arrow keys move visibly."""
+def window_controls(image: LoadedImage) -> None:
+    """Window presets, a reset and centre/width sliders for a DICOM (see :func:`window_choice` for the window
+    they give). The sliders step by a round ~1/200 of the value range, so arrow keys move visibly."""
     r = image.radiograph
     if r.format != "dicom":
-        return None
+        return
     lo, hi, center0, width0 = _file_window(image)
     step = render.nice_step(hi - lo)
     with st.container(horizontal=True):
@@ -156,10 +159,23 @@ def window_controls(image: LoadedImage) -> tuple[float, float] | None:
         st.button("Reset", key="win_reset", on_click=_set_window, args=(image, None),
                   help="Back to the file's own window.")
     kc, kw = _window_keys(image)
-    st.session_state.setdefault(kc, center0)  # the slider's start (a preset's callback may have set it)
-    st.session_state.setdefault(kw, width0)
-    center = st.slider("Window centre", lo, hi, step=step, key=kc)
-    width = st.slider("Window width", step, max(hi - lo + 1.0, 2 * step), step=step, key=kw)
+    restore_widget(kc, center0)  # the slider's start (a preset's callback may have set it)
+    restore_widget(kw, width0)
+    st.slider("Window centre", lo, hi, step=step, key=kc)
+    st.slider("Window width", step, max(hi - lo + 1.0, 2 * step), step=step, key=kw)
+    keep_widgets((kc, kw))
+
+
+def window_choice(image: LoadedImage) -> tuple[float, float] | None:
+    """The (centre, width) the window sliders hold for a DICOM, also while they are not drawn; None while that
+    is the file's own window (and for other formats)."""
+    r = image.radiograph
+    if r.format != "dicom":
+        return None
+    lo, hi, center0, width0 = _file_window(image)
+    step = render.nice_step(hi - lo)
+    kc, kw = _window_keys(image)
+    center, width = float(kept_value(kc, center0)), float(kept_value(kw, width0))
     if r.window is None or abs(center - center0) > step / 2 or abs(width - width0) > step / 2:
         return (center, width)
     return None
@@ -216,70 +232,103 @@ def resolve_scale(choice: str, result: PipelineResult, model: ActiveModel, reset
                  "maximum.", "saliency (per image)", notice)
 
 
+#: The Display expander's key: it tracks whether it is open, and draws its controls only then.
+DISPLAY_OPEN = "disp_open"
 #: The widgets that decide how the heat layers look, with their defaults (one home for both uses below).
 HEAT_LOOK = DisplaySettings(show_heat=True, alpha=render.DEFAULT_ALPHA, cmap=render.DEFAULT_CMAP)
+#: Every Display widget's key and default ("disp_per_row" is added per page: it depends on the panel count).
+DISPLAY_DEFAULTS: Mapping[str, object] = {
+    "disp_overlay": HEAT_LOOK.show_heat, "disp_alpha": HEAT_LOOK.alpha, "disp_cmap": HEAT_LOOK.cmap,
+    "disp_colorbar": True, "disp_contours": False, "disp_contour_level": 0.5, "disp_lungs": False,
+    "disp_scale": next(iter(SCALES)), "disp_side": "768 px (fast)", "disp_size": "Medium", "disp_zoom": 1.0,
+    "disp_cx": 50, "disp_cy": 50,
+}
 
 
 def heat_look() -> DisplaySettings:
     """Overlay on/off, opacity and colormap as the widgets hold them when this run starts (Streamlit updates
-    a widget's state before the rerun it triggers), so the page can restyle the heat layers before drawing
-    anything else. Other fields stay at their defaults."""
-    state = st.session_state
-    return replace(HEAT_LOOK, show_heat=bool(state.get("disp_overlay", HEAT_LOOK.show_heat)),
-                   alpha=float(state.get("disp_alpha", HEAT_LOOK.alpha)), cmap=str(state.get("disp_cmap", HEAT_LOOK.cmap)))
+    a widget's state before the rerun it triggers; kept while the controls are closed), so the page can restyle
+    the heat layers before drawing anything else. Other fields stay at their defaults."""
+    return replace(HEAT_LOOK, show_heat=bool(kept_value("disp_overlay", HEAT_LOOK.show_heat)),
+                   alpha=float(kept_value("disp_alpha", HEAT_LOOK.alpha)),
+                   cmap=str(kept_value("disp_cmap", HEAT_LOOK.cmap)))
 
 
 def display_settings(image: LoadedImage, result: PipelineResult, model: ActiveModel) -> tuple[DisplaySettings, Scale]:
-    """The display controls (tucked in an expander) as one :class:`DisplaySettings`, and the scale in use.
-    Nothing here touches a map's computation."""
+    """The display controls (in an expander) as one :class:`DisplaySettings`, and the scale in use. Nothing
+    here touches a map's computation.
+
+    The expander draws its ~20 controls only while open (Streamlit's lazy expander; opening it reruns this
+    fragment): closed, they cost neither the server nor the browser anything on a result's path (in the
+    browser they were ~0.5 s of a first result), and the settings are the values the controls held when last
+    drawn (:func:`pages._shared.kept_value`)."""
     n_panels = 1 + len(result.methods)
-    with st.expander("Display", expanded=False, icon=":material/tune:"):
-        c1, c2, c3, c4 = st.columns(4)
-        show_heat = c1.toggle("Overlay", value=HEAT_LOOK.show_heat, key="disp_overlay")
-        alpha = c1.slider("Opacity", 0.0, 1.0, HEAT_LOOK.alpha, 0.05, key="disp_alpha")
-        cmap = c2.selectbox(
-            "Colormap", render.COLORMAPS, index=render.COLORMAPS.index(HEAT_LOOK.cmap), key="disp_cmap",
-            format_func=lambda c: c if c in render.PERCEPTUALLY_UNIFORM else f"{c} (not perceptually uniform)",
-        )
-        colorbar = c2.toggle("Colour bar", value=True, key="disp_colorbar")
-        contours = c3.toggle("Contours", value=False, key="disp_contours")
-        level = c3.slider("Contour level", 0.05, 1.0, 0.5, 0.05, key="disp_contour_level")
-        lungs = c3.toggle("Lung outline", value=False, key="disp_lungs",
-                          help="Outline the lung fields the lung model found (green), on every panel.")
-        choice = c4.radio(
-            "Scale", tuple(SCALES), key="disp_scale", format_func=SCALES.get,
-            help="The model's typical range: each method's raw values divided by what its maps typically "
-            "reach on validation films (stored on the model card), so weak evidence looks weak. Per image: "
-            "each map stretched to its own range. Fixed: one maximum per method kept for the session.",
-        )
-        reset_fixed = c4.button(
-            "Fix the scale on this image", key="disp_fix_here", disabled=choice != "session",
-            help="Take each method's fixed maximum (99.5th percentile) from the image shown now.",
-        )
-        c5, c6, c7 = st.columns([1, 1, 2])
-        side = SCREEN_SIDES[c6.select_slider(
-            "Screen resolution", list(SCREEN_SIDES), value="768 px (fast)", key="disp_side",
-            help="Longest side of the images sent to the browser. Maps are computed and exported at full "
-            "resolution whatever you choose.",
-        )]
-        per_row = c5.slider("Panels per row", 1, max(2, n_panels), min(n_panels, 3), key="disp_per_row")
-        size = PANEL_SIZES[c6.select_slider("Panel size", list(PANEL_SIZES), value="Medium", key="disp_size")]
-        z1, z2, z3 = st.columns(3)
-        zoom = z1.select_slider("Zoom (all panels)", ZOOM_STEPS, value=1.0, key="disp_zoom",
-                                format_func=lambda z: f"{z:g}×",
-                                help="Stays across display changes. Click a panel, then scroll and drag to "
-                                "zoom and pan too, until the next change.")
-        cx = z2.slider("Zoom centre, left → right (%)", 0, 100, 50, key="disp_cx", disabled=zoom == 1.0)
-        cy = z3.slider("Zoom centre, top → bottom (%)", 0, 100, 50, key="disp_cy", disabled=zoom == 1.0)
-        with c7:
-            window = window_controls(image)
-    scale = resolve_scale(choice, result, model, reset_fixed)
+    defaults = {**DISPLAY_DEFAULTS, "disp_per_row": min(n_panels, 3)}
+    controls = st.expander("Display", key=DISPLAY_OPEN, on_change="rerun", icon=":material/tune:")
+    reset_fixed = False
+    if controls.open:
+        with controls:
+            reset_fixed = display_controls(image, n_panels, defaults)
+    v = {key: kept_value(key, default) for key, default in defaults.items()}
+    scale = resolve_scale(str(v["disp_scale"]), result, model, reset_fixed)
+    zoom = float(v["disp_zoom"])
     settings = DisplaySettings(
-        side=side, window=window, scale=scale.render_mode, vmax=scale.vmax, lungs=lungs,
-        show_heat=show_heat, alpha=alpha, cmap=cmap, contour_level=level if contours else None,
-        colorbar=colorbar, per_row=per_row, size=size, zoom=(float(zoom), cx / 100.0, cy / 100.0),
+        side=SCREEN_SIDES[v["disp_side"]], window=window_choice(image), scale=scale.render_mode, vmax=scale.vmax,
+        lungs=bool(v["disp_lungs"]), show_heat=bool(v["disp_overlay"]), alpha=float(v["disp_alpha"]),
+        cmap=str(v["disp_cmap"]), contour_level=float(v["disp_contour_level"]) if v["disp_contours"] else None,
+        colorbar=bool(v["disp_colorbar"]), per_row=min(int(v["disp_per_row"]), max(2, n_panels)),
+        size=PANEL_SIZES[v["disp_size"]], zoom=(zoom, int(v["disp_cx"]) / 100.0, int(v["disp_cy"]) / 100.0),
     )
     return settings, scale
+
+
+def display_controls(image: LoadedImage, n_panels: int, defaults: Mapping[str, object]) -> bool:
+    """Draw the Display widgets on their kept values (see :func:`display_settings`); True when "Fix the scale
+    on this image" was pressed in this run."""
+    for key, default in defaults.items():
+        restore_widget(key, default)
+    if st.session_state["disp_per_row"] > max(2, n_panels):  # kept from a page with more methods
+        st.session_state["disp_per_row"] = max(2, n_panels)
+    c1, c2, c3, c4 = st.columns(4)
+    c1.toggle("Overlay", key="disp_overlay")
+    c1.slider("Opacity", 0.0, 1.0, step=0.05, key="disp_alpha")
+    c2.selectbox(
+        "Colormap", render.COLORMAPS, key="disp_cmap",
+        format_func=lambda c: c if c in render.PERCEPTUALLY_UNIFORM else f"{c} (not perceptually uniform)",
+    )
+    c2.toggle("Colour bar", key="disp_colorbar")
+    c3.toggle("Contours", key="disp_contours")
+    c3.slider("Contour level", 0.05, 1.0, step=0.05, key="disp_contour_level")
+    c3.toggle("Lung outline", key="disp_lungs",
+              help="Outline the lung fields the lung model found (green), on every panel.")
+    choice = c4.radio(
+        "Scale", tuple(SCALES), key="disp_scale", format_func=SCALES.get,
+        help="The model's typical range: each method's raw values divided by what its maps typically "
+        "reach on validation films (stored on the model card), so weak evidence looks weak. Per image: "
+        "each map stretched to its own range. Fixed: one maximum per method kept for the session.",
+    )
+    reset_fixed = c4.button(
+        "Fix the scale on this image", key="disp_fix_here", disabled=choice != "session",
+        help="Take each method's fixed maximum (99.5th percentile) from the image shown now.",
+    )
+    c5, c6, c7 = st.columns([1, 1, 2])
+    c6.select_slider(
+        "Screen resolution", list(SCREEN_SIDES), key="disp_side",
+        help="Longest side of the images sent to the browser. Maps are computed and exported at full "
+        "resolution whatever you choose.",
+    )
+    c5.slider("Panels per row", 1, max(2, n_panels), key="disp_per_row")
+    c6.select_slider("Panel size", list(PANEL_SIZES), key="disp_size")
+    z1, z2, z3 = st.columns(3)
+    zoom = z1.select_slider("Zoom (all panels)", ZOOM_STEPS, key="disp_zoom", format_func=lambda z: f"{z:g}×",
+                            help="Stays across display changes. Click a panel, then scroll and drag to "
+                            "zoom and pan too, until the next change.")
+    z2.slider("Zoom centre, left → right (%)", 0, 100, key="disp_cx", disabled=zoom == 1.0)
+    z3.slider("Zoom centre, top → bottom (%)", 0, 100, key="disp_cy", disabled=zoom == 1.0)
+    with c7:
+        window_controls(image)
+    keep_widgets(defaults)
+    return bool(reset_fixed)
 
 
 def panel_caption(result: PipelineResult, model: ActiveModel) -> str:

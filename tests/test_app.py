@@ -62,6 +62,12 @@ def panel_spec(at: AppTest) -> dict:
     return json.loads(charts[0].proto.spec)
 
 
+def open_display(at: AppTest) -> AppTest:
+    """Open the Display expander (it draws its controls only while open) and rerun."""
+    at.session_state["disp_open"] = True
+    return run(at)
+
+
 def held_out_chart(at: AppTest, key: str) -> dict:
     charts = [c for c in at.get("plotly_chart") if key in c.proto.id]
     assert len(charts) == 1, f"expected the chart {key}"
@@ -286,6 +292,7 @@ def test_sample_gives_four_overlays_and_display_changes_compute_no_map(monkeypat
     assert len(image_sources(at)) == 5
 
     before = image_sources(at)
+    open_display(at)
     at.slider(key="disp_alpha").set_value(0.9)
     at.selectbox(key="disp_cmap").set_value("viridis")
     at.toggle(key="disp_contours").set_value(True)
@@ -385,6 +392,7 @@ def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_imag
     assert [s for t, s in made if t == shown] == [default_layers]  # the layers' key: nothing but layer fields
     assert [s for t, s in made if t != shown] == [default_layers] * (len(shared.default_model().class_names) - 1)
     drawn = len(made)
+    open_display(at)
     at.slider(key="disp_alpha").set_value(0.8)
     at.selectbox(key="disp_cmap").set_value("cividis")
     at.toggle(key="disp_contours").set_value(True)
@@ -410,6 +418,7 @@ def test_page_text_reads_right_and_no_method_still_shows_the_prediction() -> Non
 
     at = new_app()
     choose_sample(at, "NIH")
+    open_display(at)
     at.radio(key="disp_scale").set_value("session")
     run(at)
     captions = [c.value for c in at.caption if "scroll to zoom" in c.value]
@@ -448,6 +457,33 @@ def test_flat_map_notices_use_the_methods_names(tmp_path: Path) -> None:
     assert [n.split(":")[0] for n in flat] == ["Grad-CAM", "Grad-CAM++"] and all(n.endswith(".") for n in flat)
 
 
+def test_the_display_controls_are_drawn_only_while_open_and_keep_their_values_when_closed() -> None:
+    """The Display expander draws its ~20 controls only while open (off every result's path). Closed, the page
+    uses the values they held when last drawn; reopened, they show those values."""
+    at = new_app()
+    choose_sample(at, "NIH")
+    assert not [w for w in (*at.slider, *at.select_slider, *at.toggle, *at.radio) if w.key.startswith("disp_")]
+    default_layout = panel_spec(at)["layout"]
+    open_display(at)
+    at.slider(key="disp_alpha").set_value(0.35)
+    at.selectbox(key="disp_cmap").set_value("magma")
+    at.select_slider(key="disp_zoom").set_value(2.0)
+    at.slider(key="disp_per_row").set_value(2)
+    run(at)
+    opened = panel_spec(at)["layout"]
+    assert opened != default_layout
+    at.session_state["disp_open"] = False
+    run(at)
+    run(at)  # a second closed run: Streamlit has dropped the widgets' own state by now
+    assert not at.slider and "disp_alpha" not in at.session_state
+    assert "--xai-heat-opacity: 0.350;" in heat_styles(at)[-1] and "url(#xai-cmap-magma)" in heat_styles(at)[-1]
+    assert panel_spec(at)["layout"] == opened  # zoom and panels per row kept
+    open_display(at)
+    assert at.slider(key="disp_alpha").value == 0.35 and at.selectbox(key="disp_cmap").value == "magma"
+    assert at.select_slider(key="disp_zoom").value == 2.0 and at.slider(key="disp_per_row").value == 2
+    assert not [w.value for w in at.warning if "Session State" in w.value]
+
+
 def test_default_scale_is_the_models_calibration_and_weak_evidence_is_flagged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -455,6 +491,7 @@ def test_default_scale_is_the_models_calibration_and_weak_evidence_is_flagged(
 
     at = new_app()
     choose_sample(at, "NIH")
+    open_display(at)
     assert at.radio(key="disp_scale").value == "model"
     stored = calibration.from_card(shared.default_model().card)
     assert stored is not None
@@ -500,6 +537,7 @@ def test_dicom_window_presets_reset_and_slider_steps(dicom_dir: Path) -> None:
     at = new_app()
     at.file_uploader(key="upload").set_value(("film.dcm", dicom_with_phi(dicom_dir), "application/dicom"))
     run(at)
+    open_display(at)
     image = at.session_state[shared.Key.IMAGE]
     values = image.radiograph.modality_values
     step = render.nice_step(float(values.max() - values.min()))
@@ -537,6 +575,7 @@ def test_lungs_share_in_each_caption_outline_toggle_and_outside_flag(monkeypatch
     assert not [w for w in at.warning if "No lung field" in w.value]
 
     before = image_sources(at)
+    open_display(at)
     at.toggle(key="disp_lungs").set_value(True)
     run(at)
     after = image_sources(at)
@@ -609,6 +648,7 @@ def test_png_upload_then_bad_upload_keeps_the_previous_result(
     assert len(errors) == 1 and "broken.dcm" in errors[0] and "not a recognised image" in errors[0]
     assert image_sources(at) == shown, "the previous result should stay on screen"
 
+    open_display(at)
     at.slider(key="disp_alpha").set_value(0.2)  # still usable after the bad file
     run(at)
     assert len(image_sources(at)) == 5
@@ -628,6 +668,7 @@ def test_dicom_upload_windowing_and_exports_carry_no_identifiers(
         str(e.value) for e in at.subheader) + json.dumps(panel_spec(at)["layout"])
     assert not any(v in page_text for v in (*PHI_VALUES, "DOE_JANE")), "identifiers shown with details off"
 
+    open_display(at)
     calls = shared.ENGINE_CALLS
     before = image_sources(at)[0]
     centre = next(s for s in at.slider if s.label == "Window centre")
@@ -689,6 +730,7 @@ def test_report_is_drawn_at_export_resolution_not_from_screen_pixels(
 
     first = report_pixels()
     assert export.Provenance("m", "0", "gradcam", "c", "l").date_text == "2026-12-01 12:00 UTC"  # the fixed clock
+    open_display(at)
     at.select_slider(key="disp_side").set_value("1536 px (fine)")
     run(at)
     np.testing.assert_array_equal(report_pixels(), first)
@@ -729,6 +771,7 @@ def test_explain_page_warns_when_the_input_is_unlike_the_training_data() -> None
     assert not any("in lungs" in t for t in image_titles(at))
 
     calls = shared.ENGINE_CALLS
+    open_display(at)
     at.slider(key="disp_alpha").set_value(0.3)  # a display change: the verdict is cached, no map recomputed
     run(at)
     assert calls == shared.ENGINE_CALLS

@@ -250,7 +250,8 @@ def test_upload_shows_four_overlays_then_bad_upload_keeps_them(server, browser, 
         # and the server's style then agrees: every heat layer drawn at the new opacity.
         page.locator('[data-testid="stExpander"] summary', has_text="Display").first.click()
         slider = page.locator(".st-key-disp_alpha input[type=range]")
-        slider.wait_for(state="attached", timeout=30_000)
+        slider.wait_for(state="attached", timeout=30_000)  # the expander draws its controls once opened
+        wait_idle(page)
         slider.focus()
         slider.press("ArrowRight")  # 0.45 -> 0.50
         page.wait_for_function(f"() => document.querySelector('{PANEL}').style"
