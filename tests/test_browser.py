@@ -285,6 +285,15 @@ def test_upload_shows_four_overlays_then_bad_upload_keeps_them(server, browser, 
         assert len(drawn) == 4 and all(o == pytest.approx(0.5) and "xai-cmap-inferno" in f for _, o, f in drawn)
         page.get_by_role("button", name="Close fullscreen").click()
         wait_idle(page)
+        # The Display section closed again: its controls go, the settings made in it stay.
+        page.locator('[data-testid="stExpander"] summary', has_text="Display").first.click()
+        page.locator(".st-key-disp_alpha input[type=range]").wait_for(state="detached", timeout=30_000)
+        wait_idle(page)
+        for _ in range(2):  # two more runs: Streamlit has dropped the undrawn widgets' own state after the first
+            page.locator(".st-key-show_patient label").click()
+            wait_idle(page)
+        drawn = [layers[1] for layers in page.evaluate(PANEL_LAYERS_JS)[1:]]
+        assert len(drawn) == 4 and all(o == pytest.approx(0.5) and "xai-cmap-inferno" in f for _, o, f in drawn)
 
         page.wait_for_function(f"() => ({SHOWN_PROBABILITIES_JS})() !== null", timeout=60_000)
         shown = shown_probabilities(page)
