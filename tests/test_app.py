@@ -820,9 +820,11 @@ def test_the_lung_field_started_early_is_the_one_the_page_reads(monkeypatch: pyt
     real = app_lungs.find_lungs
 
     def counted(r):  # noqa: ANN001, ANN202
-        runs.append(1)
+        if r is radiograph:  # an earlier test's background work may still look at its own films
+            runs.append(1)
         return real(r)
 
+    shared.wait_for_prefetches()  # an earlier test's class prefetch would meet the cleared cache
     monkeypatch.setattr(app_lungs, "find_lungs", counted)
     app_lungs.lung_field.clear()
     app_lungs.start_lung_field("early-film", radiograph)
