@@ -128,9 +128,8 @@ def kept_value(key: str, default: Any) -> Any:
 def restore_widget(key: str, default: Any) -> None:
     """Before drawing widget ``key``: give it back its kept value (or ``default``) when Streamlit dropped its
     state. Draw it without a ``value``/``index``: its state is its value (no default to conflict with)."""
-    state = _state()
-    if key not in state:
-        state[key] = state.get(Key.KEPT_WIDGETS, {}).get(key, default)
+    if key not in _state():
+        _state()[key] = kept_value(key, default)
 
 
 def keep_widgets(keys: Iterable[str]) -> None:

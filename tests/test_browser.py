@@ -13,6 +13,7 @@ The model is the app's default (``XAI_APP_MODEL``, else the bundled ChestCOVNet)
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import socket
@@ -325,63 +326,62 @@ def test_upload_shows_four_overlays_then_bad_upload_keeps_them(server, browser, 
         context.close()
 
 
+@contextlib.contextmanager
+def fresh_server_page(browser, tmp_path: Path) -> Iterator[tuple[str, object, list[bytes]]]:
+    """A freshly started server (nothing loaded yet) and a new page in ``browser``: (url, page, the server's
+    websocket messages in the order the page received them)."""
+    log, port = tmp_path / "server.log", free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_server(log, port)
+    context = browser.new_context(viewport={"width": 1600, "height": 1100})
+    try:
+        wait_healthy(url, process, log, SERVER_START_S)
+        page = context.new_page()
+        frames: list[bytes] = []
+        page.on("websocket", lambda ws: ws.on(
+            "framereceived", lambda p: frames.append(p if isinstance(p, bytes) else p.encode())))
+        yield url, page, frames
+    finally:
+        context.close()
+        stop_server(process)
+
+
+def first_frames(frames: list[bytes], keys: tuple[bytes, ...]) -> list[int]:
+    """The index of the first message containing each key (-1 where none does)."""
+    return [next((i for i, f in enumerate(frames) if key in f), -1) for key in keys]
+
+
 def test_a_deep_link_on_a_fresh_server_gets_the_apps_own_pages(browser, tmp_path):
     """The first request of a fresh server opening /model: Streamlit's legacy pages/ mode would show its
     own page list (helper modules included) and skip app.py's layout; the app's navigation must show.
 
     Also on a fresh server: the browser starts loading plotly's code while the server still loads the model
     (app.py's invisible chart), not once the first chart arrives after it."""
-    log, port = tmp_path / "server.log", free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = start_server(log, port)
-    context = browser.new_context(viewport={"width": 1600, "height": 1100})
-    try:
-        wait_healthy(url, process, log, SERVER_START_S)
-        page = context.new_page()
-        frames: list[bytes] = []  # the server's messages, in order
-        page.on("websocket", lambda ws: ws.on(
-            "framereceived", lambda p: frames.append(p if isinstance(p, bytes) else p.encode())))
+    with fresh_server_page(browser, tmp_path) as (url, page, frames):
         page.goto(f"{url}/model", wait_until="domcontentloaded")
         page.wait_for_selector(".st-key-card_performance .js-plotly-plot", state="visible",
                                timeout=SERVER_START_S * 1000)
-        order = [next((i for i, f in enumerate(frames) if key in f), -1)
-                 for key in (b"chart_code_preload", b"card_performance")]
+        order = first_frames(frames, (b"chart_code_preload", b"card_performance"))
         assert 0 <= order[0] < order[1], order  # the invisible chart went out before the model's card
         links = page.locator('[data-testid="stSidebarNavLink"]').all_inner_texts()
         assert [text.split("\n")[-1].strip() for text in links] == app_page_titles()
         assert page.get_by_text("Research and teaching use — not for diagnosis").first.is_visible()
         assert error_texts(page) == []
-    finally:
-        context.close()
-        stop_server(process)
 
 
 def test_a_fresh_servers_first_visitor_can_choose_a_film_while_the_model_loads(browser, tmp_path):
     """A fresh server's first run imports torch and loads the model (seconds). The Explain page sends the uploader
     and the model's record (from its card) before that, so the reader can choose a film meanwhile; a film chosen
     at once is explained as soon as the model is ready."""
-    log, port = tmp_path / "server.log", free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = start_server(log, port)
-    context = browser.new_context(viewport={"width": 1600, "height": 1100})
-    try:
-        wait_healthy(url, process, log, SERVER_START_S)
-        page = context.new_page()
-        frames: list[bytes] = []  # the server's messages, in order
-        page.on("websocket", lambda ws: ws.on(
-            "framereceived", lambda p: frames.append(p if isinstance(p, bytes) else p.encode())))
+    with fresh_server_page(browser, tmp_path) as (url, page, frames):
         page.goto(url, wait_until="domcontentloaded")
         page.locator(UPLOADER).locator("..").wait_for(state="visible", timeout=SERVER_START_S * 1000)
         page.locator(UPLOADER).set_input_files(str(REPO / "samples" / "non_covid_nih_pa.png"))
         page.wait_for_function(overlay_count_js(4), timeout=RESULT_S * 1000, polling=250)
         # "Target class" lists the model's classes: the first message that needs the loaded model.
-        order = [next((i for i, f in enumerate(frames) if key in f), -1)
-                 for key in (b"Upload a radiograph", b"landing_performance", b"Target class")]
+        order = first_frames(frames, (b"Upload a radiograph", b"landing_performance", b"Target class"))
         assert 0 <= order[0] < order[1] < order[2], order
         assert error_texts(page) == []
-    finally:
-        context.close()
-        stop_server(process)
 
 
 SCROLL_TOP_JS = """() => { const m = document.querySelector('[data-testid="stMain"]');
