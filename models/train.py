@@ -17,6 +17,8 @@ Recipe (chosen against the source confound described in the data README):
 - "right for the right reasons" (Ross et al. 2017): a penalty on the share of Grad-CAM outside the
   dilated lung mask (``--cam-lung-weight``; films without a mask: outside the central 80 %), and/or on the
   share in the outer 10 % band (``--cam-border-weight``);
+- optionally (``--source-adversary-weight``) a class-conditional source adversary behind a gradient
+  reversal (:mod:`models.source_adversary`): features pushed not to tell the hospitals apart within a class;
 - decision threshold on ``val`` by Youden's J (:func:`models.metrics.youden_threshold`).
 
 With ``--holdout-source`` that source is removed from train and val, and all of its images (train, val
@@ -73,6 +75,7 @@ from models.efficientnet_lite import (
     efficientnet_lite0,
 )
 from models.metrics import auroc, binary_metrics, rounded, youden_threshold
+from models.source_adversary import SourceAdversary
 from xai.preprocessing import CROP_MODES, Preprocessing
 from xai.scores import probabilities
 
@@ -157,6 +160,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lung-masks", default=None,
                    help="optional .npz (files, masks on the model grid) of predicted masks for films without a manual one")
     p.add_argument("--lung-dilate", type=int, default=16, help="lung mask dilation radius in model pixels")
+    p.add_argument("--source-adversary-weight", type=float, default=0.0,
+                   help="stage 1: gradient-reversal weight of the class-conditional source adversary (0: off)")
     p.add_argument("--cache-dir", default="runs/cache", help="decoded-image cache ('' to disable)")
     p.add_argument("--name", default="chestcovnet")
     p.add_argument("--version", default="1.0")
@@ -461,18 +466,49 @@ class FitResult:
     history: list[dict[str, Any]]
     best_epoch: int
     minutes: float
+    source_adversary: dict[str, Any] | None = None  # the adversary's weight, sources and val accuracy
 
 
 def _penalties(args: argparse.Namespace, data: TrainData, model: EfficientNetLite0, features: torch.Tensor,
-               target: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """The Grad-CAM penalties for one batch (``rows`` index ``data.needed``)."""
+               target: torch.Tensor, rows: torch.Tensor, adversary: Adversary | None = None,
+               idx: torch.Tensor | None = None) -> torch.Tensor:
+    """The Grad-CAM penalties and the source adversary's loss for one batch (``rows`` index
+    ``data.needed``, ``idx`` index ``data.train``)."""
     loss = features.new_zeros(())
+    if adversary is not None and idx is not None:
+        loss = loss + adversary.module.loss(model.pool(features).flatten(1), target, adversary.train_sources[idx])
     if args.cam_border_weight > 0:
         loss = loss + args.cam_border_weight * cam_border_share(model, features, target).mean()
     if args.cam_lung_weight > 0 and data.outside is not None:
         share = cam_outside_share(model, features, target, data.outside[rows], data.total)
         loss = loss + args.cam_lung_weight * share.mean()
     return loss
+
+
+@dataclass
+class Adversary:
+    """The source adversary of one run and each train film's source index."""
+
+    module: SourceAdversary
+    train_sources: torch.Tensor
+
+    @classmethod
+    def for_run(cls, args: argparse.Namespace, data: TrainData) -> Adversary | None:
+        if args.source_adversary_weight <= 0:
+            return None
+        module = SourceAdversary(HEAD_CHANNELS, [r.source for r in data.train], data.labels(data.train).tolist(),
+                                 weight=args.source_adversary_weight)
+        return cls(module, module.source_index([r.source for r in data.train]))
+
+    def val_accuracy(self, pooled: np.ndarray, data: TrainData) -> float | None:
+        """Within-class source accuracy on the run's val films (sources seen in training only; None when no
+        class has two of them)."""
+        known = [i for i, r in enumerate(data.val) if r.source in self.module.source_names]
+        if not known:
+            return None
+        recs = [data.val[i] for i in known]
+        return self.module.accuracy(torch.from_numpy(pooled[known]).float(), torch.from_numpy(data.labels(recs)),
+                                    self.module.source_index([r.source for r in recs]))
 
 
 def _fit(model: nn.Module, params: list[nn.Parameter], *, label: str, epochs: int, steps: int, batch_size: int,
@@ -535,9 +571,9 @@ def _fit(model: nn.Module, params: list[nn.Parameter], *, label: str, epochs: in
 
 
 def fit_top(args: argparse.Namespace, model: EfficientNetLite0, data: TrainData, feats: Features,
-            generator: torch.Generator) -> FitResult:
+            generator: torch.Generator, adversary: Adversary | None = None) -> FitResult:
     """Stage 1: train the blocks after the frozen front on the cached features (each draw one of the
-    augmented views or, 1 in V+1, the clean image)."""
+    augmented views or, 1 in V+1, the clean image), with the source adversary when given."""
     n_front = args.freeze_blocks
     y_train = torch.from_numpy(data.labels(data.train))
     train_rows = torch.from_numpy(data.rows(data.train))
@@ -550,20 +586,32 @@ def fit_top(args: argparse.Namespace, model: EfficientNetLite0, data: TrainData,
                         feats.train_views[idx, vp.clamp(max=n_views - 1)]).float()
         logits, features = model.forward_rest(x, n_front, return_features=True)
         return F.cross_entropy(logits, y_train[idx]) + _penalties(args, data, model, features, y_train[idx],
-                                                                  train_rows[idx])
+                                                                  train_rows[idx], adversary, idx)
 
     def set_mode() -> None:
         model.train()
         for module in (model.stem_conv, model.stem_bn, *list(model.blocks)[:n_front]):
             module.eval()
+        if adversary is not None:
+            adversary.module.train()
 
     params = [p for p in model.parameters() if p.requires_grad]
-    return _fit(model, params, label="top", epochs=args.epochs,
+    if adversary is not None:
+        params += list(adversary.module.parameters())
+    fit = _fit(model, params, label="top", epochs=args.epochs,
                 steps=max(1, math.ceil(len(data.train) / args.batch_size)), batch_size=args.batch_size,
                 lr=args.lr, weight_decay=args.weight_decay, weights=torch.from_numpy(balanced_weights(data.train)),
                 generator=generator, batch_loss=batch_loss,
                 score_val=lambda: predict_features(model, f_val, n_front), y_val=data.labels(data.val),
                 set_mode=set_mode, patience=args.patience, max_minutes=args.max_minutes)
+    if adversary is not None:
+        # The adversary as it ended, on the best epoch's features: can it still tell the hospitals apart?
+        pooled_val = pooled_features(model, f_val, n_front)
+        fit.source_adversary = rounded({"weight": args.source_adversary_weight,
+                                        "sources": list(adversary.module.source_names),
+                                        "val_within_class_source_accuracy": adversary.val_accuracy(pooled_val, data)})
+        log.info("source adversary: %s", json.dumps(fit.source_adversary))
+    return fit
 
 
 def whole_network_logits(model: EfficientNetLite0, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -709,6 +757,7 @@ def training_record(args: argparse.Namespace, data: TrainData, aug: Augmentation
         "optimizer": f"AdamW lr {args.lr}, weight decay {args.weight_decay}, warm-up + cosine, batch {args.batch_size}",
         "cam_border_penalty": args.cam_border_weight,
         "cam_lung_penalty": args.cam_lung_weight,
+        "source_adversary": top.source_adversary,
         "sampling": "class- and source-balanced (each class 1/2, split equally among its sources)",
         "augmentation": aug.to_dict(), "minutes": round(minutes, 1), "threads": args.threads,
         "hardware": "CPU (shared 2-core machine)" if not torch.cuda.is_available() else "CUDA GPU",
@@ -780,7 +829,8 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
     data = prepare_data(args, pre)
     model = efficientnet_lite0(len(CLASS_NAMES), imagenet=True)
     feats = build_features(args, data, model, pre, aug)
-    fits = [fit_top(args, model, data, feats, generator)]
+    adversary = Adversary.for_run(args, data)
+    fits = [fit_top(args, model, data, feats, generator, adversary)]
 
     # one pass of the trained top over every cached image: the classifier's input, from which both the
     # probabilities (the classifier is linear) and the OOD features are read
