@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import streamlit as st
@@ -120,27 +120,32 @@ def patient_section(image: LoadedImage) -> None:
             st.write("This file carries no patient details.")
 
 
-def _window_keys(image: LoadedImage) -> tuple[str, str]:
-    return f"wc:{image.sha256}", f"ww:{image.sha256}"
+class FilmWindow(NamedTuple):
+    """A DICOM's value range, its own window (clipped to the range), the sliders' step and their keys."""
+
+    lo: float
+    hi: float
+    center: float
+    width: float
+    step: float
+    center_key: str
+    width_key: str
 
 
-def _file_window(image: LoadedImage) -> tuple[float, float, float, float]:
-    """(lowest value, highest value, the file's own centre, width) of a DICOM's modality values."""
+def _film_window(image: LoadedImage) -> FilmWindow:
     r = image.radiograph
     lo, hi = float(np.min(r.modality_values)), float(np.max(r.modality_values))
     center0, width0 = r.window if r.window else ((lo + hi) / 2.0, max(hi - lo, 1.0))
-    return lo, hi, float(min(max(center0, lo), hi)), float(min(max(width0, 1.0), hi - lo + 1.0))
+    return FilmWindow(lo, hi, float(min(max(center0, lo), hi)), float(min(max(width0, 1.0), hi - lo + 1.0)),
+                      render.nice_step(hi - lo), f"wc:{image.sha256}", f"ww:{image.sha256}")
 
 
 def _set_window(image: LoadedImage, preset: str | None) -> None:
     """Button callback: put the sliders on a preset (or back on the file's own window) before they draw."""
-    lo, hi, center, width = _file_window(image)
-    if preset is not None:
-        center, width = render.window_preset(image.radiograph, preset)
-    step = render.nice_step(hi - lo)
-    keys = _window_keys(image)
-    st.session_state[keys[0]] = float(np.clip(round(center / step) * step, lo, hi))
-    st.session_state[keys[1]] = float(np.clip(round(width / step) * step, step, hi - lo + 1.0))
+    fw = _film_window(image)
+    center, width = render.window_preset(image.radiograph, preset) if preset is not None else (fw.center, fw.width)
+    st.session_state[fw.center_key] = float(np.clip(round(center / fw.step) * fw.step, fw.lo, fw.hi))
+    st.session_state[fw.width_key] = float(np.clip(round(width / fw.step) * fw.step, fw.step, fw.hi - fw.lo + 1.0))
 
 
 def window_controls(image: LoadedImage) -> None:
@@ -149,8 +154,7 @@ def window_controls(image: LoadedImage) -> None:
     r = image.radiograph
     if r.format != "dicom":
         return
-    lo, hi, center0, width0 = _file_window(image)
-    step = render.nice_step(hi - lo)
+    fw = _film_window(image)
     with st.container(horizontal=True):
         for preset in render.WINDOW_PRESETS:
             st.button(preset.capitalize(), key=f"win_{preset}", on_click=_set_window, args=(image, preset),
@@ -158,12 +162,11 @@ def window_controls(image: LoadedImage) -> None:
                       f"{render.WINDOW_PRESETS[preset][0]:g}–{render.WINDOW_PRESETS[preset][1]:g} of this film.")
         st.button("Reset", key="win_reset", on_click=_set_window, args=(image, None),
                   help="Back to the file's own window.")
-    kc, kw = _window_keys(image)
-    restore_widget(kc, center0)  # the slider's start (a preset's callback may have set it)
-    restore_widget(kw, width0)
-    st.slider("Window centre", lo, hi, step=step, key=kc)
-    st.slider("Window width", step, max(hi - lo + 1.0, 2 * step), step=step, key=kw)
-    keep_widgets((kc, kw))
+    restore_widget(fw.center_key, fw.center)  # the slider's start (a preset's callback may have set it)
+    restore_widget(fw.width_key, fw.width)
+    st.slider("Window centre", fw.lo, fw.hi, step=fw.step, key=fw.center_key)
+    st.slider("Window width", fw.step, max(fw.hi - fw.lo + 1.0, 2 * fw.step), step=fw.step, key=fw.width_key)
+    keep_widgets((fw.center_key, fw.width_key))
 
 
 def window_choice(image: LoadedImage) -> tuple[float, float] | None:
@@ -172,11 +175,9 @@ def window_choice(image: LoadedImage) -> tuple[float, float] | None:
     r = image.radiograph
     if r.format != "dicom":
         return None
-    lo, hi, center0, width0 = _file_window(image)
-    step = render.nice_step(hi - lo)
-    kc, kw = _window_keys(image)
-    center, width = float(kept_value(kc, center0)), float(kept_value(kw, width0))
-    if r.window is None or abs(center - center0) > step / 2 or abs(width - width0) > step / 2:
+    fw = _film_window(image)
+    center, width = float(kept_value(fw.center_key, fw.center)), float(kept_value(fw.width_key, fw.width))
+    if r.window is None or abs(center - fw.center) > fw.step / 2 or abs(width - fw.width) > fw.step / 2:
         return (center, width)
     return None
 
