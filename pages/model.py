@@ -190,6 +190,12 @@ def _training(card: Any) -> None:
         elif training.get("cam_border_penalty"):
             lines.append(f"- **Border penalty**: weight {training['cam_border_penalty']} on Grad-CAM's share in the "
                          "outer 10 % band.")
+        adversary = _mapping(training.get("source_adversary"))
+        if adversary:
+            accuracy = adversary.get("val_within_class_source_accuracy")
+            lines.append(f"- **Source adversary**: gradient-reversal weight {adversary.get('weight', '?')} against "
+                         f"naming the hospital within a class ({', '.join(map(str, adversary.get('sources', [])))}); "
+                         f"its accuracy on val afterwards: {_num(accuracy) if accuracy is not None else 'no class with two sources'}.")
         lines.append(f"- **Seed** {training.get('seed', '?')}; ran {training.get('minutes', '?')} min on "
                      f"{training.get('hardware', 'CPU')}, {training.get('date', '')}; command `{training.get('command', '')}`.")
         st.markdown("\n".join(lines))

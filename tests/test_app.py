@@ -210,6 +210,24 @@ def test_starts_with_disclaimer_and_model_page_renders_the_card() -> None:
     text = " ".join(h.value for h in at.header) + " ".join(c.value for c in at.caption)
     assert card.name in text and card.sha256 in text
     assert any(m.label.startswith("Threshold on P(") and m.value == f"{card.threshold:.3f}" for m in at.metric)
+    # What was tried, as the card records it (held-out figures included), one row per recipe.
+    recipes = card.training["recipes_compared"]
+    tables = [d.value for d in at.dataframe if "recipe" in d.value.columns]
+    assert len(tables) == 1 and tables[0]["recipe"].tolist() == [r["recipe"] for r in recipes]
+    assert tables[0]["NIH held out (spec.)"].tolist() == [r.get("NIH held out (spec.)", "–") for r in recipes]
+
+
+def test_model_page_says_how_a_source_adversary_was_trained() -> None:
+    script = """
+from types import SimpleNamespace
+import pages.model as page
+page._training(SimpleNamespace(training={"train_images": 4, "val_images": 2, "seed": 1, "source_adversary": {
+    "weight": 1.0, "sources": ["Shenzhen", "NIH"], "val_within_class_source_accuracy": 0.4626}}))
+"""
+    at = run(AppTest.from_string(script, default_timeout=TIMEOUT))
+    text = " ".join(m.value for m in at.markdown)
+    assert ("**Source adversary**: gradient-reversal weight 1.0 against naming the hospital within a class "
+            "(Shenzhen, NIH); its accuracy on val afterwards: 0.46.") in text
 
 
 def test_the_explain_page_needs_no_torch_before_it_loads_the_model() -> None:
