@@ -89,6 +89,36 @@ def test_details_absent_unless_asked_and_the_maps_unchanged() -> None:
     np.testing.assert_array_equal(guided_only.details["gradients"], detailed.details["gradients"])
 
 
+def test_a_target_rule_picks_each_class_from_the_forward_pass_with_no_second_pass() -> None:
+    model = Pixelwise(FC).eval()
+    seen: list[np.ndarray] = []
+
+    def rule(p: np.ndarray) -> list[int]:  # the least probable class: never the arg-max here
+        seen.append(p.copy())
+        return [int(np.argmin(row)) for row in p]
+
+    calls: list[int] = []
+    handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        ruled = Explainer(model, "act").explain(X2, target=rule)
+    finally:
+        handle.remove()
+    assert calls == [1]  # one forward pass: the rule ran between it and the backward pass
+    # The rule saw the batch's probabilities as the explanation reports them (float64, one row per image).
+    assert len(seen) == 1 and seen[0].dtype == np.float64
+    np.testing.assert_allclose(seen[0], ruled.probabilities, rtol=1e-6)
+    chosen = [int(np.argmin(row)) for row in ruled.probabilities]
+    assert chosen != [int(np.argmax(row)) for row in ruled.probabilities]
+    assert ruled.target.tolist() == chosen
+    explicit = Explainer(model, "act").explain(X2, target=chosen)
+    for m in METHODS:
+        np.testing.assert_array_equal(ruled.maps[m], explicit.maps[m])
+    with pytest.raises(ValueError, match="out of range"):
+        Explainer(model, "act").explain(X2, target=lambda p: [5] * len(p))
+    with pytest.raises(ValueError, match="2 images"):
+        Explainer(model, "act").explain(X2, target=lambda p: [0])
+
+
 @pytest.mark.parametrize("relu_head", [False, True])
 def test_details_come_from_the_same_single_forward_pass(relu_head: bool) -> None:
     # relu_head: a ReLU above the target layer forces two backward passes, still over one forward pass.

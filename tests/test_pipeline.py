@@ -132,6 +132,18 @@ def test_predicted_target_follows_the_cards_threshold(tmp_path: Path, chestcovne
     assert 0.2 < p < 0.5
     assert result.predicted == "covid19" and result.target == "covid19"
     assert int(result.explanation.target[0]) == 1
+    # The decision is taken inside the engine's one forward pass, not by explaining the arg-max and then
+    # the decision: one forward pass, and the same maps as asking for covid19 outright.
+    calls: list[int] = []
+    handle = loaded.module.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        again = explain_source(chestcovnet_dir / "images" / "nih_00008727_009.jpg", loaded, methods=["gradcam"])
+    finally:
+        handle.remove()
+    assert calls == [1]
+    outright = explain_source(chestcovnet_dir / "images" / "nih_00008727_009.jpg", loaded, methods=["gradcam"],
+                              target="covid19")
+    np.testing.assert_allclose(again.maps["gradcam"], outright.maps["gradcam"], atol=1e-5)  # float rounding
 
     record = result_record(result, loaded)
     assert set(record) == {"file", "probabilities", "predicted", "target", "model", "target_layer", "timings_ms",

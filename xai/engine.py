@@ -89,6 +89,8 @@ __all__ = [
     "Explanation",
     "Method",
     "Passes",
+    "Target",
+    "TargetRule",
     "cam_view",
     "gradcam_plus_plus_alphas",
     "gradcam_plus_plus_weights",
@@ -550,14 +552,23 @@ def check_input(x: Any) -> torch.Tensor:
     return x
 
 
-def resolve_targets(
-    target: int | Sequence[int] | np.ndarray | torch.Tensor | None, logits: torch.Tensor
-) -> torch.Tensor:
+#: A target chosen from the forward pass: the batch's class probabilities ``(N, C)`` (float64) in, one class
+#: per image out — e.g. a model card's decision threshold. It runs between the forward and the backward pass,
+#: so the class it picks is explained without a second pass.
+TargetRule = Callable[[np.ndarray], Sequence[int] | np.ndarray]
+#: What :meth:`Explainer.explain` accepts as ``target``.
+Target = int | Sequence[int] | np.ndarray | torch.Tensor | TargetRule | None
+
+
+def resolve_targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
     """One class index per image (long tensor on the logits' device): the predicted class for ``None``, else
-    ``target`` (an int for every image, or one per image) checked against the number of classes."""
+    ``target`` (an int for every image, one per image, or a :data:`TargetRule` applied to the batch's
+    probabilities) checked against the number of classes."""
     n, c = logits.shape
     if target is None:
         return logits.detach().argmax(dim=1)
+    if callable(target):
+        target = target(probabilities(logits.detach()).cpu().double().numpy())
     if isinstance(target, bool):
         raise TypeError("target must be an int, a list of ints (one per image) or None, not a bool")
     if isinstance(target, (int, np.integer)):
@@ -695,7 +706,7 @@ class Explainer:
     def explain(
         self,
         x: torch.Tensor,
-        target: int | Sequence[int] | np.ndarray | torch.Tensor | None = None,
+        target: Target = None,
         methods: str | Iterable[str] = METHODS,
         *,
         details: bool = False,
@@ -705,8 +716,9 @@ class Explainer:
         Args:
             x: preprocessed float tensor ``(N, C, H, W)``; moved to the model's device (a copy; the
                 caller's tensor is never modified).
-            target: class index for all images, one index per image, or ``None`` for each image's
-                predicted class (argmax of the logits).
+            target: class index for all images, one index per image, ``None`` for each image's
+                predicted class (argmax of the logits), or a :data:`TargetRule` that picks one class per
+                image from the forward pass's probabilities (before the backward pass).
             methods: any subset of :data:`METHOD_TABLE` (the four of :data:`METHODS` unless more were
                 registered).
             details: also return the CAMs' intermediate quantities (:data:`DETAILS`) in
@@ -770,7 +782,7 @@ class Explainer:
     def _passes(
         self,
         x: torch.Tensor,
-        target: int | Sequence[int] | np.ndarray | torch.Tensor | None,
+        target: Target,
         module: nn.Module,
         layer_name: str,
         device: torch.device,
