@@ -234,6 +234,32 @@ def _fill_value(u) -> float:  # noqa: ANN001 - the local random helper
     return float(u(1))
 
 
+def mix_styles(x: Tensor, groups: Tensor, generator: torch.Generator, alpha: float = 0.1) -> Tensor:
+    """MixStyle across sources (Zhou et al. 2021, "Domain Generalization with MixStyle", ICLR): each feature
+    map ``x[i]`` (N, C, H, W) keeps its normalised content and takes channel statistics mixed with those of a
+    film from another group (source) in the batch:
+
+        μ_i, σ_i = mean, std of x[i] over (H, W);  λ_i ~ Beta(α, α);  j = a partner with groups[j] != groups[i]
+        out_i = (x_i − μ_i) / σ_i · (λ_i σ_i + (1 − λ_i) σ_j) + (λ_i μ_i + (1 − λ_i) μ_j)
+
+    so the head sees each film in "styles" between its hospital's and another's. A film with no partner of
+    another group in the batch is left as it is. Returns a new tensor."""
+    n = x.shape[0]
+    x = x.float()
+    mu = x.mean(dim=(2, 3), keepdim=True)
+    sigma = (x.var(dim=(2, 3), keepdim=True) + 1e-6).sqrt()
+    content = (x - mu) / sigma
+    partner = torch.arange(n)
+    for i in range(n):  # a random partner from another group
+        others = torch.nonzero(groups != groups[i]).flatten()
+        if len(others):
+            partner[i] = others[torch.randint(len(others), (1,), generator=generator)]
+    # λ ~ Beta(α, α) from torch's global generator (its sampler takes no other; a run seeds it)
+    lam = torch.distributions.Beta(alpha, alpha).sample((n, 1, 1, 1))
+    lam = torch.where((partner == torch.arange(n)).view(-1, 1, 1, 1), torch.ones_like(lam), lam)
+    return content * (lam * sigma + (1 - lam) * sigma[partner]) + lam * mu + (1 - lam) * mu[partner]
+
+
 # ------------------------------------------------------------------------------------------ lung masks
 LUNGS_DIR_NAME = "lungs"
 

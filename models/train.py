@@ -62,6 +62,7 @@ from models.data import (
     balanced_weights,
     build_cache,
     build_mask_cache,
+    mix_styles,
     normalize,
     read_lung_masks,
     read_manifest,
@@ -162,6 +163,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lung-dilate", type=int, default=16, help="lung mask dilation radius in model pixels")
     p.add_argument("--source-adversary-weight", type=float, default=0.0,
                    help="stage 1: gradient-reversal weight of the class-conditional source adversary (0: off)")
+    p.add_argument("--mixstyle", type=float, default=0.0,
+                   help="stage 1: probability per batch of MixStyle across sources on the cached features (0: off)")
     p.add_argument("--cache-dir", default="runs/cache", help="decoded-image cache ('' to disable)")
     p.add_argument("--name", default="chestcovnet")
     p.add_argument("--version", default="1.0")
@@ -579,11 +582,15 @@ def fit_top(args: argparse.Namespace, model: EfficientNetLite0, data: TrainData,
     train_rows = torch.from_numpy(data.rows(data.train))
     n_views = feats.train_views.shape[1]
     f_val = feats.clean[data.rows(data.val)]
+    source_names = sorted({r.source for r in data.train})
+    train_sources = torch.tensor([source_names.index(r.source) for r in data.train])
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         vp = torch.randint(0, n_views + 1, (len(idx),), generator=generator)
         x = torch.where((vp == n_views).view(-1, 1, 1, 1), feats.train_clean[idx],
                         feats.train_views[idx, vp.clamp(max=n_views - 1)]).float()
+        if args.mixstyle > 0 and float(torch.rand((), generator=generator)) < args.mixstyle:
+            x = mix_styles(x, train_sources[idx], generator)
         logits, features = model.forward_rest(x, n_front, return_features=True)
         return F.cross_entropy(logits, y_train[idx]) + _penalties(args, data, model, features, y_train[idx],
                                                                   train_rows[idx], adversary, idx)
@@ -758,6 +765,7 @@ def training_record(args: argparse.Namespace, data: TrainData, aug: Augmentation
         "cam_border_penalty": args.cam_border_weight,
         "cam_lung_penalty": args.cam_lung_weight,
         "source_adversary": top.source_adversary,
+        "mixstyle": args.mixstyle or None,
         "sampling": "class- and source-balanced (each class 1/2, split equally among its sources)",
         "augmentation": aug.to_dict(), "minutes": round(minutes, 1), "threads": args.threads,
         "hardware": "CPU (shared 2-core machine)" if not torch.cuda.is_available() else "CUDA GPU",

@@ -16,6 +16,7 @@ from models.data import (
     augment,
     balanced_weights,
     build_cache,
+    mix_styles,
     normalize,
     read_lung_masks,
     read_manifest,
@@ -251,3 +252,31 @@ def test_lung_crop_run_trains_on_what_the_app_prepares(tmp_path: Path, chestcovn
     scores = score_records(loaded, chestcovnet_dir, records)
     labels = np.array([r.label for r in records])
     assert auroc(labels, scores) == pytest.approx(loaded.card.metrics["val"]["auroc"], abs=2e-3)
+
+
+def test_mix_styles_keeps_content_and_takes_statistics_between_two_sources():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    # six feature maps, each channel with its own mean and spread; sources 0, 0, 1, 1, 2 and a lone 2
+    x = torch.randn(6, 3, 4, 4) * torch.arange(1.0, 7.0).view(6, 1, 1, 1) + 10 * torch.arange(6.0).view(6, 1, 1, 1)
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    y = mix_styles(x, groups, g, alpha=0.5)
+
+    def stats(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return t.mean(dim=(2, 3)), (t.var(dim=(2, 3)) + 1e-6).sqrt()
+
+    mu_x, sd_x = stats(x)
+    mu_y, sd_y = stats(y)
+    # content: each map standardised per channel is unchanged
+    torch.testing.assert_close((y - mu_y[..., None, None]) / sd_y[..., None, None],
+                               (x - mu_x[..., None, None]) / sd_x[..., None, None], atol=1e-4, rtol=1e-4)
+    for i in range(6):
+        # the new statistics are one mix λ·own + (1-λ)·partner's, for one partner from another source
+        fits = []
+        for j in torch.nonzero(groups != groups[i]).flatten().tolist():
+            lam = (mu_y[i, 0] - mu_x[j, 0]) / (mu_x[i, 0] - mu_x[j, 0])
+            fits.append(bool(0 <= lam <= 1 and torch.allclose(mu_y[i], lam * mu_x[i] + (1 - lam) * mu_x[j], atol=1e-3)
+                             and torch.allclose(sd_y[i], lam * sd_x[i] + (1 - lam) * sd_x[j], atol=1e-3)))
+        assert any(fits), i
+    # a batch from one source has no partner to mix with: unchanged
+    torch.testing.assert_close(mix_styles(x, torch.zeros(6, dtype=torch.long), g), x, atol=1e-4, rtol=1e-4)
