@@ -196,6 +196,9 @@ def _training(card: Any) -> None:
             lines.append(f"- **Source adversary**: gradient-reversal weight {adversary.get('weight', '?')} against "
                          f"naming the hospital within a class ({', '.join(map(str, adversary.get('sources', [])))}); "
                          f"its accuracy on val afterwards: {_num(accuracy) if accuracy is not None else 'no class with two sources'}.")
+        if training.get("mixstyle"):
+            lines.append(f"- **MixStyle across sources**: in {_num(training['mixstyle'])} of the batches, each film's "
+                         "features took channel statistics mixed with a film's from another source.")
         lines.append(f"- **Seed** {training.get('seed', '?')}; ran {training.get('minutes', '?')} min on "
                      f"{training.get('hardware', 'CPU')}, {training.get('date', '')}; command `{training.get('command', '')}`.")
         st.markdown("\n".join(lines))

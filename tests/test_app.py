@@ -217,17 +217,19 @@ def test_starts_with_disclaimer_and_model_page_renders_the_card() -> None:
     assert tables[0]["NIH held out (spec.)"].tolist() == [r.get("NIH held out (spec.)", "–") for r in recipes]
 
 
-def test_model_page_says_how_a_source_adversary_was_trained() -> None:
+def test_model_page_says_how_a_source_adversary_and_mixstyle_were_trained() -> None:
     script = """
 from types import SimpleNamespace
 import pages.model as page
-page._training(SimpleNamespace(training={"train_images": 4, "val_images": 2, "seed": 1, "source_adversary": {
-    "weight": 1.0, "sources": ["Shenzhen", "NIH"], "val_within_class_source_accuracy": 0.4626}}))
+page._training(SimpleNamespace(training={"train_images": 4, "val_images": 2, "seed": 1, "mixstyle": 0.5,
+    "source_adversary": {"weight": 1.0, "sources": ["Shenzhen", "NIH"], "val_within_class_source_accuracy": 0.4626}}))
 """
     at = run(AppTest.from_string(script, default_timeout=TIMEOUT))
     text = " ".join(m.value for m in at.markdown)
     assert ("**Source adversary**: gradient-reversal weight 1.0 against naming the hospital within a class "
             "(Shenzhen, NIH); its accuracy on val afterwards: 0.46.") in text
+    assert ("**MixStyle across sources**: in 0.50 of the batches, each film's features took channel statistics "
+            "mixed with a film's from another source.") in text
 
 
 def test_the_explain_page_needs_no_torch_before_it_loads_the_model() -> None:
