@@ -57,11 +57,9 @@ class SourceAdversary(nn.Module):
         if len(sources) != len(labels):
             raise ValueError(f"{len(sources)} sources for {len(labels)} labels")
         self.source_names: tuple[str, ...] = tuple(sorted(set(sources)))
-        index = {s: i for i, s in enumerate(self.source_names)}
         n_classes = max(labels) + 1 if len(labels) else 0
         allowed = torch.zeros(n_classes, len(self.source_names), dtype=torch.bool)
-        for s, y in zip(sources, labels, strict=True):
-            allowed[y, index[s]] = True
+        allowed[torch.tensor(list(labels), dtype=torch.long), self.source_index(sources)] = True
         self.register_buffer("allowed", allowed, persistent=False)  # (class, source): films of both in training
         self.weight = weight
         self.head = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, len(self.source_names)))

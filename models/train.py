@@ -496,12 +496,13 @@ class Adversary:
     train_sources: torch.Tensor
 
     @classmethod
-    def for_run(cls, args: argparse.Namespace, data: TrainData) -> Adversary | None:
+    def for_run(cls, args: argparse.Namespace, data: TrainData, train_sources: torch.Tensor) -> Adversary | None:
+        """``train_sources``: each train film's index in the sorted source names (the module's own order)."""
         if args.source_adversary_weight <= 0:
             return None
         module = SourceAdversary(HEAD_CHANNELS, [r.source for r in data.train], data.labels(data.train).tolist(),
                                  weight=args.source_adversary_weight)
-        return cls(module, module.source_index([r.source for r in data.train]))
+        return cls(module, train_sources)
 
     def val_accuracy(self, pooled: np.ndarray, data: TrainData) -> float | None:
         """Within-class source accuracy on the run's val films (sources seen in training only; None when no
@@ -574,16 +575,18 @@ def _fit(model: nn.Module, params: list[nn.Parameter], *, label: str, epochs: in
 
 
 def fit_top(args: argparse.Namespace, model: EfficientNetLite0, data: TrainData, feats: Features,
-            generator: torch.Generator, adversary: Adversary | None = None) -> FitResult:
+            generator: torch.Generator) -> FitResult:
     """Stage 1: train the blocks after the frozen front on the cached features (each draw one of the
-    augmented views or, 1 in V+1, the clean image), with the source adversary when given."""
+    augmented views or, 1 in V+1, the clean image), with MixStyle and the source adversary when asked for."""
     n_front = args.freeze_blocks
     y_train = torch.from_numpy(data.labels(data.train))
     train_rows = torch.from_numpy(data.rows(data.train))
     n_views = feats.train_views.shape[1]
     f_val = feats.clean[data.rows(data.val)]
+    # One source index per train film (sorted names): MixStyle's groups and the adversary's targets.
     source_names = sorted({r.source for r in data.train})
     train_sources = torch.tensor([source_names.index(r.source) for r in data.train])
+    adversary = Adversary.for_run(args, data, train_sources)
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         vp = torch.randint(0, n_views + 1, (len(idx),), generator=generator)
@@ -837,8 +840,7 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
     data = prepare_data(args, pre)
     model = efficientnet_lite0(len(CLASS_NAMES), imagenet=True)
     feats = build_features(args, data, model, pre, aug)
-    adversary = Adversary.for_run(args, data)
-    fits = [fit_top(args, model, data, feats, generator, adversary)]
+    fits = [fit_top(args, model, data, feats, generator)]
 
     # one pass of the trained top over every cached image: the classifier's input, from which both the
     # probabilities (the classifier is linear) and the OOD features are read
