@@ -35,7 +35,7 @@ MEASURES = (
 )
 
 
-def one_round(tree: Path, log: Path) -> dict[str, float] | None:
+def bench_once(tree: Path, log: Path) -> dict[str, float] | None:
     """``tree``'s own app benchmark, one fresh server; its three measures, or None when it failed (see ``log``)."""
     with log.open("w") as out:
         subprocess.run([sys.executable, "benchmarks/bench_app.py", "--rounds", "1"], cwd=tree, stdout=out,
@@ -78,16 +78,16 @@ def main(argv: list[str] | None = None) -> int:
                        capture_output=True)
         try:
             (worktree / ".venv").symlink_to(REPO / ".venv")
-            # Both trees' bytecode written ahead, as `make run` does today (a fair start for the older one).
-            for tree in (worktree, REPO):
-                subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "app.py", "pages", "xai",
-                                "models"], cwd=tree, check=True)
+            # The earlier tree's bytecode written ahead, as `make run` does today; today's bench_app.py does this
+            # itself before each run, an older one may not (a fair start for it).
+            subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "app.py", "pages", "xai", "models"],
+                           cwd=worktree, check=True)
             earlier, now = [], []
             for pair in range(args.pairs):
                 sides = [("earlier", worktree), ("now", REPO)]
                 results = {}
                 for side, tree in sides if pair % 2 == 0 else sides[::-1]:
-                    results[side] = one_round(tree, Path(tmp) / f"{side}_{pair}.log")
+                    results[side] = bench_once(tree, Path(tmp) / f"{side}_{pair}.log")
                 if None in results.values():
                     failed = [side for side, r in results.items() if r is None]
                     print(f"pair {pair + 1}: {', '.join(failed)} failed; left out", flush=True)
