@@ -74,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-app-vs-") as tmp:
         worktree = Path(tmp) / "earlier"
-        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.commit], cwd=REPO, check=True,
-                       capture_output=True)
+        added = subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.commit], cwd=REPO,
+                               capture_output=True, text=True, check=False)
+        if added.returncode != 0:  # e.g. a revision this clone does not have: say so, no traceback
+            print(f"cannot check out {args.commit!r}: {added.stderr.strip()}")
+            return 2
         try:
             (worktree / ".venv").symlink_to(REPO / ".venv")
             # The earlier tree's bytecode written ahead, as `make run` does today; today's bench_app.py does this
