@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PORT ?= 8501
 
-.PHONY: run test lint bench browser postgres clean
+.PHONY: run test lint bench browser postgres dicom3tools orthanc clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
@@ -44,7 +44,26 @@ postgres:
 		echo "installed postgresql: $$(ls -d /usr/lib/postgresql/*/bin | tail -1)"; \
 	else echo "PostgreSQL server binaries missing and not root: the review store's PostgreSQL tests will fail"; fi
 
-test: $(VENV)/.dev browser postgres
+# David Clunie's DICOM validator (dciodvfy) for the tests that validate every DICOM object the project writes.
+dicom3tools:
+	@if command -v dciodvfy >/dev/null; then echo "dciodvfy: $$(command -v dciodvfy)"; \
+	elif [ "$$(id -u)" = "0" ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null && \
+		echo "installed dciodvfy: $$(command -v dciodvfy)"; \
+	else echo "dicom3tools missing and not root: the DICOM validation tests will fail"; fi
+
+# Orthanc and its DICOMweb plugin: the throw-away PACS the PACS tests start (loopback, temporary storage).
+orthanc:
+	@if command -v Orthanc >/dev/null && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
+		echo "orthanc: $$(command -v Orthanc)"; \
+	elif [ "$$(id -u)" = "0" ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null && \
+		echo "installed orthanc: $$(command -v Orthanc)"; \
+	else echo "Orthanc or its DICOMweb plugin missing and not root: the PACS tests will fail"; fi
+
+test: $(VENV)/.dev browser postgres dicom3tools orthanc
 	$(PY) -m pytest
 
 lint: $(VENV)/.dev
