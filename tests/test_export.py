@@ -361,3 +361,43 @@ def test_secondary_capture_needs_a_dicom_source_and_a_mode(panel, provenance, so
                                                        "SOPInstanceUID": "1.2.3.4"}, provenance, mode="pacs")
     with pytest.raises(export.ExportError, match="mode"):
         export.secondary_captures({"gradcam": panel}, source, provenance, mode="anon")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------ sources real files have: odd values, no preamble
+def test_sc_for_our_pacs_leaves_a_value_that_breaks_its_vr_empty(dicom_dir, provenance, panel, recwarn):
+    """A real DX file whose PatientBirthDate (a DA) is a hash: the capture is written, the date left empty,
+    every valid Patient/Study value still copied; highdicom's name warnings (which quote the name) silenced."""
+    data = (dicom_dir / "canon_dx_pa_mono1_inverse_j2k_lossless.dcm").read_bytes()
+    header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    with pytest.raises(ValueError):
+        pydicom.valuerep.DA(header.PatientBirthDate)  # the reason: not a date
+    (sc,) = export.secondary_captures({"gradcam": panel}, data, provenance, mode="pacs")
+    ds = _read_sc(sc)
+    assert ds.PatientBirthDate == "" and ds.StudyInstanceUID == header.StudyInstanceUID
+    assert str(ds.PatientName) == str(header.PatientName) and ds.PatientID == header.PatientID
+    assert ds.BodyPartExamined == "CHEST" and "Laterality" not in ds
+    assert not [w for w in recwarn.list if str(header.PatientName) in str(w.message)]
+
+
+def test_sc_from_a_file_without_preamble_matches_the_one_with_it(provenance, panel, source_bytes):
+    assert source_bytes[128:132] == b"DICM"
+    bare = source_bytes[132:]
+    with pytest.raises(pydicom.errors.InvalidDicomError):
+        pydicom.dcmread(io.BytesIO(bare))  # what made the export fail: no preamble, no "DICM"
+    (sc,) = export.secondary_captures({"gradcam": panel}, bare, provenance, mode="pacs")
+    ds = _read_sc(sc)
+    full = pydicom.dcmread(io.BytesIO(source_bytes))
+    assert ds.StudyInstanceUID == full.StudyInstanceUID and ds.PatientID == full.PatientID
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == full.SOPInstanceUID
+
+
+def test_one_result_study_files_several_exports_together(provenance, panel, source_bytes, source):
+    study = export.result_study(source_bytes, "deidentified")
+    a = _read_sc(export.secondary_captures({"gradcam": panel}, source_bytes, provenance, mode="deidentified",
+                                           study=study)[0])
+    b = _read_sc(export.secondary_captures({"gradcam": panel}, source_bytes, provenance, mode="deidentified",
+                                           study=study)[0])
+    assert a.StudyInstanceUID == b.StudyInstanceUID == study.study_instance_uid != source.StudyInstanceUID
+    assert a.PatientID == b.PatientID and a.SeriesInstanceUID != b.SeriesInstanceUID
+    with pytest.raises(export.ExportError, match="mode"):
+        export.secondary_captures({"gradcam": panel}, source_bytes, provenance, mode="pacs", study=study)
