@@ -54,16 +54,19 @@ __all__ = ["MarkerBox", "find_text_and_markers", "text_and_marker_mask", "ocr_av
 WORK_SIDE = 1024
 OCR_SIDE = 2048
 TOPHAT_SIZE = 0.03
-MIN_CONTRAST = 24.0
+MIN_CONTRAST = 45.0
 GLYPH_HEIGHT = (0.012, 0.075)
 MAX_GLYPH_WIDTH = 2.2
 GLYPH_FILL = (0.12, 0.72)
-MIN_SHARPNESS = 0.75
+MIN_SHARPNESS = 0.65
+MARKER_MIN_SHARPNESS = 0.8
 MIN_GLYPH_CONTRAST = 90.0
 MAX_HALF_STROKE = 0.006
 WORD_GAP = 0.8
 WORD_HEIGHT_RATIO = 2.0
 MARKER_MIN_CONTRAST = 60.0
+MARKER_MARGIN = 0.5
+MARKER_EDGE_BAND = 0.15
 OCR_MIN_CONFIDENCE = 60.0
 MASK_PAD = 0.006
 
@@ -149,8 +152,15 @@ def _same_word(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return gap <= WORD_GAP * max(ha, hb)
 
 
-def _words(glyphs: list[tuple[int, int, int, int, float, float]],
-           bright: bool) -> list[tuple[int, int, int, int, str, float]]:
+def _near_edge(x0: int, y0: int, x1: int, y1: int, shape: tuple[int, int]) -> bool:
+    """Whether a box's centre lies within MARKER_EDGE_BAND of the long side from an edge of the film."""
+    band = MARKER_EDGE_BAND * max(shape)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return min(cx, cy, shape[1] - cx, shape[0] - cy) <= band
+
+
+def _words(glyphs: list[tuple[int, int, int, int, float, float]], bright: bool,
+           shape: tuple[int, int]) -> list[tuple[int, int, int, int, str, float]]:
     """Group glyphs into words on one line (union-find over glyph pairs): (x, y, w, h, kind, confidence)."""
     parent = list(range(len(glyphs)))
 
@@ -180,8 +190,10 @@ def _words(glyphs: list[tuple[int, int, int, int, float, float]],
         sharp = min(1.0, float(np.mean([g[5] for g in group])))
         if len(group) >= 2:
             words.append((x0, y0, x1 - x0, y1 - y0, "text", min(1.0, 0.5 + 0.1 * len(group) + 0.2 * sharp)))
-        elif bright and contrast >= MARKER_MIN_CONTRAST:
-            words.append((x0, y0, x1 - x0, y1 - y0, "marker", 0.3 + 0.4 * sharp))
+        elif (bright and contrast >= MARKER_MIN_CONTRAST and sharp >= MARKER_MIN_SHARPNESS
+              and _near_edge(x0, y0, x1, y1, shape)):
+            m = int(round(MARKER_MARGIN * (y1 - y0)))  # a lone marker usually sits on a plate or in a ring
+            words.append((x0 - m, y0 - m, x1 - x0 + 2 * m, y1 - y0 + 2 * m, "marker", 0.3 + 0.4 * sharp))
     return words
 
 
@@ -196,7 +208,7 @@ def _tophat_boxes(pixels: np.ndarray) -> list[MarkerBox]:
     boxes = []
     for op, bright in ((cv2.MORPH_TOPHAT, True), (cv2.MORPH_BLACKHAT, False)):
         tophat = cv2.morphologyEx(img, op, kernel)
-        for x, y, w, h, kind, conf in _words(_glyphs(tophat, gradient, side), bright):
+        for x, y, w, h, kind, conf in _words(_glyphs(tophat, gradient, side), bright, img.shape):
             boxes.append(_to_original(x, y, w, h, scale, pixels.shape, kind, "tophat", conf))
     return boxes
 
@@ -204,8 +216,8 @@ def _tophat_boxes(pixels: np.ndarray) -> list[MarkerBox]:
 def _to_original(x: float, y: float, w: float, h: float, scale: float, shape: tuple[int, ...],
                  kind: str, found_by: str, confidence: float) -> MarkerBox:
     H, W = shape
-    x0 = int(np.floor(x / scale))
-    y0 = int(np.floor(y / scale))
+    x0 = max(0, int(np.floor(x / scale)))
+    y0 = max(0, int(np.floor(y / scale)))
     x1 = min(W, int(np.ceil((x + w) / scale)))
     y1 = min(H, int(np.ceil((y + h) / scale)))
     return MarkerBox(max(0, x0), max(0, y0), max(1, x1 - x0), max(1, y1 - y0), kind, found_by,
