@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,8 @@ from xai.trust.ood import OODResult
 from xai.trust.sanity import SanityResult
 from xai.trust.stability import Comparison, StabilityResult
 from xai.trust.verdict import (
+    BLUR_MARGIN,
+    CHECKS,
     RANDOM_REFERENCE,
     Verdict,
     faithfulness_verdict,
@@ -96,11 +100,30 @@ def test_faithfulness_lights_against_the_random_reference() -> None:
         faithfulness_verdict(no_reference, "m")
 
 
+def test_a_blurred_film_scoring_like_the_film_is_a_red_flag_whatever_the_aucs() -> None:
+    """The curves' premise: the baseline must score lower than the film. Near (within BLUR_MARGIN) or above:
+    red, in words, with both scores; clearly lower: the usual comparison with the random order."""
+    good = _faith(0.2, 0.9)  # AUCs that would read "faithful"
+    for film, blurred in ((0.999, 0.96), (0.999, 0.999 - BLUR_MARGIN), (0.5, 0.8), (0.003, 0.002)):
+        v = faithfulness_verdict(replace(good, score=film, baseline_score=blurred), "m")
+        assert v.light == "red", (film, blurred)
+        assert v.sentence.startswith("The model gives this score to a blurred film: it is not using the film's "
+                                     "detail")
+        assert f"{blurred:.3f} on the blurred film" in v.sentence and f"{film:.3f} on the film" in v.sentence
+    apart = faithfulness_verdict(replace(good, score=0.99, baseline_score=0.99 - BLUR_MARGIN - 0.01), "m")
+    assert apart.light == "green" and "blurred" not in apart.sentence
+    assert faithfulness_verdict(good, "m").light == "green"  # scores not measured: the AUC rule alone
+
+
 def test_ood_words_never_claim_the_film_looks_like_the_training_data() -> None:
     quiet = OODResult(score=3.0, percentile=40.0, threshold=9.0, is_ood=False, warnings=())
-    v = ood_verdict(quiet, lung_found=True)
-    assert v.light == "green" and v.sentence.startswith("No warning.")
-    assert "looks like" not in v.sentence
+    v = ood_verdict(quiet, lung_found=True, silence="it stayed silent on 93% of the films (9 of 10)")
+    assert v.light == "amber"
+    assert v.sentence.startswith("No warning — the check misses films from hospitals it never saw: it stayed "
+                                 "silent on 93% of the films (9 of 10).")
+    assert "looks like" not in v.sentence and "like the training data" not in CHECKS["ood"]
+    unmeasured = ood_verdict(quiet, lung_found=True)
+    assert unmeasured.light == "amber" and "not measured" in unmeasured.sentence
     loud = OODResult(score=12.0, percentile=99.9, threshold=9.0, is_ood=True, warnings=("Unlike the training data.",))
     assert ood_verdict(loud, lung_found=True) == Verdict("ood", "red", "Warning: Unlike the training data.")
     no_lungs = ood_verdict(quiet, lung_found=False)

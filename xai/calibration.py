@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CARD_KEY",
     "DEFAULT_PERCENTILE",
+    "PLUS_PLUS_NOTE",
     "WEAK_PEAK",
     "WEAK_PROBABILITY",
     "ScaleCalibration",
@@ -141,25 +142,41 @@ def map_peaks(explanation: Any, index: int = 0, percentile: float = DEFAULT_PERC
     return {m: _peak(raw_magnitude(explanation, m, index), percentile) for m in explanation.methods}
 
 
+#: Why a map can look clear for a class the model rejects (Chattopadhyay et al. 2018, eq. 19).
+PLUS_PLUS_NOTE = ("Grad-CAM++ can still draw a clear map for it: its weights use only positive gradients and "
+                  "normalise per location, so a map appears even when the class score is low.")
+
+
 def weak_evidence(
     target: str, probability: float, peaks: Mapping[str, float], calibration: ScaleCalibration | None,
-    titles: Mapping[str, str] | None = None,
+    titles: Mapping[str, str] | None = None, *, rejected: bool = False,
 ) -> str | None:
     """A sentence saying why the evidence shown is weak, or None when it is not.
 
-    Weak: the explained class's probability is below :data:`WEAK_PROBABILITY`, or (with a calibration) a
-    map peaks below :data:`WEAK_PEAK` of what the method's maps typically reach. ``titles``: display names.
+    Weak: the model rejects the explained class (``rejected``: its decision is another class, e.g. the
+    probability is below the card's threshold), the class's probability is below :data:`WEAK_PROBABILITY`,
+    or (with a calibration) a map peaks below :data:`WEAK_PEAK` of what the method's maps typically reach.
+    For a rejected or improbable class the notice covers every map shown, whatever its brightness: a
+    method whose weights keep only positive gradients (Grad-CAM++) draws a clear map even then, because
+    evidence against the class never subtracts. ``titles``: display names.
     """
     name = dict(titles or {})
     low = {m: p / calibration.vmax[m] for m, p in peaks.items()
            if calibration is not None and m in calibration.vmax and p / calibration.vmax[m] < WEAK_PEAK}
     reasons = []
-    if probability < WEAK_PROBABILITY:
+    if rejected:
+        reasons.append(f"the model does not call {target} (probability {probability:.3g})")
+    elif probability < WEAK_PROBABILITY:
         reasons.append(f"the model gives {target} a probability of {probability:.3g}")
     if low:
         reasons.append("the maps peak far below what they typically reach (" + ", ".join(
             f"{name.get(m, m)} {r:.2f}×" for m, r in low.items()) + ")")
     if not reasons:
         return None
-    return ("Weak evidence: " + " and ".join(reasons) + ". What the maps show is faint on purpose; a per-image "
-            "stretch would make it look as bright as a confident map.")
+    text = "Weak evidence: " + " and ".join(reasons) + "."
+    if rejected or probability < WEAK_PROBABILITY:
+        shown = ", ".join(name.get(m, m) for m in peaks)
+        text += (f" Every map shown ({shown}) is evidence for a class the model " + ("rejects" if rejected else
+                 "barely considers") + ": none of them marks a finding. " + PLUS_PLUS_NOTE)
+    return text + (" What the maps show is faint on purpose; a per-image stretch would make it look as bright "
+                   "as a confident map." if low else "")

@@ -15,6 +15,11 @@ pixels lose detail but keep the image's overall intensity; ``"mean"`` — each c
 ``"black"`` — the prepared value of a black image (needs the preprocessing's mean/std, i.e. a LoadedModel).
 All ``2 (steps + 1)`` perturbed inputs per map are evaluated in batched forward passes without gradients,
 on the model's device and dtype.
+
+The result also carries the model's probability on the film (``score``) and on the baseline alone
+(``baseline_score``): the two ends of every curve. When the baseline already scores about as high as the
+film (a blurred film still called COVID-19), no pixel order can move the curves, the AUCs only restate
+that score and say nothing about the map — the verdict reads it first (:mod:`xai.trust.verdict`).
 """
 
 from __future__ import annotations
@@ -50,17 +55,24 @@ class FaithfulnessCurves:
 
 @dataclass(frozen=True)
 class FaithfulnessResult:
-    """Curves per method for one input; ``baseline`` says what removed pixels were replaced with."""
+    """Curves per method for one input; ``baseline`` says what removed pixels were replaced with;
+    ``score`` and ``baseline_score``: the model's probability of the target on the film and on the
+    baseline alone (None when not measured)."""
 
     target: int
     baseline: str
     curves: Mapping[str, FaithfulnessCurves]
     notes: tuple[str, ...] = field(default=())
+    score: float | None = None
+    baseline_score: float | None = None
 
     def table(self) -> list[dict[str, Any]]:
+        """One row per method: its AUCs, beside the probability on the film and on the baseline."""
+        ends = {"P on the film": None if self.score is None else round(self.score, 3),
+                "P on the baseline": None if self.baseline_score is None else round(self.baseline_score, 3)}
         return [
             {"method": m, "deletion_auc (lower is better)": round(c.deletion_auc, 3),
-             "insertion_auc (higher is better)": round(c.insertion_auc, 3)}
+             "insertion_auc (higher is better)": round(c.insertion_auc, 3), **ends}
             for m, c in self.curves.items()
         ]
 
@@ -162,6 +174,11 @@ def faithfulness(
     base, description = make_baseline(
         x, baseline, mean=getattr(pre, "mean", None), std=getattr(pre, "std", None)
     )
+    with torch.no_grad():
+        ends = probabilities(module(torch.cat([x, base.to(device=x.device, dtype=x.dtype)])))
+    if not 0 <= int(target) < ends.shape[1]:
+        raise ValueError(f"target class {target} out of range: the model has {ends.shape[1]} output(s)")
+    score, baseline_score = (float(v) for v in to_numpy(ends[:, int(target)]))
     out: dict[str, FaithfulnessCurves] = {}
     notes = []
     for k, (method, heat) in enumerate(maps.items()):
@@ -173,4 +190,4 @@ def faithfulness(
         out[method] = curves(module, x, heat, int(target), base, steps=steps, batch_size=batch_size)
         report(progress, (k + 1) / len(maps), f"deletion/insertion: {method}")
     return FaithfulnessResult(target=int(target), baseline=description, curves=MappingProxyType(out),
-                              notes=tuple(notes))
+                              notes=tuple(notes), score=score, baseline_score=baseline_score)

@@ -16,10 +16,15 @@ here; the numbers themselves stay available to modelers. Lights: ``"green"`` (no
 - **Faithful** (:func:`faithfulness_verdict`, Petsiuk et al. 2018): the map's deletion and insertion AUCs
   against those of a random pixel order on the same film (:data:`RANDOM_REFERENCE` in the same result):
   green when deletion is lower AND insertion higher than random by at least :data:`FAITH_MARGIN` (0.05),
-  red when neither is, amber otherwise.
-- **Unlike the training data** (:func:`ood_verdict`): red with the first warning of :func:`xai.trust.ood.score`
-  or when no lung field is found; otherwise green with the words "No warning" — the check can only warn, and
-  silence does not prove that a film is like the training data.
+  red when neither is, amber otherwise. Before that, the curves' own premise: red whenever the model's
+  probability on the *baseline* (the fully blurred film) is at least the film's minus :data:`BLUR_MARGIN`
+  (0.1) — the model gives nearly the same score, or a higher one, to a film without its detail, so no
+  pixel order can move the curves and both AUCs only restate that score (a degenerate curve, not a
+  faithful map).
+- **Out-of-distribution warning** (:func:`ood_verdict`): red with the warnings of :func:`xai.trust.ood.score`
+  or when no lung field is found. Without a warning the light is amber, never green: the check can only
+  warn, and it misses films from hospitals it never saw — the sentence quotes how often it stayed silent
+  on the card's held-out hospitals (:mod:`xai.trust.held_out`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "BLUR_MARGIN",
     "CHECKS",
     "FAITH_MARGIN",
     "LIGHTS",
@@ -53,13 +59,14 @@ CHECKS = {
     "stability": "Stable under small changes",
     "lungs": "Evidence inside the lungs",
     "faithfulness": "Faithful (deletion / insertion)",
-    "ood": "Film like the training data",
+    "ood": "Out-of-distribution warning",
 }
 STABLE_RHO = 0.8
 SHAKY_RHO = 0.5
 LUNG_GREEN = 0.75
 LUNG_AMBER = 0.5
 FAITH_MARGIN = 0.05
+BLUR_MARGIN = 0.1
 RANDOM_REFERENCE = "random order (reference)"
 
 
@@ -136,6 +143,12 @@ def faithfulness_verdict(result: Any, method: str) -> Verdict:
     if RANDOM_REFERENCE not in result.curves:
         raise ValueError(f"the faithfulness result needs the {RANDOM_REFERENCE!r} map to judge against")
     c, r = result.curves[method], result.curves[RANDOM_REFERENCE]
+    film, blurred = getattr(result, "score", None), getattr(result, "baseline_score", None)
+    if film is not None and blurred is not None and blurred >= film - BLUR_MARGIN:
+        return Verdict("faithfulness", "red", "The model gives this score to a blurred film: it is not using the "
+                       f"film's detail (probability {blurred:.3f} on the blurred film, {film:.3f} on the film), "
+                       "so hiding or showing pixels cannot test the map (deletion "
+                       f"{c.deletion_auc:.2f}, insertion {c.insertion_auc:.2f}).")
     deletion_ok = c.deletion_auc <= r.deletion_auc - FAITH_MARGIN
     insertion_ok = c.insertion_auc >= r.insertion_auc + FAITH_MARGIN
     numbers = (f"(deletion {c.deletion_auc:.2f} vs {r.deletion_auc:.2f} for random pixels; insertion "
@@ -150,8 +163,12 @@ def faithfulness_verdict(result: Any, method: str) -> Verdict:
                    f"random pixels {numbers}.")
 
 
-def ood_verdict(result: Any, lung_found: bool | None = None) -> Verdict:
-    """From a :class:`xai.trust.ood.OODResult` (or None: no check for this model) and whether lungs were found."""
+def ood_verdict(result: Any, lung_found: bool | None = None, silence: str | None = None) -> Verdict:
+    """From a :class:`xai.trust.ood.OODResult` (or None: no check for this model) and whether lungs were found.
+
+    ``silence``: how often the check stayed silent on held-out hospitals' films, as a clause
+    (:meth:`xai.trust.held_out.HeldOutRecord.silence`); quoted when there is no warning.
+    """
     warnings = list(getattr(result, "warnings", ()) or ())
     if lung_found is False:
         warnings.append("No lung field was found: the image may not be a frontal chest radiograph.")
@@ -159,5 +176,6 @@ def ood_verdict(result: Any, lung_found: bool | None = None) -> Verdict:
         return Verdict("ood", "red", "Warning: " + " ".join(warnings))
     if result is None or getattr(result, "score", None) is None:
         return Verdict("ood", "gray", "No out-of-distribution check is available for this model.")
-    return Verdict("ood", "green", "No warning. (The check can only warn; silence does not prove that the film "
-                   "is like the training data.)")
+    measured = f": {silence}" if silence else " (how often was not measured for this model)"
+    return Verdict("ood", "amber", "No warning — the check misses films from hospitals it never saw"
+                   + measured + ". No warning does not mean the film is like the training data.")
