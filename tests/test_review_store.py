@@ -25,7 +25,16 @@ import pytest
 import sqlalchemy as sa
 
 from xai.radiograph import load_radiograph
-from xai.review import ReviewError, ReviewStore, map_letters, method_order
+from xai.review import (
+    MissingRatings,
+    ReviewError,
+    ReviewStore,
+    hash_secret,
+    map_letters,
+    method_order,
+    read_labels_csv,
+    secret_matches,
+)
 from xai.review.store import decode_pixels, encode_pixels
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,12 +163,18 @@ def test_later_save_replaces_in_export_and_history_keeps_both(db_url, films):
     assert [(h["case"], h["diagnosis"]) for h in history] == [(first, "covid19"), (first, "non_covid"),
                                                              (second, "covid19")]
     assert history[0]["box"] == [10.0, 20.0, 30.0, 40.0] and history[0]["note"] == "GGO left"
+    # done = the read AND every map rated: no case of ann's is complete (first: 2 of 4 maps, second: none)
+    assert store.progress(sid, "ann") == {"done": 0, "total": 2, "next": 0}
+    all_maps = {m: 3 for m in store.session(sid).methods}
+    store.save_case(sid, second, "ann", rating("covid19", 1, plausibility=all_maps))
+    assert store.progress(sid, "ann") == {"done": 1, "total": 2, "next": 0}
+    store.save_case(sid, first, "ann", rating("covid19", 1, plausibility=all_maps))
     assert store.progress(sid, "ann") == {"done": 2, "total": 2, "next": None}
-    assert store.progress(sid, "ben") == {"done": 1, "total": 2, "next": 1}
+    assert store.progress(sid, "ben") == {"done": 0, "total": 2, "next": 0}
     assert store.progress(sid, "cyd") == {"done": 0, "total": 2, "next": 0}
 
 
-def test_a_reader_sees_only_their_answers_until_the_owner_closes(db_url, films):
+def test_a_reader_sees_only_their_answers_before_and_after_the_owner_closes(db_url, films):
     store = ReviewStore(db_url)
     sid = store.create_session("blind", [str(films[0])], owner="olga")
     (case,) = store.cases(sid)
@@ -167,12 +182,15 @@ def test_a_reader_sees_only_their_answers_until_the_owner_closes(db_url, films):
     store.save_rating(sid, case, "ben", rating("non_covid"))
     assert [r["reader"] for r in store.export(sid, reader="ann")] == ["ann"]
     assert [r["reader"] for r in store.export(sid, reader="ben")] == ["ben"]
-    assert [r["reader"] for r in store.export(sid, reader="olga")] == ["ann", "ben"]  # the owner sees all
+    # typing the owner's name proves nothing: the name's own answers only (none); all needs reader=None
+    assert store.export(sid, reader="olga") == []
+    assert [r["reader"] for r in store.export(sid)] == ["ann", "ben"]
     with pytest.raises(ReviewError, match="only the session's owner"):
         store.close_session(sid, by="ann")
     store.close_session(sid, by="olga")
     assert store.session(sid).closed
-    assert [r["reader"] for r in store.export(sid, reader="ann")] == ["ann", "ben"]
+    assert [r["reader"] for r in store.export(sid, reader="ann")] == ["ann"]
+    assert store.export(sid, reader="olga") == []
     with pytest.raises(ReviewError, match="closed"):
         store.save_rating(sid, case, "ann", rating("uncertain"))
     assert len(store.history(sid)) == 2
@@ -414,11 +432,153 @@ def test_alembic_records_the_head_revision_and_downgrade_removes_the_tables(tmp_
 
     store = ReviewStore(f"sqlite:///{tmp_path / 'm.sqlite3'}")
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head == "0001"
+    assert head == "0002"
     with store.engine.connect() as c:
         assert c.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == head
     migrate(store.engine, "base", downgrade=True)
     assert sa.inspect(store.engine).get_table_names() == ["alembic_version"]
     migrate(store.engine)
-    assert {"review_sessions", "review_cases", "review_ratings", "review_images", "review_predictions"} <= set(
-        sa.inspect(store.engine).get_table_names())
+    assert {"review_sessions", "review_cases", "review_ratings", "review_images", "review_predictions",
+            "review_map_ratings"} <= set(sa.inspect(store.engine).get_table_names())
+
+
+# ------------------------------------------------------------------------------ whole-case saves
+FAIL_SQLITE = """CREATE TRIGGER fail_third_map BEFORE INSERT ON review_map_ratings
+WHEN NEW.method = 'guided_backprop' BEGIN SELECT RAISE(ABORT, 'simulated disk failure'); END"""
+FAIL_PG = ["""CREATE FUNCTION fail_third_map() RETURNS trigger AS $$
+BEGIN IF NEW.method = 'guided_backprop' THEN RAISE EXCEPTION 'simulated disk failure'; END IF; RETURN NEW; END
+$$ LANGUAGE plpgsql""", """CREATE TRIGGER fail_third_map BEFORE INSERT ON review_map_ratings
+FOR EACH ROW EXECUTE FUNCTION fail_third_map()"""]
+
+
+def count_rows(store: ReviewStore, table: str) -> int:
+    with store.engine.connect() as c:
+        return int(c.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one())
+
+
+def test_a_database_failure_mid_save_stores_nothing_of_the_case(db_url, films):
+    """The database itself aborts the third map's INSERT (a trigger), after the rating row and two map rows
+    were written in the transaction: nothing of that save may remain."""
+    store = ReviewStore(db_url)
+    sid = store.create_session("atomic", [str(films[0])], owner="olga")
+    (case,) = store.cases(sid)
+    methods = store.session(sid).methods
+    assert methods.index("guided_backprop") == 2  # two map rows go in before the failing one
+    with store.engine.begin() as c:
+        for statement in (FAIL_SQLITE,) if db_url.startswith("sqlite") else FAIL_PG:
+            c.exec_driver_sql(statement)
+    answer = rating("covid19", 4, plausibility={m: 4 for m in methods}, note="GGO", box=[5, 5, 40, 40])
+    with pytest.raises(ReviewError, match="nothing was saved.*simulated disk failure"):
+        store.save_case(sid, case, "ann", answer)
+    assert count_rows(store, "review_ratings") == 0 and count_rows(store, "review_map_ratings") == 0
+    assert store.history(sid) == [] and store.progress(sid, "ann")["done"] == 0
+    with store.engine.begin() as c:
+        c.exec_driver_sql("DROP TRIGGER fail_third_map" + ("" if db_url.startswith("sqlite") else " ON review_map_ratings"))
+    saved = store.save_case(sid, case, "ann", answer)
+    assert saved.complete and dict(saved.stored) == {m: 4 for m in methods}
+    assert count_rows(store, "review_map_ratings") == 4 and store.progress(sid, "ann") == {"done": 1, "total": 1, "next": None}
+
+
+def test_unrated_maps_are_refused_unless_confirmed_and_reported(db_url, films):
+    store = ReviewStore(db_url)
+    sid = store.create_session("missing", [str(films[0])], owner="olga")
+    (case,) = store.cases(sid)
+    with pytest.raises(MissingRatings) as refused:
+        store.save_case(sid, case, "ann", rating(plausibility={"gradcam": 4, "guided_gradcam": 1}))
+    assert refused.value.methods == ("gradcam++", "guided_backprop")
+    assert store.history(sid) == []
+    saved = store.save_case(sid, case, "ann", rating(plausibility={"gradcam": 4, "guided_gradcam": 1}),
+                            allow_missing=True)
+    assert not saved.complete and saved.missing == ("gradcam++", "guided_backprop")
+    assert dict(saved.stored) == {"gradcam": 4, "guided_gradcam": 1}
+    (row,) = store.export(sid)
+    assert row["plausibility"] == {"gradcam": 4, "guided_gradcam": 1}
+    assert store.missing_answers(store.session(sid), row) == ("gradcam++", "guided_backprop")
+    assert store.progress(sid, "ann") == {"done": 0, "total": 1, "next": 0}  # not done until every map is rated
+
+
+# ------------------------------------------------------------------------------ owner's secret
+def test_owner_secret_is_stored_as_a_salted_scrypt_hash_and_verified(db_url, films):
+    store = ReviewStore(db_url)
+    secret = "correct horse battery"
+    sid = store.create_session("owned", [str(films[0])], owner="olga", owner_secret=secret)
+    other = store.create_session("owned too", [str(films[0])], owner="olga", owner_secret=secret)
+    assert store.session(sid).has_owner_secret
+    assert store.verify_owner(sid, secret) and store.verify_owner(other, secret)
+    assert not store.verify_owner(sid, "correct horse batterx") and not store.verify_owner(sid, "")
+    text = all_text(db_url)
+    assert secret not in text
+    with store.engine.connect() as c:
+        hashes = [c.execute(sa.text("SELECT owner_secret FROM review_sessions WHERE id = :i"), {"i": i}).scalar_one()
+                  for i in (sid, other)]
+    assert hashes[0] != hashes[1]  # salted: the same secret hashes differently
+    # the stored hash is RFC 7914 scrypt of the secret with the stored salt (recomputed independently)
+    kind, n, r, p, salt, digest = hashes[0].split("$")
+    assert kind == "scrypt" and int(n) >= 2**14 and len(bytes.fromhex(salt)) == 16
+    import hashlib
+    assert hashlib.scrypt(secret.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
+                          dklen=len(bytes.fromhex(digest))).hex() == digest
+    plain = store.create_session("no secret", [str(films[0])], owner="olga")
+    assert not store.session(plain).has_owner_secret and not store.verify_owner(plain, secret)
+    with pytest.raises(ReviewError, match="at least 8 characters"):
+        store.create_session("short", [str(films[0])], owner="olga", owner_secret="abc")
+
+
+def test_secret_matches_rejects_malformed_hashes():
+    stored = hash_secret("a long enough secret")
+    assert secret_matches("a long enough secret", stored)
+    assert not secret_matches("a long enough secret", None)
+    assert not secret_matches("a long enough secret", "plain text")
+    assert not secret_matches("a long enough secret", stored.replace("scrypt", "md5"))
+    assert not secret_matches("a long enough secret", stored[:-2] + "zz")
+
+
+# ------------------------------------------------------------------------------ reference diagnoses
+def test_reference_diagnoses_from_a_labels_csv_and_set_by_the_owner(db_url, films):
+    labels = read_labels_csv(f"file,diagnosis\nsome/dir/{films[0].name},covid19\n{films[1].name},non_covid\n".encode())
+    assert labels == {films[0].name: "covid19", films[1].name: "non_covid"}
+    store = ReviewStore(db_url)
+    sid = store.create_session("teach", [str(p) for p in films], owner="olga", references=labels)
+    first, second, third = store.cases(sid)
+    assert [store.case_info(sid, c)["reference"] for c in (first, second, third)] == ["covid19", "non_covid", None]
+    assert all(store.case_info(sid, c)["label"] is None for c in (first, second))  # names not kept for it
+    store.set_reference(sid, third, "non_covid")
+    store.set_reference(sid, first, None)
+    assert [store.case_info(sid, c)["reference"] for c in (first, second, third)] == [None, "non_covid", "non_covid"]
+    store.save_rating(sid, second, "ann", rating("non_covid"))
+    assert store.export(sid)[0]["reference"] == "non_covid"
+    with pytest.raises(ReviewError, match="must be one of covid19, non_covid"):
+        store.set_reference(sid, first, "uncertain")
+    with pytest.raises(ReviewError, match="not in the worklist: nope.png"):
+        store.create_session("teach 2", [str(films[0])], references={"nope.png": "covid19"})
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("name,label\na.png,covid19\n", "needs a header with 'file' and 'diagnosis'"),
+    ("file,diagnosis\na.png,pneumonia\n", "line 2: diagnosis must be one of covid19, non_covid"),
+    ("file,diagnosis\n,covid19\n", "line 2: the file name is empty"),
+    ("file,diagnosis\na.png,covid19\na.png,non_covid\n", "line 3: a.png is labelled twice"),
+    (b"\xff\xfe\x00bad", "not UTF-8"),
+])
+def test_bad_labels_csv_is_refused_naming_the_line(text, message):
+    with pytest.raises(ReviewError, match=message):
+        read_labels_csv(text)
+
+
+def test_migration_0002_moves_map_scores_into_rows_and_back(db_url, films):
+    """A database at revision 0001 holding a rating with JSON scores: upgrading keeps every score (as rows),
+    downgrading restores the JSON."""
+    from xai.review.store import migrate
+
+    store = ReviewStore(db_url)
+    sid = store.create_session("old", [str(films[0])], owner="olga")
+    (case,) = store.cases(sid)
+    store.save_rating(sid, case, "ann", rating(plausibility={"gradcam": 5, "guided_gradcam": 2}))
+    migrate(store.engine, "0001", downgrade=True)
+    with store.engine.connect() as c:
+        assert json.loads(c.exec_driver_sql("SELECT plausibility FROM review_ratings").scalar_one()) == {
+            "gradcam": 5, "guided_gradcam": 2}
+        assert "review_map_ratings" not in sa.inspect(c).get_table_names()
+    migrate(store.engine)
+    (row,) = store.export(sid)
+    assert row["plausibility"] == {"gradcam": 5, "guided_gradcam": 2} and row["diagnosis"] == "covid19"

@@ -1,13 +1,16 @@
 """The review database's tables (SQLAlchemy Core). Alembic migrations in ``migrations/`` create them.
 
 - ``review_sessions``: one named worklist with its settings (model, methods, blinding, anonymisation,
-  questions, whether patient details are kept) and its owner; ``closed_at`` once the owner closes it.
+  questions, whether patient details are kept) and its owner; ``closed_at`` once the owner closes it;
+  ``owner_secret``: a salted scrypt hash of the secret that proves ownership (never the secret itself).
 - ``review_images``: de-identified pixels (16-bit grayscale PNG of the display pixels, no metadata),
   keyed by the SHA-256 of those pixels; shared by every session that holds the same film.
 - ``review_cases``: the worklist, ``position`` gives its order; ``label`` (the uploaded file name) is
-  NULL unless the session keeps patient details.
+  NULL unless the session keeps patient details; ``reference``: the owner's reference diagnosis (teaching).
 - ``review_ratings``: append-only: every save is a new row; the latest row (highest ``id``) of a
   (case, reader) pair is the answer, the earlier rows are the audit history.
+- ``review_map_ratings``: one row per map a save rated (``rating_id``, method, score 1-5), written in the
+  same transaction as its ``review_ratings`` row: a save is stored whole or not at all.
 - ``review_predictions``: the model's prediction for a film (so results need no recomputation).
 
 Times are ISO 8601 UTC strings (the same text on SQLite and PostgreSQL).
@@ -32,6 +35,7 @@ sessions = sa.Table(
     sa.Column("patient_details", sa.Boolean, nullable=False),
     sa.Column("created_at", sa.String(40), nullable=False),
     sa.Column("closed_at", sa.String(40), nullable=True),
+    sa.Column("owner_secret", sa.String(200), nullable=True),
 )
 
 images = sa.Table(
@@ -49,6 +53,7 @@ cases = sa.Table(
     sa.Column("position", sa.Integer, nullable=False),
     sa.Column("image_sha", sa.String(64), sa.ForeignKey("review_images.sha256"), nullable=False),
     sa.Column("label", sa.Text, nullable=True),
+    sa.Column("reference", sa.String(16), nullable=True),
     sa.UniqueConstraint("session_id", "position", name="uq_review_cases_position"),
 )
 
@@ -60,7 +65,6 @@ ratings = sa.Table(
     sa.Column("reader", sa.String(200), nullable=False),
     sa.Column("diagnosis", sa.String(16), nullable=True),
     sa.Column("confidence", sa.SmallInteger, nullable=True),
-    sa.Column("plausibility", sa.Text, nullable=False),  # JSON {method: 1-5}
     sa.Column("note", sa.Text, nullable=False),
     sa.Column("box_x", sa.Float, nullable=True),
     sa.Column("box_y", sa.Float, nullable=True),
@@ -70,6 +74,13 @@ ratings = sa.Table(
     sa.Column("seconds", sa.Float, nullable=True),  # time the reader spent on the case
     sa.Column("saved_at", sa.String(40), nullable=False),
     sa.Index("ix_review_ratings_session_case_reader", "session_id", "case_id", "reader"),
+)
+
+map_ratings = sa.Table(
+    "review_map_ratings", metadata,
+    sa.Column("rating_id", sa.Integer, sa.ForeignKey("review_ratings.id"), primary_key=True),
+    sa.Column("method", sa.String(64), primary_key=True),
+    sa.Column("score", sa.SmallInteger, nullable=False),
 )
 
 predictions = sa.Table(

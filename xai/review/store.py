@@ -10,6 +10,10 @@ Guarantees:
   ``BEGIN IMMEDIATE`` so concurrent writers queue on the lock instead of failing mid-transaction;
 * ratings are append-only: a later save by the same reader for the same case wins in :meth:`export`,
   every earlier save stays in :meth:`history`; concurrent readers never overwrite each other;
+* a case is saved whole (:meth:`ReviewStore.save_case`): the read, the note, the box and every map's score
+  go in one transaction, read back before it commits, so a save is stored entirely or not at all;
+* the owner's secret is kept only as a salted scrypt hash (:func:`hash_secret`) and compared in constant
+  time; a reader's export holds only that reader's answers;
 * films are stored as de-identified pixels only (a 16-bit PNG without metadata, keyed by the SHA-256 of
   the pixels): no DICOM header, no patient identifier, and no file name unless the session was created
   with ``patient_details=True``;
@@ -19,12 +23,16 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import hashlib
+import hmac
+import io
 import json
 import math
 import os
 import random
+import secrets
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -44,18 +52,27 @@ from xai.review import schema
 __all__ = [
     "CONFIDENCE_RANGE",
     "DIAGNOSES",
+    "REFERENCE_DIAGNOSES",
+    "MissingRatings",
     "PLAUSIBILITY_LABELS",
     "PLAUSIBILITY_RANGE",
     "QUESTIONS",
     "ReviewError",
     "ReviewSession",
     "ReviewStore",
+    "SavedCase",
     "default_url",
+    "hash_secret",
+    "new_owner_secret",
+    "read_labels_csv",
+    "secret_matches",
     "map_letters",
     "method_order",
 ]
 
 DIAGNOSES = ("covid19", "non_covid", "uncertain")
+#: What a reference diagnosis can be (a reader may be uncertain; a reference is not).
+REFERENCE_DIAGNOSES = ("covid19", "non_covid")
 CONFIDENCE_RANGE = (1, 5)
 PLAUSIBILITY_RANGE = (1, 5)
 #: The plausibility scale: higher is more plausible (the mean per method reads "higher is better").
@@ -79,6 +96,29 @@ class ReviewError(ValueError):
     """A request the store refuses (unknown session, invalid rating, closed session...); says why."""
 
 
+class MissingRatings(ReviewError):
+    """A save that leaves maps unrated without ``allow_missing``; ``methods`` are the unrated ones.
+    Nothing was stored."""
+
+    def __init__(self, methods: Sequence[str]) -> None:
+        self.methods = tuple(methods)
+        super().__init__(f"no rating for {len(self.methods)} map(s): {', '.join(self.methods)}; nothing was saved")
+
+
+@dataclass(frozen=True)
+class SavedCase:
+    """What :meth:`ReviewStore.save_case` stored: the new row's id, the maps it scored (read back from the
+    database before the commit) and the maps left unrated; ``complete`` when nothing asked is missing."""
+
+    rating_id: int
+    stored: Mapping[str, int]
+    missing: tuple[str, ...]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
 class Loader(Protocol):
     def __call__(self, source: Any) -> Any: ...
 
@@ -99,6 +139,7 @@ class ReviewSession:
     created_at: str
     closed_at: str | None
     n_cases: int
+    has_owner_secret: bool = False
 
     @property
     def closed(self) -> bool:
@@ -135,6 +176,71 @@ def method_order(session_id: str, case_id: str, reader: str, methods: Sequence[s
 def map_letters(order: Sequence[str]) -> dict[str, str]:
     """``{"Map A": method, ...}`` for an order from :func:`method_order`."""
     return {f"Map {chr(ord('A') + i)}": m for i, m in enumerate(order)}
+
+
+#: scrypt cost (RFC 7914): N = 2^14, r = 8, p = 1 needs 16 MiB and ~50 ms per check, the interactive-login
+#: setting of the scrypt paper (Percival 2009); a stolen database then costs a guesser that much per guess.
+SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_LEN = 2**14, 8, 1, 32
+
+
+def new_owner_secret() -> str:
+    """A fresh owner secret: 16 random bytes (:func:`secrets.token_urlsafe`), 22 characters to copy."""
+    return secrets.token_urlsafe(16)
+
+
+def hash_secret(secret: str) -> str:
+    """``scrypt$N$r$p$salt$hash`` (hex) of ``secret`` with a fresh 16-byte salt (:func:`hashlib.scrypt`).
+
+    Only this is stored: a database copy does not reveal the secret, and the salt makes equal secrets
+    hash differently."""
+    secret = str(secret)
+    if len(secret) < 8:
+        raise ReviewError("the owner's secret must be at least 8 characters long")
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(secret.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=SCRYPT_LEN)
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def secret_matches(secret: str, stored: str | None) -> bool:
+    """Whether ``secret`` hashes to ``stored`` (from :func:`hash_secret`); compared with
+    :func:`hmac.compare_digest` (no timing hint). False for no stored hash or a malformed one."""
+    try:
+        kind, n, r, p, salt, digest = str(stored).split("$")
+        if kind != "scrypt":
+            return False
+        expected = bytes.fromhex(digest)
+        given = hashlib.scrypt(str(secret).encode("utf-8"), salt=bytes.fromhex(salt), n=int(n), r=int(r),
+                               p=int(p), dklen=len(expected))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(given, expected)
+
+
+def read_labels_csv(text: str | bytes) -> dict[str, str]:
+    """``{file name: reference diagnosis}`` from a CSV with a header naming a ``file`` column and a
+    ``diagnosis`` column (``covid19`` or ``non_covid``); :class:`ReviewError` naming the bad line."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ReviewError("the labels file is not UTF-8 text") from None
+    reader = csv.DictReader(io.StringIO(text))
+    fields = [f.strip().lower() for f in reader.fieldnames or []]
+    if "file" not in fields or "diagnosis" not in fields:
+        raise ReviewError(f"the labels CSV needs a header with 'file' and 'diagnosis' columns, got {fields or 'none'}")
+    out: dict[str, str] = {}
+    for line, row in enumerate(reader, start=2):
+        row = {str(k).strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
+        name, diagnosis = Path(row["file"]).name, row["diagnosis"]
+        if not name:
+            raise ReviewError(f"labels line {line}: the file name is empty")
+        if diagnosis not in REFERENCE_DIAGNOSES:
+            raise ReviewError(f"labels line {line}: diagnosis must be one of {', '.join(REFERENCE_DIAGNOSES)}, "
+                              f"got {diagnosis!r}")
+        if out.get(name, diagnosis) != diagnosis:
+            raise ReviewError(f"labels line {line}: {name} is labelled twice, differently")
+        out[name] = diagnosis
+    return out
 
 
 def _clean_name(value: Any, what: str) -> str:
@@ -348,12 +454,18 @@ class ReviewStore:
         owner: str = "owner",
         patient_details: bool = False,
         loader: Loader | None = None,
+        owner_secret: str | None = None,
+        references: Mapping[str, str] | None = None,
     ) -> str:
         """Decode every film and store the session; returns its id.
 
         ``files``: paths (PNG, JPEG, DICOM..., detected by content; folders are walked in sorted order)
         or ``(name, bytes)`` pairs (uploads). ``loader`` decodes one source (default
         :func:`xai.radiograph.load_radiograph`; the app passes the isolated decoder for uploads).
+        ``owner_secret``: what proves ownership where no sign-in is configured (stored only as a salted
+        scrypt hash, :func:`hash_secret`). ``references``: ``{file name: covid19 | non_covid}`` (e.g. from
+        :func:`read_labels_csv`), each case's reference diagnosis for teaching; names not in the
+        worklist are refused (a typo would silently drop a label).
         Raises :class:`ReviewError` naming the first file that cannot be read, an empty worklist, a
         duplicate name or an unknown method / question; nothing is stored then.
         """
@@ -373,6 +485,11 @@ class ReviewStore:
         if bad or not questions:
             raise ReviewError(f"unknown question(s) {bad or '(none)'}; choose from {', '.join(QUESTIONS)}")
         load = loader or load_radiograph
+        secret_hash = None if owner_secret is None else hash_secret(owner_secret)
+        references = dict(references or {})
+        bad_refs = sorted(f"{k}={v!r}" for k, v in references.items() if v not in REFERENCE_DIAGNOSES)
+        if bad_refs:
+            raise ReviewError(f"reference diagnoses must be {' or '.join(REFERENCE_DIAGNOSES)}: {', '.join(bad_refs)}")
 
         sources: list[tuple[str, Any]] = []
         for item in files:
@@ -385,6 +502,9 @@ class ReviewStore:
                     sources.append((found.name, found.source))
         if not sources:
             raise ReviewError("the worklist is empty: give at least one film")
+        unknown_refs = sorted(set(references) - {Path(label).name for label, _ in sources})
+        if unknown_refs:
+            raise ReviewError(f"labels for file(s) not in the worklist: {', '.join(unknown_refs[:5])}")
 
         films: list[tuple[str, str, bytes, tuple[int, int]]] = []  # (label, sha, png, shape)
         for label, source in sources:
@@ -403,13 +523,14 @@ class ReviewStore:
                 id=session_id, name=name, owner=owner, model=model, methods=json.dumps(list(methods)),
                 questions=json.dumps(list(questions)), blinded=bool(blinded), anonymised=bool(anonymised),
                 patient_details=bool(patient_details), created_at=_now(), closed_at=None,
+                owner_secret=secret_hash,
             ))
             for position, (label, sha, png, shape) in enumerate(films):
                 if not c.execute(sa.select(schema.images.c.sha256).where(schema.images.c.sha256 == sha)).first():
                     c.execute(schema.images.insert().values(sha256=sha, height=shape[0], width=shape[1], png=png))
                 c.execute(schema.cases.insert().values(
                     id=uuid.uuid4().hex[:16], session_id=session_id, position=position, image_sha=sha,
-                    label=label if patient_details else None,
+                    label=label if patient_details else None, reference=references.get(label),
                 ))
         return session_id
 
@@ -438,8 +559,15 @@ class ReviewStore:
             methods=tuple(json.loads(row["methods"])), questions=tuple(json.loads(row["questions"])),
             blinded=bool(row["blinded"]), anonymised=bool(row["anonymised"]),
             patient_details=bool(row["patient_details"]), created_at=row["created_at"],
-            closed_at=row["closed_at"], n_cases=n_cases,
+            closed_at=row["closed_at"], n_cases=n_cases, has_owner_secret=row["owner_secret"] is not None,
         )
+
+    def verify_owner(self, session_id: str, secret: str) -> bool:
+        """Whether ``secret`` is the session's owner secret (False when the session has none)."""
+        with self._read() as c:
+            stored = c.execute(sa.select(schema.sessions.c.owner_secret)
+                               .where(schema.sessions.c.id == str(session_id))).scalar_one_or_none()
+        return stored is not None and secret_matches(secret, stored)
 
     def close_session(self, session_id: str, by: str) -> None:
         """Close the session (no more saves; every reader may then see the results). Owner only."""
@@ -472,10 +600,20 @@ class ReviewStore:
         return row
 
     def case_info(self, session_id: str, case_id: str) -> dict[str, Any]:
-        """``{id, position, image_sha, height, width, label}`` (label None without patient details)."""
+        """``{id, position, image_sha, height, width, label, reference}`` (label None without patient
+        details; reference None when the owner gave none)."""
         with self._read() as c:
             row = self._case(c, session_id, case_id)
-        return {k: row[k] for k in ("id", "position", "image_sha", "height", "width", "label")}
+        return {k: row[k] for k in ("id", "position", "image_sha", "height", "width", "label", "reference")}
+
+    def set_reference(self, session_id: str, case_id: str, diagnosis: str | None) -> None:
+        """Set (or, with None, clear) a case's reference diagnosis. The caller checks it is the owner."""
+        if diagnosis is not None and diagnosis not in REFERENCE_DIAGNOSES:
+            raise ReviewError(f"a reference diagnosis must be one of {', '.join(REFERENCE_DIAGNOSES)}, got {diagnosis!r}")
+        with self._write() as c:
+            self._case(c, session_id, case_id)
+            c.execute(schema.cases.update().where(schema.cases.c.id == str(case_id))
+                      .values(reference=diagnosis))
 
     def pixels(self, session_id: str, case_id: str) -> np.ndarray:
         """The case's de-identified film, float32 (H, W) in [0, 1], bone white."""
@@ -568,16 +706,40 @@ class ReviewStore:
         out["seconds"] = None if seconds is None else float(seconds)
         return out
 
-    def save_rating(self, session_id: str, case_id: str, reader: str, rating: Mapping[str, Any]) -> int:
-        """Append ``reader``'s rating of ``case_id``; returns the saved row's id.
+    def missing_answers(self, session: ReviewSession, row: Mapping[str, Any] | None) -> tuple[str, ...]:
+        """What ``row`` (an :meth:`export` row, or None for no save) leaves unanswered of what the session
+        asks: ``diagnosis``, ``confidence`` and each unrated map's method, in the session's order."""
+        row = row or {}
+        asked = set(session.questions)
+        missing = [q for q in ("diagnosis", "confidence") if q in asked and row.get(q) is None]
+        if "plausibility" in asked:
+            given = row.get("plausibility") or {}
+            missing += [m for m in session.methods if m not in given]
+        return tuple(missing)
+
+    def save_case(self, session_id: str, case_id: str, reader: str, rating: Mapping[str, Any], *,
+                  allow_missing: bool = False) -> SavedCase:
+        """Save ``reader``'s whole answer for ``case_id`` in ONE transaction: the read, the note, the box and
+        every map's score, read back before the commit; returns what was stored.
 
         ``rating``: ``{"diagnosis": "covid19" | "non_covid" | "uncertain", "confidence": 1-5,
         "plausibility": {method: 1-5}, "note": str, "box": [x, y, w, h] (film pixels) or None,
-        "seconds": time spent (optional)}``. Raises :class:`ReviewError` for a closed session, an unknown
-        case, or a field out of range (the message names it).
+        "seconds": time spent (optional)}``. A map left unrated raises :class:`MissingRatings` (nothing
+        stored) unless ``allow_missing`` (the reader confirmed). Raises :class:`ReviewError` for a closed
+        session, an unknown case, or a field out of range (the message names it).
         """
         reader = _clean_name(reader, "reader")
-        with self._write() as c:  # one transaction: the session's state, the case and the new row
+        try:
+            rating_id, session, values, stored = self._insert_case(session_id, case_id, reader, rating, allow_missing)
+        except sa.exc.SQLAlchemyError as exc:  # rolled back: nothing of this answer is in the database
+            first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise ReviewError(f"nothing was saved: the database refused the answer ({first})") from None
+        missing = self.missing_answers(session, {**values, "plausibility": stored})
+        return SavedCase(rating_id=rating_id, stored=stored, missing=missing)
+
+    def _insert_case(self, session_id: str, case_id: str, reader: str, rating: Mapping[str, Any],
+                     allow_missing: bool) -> tuple[int, ReviewSession, dict[str, Any], dict[str, int]]:
+        with self._write() as c:  # one transaction: the session's state, the case, the rating and its maps
             row = c.execute(sa.select(schema.sessions).where(schema.sessions.c.id == str(session_id))).mappings().first()
             if row is None:
                 raise ReviewError(f"no review session with id {session_id!r}")
@@ -586,19 +748,34 @@ class ReviewStore:
                 raise ReviewError(f"session {session.name!r} is closed; no more ratings can be saved")
             case = self._case(c, session.id, case_id)
             values = self.validate_rating(session, (case["height"], case["width"]), rating)
+            scores = values.pop("plausibility")
+            unrated = [m for m in session.methods if m not in scores] if "plausibility" in session.questions else []
+            if unrated and not allow_missing:
+                raise MissingRatings(unrated)
             order = method_order(session.id, case["id"], reader, session.methods) if session.anonymised \
                 else session.methods
-            values["plausibility"] = json.dumps(values["plausibility"], sort_keys=True)
             result = c.execute(schema.ratings.insert().values(
                 session_id=session.id, case_id=case["id"], reader=reader, map_order=json.dumps(list(order)),
                 saved_at=_now(), **values,
             ))
-            return int(result.inserted_primary_key[0])
+            rating_id = int(result.inserted_primary_key[0])
+            for method, score in scores.items():
+                c.execute(schema.map_ratings.insert().values(rating_id=rating_id, method=method, score=score))
+            stored = dict(c.execute(sa.select(schema.map_ratings.c.method, schema.map_ratings.c.score)
+                                    .where(schema.map_ratings.c.rating_id == rating_id)).all())
+            if stored != scores:  # cannot happen with a working database: refuse rather than half-store
+                raise ReviewError(f"the database kept {stored} of {scores}; nothing was saved")
+        return rating_id, session, values, stored
+
+    def save_rating(self, session_id: str, case_id: str, reader: str, rating: Mapping[str, Any]) -> int:
+        """Append ``reader``'s rating of ``case_id`` (maps may be left unrated, e.g. a blinded read
+        recorded before the maps are shown); returns the saved row's id. See :meth:`save_case`."""
+        return self.save_case(session_id, case_id, reader, rating, allow_missing=True).rating_id
 
     def _rows(self, session_id: str, reader: str | None, latest: bool) -> list[dict[str, Any]]:
         r, k = schema.ratings, schema.cases
         query = (
-            sa.select(r, k.c.position, k.c.label)
+            sa.select(r, k.c.position, k.c.label, k.c.reference)
             .join(k, k.c.id == r.c.case_id)
             .where(r.c.session_id == str(session_id))
         )
@@ -609,19 +786,26 @@ class ReviewStore:
                       .group_by(r.c.case_id, r.c.reader))
             query = query.where(r.c.id.in_(newest))
         query = query.order_by(k.c.position, r.c.reader, r.c.id)
+        m = schema.map_ratings
         with self._read() as c:
             rows = c.execute(query).mappings().all()
-        return [self._export_row(row) for row in rows]
+            scores: dict[int, dict[str, int]] = {}
+            ids = [int(row["id"]) for row in rows]
+            for start in range(0, len(ids), 500):  # bounded IN lists
+                for rating_id, method, score in c.execute(
+                        sa.select(m.c.rating_id, m.c.method, m.c.score).where(m.c.rating_id.in_(ids[start:start + 500]))):
+                    scores.setdefault(int(rating_id), {})[method] = int(score)
+        return [self._export_row(row, scores.get(int(row["id"]), {})) for row in rows]
 
     @staticmethod
-    def _export_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    def _export_row(row: Mapping[str, Any], plausibility: Mapping[str, int]) -> dict[str, Any]:
         box = [row["box_x"], row["box_y"], row["box_w"], row["box_h"]]
         out = {
             "case": row["case_id"], "position": int(row["position"]) + 1, "reader": row["reader"],
             "diagnosis": row["diagnosis"], "confidence": row["confidence"], "note": row["note"],
             "saved_at": row["saved_at"], "box": None if box[0] is None else [float(v) for v in box],
-            "plausibility": json.loads(row["plausibility"]), "map_order": json.loads(row["map_order"]),
-            "seconds": row["seconds"], "rating_id": int(row["id"]),
+            "plausibility": dict(sorted(plausibility.items())), "map_order": json.loads(row["map_order"]),
+            "seconds": row["seconds"], "rating_id": int(row["id"]), "reference": row["reference"],
         }
         if row["label"] is not None:
             out["file"] = row["label"]
@@ -632,16 +816,14 @@ class ReviewStore:
 
         Keys: case, position (1-based), reader, diagnosis, confidence, note, saved_at, box ([x, y, w, h] or
         None), plausibility ({method: 1-5}), map_order (the methods as shown, Map A first), seconds,
-        rating_id, and file only when the session keeps patient details.
-        ``reader``: the person asking. While the session is open a reader other than its owner sees only
-        their own answers; ``None`` (the owner's or an analyst's view) or a closed session: everyone's.
+        rating_id, reference (the case's reference diagnosis or None), and file only when the session
+        keeps patient details.
+        ``reader``: only that reader's answers, whatever their name and whether the session is open or
+        closed (readers never see each other's answers and notes); ``None``: everyone's, for the owner
+        once the page has checked the owner's secret or sign-in, or for an analyst with the database.
         """
         session = self.session(session_id)
-        if reader is not None:
-            reader = _clean_name(reader, "reader")
-            if session.closed or reader == session.owner:
-                reader = None
-        return self._rows(session.id, reader, latest=True)
+        return self._rows(session.id, None if reader is None else _clean_name(reader, "reader"), latest=True)
 
     def history(self, session_id: str, *, reader: str | None = None) -> list[dict[str, Any]]:
         """Every save, oldest first per (case, reader): the audit trail (same keys as :meth:`export`)."""
@@ -649,11 +831,13 @@ class ReviewStore:
         return self._rows(session.id, None if reader is None else _clean_name(reader, "reader"), latest=False)
 
     def progress(self, session_id: str, reader: str) -> dict[str, Any]:
-        """``{done, total, next}``: cases ``reader`` rated, the worklist length, and the first unrated
-        case's index (None when all are done) — where a reader resumes."""
-        ids = self.cases(session_id)
-        rated = {row["case"] for row in self._rows(str(session_id), _clean_name(reader, "reader"), latest=True)}
-        pending = [i for i, case_id in enumerate(ids) if case_id not in rated]
+        """``{done, total, next}``: the cases whose latest stored answer by ``reader`` is complete (the read
+        and every map's rating, as the session asks: :meth:`missing_answers`), the worklist length, and
+        the first case not complete (None when all are) — where a reader resumes."""
+        session = self.session(session_id)
+        ids = self.cases(session.id)
+        latest = {row["case"]: row for row in self._rows(session.id, _clean_name(reader, "reader"), latest=True)}
+        pending = [i for i, case_id in enumerate(ids) if self.missing_answers(session, latest.get(case_id))]
         return {"done": len(ids) - len(pending), "total": len(ids), "next": pending[0] if pending else None}
 
     def dispose(self) -> None:
