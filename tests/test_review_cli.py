@@ -24,12 +24,18 @@ def test_create_list_export_from_a_folder(chestcovnet_dir: Path, dicom_dir: Path
     shutil.copy(dicom_dir / "siim_cr_pa_mono2_jpeg_baseline.dcm", films / "scan.dcm")
     (films / "README.md").write_text("side file, skipped")
     db = f"sqlite:///{tmp_path / 'review.sqlite3'}"
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,diagnosis\ncxnet_002.jpg,non_covid\n", encoding="utf-8")
     code, out, err = run("review", "--db", db, "create", "CLI study", str(films), "--owner", "olga",
-                         "--methods", "gradcam,guided_backprop", "--named-maps")
+                         "--methods", "gradcam,guided_backprop", "--named-maps", "--labels", str(labels))
     assert code == 0, err
     assert "created with 3 case(s)" in out and "scan.dcm" not in out + err
+    secret = out.split("owner secret (shown once; it opens the results on the Review page): ")[1].strip()
     store = ReviewStore(db)
     (session,) = store.sessions()
+    assert store.verify_owner(session.id, secret) and not store.verify_owner(session.id, secret[:-1])
+    assert [store.case_info(session.id, c)["reference"] for c in store.cases(session.id)] == [
+        None, "non_covid", None]  # sorted: cxnet_001, cxnet_002, scan.dcm
     assert (session.owner, session.methods, session.anonymised, session.blinded) == (
         "olga", ("gradcam", "guided_backprop"), False, True)
     first = store.cases(session.id)[0]
@@ -58,6 +64,10 @@ def test_refusals_exit_2_with_the_reason(tmp_path: Path, chestcovnet_dir: Path):
     assert code == 2 and "no such file" in err
     code, _, err = run("review", "--db", db, "create", "u", film, "--methods", "lime")
     assert code == 2 and "unknown method" in err
+    bad_labels = tmp_path / "bad.csv"
+    bad_labels.write_text("file,diagnosis\ncxnet_001.jpg,maybe\n", encoding="utf-8")
+    code, _, err = run("review", "--db", db, "create", "v", film, "--labels", str(bad_labels))
+    assert code == 2 and "labels line 2: diagnosis must be one of covid19, non_covid" in err
     code, _, err = run("review", "--db", db, "export", "nope", "--out", str(tmp_path / "x.csv"))
     assert code == 2 and "no session named 'nope'" in err
     code, _, err = run("review", "--db", "postgresql+psycopg://u:secret@/db?host=/nonexistent", "list")

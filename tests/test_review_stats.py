@@ -18,8 +18,10 @@ from xai.review.stats import (
     fleiss_kappa,
     krippendorff_alpha_ordinal,
     plausibility_matrix,
+    reader_accuracy,
     reader_model_agreement,
     session_summary,
+    wilson_interval,
 )
 from xai.trust.metrics import box_to_mask, energy_inside, otsu_iou, pointing_game
 
@@ -134,6 +136,33 @@ def test_reader_model_agreement_leaves_uncertain_reads_out():
     # hand: reader (c, n, c) vs model (c, c, c): p_o = 2/3, p_e = 2/3*1 + 1/3*0 = 2/3 -> kappa = 0
     assert result["ann"]["kappa"] == pytest.approx(0.0)
     assert result["ben"]["n"] == 0 and math.isnan(result["ben"]["agreement"])
+
+
+def test_wilson_interval_matches_statsmodels():
+    from statsmodels.stats.proportion import proportion_confint
+
+    for successes, n in ((0, 5), (3, 4), (7, 7), (12, 40), (1, 1)):
+        assert wilson_interval(successes, n) == pytest.approx(
+            proportion_confint(successes, n, alpha=0.05, method="wilson"), abs=2e-4)  # z 1.96 vs 1.95996
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+def test_reader_accuracy_counts_decided_reads_on_cases_with_a_reference():
+    rows = [
+        {"case": "c1", "reader": "ann", "diagnosis": "covid19", "reference": "covid19"},
+        {"case": "c2", "reader": "ann", "diagnosis": "covid19", "reference": "non_covid"},
+        {"case": "c3", "reader": "ann", "diagnosis": "uncertain", "reference": "non_covid"},
+        {"case": "c4", "reader": "ann", "diagnosis": "non_covid", "reference": None},  # no reference: out
+        {"case": "c1", "reader": "ben", "diagnosis": "uncertain", "reference": "covid19"},
+        {"case": "c4", "reader": "cyd", "diagnosis": "covid19", "reference": None},
+    ]
+    result = reader_accuracy(rows)
+    assert set(result) == {"ann", "ben"}
+    assert (result["ann"]["n"], result["ann"]["correct"], result["ann"]["uncertain"]) == (2, 1, 1)
+    assert result["ann"]["accuracy"] == 0.5
+    assert (result["ann"]["ci_low"], result["ann"]["ci_high"]) == pytest.approx(wilson_interval(1, 2))
+    assert result["ben"]["n"] == 0 and result["ben"]["uncertain"] == 1 and math.isnan(result["ben"]["accuracy"])
+    assert session_summary(rows, ["gradcam"])["reader_accuracy"]["ann"]["accuracy"] == 0.5
 
 
 def test_box_agreement_reuses_the_trust_metrics():

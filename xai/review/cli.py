@@ -1,7 +1,8 @@
 """``python -m xai review ...``: create a review session from a folder, list sessions, export ratings.
 
 ``xai review create NAME DIR_OR_FILES... [--owner O] [--model M] [--methods a,b] [--not-blinded]
-[--named-maps] [--patient-details]``, ``xai review list``, ``xai review export NAME --out FILE.csv``
+[--named-maps] [--patient-details] [--labels FILE.csv]`` (prints the owner's secret once: it proves
+ownership on the Review page where no sign-in is configured), ``xai review list``, ``xai review export NAME --out FILE.csv``
 (``--html`` for the report instead). ``--db URL`` (else ``$XAI_DB_URL``, else the SQLite file in
 ``$XAI_DATA_DIR``). Exit status 0 done, 2 refused (the message says why). Nothing printed carries
 patient identifiers: cases are counted, never named by their files.
@@ -30,6 +31,8 @@ def add_review_parser(sub: Any) -> None:
     create.add_argument("--not-blinded", action="store_true", help="show the model's prediction from the start")
     create.add_argument("--named-maps", action="store_true", help="show method names, in a fixed order")
     create.add_argument("--patient-details", action="store_true", help="keep the file names (off by default)")
+    create.add_argument("--labels", type=Path, default=None,
+                        help="CSV with 'file' and 'diagnosis' (covid19 / non_covid) columns: reference diagnoses")
     actions.add_parser("list", help="the sessions, by name")
     export = actions.add_parser("export", help="the latest rating per (case, reader) as CSV, or the HTML report")
     export.add_argument("name", help="session name")
@@ -48,18 +51,22 @@ def _session_by_name(store: Any, name: str) -> Any:
 
 def run_review(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     """Run ``xai review ...``; :class:`~xai.review.ReviewError` becomes a message and exit status 2."""
-    from xai.review import ReviewError, ReviewStore
+    from xai.review import ReviewError, ReviewStore, new_owner_secret, read_labels_csv
 
     try:
         store = ReviewStore(args.db)
         if args.review_command == "create":
             methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
             extra = {"methods": methods} if methods else {}
+            references = read_labels_csv(args.labels.read_bytes()) if args.labels else None
+            secret = new_owner_secret()
             sid = store.create_session(
                 args.name, args.inputs, owner=args.owner, model=args.model, blinded=not args.not_blinded,
-                anonymised=not args.named_maps, patient_details=args.patient_details, **extra,
+                anonymised=not args.named_maps, patient_details=args.patient_details, owner_secret=secret,
+                references=references, **extra,
             )
             print(f"xai: session {args.name!r} created with {len(store.cases(sid))} case(s) (id {sid})", file=stdout)
+            print(f"xai: owner secret (shown once; it opens the results on the Review page): {secret}", file=stdout)
         elif args.review_command == "list":
             for s in store.sessions():
                 state = "closed" if s.closed else "open"

@@ -30,7 +30,7 @@ td:first-child,th:first-child{text-align:left}.note{font-size:.85rem;color:#555}
 def ratings_csv(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], predictions: Mapping[str, str] | None = None) -> str:
     """One line per (case, reader): the latest rating, plausibility per method, the box, the model's call."""
     with_file = any("file" in r for r in rows)
-    header = ["case", "position", *(["file"] if with_file else []), "reader", "diagnosis", "confidence"]
+    header = ["case", "position", *(["file"] if with_file else []), "reader", "diagnosis", "confidence", "reference"]
     header += [f"plausibility_{m}" for m in methods]
     header += ["box_x", "box_y", "box_w", "box_h", "note", "seconds", "model_prediction", "map_order", "saved_at"]
     buffer = io.StringIO()
@@ -39,7 +39,7 @@ def ratings_csv(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], predi
     for r in rows:
         box = r.get("box") or [None] * 4
         values: list[Any] = [r["case"], r["position"], *([r.get("file", "")] if with_file else []), r["reader"],
-                             r.get("diagnosis") or "", r.get("confidence") or ""]
+                             r.get("diagnosis") or "", r.get("confidence") or "", r.get("reference") or ""]
         values += [(r.get("plausibility") or {}).get(m, "") for m in methods]
         values += ["" if v is None else float(v) for v in box]
         values += [r.get("note") or "", "" if r.get("seconds") is None else float(r["seconds"]),
@@ -98,6 +98,14 @@ def report_html(session: ReviewSession, summary: Mapping[str, Any], rows: Sequen
     for reader, a in summary.get("reader_vs_model", {}).items():
         parts.append(f"<tr><td>{e(reader)}</td><td>{int(a['n'] or 0)}</td><td>{_num(a['agreement'])}</td>"
                      f"<td>{_num(a['kappa'], 3)}</td><td>{int(a['uncertain'] or 0)}</td></tr>")
+    if summary.get("reader_accuracy"):
+        parts.append("</table><h2>Readers against the reference diagnosis</h2><table><tr><th>reader</th>"
+                     "<th>decided reads</th><th>correct</th><th>accuracy</th><th>95% CI (Wilson)</th>"
+                     "<th>uncertain reads (left out)</th></tr>")
+        for reader, a in summary["reader_accuracy"].items():
+            parts.append(f"<tr><td>{e(reader)}</td><td>{int(a['n'] or 0)}</td><td>{int(a['correct'] or 0)}</td>"
+                         f"<td>{_num(a['accuracy'])}</td><td>{_num(a['ci_low'])} – {_num(a['ci_high'])}</td>"
+                         f"<td>{int(a['uncertain'] or 0)}</td></tr>")
     parts.append("</table><h2>Readers' boxes against the maps</h2><table><tr><th>method</th><th>boxes</th>"
                  "<th>hit rate (pointing game)</th><th>share of the map inside</th><th>IoU (Otsu)</th>"
                  "<th>chance hit rate (box area)</th></tr>")

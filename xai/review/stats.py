@@ -21,6 +21,10 @@ Formulas (N subjects/cases, k categories, n readers):
 - **Reader vs model**: per reader, the share of cases where the read (``uncertain`` left out) equals the
   model's prediction and Cohen's kappa (Cohen 1960): kappa = (p_o - p_e) / (1 - p_e),
   p_e = sum_c p_reader(c) p_model(c).
+- **Reader accuracy against the reference diagnosis** (teaching sessions): per reader, over the cases
+  with a reference, the share of decided reads (``uncertain`` left out and counted apart) equal to the
+  reference, with a Wilson score 95% interval (Wilson 1927): (p + z^2/2n ± z sqrt(p(1-p)/n + z^2/4n^2)) /
+  (1 + z^2/n), z = 1.96 — with a handful of cases the interval says how little one share proves.
 - **The reader's box against each map**: pointing-game hit, share of the map's energy inside the box and
   IoU of the Otsu-thresholded map with the box, with the CheXlocalize conventions of
   :mod:`xai.trust.metrics` (the batch report's :func:`xai.batch.films.agreement`); the box's share of the film is the
@@ -46,8 +50,10 @@ __all__ = [
     "fleiss_kappa",
     "krippendorff_alpha_ordinal",
     "plausibility_matrix",
+    "reader_accuracy",
     "reader_model_agreement",
     "session_summary",
+    "wilson_interval",
 ]
 
 #: The model's class names mapped onto the reader's answers.
@@ -191,6 +197,31 @@ def reader_model_agreement(
     return out
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion (NaN, NaN for n = 0)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def reader_accuracy(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per reader, over rows whose case has a ``reference``: ``n`` decided reads, ``correct``, ``accuracy``
+    (NaN without a decided read), its Wilson 95% ``ci_low`` / ``ci_high``, and ``uncertain`` reads."""
+    out: dict[str, dict[str, float]] = {}
+    for reader in sorted({r["reader"] for r in rows if r.get("reference") and r.get("diagnosis")}):
+        mine = [r for r in rows if r["reader"] == reader and r.get("reference") and r.get("diagnosis")]
+        decided = [r for r in mine if r["diagnosis"] != "uncertain"]
+        correct = sum(r["diagnosis"] == r["reference"] for r in decided)
+        low, high = wilson_interval(correct, len(decided))
+        out[reader] = {"n": len(decided), "correct": correct,
+                       "accuracy": correct / len(decided) if decided else float("nan"),
+                       "ci_low": low, "ci_high": high, "uncertain": len(mine) - len(decided)}
+    return out
+
+
 def box_agreement(maps: Mapping[str, NDArray], box: Sequence[float]) -> dict[str, dict[str, float]]:
     """Per method: ``hit`` (1.0/0.0), ``energy_inside``, ``iou_otsu`` of the map against the box, and the
     box's ``area_share`` of the film (chance hit rate). ``box`` = [x, y, w, h] in film pixels."""
@@ -257,5 +288,6 @@ def session_summary(
         "alpha_all": _nan_to_none(krippendorff_alpha_ordinal(plausibility_matrix(rows, None)[0])),
         "methods": per_method,
         "reader_vs_model": {r: {k: _nan_to_none(v) for k, v in d.items()} for r, d in agreement.items()},
+        "reader_accuracy": {r: {k: _nan_to_none(v) for k, v in d.items()} for r, d in reader_accuracy(rows).items()},
         "boxes": boxes,
     }
