@@ -52,7 +52,7 @@ from xai.radiograph import Radiograph
 __all__ = ["MarkerBox", "find_text_and_markers", "text_and_marker_mask", "ocr_available"]
 
 WORK_SIDE = 1024
-OCR_SIDE = 2048
+OCR_SIDE = (1024, 2048)
 TOPHAT_SIZE = 0.03
 MIN_CONTRAST = 45.0
 GLYPH_HEIGHT = (0.012, 0.075)
@@ -67,7 +67,7 @@ WORD_HEIGHT_RATIO = 2.0
 MARKER_MIN_CONTRAST = 60.0
 MARKER_MARGIN = 0.5
 MARKER_EDGE_BAND = 0.15
-OCR_MIN_CONFIDENCE = 60.0
+OCR_MIN_CONFIDENCE = 85.0
 MASK_PAD = 0.006
 
 
@@ -226,27 +226,28 @@ def _to_original(x: float, y: float, w: float, h: float, scale: float, shape: tu
 
 # ------------------------------------------------------------------------------------------ OCR path
 def _ocr_boxes(pixels: np.ndarray) -> list[MarkerBox]:
+    """Words Tesseract reads with confidence >= OCR_MIN_CONFIDENCE (one ``--psm 11`` pass)."""
     import pytesseract
 
     h, w = pixels.shape
-    scale = min(1.0, OCR_SIDE / max(h, w))
+    scale = min(OCR_SIDE[1], max(OCR_SIDE[0], max(h, w))) / max(h, w)
     img = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    if scale < 1.0:
-        img = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    if scale != 1.0:
+        interpolation = cv2.INTER_CUBIC if scale > 1.0 else cv2.INTER_AREA
+        img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=interpolation)
     side = max(img.shape)
+    data = pytesseract.image_to_data(img, config="--psm 11", output_type=pytesseract.Output.DICT)
     boxes = []
-    for view in (img, 255 - img):
-        data = pytesseract.image_to_data(view, config="--psm 11", output_type=pytesseract.Output.DICT)
-        for text, conf, x, y, bw, bh in zip(data["text"], data["conf"], data["left"], data["top"],
-                                            data["width"], data["height"], strict=True):
-            conf = float(conf)
-            text = str(text).strip()
-            if conf < OCR_MIN_CONFIDENCE or not any(c.isalnum() for c in text):
-                continue
-            if bh > GLYPH_HEIGHT[1] * side * 1.5 or bw > 0.6 * side:
-                continue
-            kind = "text" if sum(c.isalnum() for c in text) >= 2 else "marker"
-            boxes.append(_to_original(x, y, bw, bh, scale, pixels.shape, kind, "ocr", conf / 100.0))
+    for text, conf, x, y, bw, bh in zip(data["text"], data["conf"], data["left"], data["top"],
+                                        data["width"], data["height"], strict=True):
+        conf = float(conf)
+        text = str(text).strip()
+        if conf < OCR_MIN_CONFIDENCE or not any(c.isalnum() for c in text):
+            continue
+        if bh > 2 * GLYPH_HEIGHT[1] * side or bw > 0.6 * side:
+            continue
+        kind = "text" if sum(c.isalnum() for c in text) >= 2 else "marker"
+        boxes.append(_to_original(x, y, bw, bh, scale, pixels.shape, kind, "ocr", conf / 100.0))
     return boxes
 
 
@@ -255,7 +256,7 @@ def find_text_and_markers(radiograph: Radiograph, *, ocr: bool | None = None) ->
     """Boxes of burned-in text and markers on ``radiograph.pixels``' grid, most confident first.
 
     ``ocr``: True runs Tesseract too (a clear error when it is not installed), False image processing only,
-    None (default) Tesseract when :func:`ocr_available`. Overlapping boxes of the two paths are merged.
+    None (default) Tesseract when :func:`ocr_available`. Overlapping boxes become their union.
     """
     pixels = radiograph.pixels
     if pixels.ndim != 2 or pixels.size == 0:
@@ -271,19 +272,30 @@ def find_text_and_markers(radiograph: Radiograph, *, ocr: bool | None = None) ->
 
 
 def _merge(boxes: list[MarkerBox]) -> list[MarkerBox]:
-    """Drop a box that lies mostly (> 60 %) inside a more confident one."""
-    kept: list[MarkerBox] = []
-    for b in sorted(boxes, key=lambda b: (-b.confidence, -b.w * b.h)):
-        inside = False
-        for k in kept:
-            ix = max(0, min(b.x + b.w, k.x + k.w) - max(b.x, k.x))
-            iy = max(0, min(b.y + b.h, k.y + k.h) - max(b.y, k.y))
-            if ix * iy > 0.6 * b.w * b.h:
-                inside = True
-                break
-        if not inside:
-            kept.append(b)
-    return kept
+    """Union of boxes that overlap (the two paths, or a glyph and its plate, often find one mark twice)."""
+    merged = sorted(boxes, key=lambda b: -b.confidence)
+    changed = True
+    while changed:
+        changed = False
+        out: list[MarkerBox] = []
+        for b in merged:
+            for n, k in enumerate(out):
+                if min(b.x + b.w, k.x + k.w) > max(b.x, k.x) and min(b.y + b.h, k.y + k.h) > max(b.y, k.y):
+                    out[n] = _union(k, b)
+                    changed = True
+                    break
+            else:
+                out.append(b)
+        merged = out
+    return sorted(merged, key=lambda b: -b.confidence)
+
+
+def _union(a: MarkerBox, b: MarkerBox) -> MarkerBox:
+    x0, y0 = min(a.x, b.x), min(a.y, b.y)
+    x1, y1 = max(a.x + a.w, b.x + b.w), max(a.y + a.h, b.y + b.h)
+    kind = "text" if "text" in (a.kind, b.kind) else "marker"
+    first = a if a.confidence >= b.confidence else b
+    return MarkerBox(x0, y0, x1 - x0, y1 - y0, kind, first.found_by, max(a.confidence, b.confidence))
 
 
 def text_and_marker_mask(radiograph: Radiograph, *, ocr: bool | None = None) -> np.ndarray:
