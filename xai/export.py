@@ -510,14 +510,14 @@ def _source_attributes(source: pydicom.Dataset | Mapping[str, Any] | bytes | str
     if isinstance(source, bytes | bytearray | str | Path):
         source = _read_source_header(source)
     keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality",
-            "PatientOrientation", *PATIENT_FIELDS)
+            "PatientOrientation", "PixelSpacing", "ImagerPixelSpacing", *PATIENT_FIELDS)
     out: dict[str, str] = {}
     for key in keys:
         value = source.get(key) if isinstance(source, Mapping) else getattr(source, key, None)
         if value is None:
             continue
-        out[key] = "\\".join(str(v) for v in value) if key == "PatientOrientation" and not isinstance(
-            value, str) else str(value)
+        multi = key in ("PatientOrientation", "PixelSpacing", "ImagerPixelSpacing")
+        out[key] = "\\".join(str(v) for v in value) if multi and not isinstance(value, str) else str(value)
     return out
 
 
@@ -547,6 +547,8 @@ class ResultStudy:
     source_series_instance_uid: str
     modality: str
     patient_orientation: tuple[str, str] = ("L", "F")
+    #: (row, column) spacing in mm of the film's pixels (PixelSpacing, else ImagerPixelSpacing), if known.
+    pixel_spacing: tuple[float, float] | None = None
 
     def highdicom_identity(self) -> dict[str, Any]:
         """Patient and Study keyword arguments of highdicom's SOP classes (empty where the mode has none)."""
@@ -618,13 +620,23 @@ def result_study(source: pydicom.Dataset | Mapping[str, Any] | bytes | str | Pat
     if len(orientation) != 2 or not all(orientation):
         orientation = ("L", "F")  # conventional display of a frontal chest film (patient's right on the left)
     modality = modality if modality in ("CR", "DX") else "OT"
+    spacing = _spacing(src.get("PixelSpacing") or src.get("ImagerPixelSpacing") or "")
     if mode == "pacs":
         values = {k: (v if (v := src.get(k, "").strip()) and _valid_for_vr(k, v) else None)
                   for k in _PATIENT_AND_STUDY}
         return ResultStudy("pacs", values, src["StudyInstanceUID"], sop_class, src["SOPInstanceUID"],
-                           src["SeriesInstanceUID"], modality, orientation)  # type: ignore[arg-type]
+                           src["SeriesInstanceUID"], modality, orientation, spacing)  # type: ignore[arg-type]
     return ResultStudy("deidentified", {"PatientID": f"ANON-{UID()[-12:]}"}, UID(), sop_class, UID(), UID(),
-                       modality, orientation)  # type: ignore[arg-type]
+                       modality, orientation, spacing)  # type: ignore[arg-type]
+
+
+def _spacing(text: str) -> tuple[float, float] | None:
+    """"0.139\\0.139" -> (0.139, 0.139); None unless two positive finite numbers."""
+    try:
+        row, col = (float(v) for v in text.split("\\"))
+    except ValueError:
+        return None
+    return (row, col) if all(np.isfinite(v) and v > 0 for v in (row, col)) else None
 
 
 def secondary_captures(
