@@ -13,7 +13,8 @@ from pathlib import Path
 import streamlit as st
 
 import xai
-from pages._shared import access_gate, chart_code_preload, disclaimer
+from pages._access import access_gate, disclaimer
+from pages._preload import chart_code_preload
 
 xai.boot()  # the library's process-wide settings, once per process (what and why: xai/startup.py)
 

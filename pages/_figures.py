@@ -9,8 +9,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from pages._ingest import LoadedImage, load_input
 from pages._panel import screen_image_uri
-from pages._shared import LoadedImage, load_input
 from xai import render
 
 CELL_SIDE = 112  # longest side of a large map drawn as a heatmap (px); images go as JPEG instead
@@ -21,9 +21,15 @@ def _small(a: np.ndarray) -> np.ndarray:
     return render.downsample_for_display(np.asarray(a, dtype=np.float32), CELL_SIDE)
 
 
+#: The fixed range of a ``difference`` cell: the difference of two maps on [0, 1] lies in [-1, 1].
+DIFFERENCE_RANGE = 1.0
+
+
 def maps_figure(cells: list[tuple[str, np.ndarray, str]], height: int = 260) -> go.Figure:
-    """Maps side by side: ``(title, array, style)`` with style ``signed`` (blue-red around 0), ``unit``
-    (inferno on [0, 1]), ``auto`` (inferno on the map's range) or ``rgb`` (a uint8 image)."""
+    """Maps side by side: ``(title, array, style)`` with style ``signed`` (blue-red around 0, stretched to
+    the map's largest magnitude), ``difference`` (blue-red on the fixed, symmetric range
+    ±:data:`DIFFERENCE_RANGE`, with its colour bar: a small difference looks small), ``unit`` (inferno on
+    [0, 1]), ``auto`` (inferno on the map's range) or ``rgb`` (a uint8 image)."""
     fig = make_subplots(rows=1, cols=len(cells), subplot_titles=[c[0] for c in cells], horizontal_spacing=0.02)
     for i, (_title, a, style) in enumerate(cells, start=1):
         if style == "rgb":
@@ -34,6 +40,11 @@ def maps_figure(cells: list[tuple[str, np.ndarray, str]], height: int = 260) -> 
             if style == "signed":
                 top = float(np.abs(z).max()) or 1.0
                 kwargs = {"colorscale": "RdBu_r", "zmid": 0.0, "zmin": -top, "zmax": top, "showscale": False}
+            elif style == "difference":
+                kwargs = {"colorscale": "RdBu_r", "zmid": 0.0, "zmin": -DIFFERENCE_RANGE, "zmax": DIFFERENCE_RANGE,
+                          "showscale": True, "colorbar": {"title": {"text": "A − B"}, "thickness": 12, "len": 0.9,
+                                                          "tickvals": [-1.0, -0.5, 0.0, 0.5, 1.0],
+                                                          "ticktext": ["−1 (B)", "−0.5", "0", "0.5", "+1 (A)"]}}
             elif style == "unit":
                 kwargs.update(zmin=0.0, zmax=1.0)
             fig.add_trace(go.Heatmap(z=z, hovertemplate="%{z:.3g}<extra></extra>", **kwargs), row=1, col=i)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from pages._shared import method_label
+from pages._methods import method_label
 
 HOW_PAGE = "pages/how.py"
 #: Below this probability for the explained class the "How" page warns that the evidence is weak.
@@ -40,8 +40,9 @@ METHOD_NOTES: dict[str, MethodNote] = {
                 "coarse map is upsampled to the image.",
         pitfalls=(
             "Coarse: one value per cell of the target layer, smoothed by the bilinear upsampling.",
-            "Per-image stretching: every map is divided by its own maximum, so weak evidence (a class the "
-            "model gives 1 %) looks as bright as strong evidence.",
+            "Per-image stretching (most libraries' default, and this app's \"per image\" scale): every map "
+            "is divided by its own maximum, so weak evidence (a class the model gives 1 %) looks as bright as "
+            "strong evidence. The Explain page's default scale divides by the model's typical peak instead.",
             "The layer matters: on DenseNet-121 the map must be the post-ReLU tensor feeding the pooling — "
             "captum, torchcam and pytorch-grad-cam disagree on that layer by 0.15–0.29.",
         ),
@@ -55,7 +56,7 @@ METHOD_NOTES: dict[str, MethodNote] = {
                 "gradients count: channels whose gradient is negative are dropped instead of subtracted.",
         pitfalls=(
             "Evidence against the class never subtracts: explaining a class the model rejects still gives "
-            "a broad, bright map (then stretched to full brightness).",
+            "a broad, bright map (stretched to full brightness on a per-image scale).",
             "Behind global average pooling and a linear layer the gradient is the same at every pixel, so "
             "alpha is constant within a channel: only the channel weights change.",
             "Library bugs: an epsilon larger than g² (pytorch-grad-cam) or an in-place division that does "

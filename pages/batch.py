@@ -16,7 +16,9 @@ import numpy as np
 import streamlit as st
 
 import models
-from pages._shared import ensure_routed, method_label, require_model
+from pages._access import ensure_routed
+from pages._methods import method_label
+from pages._models import require_model
 from xai.batch.archive import ArchiveError, ZipLimits, zip_folder
 from xai.batch.boxes import BoxesError, parse_boxes
 from xai.batch.films import Checks, ReportSpec

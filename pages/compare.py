@@ -20,19 +20,12 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._figures import maps_figure, sidebar_film
-from pages._shared import (
-    CACHE_TTL_S,
-    DEFAULT_MODEL,
-    ActiveModel,
-    default_model,
-    ensure_routed,
-    explain,
-    method_label,
-    page_store,
-    require_model,
-    wrap_model,
-)
+from pages._access import ensure_routed
+from pages._explanations import CACHE_TTL_S, explain
+from pages._figures import DIFFERENCE_RANGE, maps_figure, sidebar_film
+from pages._methods import method_label
+from pages._models import DEFAULT_MODEL, ActiveModel, default_model, require_model, wrap_model
+from pages._state import page_store
 from xai import render
 from xai.compare import MapComparison, compare_maps, to_grid
 from xai.engine import METHODS
@@ -133,6 +126,13 @@ def metrics_figure(comparisons: Mapping[str, MapComparison]) -> go.Figure:
     return fig
 
 
+def difference_title(difference: np.ndarray) -> str:
+    """The A − B panel's title: its fixed scale, and the range this difference actually spans."""
+    lo, hi = float(np.min(difference)), float(np.max(difference))
+    return (f"A − B on a fixed scale −{DIFFERENCE_RANGE:g} … +{DIFFERENCE_RANGE:g} (red: A stronger); "
+            f"here {lo:+.2f} … {hi:+.2f}")
+
+
 def side_label(model: ActiveModel, result: PipelineResult) -> str:
     return f"{model.card.name} · {result.target} (P = {result.probabilities[result.target]:.3f})"
 
@@ -156,7 +156,7 @@ def show(image_gray: np.ndarray, a: tuple[ActiveModel, PipelineResult], b: tuple
         st.plotly_chart(maps_figure([
             ("A: " + label_a, render.overlay(gray, np.clip(c.a, 0, 1).astype(np.float32)), "rgb"),
             ("B: " + label_b, render.overlay(gray, np.clip(c.b, 0, 1).astype(np.float32)), "rgb"),
-            ("A − B (red: A stronger)", c.difference, "signed"),
+            (difference_title(c.difference), c.difference, "difference"),
         ], height=320), key=f"compare_maps_{m}")
 
 

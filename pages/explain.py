@@ -1,7 +1,7 @@
 """Explain page: a radiograph, the model's prediction, and the four saliency maps side by side.
 
 Reruns are cheap by design: the maps are computed once per (image, model, target, methods) by
-``pages._shared.explain_cached``; everything under "Display" (overlay, opacity, colormap, contours,
+``pages._explanations.explain``; everything under "Display" (overlay, opacity, colormap, contours,
 colour bar, scale, window/level, panel layout) only re-draws pixels inside a fragment.
 """
 
@@ -14,8 +14,14 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import streamlit as st
 
+from pages._access import ensure_routed
+from pages._explanations import ResultKey, explain, prefetch_targets, screen_layers
 from pages._howto import how_popovers
+from pages._ingest import LoadedImage, load_input
 from pages._lungs import lung_field, lung_outline, lung_shares, start_lung_field
+from pages._methods import method_label
+from pages._models import ActiveModel, active_card, require_model
+from pages._ood import ood_banner, ood_summary
 from pages._panel import (
     GRAY_COLORSCALE,
     HEAT_PREVIEW_JS,
@@ -27,32 +33,18 @@ from pages._panel import (
     prediction_figure,
     row_height_for,
 )
-from pages._shared import (
-    DISCLAIMER,
-    ActiveModel,
-    LoadedImage,
-    ResultKey,
-    active_card,
-    ensure_routed,
-    explain,
-    held_out_performance,
+from pages._record import held_out_performance
+from pages._state import (
     keep_widgets,
     kept_value,
-    load_input,
-    method_label,
-    ood_banner,
-    ood_summary,
     page_store,
     predicted_class,
-    prefetch_targets,
     remember_predicted,
-    require_model,
     restore_widget,
-    screen_layers,
 )
 from xai import calibration as calibration_mod
 from xai import export, render
-from xai.export import METHOD_TITLES
+from xai.export import DISCLAIMER, METHOD_TITLES
 from xai.method_names import METHODS  # not xai.engine: the page draws what needs no torch first
 from xai.pipeline import PREDICTED, PipelineResult
 from xai.render import DisplaySettings
@@ -262,7 +254,7 @@ def display_settings(image: LoadedImage, result: PipelineResult, model: ActiveMo
     The expander draws its ~20 controls only while open (Streamlit's lazy expander; opening it reruns this
     fragment): closed, they cost neither the server nor the browser anything on a result's path (in the
     browser they were ~0.5 s of a first result), and the settings are the values the controls held when last
-    drawn (:func:`pages._shared.kept_value`)."""
+    drawn (:func:`pages._state.kept_value`)."""
     n_panels = 1 + len(result.methods)
     defaults = {**DISPLAY_DEFAULTS, "disp_per_row": min(n_panels, 3)}
     controls = st.expander("Display", key=DISPLAY_OPEN, on_change="rerun", icon=":material/tune:")

@@ -21,19 +21,14 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from pages._access import ensure_routed
+from pages._explanations import CACHE_TTL_S, explain
 from pages._figures import maps_figure, sidebar_film
 from pages._howto import METHOD_NOTES, WEAK_EVIDENCE
-from pages._shared import (
-    CACHE_TTL_S,
-    ActiveModel,
-    ensure_routed,
-    explain,
-    method_label,
-    page_store,
-    predicted_class,
-    require_model,
-)
-from xai import glassbox, render
+from pages._methods import method_label
+from pages._models import ActiveModel, require_model
+from pages._state import page_store, predicted_class
+from xai import calibration, glassbox, render
 from xai.engine import METHODS
 from xai.pipeline import PREDICTED, PipelineResult
 
@@ -141,7 +136,27 @@ def layer_section(box: GlassBox, model: ActiveModel) -> None:
                 "Later layers would be pooled (no *where*), earlier ones less specific to the class.")
 
 
-def gradcam_section(box: GlassBox, result: PipelineResult) -> None:
+def typical_peak(model: ActiveModel, method: str) -> float | None:
+    """The model's typical peak for ``method`` (the card's calibration: what the Explain page's default
+    scale divides by), or None when the card has none."""
+    cal = calibration.from_card(model.card)
+    return None if cal is None else cal.vmax.get(method)
+
+
+def scale_truth(model: ActiveModel) -> str:
+    """One sentence on how this page's figures relate to the Explain page's default display scale."""
+    cal = calibration.from_card(model.card)
+    if cal is None:
+        return ("The maps on this page are each divided by their own maximum, to show their shape. This model's "
+                "card has no calibrated scale, so the Explain page stretches each map to its own range too.")
+    n = f"{cal.n} {cal.split} films".strip() if cal.n else "validation films"
+    return ("The maps on this page are each divided by their own maximum, to show their shape. The Explain "
+            "page's default display does not: it divides each method's raw map by the model's typical peak "
+            f"(the median of its maps' {cal.percentile:g}th percentiles on {n}), so weak evidence looks weak "
+            "there and bright here.")
+
+
+def gradcam_section(box: GlassBox, result: PipelineResult, model: ActiveModel) -> None:
     st.header("2 · Grad-CAM: channel weights, weighted sum, ReLU, upsampling")
     note("gradcam")
     d, cam = box.details, box.gradcam
@@ -159,17 +174,26 @@ def gradcam_section(box: GlassBox, result: PipelineResult) -> None:
                f"{positive} of {d.channels} channels have a positive weight; the others count against "
                f"{result.target}.")
     st.subheader("From the weighted sum to the map")
-    st.plotly_chart(maps_figure([
+    peak = typical_peak(model, "gradcam")
+    steps = [
         ("Σ w_k A_k (blue < 0 < red)", cam.weighted_sum, "signed"),
         ("ReLU", cam.relu, "auto"),
         ("bilinear upsampling", cam.upsampled, "auto"),
-        ("÷ max, on the model input", _overlay(box, cam.display), "rgb"),
-    ]), key="how_gradcam_steps")
+        ("÷ its own maximum (this page)", _overlay(box, cam.display), "rgb"),
+    ]
+    if peak is not None:
+        steps.append(("÷ the typical peak (Explain's default)",
+                      _overlay(box, np.clip(np.asarray(cam.upsampled) / peak, 0.0, 1.0)), "rgb"))
+    st.plotly_chart(maps_figure(steps), key="how_gradcam_steps")
     error = float(np.abs(cam.display - np.asarray(box.explanation.maps["gradcam"][0])).max())
+    raw_max = float(cam.relu.max())
+    typical = "" if peak is None else (
+        f" The Explain page's default divides by the model's typical Grad-CAM peak instead ({peak:.3g}): this map "
+        f"reaches {raw_max / peak:.2f}× of it (last panel).")
     st.caption(f"{100 * cam.negative_share:.0f} % of the cells are negative (evidence against "
-               f"{result.target}) and set to zero by the ReLU. Raw maximum {float(cam.relu.max()):.3g}: the "
-               f"display divides by it. Rebuilt from the weights, this map differs from the engine's Grad-CAM "
-               f"by at most {error:.1e}.")
+               f"{result.target}) and set to zero by the ReLU. Raw maximum {raw_max:.3g}: the figures on this "
+               f"page divide by it.{typical} Rebuilt from the weights, this map differs from the engine's "
+               f"Grad-CAM by at most {error:.1e}.")
     pitfalls("gradcam")
 
 
@@ -311,9 +335,11 @@ def main() -> None:
                 f"{result.predicted}) on {'the sample ' + image.label if image.source == 'sample' else 'the uploaded film'}.")
     if p < WEAK_EVIDENCE:
         st.warning(f"Weak evidence: the model gives {result.target} a probability of {p:.3f}. Every map below "
-                   "is still stretched to full brightness by its own maximum.", icon=":material/warning:")
+                   "is still stretched to full brightness by its own maximum (on this page only).",
+                   icon=":material/warning:")
+    st.info(scale_truth(model), icon=":material/straighten:")
     layer_section(box, model)
-    gradcam_section(box, result)
+    gradcam_section(box, result, model)
     plus_plus_section(box, result)
     guided_section(box, result)
     guided_gradcam_section(box)

@@ -16,17 +16,16 @@ from typing import Any
 
 import streamlit as st
 
-from pages._shared import (
-    DISCLAIMER,
-    ActiveModel,
-    active_model,
-    default_model,
-    ensure_routed,
-    held_out_performance,
-    wrap_model,
-)
+from pages._access import ensure_routed
+from pages._models import ActiveModel, active_model, default_model, set_user_model, user_model, wrap_model
+from pages._record import held_out_performance
+from pages._state import Key, session
+from xai.export import DISCLAIMER
+from xai.trust.held_out import held_out_record
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+#: The expander that holds a section's modeler's details (rules, statistics, command lines, names).
+FOR_MODELERS = "For modelers"
 
 
 # ------------------------------------------------------------------------------------------ card
@@ -85,12 +84,17 @@ def _performance(card: Any, model: ActiveModel) -> None:
         st.markdown(_summary_sentence(test, "test", card.threshold, card.positive_class))
         held_out_performance(card, key="card_performance")
         _source_table(_mapping(test.get("per_source")))
-        st.caption(f"Measured by `{test.get('command', '?')}` on {test.get('date', '?')}. The decision threshold "
-                   "was chosen on the val split, never on test.")
+        st.caption("These films come from the same hospitals as the training films: they overstate how it does "
+                   "elsewhere (see the next section).")
     val = _mapping(metrics.get("val"))
-    if val:
-        st.caption("Validation split (where the threshold was chosen): " + _rate(val)
-                   + f", AUROC {_num(val.get('auroc'), 3)}, {val.get('n', '?')} films.")
+    if test or val:
+        with st.expander(FOR_MODELERS):
+            if test:
+                st.caption(f"Measured by `{test.get('command', '?')}` on {test.get('date', '?')}. The decision "
+                           "threshold was chosen on the val split, never on test.")
+            if val:
+                st.caption("Validation split (where the threshold was chosen): " + _rate(val)
+                           + f", AUROC {_num(val.get('auroc'), 3)}, {val.get('n', '?')} films.")
 
 
 def _held_out(card: Any) -> None:
@@ -117,11 +121,14 @@ def _held_out(card: Any) -> None:
     st.dataframe({"held-out source": [r[0] for r in rows], "films": [r[1] for r in rows],
                   "what is measured": [r[2] for r in rows], "correct calls": [r[3] for r in rows],
                   "rate": [r[4] for r in rows], "AUROC vs other sources' test negatives": [r[5] for r in rows],
-                  "out-of-distribution warnings": [r[6] for r in rows], "run": [r[7] for r in rows]},
+                  "out-of-distribution warnings": [r[6] for r in rows]},
                  hide_index=True)
     recipe = next((str(_mapping(c).get("recipe")) for c in cross.values() if _mapping(c).get("recipe")), "")
-    if recipe:
-        st.caption(recipe)
+    with st.expander(FOR_MODELERS):
+        st.dataframe({"held-out source": [r[0] for r in rows], "retrained model": [r[7] for r in rows],
+                      "command": [str(_mapping(c).get("command", "")) for c in cross.values()]}, hide_index=True)
+        if recipe:
+            st.caption(recipe)
 
 
 def _lung_evidence(card: Any) -> None:
@@ -151,15 +158,20 @@ def _ood(card: Any) -> None:
     ood = _mapping(_mapping(_mapping(getattr(card, "metrics", {})).get("test")).get("ood_warnings"))
     if not ood:
         return
-    st.subheader("Out-of-distribution warnings")
-    st.markdown(f"The check warned on **{ood.get('warned')} of {ood.get('n')}** test films ({ood.get('rule', '')}; "
-                f"{ood.get('fitted_on', '')}). **No warning means no warning** — not \"like the training data\": "
-                "a film from a hospital the model never saw can be scored confidently wrong without one "
-                "(see the held-out-source table for how often it warns there).")
+    st.subheader("Warnings for unusual films")
+    record = held_out_record(getattr(card, "cross_source", None))
+    silence = record.silence() if record else None
+    st.markdown(f"The app warns when a film looks unlike the films the model learnt from. It warned on "
+                f"**{ood.get('warned')} of {ood.get('n')}** test films. **No warning means no warning** — not "
+                "\"like the training data\": a film from a hospital the model never saw can be scored "
+                "confidently wrong without one" + (f"; {silence}." if silence else "."))
     per = _mapping(ood.get("per_source"))
     if per:
         st.dataframe({"source": list(per), "warnings": [f"{_mapping(v).get('warned')} of {_mapping(v).get('n')}"
                                                         for v in per.values()]}, hide_index=True)
+    with st.expander(FOR_MODELERS):
+        st.caption(f"Rule: {ood.get('rule', '?')}; statistics: {ood.get('fitted_on', '?')}. The distance is "
+                   "Mahalanobis over the penultimate features (Lee et al., NeurIPS 2018).")
 
 
 def _training(card: Any) -> None:
@@ -209,6 +221,14 @@ def _training(card: Any) -> None:
             st.dataframe({c: [str(t.get(c, "–")) for t in tried] for c in columns}, hide_index=True)
 
 
+def expectation(card: Any) -> None:
+    """One plain sentence above the figures: what a hospital the model never saw should expect (the card's
+    leave-one-source-out checks, :mod:`xai.trust.held_out`); nothing when the card records none."""
+    record = held_out_record(getattr(card, "cross_source", None))
+    if record is not None:
+        st.markdown(f"**{record.expectation()}**")
+
+
 def render_card(model: ActiveModel) -> None:
     """The model card, in reading order: what it is, what it decides, how well, where it fails."""
     card = model.card
@@ -216,18 +236,20 @@ def render_card(model: ActiveModel) -> None:
     origin = "the bundled model, shared by every session" if model.origin == "bundled" else (
         "your own model, used in this session only")
     st.caption(f"{card.architecture} · {origin} · weights sha256 `{card.sha256}`")
+    expectation(card)
 
-    c1, c2, c3 = st.columns(3)
+    c1, c2 = st.columns(2)
     c1.metric("Classes", len(card.class_names), help=", ".join(card.class_names))
-    c1.write(" · ".join(f"`{c}`" for c in card.class_names))
+    c1.write(" · ".join(card.class_names))
     c2.metric(f"Threshold on P({card.positive_class})", f"{card.threshold:.3f}")
-    c2.write(card.threshold_rule)
-    c3.metric("Target layer", card.target_layer)
+    c2.write(f"A film is called {card.positive_class} when the model gives it at least this probability.")
     pre = card.preprocessing
-    c3.write(
-        f"{pre.input_size}² px, {pre.channels} channel(s), resize {pre.resize}, equalize {pre.equalize}, "
-        f"crop {pre.crop}; mean {tuple(round(m, 3) for m in pre.mean)}, std {tuple(round(s, 3) for s in pre.std)}"
-    )
+    with st.expander(FOR_MODELERS):
+        st.markdown(f"- **Threshold rule**: {card.threshold_rule}\n"
+                    f"- **Target layer** of the saliency maps: `{card.target_layer}`\n"
+                    f"- **Preprocessing**: {pre.input_size}² px, {pre.channels} channel(s), resize {pre.resize}, "
+                    f"equalize {pre.equalize}, crop {pre.crop}; mean {tuple(round(m, 3) for m in pre.mean)}, "
+                    f"std {tuple(round(s, 3) for s in pre.std)}")
 
     st.subheader("Intended use")
     st.write(card.intended_use)
@@ -279,11 +301,11 @@ def _load_from_upload(upload: Any, loader: Any) -> Any:
 
 def _use(loaded: Any) -> None:
     try:
-        st.session_state["user_model"] = wrap_model(loaded, origin="uploaded")
+        set_user_model(wrap_model(loaded, origin="uploaded"))
     except Exception as exc:  # noqa: BLE001 - e.g. the target layer does not exist in this network
         st.error(f"The model loaded but cannot be explained: {type(exc).__name__}: {exc}")
         return
-    st.session_state["_model_flash"] = f"Using {loaded.card.name} in this session (the Explain page uses it now)."
+    session()[Key.MODEL_FLASH] = f"Using {loaded.card.name} in this session (the Explain page uses it now)."
     st.rerun()  # redraw the card above with the new model
 
 
@@ -377,11 +399,11 @@ def main() -> None:
     st.header("Use your own model")
     st.caption("For this session only; the bundled model stays the default for everyone else. "
                "Weights are loaded without unpickling (safetensors or weights-only).")
-    if flash := st.session_state.pop("_model_flash", None):
+    if flash := session().pop(Key.MODEL_FLASH, None):
         st.success(flash, icon=":material/check_circle:")
-    own = isinstance(st.session_state.get("user_model"), ActiveModel)
+    own = user_model() is not None
     if own and st.button("Back to the bundled model", key="own_reset"):
-        st.session_state.pop("user_model", None)
+        set_user_model(None)
         default_model()
         st.rerun()
     kind = st.radio("What do you have?", ("Weights file", "Bundle zip"), horizontal=True, key="own_kind")

@@ -25,20 +25,12 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from pages._access import ensure_routed
+from pages._explanations import explain, screen_view
+from pages._ingest import SAMPLES_DIR, LoadedImage, list_samples
+from pages._methods import method_label
+from pages._models import DEFAULT_MODEL, ActiveModel, default_model, wrap_model
 from pages._panel import Panel, panel_figure, row_height_for, screen_image_uri
-from pages._shared import (
-    DEFAULT_MODEL,
-    SAMPLES_DIR,
-    ActiveModel,
-    LoadedImage,
-    default_model,
-    ensure_routed,
-    explain,
-    list_samples,
-    method_label,
-    screen_view,
-    wrap_model,
-)
 from xai.render import DisplaySettings, downsample_for_display, gray_to_rgb, plotly_colorscale
 from xai.review import DIAGNOSES, QUESTIONS, ReviewError, ReviewSession, ReviewStore, default_url, map_letters
 from xai.review.store import PLAUSIBILITY_LABELS

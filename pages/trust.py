@@ -20,18 +20,14 @@ import numpy as np
 import streamlit as st
 
 import models
+from pages._access import ensure_routed
+from pages._explanations import explain
 from pages._finding import box_figure, box_from_selection
+from pages._ingest import LoadedImage, load_input
 from pages._lungs import contour_thumbnail, lung_field, lung_shares
-from pages._shared import (
-    ActiveModel,
-    LoadedImage,
-    ensure_routed,
-    explain_cached,
-    load_input,
-    method_label,
-    ood_verdict,
-    require_model,
-)
+from pages._methods import method_label
+from pages._models import ActiveModel, require_model
+from pages._ood import ood_score
 from xai import render
 from xai.engine import METHODS
 from xai.pipeline import PipelineResult
@@ -379,7 +375,7 @@ def verdict_section(image: LoadedImage, key: tuple[Any, ...], model: ActiveModel
                      help="Randomisation, stability and faithfulness for every map (about a minute on a CPU)"):
             run_all(key, model, result)
         try:
-            ood = ood_verdict(image.sha256, model.key, result, model)
+            ood = ood_score(image.sha256, model.key, result, model)
         except (ValueError, RuntimeError):  # statistics that do not fit a user's model
             ood = None
         lung_found = None if isinstance(field, str) else field.found
@@ -406,7 +402,7 @@ names = model.class_names
 default = names.index("covid19") + 1 if "covid19" in names else 0
 choice = st.selectbox("Explain class", ["predicted", *names], index=default, key="trust_target")
 target = None if choice == "predicted" else names.index(choice)
-result = explain_cached(image.sha256, model.key, target, tuple(METHODS), image, model)
+result = explain(image, model, target, tuple(METHODS))
 st.caption(f"Image: {image.label} — model {model.card.name} {model.card.version}; explaining "
            f"**{result.target}** (predicted: {result.predicted}).")
 key = (image.sha256, model.key, result.target_index)

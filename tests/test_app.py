@@ -1,7 +1,7 @@
 """The Streamlit app driven headless with ``streamlit.testing.v1.AppTest`` on the bundled model.
 
 Real radiographs only (bundled samples, ../shared/data). The engine is never mocked: the page's single
-engine entry point, ``pages._shared.run_engine``, counts its calls, which proves that display-only
+engine entry point, ``pages._service().run_engine``, counts its calls, which proves that display-only
 changes compute no map. Downloads are generated on click, so their callables are captured from
 ``MediaFileManager.add_deferred`` and run here to check what a user would download.
 """
@@ -23,10 +23,22 @@ from PIL import Image
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
+import pages._explanations as app_explanations
+import pages._ingest as ingest
 import pages._lungs as app_lungs
-import pages._shared as shared
+import pages._models as app_models
+import pages._state as app_state
+import pages._warmup as warmup
+from xai.export import DISCLAIMER
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
+
+
+def service() -> app_explanations.ExplanationService:
+    """The server's one explanation service (AppTest runs the pages in this process)."""
+    return app_explanations.explanation_service()
+
+
 TIMEOUT = 180  # the CPU is shared with other jobs: be generous, the assertions are not about speed
 METHOD_TITLES = ("Grad-CAM", "Grad-CAM++", "Guided Backprop", "Guided Grad-CAM")
 
@@ -106,7 +118,7 @@ def choose_sample(at: AppTest, fragment: str) -> AppTest:
 
 
 def disclaimer_shown(at: AppTest) -> bool:
-    return any(shared.DISCLAIMER in w.value for w in at.warning)
+    return any(DISCLAIMER in w.value for w in at.warning)
 
 
 @pytest.fixture
@@ -184,10 +196,10 @@ def test_starts_with_disclaimer_and_model_page_renders_the_card() -> None:
     assert at.file_uploader[0].allowed_type == []  # no extension filter: DICOMs often have none
     # The invisible chart that lets the browser load plotly's code during the first run is gone after it,
     # and the session remembers it was sent (a rerun sends none).
-    assert at.session_state[shared.Key.CHART_CODE_SENT] is True
+    assert at.session_state[app_state.Key.CHART_CODE_SENT] is True
     assert not [c for c in at.get("plotly_chart") if "chart_code_preload" in c.proto.id]
     assert at.multiselect(key="methods").value == ["gradcam", "gradcam++", "guided_backprop", "guided_gradcam"]
-    card = models.load(shared.DEFAULT_MODEL).card
+    card = models.load(app_models.DEFAULT_MODEL).card
     # Before any radiograph: the model's held-out record, per source, straight from its card.
     landing = held_out_chart(at, "landing_performance")
     test = card.metrics["test"]
@@ -243,11 +255,11 @@ def test_the_explain_page_needs_no_torch_before_it_loads_the_model() -> None:
     script = APP.parent / "pages" / "explain.py"
     imports = [node for node in ast.parse(script.read_text(encoding="utf-8")).body
                if isinstance(node, ast.Import | ast.ImportFrom) and getattr(node, "module", "") != "__future__"]
-    assert any(isinstance(n, ast.ImportFrom) and n.module == "pages._shared" for n in imports)
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "pages._models" for n in imports)
     code = "\n".join(ast.unparse(node) for node in imports) + (
-        "\nimport sys\nimport models\ncard = models.read_card(shared.DEFAULT_MODEL)\n"
+        "\nimport sys\nimport models\ncard = models.read_card(app_models.DEFAULT_MODEL)\n"
         "print(card.name, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", "import pages._shared as shared\n" + code],
+    out = subprocess.run([sys.executable, "-c", "import pages._models as app_models\n" + code],
                          capture_output=True, text=True, check=True, cwd=APP.parent)
     assert out.stdout.split()[-1] == "False", out.stdout
 
@@ -293,21 +305,21 @@ def test_own_model_is_per_session_and_a_pickle_is_never_executed(tmp_path: Path)
     assert target_box.options[1:] == ["alpha", "beta", "gamma"]
     other_session = new_app()
     other_box = next(s for s in other_session.selectbox if s.label == "Target class")
-    assert other_box.options[1:] == list(shared.default_model().class_names), "another session's model changed"
+    assert other_box.options[1:] == list(app_models.default_model().class_names), "another session's model changed"
 
 
 def test_sample_gives_four_overlays_and_display_changes_compute_no_map(monkeypatch: pytest.MonkeyPatch) -> None:
-    shared.explain_cached.clear()
-    shared.clear_prefetches()
+    service().explain_cached.clear()
+    service().clear_prefetches()
     at = new_app()
-    calls, prefetch_start = shared.ENGINE_CALLS, shared.PREFETCH_CALLS
+    calls, prefetch_start = service().engine_calls, service().prefetch_calls
     choose_sample(at, "NIH")
-    shared.wait_for_prefetches()  # (a prefetch that meets a waiting user skips: keep the count exact)
-    assert calls + 1 == shared.ENGINE_CALLS
+    service().wait_for_prefetches()  # (a prefetch that meets a waiting user skips: keep the count exact)
+    assert calls + 1 == service().engine_calls
     titles = image_titles(at)
     assert titles[0].startswith("<b>Original</b>")
     assert [t.split("</b>")[0].removeprefix("<b>") for t in titles[1:]] == list(METHOD_TITLES)
-    card_name = shared.default_model().card.name
+    card_name = app_models.default_model().card.name
     assert all(card_name in t and "class " in t and " ms" in t for t in titles[1:])
     assert len(image_sources(at)) == 5
 
@@ -340,18 +352,18 @@ def test_sample_gives_four_overlays_and_display_changes_compute_no_map(monkeypat
     width = Image.open(io.BytesIO(base64.b64decode(panel_layers(at)[0]["base"].split(",")[1]))).width
     assert layout["xaxis"]["range"] == pytest.approx([0.0, width / 2])  # 2x around 25 % from the left
     assert all(layout[f"xaxis{i}"]["matches"] == "x" for i in range(2, 6))  # every panel follows the zoom
-    assert calls + 1 == shared.ENGINE_CALLS, "a display-only change recomputed the maps"
+    assert calls + 1 == service().engine_calls, "a display-only change recomputed the maps"
 
     at.multiselect(key="methods").set_value(["gradcam", "guided_backprop"])
     run(at)
-    assert calls + 2 == shared.ENGINE_CALLS
+    assert calls + 2 == service().engine_calls
     assert [t.split("</b>")[0].removeprefix("<b>") for t in image_titles(at)[1:]] == ["Grad-CAM", "Guided Backprop"]
 
-    classes = shared.default_model().class_names
+    classes = app_models.default_model().class_names
     predicted = next(t for t in image_titles(at)[1:]).split("class ")[1].split(" ")[0]
     other = next(c for c in classes if c != predicted)
-    shared.wait_for_prefetches()  # the other class was explained in the background after each first result
-    assert prefetch_start + 2 == shared.PREFETCH_CALLS  # once per set of methods, never for display changes
+    service().wait_for_prefetches()  # the other class was explained in the background after each first result
+    assert prefetch_start + 2 == service().prefetch_calls  # once per set of methods, never for display changes
     from xai import render
 
     layers_made: list[object] = []
@@ -360,14 +372,14 @@ def test_sample_gives_four_overlays_and_display_changes_compute_no_map(monkeypat
     target_box = next(s for s in at.selectbox if s.label == "Target class")
     target_box.set_value(other)
     run(at)
-    assert calls + 2 == shared.ENGINE_CALLS, "the target switch waited for an engine pass"
+    assert calls + 2 == service().engine_calls, "the target switch waited for an engine pass"
     assert not layers_made, "the switched class's screen layers were not prefetched"
     assert all(f"class {other}" in t for t in image_titles(at)[1:])
     # The prefetched maps are the engine's own for that class (same pipeline as a direct call).
-    image = at.session_state[shared.Key.IMAGE]
-    direct = shared.run_engine(image.radiograph, shared.default_model(), classes.index(other),
+    image = at.session_state[app_state.Key.IMAGE]
+    direct = service().run_engine(image.radiograph, app_models.default_model(), classes.index(other),
                                ("gradcam", "guided_backprop"), count=False)
-    shown = shared.explain(image, shared.default_model(), classes.index(other), ("gradcam", "guided_backprop"))
+    shown = app_explanations.explain(image, app_models.default_model(), classes.index(other), ("gradcam", "guided_backprop"))
     assert shown.target == other
     for m in direct.maps:
         np.testing.assert_allclose(shown.maps[m], direct.maps[m], atol=1e-5)
@@ -379,8 +391,8 @@ def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_imag
     from xai import render
 
     at = new_app()  # the server's start-up warm-up draws a view too: count from here
-    shared.wait_for_prefetches()  # nothing left over in the background…
-    shared.clear_prefetches()  # …and this film's other classes are prefetched afresh below
+    service().wait_for_prefetches()  # nothing left over in the background…
+    service().clear_prefetches()  # …and this film's other classes are prefetched afresh below
     made: list[tuple[int, render.DisplaySettings]] = []  # (explained class, settings) of each layers build
     layers = render.layers
 
@@ -390,27 +402,27 @@ def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_imag
 
     monkeypatch.setattr(render, "layers", counting_layers)
     loads: list[str] = []
-    load_sample = shared.load_bytes
+    load_sample = ingest.load_bytes
 
     def counting_load(data, label, source):  # noqa: ANN001, ANN202
         loads.append(label)
         return load_sample(data, label, source)
 
-    monkeypatch.setattr(shared, "load_bytes", counting_load)
-    shared.load_sample.clear()
-    shared._screen_layers.clear()
-    shared._screen_images.clear()
+    monkeypatch.setattr(ingest, "load_bytes", counting_load)
+    ingest.load_sample.clear()
+    service().screen_layers_cache.clear()
+    service().screen_images_cache.clear()
     choose_sample(at, "NIH")
     # The other classes' layers are drawn in the background as now (prefetch): wait, so that they are
     # counted here and not taken for a rebuild by a later display change.
-    shared.wait_for_prefetches()
+    service().wait_for_prefetches()
     from xai import calibration
 
-    typical = tuple(calibration.from_card(shared.default_model().card).vmax.items())
+    typical = tuple(calibration.from_card(app_models.default_model().card).vmax.items())
     default_layers = render.DisplaySettings(scale="fixed", vmax=typical)  # the model's typical range
     shown = made[0][0]  # the page draws its own class before it queues the others
     assert [s for t, s in made if t == shown] == [default_layers]  # the layers' key: nothing but layer fields
-    assert [s for t, s in made if t != shown] == [default_layers] * (len(shared.default_model().class_names) - 1)
+    assert [s for t, s in made if t != shown] == [default_layers] * (len(app_models.default_model().class_names) - 1)
     drawn = len(made)
     open_display(at)
     at.slider(key="disp_alpha").set_value(0.8)
@@ -426,10 +438,10 @@ def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_imag
     at.select_slider(key="disp_side").set_value("768 px (fast)")
     run(at)
     assert len(made) == drawn + 1, "the first layers should still be cached"
-    image = at.session_state[shared.Key.IMAGE]
-    assert isinstance(image, shared.LoadedImage) and "NIH" in image.label
+    image = at.session_state[app_state.Key.IMAGE]
+    assert isinstance(image, ingest.LoadedImage) and "NIH" in image.label
     run(at.switch_page("pages/trust.py"))  # the Trust page shows the same radiograph, loaded once
-    assert at.session_state[shared.Key.IMAGE] is image
+    assert at.session_state[app_state.Key.IMAGE] is image
     assert len(loads) == 1
 
 
@@ -471,7 +483,7 @@ def test_flat_map_notices_use_the_methods_names(tmp_path: Path) -> None:
     loaded = models.load(make_bundle(tmp_path / "bundle"))
     with torch.no_grad():
         loaded.module.fc.weight.zero_()  # no class depends on the features: every map is flat
-    film = load_radiograph(next(iter(sorted((shared.SAMPLES_DIR).glob("*.png")))))
+    film = load_radiograph(next(iter(sorted((ingest.SAMPLES_DIR).glob("*.png")))))
     notices = explain_radiograph(film, loaded, name="x", methods=("gradcam", "gradcam++")).notices
     flat = [n for n in notices if "the map is flat" in n]
     assert [n.split(":")[0] for n in flat] == ["Grad-CAM", "Grad-CAM++"] and all(n.endswith(".") for n in flat)
@@ -513,15 +525,15 @@ def test_default_scale_is_the_models_calibration_and_weak_evidence_is_flagged(
     choose_sample(at, "NIH")
     open_display(at)
     assert at.radio(key="disp_scale").value == "model"
-    stored = calibration.from_card(shared.default_model().card)
+    stored = calibration.from_card(app_models.default_model().card)
     assert stored is not None
     spec = panel_spec(at)
     assert "typical peak" in json.dumps(spec["data"][-1]["marker"]["colorbar"])  # the colour bar says which
     assert any("Scale: the model's typical range" in c.value for c in at.caption)
     # The overlays are the calibrated view: raw magnitude / the card's typical peak, not a per-image stretch.
-    image = at.session_state[shared.Key.IMAGE]
-    model = shared.default_model()
-    result = shared.explain(image, model, None, tuple(shared.METHODS_FOR_WARM_UP))
+    image = at.session_state[app_state.Key.IMAGE]
+    model = app_models.default_model()
+    result = app_explanations.explain(image, model, None, tuple(warmup.METHODS_FOR_WARM_UP))
     expected = render.layers(image.radiograph, result, render.DisplaySettings(
         scale="fixed", vmax=tuple((m, stored.vmax[m]) for m in result.methods)))
     from pages._panel import screen_heat_uri
@@ -558,7 +570,7 @@ def test_dicom_window_presets_reset_and_slider_steps(dicom_dir: Path) -> None:
     at.file_uploader(key="upload").set_value(("film.dcm", dicom_with_phi(dicom_dir), "application/dicom"))
     run(at)
     open_display(at)
-    image = at.session_state[shared.Key.IMAGE]
+    image = at.session_state[app_state.Key.IMAGE]
     values = image.radiograph.modality_values
     step = render.nice_step(float(values.max() - values.min()))
     centre, width = (next(s for s in at.slider if s.label == f"Window {n}") for n in ("centre", "width"))
@@ -584,10 +596,10 @@ def test_lungs_share_in_each_caption_outline_toggle_and_outside_flag(monkeypatch
 
     at = new_app()
     choose_sample(at, "NIH")
-    image = at.session_state[shared.Key.IMAGE]
+    image = at.session_state[app_state.Key.IMAGE]
     field = find_lungs(image.radiograph)
     assert field.found
-    result = shared.explain(image, shared.default_model(), None, tuple(shared.METHODS_FOR_WARM_UP))
+    result = app_explanations.explain(image, app_models.default_model(), None, tuple(warmup.METHODS_FOR_WARM_UP))
     for title, m in zip(image_titles(at)[1:], result.methods, strict=True):  # the share, independently computed
         shown = re.search(r"· (\d+)% in lungs", title)
         assert shown, title
@@ -620,22 +632,22 @@ def test_lungs_share_in_each_caption_outline_toggle_and_outside_flag(monkeypatch
 
 
 def test_a_prefetch_gives_way_to_a_user_waiting_for_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    samples = shared.list_samples()
-    image = shared.load_sample(samples[next(t for t in samples if "NIH" in t)])
-    model = shared.default_model()
-    result = shared.run_engine(image.radiograph, model, None, ("gradcam",), count=False)
-    shared.clear_prefetches()
-    monkeypatch.setattr(shared, "_FOREGROUND", 1)  # someone's explanation is being computed
-    before, calls = shared.PREFETCH_CALLS, shared.ENGINE_CALLS
-    assert shared.prefetch_targets(image, model, result) == len(model.class_names) - 1
-    shared.wait_for_prefetches()
-    assert before == shared.PREFETCH_CALLS  # skipped, not computed
-    monkeypatch.setattr(shared, "_FOREGROUND", 0)
+    samples = ingest.list_samples()
+    image = ingest.load_sample(samples[next(t for t in samples if "NIH" in t)])
+    model = app_models.default_model()
+    result = service().run_engine(image.radiograph, model, None, ("gradcam",), count=False)
+    service().clear_prefetches()
+    monkeypatch.setattr(service(), "foreground", 1)  # someone's explanation is being computed
+    before, calls = service().prefetch_calls, service().engine_calls
+    assert service().prefetch_targets(image, model, result) == len(model.class_names) - 1
+    service().wait_for_prefetches()
+    assert before == service().prefetch_calls  # skipped, not computed
+    monkeypatch.setattr(service(), "foreground", 0)
     other = 1 - result.target_index
-    shared.explain_cached.clear()
-    switched = shared.explain(image, model, other, ("gradcam",))  # the page computes it itself
-    assert switched.target_index == other and calls + 1 == shared.ENGINE_CALLS
-    assert shared.prefetch_targets(image, model, result) == 0  # once per film: not queued again
+    service().explain_cached.clear()
+    switched = app_explanations.explain(image, model, other, ("gradcam",))  # the page computes it itself
+    assert switched.target_index == other and calls + 1 == service().engine_calls
+    assert service().prefetch_targets(image, model, result) == 0  # once per film: not queued again
 
 
 def test_png_upload_then_bad_upload_keeps_the_previous_result(
@@ -689,12 +701,12 @@ def test_dicom_upload_windowing_and_exports_carry_no_identifiers(
     assert not any(v in page_text for v in (*PHI_VALUES, "DOE_JANE")), "identifiers shown with details off"
 
     open_display(at)
-    calls = shared.ENGINE_CALLS
+    calls = service().engine_calls
     before = image_sources(at)[0]
     centre = next(s for s in at.slider if s.label == "Window centre")
     centre.set_value(float(centre.value) + 40.0)
     run(at)
-    assert image_sources(at)[0] != before and calls == shared.ENGINE_CALLS  # re-windowed, nothing recomputed
+    assert image_sources(at)[0] != before and calls == service().engine_calls  # re-windowed, nothing recomputed
 
     names = set(deferred)
     assert any(n.endswith("_sc_pacs.zip") for n in names) and any(n.endswith("_report.pdf") for n in names)
@@ -762,8 +774,8 @@ def test_report_is_drawn_at_export_resolution_not_from_screen_pixels(
 def test_a_missing_model_bundle_gives_a_clear_message_and_the_server_keeps_serving(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(shared, "DEFAULT_MODEL", str(tmp_path / "no-such-bundle"))
-    shared.default_model.clear()
+    monkeypatch.setattr(app_models, "DEFAULT_MODEL", str(tmp_path / "no-such-bundle"))
+    app_models.default_model.clear()
     try:
         at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
         at.run()
@@ -772,7 +784,7 @@ def test_a_missing_model_bundle_gives_a_clear_message_and_the_server_keeps_servi
         assert len(errors) == 1 and "model could not be loaded" in errors[0] and "no-such-bundle" in errors[0]
         assert disclaimer_shown(at)  # the page still serves its frame
     finally:
-        shared.default_model.clear()  # the next test loads the real bundle again
+        app_models.default_model.clear()  # the next test loads the real bundle again
 
 
 def test_explain_page_warns_when_the_input_is_unlike_the_training_data() -> None:
@@ -790,11 +802,11 @@ def test_explain_page_warns_when_the_input_is_unlike_the_training_data() -> None
     assert len(lungs) == 1 and "may not be a frontal chest radiograph" in lungs[0]
     assert not any("in lungs" in t for t in image_titles(at))
 
-    calls = shared.ENGINE_CALLS
+    calls = service().engine_calls
     open_display(at)
     at.slider(key="disp_alpha").set_value(0.3)  # a display change: the verdict is cached, no map recomputed
     run(at)
-    assert calls == shared.ENGINE_CALLS
+    assert calls == service().engine_calls
     assert [w.value for w in at.warning if "Unlike the training data" in w.value] == warnings
 
 
@@ -844,7 +856,7 @@ def test_the_lung_field_started_early_is_the_one_the_page_reads(monkeypatch: pyt
             runs.append(1)
         return real(r)
 
-    shared.wait_for_prefetches()  # an earlier test's class prefetch would meet the cleared cache
+    service().wait_for_prefetches()  # an earlier test's class prefetch would meet the cleared cache
     monkeypatch.setattr(app_lungs, "find_lungs", counted)
     app_lungs.lung_field.clear()
     app_lungs.start_lung_field("early-film", radiograph)

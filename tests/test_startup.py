@@ -31,7 +31,7 @@ def test_boot_after_torch_changes_nothing_it_could_not_apply() -> None:
 
 def test_the_app_and_the_command_line_boot_before_torch_loads() -> None:
     # app.py imports these, then calls xai.boot(): torch must not be loaded by then.
-    assert _run("import sys, streamlit, xai, pages._shared; print('torch' in sys.modules)") == "False"
+    assert _run("import sys, streamlit, xai, pages._access, pages._models, pages._ood; print('torch' in sys.modules)") == "False"
     # The command line boots first thing in main(); --help exits before any model work.
     code = ("import os, xai.cli\n"
             "try:\n    xai.cli.main(['--help'], stdout=open(os.devnull, 'w'))\nexcept SystemExit:\n    pass\n"

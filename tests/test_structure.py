@@ -261,7 +261,7 @@ def test_process_wide_side_effects_start_from_the_startup_module():
     assert not offenders, offenders
     assert "xai.boot" in _calls(ROOT / "app.py")
     assert "boot" in _calls(XAI / "cli.py")
-    assert "freeze_heap" in _calls(ROOT / "pages" / "_shared.py")
+    assert "freeze_heap" in _calls(ROOT / "pages" / "_models.py")
 
 
 # ------------------------------------------------------------------------------------------ packaging

@@ -169,6 +169,10 @@ def test_deletion_insertion_hand_computed() -> None:
     assert g.deletion_auc == pytest.approx(0.25 * ((hi + lo) / 2 + 3 * lo), rel=1e-5)
     assert g.insertion_auc > b.insertion_auc and g.deletion_auc < b.deletion_auc
     assert "mean" in res.baseline
+    # the two ends of every curve, reported beside the AUCs: the film scores hi, the mean baseline lo
+    assert res.score == pytest.approx(hi, rel=1e-5) and res.baseline_score == pytest.approx(lo, rel=1e-5)
+    assert {r["P on the film"] for r in res.table()} == {round(hi, 3)}
+    assert {r["P on the baseline"] for r in res.table()} == {round(lo, 3)}
 
 
 def test_baselines_are_stated_and_shaped() -> None:
@@ -305,7 +309,9 @@ def test_trust_page_agreement_and_integrated_gradients() -> None:
 
     from streamlit.testing.v1 import AppTest
 
-    from pages import _shared as shared
+    from pages._explanations import explanation_service
+    from pages._models import default_model
+    from pages._state import Key
     from xai.engine import METHODS
     app = Path(__file__).resolve().parents[1] / "app.py"
     at = AppTest.from_file(str(app), default_timeout=300)
@@ -328,9 +334,9 @@ def test_trust_page_agreement_and_integrated_gradients() -> None:
     table = _agreement_table(at)
     assert list(table["method"]) == ["Grad-CAM", "Grad-CAM++", "Guided Backprop", "Guided Grad-CAM"]
     # independent check: the same maps from a direct engine call, scored by hand against the same box
-    image = at.session_state[shared.Key.IMAGE]
+    image = at.session_state[Key.IMAGE]
     (target,) = {k[3] for k in at.session_state["_trust_results"] if k[0] == "agreement"}
-    direct = shared.run_engine(image.radiograph, shared.default_model(), target, tuple(METHODS), count=False)
+    direct = explanation_service().run_engine(image.radiograph, default_model(), target, tuple(METHODS), count=False)
     inside = np.zeros(image.radiograph.pixels.shape, dtype=bool)
     inside[60:260, 60:260] = True
     for row, heat in zip(table.itertuples(index=False), direct.maps.values(), strict=True):
