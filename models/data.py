@@ -277,14 +277,61 @@ def mask_to_model(mask: np.ndarray, geometry) -> np.ndarray:  # noqa: ANN001 - x
     return out
 
 
-def read_lung_masks(lungs_dir: str | Path) -> dict[str, Path]:
-    """{chestcovnet image file name: mask path} from ``lungs/manifest.csv`` (manual and V7 masks)."""
+def read_lung_masks(lungs_dir: str | Path, convention: str | None = None) -> dict[str, Path]:
+    """{chestcovnet image file name: mask path} from ``lungs/manifest.csv`` (manual and V7 masks; with
+    ``convention`` ("nlm" or "v7", :func:`models.lungs.convention_of`) only the masks drawn that way)."""
+    from models.lungs import convention_of
+    from xai.anatomy import CONVENTIONS
+
     lungs_dir = Path(lungs_dir)
     manifest = lungs_dir / "manifest.csv"
     if not manifest.is_file():
         raise FileNotFoundError(f"no manifest.csv in {lungs_dir}")
+    if convention is not None and convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}; got {convention!r}")
     with manifest.open(newline="", encoding="utf-8") as fh:
-        return {Path(row["image"]).name: lungs_dir / row["mask"] for row in csv.DictReader(fh)}
+        return {Path(row["image"]).name: lungs_dir / row["mask"] for row in csv.DictReader(fh)
+                if convention is None or CONVENTIONS[convention_of(row["convention"])] == convention}
+
+
+def build_predicted_mask_cache(data_dir: str | Path, records: Sequence[Record], preprocessing: Preprocessing,
+                               convention: str = "nlm", cache_dir: str | Path | None = None,
+                               *, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 (N, S, S) lung-U-Net masks on the model grid, bool (N,) whether a lung field was found), as
+    :func:`build_mask_cache` but from :func:`xai.anatomy.find_lungs` in ``convention`` ("nlm": the visible
+    lung fields, heart and mediastinum outside). Stored in ``cache_dir`` under a key of the spec, the file
+    list, the convention and the lung model's sha256."""
+    from tqdm import tqdm
+
+    from xai.anatomy import find_lungs, load_lung_model
+    from xai.radiograph import load_radiograph
+
+    model = load_lung_model()
+    data_dir = Path(data_dir)
+    key = hashlib.sha256(json.dumps([preprocessing.to_dict(), [r.file for r in records], convention,
+                                     model.card.get("sha256", "")]).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"lungpred-{key}.npz" if cache_dir else None
+    if path is not None and path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return z["masks"], z["has"]
+    S = preprocessing.input_size
+    out = np.zeros((len(records), S, S), dtype=np.uint8)
+    has = np.zeros(len(records), dtype=bool)
+    pre = display_preprocessing(preprocessing)
+    for i, rec in enumerate(tqdm(records, desc=f"lung fields ({convention})", disable=not progress, mininterval=10)):
+        radiograph = load_radiograph(data_dir / "images" / rec.file)
+        field = find_lungs(radiograph, convention=convention, model=model)
+        if not field.found:
+            continue
+        _, geometry = prepare_array(radiograph, pre)
+        out[i] = mask_to_model(field.mask.astype(np.float32), geometry) >= 0.5
+        has[i] = bool(out[i].any())
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, masks=out, has=has)
+        tmp.replace(path)
+    return out, has
 
 
 def build_mask_cache(data_dir: str | Path, records: Sequence[Record], preprocessing: Preprocessing,

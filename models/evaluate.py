@@ -37,7 +37,7 @@ import torch
 
 from models.bundle import BUNDLES_DIR, LoadedModel, ModelError, load, write_card
 from models.data import SPLITS, Record, read_manifest
-from models.metrics import binary_metrics, rounded
+from models.metrics import binary_metrics, rounded, silent_errors
 
 BORDER_FRACTION = 0.10
 
@@ -112,9 +112,9 @@ def fit_ood_stats(loaded: LoadedModel, records: Sequence[Record], features: np.n
 
 def ood_warning_rates(stats, records: Sequence[Record], features: np.ndarray) -> dict[str, Any]:  # noqa: ANN001
     """How often ``stats`` warn (distance above their val percentile) on ``records``, overall and per source."""
-    from xai.trust.ood import WARN_PERCENTILE, mahalanobis, transform_features
+    from xai.trust.ood import WARN_PERCENTILE
 
-    warned = mahalanobis(transform_features(features, stats.transform), stats.means, stats.precision) > stats.threshold
+    warned = ood_warned(stats, features)
 
     def rate(mask: np.ndarray) -> dict[str, Any]:
         return {"warned": int(warned[mask].sum()), "n": int(mask.sum()), "rate": float(warned[mask].mean())}
@@ -124,6 +124,25 @@ def ood_warning_rates(stats, records: Sequence[Record], features: np.ndarray) ->
             "per_source": {s: rate(sources == s) for s in sorted(set(sources.tolist()))},
             "rule": f"Mahalanobis distance above the {WARN_PERCENTILE:.0f}th percentile of val distances",
             "fitted_on": f"train split ({stats.n_train} films), calibrated on val"}
+
+
+def ood_warned(stats, features: np.ndarray) -> np.ndarray:  # noqa: ANN001 - xai.trust.ood.OODStats
+    """Per film: is its Mahalanobis distance (:mod:`xai.trust.ood`) above the statistics' threshold."""
+    from xai.trust.ood import mahalanobis, transform_features
+
+    return mahalanobis(transform_features(features, stats.transform), stats.means, stats.precision) > stats.threshold
+
+
+def silent_errors_by_source(loaded: LoadedModel, records: Sequence[Record], scores: np.ndarray,
+                            warned: np.ndarray) -> dict[str, Any]:
+    """:func:`models.metrics.silent_errors` at the card's threshold, overall and per source."""
+    labels = np.array([int(r.label == loaded.card.positive_index) for r in records])
+    sources = np.array([r.source for r in records])
+    threshold = loaded.card.threshold
+    return {**silent_errors(labels, scores, threshold, warned),
+            "rule": "misclassified at the card's threshold AND no out-of-distribution warning",
+            "per_source": {s: silent_errors(labels[m], scores[m], threshold, warned[m])
+                           for s in sorted(set(sources.tolist())) if (m := sources == s).any()}}
 
 
 def lung_evidence(loaded: LoadedModel, data_dir: str | Path, records: Sequence[Record], masks: str,
@@ -139,13 +158,19 @@ def lung_evidence(loaded: LoadedModel, data_dir: str | Path, records: Sequence[R
 
 
 def lung_evidence_shares(loaded: LoadedModel, data_dir: str | Path, records: Sequence[Record], masks: str,
-                         lungs_dir: str | Path | None = None) -> tuple[dict[str, list[float]], int]:
-    """({source: per-film shares}, films skipped for want of a mask) that :func:`lung_evidence` summarises."""
+                         lungs_dir: str | Path | None = None,
+                         between: dict[str, list[float]] | None = None) -> tuple[dict[str, list[float]], int]:
+    """({source: per-film shares}, films skipped for want of a mask) that :func:`lung_evidence` summarises.
+
+    ``masks="nlm"``: the lung U-Net's visible lung fields (NLM convention, heart and mediastinum outside);
+    ``between``, when given, collects per source the share of the map between the lungs (heart,
+    mediastinum, spine: :func:`xai.anatomy.lung_evidence`'s "between the lungs")."""
     import cv2
 
     from models.data import read_lung_masks
     from xai import Explainer
-    from xai.anatomy import evidence_in_lungs, lung_mask
+    from xai.anatomy import lung_evidence as evidence_against
+    from xai.anatomy import lung_mask
 
     data_dir = Path(data_dir)
     manual = read_lung_masks(lungs_dir or data_dir.parent / "lungs") if masks == "manual" else {}
@@ -159,15 +184,17 @@ def lung_evidence_shares(loaded: LoadedModel, data_dir: str | Path, records: Seq
         if masks == "manual":
             mask = cv2.imread(str(manual[rec.file]), cv2.IMREAD_GRAYSCALE) > 0
         else:
-            mask = np.asarray(lung_mask(radiograph), dtype=bool)
+            mask = np.asarray(lung_mask(radiograph, convention="nlm" if masks == "nlm" else "v7"), dtype=bool)
         if mask.shape != geometry.original_size or not mask.any():
             skipped += 1
             continue
         explanation = explainer.explain(x, target=loaded.card.positive_index, methods=("gradcam",))
         heat = geometry.to_original(np.asarray(explanation.maps["gradcam"][0], dtype=np.float32))
-        share = evidence_in_lungs(heat, mask)
-        if np.isfinite(share):
-            shares.setdefault(rec.source, []).append(float(share))
+        evidence = evidence_against({"gradcam": heat}, mask)["gradcam"]
+        if np.isfinite(evidence.inside):
+            shares.setdefault(rec.source, []).append(float(evidence.inside))
+            if between is not None:
+                between.setdefault(rec.source, []).append(float(evidence.outside["between the lungs"]))
     return shares, skipped
 
 
@@ -178,7 +205,7 @@ def summarize_lung_evidence(shares: dict[str, list[float]], skipped: int, masks:
                 "share_at_least_0.70": float((v >= 0.70).mean())}
 
     every = [s for values in shares.values() for s in values]
-    if masks == "predicted":
+    if masks in ("predicted", "nlm"):
         from xai.anatomy import load_lung_model
 
         lung_card = load_lung_model().card
@@ -186,6 +213,8 @@ def summarize_lung_evidence(shares: dict[str, list[float]], skipped: int, masks:
                       "sha256": lung_card.get("sha256", "")}
     else:
         masks_from = {"masks": "manual NLM masks (Montgomery, Shenzhen) and V7 Labs polygons (COVID-CXNet, MHH)"}
+    if masks == "nlm":
+        masks_from["convention"] = "nlm: the visible lung fields, heart and mediastinum outside"
     return {"masks": masks, **masks_from,
             "method": "gradcam, class covid19, mass inside the lung mask dilated by 3 % of width",
             "all": summary(every) if every else None, "skipped_no_mask": skipped,
@@ -260,7 +289,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--ood", action="store_true",
                    help="score every split once, fit the OOD statistics on train/val (written beside the bundle "
                         "with --update-card) and report their warning rates on the split")
-    p.add_argument("--lung-evidence", nargs="+", default=(), choices=("manual", "predicted"),
+    p.add_argument("--ood-shipped", action="store_true",
+                   help="report how often the bundle's own OOD statistics (ood.safetensors, not refitted) warn on "
+                        "the split, per source")
+    p.add_argument("--lung-evidence", nargs="+", default=(), choices=("manual", "predicted", "nlm"),
                    help="Grad-CAM evidence inside the lungs on the split's COVID-19 films, with these masks")
     p.add_argument("--lungs", default=None, help="lungs/ folder with the manual masks (default: beside --data)")
     p.add_argument("--part", default=None, metavar="I/N",
@@ -317,8 +349,9 @@ def measure_part(loaded: LoadedModel, args: argparse.Namespace, index: int, coun
     positives = [r for r in part if r.label == loaded.card.positive_index]
     lung = {}
     for masks in args.lung_evidence:
-        shares, skipped = lung_evidence_shares(loaded, args.data, positives, masks, args.lungs)
-        lung[masks] = {"shares": shares, "skipped": skipped}
+        between: dict[str, list[float]] = {}
+        shares, skipped = lung_evidence_shares(loaded, args.data, positives, masks, args.lungs, between)
+        lung[masks] = {"shares": shares, "skipped": skipped, "between": between}
     border: list[float] = []
     if args.border_energy > 0:
         step = max(1, len(records) // args.border_energy)
@@ -357,6 +390,17 @@ def combine_parts(loaded: LoadedModel, args: argparse.Namespace, parts: Sequence
                     shares.setdefault(source, []).extend(values)
             skipped = sum(part["lung"][masks]["skipped"] for part in parts)
             evidence[masks] = rounded(summarize_lung_evidence(shares, skipped, masks))
+            if masks == "nlm":
+                between: dict[str, list[float]] = {}
+                for part in parts:
+                    for source, values in part["lung"][masks].get("between", {}).items():
+                        between.setdefault(source, []).extend(values)
+                every = [v for values in between.values() for v in values]
+                evidence[masks]["between_the_lungs"] = rounded({
+                    "what": "share of the map between the lungs (heart, mediastinum, spine), outside the "
+                            "dilated NLM lung fields",
+                    "all": {"median": float(np.median(every)), "n": len(every)} if every else None,
+                    "per_source": {s: {"median": float(np.median(v)), "n": len(v)} for s, v in sorted(between.items())}})
         result["grad_cam_lung_evidence"] = evidence
     energy = None
     if args.border_energy > 0:
@@ -396,6 +440,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         part = measure_part(loaded, args, 0, 1, scores=scores[on_split])
         result, energy = combine_parts(loaded, args, [part], command)
         result["ood_warnings"] = rounded(ood_warning_rates(stats, split_records, features[on_split]))
+        result["silent_errors"] = rounded(silent_errors_by_source(
+            loaded, split_records, scores[on_split], ood_warned(stats, features[on_split])))
+    elif args.ood_shipped:
+        from xai.trust.ood import OOD_FILE, load_ood
+
+        split_records = _split_records(loaded, args)
+        scores, features = score_and_features(loaded, Path(args.data), split_records, progress=sys.stderr.isatty())
+        part = measure_part(loaded, args, 0, 1, scores=scores)
+        result, energy = combine_parts(loaded, args, [part], command)
+        shipped = load_ood(_bundle_dir(args.model) / OOD_FILE)
+        result["ood_warnings"] = rounded(ood_warning_rates(shipped, split_records, features))
+        result["silent_errors"] = rounded(silent_errors_by_source(loaded, split_records, scores,
+                                                                  ood_warned(shipped, features)))
     else:
         result, energy = combine_parts(loaded, args, [measure_part(loaded, args, 0, 1)], command)
     print(json.dumps(result, indent=2))

@@ -123,6 +123,28 @@ def binary_metrics(labels: Any, scores: Any, threshold: float) -> dict[str, Any]
     }
 
 
+def silent_errors(labels: Any, scores: Any, threshold: float, warned: Any) -> dict[str, Any]:
+    """How often the model is wrong with nothing to say so: a film is a *silent error* when it is
+    misclassified at ``threshold`` (``score >= threshold`` is positive) and ``warned`` is False for it.
+
+    ``silent_error_rate = #(wrong and not warned) / n``; also ``errors`` (wrong), ``warned``,
+    ``warning_rate = #warned / n``, ``errors_warned`` (wrong and warned) and ``warning_precision`` =
+    errors_warned / warned (None when nothing is warned). An unseen hospital's errors can only be caught by
+    a warning, so this rate, not the error rate alone, is what a user is exposed to (``n`` = 0: rates None).
+    """
+    y, s = _as_arrays(labels, scores)
+    w = np.asarray(warned, dtype=bool).ravel()
+    if w.shape != y.shape:
+        raise ValueError(f"labels ({y.shape[0]}) and warnings ({w.shape[0]}) differ in length")
+    wrong = (s >= threshold) != (y == 1)
+    n, n_warned, n_wrong_warned = len(y), int(w.sum()), int((wrong & w).sum())
+    return {"n": n, "errors": int(wrong.sum()), "warned": n_warned, "errors_warned": n_wrong_warned,
+            "silent_errors": int((wrong & ~w).sum()),
+            "silent_error_rate": _ratio(int((wrong & ~w).sum()), n),
+            "warning_rate": _ratio(n_warned, n), "warning_precision": _ratio(n_wrong_warned, n_warned),
+            "threshold": float(threshold)}
+
+
 def rounded(obj: Any, digits: int = 4) -> Any:
     """Round floats in nested dicts/lists for display in cards and JSON."""
     if isinstance(obj, float):

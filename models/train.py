@@ -62,6 +62,7 @@ from models.data import (
     balanced_weights,
     build_cache,
     build_mask_cache,
+    build_predicted_mask_cache,
     mix_styles,
     normalize,
     read_lung_masks,
@@ -75,7 +76,7 @@ from models.efficientnet_lite import (
     EfficientNetLite0,
     efficientnet_lite0,
 )
-from models.metrics import auroc, binary_metrics, rounded, youden_threshold
+from models.metrics import auroc, binary_metrics, rounded, silent_errors, youden_threshold
 from models.source_adversary import SourceAdversary
 from xai.preprocessing import CROP_MODES, Preprocessing
 from xai.scores import probabilities
@@ -160,6 +161,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lungs", default=None, help="lungs/ folder (manifest.csv + masks) for --cam-lung-weight")
     p.add_argument("--lung-masks", default=None,
                    help="optional .npz (files, masks on the model grid) of predicted masks for films without a manual one")
+    p.add_argument("--lung-convention", default="mixed", choices=("mixed", "nlm"),
+                   help="--cam-lung-weight's region: 'mixed' = manual NLM masks and V7 polygons (retrocardiac lung "
+                        "inside); 'nlm' = the visible lung fields only (manual NLM masks, else the lung U-Net's NLM "
+                        "output for every other film): the heart and mediastinum count as outside")
     p.add_argument("--lung-dilate", type=int, default=16, help="lung mask dilation radius in model pixels")
     p.add_argument("--source-adversary-weight", type=float, default=0.0,
                    help="stage 1: gradient-reversal weight of the class-conditional source adversary (0: off)")
@@ -288,16 +293,24 @@ def ood_warning_rate(features_of: Callable[[Sequence[Record]], np.ndarray], data
     """How often the app's out-of-distribution check (:mod:`xai.trust.ood`: Mahalanobis distance to class
     Gaussians, signed-square-root features, Ledoit-Wolf covariance) fitted on THIS run's train split and
     calibrated on its val split warns on ``records`` (e.g. a source never seen in training)."""
+    from xai.trust.ood import WARN_PERCENTILE
+
+    warned = int(ood_warned(features_of, data, records).sum())
+    return {"warned": warned, "n": len(records), "rate": warned / max(1, len(records)),
+            "rule": f"Mahalanobis distance above the {WARN_PERCENTILE:.0f}th percentile of this run's val "
+                    "distances (statistics fitted on this run's train split)"}
+
+
+def ood_warned(features_of: Callable[[Sequence[Record]], np.ndarray], data: TrainData,
+               records: Sequence[Record]) -> np.ndarray:
+    """Per record: does the app's out-of-distribution check, fitted on THIS run's train split and calibrated
+    on its val split, warn (:func:`ood_warning_rate` counts these)."""
     from xai.trust.ood import WARN_PERCENTILE, fit_gaussian, mahalanobis, transform_features
 
     means, precision, _ = fit_gaussian(transform_features(features_of(data.train)), data.labels(data.train))
     limit = float(np.percentile(mahalanobis(transform_features(features_of(data.val)), means, precision),
                                 WARN_PERCENTILE))
-    distances = mahalanobis(transform_features(features_of(records)), means, precision)
-    warned = int((distances > limit).sum())
-    return {"warned": warned, "n": len(records), "rate": warned / max(1, len(records)),
-            "rule": f"Mahalanobis distance above the {WARN_PERCENTILE:.0f}th percentile of this run's val "
-                    "distances (statistics fitted on this run's train split)"}
+    return mahalanobis(transform_features(features_of(records)), means, precision) > limit
 
 
 def _cell_mass(h: int, w: int, size: int) -> torch.Tensor:
@@ -419,7 +432,13 @@ def prepare_data(args: argparse.Namespace, pre: Preprocessing) -> TrainData:
 def _attach_lung_regions(args: argparse.Namespace, pre: Preprocessing, data: TrainData) -> None:
     """Each film's allowed CAM region: its dilated lung mask (manual first, then ``--lung-masks``
     predictions), or the central 80 % for films with neither."""
-    masks, has = build_mask_cache(args.data, data.needed, pre, read_lung_masks(args.lungs), args.cache_dir or None)
+    nlm = getattr(args, "lung_convention", "mixed") == "nlm"
+    masks, has = build_mask_cache(args.data, data.needed, pre, read_lung_masks(args.lungs, "nlm" if nlm else None),
+                                  args.cache_dir or None)
+    if nlm:
+        predicted, found = build_predicted_mask_cache(args.data, data.needed, pre, "nlm", args.cache_dir or None)
+        fill = ~has & found
+        masks[fill], has[fill] = predicted[fill], True
     if args.lung_masks:
         with np.load(args.lung_masks, allow_pickle=False) as z:
             predicted = dict(zip(z["files"].tolist(), z["masks"], strict=True))
@@ -700,6 +719,13 @@ def check_held_out_source(data: TrainData, score: Scorer, holdout: str, threshol
             "command": command, "date": datetime.now(UTC).strftime("%Y-%m-%d")}
     if features_of is not None:
         held["ood_warnings"] = ood_warning_rate(features_of, data, data.held)
+        warned = ood_warned(features_of, data, data.held)
+        test = np.array([r.split == "test" for r in data.held])
+        held["silent_errors"] = {
+            "rule": "misclassified at the threshold AND no out-of-distribution warning (the check refitted "
+                    "on this run's train split)",
+            "all_splits": silent_errors(y_held, p_held, threshold, warned),
+            "test": silent_errors(y_held[test], p_held[test], threshold, warned[test])}
         log.info("out-of-distribution warnings on the held-out source: %d of %d", held["ood_warnings"]["warned"],
                  len(data.held))
     all_splits = held["all_splits"]
@@ -778,7 +804,10 @@ def training_record(args: argparse.Namespace, data: TrainData, aug: Augmentation
         record["lung_masks"] = {
             "train_films_with_mask": data.masks_per_source, "dilation_px": args.lung_dilate,
             "without_mask": "border penalty region (outer 10 % band) instead",
-            "sources": "manual NLM masks (Montgomery, Shenzhen), V7 Labs polygons (COVID-CXNet, MHH)"
+            "sources": ("visible lung fields (NLM convention: heart and mediastinum outside): manual NLM masks "
+                        "(Montgomery, Shenzhen), the lung U-Net's NLM output (xai.anatomy.find_lungs) for every "
+                        "other film" if getattr(args, "lung_convention", "mixed") == "nlm" else
+                        "manual NLM masks (Montgomery, Shenzhen), V7 Labs polygons (COVID-CXNet, MHH)")
                        + (f", predicted masks from {Path(args.lung_masks).name}" if args.lung_masks else ""),
             "license": MASK_ATTRIBUTION}
     if len(fits) > 1:
@@ -857,7 +886,9 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
         return probabilities(logits.double())[:, 1].numpy()
 
     if args.whole_epochs <= 0:
-        return finish(args, out, model, pre, data, aug, fits, score_top, command, t_start, features_top)
+        result = finish(args, out, model, pre, data, aug, fits, score_top, command, t_start, features_top)
+        save_film_outputs(out / "films.npz", model, data, feats, features_top, args.freeze_blocks)
+        return result
     # Stage 1 is kept beside the final bundle (out/stage1), so the two stages can be compared on val.
     finish(args, out / "stage1", model, pre, data, aug, fits, score_top, command, t_start, features_top)
     # from here the front changes: score_top's cached features no longer apply
@@ -867,6 +898,25 @@ def train(args: argparse.Namespace, command: str) -> dict[str, Any]:
         return predict_images(model, data.images[data.rows(recs)], pre)[0]
 
     return finish(args, out, model, pre, data, aug, fits, score_whole, command, t_start)
+
+
+def save_film_outputs(path: Path, model: EfficientNetLite0, data: TrainData, feats: Features,
+                      features_top: Callable[[Sequence[Record]], np.ndarray], n_blocks: int) -> None:
+    """Per cached film (no patient id): file, split, source, label, the classifier's logits, its input
+    (pooled ``head_act``) and the mean-pooled frozen-front output — what out-of-distribution scores other
+    than the app's can be fitted and judged on afterwards without another pass. Plain ``.npz`` arrays."""
+    head = features_top(data.needed)
+    with torch.no_grad():
+        logits = model.classifier(torch.from_numpy(head).float()).numpy()
+    front = torch.cat([feats.clean[i:i + 256].float().mean((2, 3)) for i in range(0, len(feats.clean), 256)])
+    np.savez_compressed(path, files=np.array([r.file for r in data.needed]),
+                        split=np.array([r.split for r in data.needed]),
+                        source=np.array([r.source for r in data.needed]),
+                        label=data.labels(data.needed), logits=logits.astype(np.float32),
+                        head=head.astype(np.float32), front=front.numpy().astype(np.float32),
+                        train=np.isin([r.file for r in data.needed], [r.file for r in data.train]),
+                        val=np.isin([r.file for r in data.needed], [r.file for r in data.val]))
+    log.info("per-film outputs saved to %s (front features of %d blocks)", path, n_blocks)
 
 
 def finish(args: argparse.Namespace, out: Path, model: EfficientNetLite0, pre: Preprocessing, data: TrainData,

@@ -404,3 +404,37 @@ def test_the_fit_command_fits_a_bundle_on_the_manifest_splits(chestcovnet_dir: P
                                                                 model.card.preprocessing)[0])[0] for r in val])
     expected = np.sort(ood.mahalanobis(ood.transform_features(feats, stats.transform), stats.means, stats.precision))
     np.testing.assert_allclose(stats.val_distances, expected, rtol=1e-3)
+
+
+def test_silent_errors_by_source_splits_the_hand_count_per_source() -> None:
+    """Card threshold 0.3, positive class index 1. Source A: (covid, 0.2, not warned) silent error,
+    (covid, 0.8, warned) right; source B: (non-COVID, 0.35, warned) wrong but warned, (non-COVID, 0.1, not
+    warned) right, (non-COVID, 0.31, not warned) silent error. Overall 2 silent of 5."""
+    from models.data import Record
+    from models.evaluate import silent_errors_by_source
+
+    loaded = SimpleNamespace(card=SimpleNamespace(threshold=0.3, positive_index=1))
+    records = [Record("a1", 1, "test", "A"), Record("a2", 1, "test", "A"), Record("b1", 0, "test", "B"),
+               Record("b2", 0, "test", "B"), Record("b3", 0, "test", "B")]
+    out = silent_errors_by_source(loaded, records, np.array([0.2, 0.8, 0.35, 0.1, 0.31]),
+                                  np.array([False, True, True, False, False]))
+    assert out["silent_errors"] == 2 and out["silent_error_rate"] == pytest.approx(2 / 5)
+    assert out["warning_rate"] == pytest.approx(2 / 5) and out["errors"] == 3
+    a, b = out["per_source"]["A"], out["per_source"]["B"]
+    assert (a["n"], a["errors"], a["silent_errors"], a["warned"]) == (2, 1, 1, 1)
+    assert (b["n"], b["errors"], b["silent_errors"], b["errors_warned"]) == (3, 2, 1, 1)
+    assert b["silent_error_rate"] == pytest.approx(1 / 3) and b["warning_precision"] == pytest.approx(1.0)
+
+
+def test_ood_warned_is_the_distance_above_the_threshold() -> None:
+    """``models.evaluate.ood_warned`` against scipy's Mahalanobis distance to the nearer class mean."""
+    from models.evaluate import ood_warned
+
+    rng = np.random.default_rng(0)
+    means = np.array([[0.0, 0.0], [4.0, 0.0]])
+    precision = np.array([[2.0, 0.3], [0.3, 1.0]])
+    stats = SimpleNamespace(transform="none", means=means, precision=precision, threshold=1.5)
+    features = rng.normal(size=(50, 2)) * 2
+    expected = np.array([min(scipy_mahalanobis(f, m, precision) for m in means) > 1.5 for f in features])
+    assert expected.any() and not expected.all()
+    assert np.array_equal(ood_warned(stats, features), expected)

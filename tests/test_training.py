@@ -280,3 +280,53 @@ def test_mix_styles_keeps_content_and_takes_statistics_between_two_sources():
         assert any(fits), i
     # a batch from one source has no partner to mix with: unchanged
     torch.testing.assert_close(mix_styles(x, torch.zeros(6, dtype=torch.long), g), x, atol=1e-4, rtol=1e-4)
+
+
+def test_silent_errors_count_wrong_films_without_a_warning():
+    """Hand count: threshold 0.5; films (label, score, warned):
+    (1, 0.9, F) right; (1, 0.2, F) wrong, silent; (1, 0.4, T) wrong, warned; (0, 0.7, F) wrong, silent;
+    (0, 0.1, T) right, warned; (0, 0.5, F) wrong (0.5 >= 0.5 is positive), silent.
+    -> 4 errors, 2 warned, 1 wrong and warned, 3 silent: rate 3/6, warning rate 2/6, precision 1/2."""
+    from models.metrics import silent_errors
+
+    out = silent_errors([1, 1, 1, 0, 0, 0], [0.9, 0.2, 0.4, 0.7, 0.1, 0.5], 0.5,
+                        [False, False, True, False, True, False])
+    assert out["n"] == 6 and out["errors"] == 4 and out["warned"] == 2 and out["errors_warned"] == 1
+    assert out["silent_errors"] == 3
+    assert out["silent_error_rate"] == pytest.approx(0.5)
+    assert out["warning_rate"] == pytest.approx(2 / 6)
+    assert out["warning_precision"] == pytest.approx(0.5)
+    # a warning on every film leaves nothing silent; no warning at all leaves every error silent
+    assert silent_errors([1, 0], [0.1, 0.9], 0.5, [True, True])["silent_error_rate"] == 0.0
+    nothing = silent_errors([1, 0], [0.1, 0.9], 0.5, [False, False])
+    assert nothing["silent_error_rate"] == 1.0 and nothing["warning_precision"] is None
+    assert silent_errors([], [], 0.5, [])["silent_error_rate"] is None
+    with pytest.raises(ValueError, match="warnings"):
+        silent_errors([1, 0], [0.1, 0.9], 0.5, [True])
+
+
+def test_nlm_masks_only_and_the_lung_models_visible_lung_fields(chestcovnet_dir: Path, shared_data: Path):
+    """``read_lung_masks(convention="nlm")`` keeps only the heart-excluding manual masks (Montgomery,
+    Shenzhen); the lung U-Net's NLM fields on the model grid overlap those manual masks closely (Dice), and
+    on a V7 film they are smaller than the V7 polygon that includes the lung behind the heart."""
+    from models.data import build_mask_cache, build_predicted_mask_cache
+
+    every = read_lung_masks(shared_data / "lungs")
+    nlm = read_lung_masks(shared_data / "lungs", "nlm")
+    v7 = read_lung_masks(shared_data / "lungs", "v7")
+    assert nlm and v7 and set(nlm) | set(v7) == set(every) and not set(nlm) & set(v7)
+    assert all(f.startswith("nlm_") for f in nlm) and not any(f.startswith("nlm_") for f in v7)
+    with pytest.raises(ValueError, match="convention"):
+        read_lung_masks(shared_data / "lungs", "heart")
+    pre = train_mod.CHESTCOVNET_PREPROCESSING
+    records = read_manifest(chestcovnet_dir)
+    chosen = [r for r in records if r.file in nlm][:30:10] + [r for r in records if r.file in v7][:20:10]
+    manual, has = build_mask_cache(chestcovnet_dir, chosen, pre, every, None)
+    predicted, found = build_predicted_mask_cache(chestcovnet_dir, chosen, pre, "nlm", None, progress=False)
+    assert has.all() and found.all()
+    for k in range(3):  # NLM films: predicted vs manual, both heart-excluding
+        a, b = manual[k] > 0, predicted[k] > 0
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.85
+    for k in range(3, 5):  # V7 films: the visible lung fields lie (mostly) inside the larger V7 polygon
+        a, b = manual[k] > 0, predicted[k] > 0
+        assert b.sum() < a.sum() and (a & b).sum() > 0.8 * b.sum()
