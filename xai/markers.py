@@ -258,6 +258,9 @@ def find_text_and_markers(radiograph: Radiograph, *, ocr: bool | None = None) ->
     ``ocr``: True runs Tesseract too (a clear error when it is not installed), False image processing only,
     None (default) Tesseract when :func:`ocr_available`. Overlapping boxes become their union.
     """
+    if not isinstance(radiograph, Radiograph):
+        raise TypeError(f"find_text_and_markers needs a Radiograph (xai.radiograph.load_radiograph), "
+                        f"got {type(radiograph).__name__}")
     pixels = radiograph.pixels
     if pixels.ndim != 2 or pixels.size == 0:
         raise ValueError(f"a radiograph's pixels must be a non-empty 2-D array, got shape {pixels.shape}")
