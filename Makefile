@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PORT ?= 8501
 
-.PHONY: run test lint bench browser postgres dicom3tools orthanc clean
+.PHONY: run test lint bench browser postgres dicom3tools orthanc ocr clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
@@ -63,7 +63,16 @@ orthanc:
 		echo "installed orthanc: $$(command -v Orthanc)"; \
 	else echo "Orthanc or its DICOMweb plugin missing and not root: the PACS tests will fail"; fi
 
-test: $(VENV)/.dev browser postgres dicom3tools orthanc
+# Tesseract OCR for xai.markers' tests (burned-in text); the app works without it (image processing only).
+ocr:
+	@if command -v tesseract >/dev/null; then echo "tesseract: $$(command -v tesseract)"; \
+	elif [ "$$(id -u)" = "0" ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr >/dev/null && \
+		echo "installed tesseract: $$(command -v tesseract)"; \
+	else echo "tesseract missing and not root: the OCR cases of tests/test_markers.py will fail"; fi
+
+test: $(VENV)/.dev browser postgres dicom3tools orthanc ocr
 	$(PY) -m pytest
 
 lint: $(VENV)/.dev
