@@ -438,3 +438,35 @@ def test_ood_warned_is_the_distance_above_the_threshold() -> None:
     expected = np.array([min(scipy_mahalanobis(f, m, precision) for m in means) > 1.5 for f in features])
     assert expected.any() and not expected.all()
     assert np.array_equal(ood_warned(stats, features), expected)
+
+
+def test_candidate_warning_scores_match_hand_values() -> None:
+    """Energy -log(e^a + e^b): logits (0, 0) -> -log 2, (log 3, 0) -> -log 4; 1 - max softmax: 0.5 and
+    0.25; standardising by a reference [1, 3] (mean 2, std 1): 4 -> 2."""
+    from models.ood import energy, low_confidence, standardised
+
+    logits = np.array([[0.0, 0.0], [np.log(3.0), 0.0], [1000.0, 0.0]])
+    assert energy(logits) == pytest.approx([-np.log(2), -np.log(4), -1000.0])  # no overflow at large logits
+    assert low_confidence(logits) == pytest.approx([0.5, 0.25, 0.0])
+    assert standardised(np.array([4.0, 2.0]), np.array([1.0, 3.0])) == pytest.approx([2.0, 0.0])
+    assert standardised(np.array([4.0]), np.array([2.0, 2.0])) == pytest.approx([2.0])  # flat reference: shift only
+
+
+def test_judge_scores_counts_warnings_and_silent_errors_by_hand() -> None:
+    """Three judged films (threshold 0.5): a positive scored 0.27 (wrong), a negative scored 0.73 (wrong),
+    a negative scored 0.27 (right). A score that is highest on the two wrong films has AUROC 1 for
+    "misclassified"; with its limit at the val films' maximum (percentile 100) it warns on exactly the films
+    above it."""
+    from models.ood import judge_scores
+
+    one = np.log(0.27 / 0.73)  # logit difference giving P(class 1) = 0.27
+    films = {"label": np.array([1, 0, 0, 0, 1]), "val": np.array([0, 0, 0, 1, 1]),
+             "logits": np.array([[0.0, one], [0.0, -one], [0.0, one], [0.0, -5.0], [0.0, 5.0]])}
+    judged = np.array([True, True, True, False, False])
+    score = np.array([5.0, 3.0, 1.0, 2.0, 0.0])  # val max 2: films 1 and 2 warned, film 3 not
+    out = judge_scores(films, {"s": score}, 0.5, judged, 100.0)["s"]
+    assert out["auroc_misclassified"] == pytest.approx(1.0)
+    assert out["errors"] == 2 and out["n"] == 3
+    assert out["warning_rate"] == pytest.approx(2 / 3) and out["silent_error_rate"] == pytest.approx(0.0)
+    reverse = judge_scores(films, {"s": -score}, 0.5, judged, 100.0)["s"]
+    assert reverse["auroc_misclassified"] == pytest.approx(0.0) and reverse["silent_error_rate"] == pytest.approx(2 / 3)
