@@ -126,8 +126,10 @@ def normalize(batch: Tensor, preprocessing: Preprocessing) -> Tensor:
 def balanced_weights(records: Sequence[Record], n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
     """Sampling weights: each class gets an equal share, split equally among its sources, then images.
 
-    With this data set: non_covid (NIH only) 1/2; covid19 1/4 MHH, 1/4 COVID-CXNet — so neither the class
-    prior nor the larger web collection dominates what the network sees.
+    With this data set's train split: covid19 1/4 MHH, 1/4 COVID-CXNet; non_covid 1/8 each for NIH,
+    Montgomery, Shenzhen and the ieee8023 case-report pneumonias (17 films, so each is drawn about 18 times
+    as often as an NIH film) — so neither the class prior nor a large collection dominates what the network
+    sees, and the only negatives from the COVID-19 films' kind of source are not drowned out.
     """
     groups = Counter((r.label, r.source) for r in records)
     sources_per_class = Counter(label for label, _ in groups)

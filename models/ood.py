@@ -154,6 +154,26 @@ def lung_statistics(files: np.ndarray, data_dir: str | Path, cache_dir: str | Pa
     return np.stack([m.mean((1, 2)), cols.mean(1), rows.mean(1)], axis=1).astype(np.float64)
 
 
+def test_figures(films: dict[str, np.ndarray], scores: dict[str, np.ndarray], threshold: float,
+                 test: np.ndarray, percentile: float) -> dict[str, Any]:
+    """Metrics at ``threshold`` on the ``test`` rows, per source, and per source the silent errors left by
+    the app's check (Mahalanobis on the classifier's input, limit = ``percentile`` of val), from the
+    logits of the cached (float16) features — a quick look, not the app-path figures of models.evaluate."""
+    from models.metrics import binary_metrics, silent_errors
+
+    z = films["logits"].astype(np.float64)
+    p = 1.0 / (1.0 + np.exp(z[:, 0] - z[:, 1]))
+    app = scores["mahalanobis_head (the app's)"]
+    warned = app > np.percentile(app[films["val"].astype(bool)], percentile)
+    out: dict[str, Any] = {"all": {**binary_metrics(films["label"][test], p[test], threshold),
+                                   "silent": silent_errors(films["label"][test], p[test], threshold, warned[test])}}
+    for source in sorted(set(films["source"][test].tolist())):
+        m = test & (films["source"] == source)
+        out[source] = {**binary_metrics(films["label"][m], p[m], threshold),
+                       "silent": silent_errors(films["label"][m], p[m], threshold, warned[m])}
+    return out
+
+
 def compare_runs(run_dirs: Iterable[str | Path], data_dir: str | Path, cache_dir: str | Path | None,
                  percentile: float) -> dict[str, Any]:
     """:func:`judge_scores` for each run folder (``films.npz`` + ``card.json``): on its held-out source when
@@ -170,6 +190,8 @@ def compare_runs(run_dirs: Iterable[str | Path], data_dir: str | Path, cache_dir
         judged = films["source"] == held if held else films["split"] == "test"
         test = (films["split"] == "test") & (films["source"] != held if held else True)
         result[run.name] = {"held_out": held, "threshold": card["threshold"],
+                            "test_from_cached_features": test_figures(films, scores, card["threshold"], test,
+                                                                      percentile),
                             "judged": judge_scores(films, scores, card["threshold"], judged, percentile),
                             "test_warning_rate": {k: float((v[test] > np.percentile(v[films["val"].astype(bool)],
                                                                                    percentile)).mean())

@@ -87,6 +87,10 @@ def test_balanced_weights_give_each_class_half_and_split_sources(chestcovnet_dir
     assert sum(v for (label, _), v in share.items() if label == 0) == pytest.approx(0.5)
     assert share[(1, "MHH Hannover")] == pytest.approx(0.25)
     assert share[(1, "COVID-CXNet (multi-source)")] == pytest.approx(0.25)
+    negative_sources = {s for (label, s) in share if label == 0}
+    assert "ieee8023 case reports (Radiopaedia, Eurorad, journals)" in negative_sources
+    for source in negative_sources:  # the 17 case-report pneumonias weigh as much as 310 NIH films
+        assert share[(0, source)] == pytest.approx(0.5 / len(negative_sources))
 
 
 def test_cam_border_share_matches_the_engines_grad_cam():
