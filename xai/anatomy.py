@@ -48,7 +48,7 @@ import hashlib
 import json
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,6 +63,21 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AREA_RANGE",
+    "AnatomyReadout",
+    "AnatomyRegions",
+    "LUNG_ZONES",
+    "PERIPHERY",
+    "REGIONS",
+    "anatomy_readout",
+    "anatomy_regions",
+    "anatomy_regions_from_masks",
+    "evidence_by_region",
+    "evidence_periphery",
+    "laterality",
+    "outside_body",
+    "readout_sentence",
+    "visible_lung_share",
+    "zone_outlines",
     "BORDER_BAND",
     "BUNDLE_DIR",
     "CONVENTIONS",
@@ -84,6 +99,7 @@ __all__ = [
     "dilate_mask",
     "evidence_in_lungs",
     "evidence_outside",
+    "find_lung_fields",
     "find_lungs",
     "load_lung_model",
     "lung_box",
@@ -190,15 +206,19 @@ class LungField:
     components: int
 
 
-def _grid_probability(image: Radiograph | np.ndarray, model: LungModel, convention: str) -> tuple[np.ndarray, Any]:
+def _grid_probabilities(image: Radiograph | np.ndarray, model: LungModel) -> tuple[np.ndarray, Any]:
+    """Every convention's probability map on the network's grid, (C, h, w), from one pass, and the geometry."""
     import torch
 
-    if convention not in model.conventions:
-        raise ValueError(f"convention must be one of {', '.join(model.conventions)}; got {convention!r}")
     x, geometry = prepare(image, model.preprocessing)
     with torch.inference_mode():
-        logits = model.module(x)[0, model.conventions.index(convention)]
-    return torch.sigmoid(logits).numpy(), geometry
+        return torch.sigmoid(model.module(x)[0]).numpy(), geometry
+
+
+def _checked_convention(convention: str, model: LungModel) -> int:
+    if convention not in model.conventions:
+        raise ValueError(f"convention must be one of {', '.join(model.conventions)}; got {convention!r}")
+    return model.conventions.index(convention)
 
 
 def _solidity(component: np.ndarray) -> float:
@@ -274,7 +294,21 @@ def find_lungs(image: Radiograph | np.ndarray, *, convention: str = DEFAULT_CONV
     the image's own grid. ``convention``: ``"v7"`` (default; retrocardiac lung included) or ``"nlm"``.
     """
     model = model if model is not None else load_lung_model()
-    prob, geometry = _grid_probability(image, model, convention)
+    channel = _checked_convention(convention, model)
+    probs, geometry = _grid_probabilities(image, model)
+    return _field(probs[channel], geometry, convention)
+
+
+def find_lung_fields(image: Radiograph | np.ndarray, *, model: LungModel | None = None) -> dict[str, LungField]:
+    """:func:`find_lungs` for every convention of the model (``{"nlm": ..., "v7": ...}``) from ONE network pass:
+    the outputs share the network, so the second convention costs only its post-processing."""
+    model = model if model is not None else load_lung_model()
+    probs, geometry = _grid_probabilities(image, model)
+    return {c: _field(probs[i], geometry, c) for i, c in enumerate(model.conventions)}
+
+
+def _field(prob: np.ndarray, geometry: Any, convention: str) -> LungField:
+    """One convention's probability map (network grid) -> its :class:`LungField` on the original grid."""
     keep, components, reason = _keep_lungs(prob, geometry.content_box)
     H, W = geometry.original_size
     if reason:
@@ -463,3 +497,453 @@ def evidence_outside(saliency: np.ndarray, mask: np.ndarray, *,
     :func:`lung_evidence`'s ``outside`` for a single map (the regions are defined there). The shares add up to
     ``1 - evidence_in_lungs(...)``; empty dict for a flat map or an empty mask."""
     return lung_evidence({"": saliency}, mask, dilation=dilation)[""].outside
+
+
+# ------------------------------------------------------------------------------- the anatomical readout
+#: The regions of :func:`anatomy_regions`, in this order (patient's right and left).
+REGIONS: tuple[str, ...] = (
+    "right upper zone", "right middle zone", "right lower zone",
+    "left upper zone", "left middle zone", "left lower zone",
+    "heart and mediastinum", "above the lungs", "below the lungs", "chest wall",
+    "outside the body", "film border", "text and markers",
+)
+#: The six lung zones (the visible lung fields, NLM convention): Brixia's zones approximated by thirds.
+LUNG_ZONES: tuple[str, ...] = REGIONS[:6]
+PERIPHERY: tuple[str, ...] = ("peripheral", "central")
+_HEART, _ABOVE, _BELOW, _WALL, _OUTSIDE, _BORDER, _TEXT = range(6, 13)
+#: Longest side of the grid the body outline is searched on (the outline is smooth; 256 px keeps it ~2 ms).
+BODY_SIDE = 256
+DISPLAY_CONVENTION = "display convention"
+PATIENT_ORIENTATION = "PatientOrientation"
+
+
+class AnatomyRegions(Mapping[str, np.ndarray]):
+    """Named, disjoint regions covering every pixel of one film: ``regions[name]`` is a bool (H, W) mask.
+
+    Built by :func:`anatomy_regions` (or :func:`anatomy_regions_from_masks`); see there for every definition.
+    ``labels``: uint8 (H, W), the index into :data:`REGIONS` of each pixel (read-only). ``found``: whether the
+    film has a lung field (without one, every readout is nan and ``reason`` says why). ``laterality_rule``:
+    ``"PatientOrientation"`` (the file says which way the patient faces) or ``"display convention"`` (the
+    patient's right shown on the viewer's left). ``right_on_viewer_left``: the side that rule chose.
+    ``zone_rows``: per lung (``"right"``, ``"left"``), ``(top, upper/middle cut, middle/lower cut, bottom)`` in
+    rows, bottom exclusive. ``visible_lungs`` / ``lungs``: the NLM and V7 lung fields the regions came from
+    (``lungs`` is what :func:`find_lungs` returns by default, so a caller needs no second lung model call).
+    ``markers``: how ``text and markers`` was found ("" when it was not looked for).
+
+    Scoring is one weighted histogram per map over ``labels`` (``np.bincount``), so several maps of a film
+    cost a pass each and nothing else. Read-only: safe to share between sessions.
+    """
+
+    def __init__(self, labels: np.ndarray, periphery: np.ndarray, *, found: bool, reason: str,
+                 laterality_rule: str, right_on_viewer_left: bool,
+                 zone_rows: Mapping[str, tuple[int, int, int, int]],
+                 visible_lungs: LungField | None = None, lungs: LungField | None = None, markers: str = "") -> None:
+        self.labels = read_only_copy(labels, np.uint8)
+        self._periphery = read_only_copy(periphery, np.uint8)
+        self.found = found
+        self.reason = reason
+        self.laterality_rule = laterality_rule
+        self.right_on_viewer_left = right_on_viewer_left
+        self.zone_rows = dict(zone_rows)
+        self.visible_lungs = visible_lungs
+        self.lungs = lungs
+        self.markers = markers
+        # One intp label per pixel for region x periphery part: one np.bincount per map (an intp array is read
+        # directly; a uint8 one would be converted on every call, 13x slower).
+        self._flat = read_only_copy((self.labels.astype(np.intp) * 3 + self._periphery).ravel(), np.intp)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.labels.shape[0]), int(self.labels.shape[1]))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in REGIONS:
+            raise KeyError(f"no region {name!r}; the regions are: {', '.join(REGIONS)}")
+        return self.labels == REGIONS.index(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(REGIONS)
+
+    def __len__(self) -> int:
+        return len(REGIONS)
+
+    def periphery_mask(self, part: str) -> np.ndarray:
+        """bool (H, W): the ``"peripheral"`` or ``"central"`` part of the lung zones (see :func:`evidence_periphery`)."""
+        if part not in PERIPHERY:
+            raise KeyError(f"no part {part!r}; the parts are: {', '.join(PERIPHERY)}")
+        return self._periphery == PERIPHERY.index(part) + 1
+
+    def masses(self, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sum of ``weight`` (on this grid, >= 0) per region, and per part of :data:`PERIPHERY` (float64)."""
+        table = np.bincount(self._flat, weights=weight.ravel(), minlength=3 * len(REGIONS)).reshape(len(REGIONS), 3)
+        return table.sum(axis=1), table[:, 1:].sum(axis=0)
+
+
+def read_only_copy(a: np.ndarray, dtype: Any) -> np.ndarray:
+    out = np.array(a, dtype=dtype, copy=True)
+    out.setflags(write=False)
+    return out
+
+
+# ---------------------------------------------------------------------------------- which side is which
+def laterality(radiograph: Radiograph | np.ndarray) -> tuple[bool, str]:
+    """``(patient's right on the viewer's left, rule)``.
+
+    The DICOM attribute PatientOrientation (0020,0020) gives the patient direction of the image's rows (left to
+    right on screen) first: ``L`` (towards the patient's left) is the conventional frontal display, so the
+    patient's right is on the viewer's left; ``R`` means the film is shown flipped. Without it (any raster
+    image, or a DICOM that does not say) the display convention is assumed: a PA/AP film shows the patient's
+    right on the viewer's left. Side markers ("L", "R") on the film are not read for this.
+    """
+    import re
+
+    metadata = getattr(radiograph, "metadata", None) or {}
+    tokens = re.findall(r"[LRAPHF]+", str(metadata.get("patient_orientation", "")).upper())
+    if tokens and tokens[0][0] in "LR":
+        return tokens[0][0] == "L", PATIENT_ORIENTATION
+    return True, DISPLAY_CONVENTION
+
+
+# ------------------------------------------------------------------------------------------ the regions
+def anatomy_regions(radiograph: Radiograph | np.ndarray, *, model: LungModel | None = None,
+                    markers: bool = True, ocr: bool | None = None, max_side: int | None = None) -> AnatomyRegions:
+    """Cut a frontal chest film into the named, disjoint regions of :data:`REGIONS`, covering every pixel.
+
+    ``radiograph``: a :class:`Radiograph` (its DICOM PatientOrientation decides laterality, see
+    :func:`laterality`) or a 2-D gray array (display convention). The masks are on ``radiograph.pixels``' grid,
+    or on that grid shrunk by area to ``max_side`` pixels when given (a 12 MP film then costs milliseconds;
+    shares of a map's mass barely change). ``markers``: look for burned-in text and side markers
+    (:func:`xai.markers.text_and_marker_mask`, with ``ocr`` passed on; on the full-resolution film).
+
+    The lung model runs once and gives both lung conventions (:func:`find_lung_fields`); the regions are then
+    those of :func:`anatomy_regions_from_masks`. Without a lung field (``found`` False) the film's body is all
+    ``chest wall`` and every readout is nan.
+    """
+    pixels = radiograph.pixels if isinstance(radiograph, Radiograph) else _gray(radiograph)
+    work = pixels
+    if max_side is not None and max(pixels.shape) > max_side:
+        from xai.render import downsample_for_display
+
+        work = downsample_for_display(pixels, max_side)
+    fields = find_lung_fields(work, model=model)
+    text, how = (_text_and_markers(radiograph, pixels, ocr) if markers else (None, ""))
+    if text is not None and text.shape != work.shape:
+        import cv2
+
+        text = cv2.resize(text.astype(np.float32), (work.shape[1], work.shape[0]), interpolation=cv2.INTER_AREA) > 0
+    right_on_left, rule = laterality(radiograph)
+    return anatomy_regions_from_masks(work, fields["nlm"], fields["v7"], markers=text, markers_rule=how,
+                                      right_on_viewer_left=right_on_left, laterality_rule=rule)
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    a = np.asarray(image)
+    if a.ndim != 2 or not np.issubdtype(a.dtype, np.number):
+        raise ValueError(f"a film must be a Radiograph or a 2-D gray array, got {a.dtype} {a.shape}")
+    return a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32, copy=False)
+
+
+def _text_and_markers(radiograph: Radiograph | np.ndarray, pixels: np.ndarray,
+                      ocr: bool | None) -> tuple[np.ndarray | None, str]:
+    """The burned-in text and marker mask on the film's own grid, and how it was found; (None, reason) when
+    the finder is not installed in this tree."""
+    try:
+        from xai.markers import text_and_marker_mask
+    except ImportError:
+        return None, "not looked for (xai.markers is not available)"
+    film = radiograph if isinstance(radiograph, Radiograph) else Radiograph(
+        pixels=pixels, modality_values=pixels, window=None, format="array", bits_stored=8, photometric="MONOCHROME2")
+    return np.asarray(text_and_marker_mask(film, ocr=ocr), bool), "xai.markers.text_and_marker_mask"
+
+
+def anatomy_regions_from_masks(pixels: np.ndarray, visible: LungField | np.ndarray, lungs: LungField | np.ndarray,
+                               *, markers: np.ndarray | None = None, markers_rule: str = "",
+                               right_on_viewer_left: bool = True,
+                               laterality_rule: str = DISPLAY_CONVENTION) -> AnatomyRegions:
+    """The regions of a film from its two lung masks (any source: the lung model, or a human's masks).
+
+    ``pixels``: the film (2-D, bone white, in [0, 1]); ``visible``: the visible lung fields (NLM convention:
+    the heart's shadow excluded); ``lungs``: the lungs with the retrocardiac lung (V7 convention; when empty,
+    ``visible`` is used). Definitions, on that grid, each pixel taking the FIRST that applies:
+
+    1. ``text and markers``: ``markers`` (burned-in text, side markers).
+    2. ``film border``: the outer :data:`BORDER_BAND` of the width / height (labels, collimation edges).
+    3. the six lung zones: the visible lung fields, split into the patient's right and left lung at the
+       midline between the two largest connected components, each lung cut into upper, middle and lower zone
+       at thirds of ITS OWN height (top of its apex to the bottom of its base) — the usual approximation of
+       the Brixia zones (Borghesi & Maroldi, Radiol Med 2020), whose landmarks (aortic arch, inferior
+       pulmonary vein) are not visible to an image model. Laterality as ``right_on_viewer_left`` says.
+    4. ``heart and mediastinum``: the retrocardiac lung (``lungs`` minus ``visible``) and the space between the
+       two lungs: inside the convex hull of both lungs, between the two lungs' centroids.
+    5. ``outside the body``: background air or collimation outside the patient (:func:`outside_body`).
+    6. the rest of the body, per column relative to the lungs and the mediastinum: ``above the lungs`` (neck,
+       shoulders, apices' surroundings), ``below the lungs`` (diaphragm, abdomen), otherwise ``chest wall``
+       (beside the lungs: ribs, soft tissue, arms). Columns with no lung use the lungs' top and bottom row.
+
+    Periphery (:func:`evidence_periphery`): in each row of each lung, the outer third of that row's lung
+    width is ``peripheral`` (towards the chest wall), the rest ``central``.
+    """
+    gray = _gray(pixels)
+    H, W = gray.shape
+    vis, lung = (_mask_of(m, (H, W)) for m in (visible, lungs))
+    lung = lung | vis
+    reason = ""
+    if not vis.any():
+        reason = (visible.reason if isinstance(visible, LungField) and visible.reason
+                  else "no visible lung field") or "no visible lung field"
+    labels = np.full((H, W), _WALL, np.uint8)
+    periphery = np.zeros((H, W), np.uint8)
+    zone_rows: dict[str, tuple[int, int, int, int]] = {}
+    if not reason:
+        sides = _split_lungs(vis)
+        heart = _heart_and_mediastinum(vis, lung, sides)
+        _body_around_lungs(labels, vis | heart)
+        labels[outside_body(gray, lung)] = _OUTSIDE
+        labels[heart] = _HEART
+        for viewer_left, side in zip((True, False), sides, strict=True):
+            patient = "right" if viewer_left == right_on_viewer_left else "left"
+            zone_rows[patient] = _label_zones(labels, side, REGIONS.index(f"{patient} upper zone"))
+            _label_periphery(periphery, side, outer_is_low_x=viewer_left)
+    else:
+        labels[outside_body(gray, np.zeros((H, W), bool))] = _OUTSIDE
+    bw, bh = max(1, int(round(BORDER_BAND * W))), max(1, int(round(BORDER_BAND * H)))
+    border = np.ones((H, W), bool)
+    border[bh:H - bh, bw:W - bw] = False
+    labels[border] = _BORDER
+    if markers is not None:
+        labels[_mask_of(markers, (H, W))] = _TEXT
+    periphery[labels >= _HEART] = 0  # only where the lung zones won
+    return AnatomyRegions(labels, periphery, found=not reason, reason=reason, laterality_rule=laterality_rule,
+                          right_on_viewer_left=right_on_viewer_left, zone_rows=zone_rows,
+                          visible_lungs=visible if isinstance(visible, LungField) else None,
+                          lungs=lungs if isinstance(lungs, LungField) else None, markers=markers_rule)
+
+
+def _mask_of(mask: LungField | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    m = np.asarray(mask.mask if isinstance(mask, LungField) else mask)
+    if m.shape != shape:
+        raise ValueError(f"mask {m.shape} and film {shape} are not on the same pixel grid")
+    return m.astype(bool)
+
+
+def _split_lungs(visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(viewer-left lung, viewer-right lung): the visible field cut at the midline between its two largest
+    connected components (the gap between their facing edges); one component: at the image's centre."""
+    import cv2
+
+    W = visible.shape[1]
+    n, _, stats, centroids = cv2.connectedComponentsWithStats(visible.astype(np.uint8), connectivity=8)
+    order = sorted(range(1, n), key=lambda i: -stats[i, cv2.CC_STAT_AREA])[:2]
+    midline = W / 2
+    if len(order) == 2:
+        a, b = sorted(order, key=lambda i: centroids[i, 0])
+        inner_a = stats[a, cv2.CC_STAT_LEFT] + stats[a, cv2.CC_STAT_WIDTH]  # exclusive right edge of the left one
+        inner_b = stats[b, cv2.CC_STAT_LEFT]
+        midline = (inner_a + inner_b) / 2 if inner_a <= inner_b else (centroids[a, 0] + centroids[b, 0]) / 2
+    left = visible.copy()
+    left[:, int(math.ceil(midline)):] = False
+    return left, visible & ~left
+
+
+def _heart_and_mediastinum(visible: np.ndarray, lungs: np.ndarray, sides: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Retrocardiac lung (``lungs`` minus ``visible``) plus the convex hull of both lungs between their centroids."""
+    import cv2
+
+    H, W = visible.shape
+    hull = np.zeros((H, W), np.uint8)
+    contours, _ = cv2.findContours((lungs | visible).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.fillConvexPoly(hull, cv2.convexHull(np.vstack(contours)), 1)
+    between = hull.astype(bool)
+    xs = [np.nonzero(side)[1] for side in sides]
+    if all(x.size for x in xs):
+        x0, x1 = (int(round(float(x.mean()))) for x in xs)
+        between[:, :x0] = False
+        between[:, x1 + 1:] = False
+    return (between | lungs) & ~visible
+
+
+def _body_around_lungs(labels: np.ndarray, core: np.ndarray) -> None:
+    """Label every pixel above / below the lungs and mediastinum (``core``) in its column; the rest stays
+    ``chest wall``. Columns without ``core`` use its top and bottom row."""
+    H, W = core.shape
+    rows = np.flatnonzero(core.any(axis=1))
+    top_all, bottom_all = rows[0], rows[-1]
+    has = core.any(axis=0)
+    top = np.where(has, core.argmax(axis=0), top_all)
+    bottom = np.where(has, H - 1 - core[::-1].argmax(axis=0), bottom_all)
+    r = np.arange(H)[:, None]
+    labels[r < top[None, :]] = _ABOVE
+    labels[r > bottom[None, :]] = _BELOW
+
+
+def _label_zones(labels: np.ndarray, side: np.ndarray, upper: int) -> tuple[int, int, int, int]:
+    """Upper / middle / lower zone of one lung at thirds of its height; returns its (top, cut1, cut2, bottom)."""
+    rows = np.flatnonzero(side.any(axis=1))
+    if rows.size == 0:
+        return (0, 0, 0, 0)
+    top, bottom = int(rows[0]), int(rows[-1]) + 1
+    height = bottom - top
+    cut1, cut2 = top + int(round(height / 3)), top + int(round(2 * height / 3))
+    zone = np.full(labels.shape[0], upper + 2, np.uint8)
+    zone[:cut2] = upper + 1
+    zone[:cut1] = upper
+    ys, xs = np.nonzero(side)
+    labels[ys, xs] = zone[ys]
+    return (top, cut1, cut2, bottom)
+
+
+def _label_periphery(periphery: np.ndarray, side: np.ndarray, *, outer_is_low_x: bool) -> None:
+    """1 (peripheral) for the outer third of each row of one lung, 2 (central) for the rest."""
+    W = side.shape[1]
+    has = side.any(axis=1)
+    first = side.argmax(axis=1)
+    last = W - 1 - side[:, ::-1].argmax(axis=1)
+    third = (last - first + 1) / 3.0
+    ys, xs = np.nonzero(side)
+    outer = xs < first[ys] + third[ys] if outer_is_low_x else xs > last[ys] - third[ys]
+    periphery[ys, xs] = np.where(outer & has[ys], 1, 2).astype(np.uint8)
+
+
+def outside_body(pixels: np.ndarray, lungs: np.ndarray) -> np.ndarray:
+    """bool (H, W): the background outside the patient — air or collimation that reaches the image's edge.
+
+    On a copy shrunk to :data:`BODY_SIDE` px and smoothed (Gaussian, 1 px): a pixel is background when it is
+    darker than halfway between the film's darkest level (1st percentile) and the lungs' median, and below
+    60 % of the lungs' median (air outside the patient is darker than the lung, which holds tissue and
+    blood), or when it is flat and nearly white (a collimator's shutter: local standard deviation < 0.02,
+    value > 0.92); such pixels count only in connected regions that touch the image's edge and stay clear of
+    the lungs (dilated by 3 % of the width), and a morphological opening removes specks. No lung field: the
+    lungs' level is the film's 25th percentile.
+    """
+    import cv2
+
+    gray = _gray(pixels)
+    H, W = gray.shape
+    scale = min(1.0, BODY_SIDE / max(H, W))
+    h, w = max(1, round(H * scale)), max(1, round(W * scale))
+    small = cv2.resize(gray, (w, h), interpolation=cv2.INTER_AREA) if scale < 1 else gray.copy()
+    small = cv2.GaussianBlur(small, (0, 0), 1.0)
+    lung = cv2.resize(lungs.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    level = float(np.median(small[lung])) if lung.any() else float(np.percentile(small, 25))
+    floor = float(np.percentile(small, 1))
+    dark = small < min(floor + 0.5 * (level - floor), 0.6 * level)
+    mean = cv2.blur(small, (5, 5))
+    std = np.sqrt(np.maximum(cv2.blur(small * small, (5, 5)) - mean * mean, 0))
+    shutter = (small > 0.92) & (std < 0.02)
+    r = max(1, round(DEFAULT_DILATION * w))
+    near_lungs = cv2.dilate(lung.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    candidate = (dark | shutter) & ~near_lungs.astype(bool)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    candidate = cv2.morphologyEx(candidate.astype(np.uint8), cv2.MORPH_OPEN, kernel)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(candidate, connectivity=4)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    keep = [i for i in edge if i != 0 and stats[i, cv2.CC_STAT_AREA] >= 0.002 * h * w]
+    background = np.isin(labels, keep).astype(np.float32)
+    if scale < 1:
+        background = cv2.resize(background, (W, H), interpolation=cv2.INTER_LINEAR)
+    return background > 0.5
+
+
+# ------------------------------------------------------------------------------------------ the readout
+def evidence_by_region(saliency: np.ndarray, regions: AnatomyRegions) -> dict[str, float]:
+    """Share of the map's mass ``sum |s|`` in each region of :data:`REGIONS` (same order); they sum to 1.
+
+    ``share(region) = sum(|s| over region) / sum(|s|)``. Both signs count (a signed map marks where the model
+    looks either way). The map must be on the regions' grid, or on a grid of the same aspect ratio (it is then
+    resampled by area, which keeps shares of mass); nan for every region for a flat map or a film without a
+    lung field. The measure is the regional form of "right for the right reasons" (Ross et al., IJCAI 2017):
+    it says where the evidence lies in a radiologist's words, not whether it is right.
+    """
+    return anatomy_readout({"": saliency}, regions)[""].shares
+
+
+def evidence_periphery(saliency: np.ndarray, regions: AnatomyRegions) -> dict[str, float]:
+    """``{"peripheral": x, "central": y}``: shares of the map's mass inside the six lung zones that lie in the
+    outer third of each row of each lung (towards the chest wall) and in the rest; x + y = 1. COVID-19's
+    typical pattern is peripheral (Wong et al., Radiology 2020). nan for both when no mass lies in the lungs
+    (or a flat map, or no lung field)."""
+    return anatomy_readout({"": saliency}, regions)[""].periphery
+
+
+@dataclass(frozen=True)
+class AnatomyReadout:
+    """One map's readout: ``shares`` per region of :data:`REGIONS`, ``periphery`` (:data:`PERIPHERY`) and
+    ``in_visible_lungs`` (the six zones together; nan when unknown). ``sentence(top)`` names the top regions."""
+
+    shares: dict[str, float]
+    periphery: dict[str, float]
+
+    @property
+    def in_visible_lungs(self) -> float:
+        return visible_lung_share(self.shares)
+
+    def sentence(self, top: int = 2) -> str:
+        return readout_sentence(self.shares, top=top)
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready (nan -> None): ``{"regions": {...}, "periphery": {...}}``."""
+        return {"regions": _json_shares(self.shares), "periphery": _json_shares(self.periphery)}
+
+
+def _json_shares(shares: Mapping[str, float]) -> dict[str, float | None]:
+    return {k: None if math.isnan(v) else round(float(v), 6) for k, v in shares.items()}
+
+
+def anatomy_readout(maps: Mapping[str, np.ndarray], regions: AnatomyRegions) -> dict[str, AnatomyReadout]:
+    """:func:`evidence_by_region` and :func:`evidence_periphery` of several maps of one film: one weighted
+    histogram per map over the regions' label image."""
+    out = {}
+    nan_regions = dict.fromkeys(REGIONS, float("nan"))
+    nan_parts = dict.fromkeys(PERIPHERY, float("nan"))
+    for name, saliency in maps.items():
+        s = _on_grid(saliency, regions.shape)
+        if not regions.found or s.size == 0 or s.max() == s.min():
+            out[name] = AnatomyReadout(dict(nan_regions), dict(nan_parts))
+            continue
+        mass, parts = regions.masses(np.abs(s))
+        total, in_lungs = float(mass.sum()), float(parts.sum())
+        shares = {r: float(m) / total for r, m in zip(REGIONS, mass, strict=True)}
+        periphery = ({p: float(m) / in_lungs for p, m in zip(PERIPHERY, parts, strict=True)} if in_lungs > 0
+                     else dict(nan_parts))
+        out[name] = AnatomyReadout(shares, periphery)
+    return out
+
+
+def _on_grid(saliency: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The map on the regions' grid: as is, or resampled by area from a grid of the same aspect ratio."""
+    import cv2
+
+    s = np.asarray(saliency)
+    if s.ndim == 2 and s.shape != shape and s.size:
+        if abs(s.shape[1] / s.shape[0] - shape[1] / shape[0]) > 0.02 * shape[1] / shape[0]:
+            raise ValueError(f"saliency map {s.shape} and regions {shape} have different aspect ratios: "
+                             "the map is not of this film")
+        s = _checked(s, s.shape)
+        interpolation = cv2.INTER_AREA if s.shape[0] > shape[0] else cv2.INTER_LINEAR
+        return cv2.resize(s.astype(np.float32), (shape[1], shape[0]), interpolation=interpolation)
+    return _checked(s, shape)
+
+
+def visible_lung_share(shares: Mapping[str, float]) -> float:
+    """The share in the visible lung fields: the six lung zones together (nan when the shares are nan)."""
+    return float(sum(shares[z] for z in LUNG_ZONES))
+
+
+def readout_sentence(shares: Mapping[str, float], top: int = 2) -> str:
+    """The ``top`` regions by share, as ``"58% heart and mediastinum · 22% left lower zone"`` (whole percents;
+    regions under 0.5 % are left out). "" for nan shares (a flat map, no lung field)."""
+    ranked = sorted(((v, k) for k, v in shares.items() if not math.isnan(v)), reverse=True)[:top]
+    return " · ".join(f"{v:.0%} {k}" for v, k in ranked if v >= 0.005)
+
+
+def zone_outlines(regions: AnatomyRegions) -> np.ndarray:
+    """bool (H, W), one pixel wide: the boundaries of the six lung zones (each lung's outline and the two cuts
+    across it), to draw thinly over the film (thicken with a dilation for large displays)."""
+    zones = np.where(regions.labels < len(LUNG_ZONES), regions.labels.astype(np.int16), -1)
+    edge = np.zeros(zones.shape, bool)
+    across, down = zones[:, 1:] != zones[:, :-1], zones[1:, :] != zones[:-1, :]
+    edge[:, 1:] |= across
+    edge[:, :-1] |= across
+    edge[1:, :] |= down
+    edge[:-1, :] |= down
+    return edge & (zones >= 0)

@@ -56,6 +56,7 @@ METADATA_KEYWORDS = {
     "view_position": "ViewPosition",
     "body_part": "BodyPartExamined",
     "laterality": "ImageLaterality",
+    "patient_orientation": "PatientOrientation",  # row, column directions: says when a film is shown flipped
     "manufacturer": "Manufacturer",
     "manufacturer_model": "ManufacturerModelName",
     "photometric_interpretation": "PhotometricInterpretation",
