@@ -67,6 +67,29 @@ def test_folded_maps_are_as_accurate_as_unfolded_ones(name: str, x: torch.Tensor
     np.testing.assert_array_equal(folded.target, plain.target)
 
 
+def test_folding_moves_fewer_values_off_float64_than_the_unfolded_float32_run() -> None:
+    """The docs' claim, tried as a new user would: torchvision resnet18 (seed 1, 3 classes, eval) on
+    ``torch.randn(2, 3, 224, 224)``, targets [1, 2]. Counted per map: values further than 1e-4 of the map's
+    maximum from a float64 run. Folded in float32 this was 3.0% of guided backprop's values against 0.48%
+    unfolded; folded in float64 and rounded once, it must be no worse than the unfolded run."""
+    torch.manual_seed(1)
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    x = torch.randn(2, 3, 224, 224)
+    targets = [1, 2]
+    assert folded_copy(model) is not None  # the folded path is the one measured
+    folded = Explainer(model).explain(x, target=targets)
+    plain = Explainer(model, fold_batchnorm=False).explain(x, target=targets)
+    exact = Explainer(as_float64(model), fold_batchnorm=False).explain(x.double(), target=targets)
+
+    def off(maps: np.ndarray, reference: np.ndarray) -> float:
+        scale = np.abs(reference).reshape(len(reference), -1).max(axis=1)
+        tolerance = 1e-4 * scale.reshape(-1, *([1] * (reference.ndim - 1)))
+        return float((np.abs(maps - reference) > tolerance).mean())
+
+    for m in METHODS:
+        assert off(folded.raw[m], exact.raw[m]) <= off(plain.raw[m], exact.raw[m]), m
+
+
 def as_float64(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).double().eval()
 
