@@ -61,12 +61,18 @@ GLYPH_FILL = (0.12, 0.72)
 MIN_SHARPNESS = 0.65
 MARKER_MIN_SHARPNESS = 0.8
 MIN_GLYPH_CONTRAST = 90.0
-MAX_HALF_STROKE = 0.006
+MIN_HALF_STROKE = 3.1
+MAX_HALF_STROKE = 0.18
+MAX_RUN_WIDTH = 12.0
+RUN_MIN_FILL = 0.3
+RUN_MIN_CONTRAST = 150.0
+RUN_MIN_SHARPNESS = 0.8
 WORD_GAP = 0.8
 WORD_HEIGHT_RATIO = 2.0
 MARKER_MIN_CONTRAST = 60.0
 MARKER_MARGIN = 0.5
-MARKER_EDGE_BAND = 0.15
+MARKER_MAX_ASPECT = 1.4
+MARKER_EDGE_BAND = 0.2
 OCR_MIN_CONFIDENCE = 85.0
 MASK_PAD = 0.006
 
@@ -108,8 +114,8 @@ def _work_image(pixels: np.ndarray) -> tuple[np.ndarray, float]:
     return img, scale
 
 
-def _glyphs(tophat: np.ndarray, gradient: np.ndarray, side: int) -> list[tuple[int, int, int, int, float, float]]:
-    """Glyph-like components of one top-hat image: (x, y, w, h, contrast, sharpness)."""
+def _glyphs(tophat: np.ndarray, gradient: np.ndarray, side: int) -> list[tuple[int, int, int, int, float, float, int]]:
+    """Glyph-like components of one top-hat image: (x, y, w, h, contrast, sharpness, letters)."""
     mad = float(np.median(np.abs(tophat - np.median(tophat))))
     level = max(MIN_CONTRAST, 6.0 * mad)
     binary = (tophat >= level).astype(np.uint8)
@@ -118,25 +124,26 @@ def _glyphs(tophat: np.ndarray, gradient: np.ndarray, side: int) -> list[tuple[i
     found = []
     for i in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[i])
-        if not (lo <= h <= hi) or w > MAX_GLYPH_WIDTH * h:
+        if not (lo <= h <= hi) or w > MAX_RUN_WIDTH * h:
             continue
+        letters = 1 if w <= MAX_GLYPH_WIDTH * h else 2  # wider: letters that touch (a run), read as a word
         if x == 0 or y == 0 or x + w == tophat.shape[1] or y + h == tophat.shape[0]:
             continue  # cut by the film's edge: a border artefact, not a whole glyph
         fill = area / float(w * h)
-        if fill < GLYPH_FILL[0] or (fill > GLYPH_FILL[1] and w > 0.4 * h):  # a bar ("I", "l", "1") is full
-            continue
+        if fill < (GLYPH_FILL[0] if letters == 1 else RUN_MIN_FILL) or (fill > GLYPH_FILL[1] and w > 0.4 * h):
+            continue  # (a bar, "I", "l" or "1", is full)
         window = (slice(y, y + h), slice(x, x + w))
         inside = labels[window] == i
         contrast = float(tophat[window][inside].max())
         if contrast < MIN_GLYPH_CONTRAST:
             continue
         sharpness = float(gradient[window][inside].max()) / contrast
-        if sharpness < MIN_SHARPNESS:
+        if sharpness < MIN_SHARPNESS or (letters > 1 and (contrast < RUN_MIN_CONTRAST or sharpness < RUN_MIN_SHARPNESS)):
             continue
         half_stroke = float(cv2.distanceTransform(np.pad(inside, 1).astype(np.uint8), cv2.DIST_L2, 3).max())
-        if half_stroke > max(3.1, MAX_HALF_STROKE * side):
+        if half_stroke > max(MIN_HALF_STROKE, MAX_HALF_STROKE * h):
             continue
-        found.append((x, y, w, h, contrast, sharpness))
+        found.append((x, y, w, h, contrast, sharpness, letters))
     return found
 
 
@@ -159,7 +166,7 @@ def _near_edge(x0: int, y0: int, x1: int, y1: int, shape: tuple[int, int]) -> bo
     return min(cx, cy, shape[1] - cx, shape[0] - cy) <= band
 
 
-def _words(glyphs: list[tuple[int, int, int, int, float, float]], bright: bool,
+def _words(glyphs: list[tuple[int, int, int, int, float, float, int]], bright: bool,
            shape: tuple[int, int]) -> list[tuple[int, int, int, int, str, float]]:
     """Group glyphs into words on one line (union-find over glyph pairs): (x, y, w, h, kind, confidence)."""
     parent = list(range(len(glyphs)))
@@ -177,7 +184,7 @@ def _words(glyphs: list[tuple[int, int, int, int, float, float]], bright: bool,
                 break
             if _same_word(glyphs[i], glyphs[j]):
                 parent[root(j)] = root(i)
-    members: dict[int, list[tuple[int, int, int, int, float, float]]] = {}
+    members: dict[int, list[tuple[int, int, int, int, float, float, int]]] = {}
     for i, g in enumerate(glyphs):
         members.setdefault(root(i), []).append(g)
     words = []
@@ -188,10 +195,11 @@ def _words(glyphs: list[tuple[int, int, int, int, float, float]], bright: bool,
         y1 = max(g[1] + g[3] for g in group)
         contrast = max(g[4] for g in group)
         sharp = min(1.0, float(np.mean([g[5] for g in group])))
-        if len(group) >= 2:
-            words.append((x0, y0, x1 - x0, y1 - y0, "text", min(1.0, 0.5 + 0.1 * len(group) + 0.2 * sharp)))
+        letters = sum(g[6] for g in group)
+        if letters >= 2:
+            words.append((x0, y0, x1 - x0, y1 - y0, "text", min(1.0, 0.5 + 0.1 * letters + 0.2 * sharp)))
         elif (bright and contrast >= MARKER_MIN_CONTRAST and sharp >= MARKER_MIN_SHARPNESS
-              and _near_edge(x0, y0, x1, y1, shape)):
+              and x1 - x0 <= MARKER_MAX_ASPECT * (y1 - y0) and _near_edge(x0, y0, x1, y1, shape)):
             m = int(round(MARKER_MARGIN * (y1 - y0)))  # a lone marker usually sits on a plate or in a ring
             words.append((x0 - m, y0 - m, x1 - x0 + 2 * m, y1 - y0 + 2 * m, "marker", 0.3 + 0.4 * sharp))
     return words
@@ -256,7 +264,7 @@ def find_text_and_markers(radiograph: Radiograph, *, ocr: bool | None = None) ->
     """Boxes of burned-in text and markers on ``radiograph.pixels``' grid, most confident first.
 
     ``ocr``: True runs Tesseract too (a clear error when it is not installed), False image processing only,
-    None (default) Tesseract when :func:`ocr_available`. Overlapping boxes become their union.
+    None (default) Tesseract when :func:`ocr_available`. Boxes that share half of the smaller become one.
     """
     if not isinstance(radiograph, Radiograph):
         raise TypeError(f"find_text_and_markers needs a Radiograph (xai.radiograph.load_radiograph), "
@@ -275,7 +283,8 @@ def find_text_and_markers(radiograph: Radiograph, *, ocr: bool | None = None) ->
 
 
 def _merge(boxes: list[MarkerBox]) -> list[MarkerBox]:
-    """Union of boxes that overlap (the two paths, or a glyph and its plate, often find one mark twice)."""
+    """Union of boxes that share half of the smaller one (the two paths, or a glyph and its ring, often find
+    one mark twice); boxes that merely touch stay apart, so two nearby marks do not become one large box."""
     merged = sorted(boxes, key=lambda b: -b.confidence)
     changed = True
     while changed:
@@ -283,7 +292,9 @@ def _merge(boxes: list[MarkerBox]) -> list[MarkerBox]:
         out: list[MarkerBox] = []
         for b in merged:
             for n, k in enumerate(out):
-                if min(b.x + b.w, k.x + k.w) > max(b.x, k.x) and min(b.y + b.h, k.y + k.h) > max(b.y, k.y):
+                ix = max(0, min(b.x + b.w, k.x + k.w) - max(b.x, k.x))
+                iy = max(0, min(b.y + b.h, k.y + k.h) - max(b.y, k.y))
+                if ix * iy >= 0.5 * min(b.w * b.h, k.w * k.h):
                     out[n] = _union(k, b)
                     changed = True
                     break
