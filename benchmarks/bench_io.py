@@ -86,6 +86,7 @@ def build_cases(folder: Path) -> dict[str, Path]:
 def measure(path: str, repeat: int, queue: multiprocessing.Queue) -> None:
     """Runs in a fresh process so peak memory belongs to this case alone."""
     from xai.isolation import load_radiograph_isolated
+
     from xai.preprocessing import Preprocessing, prepare
     from xai.radiograph import load_radiograph
 

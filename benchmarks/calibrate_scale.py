@@ -4,7 +4,7 @@
 
 Explains films of the ``val`` split (an equal number per source, in manifest order, so no hospital
 dominates) for their predicted class with the bundle's explainer and prints
-:func:`xai.calibration.calibrate_scale`'s per-method typical peak; ``--write`` adds it to the bundle's
+:func:`xai.display_scale.calibrate_scale`'s per-method typical peak; ``--write`` adds it to the bundle's
 ``card.json`` under ``saliency_scale`` (the only key it changes). One torch thread: it runs beside others.
 """
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import models
-    from xai.calibration import CARD_KEY, calibrate_scale
+    from xai.display_scale import CARD_KEY, calibrate_scale
     from xai.pipeline import make_explainer
 
     torch.set_num_threads(1)

@@ -6,7 +6,7 @@ runs under an address-space limit). The seeds are tiny (about 48 px) versions of
 ``../shared/data`` so that every byte of header, tables and entropy-coded data gets hit often.
 
     .venv/bin/python benchmarks/fuzz_io.py --n 10000            # the full run (about a minute)
-    .venv/bin/python benchmarks/fuzz_io.py --n 500 --isolated   # through xai.isolation worker processes
+    .venv/bin/python benchmarks/fuzz_io.py --n 500 --isolated   # through xai.sandboxed_decoder worker processes
 
 An input that breaks the contract is written to ``--out`` (default ``$TMPDIR/chestcovnet_fuzz``) as ``bug-<n>.bin``;
 keep it in ``tests/fuzz_regressions/`` so ``tests/test_fuzz.py`` replays it forever.
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "chestcovnet_fuzz")
     parser.add_argument("--memory-mb", type=int, default=3072, help="address-space limit for this process")
-    parser.add_argument("--isolated", action="store_true", help="decode through xai.isolation worker processes")
+    parser.add_argument("--isolated", action="store_true", help="decode through xai.sandboxed_decoder worker processes")
     args = parser.parse_args(argv)
 
     from xai.radiograph import load_radiograph
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     for data in seeds.values():  # every seed itself must load
         load_radiograph(data)
     if args.isolated:
-        from xai.isolation import load_radiograph_isolated
+        from xai.sandboxed_decoder import load_radiograph_isolated
 
         def load(d: bytes) -> object:
             return load_radiograph_isolated(d, timeout_s=HANG_S)

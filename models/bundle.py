@@ -74,7 +74,7 @@ class ModelCard:
     cross_source: dict[str, Any] = field(default_factory=dict)
     grad_cam_border_energy: dict[str, Any] = field(default_factory=dict)
     license: str = ""
-    #: The app's default display scale: each method's typical map peak on val films (xai.calibration);
+    #: The app's default display scale: each method's typical map peak on val films (xai.display_scale);
     #: empty on cards without it (the app then stretches each map and says so).
     saliency_scale: dict[str, Any] = field(default_factory=dict)
 

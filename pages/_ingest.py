@@ -69,6 +69,7 @@ def load_bytes(data: bytes, label: str, source: str) -> LoadedImage:
     ``source="upload"`` decodes in the sandboxed decoder (:mod:`xai.isolation`); a bundled sample in-process.
     """
     from xai.isolation import load_radiograph_isolated
+
     from xai.radiograph import load_radiograph
 
     radiograph = load_radiograph_isolated(data) if source == "upload" else load_radiograph(data)

@@ -69,7 +69,7 @@ def wrap_model(loaded: LoadedModel, origin: str) -> ActiveModel:
 def default_model() -> ActiveModel:
     """The bundled ChestCOVNet, ONE object for every session."""
     import models
-    from xai.isolation import warm_up
+    from xai.sandboxed_decoder import warm_up
     from xai.startup import freeze_heap
 
     # The upload decoders' fork server starts with the server, not on the first upload. It is a separate

@@ -42,7 +42,7 @@ from pages._state import (
     remember_predicted,
     restore_widget,
 )
-from xai import calibration as calibration_mod
+from xai import display_scale
 from xai import export, render
 from xai.export import DISCLAIMER, METHOD_TITLES
 from xai.method_names import METHODS  # not xai.engine: the page draws what needs no torch first
@@ -212,7 +212,7 @@ def resolve_scale(choice: str, result: PipelineResult, model: ActiveModel, reset
         vmax = fixed_maxima(result, model, reset)
         return Scale("session", vmax, "Scale: fixed on this session's first image (" + ", ".join(
             f"{method_label(m)} {v:.3g}" for m, v in vmax) + ").", "× the session's maximum")
-    calibration = calibration_mod.from_card(model.card)
+    calibration = display_scale.from_card(model.card)
     if choice == "model" and calibration is not None and all(m in calibration.vmax for m in result.methods):
         n = f"{calibration.n} {calibration.split} films".strip() if calibration.n else "validation films"
         return Scale("model", tuple((m, calibration.vmax[m]) for m in result.methods),
@@ -406,9 +406,9 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
                for t, m in zip(titles[1:], result.methods, strict=True)]
     if scale.notice:
         st.info(scale.notice, icon=":material/straighten:")
-    weak = calibration_mod.weak_evidence(
-        result.target, float(result.probabilities[result.target]), calibration_mod.map_peaks(result.explanation),
-        calibration_mod.from_card(model.card) if scale.mode == "model" else None, METHOD_TITLES)
+    weak = display_scale.weak_evidence(
+        result.target, float(result.probabilities[result.target]), display_scale.map_peaks(result.explanation),
+        display_scale.from_card(model.card) if scale.mode == "model" else None, METHOD_TITLES)
     if weak:
         st.warning(weak, icon=":material/blur_on:")
     fig = panel_figure(

@@ -28,7 +28,7 @@ from pages._howto import METHOD_NOTES, WEAK_EVIDENCE
 from pages._methods import method_label
 from pages._models import ActiveModel, require_model
 from pages._state import page_store, predicted_class
-from xai import calibration, glassbox, render
+from xai import display_scale, glassbox, render
 from xai.engine import METHODS
 from xai.pipeline import PREDICTED, PipelineResult
 
@@ -139,13 +139,13 @@ def layer_section(box: GlassBox, model: ActiveModel) -> None:
 def typical_peak(model: ActiveModel, method: str) -> float | None:
     """The model's typical peak for ``method`` (the card's calibration: what the Explain page's default
     scale divides by), or None when the card has none."""
-    cal = calibration.from_card(model.card)
+    cal = display_scale.from_card(model.card)
     return None if cal is None else cal.vmax.get(method)
 
 
 def scale_truth(model: ActiveModel) -> str:
     """One sentence on how this page's figures relate to the Explain page's default display scale."""
-    cal = calibration.from_card(model.card)
+    cal = display_scale.from_card(model.card)
     if cal is None:
         return ("The maps on this page are each divided by their own maximum, to show their shape. This model's "
                 "card has no calibrated scale, so the Explain page stretches each map to its own range too.")

@@ -413,7 +413,7 @@ def create_form(reader: str) -> None:
     from xai.batch.archive import ArchiveError
     from xai.batch.inputs import items_from_uploads
     from xai.engine import METHODS
-    from xai.isolation import load_radiograph_isolated
+    from xai.sandboxed_decoder import load_radiograph_isolated
 
     with st.expander("Create a session", expanded=not review_store().sessions()):
         name = st.text_input("Session name", key="review_new_name", max_chars=200)

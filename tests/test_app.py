@@ -416,9 +416,9 @@ def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_imag
     # The other classes' layers are drawn in the background as now (prefetch): wait, so that they are
     # counted here and not taken for a rebuild by a later display change.
     service().wait_for_prefetches()
-    from xai import calibration
+    from xai import display_scale
 
-    typical = tuple(calibration.from_card(app_models.default_model().card).vmax.items())
+    typical = tuple(display_scale.from_card(app_models.default_model().card).vmax.items())
     default_layers = render.DisplaySettings(scale="fixed", vmax=typical)  # the model's typical range
     shown = made[0][0]  # the page draws its own class before it queues the others
     assert [s for t, s in made if t == shown] == [default_layers]  # the layers' key: nothing but layer fields
@@ -519,13 +519,13 @@ def test_the_display_controls_are_drawn_only_while_open_and_keep_their_values_wh
 def test_default_scale_is_the_models_calibration_and_weak_evidence_is_flagged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from xai import calibration, render
+    from xai import display_scale, render
 
     at = new_app()
     choose_sample(at, "NIH")
     open_display(at)
     assert at.radio(key="disp_scale").value == "model"
-    stored = calibration.from_card(app_models.default_model().card)
+    stored = display_scale.from_card(app_models.default_model().card)
     assert stored is not None
     spec = panel_spec(at)
     assert "typical peak" in json.dumps(spec["data"][-1]["marker"]["colorbar"])  # the colour bar says which
@@ -556,7 +556,7 @@ def test_default_scale_is_the_models_calibration_and_weak_evidence_is_flagged(
     at.radio(key="disp_scale").set_value("per_image")
     run(at)
     assert any("Scale: per image" in c.value for c in at.caption) and not any("no calibrated" in i.value for i in at.info)
-    monkeypatch.setattr(calibration, "from_card", lambda card: None)
+    monkeypatch.setattr(display_scale, "from_card", lambda card: None)
     at.radio(key="disp_scale").set_value("model")
     run(at)
     assert any("has no calibrated display scale" in i.value for i in at.info)
@@ -653,16 +653,16 @@ def test_a_prefetch_gives_way_to_a_user_waiting_for_the_engine(monkeypatch: pyte
 def test_png_upload_then_bad_upload_keeps_the_previous_result(
     chestcovnet_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import xai.isolation
+    import xai.sandboxed_decoder
 
     decoded_in_workers: list[int] = []
-    isolated = xai.isolation.load_radiograph_isolated
+    isolated = xai.sandboxed_decoder.load_radiograph_isolated
 
     def counting_isolated(source, **kwargs):  # uploads must go through the worker-process decoder
         decoded_in_workers.append(len(source))
         return isolated(source, **kwargs)
 
-    monkeypatch.setattr(xai.isolation, "load_radiograph_isolated", counting_isolated)
+    monkeypatch.setattr(xai.sandboxed_decoder, "load_radiograph_isolated", counting_isolated)
     jpeg = next(iter(sorted((chestcovnet_dir / "images").glob("nih_*.jpg"))))
     buffer = io.BytesIO()
     Image.open(jpeg).save(buffer, format="PNG")  # lossless re-encoding of a real radiograph

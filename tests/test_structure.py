@@ -118,10 +118,10 @@ def test_the_scanner_sees_imports_in_every_form(tmp_path):
         "from typing import TYPE_CHECKING\n"
         "if TYPE_CHECKING:\n    from models import LoadedModel\n"
         "def f():\n    import models.bundle as mb\n    from streamlit import session_state\n"
-        "from .. import engine\nfrom . import _common\n"
+        "from .. import engine\nfrom . import model_access\n"
     )
     names = {name for name, _ in _imports(src, tmp_path)}
-    assert {"models", "models.LoadedModel", "models.bundle", "streamlit", "xai.engine", "xai.trust._common"} <= names
+    assert {"models", "models.LoadedModel", "models.bundle", "streamlit", "xai.engine", "xai.trust.model_access"} <= names
 
 
 def test_xai_imports_neither_models_nor_streamlit():
@@ -163,7 +163,7 @@ def test_the_cycle_check_finds_the_old_dicom_radiograph_cycle(tmp_path):
     assert _cycles(graph) == [["xai.dicom", "xai.radiograph", "xai.dicom"]]
 
 
-LOADERS = ("xai.radiograph", "xai.dicom", "xai.radiograph_core", "xai.isolation", "xai.preprocessing")
+LOADERS = ("xai.radiograph", "xai.dicom", "xai.radiograph_core", "xai.sandboxed_decoder", "xai.preprocessing")
 
 
 @pytest.mark.parametrize("order", [LOADERS, LOADERS[::-1], ("xai.dicom", "xai.radiograph")])

@@ -1,4 +1,4 @@
-"""The decoders' fork server imports this first (``xai.isolation.PRELOAD``): it runs :func:`xai.startup.boot`.
+"""The decoders' fork server imports this first (``xai.sandboxed_decoder.PRELOAD``): it runs :func:`xai.startup.boot`.
 
 A fork server can only *import* modules before it forks workers, so this module's import is the fork
 server's start-up call. What :func:`~xai.startup.boot` changes and why (workers skip the parent's

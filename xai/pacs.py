@@ -11,7 +11,7 @@ Every request has a timeout (``XAI_PACS_TIMEOUT``, default :data:`DEFAULT_TIMEOU
 automatic retry, so an unreachable or slow PACS gives a clear :class:`PacsError` within the timeout instead
 of a hang. Listings are paged (``limit``/``offset``): a study with hundreds of instances is read a page at a
 time. A retrieved instance comes back as the file's bytes (original transfer syntax), to go through the same
-loader as an upload (``xai.radiograph.load_radiograph`` / ``xai.isolation.load_radiograph_isolated``).
+loader as an upload (``xai.radiograph.load_radiograph`` / ``xai.sandboxed_decoder.load_radiograph_isolated``).
 
 Patient attributes from a search (:class:`StudySummary`) are kept out of ``repr``; a caller shows them only
 when the user asks (the app's "show patient details" switch). Pure library: no UI imports.

@@ -34,7 +34,7 @@ Source = str | Path | bytes | BinaryIO
 
 
 class Loader(Protocol):
-    """``load_radiograph`` or a drop-in (e.g. :func:`xai.isolation.load_radiograph_isolated`)."""
+    """``load_radiograph`` or a drop-in (e.g. :func:`xai.sandboxed_decoder.load_radiograph_isolated`)."""
 
     def __call__(self, source: Source, *, max_pixels: int = ...) -> Radiograph: ...
 
@@ -289,7 +289,7 @@ def explain_source(
 
     ``name`` is what the record calls the image (default: the path as given; "upload" for bytes).
     ``loader`` decodes the file (default :func:`~xai.radiograph.load_radiograph`; pass
-    :func:`~xai.isolation.load_radiograph_isolated` for untrusted files).
+    :func:`~xai.sandboxed_decoder.load_radiograph_isolated` for untrusted files).
     Raises :class:`~xai.radiograph.RadiographError` for a file that is not a usable radiograph.
     """
     if loader is None:

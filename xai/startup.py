@@ -17,9 +17,9 @@ decoders' fork server runs it through :mod:`xai._worker_boot`):
    ``sys.modules["__main__"]`` with the page script it is running, and page scripts have no
    ``if __name__ == "__main__"`` guard: every upload's decoder re-ran the whole app in bare mode (about
    0.4 s, a model load and a nested fork server). The decoders only run top-level functions of
-   importable modules (:func:`xai.isolation._load_bytes`, test seams), so the main script is never
+   importable modules (:func:`xai.sandboxed_decoder._load_bytes`, test seams), so the main script is never
    needed there; ``sys.path``, the working directory and the authkey are kept. The wrap matters only in
-   the fork server (``xai.isolation.PRELOAD`` imports :mod:`xai._worker_boot` there first), whose forked
+   the fork server (``xai.sandboxed_decoder.PRELOAD`` imports :mod:`xai._worker_boot` there first), whose forked
    workers inherit it; in any other process it is inert: ``prepare`` only runs inside a freshly started
    child, and a child started by ``spawn`` is a new interpreter that has not run :func:`boot`.
 

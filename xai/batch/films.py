@@ -56,7 +56,7 @@ class ReportSpec:
     ``target``: class name, index or ``"predicted"``; ``overlays``: the overlay files' format (compact
     JPEG by default, :data:`~xai.batch.outputs.FULL_RESOLUTION` for PNG on the film's grid);
     ``batch_size``: films per forward/backward pass; ``isolated``: decode each file in a worker process
-    with time and memory limits (:mod:`xai.isolation`); ``lungs``: the share of each map inside the lung
+    with time and memory limits (:mod:`xai.sandboxed_decoder`); ``lungs``: the share of each map inside the lung
     field and the film's map registered to its lungs for the cohort view (:mod:`xai.batch.lungs`).
     """
 
@@ -285,7 +285,7 @@ class FilmRunner:
 def load_item(item: InputItem, *, isolated: bool, max_pixels: int | None) -> tuple[Radiograph | None, float, str | None]:
     """Decode one input: ``(radiograph, milliseconds, None)`` or ``(None, 0, reason)``.
 
-    ``isolated`` decodes in a worker process with time and memory limits (:mod:`xai.isolation`), so a
+    ``isolated`` decodes in a worker process with time and memory limits (:mod:`xai.sandboxed_decoder`), so a
     decoder that crashes or hangs on one file fails that file only.
     """
     from xai.radiograph import RadiographError, load_radiograph
@@ -294,7 +294,7 @@ def load_item(item: InputItem, *, isolated: bool, max_pixels: int | None) -> tup
         return None, 0.0, item.error or "no data"
     loader = load_radiograph
     if isolated:
-        from xai.isolation import load_radiograph_isolated as loader
+        from xai.sandboxed_decoder import load_radiograph_isolated as loader
     kwargs: dict[str, Any] = {} if max_pixels is None else {"max_pixels": max_pixels}
     started = time.perf_counter()
     try:

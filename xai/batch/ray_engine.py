@@ -118,7 +118,7 @@ def _pipeline(tasks: list[str], spec: ReportSpec, setup: Setup, out_dir: Path, r
 
     Each actor has at most two batches in flight (the next one is waiting when it finishes one, and no more
     films queue behind a slow worker) and is not restarted: a film that kills its worker stops the run with
-    Ray's message (decoder crashes are contained per file by :mod:`xai.isolation` before that).
+    Ray's message (decoder crashes are contained per file by :mod:`xai.sandboxed_decoder` before that).
     """
     import ray.data
 

@@ -35,7 +35,7 @@ import torch
 
 from xai.scores import probabilities
 from xai.trust import metrics
-from xai.trust._common import Progress, on_model, report, to_numpy, unpack_model
+from xai.trust.model_access import Progress, on_model, report, to_numpy, unpack_model
 
 __all__ = ["BASELINES", "FaithfulnessCurves", "FaithfulnessResult", "make_baseline", "faithfulness", "curves"]
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xai.trust._common import Progress, on_model, report, to_numpy, unpack_model
+from xai.trust.model_access import Progress, on_model, report, to_numpy, unpack_model
 
 __all__ = ["IGResult", "black_baseline", "ig_display", "integrated_gradients", "trapezoid_weights"]
 

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from xai.layers import last_linear
-from xai.trust._common import Progress, on_model, report, to_numpy, unpack_model
+from xai.trust.model_access import Progress, on_model, report, to_numpy, unpack_model
 
 __all__ = [
     "OOD_FILE",

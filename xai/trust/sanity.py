@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from xai.trust import metrics
-from xai.trust._common import MapFn, Progress, compute_maps, private_copy, report, unpack_model
+from xai.trust.model_access import MapFn, Progress, compute_maps, private_copy, report, unpack_model
 
 __all__ = [
     "GUIDED_NOTE",

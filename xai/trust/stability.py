@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from xai.trust import metrics
-from xai.trust._common import (
+from xai.trust.model_access import (
     MapFn,
     Progress,
     class_probabilities,

@@ -1,4 +1,4 @@
-"""xai.isolation: decoding in a worker process; a crash, hang or memory blow-up refuses that file only."""
+"""xai.sandboxed_decoder: decoding in a worker process; a crash, hang or memory blow-up refuses that file only."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import pydicom
 import pytest
 from PIL import Image
 
-from xai.isolation import DecoderCrashedError, DecodeTimeoutError, load_radiograph_isolated, run_isolated
 from xai.radiograph import (
     CodecMissingError,
     CorruptImageError,
@@ -24,6 +23,12 @@ from xai.radiograph import (
     NotAnImageError,
     RadiographError,
     load_radiograph,
+)
+from xai.sandboxed_decoder import (
+    DecoderCrashedError,
+    DecodeTimeoutError,
+    load_radiograph_isolated,
+    run_isolated,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -148,7 +153,7 @@ def test_concurrent_uploads_get_their_own_images():
 
 
 def test_warm_up_starts_a_separate_worker_process():
-    from xai.isolation import warm_up
+    from xai.sandboxed_decoder import warm_up
 
     assert warm_up() is True  # the worker reported a pid other than ours
 
@@ -165,9 +170,9 @@ def test_workers_do_not_rerun_the_parents_main_script(tmp_path, worker_boot):
     driver = (
         "import os, sys, types\n"
         f"sys.path.insert(0, {str(repo)!r})\n"
-        "import xai.isolation\n"
-        f"if not {worker_boot}: xai.isolation.PRELOAD.remove('xai._worker_boot')\n"
-        "from xai.isolation import load_radiograph_isolated, run_isolated, _worker_pid\n"
+        "import xai.sandboxed_decoder\n"
+        f"if not {worker_boot}: xai.sandboxed_decoder.PRELOAD.remove('xai._worker_boot')\n"
+        "from xai.sandboxed_decoder import load_radiograph_isolated, run_isolated, _worker_pid\n"
         "page = types.ModuleType('__main__')\n"
         f"page.__file__ = {str(page)!r}\n"
         "sys.modules['__main__'] = page  # what Streamlit's script runner does\n"
