@@ -1,7 +1,8 @@
 """Burned-in text and side markers (xai.markers) against marks boxed by hand on real films.
 
 The reference is ``tests/fixtures/markers/boxes.json``: ten films with marks and three without, boxed by eye
-(see the README there), never from the detector. Matching rule: a hand box is *found* when some detected box
+(see the README there), never from the detector; ``second_set.json`` holds six more marked films boxed the
+same way (first measured before the detector's last changes, so no longer held out: the README says so). Matching rule: a hand box is *found* when some detected box
 has IoU >= 0.1 with it or covers >= 50 % of it; a detected box is *false* when it matches no hand box by the
 same rule (IoU >= 0.1, or >= 50 % of the detected box inside one). Targets (issue: text and markers): recall
 >= 0.8 over all hand boxes, and <= 2 false regions per film on average (the maximum is reported too). Both
@@ -21,8 +22,10 @@ import pytest
 from xai.markers import MarkerBox, find_text_and_markers, ocr_available, text_and_marker_mask
 from xai.radiograph import Radiograph, load_radiograph
 
-FIXTURE = Path(__file__).parent / "fixtures" / "markers" / "boxes.json"
-HAND_BOXES: dict[str, list[list]] = json.loads(FIXTURE.read_text())
+FIXTURES = Path(__file__).parent / "fixtures" / "markers"
+HAND_BOXES: dict[str, list[list]] = json.loads((FIXTURES / "boxes.json").read_text())
+SECOND_SET: dict[str, list[list]] = json.loads((FIXTURES / "second_set.json").read_text())
+SETS = {"ten films": HAND_BOXES, "second set": SECOND_SET}
 MODES = [pytest.param(False, id="image-processing"), pytest.param(True, id="with-ocr")]
 
 
@@ -56,7 +59,8 @@ def _need_tesseract(ocr: bool) -> None:
 
 @pytest.fixture(scope="module")
 def films(chestcovnet_dir: Path) -> dict[str, Radiograph]:
-    return {name: load_radiograph(chestcovnet_dir / "images" / name) for name in HAND_BOXES}
+    names = {*HAND_BOXES, *SECOND_SET}
+    return {name: load_radiograph(chestcovnet_dir / "images" / name) for name in names}
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -70,16 +74,18 @@ def test_fixture_is_hand_made_and_well_formed(films: dict[str, Radiograph]) -> N
     marked = [name for name, boxes in HAND_BOXES.items() if boxes]
     clean = [name for name, boxes in HAND_BOXES.items() if not boxes]
     assert len(marked) == 10 and len(clean) >= 2
-    for name, boxes in HAND_BOXES.items():
+    assert not set(SECOND_SET) & set(HAND_BOXES)
+    for name, boxes in {**HAND_BOXES, **SECOND_SET}.items():
         h, w = films[name].shape
         for x, y, bw, bh, label in boxes:
             assert x >= 0 and y >= 0 and bw > 0 and bh > 0 and x + bw <= w and y + bh <= h, (name, label)
 
 
-def test_recall_and_false_regions_on_hand_boxed_films(detections: tuple[bool, dict]) -> None:
+@pytest.mark.parametrize("which", sorted(SETS))
+def test_recall_and_false_regions_on_hand_boxed_films(which: str, detections: tuple[bool, dict]) -> None:
     ocr, found_by_film = detections
     hits, total, false_per_film, report = 0, 0, [], []
-    for name, hand in HAND_BOXES.items():
+    for name, hand in SETS[which].items():
         detected = [_xywh(b) for b in found_by_film[name]]
         hand_xywh = [tuple(h[:4]) for h in hand]
         found = [any(_found(h, d) for d in detected) for h in hand_xywh]
@@ -90,7 +96,7 @@ def test_recall_and_false_regions_on_hand_boxed_films(detections: tuple[bool, di
         report.append(f"{name}: {sum(found)}/{len(hand)} found, {len(false)} false")
     recall = hits / total
     mean_false = float(np.mean(false_per_film))
-    print(f"\nocr={ocr}: recall {hits}/{total} = {recall:.2f}; false regions per film: mean {mean_false:.2f}, "
+    print(f"\n{which}, ocr={ocr}: recall {hits}/{total} = {recall:.2f}; false regions per film: mean {mean_false:.2f}, "
           f"max {max(false_per_film)}\n" + "\n".join(report))
     assert recall >= 0.8, report
     assert mean_false <= 2.0, report
