@@ -114,24 +114,34 @@ def _work_image(pixels: np.ndarray) -> tuple[np.ndarray, float]:
     return img, scale
 
 
+def _median_absolute_deviation(image: np.ndarray) -> float:
+    """MAD of an 8-bit image from its histogram (a sort-free median)."""
+    def median(counts: np.ndarray) -> int:
+        return int(np.searchsorted(np.cumsum(counts), (counts.sum() + 1) // 2))
+
+    counts = np.bincount(image.ravel(), minlength=256)
+    centre = median(counts)
+    deviations = np.bincount(np.abs(np.arange(256) - centre), weights=counts, minlength=256)
+    return float(median(deviations))
+
+
 def _glyphs(tophat: np.ndarray, gradient: np.ndarray, side: int) -> list[tuple[int, int, int, int, float, float, int]]:
     """Glyph-like components of one top-hat image: (x, y, w, h, contrast, sharpness, letters)."""
-    mad = float(np.median(np.abs(tophat - np.median(tophat))))
-    level = max(MIN_CONTRAST, 6.0 * mad)
+    level = max(MIN_CONTRAST, 6.0 * _median_absolute_deviation(tophat))
     binary = (tophat >= level).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    lo, hi = GLYPH_HEIGHT[0] * side, GLYPH_HEIGHT[1] * side
+    xs, ys, ws, hs, areas = (stats[:, j].astype(np.int64) for j in range(5))
+    letters_all = np.where(ws <= MAX_GLYPH_WIDTH * hs, 1, 2)  # wider: letters that touch (a run), a word
+    fills = areas / np.maximum(ws * hs, 1)
+    keep = ((hs >= GLYPH_HEIGHT[0] * side) & (hs <= GLYPH_HEIGHT[1] * side) & (ws <= MAX_RUN_WIDTH * hs)
+            & (xs > 0) & (ys > 0) & (xs + ws < tophat.shape[1]) & (ys + hs < tophat.shape[0])  # cut by the edge
+            & (fills >= np.where(letters_all == 1, GLYPH_FILL[0], RUN_MIN_FILL))
+            & ((fills <= GLYPH_FILL[1]) | (ws <= 0.4 * hs)))  # a bar ("I", "l", "1") is full
+    keep[0] = False  # the background
     found = []
-    for i in range(1, n):
-        x, y, w, h, area = (int(v) for v in stats[i])
-        if not (lo <= h <= hi) or w > MAX_RUN_WIDTH * h:
-            continue
-        letters = 1 if w <= MAX_GLYPH_WIDTH * h else 2  # wider: letters that touch (a run), read as a word
-        if x == 0 or y == 0 or x + w == tophat.shape[1] or y + h == tophat.shape[0]:
-            continue  # cut by the film's edge: a border artefact, not a whole glyph
-        fill = area / float(w * h)
-        if fill < (GLYPH_FILL[0] if letters == 1 else RUN_MIN_FILL) or (fill > GLYPH_FILL[1] and w > 0.4 * h):
-            continue  # (a bar, "I", "l" or "1", is full)
+    for i in np.flatnonzero(keep):
+        x, y, w, h = int(xs[i]), int(ys[i]), int(ws[i]), int(hs[i])
+        letters = int(letters_all[i])
         window = (slice(y, y + h), slice(x, x + w))
         inside = labels[window] == i
         contrast = float(tophat[window][inside].max())
