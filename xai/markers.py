@@ -74,6 +74,7 @@ MARKER_MARGIN = 0.5
 MARKER_MAX_ASPECT = 1.4
 MARKER_EDGE_BAND = 0.2
 OCR_MIN_CONFIDENCE = 85.0
+OCR_TIMEOUT_S = 60
 MASK_PAD = 0.006
 
 
@@ -104,18 +105,23 @@ def ocr_available() -> bool:
 
 
 # ---------------------------------------------------------------------------------------- image path
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Display pixels in [0, 1] as 8-bit grey levels (NaN as black)."""
+    return np.clip(np.nan_to_num(pixels, nan=0.0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def _work_image(pixels: np.ndarray) -> tuple[np.ndarray, float]:
     """8-bit copy with its long side at most WORK_SIDE, and the factor from the original grid to it."""
     h, w = pixels.shape
     scale = min(1.0, WORK_SIDE / max(h, w))
-    img = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    img = _to_uint8(pixels)
     if scale < 1.0:
         img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     return img, scale
 
 
 def _median_absolute_deviation(image: np.ndarray) -> float:
-    """MAD of an 8-bit image from its histogram (a sort-free median)."""
+    """MAD of an 8-bit image from its histogram (sort-free; the lower median when two values tie)."""
     def median(counts: np.ndarray) -> int:
         return int(np.searchsorted(np.cumsum(counts), (counts.sum() + 1) // 2))
 
@@ -249,12 +255,13 @@ def _ocr_boxes(pixels: np.ndarray) -> list[MarkerBox]:
 
     h, w = pixels.shape
     scale = min(OCR_SIDE[1], max(OCR_SIDE[0], max(h, w))) / max(h, w)
-    img = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    img = _to_uint8(pixels)
     if scale != 1.0:
         interpolation = cv2.INTER_CUBIC if scale > 1.0 else cv2.INTER_AREA
         img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=interpolation)
     side = max(img.shape)
-    data = pytesseract.image_to_data(img, config="--psm 11", output_type=pytesseract.Output.DICT)
+    data = pytesseract.image_to_data(img, config="--psm 11", output_type=pytesseract.Output.DICT,
+                                     timeout=OCR_TIMEOUT_S)
     boxes = []
     for text, conf, x, y, bw, bh in zip(data["text"], data["conf"], data["left"], data["top"],
                                         data["width"], data["height"], strict=True):
@@ -288,7 +295,13 @@ def find_text_and_markers(radiograph: Radiograph, *, ocr: bool | None = None) ->
                            "tesseract-ocr; Python: pip install pytesseract); pass ocr=False or ocr=None")
     boxes = _tophat_boxes(pixels)
     if use_ocr:
-        boxes += _ocr_boxes(pixels)
+        try:
+            boxes += _ocr_boxes(pixels)
+        except (RuntimeError, OSError) as exc:  # TesseractError and its timeout are RuntimeErrors
+            if ocr:
+                raise RuntimeError(f"Tesseract failed on this film ({type(exc).__name__}: {exc}); "
+                                   "pass ocr=False to use image processing only") from None
+            # ocr=None: image processing alone still answers
     return _merge(boxes)
 
 
