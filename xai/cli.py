@@ -50,7 +50,12 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, *, target_default: str | None) -> None:
-        p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="images (PNG, JPEG, DICOM...) or folders")
+        p.add_argument("inputs", nargs="*", metavar="FILE_OR_DIR", help="images (PNG, JPEG, DICOM...) or folders")
+        p.add_argument("--pacs", metavar="URL", default=None,
+                       help="DICOMweb base URL of the PACS to read --study from (default: XAI_PACS_URL)")
+        p.add_argument("--study", action="append", default=[], metavar="UID",
+                       help="Study Instance UID to explain from the PACS (repeatable); its image instances are "
+                            "downloaded to a temporary folder and explained like files")
         p.add_argument("--model", default=DEFAULT_MODEL, help="bundle name or path (default: %(default)s)")
         p.add_argument("--methods", default=None, help="comma-separated methods (default: all four)")
         p.add_argument(
@@ -66,6 +71,13 @@ def _build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="maps, overlays and a result.json per image")
     common(explain, target_default="predicted")
     explain.add_argument("--out", type=Path, default=Path("explanations"), help="output folder (default: %(default)s)")
+    explain.add_argument("--send", metavar="KINDS", default=None,
+                         help="DICOM results of each DICOM film to write in <out>/<film>/dicom and send to the PACS "
+                              "with STOW-RS: comma-separated sc (Secondary Captures), sr (structured report), pm "
+                              "(parametric maps)")
+    explain.add_argument("--send-mode", choices=("pacs", "deidentified"), default="pacs",
+                         help="pacs: filed in the film's own study (carries its patient identifiers); "
+                              "deidentified: a new anonymous study (default: %(default)s)")
 
     report = sub.add_parser("report", help="a batch report: overlays, report.csv and a self-contained index.html")
     common(report, target_default=None)
@@ -193,6 +205,8 @@ def _run_explain(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
                 try:
                     write_explain_outputs(result, model, output_dir_for(out_dir, stem),
                                           extra=_lung_record(result, stderr, bar))
+                    if args.send:
+                        failed += _send_dicom(args, item, result, model, output_dir_for(out_dir, stem), stderr, bar)
                 except (OSError, ValueError) as exc:
                     failed += 1
                     _report_failure(item.name, f"cannot write outputs: {exc}", stderr, bar)
@@ -203,13 +217,14 @@ def _run_explain(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
 
 
 def _lung_record(result: Any, stderr: TextIO, bar: Any) -> dict[str, Any]:
-    """``evidence_in_lungs`` ({method: share}) and ``lung_area_fraction`` for ``result.json``; a warning
+    """``evidence_in_lungs`` ({method: share}), ``lung_area_fraction``, ``anatomy`` ({method: {region: share}}),
+    ``periphery`` ({method: {"peripheral": x, "central": y}}) and ``laterality_rule`` for ``result.json``; a warning
     when the film has no lung field (it may not be a frontal chest radiograph)."""
     from xai.anatomy import LungModelError
     from xai.batch.lungs import NO_LUNG_NOTICE, lung_figures
 
     try:
-        figures = lung_figures(result.radiograph.pixels, result.maps)
+        figures = lung_figures(result.radiograph.pixels, result.maps, radiograph=result.radiograph)
     except (LungModelError, ValueError, RuntimeError) as exc:
         _message(f"xai: warning: {result.file}: no lung figures: {exc}", stderr, bar)
         return {}
@@ -292,19 +307,123 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     except SystemExit as exc:  # argparse already printed its usage message (or --help)
         return int(exc.code or 0)
     try:
-        if args.command == "explain":
-            return _run_explain(args, stdout, stderr)
-        if args.command == "review":
-            from xai.review.cli import run_review
-
-            return run_review(args, stdout, stderr)
-        return _run_report(args, stdout, stderr)
+        with _pacs_inputs(args, stderr):
+            return _dispatch(args, stdout, stderr)
     except (UsageError, TargetError) as exc:
         print(f"xai: error: {exc}", file=stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("xai: interrupted", file=stderr)
         return 130
+
+
+def _dispatch(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    if args.command == "explain":
+        return _run_explain(args, stdout, stderr)
+    if args.command == "review":
+        from xai.review.cli import run_review
+
+        return run_review(args, stdout, stderr)
+    return _run_report(args, stdout, stderr)
+
+
+@contextlib.contextmanager
+def _pacs_inputs(args: argparse.Namespace, stderr: TextIO) -> Iterator[None]:
+    """For ``--study``: the studies' image instances downloaded from the PACS into a temporary folder, added
+    to ``args.inputs`` (removed afterwards: the files carry patient data); ``args.pacs_client`` is the client
+    (also used by ``--send``). Checks that explain/report got some input."""
+    args.pacs_client = None
+    if args.command not in ("explain", "report"):
+        yield
+        return
+    import tempfile
+
+    from xai.pacs import PacsClient, PacsError, download_studies, pacs_config
+
+    if not args.inputs and not args.study:
+        raise UsageError("give files or folders to explain, or --study UID with a PACS (--pacs URL or XAI_PACS_URL)")
+    send = getattr(args, "send", None)
+    if send:
+        from xai.dicom_results import parse_kinds
+        from xai.export import ExportError
+
+        try:
+            args.send = parse_kinds(send)
+        except ExportError as exc:
+            raise UsageError(f"--send: {exc}") from None
+    if not args.study and not send:
+        yield
+        return
+    try:
+        config = pacs_config(args.pacs)
+    except PacsError as exc:
+        raise UsageError(str(exc)) from None
+    if config is None:
+        raise UsageError("--study and --send need a PACS: --pacs URL or XAI_PACS_URL")
+    with PacsClient(config) as client, tempfile.TemporaryDirectory(prefix="xai-pacs-") as folder:
+        args.pacs_client = client
+        if args.study:
+            try:
+                files = download_studies(client, args.study, Path(folder),
+                                         warn=lambda m: print(f"xai: warning: {m}", file=stderr))
+            except PacsError as exc:
+                raise UsageError(str(exc)) from None
+            print(f"xai: {len(files)} image(s) from {len(args.study)} PACS stud(y/ies)", file=stderr)
+            args.inputs = [*args.inputs, *(str(f) for f in files)]
+            if not args.inputs:
+                raise UsageError("nothing to explain: the studies hold no image the PACS returned")
+        yield
+
+
+def _send_dicom(args: argparse.Namespace, item: Any, result: Any, model: Any, folder: Path, stderr: TextIO,
+                bar: Any) -> int:
+    """``--send``: the film's DICOM results written to ``folder/dicom`` and sent with STOW-RS; 1 when they could
+    not be made or sent (the message says why; written files stay), else 0."""
+    from xai.dicom_results import film_results
+    from xai.export import ExportError
+    from xai.pacs import PacsError
+
+    source = item.source.read_bytes() if isinstance(item.source, Path) else item.source
+    if not source or result.radiograph.format != "dicom":
+        _message(f"xai: warning: {item.name}: not a DICOM film, no DICOM results to send", stderr, bar)
+        return 0
+    try:
+        objects = film_results(result, model, source, mode=args.send_mode, kinds=args.send,
+                               ood=_ood_for_report(result, model), evidence_by_region=_regions_for_report(result))
+    except (ExportError, ValueError) as exc:
+        _report_failure(item.name, f"cannot make DICOM results: {exc}", stderr, bar)
+        return 1
+    dicom_dir = folder / "dicom"
+    dicom_dir.mkdir(parents=True, exist_ok=True)
+    files = [data for kind in objects for data in objects[kind]]
+    for kind, blobs in objects.items():
+        for i, data in enumerate(blobs, start=1):
+            (dicom_dir / f"{kind}{i}.dcm").write_bytes(data)
+    try:
+        args.pacs_client.store(files)
+    except PacsError as exc:
+        _report_failure(item.name, f"results not sent: {exc} (kept in {dicom_dir})", stderr, bar)
+        return 1
+    return 0
+
+
+def _ood_for_report(result: Any, model: Any) -> dict[str, Any] | None:
+    import models
+    from xai.batch.films import ood_record
+
+    record, _ = ood_record(result, model, models.ood_stats(model))
+    return record or None
+
+
+def _regions_for_report(result: Any) -> dict[str, dict[str, float]]:
+    """{method: {region: share}} of the film's anatomical regions (empty when the regions cannot be found)."""
+    from xai.anatomy import LungModelError, anatomy_regions, evidence_by_region
+
+    try:
+        regions = anatomy_regions(result.radiograph, max_side=1024)
+        return {m: evidence_by_region(heat, regions) for m, heat in result.maps.items()}
+    except (LungModelError, ValueError, RuntimeError, OSError):
+        return {}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -47,10 +47,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CODING_SCHEME",
+    "DICOM_KINDS",
     "PM_SERIES_DESCRIPTION",
     "SR_SERIES_DESCRIPTION",
     "Findings",
+    "film_results",
     "parametric_maps",
+    "parse_kinds",
     "structured_report",
 ]
 
@@ -324,4 +327,60 @@ def parametric_maps(maps: Mapping[str, NDArray[np.floating]], study: ResultStudy
         pm.ImageComments = " | ".join(replace(provenance, method=method).lines())[:10240]
         _mark_deidentified(pm, study)
         out.append(_write(pm))
+    return out
+
+
+# ------------------------------------------------------------------------- one explained film -> objects
+#: The kinds of DICOM result, in the order they are made and sent.
+DICOM_KINDS: tuple[str, ...] = ("sc", "sr", "pm")
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """``"sc,sr,pm"`` -> ``("sc", "sr", "pm")``; raises :class:`ExportError` naming an unknown kind."""
+    kinds = tuple(dict.fromkeys(k.strip().lower() for k in text.split(",") if k.strip()))
+    unknown = [k for k in kinds if k not in DICOM_KINDS]
+    if unknown or not kinds:
+        raise ExportError(f"unknown DICOM result kind(s) {', '.join(unknown) or '(none)'}; choose from "
+                          f"{', '.join(DICOM_KINDS)}")
+    return kinds
+
+
+def film_results(result: Any, model: Any, source: bytes, *, mode: str, kinds: Sequence[str] = DICOM_KINDS,
+                 ood: Mapping[str, Any] | None = None,
+                 evidence_by_region: Mapping[str, Mapping[str, float]] | None = None,
+                 colormap: str | None = None) -> dict[str, list[bytes]]:
+    """The DICOM results of one explained film (``xai.pipeline.PipelineResult`` + ``models.LoadedModel``),
+    ``{kind: [file bytes]}`` for ``kinds`` of :data:`DICOM_KINDS`, all filed in one study
+    (:func:`xai.export.result_study` of ``source``, the film's DICOM bytes, in ``mode``).
+
+    ``ood``: the film's out-of-distribution record (``xai.batch.films.ood_record``: ``is_ood``, ``warnings``);
+    ``evidence_by_region``: {method: {region: share}} (``xai.anatomy.evidence_by_region``).
+    """
+    from xai.batch.outputs import provenance as provenance_of
+    from xai.export import result_study, secondary_captures
+    from xai.render import DEFAULT_CMAP, overlay
+
+    study = result_study(source, mode)  # type: ignore[arg-type]
+    methods = tuple(result.maps)
+    cmap = colormap or DEFAULT_CMAP
+    provenance = provenance_of(result, model, ",".join(methods), {"colormap": cmap})
+    card = model.card
+    out: dict[str, list[bytes]] = {}
+    for kind in kinds:
+        if kind == "sc":
+            panels = {m: overlay(result.radiograph.pixels, result.maps[m], cmap=cmap) for m in methods}
+            out[kind] = secondary_captures(panels, source, provenance, mode=mode, study=study)  # type: ignore[arg-type]
+        elif kind == "sr":
+            positive = card.positive_class or card.class_names[-1]
+            findings = Findings(
+                probabilities={k: float(v) for k, v in result.probabilities.items()}, positive_class=positive,
+                threshold=float(card.threshold), model_version=str(card.version),
+                ood_warning=bool(ood["is_ood"]) if ood and ood.get("is_ood") is not None else None,
+                ood_text="; ".join(ood.get("warnings") or []) if ood else None,
+                evidence_by_region=evidence_by_region or {})
+            out[kind] = [structured_report(findings, study, provenance, film_shape=result.radiograph.pixels.shape)]
+        elif kind == "pm":
+            out[kind] = parametric_maps(dict(result.maps), study, provenance)
+        else:
+            raise ExportError(f"unknown DICOM result kind {kind!r}")
     return out

@@ -48,6 +48,7 @@ __all__ = [
     "StoreRefusedError",
     "StoreResult",
     "StudySummary",
+    "download_studies",
     "pacs_config",
 ]
 
@@ -285,8 +286,10 @@ class PacsClient:
         import requests
         from dicomweb_client import DICOMwebClient
 
-        # dicomweb-client logs each request URL at debug level; a search URL can hold a patient ID.
-        logging.getLogger("dicomweb_client").setLevel(max(logging.INFO, logging.getLogger("dicomweb_client").level))
+        # dicomweb-client logs each request (its URL at debug level: a search URL can hold a patient ID) and
+        # each step at info level; only its warnings and errors get through.
+        logger = logging.getLogger("dicomweb_client")
+        logger.setLevel(max(logging.WARNING, logger.level))
         self.config = config
         self._session = requests.Session()
         self._session.trust_env = False  # no proxy or .netrc credentials from the environment
@@ -474,3 +477,35 @@ def _da(value: date | str | None) -> str:
     if len(text) != 8 or not text.isdigit():
         raise PacsError(f"a study date must be YYYY-MM-DD, got {value!r}")
     return text
+
+
+def download_studies(client: PacsClient, study_uids: Sequence[str], folder: Path, *,
+                     warn: Any = None, max_instances: int | None = None) -> list[Path]:
+    """Every image instance of each study, saved as ``study<k>_<n>.dcm`` in ``folder`` (names carry no
+    header value), listed a page at a time; a non-image instance or one the PACS cannot find is skipped
+    with a ``warn(message)``. An unreachable PACS, a timeout or a refused sign-in stops the download (raised).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    saved: list[Path] = []
+    for k, study_uid in enumerate(study_uids, start=1):
+        count = 0
+        for n, instance in enumerate(client.iter_instances(study_uid, max_instances=max_instances), start=1):
+            try:
+                data = client.retrieve(instance)
+            except NotAnImageError as exc:
+                if warn:
+                    warn(f"study {k}: {exc}")
+                continue
+            except (PacsUnavailableError, PacsTimeoutError, PacsAuthError):
+                raise
+            except PacsError as exc:
+                if warn:
+                    warn(f"study {k}, instance {n}: {exc}")
+                continue
+            path = folder / f"study{k}_{n:04d}.dcm"
+            path.write_bytes(data)
+            saved.append(path)
+            count += 1
+        if count == 0 and warn:
+            warn(f"study {k}: no image instance found (is the Study Instance UID right?)")
+    return saved
