@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import nn
 
-#: ChestCOVNet's Grad-CAM layer (``EfficientNetLite0.default_target_layer`` reads it): its home is here so the
-#: registry, and with it reading a model card, needs no torch import.
+#: ChestCOVNet's Grad-CAM layer: ``EfficientNetLite0.default_target_layer``, the module's own name for its head
+#: activation, written out here so that the registry, and with it reading a model card, needs no torch import
+#: (tests/test_models.py checks that the two agree).
 CHESTCOVNET_TARGET_LAYER = "head_act"
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from models.architectures import CHESTCOVNET_TARGET_LAYER
 
 #: (repeats, kernel, stride, expand ratio, in channels, out channels) per stage of EfficientNet-Lite0.
 LITE0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
@@ -108,7 +107,7 @@ class EfficientNetLite0(nn.Module):
     """
 
     #: Post-ReLU6 head activation feeding the pooling: the Grad-CAM target used by the engine.
-    default_target_layer: str = CHESTCOVNET_TARGET_LAYER
+    default_target_layer: str = "head_act"
     #: Conv + batch-norm pairs of ``forward``/``features`` the engine may fold (:mod:`xai.folding`).
     foldable_conv_bn = (("stem_conv", "stem_bn"), ("head_conv", "head_bn"))
 

@@ -58,6 +58,7 @@ def test_registry_builds_every_architecture_with_the_class_count():
         assert not net.training
         assert net.get_submodule(arch.classifier).out_features == 3
         net.get_submodule(arch.target_layer)  # the default target layer exists
+        assert arch.target_layer == getattr(net, "default_target_layer", arch.target_layer), name  # one name
         with torch.no_grad():
             assert net(x).shape == (1, 3), name
 
