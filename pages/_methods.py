@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xai.export import METHOD_TITLES
+from xai.method_names import METHOD_TITLES
 
 
 def method_label(method: str) -> str:

@@ -27,7 +27,7 @@ from xai.batch.names import content_sha256, export_stem
 from xai.batch.outputs import COMPACT, FULL_RESOLUTION
 from xai.batch.report import Report
 from xai.batch.run import run_report
-from xai.engine import METHODS
+from xai.method_names import METHODS, listed_methods
 
 ZIP_LIMITS = ZipLimits(max_archive_bytes=200 * 1024 * 1024, max_members=200, max_member_bytes=64 * 1024 * 1024,
                        max_total_bytes=512 * 1024 * 1024, max_ratio=100.0)
@@ -63,7 +63,7 @@ with st.form("batch_form"):
     uploads = st.file_uploader("Images or a zip", accept_multiple_files=True, key="batch_uploads")
     boxes_file = st.file_uploader("Finding boxes (optional CSV)", type=["csv"], key="batch_boxes")
     left, right = st.columns(2)
-    methods = left.multiselect("Methods", METHODS, default=list(METHODS), format_func=method_label)
+    methods = left.multiselect("Methods", listed_methods(), default=list(METHODS), format_func=method_label)
     default_target = class_names.index("covid19") + 1 if "covid19" in class_names else 0
     target = right.selectbox("Explain class", ["predicted", *class_names], index=default_target)
     size = st.radio("Overlays in the download", list(_SIZES), index=0, key="batch_overlays")

@@ -42,10 +42,9 @@ from pages._state import (
     remember_predicted,
     restore_widget,
 )
-from xai import display_scale
-from xai import export, render
+from xai import display_scale, export, render
 from xai.export import DISCLAIMER, METHOD_TITLES
-from xai.method_names import METHODS  # not xai.engine: the page draws what needs no torch first
+from xai.method_names import METHODS, listed_methods  # no torch: the page draws these first
 from xai.pipeline import PREDICTED, PipelineResult
 from xai.render import DisplaySettings
 
@@ -625,7 +624,7 @@ def main() -> None:
     with st.sidebar:
         st.header("Explanation")
         chosen = st.multiselect(
-            "Methods", list(METHODS), default=list(METHODS), format_func=method_label, key="methods"
+            "Methods", listed_methods(), default=list(METHODS), format_func=method_label, key="methods"
         )
         target_choice = st.selectbox(
             "Target class", [PREDICTED, *model.class_names], key=f"target:{model.key}",
@@ -642,7 +641,7 @@ def main() -> None:
     if image is None:
         return
     start_lung_field(image.sha256, image.radiograph)  # beside the engine (cached: once per film)
-    methods = tuple(m for m in METHODS if m in chosen)
+    methods = tuple(m for m in listed_methods() if m in chosen)
     target = resolve_target(target_choice, image, model)
     try:  # with no method chosen, the cheapest one still gives the prediction (its map is not shown)
         result = explain(image, model, target, methods or PREDICTION_ONLY)

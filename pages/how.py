@@ -24,12 +24,13 @@ import streamlit as st
 from pages._access import ensure_routed
 from pages._explanations import CACHE_TTL_S, explain
 from pages._figures import maps_figure, sidebar_film
-from pages._howto import METHOD_NOTES, WEAK_EVIDENCE
+from pages._howto import WEAK_EVIDENCE
 from pages._methods import method_label
 from pages._models import ActiveModel, require_model
 from pages._state import page_store, predicted_class
 from xai import display_scale, glassbox, render
 from xai.engine import METHODS
+from xai.method_names import method_identity
 from xai.pipeline import PREDICTED, PipelineResult
 
 TOP_K = 8
@@ -114,14 +115,14 @@ def value_title(prefix: str, a: np.ndarray) -> str:
 
 
 def note(method: str) -> None:
-    n = METHOD_NOTES[method]
+    n = method_identity(method)
     st.latex(n.formula)
     st.caption(n.paper)
 
 
 def pitfalls(method: str) -> None:
     st.markdown(f"**What {method_label(method)} is known to get wrong**\n"
-                + "\n".join(f"- {p}" for p in METHOD_NOTES[method].pitfalls))
+                + "\n".join(f"- {p}" for p in method_identity(method).pitfalls))
 
 
 def layer_section(box: GlassBox, model: ActiveModel) -> None:

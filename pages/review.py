@@ -412,7 +412,7 @@ def results_view(session: ReviewSession) -> None:
 def create_form(reader: str) -> None:
     from xai.batch.archive import ArchiveError
     from xai.batch.inputs import items_from_uploads
-    from xai.engine import METHODS
+    from xai.method_names import METHODS, listed_methods
     from xai.sandboxed_decoder import load_radiograph_isolated
 
     with st.expander("Create a session", expanded=not review_store().sessions()):
@@ -420,7 +420,7 @@ def create_form(reader: str) -> None:
         uploads = st.file_uploader("Films (images or a zip)", accept_multiple_files=True, key="review_new_files")
         samples = list_samples()
         chosen = st.multiselect("…and/or bundled samples", list(samples), key="review_new_samples")
-        methods = st.multiselect("Methods", list(METHODS), default=list(METHODS), format_func=method_label,
+        methods = st.multiselect("Methods", listed_methods(), default=list(METHODS), format_func=method_label,
                                  key="review_new_methods")
         questions = st.multiselect("Questions", list(QUESTIONS), default=list(QUESTIONS), key="review_new_questions")
         c1, c2, c3 = st.columns(3)

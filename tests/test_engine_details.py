@@ -19,7 +19,7 @@ import torch
 from test_engine_toy import X1, OneLayer
 from torch import nn
 
-from xai import METHODS, Explainer, Explanation
+from xai import METHODS, Explainer, Explanation, export, method_names
 from xai import engine as engine_module
 from xai.engine import DETAILS, METHOD_TABLE, Method, Passes, cam_view, register_method
 from xai.scores import probabilities
@@ -197,7 +197,12 @@ def layer_cam(passes: Passes) -> torch.Tensor:
 
 def test_a_method_added_to_the_table_runs_over_the_shared_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_module, "_TABLE", dict(engine_module._TABLE))  # restored after the test
-    register_method("layercam", Method(layer_cam, cam_view, needs_target_gradient=True))
+    monkeypatch.setattr(method_names, "_IDENTITIES", dict(method_names._IDENTITIES))
+    register_method("layercam", Method(layer_cam, cam_view, needs_target_gradient=True),
+                    method_names.MethodIdentity("layercam", "LayerCAM", paper="Jiang et al., IEEE TIP 2021."))
+    # Its identity is in the one table every list and title is read from (the app, exports, the CLI).
+    assert method_names.listed_methods() == (*METHODS, "layercam")
+    assert method_names.METHOD_TITLES["layercam"] == "LayerCAM" and export.method_title("layercam") == "LayerCAM"
     with pytest.raises(ValueError, match="already registered"):
         register_method("gradcam", Method(layer_cam, cam_view, needs_target_gradient=True))
     with pytest.raises(ValueError, match="layercam"):  # the valid names listed come from the table
@@ -209,6 +214,10 @@ def test_a_method_added_to_the_table_runs_over_the_shared_passes(monkeypatch: py
     np.testing.assert_allclose(e.raw["layercam"], [[[1, 0], [0, 2]], [[0, 1], [0, 1]]], rtol=1e-6)
     np.testing.assert_allclose(e.maps["layercam"][0], [[0.5, 0], [0, 1]], rtol=1e-6)  # display: / max
     assert not e.flat["layercam"].any() and "layercam" not in METHOD_TABLE  # the module's table is untouched
+    with pytest.raises(ValueError, match="names 'other'"):
+        register_method("x", Method(layer_cam, cam_view), method_names.MethodIdentity("other", "Other"))
+    with pytest.raises(ValueError, match="names 'other'"):
+        register_method("x", Method(layer_cam, cam_view), method_names.MethodIdentity("other", "Other"))
 
 
 def test_the_table_drives_every_built_in_method(monkeypatch: pytest.MonkeyPatch) -> None:

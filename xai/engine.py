@@ -78,7 +78,7 @@ from xai.arrays import read_only
 from xai.folding import shared_fold_cache
 from xai.guided import GraphReport, GuidedState, guide_graph
 from xai.layers import TargetLayer, default_target_name, find_last_spatial_layer, last_linear, resolve_module
-from xai.method_names import METHODS
+from xai.method_names import METHODS, MethodIdentity, add_identity
 from xai.scores import probabilities
 
 __all__ = [
@@ -467,18 +467,25 @@ _TABLE: dict[str, Method] = {
 METHOD_TABLE: Mapping[str, Method] = MappingProxyType(_TABLE)
 
 
-def register_method(name: str, method: Method) -> None:
+def register_method(name: str, method: Method, identity: MethodIdentity | None = None) -> None:
     """Add ``method`` to the table under ``name``: ``explain(methods=[name])`` then computes it from the
     same shared passes, with no change to :meth:`Explainer.explain`. Existing names cannot be replaced.
+
+    ``identity`` (title, paper, formula, how-to text) goes to :mod:`xai.method_names`' table, from which the
+    app, the exports and the command line list and name methods; by default the title is ``name``.
 
     Raises:
         ValueError: ``name`` is already in the table. TypeError: ``method`` is not a :class:`Method`.
     """
     if not isinstance(method, Method):
         raise TypeError(f"method must be an xai.engine.Method, not {type(method).__name__}")
+    identity = identity or MethodIdentity(name=name, title=name)
+    if identity.name != name:
+        raise ValueError(f"identity names {identity.name!r}, not {name!r}")
     with _TABLE_LOCK:
         if name in _TABLE:
             raise ValueError(f"method {name!r} is already registered")
+        add_identity(identity)
         _TABLE[name] = method
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from xai import __version__
+from xai.method_names import METHOD_TITLES
 from xai.render import DEFAULT_CMAP, downsample_for_display, gray_to_rgb
 
 if TYPE_CHECKING:
@@ -61,12 +62,6 @@ __all__ = [
 
 APP_NAME = "ChestCOVNet XAI"
 DISCLAIMER = "Research and teaching use — not for diagnosis"
-METHOD_TITLES: Mapping[str, str] = {
-    "gradcam": "Grad-CAM",
-    "gradcam++": "Grad-CAM++",
-    "guided_backprop": "Guided Backprop",
-    "guided_gradcam": "Guided Grad-CAM",
-}
 #: Identifying attributes that ``include_patient=True`` adds (DICOM keywords, in display order).
 PATIENT_FIELDS: tuple[str, ...] = (
     "PatientName",
