@@ -216,8 +216,6 @@ def test_a_method_added_to_the_table_runs_over_the_shared_passes(monkeypatch: py
     assert not e.flat["layercam"].any() and "layercam" not in METHOD_TABLE  # the module's table is untouched
     with pytest.raises(ValueError, match="names 'other'"):
         register_method("x", Method(layer_cam, cam_view), method_names.MethodIdentity("other", "Other"))
-    with pytest.raises(ValueError, match="names 'other'"):
-        register_method("x", Method(layer_cam, cam_view), method_names.MethodIdentity("other", "Other"))
 
 
 def test_the_table_drives_every_built_in_method(monkeypatch: pytest.MonkeyPatch) -> None:
