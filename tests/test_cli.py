@@ -22,7 +22,7 @@ from xai.cli import main
 
 METHODS = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam")
 RESULT_KEYS = {"file", "probabilities", "predicted", "target", "model", "target_layer", "timings_ms", "notices",
-               "evidence_in_lungs", "lung_area_fraction"}
+               "evidence_in_lungs", "lung_area_fraction", "anatomy", "periphery", "laterality_rule"}
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Identifiers planted in a DICOM header: none may appear in any output, message or log.
@@ -398,7 +398,14 @@ def _text_page(path: Path) -> Path:
 
 
 def test_explain_json_has_the_evidence_inside_the_lungs(bundle: Path, chestcovnet_dir: Path, tmp_path: Path) -> None:
-    from xai.anatomy import evidence_in_lungs, find_lungs
+    from xai.anatomy import (
+        REGIONS,
+        anatomy_regions,
+        evidence_by_region,
+        evidence_in_lungs,
+        evidence_periphery,
+        find_lungs,
+    )
     from xai.radiograph import load_radiograph
 
     film = chestcovnet_dir / "images" / "nlm_CHNCXR_0001_0.jpg"
@@ -413,16 +420,27 @@ def test_explain_json_has_the_evidence_inside_the_lungs(bundle: Path, chestcovne
     for method in METHODS:
         heat = np.load(out / "nlm_CHNCXR_0001_0" / f"{method}.npy")
         assert record["evidence_in_lungs"][method] == pytest.approx(evidence_in_lungs(heat, lungs.mask), abs=1e-5)
+    # The anatomical readout: each map's share per region, recomputed here from the film's own regions.
+    regions = anatomy_regions(load_radiograph(film))
+    assert record["laterality_rule"] == "display convention"
+    for method in METHODS:
+        heat = np.load(out / "nlm_CHNCXR_0001_0" / f"{method}.npy")
+        shares, periphery = record["anatomy"][method], record["periphery"][method]
+        assert list(shares) == list(REGIONS) and sum(shares.values()) == pytest.approx(1.0, abs=1e-5)
+        for region, share in evidence_by_region(heat, regions).items():
+            assert shares[region] == pytest.approx(share, abs=1e-5), (method, region)
+        assert periphery == pytest.approx(evidence_periphery(heat, regions), abs=1e-5)
     # A document has no lung field: no shares, an area of 0 and a warning that names the file.
     record = json.loads((out / "page" / "result.json").read_text("utf-8"))
     assert record["lung_area_fraction"] == 0 and set(record["evidence_in_lungs"].values()) == {None}
+    assert {v for shares in record["anatomy"].values() for v in shares.values()} == {None}
     assert any("page.png" in s and "no lung field found" in s for s in _segments(stderr))
 
 
 def test_report_lung_columns_and_cohort_view(bundle: Path, chestcovnet_dir: Path, tmp_path: Path) -> None:
     import base64
 
-    from xai.anatomy import find_lungs, lung_box
+    from xai.anatomy import REGIONS, find_lungs, lung_box
     from xai.radiograph import load_radiograph
 
     inputs = tmp_path / "in"
@@ -438,6 +456,10 @@ def test_report_lung_columns_and_cohort_view(bundle: Path, chestcovnet_dir: Path
     rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "report.csv").open(encoding="utf-8"))}
     page = rows.pop("zz_page.png")
     assert page["lung_area_fraction"] == "0" and page["gradcam_in_lungs"] == ""
+    region_columns = [f"gradcam_{r.replace(' ', '_')}" for r in REGIONS]
+    assert "gradcam_right_upper_zone" in region_columns and all(page[c] == "" for c in region_columns)
+    for row in rows.values():  # one share per region for Grad-CAM, adding up to 1
+        assert sum(float(row[c]) for c in region_columns) == pytest.approx(1.0, abs=1e-4)
     registered = {}
     for name, row in rows.items():
         film = inputs / ("site_b" if name.startswith("mhh") else "site_a") / name
@@ -460,6 +482,14 @@ def test_report_lung_columns_and_cohort_view(bundle: Path, chestcovnet_dir: Path
     assert "Where the model looks, relative to the lungs" in html_page
     assert "site_a — 2 films" in html_page and "site_b — 1 film" in html_page  # the document is left out
     assert "no lung field found" in html_page
+    # The cohort view's stacked bars: one per group with a readout, with the group's mean shares.
+    predicted = {row["prediction"] for row in rows.values()}  # the document has no lung field: in no group
+    assert html_page.count("<div class='bar'>") == 2 + len(predicted)  # site_a, site_b and each predicted class
+    site_a = [rows[n] for n in ("nih_00008727_009.jpg", "nlm_CHNCXR_0001_0.jpg")]
+    mean = {r: np.mean([float(row[f"gradcam_{r.replace(' ', '_')}"]) for row in site_a]) for r in REGIONS}
+    from xai.anatomy import readout_sentence
+
+    assert f"site_a — 2 films<br>{readout_sentence(mean)}" in html_page
     from xai.batch.report import Report, ReportMeta, ReportRow
 
     tally = Report(ReportMeta(("gradcam",), ("non_covid", "covid19"), {}, "covid19"))

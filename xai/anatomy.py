@@ -40,6 +40,23 @@ inside the mask dilated by :data:`DEFAULT_DILATION` of the image width (a disc; 
 evidence from counting as outside — Field guide section 6). Both signs count as evidence (a signed map such as
 Integrated Gradients marks where the model looks either way). :func:`evidence_outside` splits the rest by
 region (film border, above, below, beside or between the lungs) so a warning can say where it lies.
+
+**The anatomical readout** answers "where is it looking?" in a radiologist's words:
+
+.. code-block:: python
+
+    regions = anatomy_regions(radiograph)            # 13 named, disjoint bool masks covering the film
+    shares = evidence_by_region(saliency, regions)   # {region: share of sum |s|}; sums to 1; nan for a flat map
+    readout_sentence(shares)                         # "58% heart and mediastinum · 22% left lower zone"
+
+The regions (:data:`REGIONS`) are the six lung zones of the visible lung fields (NLM convention; upper, middle
+and lower = thirds of each lung's own height, the usual stand-in for the Brixia zones), ``heart and
+mediastinum`` (the retrocardiac lung the V7 convention adds, plus the space between the lungs), ``above`` /
+``below the lungs``, ``chest wall``, ``outside the body``, ``film border`` and ``text and markers``; the
+patient's right and left follow the DICOM PatientOrientation when the file gives it, the display convention
+otherwise (:func:`laterality`). Definitions in :func:`anatomy_regions_from_masks`. Both lung conventions come
+from one pass of the network (:func:`find_lung_fields`), and several maps of one film are scored with one
+weighted histogram each (:func:`anatomy_readout`).
 """
 
 from __future__ import annotations
@@ -68,6 +85,7 @@ __all__ = [
     "LUNG_ZONES",
     "PERIPHERY",
     "REGIONS",
+    "REGION_COLOURS",
     "anatomy_readout",
     "anatomy_regions",
     "anatomy_regions_from_masks",
@@ -510,6 +528,11 @@ REGIONS: tuple[str, ...] = (
 #: The six lung zones (the visible lung fields, NLM convention): Brixia's zones approximated by thirds.
 LUNG_ZONES: tuple[str, ...] = REGIONS[:6]
 PERIPHERY: tuple[str, ...] = ("peripheral", "central")
+#: One colour per region for stacked bars and legends: the lung zones in blues (right) and greens (left), light
+#: to dark from upper to lower; heart and mediastinum red; the rest in distinct hues (outside the body near black).
+REGION_COLOURS: dict[str, str] = dict(zip(REGIONS, (
+    "#9ecae1", "#4292c6", "#08519c", "#a1d99b", "#41ab5d", "#006d2c", "#d62728", "#9467bd", "#8c564b", "#e7ba52",
+    "#222222", "#7f7f7f", "#ffdd00"), strict=True))
 _HEART, _ABOVE, _BELOW, _WALL, _OUTSIDE, _BORDER, _TEXT = range(6, 13)
 #: Longest side of the grid the body outline is searched on (the outline is smooth; 256 px keeps it ~2 ms).
 BODY_SIDE = 256
@@ -653,7 +676,10 @@ def _text_and_markers(radiograph: Radiograph | np.ndarray, pixels: np.ndarray,
         return None, "not looked for (xai.markers is not available)"
     film = radiograph if isinstance(radiograph, Radiograph) else Radiograph(
         pixels=pixels, modality_values=pixels, window=None, format="array", bits_stored=8, photometric="MONOCHROME2")
-    return np.asarray(text_and_marker_mask(film, ocr=ocr), bool), "xai.markers.text_and_marker_mask"
+    try:
+        return np.asarray(text_and_marker_mask(film, ocr=ocr), bool), "xai.markers.text_and_marker_mask"
+    except (RuntimeError, OSError, ValueError) as exc:  # OCR asked for but missing, or failing on this film
+        return None, f"not looked for ({exc})"
 
 
 def anatomy_regions_from_masks(pixels: np.ndarray, visible: LungField | np.ndarray, lungs: LungField | np.ndarray,

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 ROW_FILE = "row.json"
 THUMBS = "thumbs"
-ROW_VERSION = 1
+ROW_VERSION = 2  # 2: the anatomical readout (anatomy, periphery)
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ class FilmRunner:
             row.stability, notice = stability_record(result, self.model, self.checks.second_model)
             row.notices += notice
         if spec.lungs:
-            row.notices += lung_record(row, task, film, result.predicted)
+            row.notices += lung_record(row, task, film, result.predicted, radiograph=result.radiograph)
         row.files = tuple(files)
         write_atomic(folder / ROW_FILE, json.dumps({"version": ROW_VERSION, "key": self.key(task),
                                                     "row": row.to_dict()}).encode("utf-8"))
@@ -331,16 +331,20 @@ def ood_record(result: PipelineResult, model: LoadedModel, stats: OODStats | Non
     return _plain(asdict(verdict)), ()
 
 
-def lung_record(row: ReportRow, task: FilmTask, film: Film, predicted: str) -> tuple[str, ...]:
-    """Fill ``row``'s lung figures and cohort groups (:mod:`xai.batch.lungs`); the notices to add."""
+def lung_record(row: ReportRow, task: FilmTask, film: Film, predicted: str, *,
+                radiograph: Radiograph | None = None) -> tuple[str, ...]:
+    """Fill ``row``'s lung figures, anatomical readout and cohort groups (:mod:`xai.batch.lungs`); the notices
+    to add. ``radiograph``: the decoded film (laterality from its DICOM header, markers at full resolution)."""
     from xai.anatomy import LungModelError
     from xai.batch.lungs import NO_LUNG_NOTICE, lung_figures
 
     try:
-        figures = lung_figures(film.pixels, film.maps)
+        figures = lung_figures(film.pixels, film.maps, radiograph=radiograph)
     except (LungModelError, ValueError, RuntimeError) as exc:
         return (f"no lung figures: {exc}",)
     row.in_lungs = figures.in_lungs
+    row.anatomy = figures.anatomy
+    row.periphery = figures.periphery
     row.lung_area_fraction = figures.area_fraction
     row.registered = figures.registered()
     row.groups = {"predicted class": predicted}

@@ -20,6 +20,9 @@ table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;paddin
 td:first-child,th:first-child{text-align:left}.card{background:#fff;border:1px solid #ddd;margin:1rem 0;padding:.75rem}
 .strip{display:flex;flex-wrap:wrap;gap:.5rem}.strip figure{margin:0}.strip img{max-width:256px;height:auto;display:block}
 figcaption{font-size:.8rem;color:#555}.warn{color:#a40}.fail{color:#b00}.note{font-size:.85rem;color:#555}
+.bar{display:flex;width:192px;height:14px;border:1px solid #999;margin:.25rem 0}.bar span{display:block;height:100%}
+.legend span{display:inline-block;margin-right:.75rem;font-size:.8rem}
+.legend i{display:inline-block;width:.8rem;height:.8rem;margin-right:.25rem;vertical-align:middle;border:1px solid #999}
 """
 TAIL = "</body></html>\n"
 
@@ -81,6 +84,24 @@ def head(report: Report) -> str:
     return "".join(parts)
 
 
+def region_bar(shares: Mapping[str, float]) -> str:
+    """A stacked bar of shares per region (inline HTML/CSS; each piece's tooltip names its region and share)."""
+    from xai.anatomy import REGION_COLOURS
+
+    e = html.escape
+    pieces = "".join(f"<span style='width:{100 * shares[r]:.2f}%;background:{c}' title='{e(r)} {shares[r]:.0%}'>"
+                     "</span>" for r, c in REGION_COLOURS.items() if shares.get(r, 0) > 0)
+    return f"<div class='bar'>{pieces}</div>"
+
+
+def region_legend() -> str:
+    """The colour key of :func:`region_bar`."""
+    from xai.anatomy import REGION_COLOURS
+
+    return "<p class='legend'>" + "".join(f"<span><i style='background:{c}'></i>{html.escape(r)}</span>"
+                                          for r, c in REGION_COLOURS.items()) + "</p>"
+
+
 def cohort_section(report: Report) -> str:
     """Where the model looks on average relative to the lungs: one mean registered map per group."""
     from xai.batch.lungs import COHORT_METHOD, cohort_image
@@ -95,13 +116,21 @@ def cohort_section(report: Report) -> str:
              "the films in each group, each film's map first cropped to its lungs' bounding box and resampled to a "
              "common square (so films of any size and framing line up lung on lung); cyan: the lung outline of at "
              "least half the films. Colours run from 0 to each group's own maximum. Films without a lung field "
-             "are left out.</p>"]
+             "are left out. Under each map: the group's mean share of that map per anatomical region (lung zones = "
+             "thirds of each visible lung's height; the patient's right and left), as a stacked bar and its two "
+             "largest regions.</p>", region_legend()]
     for grouping in groupings:
         parts.append(f"<h3>By {e(grouping)}</h3><div class='strip'>")
+        readouts = report.cohort.region_means(grouping)
         for name, n, mean_map, mean_lungs in report.cohort.means(grouping):
             jpeg = jpeg_bytes(cohort_image(mean_map, mean_lungs), quality=90)
-            parts.append(f"<figure><img alt='{e(name)}' src='{_data_uri(jpeg)}'><figcaption>{e(name)} — "
-                         f"{n} film{'s' if n != 1 else ''}</figcaption></figure>")
+            bar = sentence = ""
+            if name in readouts:
+                from xai.anatomy import readout_sentence
+
+                bar, sentence = region_bar(readouts[name]), f"<br>{e(readout_sentence(readouts[name]))}"
+            parts.append(f"<figure><img alt='{e(name)}' src='{_data_uri(jpeg)}'>{bar}<figcaption>{e(name)} — "
+                         f"{n} film{'s' if n != 1 else ''}{sentence}</figcaption></figure>")
         parts.append("</div>")
     return "".join(parts)
 
@@ -130,6 +159,11 @@ def card(row: ReportRow) -> str:
             caption += f" — hit {int(a['hit'])}, inside {a['energy_inside']:.2f}, IoU {a['iou_otsu']:.2f}"
         if row.in_lungs.get(key) is not None:
             caption += f" — in lungs {row.in_lungs[key]:.2f}"
+        shares = row.anatomy.get(key) or {}
+        if shares and all(v is not None for v in shares.values()):
+            from xai.anatomy import readout_sentence
+
+            caption += f" — {e(readout_sentence(shares))}"
         if key in row.stability and "spearman_mean" in row.stability[key]:
             caption += f" — stability: Spearman mean {row.stability[key]['spearman_mean']:.2f}"
         parts.append(f"<figure><img alt='{e(key)}' src='{_data_uri(jpeg)}'><figcaption>{caption}</figcaption></figure>")

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from xai.batch import html as report_html_parts
 from xai.batch.html import ood_warning_text
-from xai.batch.lungs import CohortTally
+from xai.batch.lungs import COHORT_METHOD, CohortTally
 
 AGREEMENT_KEYS = ("hit", "energy_inside", "iou_otsu")
 #: Stability columns per method (:meth:`xai.trust.stability.StabilityResult.summary`); ``_checkpoint``
@@ -57,6 +57,10 @@ class ReportRow:
     in_lungs: dict[str, float | None] = field(default_factory=dict)
     """Share of each map's mass inside the (dilated) lung field; None for a flat map or no lung field."""
     lung_area_fraction: float | None = None
+    anatomy: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """Per method: the share of its mass per anatomical region (:data:`xai.anatomy.REGIONS`; None: unknown)."""
+    periphery: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """Per method: ``{"peripheral": x, "central": y}`` inside the lung zones (None: unknown)."""
     registered: dict[str, str] | None = field(default=None, repr=False)
     """The Grad-CAM map and lung mask registered to the lungs' box (:mod:`xai.batch.lungs`), for the cohort."""
     groups: dict[str, str] = field(default_factory=dict)
@@ -130,7 +134,7 @@ class Report:
         if row.agreement and row.box_fraction is not None:
             self._box_shares.append(float(row.box_fraction))
         if row.registered:
-            self.cohort.add(row.registered, row.groups)
+            self.cohort.add(row.registered, row.groups, row.anatomy.get(cohort_method(self.meta.methods)))
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Per method over images with boxes: ``n``, ``hit_rate``, ``mean_energy_inside``, ``miou``."""
@@ -181,12 +185,26 @@ def _blank_none(value: Any) -> Any:
     return "" if value is None else value
 
 
+def cohort_method(methods: tuple[str, ...]) -> str:
+    """The method the cohort view and the region columns describe: Grad-CAM when run, else the first."""
+    return COHORT_METHOD if COHORT_METHOD in methods else methods[0]
+
+
+def region_columns(methods: tuple[str, ...]) -> list[str]:
+    """One CSV column per anatomical region for :func:`cohort_method`: ``gradcam_right_upper_zone``, ..."""
+    from xai.anatomy import REGIONS
+
+    method = cohort_method(methods)
+    return [f"{method}_{region.replace(' ', '_')}" for region in REGIONS]
+
+
 def csv_header(meta: ReportMeta) -> list[str]:
     header = ["file", "status", "error", "prediction", "probability", "target"]
     header += [f"p_{c}" for c in meta.class_names] + list(OOD_KEYS) + ["n_boxes", "box_fraction"]
     header += [f"{m}_{k}" for m in meta.methods for k in AGREEMENT_KEYS]
     if meta.lungs:
         header += ["lung_area_fraction"] + [f"{m}_in_lungs" for m in meta.methods]
+        header += region_columns(meta.methods)
     if meta.stability:
         header += [f"{m}_stability_{k}" for m in meta.methods for k in STABILITY_KEYS]
     return header
@@ -204,6 +222,10 @@ def csv_values(meta: ReportMeta, row: ReportRow) -> list[Any]:
     if meta.lungs:
         values += [row.lung_area_fraction]
         values += [_blank_none(row.in_lungs.get(m)) for m in meta.methods]
+        from xai.anatomy import REGIONS
+
+        shares = row.anatomy.get(cohort_method(meta.methods), {})
+        values += [_blank_none(shares.get(region)) for region in REGIONS]
     if meta.stability:
         values += [row.stability.get(m, {}).get(k, "") for m in meta.methods for k in STABILITY_KEYS]
     return [csv_cell(v) for v in values]
