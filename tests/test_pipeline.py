@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,10 +14,10 @@ from xai.pipeline import (
     PREDICTED,
     TargetError,
     explain_source,
-    predicted_index,
     resolve_target,
     result_record,
 )
+from xai.scores import DecisionRule, predicted_index
 
 CLASSES = ("non_covid", "covid19")
 
@@ -82,6 +83,9 @@ def test_predicted_index_uses_the_threshold_on_the_positive_class() -> None:
     assert predicted_index(p, threshold=0.25, positive_index=1) == 1
     assert predicted_index(p, threshold=0.35, positive_index=1) == 0
     assert predicted_index(np.array([0.2, 0.5, 0.3]), threshold=0.1, positive_index=1) == 1  # arg-max
+    # The card's rule: a film at P(covid19) = 0.3 is "covid19" at ChestCOVNet's threshold 0.27 (arg-max: not).
+    card = SimpleNamespace(threshold=0.27, positive_class="covid19", class_names=("non_covid", "covid19"))
+    assert DecisionRule.of(card).decide([0.7, 0.3]) == 1 and DecisionRule.of(None).decide([0.7, 0.3]) == 0
 
 
 def test_maps_on_the_original_grid_for_jpeg_and_dicom(tiny_model, chestcovnet_dir: Path, dicom_dir: Path) -> None:

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import numpy as np
 
+from xai.scores import DecisionRule
+
 if TYPE_CHECKING:  # heavy imports (torch) only when a pipeline actually runs
     import torch
 
@@ -71,30 +73,6 @@ def resolve_target(spec: str | int | None, class_names: Sequence[str]) -> int | 
     return index % len(class_names)
 
 
-def predicted_index(probabilities: np.ndarray, *, threshold: float | None = None, positive_index: int | None = None) -> int:
-    """The model's decision for one image.
-
-    A two-class model whose card names a positive class decides on the card's threshold: positive when
-    P(positive) >= threshold (ChestCOVNet: P(covid19)). Otherwise: the most probable class.
-    """
-    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
-    if threshold is not None and positive_index is not None and probabilities.size == 2:
-        return positive_index if probabilities[positive_index] >= threshold else 1 - positive_index
-    return int(np.argmax(probabilities))
-
-
-def card_decision_rule(model: LoadedModel) -> dict[str, Any]:
-    """``threshold`` and ``positive_index`` keyword arguments for :func:`predicted_index` from a card."""
-    card = model.card
-    threshold = getattr(card, "threshold", None)
-    positive = getattr(card, "positive_class", None)
-    names = tuple(card.class_names)
-    return {
-        "threshold": None if threshold is None else float(threshold),
-        "positive_index": names.index(positive) if positive in names else None,
-    }
-
-
 @dataclass(frozen=True)
 class PipelineResult:
     """One explained image, with every map on the original pixel grid.
@@ -143,7 +121,7 @@ def explain_radiograph(
     """Explain a loaded radiograph with ``model`` and map every result back to its pixel grid.
 
     ``target`` is a class name, an index or ``"predicted"`` (the card's decision rule, see
-    :func:`predicted_index`). Raises :class:`TargetError` for a target the model does not have.
+    :class:`xai.scores.DecisionRule`). Raises :class:`TargetError` for a target the model does not have.
     """
     (result,) = explain_radiographs(
         [radiograph], model, names=[name], methods=methods, target=target, explainer=explainer, load_ms=[load_ms]
@@ -188,10 +166,10 @@ def explain_radiographs(
     prepared_films = [prepare(radiograph, model.card.preprocessing) for radiograph in radiographs]
     batch = torch.cat([tensor for tensor, _ in prepared_films])
     prepared = time.perf_counter()
-    rule = card_decision_rule(model)
+    rule = DecisionRule.of(model.card)
 
     def decide(batch_probabilities: np.ndarray) -> list[int]:
-        return [predicted_index(p, **rule) for p in batch_probabilities]
+        return [rule.decide(p) for p in batch_probabilities]
 
     # The card's decision is taken from the forward pass, before the backward pass: a film whose decision
     # is not the arg-max (ChestCOVNet's threshold on P(covid19) is far below 0.5) needs no second pass.

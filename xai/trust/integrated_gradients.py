@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from xai.scores import DecisionRule, probabilities
 from xai.trust.model_access import Progress, on_model, report, to_numpy, unpack_model
 
 __all__ = ["IGResult", "black_baseline", "ig_display", "integrated_gradients", "trapezoid_weights"]
@@ -105,7 +106,7 @@ def integrated_gradients(
     """Integrated Gradients of the target logit for one prepared input ``x`` (1, C, H, W).
 
     ``model``: nn.Module or models.LoadedModel (whose card's preprocessing defines the black baseline).
-    ``target``: class index (default: the arg-max logit at ``x``).
+    ``target``: class index (default: the class the model predicts at ``x``, by its card's decision rule).
     """
     module, _layer, card = unpack_model(model)
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
@@ -132,7 +133,7 @@ def integrated_gradients(
     with torch.no_grad():
         logits = module(torch.cat([x, base]))
     if target is None:
-        target = int(logits[0].argmax())
+        target = DecisionRule.of(card).decide(to_numpy(probabilities(logits[:1].float()))[0])  # the card's rule
     if not 0 <= int(target) < logits.shape[1]:
         raise ValueError(f"target {target} out of range for {logits.shape[1]} classes")
     target = int(target)

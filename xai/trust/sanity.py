@@ -38,8 +38,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from xai.scores import DecisionRule
 from xai.trust import metrics
-from xai.trust.model_access import MapFn, Progress, compute_maps, private_copy, report, unpack_model
+from xai.trust.model_access import (
+    MapFn,
+    Progress,
+    class_probabilities,
+    compute_maps,
+    private_copy,
+    report,
+    unpack_model,
+)
 
 __all__ = [
     "GUIDED_NOTE",
@@ -239,11 +248,13 @@ def sanity_check(
     methods = tuple(METHODS) if methods is None else tuple(methods)
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"x must be a prepared tensor of shape (1, C, H, W), got {getattr(x, 'shape', x)}")
-    module, layer, _card = unpack_model(model, target_layer)
+    module, layer, card = unpack_model(model, target_layer)
     started = time.perf_counter()
     report(progress, 0.0, "copying the model")
     clone = private_copy(module)
     explainer = Explainer(clone, target_layer=layer)
+    if target is None:  # the class the model predicts by its card's rule, as on every page
+        target = DecisionRule.of(card).decide(class_probabilities(clone, x)[0])
     originals, flat, target_index, _ = compute_maps(explainer, clone, x, target, methods, extra)
     names = tuple(originals)
     groups = cascade_groups(clone, max_steps=max_steps)

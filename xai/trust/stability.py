@@ -29,6 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from xai.scores import DecisionRule
 from xai.trust import metrics
 from xai.trust.model_access import (
     MapFn,
@@ -241,7 +242,8 @@ def stability(
         methods = tuple(reference_maps) if reference_maps is not None else tuple(METHODS)
     methods = tuple(m for m in methods if m not in (extra or {}))
     pre = preprocessing_of(model, preprocessing)
-    module, layer, _card = unpack_model(model, target_layer)
+    module, layer, card = unpack_model(model, target_layer)
+    rule = DecisionRule.of(card)  # the card's decision, as on every page
     pixels = np.asarray(getattr(image, "pixels", image), dtype=np.float32)
     if pixels.ndim != 2:
         raise ValueError(f"image must be a Radiograph or a 2-D gray array, got shape {pixels.shape}")
@@ -256,10 +258,13 @@ def stability(
         return {m: _to_grid(geometry.to_original(h), grid) for m, h in maps.items()}, tgt, probs
 
     report(progress, 0.0, "reference maps")
-    if reference_maps is None or target is None:
+    given_maps = reference_maps if target is not None else None  # maps given without a class: recomputed
+    if target is None:  # the class the model predicts by its card's rule
+        target = rule.decide(class_probabilities(module, prepare(pixels, pre)[0])[0])
+    if given_maps is None:
         ref, target, ref_probs = explain(pixels, explainer, module, pre, target)
     else:
-        ref = {m: _to_grid(np.asarray(reference_maps[m], dtype=np.float32), grid) for m in reference_maps}
+        ref = {m: _to_grid(np.asarray(given_maps[m], dtype=np.float32), grid) for m in given_maps}
         if extra:
             x0, g0 = prepare(pixels, pre)
             more, _f, _t, _p = compute_maps(explainer, module, x0, target, (), extra)
@@ -286,7 +291,7 @@ def stability(
                 row_r[m], row_s[m], row_i[m] = _compare(ref[m], aligned, valid)
             comparisons.append(Comparison(pert.name, MappingProxyType(row_r), MappingProxyType(row_s),
                                           MappingProxyType(row_i), float(probs[i, target]),
-                                          int(np.argmax(probs[i]))))
+                                          rule.decide(probs[i])))
         report(progress, (start + len(chunk) + 1) / n_total, ", ".join(p.name for p in chunk))
 
     checkpoint = None
@@ -300,13 +305,14 @@ def stability(
             cr[m], cs[m], ci[m] = _compare(ref[m], maps[m], valid)
         name = str(getattr(getattr(second_model, "card", None), "name", "second checkpoint"))
         checkpoint = Comparison(f"checkpoint {name}", MappingProxyType(cr), MappingProxyType(cs),
-                                MappingProxyType(ci), float(probs[target]), int(np.argmax(probs)))
+                                MappingProxyType(ci), float(probs[target]),
+                                DecisionRule.of(getattr(second_model, "card", None)).decide(probs))
         report(progress, 1.0, "second checkpoint")
 
     if flat_ref:
         notes.append("flat map on the unchanged image (no evidence for this class at the target layer): "
                      + ", ".join(sorted(flat_ref)) + " — stability not defined (NaN)")
-    ref_pred = int(np.argmax(ref_probs))
+    ref_pred = rule.decide(ref_probs)
     flipped = [c.name for c in comparisons if c.predicted != ref_pred]
     if flipped:
         notes.append("the predicted class changed under: " + ", ".join(flipped)
