@@ -4,7 +4,9 @@
 loopback only, ``RemoteAccessAllowed`` false, free HTTP and DICOM ports, the DICOMweb plugin at
 ``/dicom-web/``), runs ``Orthanc config.json`` in the foreground as a child process and waits until it
 answers; ``stop()`` terminates it (and kills it if it does not exit). With ``users`` it requires HTTP basic
-authentication (``AuthenticationEnabled`` + ``RegisteredUsers``). No service manager is involved.
+authentication (``AuthenticationEnabled`` + ``RegisteredUsers``); ``settings`` override configuration entries
+(e.g. ``MaximumPatientCount`` with a protected patient: a full PACS that refuses new patients).
+No service manager is involved.
 
 The Debian packages ``orthanc`` and ``orthanc-dicomweb`` provide the binary and the plugin (``make orthanc``).
 """
@@ -34,11 +36,13 @@ def free_port() -> int:
 class OrthancServer:
     """One Orthanc process with its own configuration and storage in ``folder``."""
 
-    def __init__(self, folder: Path, *, users: Mapping[str, str] | None = None) -> None:
+    def __init__(self, folder: Path, *, users: Mapping[str, str] | None = None,
+                 settings: Mapping[str, object] | None = None) -> None:
         assert Path(ORTHANC).exists(), "Orthanc missing: `make orthanc` installs it (Debian package orthanc)"
         assert DICOMWEB_PLUGIN.exists(), "DICOMweb plugin missing: `make orthanc` (Debian package orthanc-dicomweb)"
         self.folder = Path(folder)
         self.users = dict(users or {})
+        self.settings = dict(settings or {})
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -76,7 +80,7 @@ class OrthancServer:
             "LimitFindResults": 0,
             "LimitFindInstances": 0,
             "QueryRetrieveSize": 100,
-        }
+        } | self.settings
 
     def start(self, timeout_s: float = 30.0) -> OrthancServer:
         path = self.folder / "orthanc.json"
@@ -114,6 +118,12 @@ class OrthancServer:
         r = requests.post(f"{self.base}/instances", data=data, auth=self._auth(), timeout=30)
         r.raise_for_status()
         return r.json()
+
+    def protect_all_patients(self) -> None:
+        """Mark every patient protected: with ``MaximumPatientCount`` reached, Orthanc refuses a new one."""
+        for patient in requests.get(f"{self.base}/patients", auth=self._auth(), timeout=30).json():
+            requests.put(f"{self.base}/patients/{patient}/protected", data="1", auth=self._auth(),
+                         timeout=30).raise_for_status()
 
     def clear(self) -> None:
         """Delete every study (a clean PACS between tests)."""
