@@ -263,7 +263,6 @@ def mix_styles(x: Tensor, groups: Tensor, generator: torch.Generator, alpha: flo
 
 
 # ------------------------------------------------------------------------------------------ lung masks
-LUNGS_DIR_NAME = "lungs"
 
 
 def mask_to_model(mask: np.ndarray, geometry) -> np.ndarray:  # noqa: ANN001 - xai.preprocessing.Geometry

@@ -282,15 +282,6 @@ def overlay_png(
     return _png_with_text(rgb, provenance_text(provenance))
 
 
-def provenance_png(rgb: NDArray[np.uint8], provenance: Provenance) -> bytes:
-    """Full-resolution PNG whose pixels are ``rgb`` unchanged, provenance in its text chunks.
-
-    For file outputs that must keep the original pixel grid (CLI and batch overlays): the model name,
-    sha256, app version, settings, date and disclaimer travel as ``iTXt`` chunks, never patient data.
-    """
-    return _png_with_text(np.ascontiguousarray(rgb, dtype=np.uint8), provenance_text(provenance))
-
-
 # ----------------------------------------------------------------------------------------- report
 @dataclass(frozen=True)
 class ReportSpec:

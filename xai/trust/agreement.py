@@ -37,10 +37,6 @@ class AgreementResult:
     iou_otsu: float
     tolerance_px: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "hit": self.hit, "energy_inside": self.energy_inside,
-                "iou_otsu": self.iou_otsu}
-
 
 def boxes_to_mask(boxes: Sequence[tuple[float, float, float, float]], shape: tuple[int, int]) -> np.ndarray:
     """Union of (x, y, w, h) boxes as a boolean mask of ``shape`` (H, W)."""

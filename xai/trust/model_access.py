@@ -109,14 +109,6 @@ def first_map(maps: Any, method: str) -> np.ndarray:
     return np.asarray(maps[method], dtype=np.float64)[0]
 
 
-def is_flat(explanation: Any, method: str) -> bool:
-    """Whether the engine flagged the first image's map for ``method`` as flat."""
-    flat = getattr(explanation, "flat", {}) or {}
-    if method not in flat:
-        return bool(np.ptp(first_map(explanation.maps, method)) == 0)
-    return bool(np.asarray(flat[method]).reshape(-1)[0])
-
-
 #: An extra map to judge beside the engine's: ``fn(module, x (1, C, H, W), target) -> (H, W)`` non-negative map on
 #: the model-input grid (e.g. Integrated Gradients, or a weight-free baseline such as an edge detector).
 MapFn = Callable[[Any, Any, int], np.ndarray]

@@ -113,10 +113,6 @@ class SanityResult:
         """Spearman correlation after randomising every group (the number on the badge)."""
         return {m: self.spearman[m][-1] for m in self.methods}
 
-    @property
-    def final_ssim(self) -> dict[str, float]:
-        return {m: self.ssim[m][-1] for m in self.methods}
-
     def first_change(self, method: str) -> str | None:
         """Label of the first cascade step after which Spearman drops below the threshold (None: never).
 
