@@ -118,11 +118,11 @@ def engine_bound(model: Any, films: list[Path]) -> Clock:
 def local_report(model: Any, films: list[Path], out: Path, *, profile: bool, batch_size: int,
                  isolated: bool = True) -> Clock:
     import models
-    from xai.batch.films import Checks, ReportSpec
+    from xai.batch.films import BatchSpec, Checks
     from xai.batch.inputs import collect_inputs
     from xai.batch.run import run_report
 
-    spec = ReportSpec(methods=METHODS, target="covid19", batch_size=batch_size, isolated=isolated)
+    spec = BatchSpec(methods=METHODS, target="covid19", batch_size=batch_size, isolated=isolated)
     checks = Checks(ood_stats=models.ood_stats(model))
     items = collect_inputs(films)
     profiler = cProfile.Profile() if profile else None
@@ -144,13 +144,13 @@ def ray_reports(model: Any, films: list[Path], out: Path) -> dict[str, dict[str,
 
     import ray
 
-    from xai.batch.films import ReportSpec
+    from xai.batch.films import BatchSpec
     from xai.batch.inputs import collect_inputs
     from xai.batch.ray_engine import start_local_ray
     from xai.batch.run import report_meta
     from xai.cli import worker_setup
 
-    spec = ReportSpec(methods=METHODS, target="covid19")
+    spec = BatchSpec(methods=METHODS, target="covid19")
     started = time.perf_counter()
     start_local_ray(2)
     rows: dict[str, dict[str, float]] = {"ray start-up": {"total": time.perf_counter() - started}}

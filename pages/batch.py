@@ -21,7 +21,7 @@ from pages._methods import method_label
 from pages._models import require_model
 from xai.batch.archive import ArchiveError, ZipLimits, zip_folder
 from xai.batch.boxes import BoxesError, parse_boxes
-from xai.batch.films import Checks, ReportSpec
+from xai.batch.films import BatchSpec, Checks
 from xai.batch.inputs import items_from_uploads
 from xai.batch.names import content_sha256, export_stem
 from xai.batch.outputs import COMPACT, FULL_RESOLUTION
@@ -106,7 +106,7 @@ if submitted:
         def _progress(done: int, total: int, _row: object) -> None:
             bar.progress(done / max(total, 1), text=f"{done} of {total} done")
 
-        spec = ReportSpec(methods=tuple(methods), target=target, stability=stability, overlays=_SIZES[size])
+        spec = BatchSpec(methods=tuple(methods), target=target, stability=stability, overlays=_SIZES[size])
         checks = Checks(ood_stats=models.ood_stats(model.loaded),
                         second_model=models.second_checkpoint(model.card) if stability else None)
         with tempfile.TemporaryDirectory(prefix="xai-batch-") as tmp:

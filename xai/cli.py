@@ -235,7 +235,7 @@ def _lung_record(result: Any, stderr: TextIO, bar: Any) -> dict[str, Any]:
 
 def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from xai.batch.boxes import BoxesError, load_boxes
-    from xai.batch.films import ReportSpec
+    from xai.batch.films import BatchSpec
     from xai.batch.outputs import COMPACT, FULL_RESOLUTION
     from xai.batch.run import default_report_target, report_meta, run_report
 
@@ -248,7 +248,7 @@ def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
         raise UsageError("--only-boxed needs --boxes")
     model = _load_model(args.model)
     target = args.target if args.target is not None else default_report_target(model.card.class_names)
-    spec = ReportSpec(methods=methods, target=target, stability=args.stability,
+    spec = BatchSpec(methods=methods, target=target, stability=args.stability,
                       overlays=FULL_RESOLUTION if args.full_resolution else COMPACT,
                       isolated=not args.no_isolation, batch_size=args.batch_size)
     meta = report_meta(model, spec)  # TargetError -> usage error before any work

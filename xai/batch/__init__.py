@@ -27,7 +27,7 @@ _EXPORTS = {
     "inputs": ("InputItem", "NOT_IMAGE_SUFFIXES", "collect_inputs", "iter_inputs", "items_from_uploads"),
     "boxes": ("Box", "BoxesError", "load_boxes", "parse_boxes", "boxes_mask", "draw_boxes"),
     "outputs": ("OverlayFormat", "COMPACT", "FULL_RESOLUTION", "write_explain_outputs", "png_bytes", "jpeg_bytes"),
-    "films": ("ReportSpec", "Checks", "FilmTask", "FilmRunner", "iter_explained", "load_item"),
+    "films": ("BatchSpec", "Checks", "FilmTask", "FilmRunner", "iter_explained", "load_item"),
     "report": ("AGREEMENT_KEYS", "Report", "ReportMeta", "ReportRow", "ReportWriter", "report_texts"),
     "run": ("run_report", "plan_tasks", "report_meta", "default_report_target"),
     "ray_engine": ("run_report_ray",),

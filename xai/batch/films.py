@@ -50,8 +50,9 @@ ROW_VERSION = 2  # 2: the anatomical readout (anatomy, periphery)
 
 
 @dataclass(frozen=True)
-class ReportSpec:
-    """What a report computes and writes (one object for the local and the Ray engines).
+class BatchSpec:
+    """What a batch run computes and writes (one object for the local and the Ray engines; not to be
+    confused with :class:`xai.export.ReportSpec`, the content of one film's report page).
 
     ``target``: class name, index or ``"predicted"``; ``overlays``: the overlay files' format (compact
     JPEG by default, :data:`~xai.batch.outputs.FULL_RESOLUTION` for PNG on the film's grid);
@@ -128,7 +129,7 @@ class FilmRunner:
     """
 
     model: LoadedModel
-    spec: ReportSpec
+    spec: BatchSpec
     out_dir: Path
     checks: Checks = field(default_factory=Checks)
     explainer: Explainer | None = None

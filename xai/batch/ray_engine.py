@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xai.batch.boxes import Box
-from xai.batch.films import Checks, FilmRunner, FilmTask, ReportSpec
+from xai.batch.films import BatchSpec, Checks, FilmRunner, FilmTask
 from xai.batch.inputs import InputItem
 from xai.batch.report import Report, ReportMeta, ReportRow, ReportWriter
 from xai.batch.run import Progress, plan_tasks
@@ -46,7 +46,7 @@ LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 class RayFilms:
     """The Ray Data callable class: a :class:`FilmRunner` per worker, built once in ``__init__``."""
 
-    def __init__(self, setup: Setup, spec: ReportSpec, out_dir: str, resume: bool, threads: int = 1) -> None:
+    def __init__(self, setup: Setup, spec: BatchSpec, out_dir: str, resume: bool, threads: int = 1) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -113,7 +113,7 @@ def _data_context() -> None:
     context.execution_options.preserve_order = True
 
 
-def _pipeline(tasks: list[str], spec: ReportSpec, setup: Setup, out_dir: Path, resume: bool, workers: int) -> Any:
+def _pipeline(tasks: list[str], spec: BatchSpec, setup: Setup, out_dir: Path, resume: bool, workers: int) -> Any:
     """The Ray Data pipeline: tasks -> ``workers`` actors of :class:`RayFilms`, ``spec.batch_size`` films a call.
 
     Each actor has at most two batches in flight (the next one is waiting when it finishes one, and no more
@@ -136,7 +136,7 @@ def run_report_ray(
     items: Sequence[InputItem],
     meta: ReportMeta,
     out_dir: Path,
-    spec: ReportSpec,
+    spec: BatchSpec,
     setup: Setup,
     *,
     workers: int = 2,

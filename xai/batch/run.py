@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from xai.batch.boxes import Box
-from xai.batch.films import Checks, FilmRunner, FilmTask, ReportSpec
+from xai.batch.films import BatchSpec, Checks, FilmRunner, FilmTask
 from xai.batch.inputs import InputItem
 from xai.batch.names import unique_stems
 from xai.batch.report import Report, ReportMeta, ReportRow, ReportWriter
@@ -35,7 +35,7 @@ def plan_tasks(items: Sequence[InputItem], boxes: Mapping[str, Sequence[Box]] | 
     return [FilmTask(item, stem, tuple(boxes.get(item.file_name, ()))) for item, stem in zip(items, stems, strict=True)]
 
 
-def report_meta(model: LoadedModel, spec: ReportSpec) -> ReportMeta:
+def report_meta(model: LoadedModel, spec: BatchSpec) -> ReportMeta:
     """The report's header facts: methods, classes, model identity and the explained class's name."""
     from xai.pipeline import model_identity, resolve_target
 
@@ -56,7 +56,7 @@ def run_report(
     items: Sequence[InputItem],
     model: LoadedModel,
     out_dir: Path,
-    spec: ReportSpec,
+    spec: BatchSpec,
     *,
     boxes: Mapping[str, Sequence[Box]] | None = None,
     checks: Checks | None = None,
