@@ -293,6 +293,9 @@ class PacsClient:
         self.config = config
         self._session = requests.Session()
         self._session.trust_env = False  # no proxy or .netrc credentials from the environment
+        # No gzip: a DICOM file is mostly pixel data (often already compressed); a server compressing a 5 MB
+        # film costs about a second (Orthanc on this machine) and saves little.
+        self._session.headers["Accept-Encoding"] = "identity"
         if config.token:
             self._session.headers["Authorization"] = f"Bearer {config.token}"
         elif config.username:
