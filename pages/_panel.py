@@ -200,15 +200,9 @@ def screen_png_uri(image: np.ndarray) -> str:
     """A uint8 gray (H, W) or RGBA (H, W, 4) image as a PNG data URI (lossless: heat indices are looked up
     in a colour table, where a JPEG's ringing would show as false colours). Fast compression: these are
     previews re-encoded whenever the maps change."""
-    import cv2
+    from xai.render import to_png_bytes
 
-    a = np.ascontiguousarray(image)
-    if a.ndim == 3:
-        a = cv2.cvtColor(a, cv2.COLOR_RGBA2BGRA)
-    ok, buffer = cv2.imencode(".png", a, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise ValueError(f"could not encode a {a.shape} image as PNG")
-    return _data_uri("png", buffer.tobytes())
+    return _data_uri("png", to_png_bytes(image, compression=1))
 
 
 def _data_uri(subtype: str, encoded: bytes) -> str:

@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 
 from xai import __version__
 from xai.method_names import METHOD_TITLES
-from xai.render import DEFAULT_CMAP, downsample_for_display, gray_to_rgb
+from xai.render import DEFAULT_CMAP, downsample_for_display, gray_to_rgb, to_png_bytes
 
 if TYPE_CHECKING:
     import pydicom
@@ -244,17 +244,6 @@ def _as_rgb(image: NDArray) -> NDArray[np.uint8]:
     return np.ascontiguousarray(downsample_for_display(a, _MAX_SIDE))
 
 
-def _png_with_text(rgb: NDArray[np.uint8], text: Mapping[str, str]) -> bytes:
-    from PIL import Image, PngImagePlugin
-
-    info = PngImagePlugin.PngInfo()
-    for key, value in text.items():
-        info.add_itxt(key, value)
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG", pnginfo=info, compress_level=6)
-    return buffer.getvalue()
-
-
 def provenance_text(provenance: Provenance) -> dict[str, str]:
     import json
 
@@ -279,7 +268,7 @@ def overlay_png(
     and appear in the burned-in caption only with ``include_patient=True``.
     """
     rgb = captioned_panel(panel_rgb, provenance, patient=patient, include_patient=include_patient)
-    return _png_with_text(rgb, provenance_text(provenance))
+    return to_png_bytes(rgb, provenance_text(provenance))
 
 
 # ----------------------------------------------------------------------------------------- report

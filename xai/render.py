@@ -21,7 +21,8 @@ diagnostic accuracy in a reader study (Borkin et al., IEEE TVCG 2011), so it is 
 
 from __future__ import annotations
 
-import io
+import struct
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
@@ -355,14 +356,18 @@ def downsample_for_display(img: NDArray, max_side: int = 1024) -> NDArray:
     return out.astype(a.dtype, copy=False)
 
 
-def to_png_bytes(image: NDArray) -> bytes:
-    """Encode uint8 RGB (H, W, 3) or gray (H, W) as PNG with Pillow, with no metadata chunks.
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    Float images in [0, 1] are converted (clipped) to uint8. Nothing but pixels is written: no text,
-    time or EXIF chunks that could carry identifiers.
+
+def to_png_bytes(image: NDArray, text: Mapping[str, str] | None = None, *, compression: int = 6) -> bytes:
+    """The one PNG encoder: uint8 gray (H, W), RGB (H, W, 3) or RGBA (H, W, 4) as PNG (OpenCV's libpng).
+
+    Float images in [0, 1] are converted (clipped) to uint8. Nothing but pixels is written unless ``text``
+    is given: no time or EXIF chunks that could carry identifiers; ``text`` goes into ``iTXt`` chunks (UTF-8,
+    uncompressed) right after the header (provenance of an export). ``compression``: zlib level 0-9 (1 for
+    previews re-encoded on every change; 6, Pillow's default, for files).
     """
-    from PIL import Image
-
     a = np.asarray(image)
     if np.issubdtype(a.dtype, np.floating):
         a = _to_uint8(np.clip(np.nan_to_num(a.astype(np.float32)), 0.0, 1.0))
@@ -372,9 +377,20 @@ def to_png_bytes(image: NDArray) -> bytes:
         a = a[:, :, 0]
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
         raise ValueError(f"image must be (H, W), (H, W, 3) or (H, W, 4), got shape {a.shape}")
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(a)).save(buffer, format="PNG", optimize=False, compress_level=6)
-    return buffer.getvalue()
+    if a.ndim == 3:
+        a = cv2.cvtColor(a, cv2.COLOR_RGB2BGR if a.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(a), [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
+    if not ok:
+        raise ValueError(f"could not encode a {a.shape} image as PNG")
+    data = buffer.tobytes()
+    if not text:
+        return data
+    chunks = b"".join(
+        _png_chunk(b"iTXt", key.encode("latin-1") + b"\x00\x00\x00\x00\x00" + value.encode("utf-8"))
+        for key, value in text.items()
+    )
+    header_end = 8 + 25  # signature + IHDR chunk (4 length + 4 type + 13 data + 4 CRC)
+    return data[:header_end] + chunks + data[header_end:]
 
 
 # ------------------------------------------------------------------------------------------- the view

@@ -26,7 +26,7 @@ _EXPORTS = {
     "archive": ("ArchiveError", "ZipLimits", "read_zip", "is_zip", "zip_folder"),
     "inputs": ("InputItem", "NOT_IMAGE_SUFFIXES", "collect_inputs", "iter_inputs", "items_from_uploads"),
     "boxes": ("Box", "BoxesError", "load_boxes", "parse_boxes", "boxes_mask", "draw_boxes"),
-    "outputs": ("OverlayFormat", "COMPACT", "FULL_RESOLUTION", "write_explain_outputs", "png_bytes", "jpeg_bytes"),
+    "outputs": ("OverlayFormat", "COMPACT", "FULL_RESOLUTION", "write_explain_outputs", "jpeg_bytes"),
     "films": ("BatchSpec", "Checks", "FilmTask", "FilmRunner", "iter_explained", "load_item"),
     "report": ("AGREEMENT_KEYS", "Report", "ReportMeta", "ReportRow", "ReportWriter", "report_texts"),
     "run": ("run_report", "plan_tasks", "report_meta", "default_report_target"),

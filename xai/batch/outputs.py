@@ -20,7 +20,6 @@ import io
 import json
 import os
 import struct
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import cv2
 import numpy as np
 
 from xai.batch.names import method_file
+from xai.render import to_png_bytes
 
 if TYPE_CHECKING:
     from xai.export import Provenance
@@ -67,28 +67,6 @@ FULL_RESOLUTION = OverlayFormat(kind="png", max_side=None)
 
 
 # ------------------------------------------------------------------------------------------ encoders
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def png_bytes(rgb: np.ndarray, text: Mapping[str, str] | None = None, *, compression: int = 1) -> bytes:
-    """PNG of a uint8 RGB (H, W, 3) or gray (H, W) image (OpenCV's encoder), with ``text`` as ``iTXt``
-    chunks (UTF-8, uncompressed) right after the header."""
-    image = np.ascontiguousarray(rgb, dtype=np.uint8)
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, buffer = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    data = buffer.tobytes()
-    chunks = b"".join(
-        _png_chunk(b"iTXt", key.encode("latin-1") + b"\x00\x00\x00\x00\x00" + value.encode("utf-8"))
-        for key, value in (text or {}).items()
-    )
-    header_end = 8 + 25  # signature + IHDR chunk (4 length + 4 type + 13 data + 4 CRC)
-    return data[:header_end] + chunks + data[header_end:]
-
-
 def jpeg_bytes(rgb: np.ndarray, comment: str | None = None, *, quality: int = 90) -> bytes:
     """JPEG of a uint8 RGB (H, W, 3) image (OpenCV's encoder), ``comment`` in a ``COM`` segment after SOI."""
     ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR),
@@ -115,7 +93,7 @@ def overlay_file(rgb: np.ndarray, provenance: Provenance, fmt: OverlayFormat) ->
 
     text = provenance_text(provenance)
     if fmt.kind == "png":
-        return png_bytes(rgb, text, compression=fmt.compression)
+        return to_png_bytes(rgb, text, compression=fmt.compression)
     return jpeg_bytes(rgb, json.dumps(text, ensure_ascii=False), quality=fmt.quality)
 
 
