@@ -3,14 +3,18 @@
 Real radiographs, the bundled model, a real SQLite review database in a temporary folder (``XAI_DB_URL``).
 Checks the blinded read (no model output, no map before the read is recorded), the anonymised maps
 ("Map A-D" in the stored per-reader order, no method name on screen), that answers land under the
-right method, that a reader sees only their own answers, the owner's results and exports, session
-creation from the page (a zip and a bundled sample) and clear messages for bad input.
+right method, that a save leaving maps unrated asks first, that a reader sees only their own answers
+(also one who types the owner's name without the owner's secret), the owner's results (for people:
+rounded, units, no JSON) and exports, the teaching reveal and reader accuracy, session creation from
+the page (a zip, a bundled sample, a labels CSV; the owner's secret shown once) and clear messages for
+bad input.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -26,6 +30,8 @@ from xai.trust.metrics import box_to_mask, energy_inside, pointing_game
 APP = Path(__file__).resolve().parents[1] / "app.py"
 TIMEOUT = 300
 FILMS = ("cxnet_001.jpg", "mhh_a4318ac9.jpg")
+SECRET = "olga's owner secret"
+ALL_MAPS = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam")
 
 
 @pytest.fixture
@@ -65,8 +71,22 @@ def maps_chart(at: AppTest) -> dict | None:
 
 def screen_text(at: AppTest) -> str:
     parts = [m.value for m in at.markdown] + [i.value for i in at.info] + [c.value for c in at.caption]
-    parts += labels(at, "radio") + labels(at, "button")
+    parts += [a.value for a in at.success] + [a.value for a in at.warning] + [a.value for a in at.error]
+    parts += labels(at, "radio") + labels(at, "button") + [t.value for t in at.text_area]
+    parts += [d.value.to_csv() for d in at.dataframe]
     return "\n".join(str(p) for p in parts)
+
+
+def open_results(at: AppTest) -> AppTest:
+    control = at.get("segmented_control")[0]
+    assert "Results" in str(control.proto)
+    control.set_value("Results")
+    return run(at)
+
+
+def unlock(at: AppTest, sid: str, secret: str) -> AppTest:
+    at.text_input(key=f"review_owner_secret_{sid}").input(secret)
+    return click(at, "review_owner_unlock")
 
 
 def test_blinded_anonymised_read_saves_under_the_right_methods(store, chestcovnet_dir):
@@ -90,6 +110,7 @@ def test_blinded_anonymised_read_saves_under_the_right_methods(store, chestcovne
     assert sum(t["type"] == "image" for t in chart["data"]) == 4
     assert not any(title in screen_text(at) for title in METHOD_TITLES.values())
     assert "Your read: **Not COVID-19**, confidence 2" in screen_text(at)  # locked after the reveal
+    assert not [i for i in at.info if "Reference diagnosis" in i.value]  # no reference for this case
     letters = map_letters(store.map_order(sid, first, "ann"))
     for i, value in enumerate((5, 4, 2, 1)):
         assert at.radio(key=f"review_pl_{sid}_{first}_{i}").label == f"Map {'ABCD'[i]}"
@@ -109,13 +130,14 @@ def test_blinded_anonymised_read_saves_under_the_right_methods(store, chestcovne
 
 def test_a_second_reader_resumes_sees_only_own_answers_and_the_owner_gets_results(store, chestcovnet_dir):
     sid = store.create_session("shared", [str(chestcovnet_dir / "images" / f) for f in FILMS], owner="olga",
-                               blinded=False)
+                               blinded=False, owner_secret=SECRET)
     first, second = store.cases(sid)
     store.save_rating(sid, first, "ann", {"diagnosis": "covid19", "confidence": 5, "note": "ann's secret",
                                           "plausibility": {"gradcam": 5}, "box": [50, 60, 100, 120]})
-    store.save_rating(sid, first, "ben", {"diagnosis": "covid19", "confidence": 3, "plausibility": {"gradcam": 4}})
+    store.save_case(sid, first, "ben", {"diagnosis": "covid19", "confidence": 3,
+                                        "plausibility": {m: 4 for m in ALL_MAPS}})
     at = open_review("ben")
-    # ben resumes at his first unrated case (the second) and the page has no Results view for him
+    # ben resumes at his first unfinished case (the second) and the page has no Results view for him
     assert f"review_dx_{sid}_{second}" in [r.key for r in at.radio]
     assert not [s for s in at.get("segmented_control") if "Results" in str(s.proto)]
     assert "ann's secret" not in screen_text(at)
@@ -126,34 +148,48 @@ def test_a_second_reader_resumes_sees_only_own_answers_and_the_owner_gets_result
     # not blinded: the maps are there at once
     assert maps_chart(at) is not None
 
-    owner = open_review("olga")
-    control = owner.get("segmented_control")[0]
-    assert "Results" in str(control.proto)
-    control.set_value("Results")
-    run(owner)
+    # someone typing the owner's name: her own (empty) answers, a secret to give, nobody's answers or notes
+    impostor = open_review("olga")
+    assert "ann's secret" not in screen_text(impostor) and "review_close" not in [b.key for b in impostor.button]
+    open_results(impostor)
+    assert not impostor.metric and not impostor.dataframe and not impostor.get("download_button")
+    unlock(impostor, sid, "olga")
+    assert any("not this session's owner secret" in e.value for e in impostor.error)
+    assert "ann's secret" not in screen_text(impostor) and not impostor.dataframe
+
+    owner = open_results(open_review("olga"))
+    unlock(owner, sid, SECRET)
     metrics = {m.label: m.value for m in owner.metric}
     assert metrics["Readers"] == "2"
     assert metrics["Fleiss' kappa (read)"] == "–"  # one case, both said covid19: one category only (undefined)
     charts = [c for c in owner.get("plotly_chart") if "review_plausibility_chart" in c.proto.id]
     bars = json.loads(charts[0].proto.spec)["data"][0]
-    assert bars["x"] == ["Grad-CAM"] and bars["y"] == [4.5]
+    assert bars["x"][0] == "Grad-CAM" and bars["y"][0] == 4.5
+    ratings = owner.dataframe[-1].value
+    assert list(ratings["Reader"]) == ["ann", "ben"] and "ann's secret" in list(ratings["Note"])
+    assert list(ratings["Box (px)"]) == ["x 50, y 60, 100 × 120", "–"]
+    assert all(t.endswith(" s") for t in ratings["Time on case"]) or set(ratings["Time on case"]) == {"–"}
+    assert all(re.fullmatch(r"\d{1,2} [A-Z][a-z]{2} \d{4}, \d\d:\d\d UTC", t) for t in ratings["Saved"])
+    assert not any("{" in str(v) for v in ratings.to_numpy().ravel())  # no JSON for people
     assert {b.proto.label for b in owner.get("download_button")} == {"Ratings (CSV)", "Session report (HTML)"}
     # the readers' boxes against the maps, computed by the engine on the stored film
     owner.toggle(key=f"review_score_boxes_{sid}").set_value(True)
     run(owner)
     table = owner.dataframe[0].value
-    gradcam = table[table["method"] == "Grad-CAM"].iloc[0]
+    gradcam = table[table["Method"] == "Grad-CAM"].iloc[0]
     result = explain_radiograph(store.radiograph(sid, first), models.load("chestcovnet"), name="case",
                                 methods=["gradcam"])
     mask = box_to_mask((50, 60, 100, 120), result.maps["gradcam"].shape)
-    assert gradcam["box hit"] == float(pointing_game(result.maps["gradcam"], mask))
-    assert gradcam["box energy_inside"] == pytest.approx(energy_inside(result.maps["gradcam"], mask), abs=1e-6)
+    assert gradcam["Box hit rate"] == float(pointing_game(result.maps["gradcam"], mask))
+    assert gradcam["Map energy in box"] == pytest.approx(energy_inside(result.maps["gradcam"], mask), abs=0.005)
     assert store.predictions(sid, "chestcovnet")[first] == result.predicted
     click(owner, "review_close")
     assert store.session(sid).closed
-    # closed: the reader now has the results too
-    again = open_review("ben")
-    assert "Results" in str(again.get("segmented_control")[0].proto)
+    # closed: the reader gets the statistics and his own answers, still nothing of ann's
+    again = open_results(open_review("ben"))
+    assert {m.label: m.value for m in again.metric}["Readers"] == "2"
+    assert list(again.dataframe[-1].value["Reader"]) == ["ben"]
+    assert "ann's secret" not in screen_text(again) and not again.get("download_button")
 
 
 def test_create_a_session_from_a_zip_and_a_sample_and_refuse_bad_input(store, chestcovnet_dir):
@@ -165,11 +201,19 @@ def test_create_a_session_from_a_zip_and_a_sample_and_refuse_bad_input(store, ch
     at.text_input(key="review_new_name").input("from the page")
     at.file_uploader(key="review_new_files").set_value(("films.zip", archive.getvalue(), "application/zip"))
     at.multiselect(key="review_new_samples").set_value([at.multiselect(key="review_new_samples").options[0]])
+    at.file_uploader(key="review_new_labels").set_value(("labels.csv", b"file,diagnosis\nb.jpg,covid19\n", "text/csv"))
     click(at, "review_create")
     (session,) = store.sessions()
     assert (session.name, session.n_cases, session.owner, session.patient_details) == ("from the page", 3, "olga", False)
     assert all(store.case_info(session.id, c)["label"] is None for c in store.cases(session.id))
+    assert [store.case_info(session.id, c)["reference"] for c in store.cases(session.id)] == [None, "covid19", None]
     assert at.selectbox(key="review_session_choice").value == "from the page"
+    # the owner's secret, shown once: it verifies against the stored hash, and is gone once dismissed
+    (shown,) = at.code
+    assert session.has_owner_secret and store.verify_owner(session.id, shown.value)
+    assert any("shown only now" in w.value for w in at.warning)
+    click(at, "review_secret_done")
+    assert not at.code
 
     at.text_input(key="review_new_name").input("from the page")  # duplicate name
     click(at, "review_create")
@@ -178,5 +222,64 @@ def test_create_a_session_from_a_zip_and_a_sample_and_refuse_bad_input(store, ch
     at.file_uploader(key="review_new_files").set_value(("notes.png", b"not an image" * 40, "image/png"))
     at.multiselect(key="review_new_samples").set_value([])
     click(at, "review_create")
-    assert any("notes.png" in e.value and "not created" in e.value for e in at.error)
+    assert any("notes.png" in e.value and "not created" in e.value for e in at.error), [e.value for e in at.error]
     assert [s.name for s in store.sessions()] == ["from the page"]
+
+
+def test_a_save_with_unrated_maps_asks_first_and_says_what_was_stored(store, chestcovnet_dir):
+    sid = store.create_session("partial", [str(chestcovnet_dir / "images" / f) for f in FILMS], owner="olga",
+                               blinded=False)
+    first, second = store.cases(sid)
+    at = open_review("ann")
+    at.radio(key=f"review_dx_{sid}_{first}").set_value("covid19")
+    at.radio(key=f"review_conf_{sid}_{first}").set_value(3)
+    at.radio(key=f"review_pl_{sid}_{first}_0").set_value(4)
+    at.radio(key=f"review_pl_{sid}_{first}_2").set_value(2)
+    click(at, "review_save")
+    assert store.history(sid) == []  # nothing saved before the reader confirms
+    (warning,) = [w.value for w in at.warning if "no rating for" in w.value]
+    assert "Map B, Map D" in warning
+    click(at, "review_confirm_save")
+    (row,) = store.export(sid)
+    order = store.map_order(sid, first, "ann")
+    assert row["plausibility"] == {order[0]: 4, order[2]: 2}
+    assert any("2 of 4 map ratings (not rated: Map B, Map D)" in m.value for m in at.success)
+    assert store.progress(sid, "ann")["done"] == 0  # not complete: the progress does not count it
+    assert "you have completed 0 of 2" in at.get("progress")[0].proto.text
+    # rated whole: saved at once, the case counts
+    click(at, "review_prev")
+    for i in range(4):
+        at.radio(key=f"review_pl_{sid}_{first}_{i}").set_value(5 - i)
+    click(at, "review_save")
+    assert store.export(sid)[0]["plausibility"] == {m: 5 - i for i, m in enumerate(order)}
+    assert any("4 of 4 map ratings." in m.value for m in at.success)
+    assert store.progress(sid, "ann") == {"done": 1, "total": 2, "next": 1}
+
+
+def test_teaching_reveals_the_reference_after_the_read_and_the_owner_sees_accuracy(store, chestcovnet_dir):
+    films = [str(chestcovnet_dir / "images" / f) for f in FILMS]
+    sid = store.create_session("teaching", films, owner="olga", owner_secret=SECRET,
+                               references={FILMS[0]: "covid19"})
+    first, second = store.cases(sid)
+    at = open_review("ann")
+    assert "Reference diagnosis" not in screen_text(at)  # not before the read
+    at.radio(key=f"review_dx_{sid}_{first}").set_value("non_covid")
+    at.radio(key=f"review_conf_{sid}_{first}").set_value(4)
+    click(at, "review_record")
+    assert any("Reference diagnosis: **COVID-19** · your read: Not COVID-19 (differs)" in i.value for i in at.info)
+    store.save_case(sid, second, "ann", {"diagnosis": "covid19", "confidence": 2,
+                                         "plausibility": {m: 3 for m in ALL_MAPS}})
+    store.save_case(sid, first, "ben", {"diagnosis": "covid19", "confidence": 2,
+                                        "plausibility": {m: 3 for m in ALL_MAPS}})
+    owner = unlock(open_results(open_review("olga")), sid, SECRET)
+    table = next(d.value for d in owner.dataframe if "Decided reads" in d.value.columns)
+    assert list(table["Reader"]) == ["ann", "ben"]
+    assert list(table["Decided reads"]) == [1, 1] and list(table["Accuracy"]) == ["0%", "100%"]
+    # the owner sets the second case's reference from the reading view
+    control = owner.get("segmented_control")[0]
+    control.set_value("Read")
+    run(owner)
+    click(owner, "review_next")
+    owner.selectbox(key=f"review_ref_{sid}_{second}").set_value("non_covid")
+    run(owner)
+    assert store.case_info(sid, second)["reference"] == "non_covid"

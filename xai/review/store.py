@@ -502,9 +502,6 @@ class ReviewStore:
                     sources.append((found.name, found.source))
         if not sources:
             raise ReviewError("the worklist is empty: give at least one film")
-        unknown_refs = sorted(set(references) - {Path(label).name for label, _ in sources})
-        if unknown_refs:
-            raise ReviewError(f"labels for file(s) not in the worklist: {', '.join(unknown_refs[:5])}")
 
         films: list[tuple[str, str, bytes, tuple[int, int]]] = []  # (label, sha, png, shape)
         for label, source in sources:
@@ -514,6 +511,9 @@ class ReviewStore:
                 raise ReviewError(f"{Path(label).name}: {exc}") from None
             png, sha = encode_pixels(radiograph.pixels)
             films.append((Path(label).name, sha, png, radiograph.shape))
+        unknown_refs = sorted(set(references) - {Path(label).name for label, _ in sources})
+        if unknown_refs:
+            raise ReviewError(f"labels for file(s) not in the worklist: {', '.join(unknown_refs[:5])}")
 
         session_id = uuid.uuid4().hex
         with self._write() as c:
