@@ -407,7 +407,8 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
         st.info(scale.notice, icon=":material/straighten:")
     weak = display_scale.weak_evidence(
         result.target, float(result.probabilities[result.target]), display_scale.map_peaks(result.explanation),
-        display_scale.from_card(model.card) if scale.mode == "model" else None, METHOD_TITLES)
+        display_scale.from_card(model.card) if scale.mode == "model" else None, METHOD_TITLES,
+        rejected=result.target != result.predicted)
     if weak:
         st.warning(weak, icon=":material/blur_on:")
     fig = panel_figure(
@@ -595,6 +596,10 @@ def downloads_section(
 
 
 # -------------------------------------------------------------------------------------------- page
+#: Said when the card's intended use names adults (its limitations say what it does on children).
+ADULTS_ONLY = "It is meant for adults' frontal chest films; on children it is untested (see the Model page)."
+
+
 def landing(card: ModelCard | None) -> None:
     """Before a radiograph is chosen: where to choose one, and the model's record on held-out films (its card
     alone: on a fresh server this is drawn while torch and the model are still loading)."""
@@ -602,6 +607,12 @@ def landing(card: ModelCard | None) -> None:
     if card is None:  # the bundle does not read: require_model says why
         return
     st.subheader(f"How {card.name} did on held-out radiographs")
+    from xai.trust.held_out import held_out_record
+
+    record = held_out_record(getattr(card, "cross_source", None))
+    adults = ADULTS_ONLY if "adult" in str(getattr(card, "intended_use", "")).lower() else ""
+    if record or adults:
+        st.markdown(" ".join(t for t in (record.expectation() if record else "", adults) if t))
     if held_out_performance(card, key="landing_performance"):
         st.caption("Rates at the card's threshold, per source hospital or collection; “never seen in "
                    "training” rows come from a model retrained without that source, the honest estimate "

@@ -1,10 +1,13 @@
 """Trust page: can these maps be trusted? A plain verdict per map first, the numbers for modelers below.
 
 At the top, for a radiologist: a thumbnail of the film with its lung fields, a "Run all checks" button and,
-for every map, a traffic light and one sentence per check (changes when the model is randomised, stable
-under small changes, evidence inside the lungs, faithful), plus one for the film (unlike the training data:
-"No warning" when the check is silent). The rules turning numbers into lights live in
-:mod:`xai.trust.verdict`. Then "Where is the finding?": a box drawn on the film with the mouse (Plotly box
+for every map, the map itself (drawn as the Explain page draws it, with the user's display settings)
+beside a traffic light and one sentence per check (changes when the model is randomised, stable under small
+changes, evidence inside the lungs, faithful), plus one for the film (the out-of-distribution check: amber,
+never green, when it is silent, with how often it stayed silent on hospitals left out of training). The
+rules turning numbers into lights live in :mod:`xai.trust.verdict`; lights are coloured Material icons and
+words (no emoji: they show as empty boxes where no emoji font is installed). With patient details off
+(the Explain page's switch), an upload is never named. Then "Where is the finding?": a box drawn on the film with the mouse (Plotly box
 selection) scored against every map. The raw figures stay in an expander for modelers.
 
 A thin layer over :mod:`xai.trust` and :mod:`xai.anatomy`: every number comes from the library (the same
@@ -21,18 +24,20 @@ import streamlit as st
 
 import models
 from pages._access import ensure_routed
-from pages._explanations import explain
+from pages._explanations import explain, screen_view
 from pages._finding import box_figure, box_from_selection
 from pages._ingest import LoadedImage, load_input
 from pages._lungs import contour_thumbnail, lung_field, lung_shares
 from pages._methods import method_label
-from pages._models import ActiveModel, require_model
+from pages._models import ActiveModel, default_target_choice, require_model
 from pages._ood import ood_score
-from xai import render
+from pages._state import kept_value, page_store
+from xai import display_scale, render
 from xai.engine import METHODS
 from xai.pipeline import PipelineResult
 from xai.trust import agreement as agreement_mod
 from xai.trust import faithfulness as faith_mod
+from xai.trust import held_out
 from xai.trust import verdict as verdicts
 from xai.trust.integrated_gradients import integrated_gradients
 from xai.trust.sanity import GUIDED_NOTE, PASS_THRESHOLD, sanity_check
@@ -41,8 +46,12 @@ from xai.trust.stability import stability
 THUMB_SIDE = 320
 IG = "integrated_gradients"
 FAITH_DEFAULTS = ("blur", 20)  # baseline and steps of "Run all checks" (the faithfulness tab's defaults)
-LIGHT = {"green": "🟢", "amber": "🟡", "red": "🔴", "gray": "⚪"}
-LIGHT_WORD = {"green": "no concern", "amber": "caution", "red": "problem", "gray": "not judged"}
+MAP_SIDE = 384  # longest side of the maps drawn beside their verdicts (px)
+#: Each light as Streamlit's coloured Material icon (rendered by the app's own icon font, never an emoji).
+LIGHT = {"green": ":green[:material/check_circle:]", "amber": ":orange[:material/warning:]",
+         "red": ":red[:material/error:]", "gray": ":gray[:material/radio_button_unchecked:]"}
+LIGHT_WORD = {"green": ":green[no concern]", "amber": ":orange[caution]", "red": ":red[problem]",
+              "gray": ":gray[not judged]"}
 
 
 def _label(method: str) -> str:
@@ -58,7 +67,7 @@ def _progress_callback(bar: Any, part: int = 0, parts: int = 1) -> Any:
 
 
 def _results() -> dict[tuple[Any, ...], Any]:
-    return st.session_state.setdefault("_trust_results", {})
+    return page_store("trust")
 
 
 def pick_image() -> LoadedImage | None:
@@ -96,6 +105,7 @@ def sanity_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineResult)
         store[("sanity", *key)] = sanity_check(model.loaded, result.input_tensor, target=result.target_index,
                                                progress=_progress_callback(bar))
         bar.empty()
+        st.rerun()  # the verdicts above were drawn earlier in this run: draw them again with the result
     res = store.get(("sanity", *key))
     if res is None:
         return
@@ -137,6 +147,7 @@ def stability_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineResu
             reference_maps=result.maps, second_model=models.second_checkpoint(model.card), progress=_progress_callback(bar),
         )
         bar.empty()
+        st.rerun()  # the verdicts above were drawn earlier in this run: draw them again with the result
     res = store.get(("stability", *key))
     if res is None:
         return
@@ -186,10 +197,13 @@ def faithfulness_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineR
         bar = st.progress(0.0, text="starting")
         run_faithfulness(key, model, result, baseline, steps, _progress_callback(bar))
         bar.empty()
+        st.rerun()  # the verdicts above were drawn earlier in this run: draw them again with the result
     res = store.get(fkey)
     if res is None:
         return
-    st.caption(f"Baseline: {res.baseline}.")
+    st.caption(f"Baseline: {res.baseline}. The model's probability of the explained class: "
+               f"{res.score:.3f} on the film, {res.baseline_score:.3f} on the baseline alone (where every curve "
+               "starts or ends; when the two are close, the AUCs restate that score and say nothing about a map).")
     fractions = next(iter(res.curves.values())).fractions
     c1, c2 = st.columns(2)
     c1.plotly_chart(line_figure(fractions, {m: c.deletion for m, c in res.curves.items()}, "Deletion",
@@ -364,6 +378,36 @@ def _line(v: verdicts.Verdict) -> str:
     return f"{LIGHT[v.light]} **{verdicts.CHECKS[v.check]}** ({LIGHT_WORD[v.light]}) — {v.sentence}"
 
 
+def display_settings(model: ActiveModel, result: PipelineResult) -> render.DisplaySettings:
+    """The Explain page's display choices as this session last set them (scale, colormap, opacity, overlay,
+    contours), at the size of the maps drawn here. The scale: the model's typical range by default (the
+    card's calibration), the session's fixed maxima when chosen there, per image when chosen or when the
+    card has no calibration."""
+    choice = kept_value("disp_scale", "model")
+    vmax: tuple[tuple[str, float], ...] = ()
+    if choice == "session":
+        fixed = page_store("explain").get("fixed_vmax", {})
+        vmax = tuple((m, float(fixed[(model.key, m)])) for m in result.maps if (model.key, m) in fixed)
+    if choice != "per_image" and len(vmax) != len(result.maps):
+        cal = display_scale.from_card(model.card)
+        vmax = tuple((m, cal.vmax[m]) for m in result.maps) if cal is not None and all(
+            m in cal.vmax for m in result.maps) else ()
+    contours = bool(kept_value("disp_contours", False))
+    return render.DisplaySettings(
+        side=MAP_SIDE, scale="fixed" if vmax else "per_image", vmax=vmax,
+        show_heat=bool(kept_value("disp_overlay", True)), alpha=float(kept_value("disp_alpha", render.DEFAULT_ALPHA)),
+        cmap=str(kept_value("disp_cmap", render.DEFAULT_CMAP)),
+        contour_level=float(kept_value("disp_contour_level", 0.5)) if contours else None)
+
+
+def scale_caption(settings: render.DisplaySettings) -> str:
+    if settings.scale == "per_image":
+        return "Maps stretched per image (each to its own range), as chosen on the Explain page."
+    return ("Maps on the same scale as the Explain page: each method's raw values divided by "
+            + ("its typical peak on the model's validation films" if kept_value("disp_scale", "model") != "session"
+               else "the session's fixed maximum") + " (brighter is clipped), so weak evidence looks weak.")
+
+
 def verdict_section(image: LoadedImage, key: tuple[Any, ...], model: ActiveModel, result: PipelineResult,
                     field: Any) -> None:
     thumb, right = st.columns([1, 3])
@@ -379,49 +423,70 @@ def verdict_section(image: LoadedImage, key: tuple[Any, ...], model: ActiveModel
         except (ValueError, RuntimeError):  # statistics that do not fit a user's model
             ood = None
         lung_found = None if isinstance(field, str) else field.found
-        st.markdown(_line(verdicts.ood_verdict(ood, lung_found)))
+        record = held_out.held_out_record(getattr(model.card, "cross_source", None))
+        st.markdown(_line(verdicts.ood_verdict(ood, lung_found, record.silence() if record else None)))
         if isinstance(field, str):
             st.caption(field)
+    settings = display_settings(model, result)
+    try:
+        overlays = screen_view(image, model, result, settings).overlays
+    except ValueError as exc:  # e.g. a fixed scale without a maximum for a method: draw nothing, say why
+        st.caption(f"The maps cannot be drawn with these display settings: {exc}")
+        overlays = {}
+    st.caption(scale_caption(settings))
+    weak = display_scale.weak_evidence(
+        result.target, float(result.probabilities[result.target]), display_scale.map_peaks(result.explanation),
+        display_scale.from_card(model.card) if settings.scale == "fixed" else None, {m: _label(m) for m in result.maps},
+        rejected=result.target != result.predicted)
+    if weak:
+        st.warning(weak, icon=":material/blur_on:")
     for m, lines in map_verdicts(key, result, field).items():
-        with st.container(border=True):
-            st.markdown(f"**{_label(m)}** " + "".join(LIGHT[v.light] for v in lines))
-            st.markdown("\n".join(f"- {_line(v)}" for v in lines))
+        with st.container(border=True, key=f"trust_map_{m}"):
+            picture, words = st.columns([1, 2]) if m in overlays else (None, st.container())
+            if picture is not None:
+                picture.image(overlays[m], caption=_label(m), width="stretch")
+            words.markdown(f"**{_label(m)}** " + " ".join(LIGHT[v.light] for v in lines))
+            words.markdown("\n".join(f"- {_line(v)}" for v in lines))
 
 
 # -------------------------------------------------------------------------------------------- page
-ensure_routed()
-st.title("Trust: can these maps be trusted?")
-st.caption("Checks that say when a saliency map shows what the model learned — and when it does not.")
-model = require_model()
-image = pick_image()
-if image is None:
-    st.info("Choose a radiograph above (or on the Explain page) to run the checks.")
-    st.stop()
+def main() -> None:
+    ensure_routed()
+    st.title("Trust: can these maps be trusted?")
+    st.caption("Checks that say when a saliency map shows what the model learned — and when it does not.")
+    model = require_model()
+    image = pick_image()
+    if image is None:
+        st.info("Choose a radiograph above (or on the Explain page) to run the checks.")
+        st.stop()
 
-names = model.class_names
-default = names.index("covid19") + 1 if "covid19" in names else 0
-choice = st.selectbox("Explain class", ["predicted", *names], index=default, key="trust_target")
-target = None if choice == "predicted" else names.index(choice)
-result = explain(image, model, target, tuple(METHODS))
-st.caption(f"Image: {image.label} — model {model.card.name} {model.card.version}; explaining "
-           f"**{result.target}** (predicted: {result.predicted}).")
-key = (image.sha256, model.key, result.target_index)
-field = lung_field(image.sha256, image.radiograph)
+    names = model.class_names
+    choice = st.selectbox("Explain class", ["predicted", *names], index=default_target_choice(model), key="trust_target")
+    target = None if choice == "predicted" else names.index(choice)
+    result = explain(image, model, target, tuple(METHODS))
+    shown_name = image.label if image.source == "sample" or kept_value("show_patient", False) else "the uploaded film"
+    st.caption(f"Image: {shown_name} — model {model.card.name} {model.card.version}; explaining "
+               f"**{result.target}** (P = {result.probabilities[result.target]:.3f}; predicted: {result.predicted}).")
+    key = (image.sha256, model.key, result.target_index)
+    field = lung_field(image.sha256, image.radiograph)
 
-verdict_section(image, key, model, result, field)
-finding_section(key, result)
+    verdict_section(image, key, model, result, field)
+    finding_section(key, result)
 
-with st.expander("Numbers for modelers"):
-    tabs = st.tabs(["Sanity check", "Stability", "Faithfulness", "Lungs", "Agreement", "Integrated Gradients"])
-    with tabs[0]:
-        sanity_tab(key, model, result)
-    with tabs[1]:
-        stability_tab(key, model, result)
-    with tabs[2]:
-        faithfulness_tab(key, model, result)
-    with tabs[3]:
-        lungs_tab(key, result, field)
-    with tabs[4]:
-        agreement_tab(key)
-    with tabs[5]:
-        ig_tab(key, model, result)
+    with st.expander("Numbers for modelers"):
+        tabs = st.tabs(["Sanity check", "Stability", "Faithfulness", "Lungs", "Agreement", "Integrated Gradients"])
+        with tabs[0]:
+            sanity_tab(key, model, result)
+        with tabs[1]:
+            stability_tab(key, model, result)
+        with tabs[2]:
+            faithfulness_tab(key, model, result)
+        with tabs[3]:
+            lungs_tab(key, result, field)
+        with tabs[4]:
+            agreement_tab(key)
+        with tabs[5]:
+            ig_tab(key, model, result)
+
+
+main()

@@ -6,6 +6,7 @@ comparison grid with OpenCV; the page (AppTest) must show the same numbers.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -108,6 +109,18 @@ def test_compare_page_shows_the_two_seeds_numbers(two_seeds) -> None:
         assert row["Spearman"] == pytest.approx(expected, abs=1e-3)
     keys = [c.proto.id for c in at.get("plotly_chart")]
     assert sum("compare_maps_" in k for k in keys) == 4 and any("compare_metrics" in k for k in keys)
+    # Each A − B panel: a diverging scale fixed at ±1 (maps on [0, 1]), its colour bar shown, and the range
+    # this difference really spans in its title, so a small disagreement looks small.
+    comparisons = compare_maps(a.maps, b.maps)
+    for chart in (c for c in at.get("plotly_chart") if "compare_maps_" in c.proto.id):
+        spec = json.loads(chart.proto.spec)
+        method = next(m for m in comparisons if chart.proto.id.endswith(f"compare_maps_{m}"))
+        (heat,) = [t for t in spec["data"] if t["type"] == "heatmap"]
+        assert (heat["zmin"], heat["zmid"], heat["zmax"]) == (-1.0, 0.0, 1.0) and heat["showscale"] is True
+        assert heat["colorbar"]["title"]["text"] == "A − B"
+        diff = grid(a.maps[method]) - grid(b.maps[method])
+        title = spec["layout"]["annotations"][2]["text"]
+        assert title.endswith(f"here {diff.min():+.2f} … {diff.max():+.2f}") and "fixed scale −1 … +1" in title
 
 
 def test_compare_page_two_classes_of_one_model() -> None:

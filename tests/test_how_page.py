@@ -113,6 +113,31 @@ def test_every_step_is_drawn_from_the_film(page: AppTest, bundle: models.LoadedM
     assert len(errors) == 2 and max(errors) < 1e-5
 
 
+def test_the_page_says_what_the_explain_pages_default_scale_divides_by(page: AppTest, bundle, film,
+                                                                        probabilities) -> None:
+    """One truth about the display scale: Explain's default divides the raw map by the card's typical peak
+    (tests/test_app.py checks that on the Explain page); this page says so, with the card's own number and
+    this film's raw Grad-CAM maximum against it, and draws that view beside its own ÷ max view."""
+    from xai.display_scale import from_card
+
+    at = page
+    cal = from_card(bundle.card)
+    assert cal is not None
+    assert any("The Explain page's default display does not: it divides each method's raw map by the model's "
+               "typical peak" in i.value and f"{cal.n} {cal.split} films" in i.value for i in at.info)
+    predicted = max(probabilities, key=probabilities.get)
+    e = Explainer(bundle.module, target_layer=bundle.card.target_layer).explain(
+        film, target=bundle.card.class_names.index(predicted), methods=("gradcam",))
+    raw_max = float(np.asarray(e.raw["gradcam"][0]).max())
+    peak = cal.vmax["gradcam"]
+    assert (f"Raw maximum {raw_max:.3g}: the figures on this page divide by it. The Explain page's default divides "
+            f"by the model's typical Grad-CAM peak instead ({peak:.3g}): this map reaches {raw_max / peak:.2f}×"
+            ) in captions(at)
+    titles = [a["text"] for a in chart(at, "how_gradcam_steps")["layout"]["annotations"]]
+    assert titles[-2:] == ["÷ its own maximum (this page)", "÷ the typical peak (Explain's default)"]
+    assert not any("the display divides by it" in c.value for c in at.caption)
+
+
 def test_the_other_class_shows_weak_evidence_and_where_the_cams_part(page: AppTest, bundle, film,
                                                                       probabilities) -> None:
     at = page

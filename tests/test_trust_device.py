@@ -21,11 +21,11 @@ import pytest
 import torch
 from test_trust_methods import PRE, ToyCNN
 from torch import nn
-from xai.trust._common import class_probabilities, compute_maps_batch
 
 from xai.preprocessing import prepare
 from xai.trust.faithfulness import faithfulness
 from xai.trust.integrated_gradients import integrated_gradients
+from xai.trust.model_access import class_probabilities, compute_maps_batch
 from xai.trust.ood import extract_features
 from xai.trust.stability import DEFAULT_PERTURBATIONS, stability
 

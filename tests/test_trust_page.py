@@ -17,11 +17,15 @@ from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 
 from pages._finding import box_figure, box_from_selection
+from pages._state import Key
 from xai.trust.verdict import CHECKS
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 TIMEOUT = 600  # sanity + stability + faithfulness on a shared 2-core CPU
-LIGHTS = "🟢🟡🔴⚪"
+# The lights as the page writes them: Streamlit's coloured Material icons (an emoji needs an emoji font).
+GREEN, AMBER = ":green[:material/check_circle:]", ":orange[:material/warning:]"
+RED, GRAY = ":red[:material/error:]", ":gray[:material/radio_button_unchecked:]"
+LIGHTS = (GREEN, AMBER, RED, GRAY)
 METHOD_TITLES = ("Grad-CAM", "Grad-CAM++", "Guided Backprop", "Guided Grad-CAM")
 
 
@@ -60,11 +64,12 @@ def test_verdicts_come_first_and_run_all_checks_fills_them() -> None:
     assert at.get("image"), "a thumbnail of the film"
     # one OOD line for the film, then four per-map lines for each of the four maps
     (ood,) = lines_for(at, "ood")
-    assert "No warning" in ood or "Warning:" in ood
+    assert "No warning — the check misses films from hospitals it never saw" in ood or "Warning:" in ood
+    assert not any(ch in md.value for md in at.markdown for ch in "🟢🟡🔴⚪"), "no emoji lights"
     assert not any("looks like the training data" in md.value for md in at.markdown)
     for check in ("sanity", "stability", "faithfulness"):
         lines = lines_for(at, check)
-        assert len(lines) == 4 and all("⚪" in line and "Not run yet." in line for line in lines)
+        assert len(lines) == 4 and all(GRAY in line and "Not run yet." in line for line in lines)
     lungs = lines_for(at, "lungs")
     measured = [line for line in lungs if re.search(r"\d+% of the evidence|outside the lungs \(\d+%\)", line)]
     assert len(lungs) == 4 and len(measured) >= 2, lungs
@@ -78,12 +83,12 @@ def test_verdicts_come_first_and_run_all_checks_fills_them() -> None:
     for check in ("sanity", "stability", "faithfulness", "lungs"):
         lines = lines_for(at, check)
         assert len(lines) == 4 and not any("Not run yet." in line for line in lines), lines
-    assert any("🟢" in line or "🟡" in line or "🔴" in line for line in lines_for(at, "faithfulness"))
+    assert any(GREEN in line or AMBER in line or RED in line for line in lines_for(at, "faithfulness"))
     # each randomisation light is the library's own verdict for that map
     sanity = dict(zip(METHOD_TITLES, lines_for(at, "sanity"), strict=True))
-    result = next(v for k, v in at.session_state["_trust_results"].items() if k[0] == "sanity")
+    result = next(v for k, v in at.session_state[Key.STORES]["trust"].items() if k[0] == "sanity")
     for method, title in zip(result.methods, METHOD_TITLES, strict=True):
-        expected = "🔴" if result.passes[method] is False else "🟡" if result.vanished.get(method) else "🟢"
+        expected = RED if result.passes[method] is False else AMBER if result.vanished.get(method) else GREEN
         assert expected in sanity[title], (title, sanity[title])
     # the numbers behind the lights are under the modelers' expander
     frames = [json.dumps(df.value.to_dict()) for df in at.dataframe]
@@ -118,9 +123,9 @@ def test_a_non_chest_upload_gets_no_lung_field_and_a_warning() -> None:
     at.file_uploader(key="trust_upload").set_value(("page.png", buffer.getvalue(), "image/png"))
     run(at)
     lungs = lines_for(at, "lungs")
-    assert len(lungs) == 4 and all("⚪" in line and "No lung field found" in line for line in lungs)
+    assert len(lungs) == 4 and all(GRAY in line and "No lung field found" in line for line in lungs)
     (ood,) = lines_for(at, "ood")
-    assert "🔴" in ood and "No lung field was found" in ood
+    assert RED in ood and "No lung field was found" in ood
 
 
 def test_box_selection_event_to_pixels() -> None:

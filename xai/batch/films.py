@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xai.batch.boxes import Box, boxes_mask, draw_boxes
-from xai.batch.inputs import InputItem
+from xai.batch.inputs import InputItem, folder_of
 from xai.batch.names import method_file, output_dir_for
 from xai.batch.outputs import (
     COMPACT,
@@ -349,15 +349,11 @@ def lung_record(row: ReportRow, task: FilmTask, film: Film, predicted: str, *,
     row.lung_area_fraction = figures.area_fraction
     row.registered = figures.registered()
     row.groups = {"predicted class": predicted}
-    if task.item.label is None:  # folders only where file names may be shown (a folder can name a patient)
+    if task.item.label is None:  # folder names only where file names may be shown (a folder can name a patient)
         row.groups = {"folder": folder_of(task.item.name), **row.groups}
+    elif task.item.site is not None:  # else their neutral names, "site 1", "site 2", …
+        row.groups = {"folder": task.item.site, **row.groups}
     return () if figures.found else (f"{NO_LUNG_NOTICE} ({figures.reason})",)
-
-
-def folder_of(name: str) -> str:
-    """The folder a file was in, as given (``.`` for none): the cohort's stand-in for its source."""
-    parent = Path(name.replace("\\", "/")).parent.as_posix()
-    return parent.rsplit("/", 1)[-1] if parent not in ("", ".") else "."
 
 
 def stability_record(

@@ -2,6 +2,10 @@
 
 Written in pieces so that it can be streamed: :func:`head` (title, model, summary, failed files) once the
 rows are all in, :func:`card` per explained film as it arrives, :data:`TAIL` at the end.
+
+Written for a radiologist first: methods by their names (Grad-CAM, not ``gradcam``), figures in plain
+words; the modeler's details (metric conventions, distances, method keys) sit in ``<details>`` blocks that
+open on a click without any script.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ import base64
 import html
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+from xai.export import METHOD_TITLES
 
 if TYPE_CHECKING:
     from xai.batch.report import Report, ReportRow
@@ -20,10 +26,13 @@ table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;paddin
 td:first-child,th:first-child{text-align:left}.card{background:#fff;border:1px solid #ddd;margin:1rem 0;padding:.75rem}
 .strip{display:flex;flex-wrap:wrap;gap:.5rem}.strip figure{margin:0}.strip img{max-width:256px;height:auto;display:block}
 figcaption{font-size:.8rem;color:#555}.warn{color:#a40}.fail{color:#b00}.note{font-size:.85rem;color:#555}
+details{font-size:.85rem;color:#555;margin:.25rem 0}summary{cursor:pointer}
 .bar{display:flex;width:192px;height:14px;border:1px solid #999;margin:.25rem 0}.bar span{display:block;height:100%}
 .legend span{display:inline-block;margin-right:.75rem;font-size:.8rem}
 .legend i{display:inline-block;width:.8rem;height:.8rem;margin-right:.25rem;vertical-align:middle;border:1px solid #999}
 """
+#: The ``<details>`` summary line of every modeler's block.
+FOR_MODELERS = "For modelers"
 TAIL = "</body></html>\n"
 
 
@@ -33,6 +42,15 @@ def ood_warning_text(ood: Mapping[str, Any]) -> str:
     if isinstance(warnings, str):
         return warnings
     return "; ".join(str(w) for w in warnings)
+
+
+def title(key: str) -> str:
+    """A thumbnail's or method's plain name: ``gradcam`` -> "Grad-CAM", ``original`` -> "Original film"."""
+    return "Original film" if key == "original" else METHOD_TITLES.get(key, key)
+
+
+def _modelers(inner: str) -> str:
+    return f"<details><summary>{FOR_MODELERS}</summary>{inner}</details>"
 
 
 def _data_uri(jpeg: bytes) -> str:
@@ -57,17 +75,22 @@ def head(report: Report) -> str:
         f"(weights sha256 <code>{e(model['sha256'][:16])}…</code>). Explained class: <b>{e(_explained(meta.target))}</b>. "
         f"Images: {report.total}, failed: {len(report.failed)}.</p>",
         "<p class='note'>Where a radiologist's box exists (green), the agreement figures ask whether the "
-        "model's evidence for the explained class sits on the boxed finding: pointing game (the map's maximum "
-        "falls inside a box), share of map energy inside, and IoU of the Otsu-thresholded map with the boxes "
-        "(CheXlocalize conventions). They do not say whether the prediction is right.</p>",
+        "model's evidence for the explained class sits on the boxed finding: how often the map's strongest "
+        "point falls inside a box, how much of the map lies inside, and how well the map's bright part "
+        "overlaps the boxes. They do not say whether the prediction is right.</p>",
+        _modelers("<p>Pointing game (the map's maximum inside a box), share of map energy inside, and IoU of "
+                  "the Otsu-thresholded map with the boxes: CheXlocalize conventions (Saporta et al., Nature "
+                  "Machine Intelligence 2022). Methods: " + ", ".join(
+                      f"{e(title(m))} = <code>{e(m)}</code>" for m in meta.methods) + ".</p>"),
     ]
     summary = report.summary()
     if summary:
-        parts.append("<h2>Agreement with the boxes</h2><table><tr><th>method</th><th>images</th>"
-                     "<th>hit rate</th><th>mean energy inside</th><th>mIoU (Otsu)</th></tr>")
+        parts.append("<h2>Agreement with the boxes</h2><table><tr><th>method</th><th>films</th>"
+                     "<th>strongest point inside (share of films)</th><th>mean share of the map inside</th>"
+                     "<th>overlap of the bright part (mIoU)</th></tr>")
         for method, s in summary.items():
             parts.append(
-                f"<tr><td>{e(method)}</td><td>{int(s['n'])}</td><td>{s['hit_rate']:.3f}</td>"
+                f"<tr><td>{e(title(method))}</td><td>{int(s['n'])}</td><td>{s['hit_rate']:.3f}</td>"
                 f"<td>{s['mean_energy_inside']:.3f}</td><td>{s['miou']:.3f}</td></tr>"
             )
         chance = report.chance_hit_rate()
@@ -112,7 +135,7 @@ def cohort_section(report: Report) -> str:
     if not groupings:
         return ""
     method = COHORT_METHOD if COHORT_METHOD in report.meta.methods else report.meta.methods[0]
-    parts = [f"<h2>Where the model looks, relative to the lungs</h2><p class='note'>Mean {e(method)} map of "
+    parts = [f"<h2>Where the model looks, relative to the lungs</h2><p class='note'>Mean {e(title(method))} map of "
              "the films in each group, each film's map first cropped to its lungs' bounding box and resampled to a "
              "common square (so films of any size and framing line up lung on lung); cyan: the lung outline of at "
              "least half the films. Colours run from 0 to each group's own maximum. Films without a lung field "
@@ -141,11 +164,12 @@ def card(row: ReportRow) -> str:
     probs = ", ".join(f"{e(c)} {p:.3f}" for c, p in row.probabilities.items())
     parts = [f"<div class='card'><h3>{e(row.file)}</h3><p>Prediction <b>{e(row.predicted or '')}</b> "
              f"({probs}); explained: {e(row.target or '')}."]
-    if row.ood.get("score") is not None:
-        parts.append(f" OOD score (Mahalanobis distance) {float(row.ood['score']):.1f}.")
     if row.lung_area_fraction:
         parts.append(f" Lung field: {row.lung_area_fraction:.0%} of the film.")
     parts.append("</p>")
+    if row.ood.get("score") is not None:
+        parts.append(_modelers(f"<p>Out-of-distribution score (Mahalanobis distance of the penultimate "
+                               f"features) {float(row.ood['score']):.1f}.</p>"))
     warning = ood_warning_text(row.ood)
     if warning:
         parts.append(f"<p class='warn'>⚠ {e(warning)}</p>")
@@ -153,19 +177,21 @@ def card(row: ReportRow) -> str:
         parts.append("<ul class='note'>" + "".join(f"<li>{e(n)}</li>" for n in row.notices) + "</ul>")
     parts.append("<div class='strip'>")
     for key, jpeg in row.thumbnails.items():
-        caption = e(key)
+        caption = e(title(key))
         if key in row.agreement:
             a = row.agreement[key]
-            caption += f" — hit {int(a['hit'])}, inside {a['energy_inside']:.2f}, IoU {a['iou_otsu']:.2f}"
+            caption += (f" — strongest point {'inside' if a['hit'] else 'outside'} the box, "
+                        f"{a['energy_inside']:.0%} of the map inside (IoU {a['iou_otsu']:.2f})")
         if row.in_lungs.get(key) is not None:
-            caption += f" — in lungs {row.in_lungs[key]:.2f}"
+            caption += f" — {row.in_lungs[key]:.0%} in the lungs"
         shares = row.anatomy.get(key) or {}
         if shares and all(v is not None for v in shares.values()):
             from xai.anatomy import readout_sentence
 
             caption += f" — {e(readout_sentence(shares))}"
         if key in row.stability and "spearman_mean" in row.stability[key]:
-            caption += f" — stability: Spearman mean {row.stability[key]['spearman_mean']:.2f}"
-        parts.append(f"<figure><img alt='{e(key)}' src='{_data_uri(jpeg)}'><figcaption>{caption}</figcaption></figure>")
+            caption += f" — stability under small changes: rank correlation {row.stability[key]['spearman_mean']:.2f}"
+        parts.append(f"<figure><img alt='{e(title(key))}' src='{_data_uri(jpeg)}'><figcaption>{caption}"
+                     "</figcaption></figure>")
     parts.append("</div></div>")
     return "".join(parts)

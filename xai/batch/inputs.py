@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from xai.batch.archive import DEFAULT_LIMITS, ArchiveError, ZipLimits, is_zip, read_zip
@@ -27,13 +27,16 @@ class InputItem:
 
     ``name`` as given (path or upload name; finding boxes are matched on its last component),
     ``source`` a path or bytes (``None`` with an ``error``), ``label`` what the exports call it
-    (``None``: the name as given, and the output folder is the file's :func:`safe_stem`).
+    (``None``: the name as given, and the output folder is the file's :func:`safe_stem`), ``site`` the
+    neutral name of its folder ("site 1", "site 2", … in upload order) when names are hidden: the cohort
+    view's per-site grouping without a folder name that could identify a patient.
     """
 
     name: str
     source: Path | bytes | None
     error: str | None = None
     label: str | None = None
+    site: str | None = None
 
     @property
     def export_name(self) -> str:
@@ -118,4 +121,22 @@ def items_from_uploads(
             items.append(InputItem(name, data, None, label(name, data)))
     if len(items) > limits.max_members:
         raise ArchiveError(f"{len(items)} images uploaded; the limit is {limits.max_members} per batch")
-    return items
+    return items if labeller is None else neutral_sites(items)
+
+
+def folder_of(name: str) -> str:
+    """The folder a file was in, as given (``.`` for none): the cohort's stand-in for its source."""
+    parent = PurePosixPath(name.replace("\\", "/")).parent.as_posix()
+    return parent.rsplit("/", 1)[-1] if parent not in ("", ".") else "."
+
+
+def neutral_sites(items: Sequence[InputItem]) -> list[InputItem]:
+    """``items`` with ``site`` set: each distinct folder (:func:`folder_of`) named "site 1", "site 2", … in
+    the order it first appears."""
+    sites: dict[str, str] = {}
+    out = []
+    for item in items:
+        folder = folder_of(item.name)
+        sites.setdefault(folder, f"site {len(sites) + 1}")
+        out.append(replace(item, site=sites[folder]))
+    return out
