@@ -225,6 +225,14 @@ def test_round_trip_explain_from_the_pacs_and_send_the_results_to_the_study(orth
     local = {np.load(folder / f"{m}.npy").astype(np.float32).tobytes() for m in ("gradcam", "gradcam++")}
     assert {pm.pixel_array.astype(np.float32).tobytes() for pm in maps} == local
     assert sorted(p.name for p in (folder / "dicom").iterdir()) == ["pm1.dcm", "pm2.dcm", "sc1.dcm", "sc2.dcm", "sr1.dcm"]
+    # The report's evidence by region is the anatomical readout the same run wrote to result.json.
+    anatomy = json.loads((folder / "result.json").read_text())["anatomy"]
+    assert [g.tracking_identifier for g in groups[1:]] == ["Grad-CAM evidence by region",
+                                                           "Grad-CAM++ evidence by region"]
+    for group, method in zip(groups[1:], ("gradcam", "gradcam++"), strict=True):
+        sent_shares = {m.finding_sites[0].value.meaning: m.value for m in group.get_measurements()}
+        written = {region: share for region, share in anatomy[method].items() if share is not None}
+        assert sent_shares == pytest.approx(written) and sum(written.values()) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_deidentified_results_carry_no_source_identifier_or_uid(orthanc, tmp_path):

@@ -203,10 +203,11 @@ def _run_explain(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
                 _report_failure(item.name, error, stderr, bar)
             else:
                 try:
-                    write_explain_outputs(result, model, output_dir_for(out_dir, stem),
-                                          extra=_lung_record(result, stderr, bar))
+                    record = _lung_record(result, stderr, bar)
+                    write_explain_outputs(result, model, output_dir_for(out_dir, stem), extra=record)
                     if args.send:
-                        failed += _send_dicom(args, item, result, model, output_dir_for(out_dir, stem), stderr, bar)
+                        failed += _send_dicom(args, item, result, model, record.get("anatomy") or {},
+                                              output_dir_for(out_dir, stem), stderr, bar)
                 except (OSError, ValueError) as exc:
                     failed += 1
                     _report_failure(item.name, f"cannot write outputs: {exc}", stderr, bar)
@@ -375,10 +376,11 @@ def _pacs_inputs(args: argparse.Namespace, stderr: TextIO) -> Iterator[None]:
         yield
 
 
-def _send_dicom(args: argparse.Namespace, item: Any, result: Any, model: Any, folder: Path, stderr: TextIO,
-                bar: Any) -> int:
+def _send_dicom(args: argparse.Namespace, item: Any, result: Any, model: Any,
+                anatomy: dict[str, dict[str, float | None]], folder: Path, stderr: TextIO, bar: Any) -> int:
     """``--send``: the film's DICOM results written to ``folder/dicom`` and sent with STOW-RS; 1 when they could
-    not be made or sent (the message says why; written files stay), else 0."""
+    not be made or sent (the message says why; written files stay), else 0. ``anatomy``: result.json's
+    {method: {region: share}} (the structured report's evidence by region)."""
     from xai.dicom_results import film_results
     from xai.export import ExportError
     from xai.pacs import PacsError
@@ -389,7 +391,9 @@ def _send_dicom(args: argparse.Namespace, item: Any, result: Any, model: Any, fo
         return 0
     try:
         objects = film_results(result, model, source, mode=args.send_mode, kinds=args.send,
-                               ood=_ood_for_report(result, model), evidence_by_region=_regions_for_report(result))
+                               ood=_ood_for_report(result, model),
+                               evidence_by_region={m: {r: float("nan") if v is None else float(v)
+                                                       for r, v in shares.items()} for m, shares in anatomy.items()})
     except (ExportError, ValueError) as exc:
         _report_failure(item.name, f"cannot make DICOM results: {exc}", stderr, bar)
         return 1
@@ -413,17 +417,6 @@ def _ood_for_report(result: Any, model: Any) -> dict[str, Any] | None:
 
     record, _ = ood_record(result, model, models.ood_stats(model))
     return record or None
-
-
-def _regions_for_report(result: Any) -> dict[str, dict[str, float]]:
-    """{method: {region: share}} of the film's anatomical regions (empty when the regions cannot be found)."""
-    from xai.anatomy import LungModelError, anatomy_regions, evidence_by_region
-
-    try:
-        regions = anatomy_regions(result.radiograph, max_side=1024)
-        return {m: evidence_by_region(heat, regions) for m, heat in result.maps.items()}
-    except (LungModelError, ValueError, RuntimeError, OSError):
-        return {}
 
 
 if __name__ == "__main__":  # pragma: no cover
