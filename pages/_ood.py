@@ -50,11 +50,15 @@ def ood_summary(image_sha: str, model: ActiveModel, result: PipelineResult) -> O
         return OodSummary(tuple(scored.warnings), "")
     if scored.score is None:
         return OodSummary((), "No out-of-distribution score for this image.")
-    return OodSummary((), f"No out-of-distribution warning: Mahalanobis distance {scored.score:.1f} "
-                          f"(percentile {scored.percentile:.0f} among validation images, warning above "
-                          f"{scored.threshold:.1f}). No warning is not proof the film is like the training "
-                          "data: a film from a hospital the model never saw can be scored confidently wrong "
-                          "without one.")
+    from xai.trust.held_out import held_out_record
+
+    record = held_out_record(getattr(model.card, "cross_source", None))
+    silence = record.silence() if record else None
+    return OodSummary((), "No out-of-distribution warning — the check misses films from hospitals it never saw"
+                          + (f": {silence}" if silence else "") + ". No warning does not mean the film is like the "
+                          "training data: a film from a hospital the model never saw can be scored confidently "
+                          f"wrong without one. (Mahalanobis distance {scored.score:.1f}, warning above "
+                          f"{scored.threshold:.1f}.)")
 
 
 def ood_banner(image_sha: str, model: ActiveModel, result: PipelineResult) -> None:

@@ -172,3 +172,17 @@ def test_a_model_that_ignores_its_input_gets_a_red_faithfulness_verdict(blind_bu
     (table,) = [d.value for d in at.dataframe if "P on the baseline" in d.value.columns]
     assert table["P on the baseline"].tolist() == pytest.approx([BLIND_P] * len(table), abs=1e-3)
     assert table["P on the film"].tolist() == pytest.approx([BLIND_P] * len(table), abs=1e-3)
+
+
+def test_the_explain_pages_no_warning_caption_quotes_the_same_silence() -> None:
+    """One wording for the silent check: the Explain page's caption (and the exports' OOD line) too."""
+    bundle = models.load("chestcovnet")
+    record = held_out_record(bundle.card.cross_source)
+    assert record is not None
+    at = run(AppTest.from_file(str(APP), default_timeout=TIMEOUT))
+    box = at.selectbox(key="sample")
+    box.set_value(next(o for o in box.options if "MHH" in o))
+    run(at)
+    (caption,) = [c.value for c in at.caption if c.value.startswith("No out-of-distribution warning")]
+    assert caption.startswith("No out-of-distribution warning — the check misses films from hospitals it never saw: "
+                              f"{record.silence()}. No warning does not mean the film is like the training data")
