@@ -145,3 +145,11 @@ def require_model() -> ActiveModel:
         st.error(f"The model could not be loaded: {exc}. Load a model on the Model page, or restore the "
                  f"bundle '{DEFAULT_MODEL}' and restart the app.")
         st.stop()
+
+
+def default_target_choice(model: ActiveModel) -> int:
+    """Where a page's "Explain class" picker (``["predicted", *class names]``) starts: the card's positive class
+    (the class its threshold decides on), else "predicted"."""
+    positive = getattr(model.card, "positive_class", None)
+    names = model.class_names
+    return names.index(positive) + 1 if positive in names else 0

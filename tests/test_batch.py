@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pages._state import Key
 from xai.batch.archive import ArchiveError, ZipLimits, read_zip, zip_folder
 from xai.batch.boxes import Box, BoxesError, boxes_mask, load_boxes, parse_boxes
 from xai.batch.inputs import collect_inputs, items_from_uploads
@@ -352,7 +353,7 @@ def test_zip_folder_round_trips_stores_images_and_filters(tmp_path: Path) -> Non
 
 
 def result_html(at: object) -> str:
-    return at.session_state["batch_result"]["html"].decode("utf-8")  # type: ignore[attr-defined]
+    return at.session_state[Key.STORES]["batch"]["result"]["html"].decode("utf-8")  # type: ignore[attr-defined]
 
 
 def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dicom_dir: Path) -> None:
@@ -403,7 +404,7 @@ def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dic
     warning = at.warning[-1].value  # on screen: the hashed name and which upload it was
     assert hashed[2] in warning and "bomb.zip" in warning and "zip bomb" in warning
     assert len(at.get("download_button")) == 3
-    result = at.session_state["batch_result"]
+    result = at.session_state[Key.STORES]["batch"]["result"]
     files = dict(read_zip(result["zip"]))
     assert sorted(files) == sorted(["report.csv", "index.html", *(f"{h}/gradcam.jpg" for h in (hashed[0], hashed[1],
                                                                                                 hashed[3]))])
@@ -425,7 +426,7 @@ def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dic
     at.button[0].click()
     at.run()
     assert not at.exception, at.exception
-    result = at.session_state["batch_result"]
+    result = at.session_state[Key.STORES]["batch"]["result"]
     rows = list(csv.DictReader(io.StringIO(result["csv"].decode("utf-8"))))
     assert [r["file"] for r in rows] == ["films.zip/films/a.jpg", "films.zip/films/b.jpg"]
     assert any("by folder" in m.value for m in at.markdown)  # names shown: the folder grouping too

@@ -335,7 +335,7 @@ def test_trust_page_agreement_and_integrated_gradients() -> None:
     assert list(table["method"]) == ["Grad-CAM", "Grad-CAM++", "Guided Backprop", "Guided Grad-CAM"]
     # independent check: the same maps from a direct engine call, scored by hand against the same box
     image = at.session_state[Key.IMAGE]
-    (target,) = {k[3] for k in at.session_state["_trust_results"] if k[0] == "agreement"}
+    (target,) = {k[3] for k in at.session_state[Key.STORES]["trust"] if k[0] == "agreement"}
     direct = explanation_service().run_engine(image.radiograph, default_model(), target, tuple(METHODS), count=False)
     inside = np.zeros(image.radiograph.pixels.shape, dtype=bool)
     inside[60:260, 60:260] = True
