@@ -73,7 +73,7 @@ def resolve_target(choice: str, image: LoadedImage, model: ActiveModel) -> int |
 def prediction_section(result: PipelineResult, model: ActiveModel) -> None:
     card = model.card
     threshold = getattr(card, "threshold", None)
-    positive = getattr(card, "positive_class", None) or ("covid19" if "covid19" in model.class_names else None)
+    positive = getattr(card, "positive_class", None)
     st.plotly_chart(
         prediction_figure(result.probabilities, threshold=threshold, positive_class=positive, decision=result.predicted),
         key="prediction_chart",
