@@ -347,3 +347,19 @@ def test_a_refused_stow_keeps_the_results_locally(tmp_path):
     kept = sorted((tmp_path / "out").rglob("*.dcm"))
     assert [p.name for p in kept] == ["pm1.dcm", "pm2.dcm", "sr1.dcm"]
     assert isinstance(highdicom.sr.srread(kept[-1]), highdicom.sr.Comprehensive3DSR)
+
+
+def test_report_reads_a_study_from_the_pacs(orthanc, tmp_path):
+    data, ds = _film()
+    orthanc.upload(data)
+    err = io.StringIO()
+    code = main(["report", "--pacs", orthanc.dicomweb_url, "--study", ds.StudyInstanceUID, "--out",
+                 str(tmp_path / "report"), "--methods", "gradcam", "--no-progress", "--no-isolation"],
+                stdout=io.StringIO(), stderr=err)
+    assert code == 0, err.getvalue()
+    import csv
+
+    with (tmp_path / "report" / "report.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and Path(rows[0]["file"]).name == "study1_0001.dcm" and rows[0]["status"] == "ok"
+    assert ds.StudyInstanceUID not in (tmp_path / "report" / "report.csv").read_text()
