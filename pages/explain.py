@@ -15,6 +15,7 @@ import numpy as np
 import streamlit as st
 
 from pages._access import ensure_routed
+from pages._display import DISPLAY_DEFAULTS, SCALES, fixed_maxima_store, heat_look
 from pages._explanations import ResultKey, explain, prefetch_targets, screen_layers
 from pages._howto import how_popovers
 from pages._ingest import LoadedImage, load_input
@@ -22,6 +23,7 @@ from pages._lungs import lung_field, lung_outline, lung_shares, start_lung_field
 from pages._methods import method_label
 from pages._models import ActiveModel, active_card, require_model
 from pages._ood import ood_banner, ood_summary
+from pages._pacs import pacs_input, send_to_pacs
 from pages._panel import (
     GRAY_COLORSCALE,
     HEAT_PREVIEW_JS,
@@ -35,14 +37,16 @@ from pages._panel import (
 )
 from pages._record import held_out_performance
 from pages._state import (
+    Key,
+    explain_target_key,
     keep_widgets,
     kept_value,
-    page_store,
     predicted_class,
     remember_predicted,
     restore_widget,
 )
 from xai import display_scale, export, render
+from xai.dicom_results import film_results
 from xai.export import DISCLAIMER, METHOD_TITLES
 from xai.method_names import METHODS, listed_methods  # no torch: the page draws these first
 from xai.pipeline import PREDICTED, PipelineResult
@@ -173,17 +177,10 @@ def window_choice(image: LoadedImage) -> tuple[float, float] | None:
     return None
 
 
-SCALES = {
-    "model": "the model's typical range (default)",
-    "per_image": "per image (stretched)",
-    "session": "fixed on the first image of this session",
-}
-
-
 def fixed_maxima(result: PipelineResult, model: ActiveModel, reset: bool) -> tuple[tuple[str, float], ...]:
     """Per-method maxima of the session's fixed scale (first image shown, or on request): the 99.5th
     percentile of each method's raw magnitude on the model grid."""
-    store: dict = page_store("explain").setdefault("fixed_vmax", {})
+    store = fixed_maxima_store()
     for m in result.methods:
         if reset or (model.key, m) not in store:
             store[(model.key, m)] = render.robust_max(render.raw_magnitude(result.explanation, m))
@@ -226,26 +223,6 @@ def resolve_scale(choice: str, result: PipelineResult, model: ActiveModel, reset
 
 #: The Display expander's key: it tracks whether it is open, and draws its controls only then.
 DISPLAY_OPEN = "disp_open"
-#: The widgets that decide how the heat layers look, with their defaults (one home for both uses below).
-HEAT_LOOK = DisplaySettings(show_heat=True, alpha=render.DEFAULT_ALPHA, cmap=render.DEFAULT_CMAP)
-#: Every Display widget's key and default ("disp_per_row" is added per page: it depends on the panel count).
-DISPLAY_DEFAULTS: Mapping[str, object] = {
-    "disp_overlay": HEAT_LOOK.show_heat, "disp_alpha": HEAT_LOOK.alpha, "disp_cmap": HEAT_LOOK.cmap,
-    "disp_colorbar": True, "disp_contours": False, "disp_contour_level": 0.5, "disp_lungs": False,
-    "disp_scale": next(iter(SCALES)), "disp_side": "768 px (fast)", "disp_size": "Medium", "disp_zoom": 1.0,
-    "disp_cx": 50, "disp_cy": 50,
-}
-
-
-def heat_look() -> DisplaySettings:
-    """Overlay on/off, opacity and colormap as the widgets hold them when this run starts (Streamlit updates
-    a widget's state before the rerun it triggers; kept while the controls are closed), so the page can restyle
-    the heat layers before drawing anything else. Other fields stay at their defaults."""
-    return replace(HEAT_LOOK, show_heat=bool(kept_value("disp_overlay", HEAT_LOOK.show_heat)),
-                   alpha=float(kept_value("disp_alpha", HEAT_LOOK.alpha)),
-                   cmap=str(kept_value("disp_cmap", HEAT_LOOK.cmap)))
-
-
 def display_settings(image: LoadedImage, result: PipelineResult, model: ActiveModel) -> tuple[DisplaySettings, Scale]:
     """The display controls (in an expander) as one :class:`DisplaySettings`, and the scale in use. Nothing
     here touches a map's computation.
@@ -590,6 +567,8 @@ def downloads_section(
                 help="One Secondary Capture per method at the film's resolution with new patient, study and "
                 "series identifiers and no patient details: nothing links it back to the patient.",
             )
+    send_to_pacs(image, lambda mode, kinds: film_results(result, model.loaded, image.dicom_bytes or b"", mode=mode,
+                                                        kinds=kinds, colormap=s.cmap))
     st.caption(f"Every export carries the model, its sha256, the settings, the date and “{DISCLAIMER}”. "
                f"Patient details are {'INCLUDED' if show_patient else 'not included'} (except in the "
                "“for our PACS” DICOM, which says so).")
@@ -629,6 +608,7 @@ def main() -> None:
     with st.sidebar:
         st.header("Radiograph")
     image = load_input(container=st.sidebar)
+    image = pacs_input(st.sidebar) or image  # "From PACS", only when a PACS is configured
     if image is None:
         landing(active_card())
     model = require_model()
@@ -638,12 +618,12 @@ def main() -> None:
             "Methods", listed_methods(), default=list(METHODS), format_func=method_label, key="methods"
         )
         target_choice = st.selectbox(
-            "Target class", [PREDICTED, *model.class_names], key=f"target:{model.key}",
+            "Target class", [PREDICTED, *model.class_names], key=explain_target_key(model.key),
             format_func=lambda c: "Predicted class" if c == PREDICTED else c,
             help="Explain the class the model predicts, or any other class.",
         )
         show_patient = st.toggle(
-            "Show patient details", value=False, key="show_patient",
+            "Show patient details", value=False, key=Key.SHOW_PATIENT,
             help="Off: nothing identifying is shown or exported.",
         )
         origin = "bundled" if model.origin == "bundled" else "your own"
