@@ -20,13 +20,16 @@ from pages._access import ensure_routed
 from pages._methods import method_label
 from pages._models import default_target_choice, require_model
 from pages._state import page_store
+from xai.anatomy import readout_sentence
 from xai.batch.archive import ArchiveError, ZipLimits, zip_folder
 from xai.batch.boxes import BoxesError, parse_boxes
 from xai.batch.films import BatchSpec, Checks
+from xai.batch.html import ood_warning_text
+from xai.batch.html import title as method_title
 from xai.batch.inputs import items_from_uploads
-from xai.batch.names import content_sha256, export_stem
+from xai.batch.names import content_sha256, export_stem, output_dir_for
 from xai.batch.outputs import COMPACT, FULL_RESOLUTION
-from xai.batch.report import Report
+from xai.batch.report import Report, ReportRow
 from xai.batch.run import run_report
 from xai.method_names import METHODS, listed_methods
 
@@ -40,6 +43,70 @@ _SIZES = {"Compact: JPEG overlays, longest side 1024 px": COMPACT,
 def _in_download(path: PurePosixPath) -> bool:
     """The zip holds the report, the CSV and the overlays; thumbnails live in index.html already."""
     return not (path.parts[-1] == "row.json" or "thumbs" in path.parts[:-1])
+
+
+def _data_url(jpeg: bytes) -> str:
+    import base64
+
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def film_rows(out_dir: Path, rows: list[ReportRow], target: str, methods: tuple[str, ...]) -> list[dict[str, object]]:
+    """One on-screen row per explained film (failed ones are listed apart): its thumbnail and the first
+    method's, the prediction, the explained class's probability, the out-of-distribution warning and where
+    the first method's evidence lies (its two largest anatomical regions, :func:`xai.anatomy.readout_sentence`;
+    else its share inside the lungs) and its share inside the lungs. Names are the report's (hashed unless patient
+    details are on)."""
+    method = methods[0]
+    table = []
+    for row in rows:
+        if row.error is not None or row.stem is None:
+            continue
+        folder = output_dir_for(out_dir, row.stem)
+        thumbs = row.thumbnail_files()
+
+        def picture(key: str, thumbs: dict[str, str] = thumbs, folder: Path = folder) -> str | None:
+            try:
+                return _data_url((folder / thumbs[key]).read_bytes()) if key in thumbs else None
+            except OSError:
+                return None
+
+        share = row.in_lungs.get(method)
+        explained = row.target or target
+        regions = {k: float("nan") if v is None else float(v) for k, v in (row.anatomy.get(method) or {}).items()}
+        where = readout_sentence(regions) if regions else ""
+        if not where:
+            where = "no lung field found" if share is None else (
+                f"{share:.0%} in the lungs" + ("" if share >= 0.5 else ", mostly outside"))
+        table.append({
+            "film": picture("original"), "map": picture(method), "name": row.file,
+            "prediction": row.predicted or "",
+            "probability": float(row.probabilities.get(explained, float("nan"))),
+            "warning": ood_warning_text(row.ood) or "no warning",
+            "evidence in the lungs": float("nan") if share is None else float(share),
+            "where the evidence lies": where,
+        })
+    return table
+
+
+def show_films(films: list[dict[str, object]], target: str, method: str) -> None:
+    """The per-film table: sortable by any column (click its header); thumbnails as image cells."""
+    st.markdown(f"**Per film** — click a column's header to sort. Map: {method_title(method)} for {target}.")
+    st.dataframe(
+        films, hide_index=True, key="batch_films", row_height=72,
+        column_config={
+            "film": st.column_config.ImageColumn("film", width="small"),
+            "map": st.column_config.ImageColumn(method_title(method), width="small"),
+            "probability": st.column_config.NumberColumn(f"P({target})", format="%.3f"),
+            "evidence in the lungs": st.column_config.ProgressColumn(
+                "evidence in the lungs", min_value=0.0, max_value=1.0, format="percent"),
+            "warning": st.column_config.TextColumn("out-of-distribution warning", width="medium"),
+        },
+    )
+    st.caption("“No warning” is not proof a film is like the training data: the check misses films from "
+               "hospitals the model never saw. Where the evidence lies: the map's two largest shares by anatomical "
+               "region. Evidence in the lungs: the share of the map inside the lung field (dilated by 3 % of the "
+               "film's width).")
 
 
 def _cohort(report: Report) -> list[tuple[str, list[tuple[str, int, np.ndarray]]]]:
@@ -104,7 +171,10 @@ def main() -> None:
         else:
             bar = st.progress(0.0, text="Starting…")
 
-            def _progress(done: int, total: int, _row: object) -> None:
+            done_rows: list[ReportRow] = []
+
+            def _progress(done: int, total: int, row: ReportRow) -> None:
+                done_rows.append(row)
                 bar.progress(done / max(total, 1), text=f"{done} of {total} done")
 
             spec = BatchSpec(methods=tuple(methods), target=target, stability=stability, overlays=_SIZES[size])
@@ -123,21 +193,31 @@ def main() -> None:
                     "failed": [(name, next((i.name for i in items if i.export_name == name), name), error)
                                for name, error in report.failed],
                     "cohort": _cohort(report),
+                    "films": film_rows(out_dir, done_rows, report.target, tuple(methods)),
+                    "method": methods[0],
                     "done": report.done,
                     "total": report.total,
                     "target": report.target,
+                    "named": show_patient,
                 }
             bar.empty()
 
     result = page_store(_PAGE).get(_RESULT)
     if result:
         st.success(f"{result['done']} of {result['total']} image(s) explained (class: {result['target']}).")
+        if result.get("films"):
+            show_films(result["films"], result["target"], result["method"])
         if result["summary"]:
             st.markdown("**Agreement with the boxes**")
             st.markdown(result["summary"])
         for grouping, groups in result["cohort"]:
-            st.markdown(f"**Where the model looks, relative to the lungs — by {grouping}** (mean Grad-CAM, each "
+            shown = "site" if grouping == "folder" and not result.get("named") else grouping
+            st.markdown(f"**Where the model looks, relative to the lungs — by {shown}** (mean Grad-CAM, each "
                         "film's map registered to its lungs' box; cyan: the lung outline of half the films)")
+            if shown == "site":
+                st.caption("Sites are the uploads' folders, renamed site 1, site 2, … in upload order (folder names "
+                           "can identify a patient; switch patient details on to see them). Comparing sites shows "
+                           "best whether the model looks at where a film came from.")
             for column, (name, n, rgb) in zip(st.columns(min(len(groups), 6)), groups[:6], strict=False):
                 column.image(rgb, caption=f"{name} — {n} film{'s' if n != 1 else ''}", width=160)
         if result["failed"]:

@@ -285,6 +285,26 @@ def test_report_summary_csv_and_html() -> None:
     assert "http" not in page.replace("http://x", "").replace("http-equiv", "")  # nothing fetched from outside
 
 
+def test_html_names_methods_plainly_and_keeps_the_modelers_details_folded() -> None:
+    """Outside the <details> blocks a reader sees "Grad-CAM", never the key ``gradcam``, and no jargon
+    (Mahalanobis, Otsu, pointing game); inside them the keys and conventions remain for modelers."""
+    import re
+
+    rows = _toy_rows()
+    rows[0].ood = {"score": 12.34, "warnings": ()}
+    _, page, _ = report_texts(META, rows)
+    folded = re.findall(r"<details><summary>For modelers</summary>(.*?)</details>", page, flags=re.S)
+    visible = re.sub(r"<details>.*?</details>", "", page, flags=re.S)
+    text = re.sub(r"<[^>]+>", " ", visible)
+    assert "Grad-CAM" in text and "gradcam" not in re.sub(r"<[^>]+>", " ", visible.split("<h2>Images</h2>")[1])
+    assert not re.search(r"\bgradcam\b", text.replace("<script>", ""))
+    for jargon in ("Mahalanobis", "Otsu", "Pointing game", "pointing game", "IoU of"):
+        assert jargon not in text, jargon
+    assert any("<code>gradcam</code>" in f and "Otsu" in f for f in folded)
+    assert any("Mahalanobis distance" in f and "12.3" in f for f in folded)
+    assert "Grad-CAM — strongest point inside the box, 50% of the map inside" in page
+
+
 def test_streamed_report_files_equal_the_in_memory_ones_and_read_thumbnails_from_disk(tmp_path: Path) -> None:
     from xai.batch.report import ReportWriter
 
@@ -399,7 +419,10 @@ def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dic
     assert "3 of 4 image(s) explained" in at.success[0].value
     assert any("| gradcam | 1 |" in m.value for m in at.markdown)  # agreement for the one boxed film
     cohort = [m.value for m in at.markdown if "Where the model looks" in m.value]
-    assert len(cohort) == 1 and "by predicted class" in cohort[0]  # no folder grouping: folders may name patients
+    # per site too, but under neutral names: folders may name patients
+    assert ["by site" in cohort[0], "by predicted class" in cohort[1]] == [True, True] and len(cohort) == 2
+    sites = dict(at.session_state[Key.STORES]["batch"]["result"]["cohort"])["folder"]
+    assert [(name, n) for name, n, _rgb in sites] == [("site 1", 2), ("site 2", 1)]  # films/, then scan.dcm
     assert "Where the model looks, relative to the lungs" in result_html(at)
     warning = at.warning[-1].value  # on screen: the hashed name and which upload it was
     assert hashed[2] in warning and "bomb.zip" in warning and "zip bomb" in warning
@@ -413,6 +436,30 @@ def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dic
     rows = list(csv.DictReader(io.StringIO(result["csv"].decode("utf-8"))))
     assert [(r["file"], r["status"]) for r in rows] == [(hashed[0], "ok"), (hashed[1], "ok"), (hashed[2], "failed"),
                                                         (hashed[3], "ok")]
+    # On screen, one sortable row per explained film: its thumbnails, and the report's own figures.
+    (films,) = [d.value for d in at.dataframe if "prediction" in d.value.columns]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert films["name"].tolist() == [r["file"] for r in ok]
+    assert films["prediction"].tolist() == [r["prediction"] for r in ok]
+    assert films["probability"].tolist() == pytest.approx([float(r[f"p_{r['target']}"]) for r in ok], abs=1e-6)
+    in_lungs = [float(r["gradcam_in_lungs"]) if r["gradcam_in_lungs"] else float("nan") for r in ok]
+    assert films["evidence in the lungs"].tolist() == pytest.approx(in_lungs, abs=1e-6, nan_ok=True)
+    from xai.anatomy import REGIONS
+
+    def top_two(r: dict[str, str]) -> str:  # the two largest regions, from the CSV's own columns
+        shares = sorted(((float(r[f"gradcam_{k.replace(' ', '_')}"]), k) for k in REGIONS
+                         if r[f"gradcam_{k.replace(' ', '_')}"]), reverse=True)[:2]
+        return " · ".join(f"{v:.0%} {k}" for v, k in shares if v >= 0.005)
+
+    for r, v, where in zip(ok, in_lungs, films["where the evidence lies"], strict=True):
+        expected = top_two(r) or (f"{v:.0%} in the lungs" if v == v else "no lung field found")
+        assert where.startswith(expected), (where, expected)
+    assert any("·" in w for w in films["where the evidence lies"])  # the anatomical readout is there
+    assert [w if w == "no warning" else "warned" for w in films["warning"]] == [
+        "warned" if r["ood_warning"] else "no warning" for r in ok]
+    for column in ("film", "map"):
+        assert all(str(v).startswith("data:image/jpeg;base64,") for v in films[column])
+    assert any("No warning” is not proof" in c.value for c in at.caption)
     assert rows[0]["n_boxes"] == "1"  # boxes still match the uploaded file name
     downloads = [result["zip"], result["csv"], result["html"], *files.values()]
     for secret in ["Qwzyx", "Vbnmo", "MRN-5550199", "Grommet", "20190723", "19380511", "films.zip", "films/", "a.jpg", "b.jpg", "bomb.zip",
@@ -430,6 +477,9 @@ def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dic
     rows = list(csv.DictReader(io.StringIO(result["csv"].decode("utf-8"))))
     assert [r["file"] for r in rows] == ["films.zip/films/a.jpg", "films.zip/films/b.jpg"]
     assert any("by folder" in m.value for m in at.markdown)  # names shown: the folder grouping too
+    assert [n for n, _count, _rgb in dict(at.session_state[Key.STORES]["batch"]["result"]["cohort"])["folder"]] == ["films"]
+    (films,) = [d.value for d in at.dataframe if "prediction" in d.value.columns]
+    assert films["name"].tolist() == ["films.zip/films/a.jpg", "films.zip/films/b.jpg"]
     files = dict(read_zip(result["zip"]))
     assert sorted(files) == ["a/gradcam.png", "b/gradcam.png", "index.html", "report.csv"]
     with Image.open(io.BytesIO(files["b/gradcam.png"])) as overlay, Image.open(images / "mhh_b343e657.jpg") as film:

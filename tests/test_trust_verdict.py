@@ -129,3 +129,19 @@ def test_ood_words_never_claim_the_film_looks_like_the_training_data() -> None:
     no_lungs = ood_verdict(quiet, lung_found=False)
     assert no_lungs.light == "red" and "No lung field" in no_lungs.sentence
     assert ood_verdict(None).light == "gray"
+
+
+def test_the_weak_evidence_notice_covers_every_map_of_a_rejected_class() -> None:
+    """A rejected class gets the notice even when every map is bright on the calibrated scale (Grad-CAM++'s
+    positive-gradient weights draw one), and the notice names every map shown, not only the faint ones."""
+    from xai.display_scale import PLUS_PLUS_NOTE, ScaleCalibration, weak_evidence
+
+    cal = ScaleCalibration(vmax={"gradcam": 1.0, "gradcam++": 1.0})
+    titles = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
+    bright = {"gradcam": 0.9, "gradcam++": 1.2}
+    assert weak_evidence("non_covid", 0.4, bright, cal, titles) is None  # not rejected, probable, bright
+    notice = weak_evidence("non_covid", 0.4, bright, cal, titles, rejected=True)
+    assert notice is not None and "the model does not call non_covid (probability 0.4)" in notice
+    assert "(Grad-CAM, Grad-CAM++)" in notice and PLUS_PLUS_NOTE in notice and "peak" not in notice
+    faint = weak_evidence("covid19", 0.003, {"gradcam": 0.1, "gradcam++": 1.2}, cal, titles, rejected=True)
+    assert faint is not None and "Grad-CAM 0.10×" in faint and "(Grad-CAM, Grad-CAM++)" in faint
