@@ -181,3 +181,36 @@ def _keep(sha256: str, files: list[bytes]) -> None:
         for n, data in enumerate(files, start=1):
             archive.writestr(f"result_{n:02d}.dcm", data)
     page_store("pacs")["unsent"] = (sha256, buffer.getvalue())
+
+
+def accessions_input() -> str:
+    """Review page: a box for accession numbers whose films the session takes from the PACS ("" without one)."""
+    if configured() is None:
+        return ""
+    return st.text_area("…and/or accession numbers from the PACS (one per line)", key="review_new_accessions",
+                        help="Every CR/DX image of those studies, read from the PACS as uploads are.")
+
+
+def films_for_accessions(text: str) -> list[tuple[str, bytes]]:
+    """The image files of the studies with the accession numbers in ``text`` (names carry no header value);
+    a PACS failure or an accession number that matches nothing raises ``ReviewError`` saying which."""
+    from xai.pacs import iter_study_films, studies_for_accessions
+    from xai.review import ReviewError
+
+    accessions = [line.strip() for line in text.splitlines() if line.strip()]
+    config = configured()
+    if not accessions or config is None:
+        return []
+    skipped: list[str] = []
+    try:
+        with PacsClient(config) as client:
+            uids, missing = studies_for_accessions(client, accessions)
+            if missing:
+                raise ReviewError(f"no CR/DX study in the PACS has accession number(s) {', '.join(missing)}")
+            films = [(f"pacs_{name}", data) for name, data in iter_study_films(client, uids, warn=skipped.append)]
+    except PacsError as exc:
+        raise ReviewError(str(exc)) from None
+    if not films:
+        raise ReviewError("the PACS returned no image for those accession numbers" +
+                          (f" ({skipped[0]})" if skipped else ""))
+    return films

@@ -41,6 +41,7 @@ from pages._explanations import explain, screen_view
 from pages._ingest import SAMPLES_DIR, LoadedImage, list_samples
 from pages._methods import method_label
 from pages._models import DEFAULT_MODEL, ActiveModel, default_model, wrap_model
+from pages._pacs import accessions_input, films_for_accessions
 from pages._panel import Panel, panel_figure, row_height_for, screen_image_uri
 from xai.render import DisplaySettings, downsample_for_display, gray_to_rgb, plotly_colorscale
 from xai.review import DIAGNOSES, QUESTIONS, ReviewError, ReviewSession, ReviewStore, default_url, map_letters
@@ -699,6 +700,7 @@ def create_form(reader: str) -> None:
         uploads = st.file_uploader("Films (images or a zip)", accept_multiple_files=True, key="review_new_files")
         samples = list_samples()
         chosen = st.multiselect("…and/or bundled samples", list(samples), key="review_new_samples")
+        accessions = accessions_input()  # drawn only when a PACS is configured
         labels_file = st.file_uploader("Reference diagnoses (optional CSV with columns file, diagnosis: "
                                        "covid19 or non_covid) — shown to each reader after their read",
                                        type=["csv"], key="review_new_labels")
@@ -727,6 +729,7 @@ def create_form(reader: str) -> None:
                 raise ReviewError(f"{bad[0].name}: {bad[0].error}")
             files: list[Any] = [(i.name, i.source) for i in items]
             files += [str(SAMPLES_DIR / Path(samples[t]).name) for t in chosen]
+            files += films_for_accessions(accessions)
             references = read_labels_csv(labels_file.getvalue()) if labels_file is not None else None
             secret = None if sign_in_configured() else (password or new_owner_secret())
             with st.spinner(f"Storing {len(files)} film(s)…"):

@@ -82,3 +82,35 @@ def test_open_a_film_from_the_pacs_and_send_the_results_back(orthanc, monkeypatc
         assert obj.StudyInstanceUID != ds.StudyInstanceUID and obj.PatientIdentityRemoved == "YES"
     parsed = highdicom.pm.ParametricMap.from_dataset(maps[0])
     assert parsed.pixel_array.shape == (ds.Rows, ds.Columns)
+
+
+def test_review_session_from_accession_numbers(orthanc, monkeypatch, tmp_path):
+    from xai.review import ReviewStore
+
+    url = f"sqlite:///{tmp_path / 'review.sqlite3'}"
+    monkeypatch.setenv("XAI_DB_URL", url)
+    monkeypatch.setenv("XAI_PACS_URL", orthanc.dicomweb_url)
+    for accession in ("ACC-REV-1", "ACC-REV-2"):
+        ds = pydicom.dcmread(FILM)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.AccessionNumber = accession
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        orthanc.upload(buffer.getvalue())
+    at = run(AppTest.from_file(str(APP), default_timeout=TIMEOUT))
+    run(at.switch_page("pages/review.py"))
+    at.text_input(key="review_reader_name").input("olga")
+    run(at)
+    at.text_input(key="review_new_name").input("from the PACS")
+    at.text_area(key="review_new_accessions").input("ACC-REV-1\nACC-REV-2\n")
+    at.button(key="review_create").click()
+    run(at)
+    (session,) = ReviewStore(url).sessions()
+    assert (session.name, session.n_cases) == ("from the PACS", 2)
+    at.text_input(key="review_new_name").input("unknown accession")
+    at.text_area(key="review_new_accessions").input("ACC-NOPE-9")
+    at.button(key="review_create").click()
+    run(at)
+    assert any("ACC-NOPE-9" in e.value and "not created" in e.value for e in at.error), [e.value for e in at.error]
+    assert len(ReviewStore(url).sessions()) == 1

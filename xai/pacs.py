@@ -49,7 +49,9 @@ __all__ = [
     "StoreResult",
     "StudySummary",
     "download_studies",
+    "iter_study_films",
     "pacs_config",
+    "studies_for_accessions",
 ]
 
 DEFAULT_TIMEOUT_S = 15.0
@@ -482,14 +484,11 @@ def _da(value: date | str | None) -> str:
     return text
 
 
-def download_studies(client: PacsClient, study_uids: Sequence[str], folder: Path, *,
-                     warn: Any = None, max_instances: int | None = None) -> list[Path]:
-    """Every image instance of each study, saved as ``study<k>_<n>.dcm`` in ``folder`` (names carry no
-    header value), listed a page at a time; a non-image instance or one the PACS cannot find is skipped
-    with a ``warn(message)``. An unreachable PACS, a timeout or a refused sign-in stops the download (raised).
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    saved: list[Path] = []
+def iter_study_films(client: PacsClient, study_uids: Sequence[str], *, warn: Any = None,
+                     max_instances: int | None = None) -> Iterator[tuple[str, bytes]]:
+    """``(name, DICOM file bytes)`` of every image instance of each study, listed a page at a time; names are
+    ``study<k>_<n>.dcm`` (no header value). A non-image instance or one the PACS cannot find is skipped with a
+    ``warn(message)``; an unreachable PACS, a timeout or a refused sign-in stops the iteration (raised)."""
     for k, study_uid in enumerate(study_uids, start=1):
         count = 0
         for n, instance in enumerate(client.iter_instances(study_uid, max_instances=max_instances), start=1):
@@ -505,10 +504,33 @@ def download_studies(client: PacsClient, study_uids: Sequence[str], folder: Path
                 if warn:
                     warn(f"study {k}, instance {n}: {exc}")
                 continue
-            path = folder / f"study{k}_{n:04d}.dcm"
-            path.write_bytes(data)
-            saved.append(path)
             count += 1
+            yield f"study{k}_{n:04d}.dcm", data
         if count == 0 and warn:
             warn(f"study {k}: no image instance found (is the Study Instance UID right?)")
+
+
+def download_studies(client: PacsClient, study_uids: Sequence[str], folder: Path, *,
+                     warn: Any = None, max_instances: int | None = None) -> list[Path]:
+    """:func:`iter_study_films` saved as files in ``folder``; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    saved: list[Path] = []
+    for name, data in iter_study_films(client, study_uids, warn=warn, max_instances=max_instances):
+        path = folder / name
+        path.write_bytes(data)
+        saved.append(path)
     return saved
+
+
+def studies_for_accessions(client: PacsClient, accession_numbers: Sequence[str],
+                           modalities: Sequence[str] = DEFAULT_MODALITIES) -> tuple[list[str], list[str]]:
+    """Study Instance UIDs of the studies with these accession numbers, and the accession numbers that
+    matched none."""
+    uids: list[str] = []
+    missing: list[str] = []
+    for accession in dict.fromkeys(a.strip() for a in accession_numbers if a.strip()):
+        found = client.search_studies(accession_number=accession, modalities=modalities).items
+        if not found:
+            missing.append(accession)
+        uids += [s.study_uid for s in found if s.study_uid not in uids]
+    return uids, missing
