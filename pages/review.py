@@ -55,6 +55,8 @@ from xai.review.store import (
 
 #: Longest side of the film on screen (px); boxes are stored in the film's own pixels.
 FILM_SIDE = 1024
+#: Widest the film is drawn (px), whatever the screen: the maps below are each at least half of it.
+FILM_MAX_WIDTH = 960
 #: Spacing of the invisible points under the film that make plotly report a box selection.
 SELECT_GRID = 24
 DIAGNOSIS_LABELS = {"covid19": "COVID-19", "non_covid": "Not COVID-19", "uncertain": "Uncertain"}
@@ -217,9 +219,11 @@ def film_figure(uri: str, shape: tuple[int, int], factor: float, box: list[float
                        "line": {"color": "#00e676", "width": 2}})
     layout = {
         "template": {}, "dragmode": "select" if select else "zoom",
-        "height": int(np.clip(1100 * h / max(w, 1), 480, 960)),
+        # at most ~960 px wide and 90% of the main width: each map (half the width, less its colour bar)
+        # stays at least half the film's size on screen
+        "height": int(np.clip(FILM_MAX_WIDTH * h / max(w, 1), 420, 900)),
         "margin": {"l": 0, "r": 0, "t": 0, "b": 0}, "shapes": shapes, "uirevision": uirevision,
-        "xaxis": {"visible": False, "range": [0, w]}, "yaxis": {"visible": False, "range": [h, 0], "scaleanchor": "x"},
+        "xaxis": {"visible": False, "range": [0, w], "domain": [0.05, 0.95]}, "yaxis": {"visible": False, "range": [h, 0], "scaleanchor": "x"},
         "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "black",
     }
     return {"data": data, "layout": layout}

@@ -35,7 +35,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 FILMS = ("mhh_a4318ac9.jpg", "cxnet_001.jpg")
 NAME = "browser study"
 RESULT_MS = 300_000
-FILM_SIDE = 768
+FILM_SIDE = 1024
+SECRET = "olga's owner secret"
 
 
 class Server:
@@ -148,7 +149,8 @@ def rate_maps(page, sid: str, case: str, order: tuple[str, ...], values: tuple[i
 def test_two_readers_blinded_anonymised_box_resume_and_results(browser, chestcovnet_dir, tmp_path):
     db_url = f"sqlite:///{tmp_path / 'review.sqlite3'}"
     store = ReviewStore(db_url)
-    sid = store.create_session(NAME, [str(chestcovnet_dir / "images" / f) for f in FILMS], owner="olga")
+    sid = store.create_session(NAME, [str(chestcovnet_dir / "images" / f) for f in FILMS], owner="olga",
+                               owner_secret=SECRET)
     first, second = store.cases(sid)
     methods = store.session(sid).methods
     server = Server(tmp_path, db_url)
@@ -158,7 +160,7 @@ def test_two_readers_blinded_anonymised_box_resume_and_results(browser, chestcov
     try:
         ann = ann_ctx.new_page()
         sign_in(ann, url, "ann")
-        assert "Case 1 of 2" in progress_text(ann) and "rated 0 of 2" in progress_text(ann)
+        assert "Case 1 of 2" in progress_text(ann) and "completed 0 of 2" in progress_text(ann)
         # blinded: the read first, no model output and no map on the page
         ann.locator(".st-key-review_record button").wait_for()
         assert ann.locator(".st-key-review_maps").count() == 0 and "Model (" not in main_text(ann)
@@ -217,16 +219,18 @@ def test_two_readers_blinded_anonymised_box_resume_and_results(browser, chestcov
         ben_row = next(r for r in store.export(sid) if r["reader"] == "ben")
         assert ben_row["plausibility"] == dict(zip(ben_order, (4, 4, 1, 2), strict=True)) and ben_row["box"] is None
 
-        # resume after a reload: the first unrated case, with the count of what is done
+        # resume after a reload: the name is kept in the address, the first unfinished case is shown
         ann.reload(wait_until="domcontentloaded")
-        sign_in(ann, url, "ann")
-        assert "Case 2 of 2" in progress_text(ann) and "rated 1 of 2" in progress_text(ann)
+        ann.wait_for_selector('[data-testid="stProgress"]', timeout=RESULT_MS)
+        wait_idle(ann)
+        assert ann.locator(".st-key-review_reader_name input").input_value() == "ann"
+        assert "Case 2 of 2" in progress_text(ann) and "completed 1 of 2" in progress_text(ann)
 
         # resume after a server restart: nothing saved is lost
         server.stop()
         url = server.start()
         sign_in(ann, url, "ann")
-        assert "Case 2 of 2" in progress_text(ann) and "rated 1 of 2" in progress_text(ann)
+        assert "Case 2 of 2" in progress_text(ann) and "completed 1 of 2" in progress_text(ann)
         click(ann, "review_prev")
         wait_for_case(ann, 1)
         assert len(film_shapes(ann, sid, first)) == 1
@@ -238,6 +242,8 @@ def test_two_readers_blinded_anonymised_box_resume_and_results(browser, chestcov
         sign_in(olga, url, "olga")
         olga.locator('[data-testid="stButtonGroup"] button', has_text="Results").click()
         wait_idle(olga)
+        olga.locator(f".st-key-review_owner_secret_{sid} input").fill(SECRET)
+        click(olga, "review_owner_unlock")
         olga.wait_for_selector(".st-key-review_plausibility_chart .js-plotly-plot", timeout=RESULT_MS)
         olga.wait_for_selector('[data-testid="stMetric"]', timeout=60_000)
         metrics = olga.eval_on_selector_all('[data-testid="stMetric"]', "els => els.map(e => e.innerText)")
@@ -254,4 +260,137 @@ def test_two_readers_blinded_anonymised_box_resume_and_results(browser, chestcov
     finally:
         ann_ctx.close()
         ben_ctx.close()
+        server.stop()
+
+
+# ------------------------------------------------------------------- losing nothing, blinding, theme
+def relative_luminance(rgb: tuple[float, float, float]) -> float:
+    """WCAG 2.x relative luminance of an sRGB colour (0-255 channels)."""
+    def linear(c: float) -> float:
+        c /= 255.0
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+    r, g, b = (linear(c) for c in rgb)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast_ratio(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
+    """WCAG contrast ratio (L1 + 0.05) / (L2 + 0.05), lighter over darker."""
+    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def parse_rgb(css: str) -> tuple[float, float, float]:
+    values = [float(v) for v in re.findall(r"[\d.]+", css)[:3]]
+    assert len(values) == 3, css
+    return values[0], values[1], values[2]
+
+
+#: JS: the rendered fill of each map title and colour-bar tick label, and the colour actually behind the
+#: chart (the first ancestor with an opaque background: plotly's paper is transparent).
+RENDERED_COLOURS_JS = """() => {
+    const chart = document.querySelector('.st-key-review_maps');
+    const fills = (sel) => [...chart.querySelectorAll(sel)].map(e => getComputedStyle(e).fill);
+    let node = chart, background = null;
+    while (node && node !== document.documentElement) {
+        const bg = getComputedStyle(node).backgroundColor;
+        if (bg && bg !== 'transparent' && !/rgba\\(.*,\\s*0\\)$/.test(bg)) { background = bg; break; }
+        node = node.parentElement;
+    }
+    return {titles: fills('.annotation-text'), ticks: fills('.colorbar text'),
+            background: background || getComputedStyle(document.body).backgroundColor};
+}"""
+
+
+def test_ratings_during_a_relayout_owner_name_reload_and_light_theme_contrast(browser, chestcovnet_dir, tmp_path):
+    """On a cold server (the first case's maps are computed and laid out right after "Record my read"):
+    four ratings clicked at once, with a window change re-laying the page out between them, then Save at
+    once — all four are stored, or the page says which were not. A second browser typing the owner's name
+    sees no other reader's answer or note. A reload keeps the reader. On the light theme the map titles
+    and colour-bar ticks are drawn with contrast >= 4.5:1 against what is behind them (WCAG AA)."""
+    from xai.review.store import PLAUSIBILITY_LABELS
+
+    db_url = f"sqlite:///{tmp_path / 'review.sqlite3'}"
+    store = ReviewStore(db_url)
+    sid = store.create_session(NAME, [str(chestcovnet_dir / "images" / f) for f in FILMS], owner="olga",
+                               owner_secret=SECRET)
+    first, second = store.cases(sid)
+    methods = store.session(sid).methods
+    store.save_case(sid, first, "ann", {"diagnosis": "covid19", "confidence": 5, "note": "ann's private note",
+                                        "plausibility": {m: 1 for m in methods}, "box": [40, 50, 300, 280]})
+    server = Server(tmp_path, db_url)
+    url = server.start()
+    ben_ctx = browser.new_context(viewport={"width": 1600, "height": 1300}, color_scheme="light")
+    eve_ctx = browser.new_context(viewport={"width": 1600, "height": 1300})
+    try:
+        ben = ben_ctx.new_page()
+        sign_in(ben, url, "ben")
+        choose(ben, f"review_dx_{sid}_{first}", "Not COVID-19")
+        choose(ben, f"review_conf_{sid}_{first}", "3")
+        click(ben, "review_record")
+        # no waiting for the page to settle: click as soon as the ratings are on the page
+        ben.wait_for_selector(f".st-key-review_pl_{sid}_{first}_3", timeout=RESULT_MS)
+        values = (4, 4, 2, 1)
+        for i, value in enumerate(values):
+            ben.locator(f".st-key-review_pl_{sid}_{first}_{i}").get_by_text(
+                f"{value} {PLAUSIBILITY_LABELS[value]}", exact=True).click()
+            if i == 1:  # a window change reruns the page and redraws the film between two clicks
+                ben.locator(f".st-key-review_wl_{sid} input[type=range]").press("ArrowRight")
+        click(ben, "review_save")
+        row = next((r for r in store.export(sid, reader="ben") if r["case"] == first), None)
+        order = store.map_order(sid, first, "ben")
+        expected = dict(zip(order, values, strict=True))
+        shown = main_text(ben)
+        if row is not None and row["plausibility"] == expected:
+            wait_for_case(ben, 2)
+            assert "4 of 4 map ratings" in shown
+        else:  # not stored whole: the page must say so, naming the maps left out, and store nothing partial
+            missing = [label for label, m in map_letters(order).items() if (row or {}).get("plausibility", {}).get(m) != expected[m]]
+            assert "no rating for" in shown and all(name in shown for name in missing), shown
+            assert row is None or row["plausibility"] == {}  # only the recorded read, no partial ratings
+        assert store.progress(sid, "ben")["done"] == (1 if row and row["plausibility"] == expected else 0)
+
+        # the light theme: map titles and colour-bar ticks readable (rendered colours, WCAG contrast)
+        if "Case 2 of 2" in progress_text(ben):
+            click(ben, "review_prev")
+        wait_for_maps(ben)
+        colours = ben.evaluate(RENDERED_COLOURS_JS)
+        assert len(colours["titles"]) == 4 and colours["ticks"], colours
+        background = parse_rgb(colours["background"])
+        assert relative_luminance(background) > 0.8, colours  # the light theme really is on
+        for fill in colours["titles"] + colours["ticks"]:
+            assert contrast_ratio(parse_rgb(fill), background) >= 4.5, (fill, colours["background"])
+        # the maps are at least half the film's size on screen
+        film = ben.locator(film_plot(ben, sid, first) + " image").first.bounding_box()
+        one_map = ben.locator(".st-key-review_maps .js-plotly-plot image").first.bounding_box()
+        assert one_map["width"] >= 0.5 * film["width"] and one_map["height"] >= 0.5 * film["height"], (one_map, film)
+
+        # reload: the reader is kept (in the address) and resumes at the first unfinished case
+        ben.reload(wait_until="domcontentloaded")
+        ben.wait_for_selector('[data-testid="stProgress"]', timeout=RESULT_MS)
+        wait_idle(ben)
+        assert "reader=ben" in ben.url
+        assert ben.locator(".st-key-review_reader_name input").input_value() == "ben"
+        nxt = store.progress(sid, "ben")["next"]
+        assert f"Case {nxt + 1} of 2" in progress_text(ben)
+
+        # a second browser typing the owner's name: nothing of ann's, no results without the secret
+        eve = eve_ctx.new_page()
+        sign_in(eve, url, "olga")
+        eve.locator(f".st-key-review_dx_{sid}_{first}").wait_for(timeout=RESULT_MS)
+        assert "ann's private note" not in main_text(eve)
+        assert eve.locator("input[type=radio]:checked").count() == 0  # no answer pre-filled
+        assert film_shapes(eve, sid, first) == []  # ann's box is not drawn
+        eve.locator('[data-testid="stButtonGroup"] button', has_text="Results").click()
+        wait_idle(eve)
+        eve.locator(f".st-key-review_owner_secret_{sid} input").fill("olga")
+        click(eve, "review_owner_unlock")
+        eve.get_by_text("not this session's owner secret").wait_for(timeout=60_000)
+        text = main_text(eve)
+        assert "ann's private note" not in text
+        assert eve.locator('[data-testid="stMetric"]').count() == 0
+        assert eve.locator('[data-testid="stDataFrame"]').count() == 0
+        assert error_texts(ben) == []
+    finally:
+        ben_ctx.close()
+        eve_ctx.close()
         server.stop()
