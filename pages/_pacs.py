@@ -214,3 +214,27 @@ def films_for_accessions(text: str) -> list[tuple[str, bytes]]:
         raise ReviewError("the PACS returned no image for those accession numbers" +
                           (f" ({skipped[0]})" if skipped else ""))
     return films
+
+
+def page_results(image: LoadedImage, result: Any, model: Any, cmap: str, mode: str,
+                 kinds: tuple[str, ...]) -> dict[str, list[bytes]]:
+    """The Explain page's DICOM results of the film (``xai.dicom_results.film_results``) with the page's
+    out-of-distribution check (cached) and the anatomical readout of the maps (computed on sending)."""
+    from pages._ood import ood_score
+    from xai.anatomy import LungModelError, anatomy_regions, evidence_by_region
+    from xai.dicom_results import film_results
+
+    ood = None
+    try:
+        scored = ood_score(image.sha256, model.key, result, model)
+        if scored.score is not None:
+            ood = {"is_ood": scored.is_ood, "warnings": list(scored.warnings)}
+    except (ValueError, RuntimeError):
+        ood = None
+    try:
+        regions = anatomy_regions(result.radiograph, max_side=1024)
+        evidence = {m: evidence_by_region(heat, regions) for m, heat in result.maps.items()}
+    except (LungModelError, ValueError, RuntimeError):
+        evidence = {}
+    return film_results(result, model.loaded, image.dicom_bytes or b"", mode=mode, kinds=kinds, ood=ood,
+                        evidence_by_region=evidence, colormap=cmap)

@@ -23,7 +23,7 @@ from pages._lungs import lung_field, lung_outline, lung_shares, start_lung_field
 from pages._methods import method_label
 from pages._models import ActiveModel, active_card, require_model
 from pages._ood import ood_banner, ood_summary
-from pages._pacs import pacs_input, send_to_pacs
+from pages._pacs import pacs_input, page_results, send_to_pacs
 from pages._panel import (
     GRAY_COLORSCALE,
     HEAT_PREVIEW_JS,
@@ -46,7 +46,6 @@ from pages._state import (
     restore_widget,
 )
 from xai import display_scale, export, render
-from xai.dicom_results import film_results
 from xai.export import DISCLAIMER, METHOD_TITLES
 from xai.method_names import METHODS, listed_methods  # no torch: the page draws these first
 from xai.pipeline import PREDICTED, PipelineResult
@@ -567,8 +566,7 @@ def downloads_section(
                 help="One Secondary Capture per method at the film's resolution with new patient, study and "
                 "series identifiers and no patient details: nothing links it back to the patient.",
             )
-    send_to_pacs(image, lambda mode, kinds: film_results(result, model.loaded, image.dicom_bytes or b"", mode=mode,
-                                                        kinds=kinds, colormap=s.cmap))
+    send_to_pacs(image, lambda mode, kinds: page_results(image, result, model, s.cmap, mode, kinds))
     st.caption(f"Every export carries the model, its sha256, the settings, the date and “{DISCLAIMER}”. "
                f"Patient details are {'INCLUDED' if show_patient else 'not included'} (except in the "
                "“for our PACS” DICOM, which says so).")

@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.pacs_server import OrthancServer
 from xai import dicom_results
+from xai.export import METHOD_TITLES
 from xai.radiograph import load_radiograph
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -77,7 +78,11 @@ def test_open_a_film_from_the_pacs_and_send_the_results_back(orthanc, monkeypatc
     maps = [d for d in sent if d.SeriesDescription == dicom_results.PM_SERIES_DESCRIPTION]
     assert len(reports) == 1 and len(maps) == len(sent) - 1 >= 1
     report = highdicom.sr.Comprehensive3DSR.from_dataset(reports[0])
-    assert report.content.get_image_measurement_groups()  # the classification group at least
+    groups = report.content.get_image_measurement_groups()
+    # The classification with the page's OOD verdict, then one group of regions per method shown.
+    evaluations = {q.name.meaning for q in groups[0].get_qualitative_evaluations()}
+    assert "Input outside the model's training distribution" in evaluations
+    assert [g.tracking_identifier for g in groups[1:]] == [f"{t} evidence by region" for t in METHOD_TITLES.values()]
     for obj in sent:  # de-identified by default: a new study, no source UID
         assert obj.StudyInstanceUID != ds.StudyInstanceUID and obj.PatientIdentityRemoved == "YES"
     parsed = highdicom.pm.ParametricMap.from_dataset(maps[0])
