@@ -3,8 +3,10 @@
 
 Exit status: 0 all inputs done; 1 some inputs failed (each named on stderr with its reason, the others
 done); 2 a usage problem (unknown method or target, a model that cannot be loaded, an unreadable boxes
-file, Ray missing or failing). Nothing printed or written carries DICOM header fields: outputs are named
-from file names (each output folder keeps its file's stem, :func:`xai.batch.names.safe_stem`).
+file, Ray missing or failing, a PACS that cannot be reached or refuses the sign-in). Nothing printed or written
+carries DICOM header fields: outputs are named from file names (each output folder keeps its file's stem,
+:func:`xai.batch.names.safe_stem`); films from ``--study`` are named ``study<k>_<n>.dcm``. The one exception is
+asked for by name: ``--send --send-mode pacs`` files DICOM results in the patient's own study (``xai.pacs``).
 
 The progress bar (tqdm, on stderr) and messages never overwrite each other: while the bar runs, messages,
 warnings and log records go through ``tqdm.write``.
