@@ -4,8 +4,8 @@
    sessions, and separate processes, as several app replicas would) each save ``--saves`` ratings into one
    session, flat out (no pause: the store saturated) and paced (an exponential pause of mean ``--think``
    seconds between a reader's saves, still ~100x a radiologist's pace); reports saves per second and the
-   p50 / p95 / max latency of one ``save_rating``
-   (validation + one append transaction), on SQLite (WAL, synchronous=FULL) and, when the server binaries
+   p50 / p95 / max latency of one ``save_case`` (validation + one transaction: the rating row, its four
+   map rows, and their read-back), on SQLite (WAL, synchronous=FULL) and, when the server binaries
    are there, on a throw-away PostgreSQL cluster (unix socket, fsync on). Target: p95 <= 100 ms on SQLite.
 2. Browser (``--browser``): ``streamlit run app.py`` + headless chromium; a reader presses → on a blinded
    session; the time from the key press until the next film is drawn and the page is idle again.
@@ -50,7 +50,7 @@ def _reader(url: str, sid: str, cases: list[str], reader: str, n: int, start: ob
                                    "guided_backprop": 1 + (i + 2) % 5, "guided_gradcam": 1 + (i + 3) % 5},
                   "note": f"note {i}", "box": [10 + i, 20, 100, 80]}
         t0 = time.perf_counter()
-        store.save_rating(sid, cases[i % len(cases)], reader, rating)
+        store.save_case(sid, cases[i % len(cases)], reader, rating)
         latencies.append(time.perf_counter() - t0)
     if isinstance(out, list):
         out.extend(latencies)
