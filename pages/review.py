@@ -481,6 +481,9 @@ def reading_view(session: ReviewSession, reader: str, is_owner: bool) -> None:
     if flash := st.session_state.pop(K.FLASH, None):
         (st.error if flash[0] == "error" else st.success)(flash[1])
     case = store.case_info(session.id, ids[position])
+    pending = st.session_state.setdefault(K.CONFIRM, {})
+    for other in [k for k in pending if k != (session.id, case["id"])]:
+        del pending[other]  # a question about a case no longer on screen is not asked later
     mine = _my_latest(store, session, reader).get(case["id"])
     image = case_image(session.id, case["id"], case["image_sha"])
     _seconds(session, case["id"])  # starts this case's clock
