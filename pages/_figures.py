@@ -55,6 +55,24 @@ def maps_figure(cells: list[tuple[str, np.ndarray, str]], height: int = 260) -> 
     return fig
 
 
+def readout_figure(shares: dict[str, dict[str, float]]) -> go.Figure:
+    """Where each map's evidence lies: one stacked bar per method (``{method label: {region: share}}``, shares of
+    :func:`xai.anatomy.evidence_by_region`), methods side by side, one segment per region of
+    :data:`xai.anatomy.REGIONS` in :data:`xai.anatomy.REGION_COLOURS` (lung zones first, from the bottom)."""
+    from xai.anatomy import REGION_COLOURS, REGIONS
+
+    methods = list(shares)
+    data = [go.Bar(
+        name=region, x=methods, y=[100.0 * float(shares[m].get(region, float("nan"))) for m in methods],
+        marker_color=REGION_COLOURS[region], hovertemplate=f"%{{x}}<br>{region}: %{{y:.0f}}%<extra></extra>",
+    ) for region in REGIONS]
+    return go.Figure(data, layout={
+        "barmode": "stack", "height": 300, "margin": {"l": 8, "r": 8, "t": 8, "b": 8},
+        "yaxis": {"title": {"text": "share of the map's mass (%)"}, "range": [0, 100]},
+        "legend": {"traceorder": "reversed", "font": {"size": 11}},  # listed as stacked: the lung zones last
+    })
+
+
 def sidebar_film(prefix: str) -> LoadedImage | None:
     """The session's radiograph, with the uploader and sample picker in the sidebar; a hint when none."""
     with st.sidebar:

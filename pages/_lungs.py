@@ -1,5 +1,7 @@
-"""Lung fields in the app, for every page: one cached :func:`xai.anatomy.find_lungs` per image, the outline to
-draw, and the share of each map inside the lungs (:func:`xai.anatomy.lung_evidence`, cached per explanation).
+"""Lung fields and anatomical regions in the app, for every page: one cached :func:`xai.anatomy.anatomy_regions`
+per image (its V7 lung field is the page's lung field: the lung model runs once per film), the outlines to draw
+(lungs, zone boundaries), the share of each map inside the lungs (:func:`xai.anatomy.lung_evidence`) and its
+anatomical readout (:func:`xai.anatomy.anatomy_readout`), both cached per explanation.
 
 Cached with ``st.cache_resource`` keyed by the image's sha256 (the LungField's arrays are read-only, so
 sharing one object between sessions is safe); the lung model itself is loaded once per process by
@@ -15,37 +17,100 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from xai.anatomy import EvidenceShare, LungField, LungModelError, find_lungs, lung_evidence
+from xai.anatomy import (
+    AnatomyReadout,
+    AnatomyRegions,
+    EvidenceShare,
+    LungField,
+    LungModelError,
+    anatomy_readout,
+    anatomy_regions,
+    find_lungs,
+    lung_evidence,
+    zone_outlines,
+)
 from xai.radiograph import Radiograph
 
 CACHE_ENTRIES = 16
 CACHE_TTL_S = 3600
+#: Longest side of the grid the anatomical regions are cut on: films up to this size keep their own grid, larger
+#: ones are shrunk by area (mass shares barely change; a 12 MP film then costs milliseconds).
+REGIONS_SIDE = 1024
 
 
 @st.cache_resource(max_entries=CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
-def lung_field(image_sha: str, _radiograph: Radiograph) -> LungField | str:
-    """The image's lung field, or the reason there is none to show (the lung model could not be loaded)."""
+def film_anatomy(image_sha: str, _radiograph: Radiograph) -> AnatomyRegions | str:
+    """The film's anatomical regions (:func:`xai.anatomy.anatomy_regions` on at most :data:`REGIONS_SIDE` px,
+    markers by image processing without OCR: Tesseract would add ~1 s per film), or the reason there are none
+    (the lung model could not be loaded)."""
     try:
-        return find_lungs(_radiograph)
+        return anatomy_regions(_radiograph, max_side=REGIONS_SIDE, ocr=False)
     except LungModelError as exc:
         return f"Lung fields are unavailable: {exc}"
 
 
-#: One background worker for every session: the lung model runs beside the engine, not after it.
-_EARLY = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-lungs")
+@st.cache_resource(max_entries=CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
+def lung_field(image_sha: str, _radiograph: Radiograph) -> LungField | str:
+    """The image's lung field (the V7 field of :func:`film_anatomy`, so the lung model runs once per film), or the
+    reason there is none to show. On a film larger than :data:`REGIONS_SIDE` px the mask is brought back to the
+    film's grid (nearest neighbour: it was itself resampled from the network's 128 px grid)."""
+    regions = film_anatomy(image_sha, _radiograph)
+    if isinstance(regions, str):
+        return regions
+    field = regions.lungs
+    if field is None:  # never from anatomy_regions; kept for a caller's own regions
+        return find_lungs(_radiograph)
+    shape = tuple(_radiograph.pixels.shape[:2])
+    if field.mask.shape == shape:
+        return field
+    import cv2
+
+    mask = cv2.resize(field.mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+    mask.setflags(write=False)
+    return LungField(mask=mask, found=field.found, area_fraction=float(mask.mean()), convention=field.convention,
+                     reason=field.reason, components=field.components)
+
+
+def zone_boundaries(image_sha: str, radiograph: Radiograph) -> np.ndarray | None:
+    """The lung zones' boundaries to draw (bool, on the regions' grid: :func:`xai.render.layers` brings it to the
+    view's); None when the film has no lung field or the lung model is unavailable."""
+    regions = film_anatomy(image_sha, radiograph)
+    return zone_outline_mask(image_sha, regions) if isinstance(regions, AnatomyRegions) and regions.found else None
+
+
+@st.cache_resource(max_entries=CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
+def zone_outline_mask(image_sha: str, _regions: AnatomyRegions) -> np.ndarray:
+    """:func:`xai.anatomy.zone_outlines`, once per film (read-only)."""
+    out = zone_outlines(_regions)
+    out.setflags(write=False)
+    return out
+
+
+@st.cache_resource(max_entries=CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
+def readouts(result_key: Hashable, _maps: Mapping[str, np.ndarray], _regions: AnatomyRegions) -> dict[str, AnatomyReadout]:
+    """Per map of one explanation (``result_key`` names it): where its evidence lies by anatomical region
+    (:func:`xai.anatomy.anatomy_readout`; maps are resampled by area onto the regions' grid)."""
+    return anatomy_readout(_maps, _regions)
+
+
+@st.cache_resource(show_spinner=False)
+def lung_worker() -> ThreadPoolExecutor:
+    """One background worker for every session (held by Streamlit's resource cache, not a module global): the lung
+    model runs beside the engine, not after it."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-lungs")
 
 
 def start_lung_field(image_sha: str, radiograph: Radiograph) -> Future:
-    """Start :func:`lung_field` for a film in the background (returns at once, with the Future): a page that
-    explains the film next gets the lung field from the cache, found while the engine ran on the other core,
-    instead of after it (~0.1 s of the first result). A failure is left for the page's own call to report."""
-    return _EARLY.submit(lung_field, image_sha, radiograph)
+    """Start :func:`lung_field` (and so :func:`film_anatomy`) for a film in the background (returns at once, with
+    the Future): a page that explains the film next gets the lung field and the regions from the cache, found while
+    the engine ran on the other core, instead of after it. A failure is left for the page's own call to report."""
+    return lung_worker().submit(lung_field, image_sha, radiograph)
 
 
 def warm_up_lung_worker(radiograph: Radiograph) -> LungField:
     """The lung model on a film in the background worker, uncached (start-up warm-up): the worker's first torch
     call starts that thread's OpenMP team before a user's first film needs it."""
-    return _EARLY.submit(find_lungs, radiograph).result()
+    return lung_worker().submit(find_lungs, radiograph).result()
 
 
 def lung_outline(image_sha: str, radiograph: Radiograph) -> np.ndarray | None:

@@ -26,8 +26,8 @@ import plotly.graph_objects as go
 
 #: Quality of the on-screen JPEGs: panels are previews; downloads are lossless PNG at full resolution.
 SCREEN_JPEG_QUALITY = 85
-#: Room above each row of panels for a three-line title.
-TITLE_HEIGHT = 62
+#: Room above each row of panels for a four-line title (method, model, class and time, where the evidence lies).
+TITLE_HEIGHT = 78
 #: Width the main area is assumed to have (wide layout on a 1600-1920 px screen) to size rows.
 ASSUMED_WIDTH_PX = 1150
 
@@ -58,7 +58,7 @@ class Panel:
 
 
 #: A black-to-white colour bar: the page's colour filter paints it with the colormap, like the heat layers.
-GRAY_COLORSCALE: list = [[0.0, "rgb(0,0,0)"], [1.0, "rgb(255,255,255)"]]
+GRAY_COLORSCALE: tuple[tuple[float, str], ...] = ((0.0, "rgb(0,0,0)"), (1.0, "rgb(255,255,255)"))
 #: The Streamlit key of the Explain page's panel chart (the style rules below are scoped to it).
 PANEL_KEY = "panel_chart"
 
@@ -196,13 +196,13 @@ HEAT_PREVIEW_JS = r"""<script>
 </script>""".replace("KEY", PANEL_KEY)
 
 
-def screen_png_uri(image: np.ndarray) -> str:
+def screen_png_uri(image: np.ndarray, *, row_filter: bool = True) -> str:
     """A uint8 gray (H, W) or RGBA (H, W, 4) image as a PNG data URI (lossless: heat indices are looked up
     in a colour table, where a JPEG's ringing would show as false colours). Fast compression: these are
-    previews re-encoded whenever the maps change."""
+    previews re-encoded whenever the maps change; ``row_filter=False`` for mostly empty layers (outlines)."""
     from xai.render import to_png_bytes
 
-    return _data_uri("png", to_png_bytes(image, compression=1))
+    return _data_uri("png", to_png_bytes(image, compression=1, row_filter=row_filter))
 
 
 def _data_uri(subtype: str, encoded: bytes) -> str:

@@ -17,9 +17,10 @@ import streamlit as st
 from pages._access import ensure_routed
 from pages._display import DISPLAY_DEFAULTS, SCALES, fixed_maxima_store, heat_look
 from pages._explanations import ResultKey, explain, prefetch_targets, screen_layers
+from pages._figures import readout_figure
 from pages._howto import how_popovers
 from pages._ingest import LoadedImage, load_input
-from pages._lungs import lung_field, lung_outline, lung_shares, start_lung_field
+from pages._lungs import film_anatomy, lung_outline, readouts, start_lung_field, zone_boundaries
 from pages._methods import method_label
 from pages._models import ActiveModel, active_card, require_model
 from pages._ood import ood_banner, ood_summary
@@ -50,9 +51,11 @@ from xai.export import DISCLAIMER, METHOD_TITLES
 from xai.method_names import METHODS, listed_methods  # no torch: the page draws these first
 from xai.pipeline import PREDICTED, PipelineResult
 from xai.render import DisplaySettings
+from xai.trust.verdict import anatomy_verdict
 
 if TYPE_CHECKING:
     from models import ModelCard
+    from xai.anatomy import AnatomyReadout
 
 #: Longest side of the on-screen images (px); maps are computed and exported at full resolution.
 #: 768 is the default: sharp on a 1080p projector, and a display change sends ~half the pixels of 1024.
@@ -242,7 +245,7 @@ def display_settings(image: LoadedImage, result: PipelineResult, model: ActiveMo
     zoom = float(v["disp_zoom"])
     settings = DisplaySettings(
         side=SCREEN_SIDES[v["disp_side"]], window=window_choice(image), scale=scale.render_mode, vmax=scale.vmax,
-        lungs=bool(v["disp_lungs"]), show_heat=bool(v["disp_overlay"]), alpha=float(v["disp_alpha"]),
+        lungs=bool(v["disp_lungs"]), zones=bool(v["disp_zones"]), show_heat=bool(v["disp_overlay"]), alpha=float(v["disp_alpha"]),
         cmap=str(v["disp_cmap"]), contour_level=float(v["disp_contour_level"]) if v["disp_contours"] else None,
         colorbar=bool(v["disp_colorbar"]), per_row=min(int(v["disp_per_row"]), max(2, n_panels)),
         size=PANEL_SIZES[v["disp_size"]], zoom=(zoom, int(v["disp_cx"]) / 100.0, int(v["disp_cy"]) / 100.0),
@@ -269,6 +272,9 @@ def display_controls(image: LoadedImage, n_panels: int, defaults: Mapping[str, o
     c3.slider("Contour level", 0.05, 1.0, step=0.05, key="disp_contour_level")
     c3.toggle("Lung outline", key="disp_lungs",
               help="Outline the lung fields the lung model found (green), on every panel.")
+    c3.toggle("Zone boundaries", key="disp_zones",
+              help="Draw the six lung zones the anatomical readout uses (each visible lung cut into thirds of its "
+              "height), thin white lines on every panel.")
     choice = c4.radio(
         "Scale", tuple(SCALES), key="disp_scale", format_func=SCALES.get,
         help="The model's typical range: each method's raw values divided by what its maps typically "
@@ -307,56 +313,59 @@ def panel_caption(result: PipelineResult, model: ActiveModel) -> str:
 
 
 def panel_titles(image: LoadedImage, result: PipelineResult, model: ActiveModel, s: DisplaySettings,
-                 in_lungs: Mapping[str, float] | None) -> list[str]:
-    """The original's title, then one per method (name, flat-map flag, model, layer, class, time, and the
-    share of its evidence inside the lungs when a lung field was found)."""
+                 readout: Mapping[str, AnatomyReadout] | None) -> list[str]:
+    """The original's title, then one per method (name, flat-map flag, model, layer, class, time, the share of
+    its evidence in the visible lung fields, and its two largest anatomical regions when a lung field was found)."""
     window_note = f"window {s.window[0]:.0f}/{s.window[1]:.0f}" if s.window else " "
-    titles = [f"<b>Original</b><br>{image_facts(image, short=True)}<br>{window_note}"]
+    titles = [f"<b>Original</b><br>{image_facts(image, short=True)}<br>{window_note}<br> "]
     for m in result.methods:
         flat = bool(np.asarray(result.explanation.flat.get(m, False)).reshape(-1)[0])
-        share = (in_lungs or {}).get(m)
-        lungs = f" · {share:.0%} in lungs" if share is not None and np.isfinite(share) else ""
+        found = (readout or {}).get(m)
+        share = found.in_visible_lungs if found is not None else float("nan")
+        lungs = f" · {share:.0%} in lungs" if np.isfinite(share) else ""
+        where = (found.sentence(2) if found is not None else "") or " "
         titles.append(f"<b>{method_label(m)}</b>{' — flat map' if flat else ''}<br>"
-                      f"{panel_caption(result, model)}{lungs}")
+                      f"{panel_caption(result, model)}{lungs}<br>{where}")
     return titles
 
 
-#: Where evidence outside the lungs lies, in words (keys: ``xai.anatomy.OUTSIDE_REGIONS``).
-REGION_WORDS = {
-    "film border": "on the film's border (labels, text, collimation edges)",
-    "above the lungs": "above the lungs (neck, shoulders)",
-    "below the lungs": "below the lungs (diaphragm, abdomen)",
-    "beside the lungs": "beside the lungs (chest wall, arms)",
-    "between the lungs": "between the lungs (mediastinum, heart, spine — where tubes and lines run)",
-}
-#: A map is flagged when less than this share of its mass lies inside the lungs.
-OUTSIDE_FLAG = 0.5
+#: What the page says under the panels about the headline share and the regions (one home for the wording).
+READOUT_NOTE = ("“In lungs” counts the visible lung fields only (the six zones: each lung cut into thirds of its "
+                "height); evidence behind the heart's shadow counts as heart and mediastinum. Regions come from "
+                "the lung model's masks (see the How page).")
 
 
-def lung_notes(image: LoadedImage, model: ActiveModel, result: PipelineResult) -> dict[str, float] | None:
-    """Warn when no lung field is found or when most of a map lies outside the lungs (and where);
-    return each method's share inside the lungs (None without a lung field)."""
+def anatomy_notes(image: LoadedImage, model: ActiveModel, result: PipelineResult) -> dict[str, AnatomyReadout] | None:
+    """Warn when no lung field is found, and for each map whose evidence lies mostly on the heart and
+    mediastinum, outside the body, the film border or text (:func:`xai.trust.verdict.anatomy_verdict`, naming the
+    region); return each method's anatomical readout (None without a lung field)."""
     try:
-        field = lung_field(image.sha256, image.radiograph)
+        regions = film_anatomy(image.sha256, image.radiograph)
     except Exception as exc:  # noqa: BLE001 - the lung model failing on this film must not hide the maps
-        field = f"No lung-field check: {type(exc).__name__}: {exc}"
-    if isinstance(field, str):  # the lung model is unavailable: say so once, keep the maps
-        st.caption(field)
+        regions = f"No lung-field check: {type(exc).__name__}: {exc}"
+    if isinstance(regions, str):  # the lung model is unavailable: say so once, keep the maps
+        st.caption(regions)
         return None
-    if not field.found:
-        st.warning(f"No lung field found ({field.reason}): this image may not be a frontal chest radiograph, "
+    if not regions.found:
+        st.warning(f"No lung field found ({regions.reason}): this image may not be a frontal chest radiograph, "
                    "and the model's output on it means little.", icon=":material/pulmonology:")
         return None
-    evidence = lung_shares(ResultKey.of(image, model, result), result.maps, field)
-    for m, shares in evidence.items():
-        share = shares.inside
-        if np.isfinite(share) and share < OUTSIDE_FLAG:
-            places = sorted(shares.outside.items(), key=lambda kv: -kv[1])
-            where = "; ".join(f"{v:.0%} {REGION_WORDS.get(k, k)}" for k, v in places if v >= 0.05)
-            st.warning(f"**{method_label(m)}: most of the map lies outside the lungs** — {share:.0%} inside. "
-                       f"Outside: {where}. The model may be using something other than the lungs.",
-                       icon=":material/crisis_alert:")
-    return {m: shares.inside for m, shares in evidence.items()}
+    found = readouts(ResultKey.of(image, model, result), result.maps, regions)
+    verdicts = [(m, anatomy_verdict(r.shares, regions.found)) for m, r in found.items()]
+    flagged = [(m, v) for m, v in verdicts if v.light in ("amber", "red")]
+    if flagged:  # one box for every flagged map (red when any is), so the panels stay in view
+        say = st.error if any(v.light == "red" for _, v in flagged) else st.warning
+        say("\n\n".join(f"**{method_label(m)}:** {v.sentence}" for m, v in flagged), icon=":material/crisis_alert:")
+    return found
+
+
+def readout_section(result: PipelineResult, readout: Mapping[str, AnatomyReadout] | None) -> None:
+    """One stacked bar per method of where its evidence lies (every region), and what "in lungs" counts."""
+    if not readout or all(not r.sentence() for r in readout.values()):
+        return
+    st.plotly_chart(readout_figure({method_label(m): readout[m].shares for m in result.methods if m in readout}),
+                    key="readout_chart", config={"displayModeBar": False})
+    st.caption(READOUT_NOTE)
 
 
 @st.fragment
@@ -373,7 +382,8 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
         st.html(heat_style(heat_panels, cmap=s.cmap, alpha=s.alpha, show_heat=s.show_heat))
     screen, outlines = screen_layers(image, model, result, s)
     original = screen.layers.original
-    titles = panel_titles(image, result, model, s, lung_notes(image, model, result))
+    readout = anatomy_notes(image, model, result)
+    titles = panel_titles(image, result, model, s, readout)
     # Every panel is the radiograph; an overlay adds its map's heat layer, which the page colours and
     # blends (heat_style): an opacity or colormap change leaves the figure, and so the chart, untouched.
     panels = [Panel(titles[0], original, source=screen.original_uri, lines=outlines[""])]
@@ -411,6 +421,7 @@ def panel_section(image: LoadedImage, result: PipelineResult, model: ActiveModel
                  "resets. Scrolling elsewhere moves the page. For a zoom that stays while you change the "
                  "display, use Zoom under Display.")
     st.caption(" ".join(notes))
+    readout_section(result, readout)
     downloads_section(image, result, model, s, show_patient)
     # The other classes in the background, drawn as now: a target switch then needs no engine pass.
     prefetch_targets(image, model, result, s)
@@ -463,7 +474,8 @@ def provenance(result: PipelineResult, model: ActiveModel, method: str, s: Displ
 def film_view(image: LoadedImage, result: PipelineResult, s: DisplaySettings) -> render.View:
     """The view at the film's own resolution with the current display settings (what exports draw)."""
     lungs = lung_outline(image.sha256, image.radiograph) if s.lungs else None
-    return render.view(image.radiograph, result, replace(s, side=None), lungs)
+    zones = zone_boundaries(image.sha256, image.radiograph) if s.zones else None
+    return render.view(image.radiograph, result, replace(s, side=None), lungs, zones)
 
 
 def export_stem(image: LoadedImage, model: ActiveModel) -> str:

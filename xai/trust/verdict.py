@@ -13,6 +13,15 @@ here; the numbers themselves stay available to modelers. Lights: ``"green"`` (no
 - **Inside the lungs** (:func:`lung_verdict`): share of the map's mass inside the dilated lung mask
   (:func:`xai.anatomy.evidence_in_lungs`): green >= :data:`LUNG_GREEN` (0.75), amber >= :data:`LUNG_AMBER`
   (0.5), red below, naming where the rest lies; gray when no lung field was found.
+- **Where the evidence lies** (:func:`anatomy_verdict`): from the map's anatomical readout
+  (:func:`xai.anatomy.evidence_by_region`). Red when the largest region is one of :data:`SUSPECT_REGIONS`
+  (heart and mediastinum, outside the body, film border, text and markers) and holds at least
+  :data:`ANATOMY_RED` (0.5) of the map, amber when it is the largest with less; when the lung zones hold less
+  than half (the non-lung regions together hold most), amber naming the largest non-lung region, red if that
+  region is suspect. Green otherwise (most evidence in the visible lung fields), gray without a lung field or
+  for a flat map. The suspect regions are where a model reads shortcuts rather than lung disease: devices and
+  cardiac size in the mediastinum, hospital labels, markers and collimation (DeGrave et al., Nat Mach Intell
+  2021; Zech et al., PLOS Med 2018).
 - **Faithful** (:func:`faithfulness_verdict`, Petsiuk et al. 2018): the map's deletion and insertion AUCs
   against those of a random pixel order on the same film (:data:`RANDOM_REFERENCE` in the same result):
   green when deletion is lower AND insertion higher than random by at least :data:`FAITH_MARGIN` (0.05),
@@ -35,6 +44,9 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ANATOMY_RED",
+    "SUSPECT_REGIONS",
+    "anatomy_verdict",
     "BLUR_MARGIN",
     "CHECKS",
     "FAITH_MARGIN",
@@ -58,6 +70,7 @@ CHECKS = {
     "sanity": "Changes when the model is randomised",
     "stability": "Stable under small changes",
     "lungs": "Evidence inside the lungs",
+    "anatomy": "Where the evidence lies",
     "faithfulness": "Faithful (deletion / insertion)",
     "ood": "Out-of-distribution warning",
 }
@@ -68,6 +81,19 @@ LUNG_AMBER = 0.5
 FAITH_MARGIN = 0.05
 BLUR_MARGIN = 0.1
 RANDOM_REFERENCE = "random order (reference)"
+#: Regions of :data:`xai.anatomy.REGIONS` where most of a map's evidence is a warning sign.
+SUSPECT_REGIONS = ("heart and mediastinum", "outside the body", "film border", "text and markers")
+ANATOMY_RED = 0.5
+#: The visible lung fields' six zones (:data:`xai.anatomy.LUNG_ZONES`; spelled here: this module imports no model).
+_LUNG_ZONES = ("right upper zone", "right middle zone", "right lower zone",
+               "left upper zone", "left middle zone", "left lower zone")
+
+
+def _where(region: str) -> str:
+    """A region with its preposition: "on the film border", "outside the body", "in the left lower zone"."""
+    if region.startswith(("outside", "above", "below")):
+        return region
+    return f"{'in' if region in _LUNG_ZONES else 'on'} the {region}"
 
 
 @dataclass(frozen=True)
@@ -136,6 +162,30 @@ def lung_verdict(share: float, outside: Mapping[str, float], found: bool) -> Ver
     return Verdict("lungs", "red", f"Most of the evidence lies outside the lungs ({1 - share:.0%})"
                    + (f", mainly {rest}" if rest else "") + ": the model may be using something other than the "
                    "lungs (devices, labels, the film's border, the abdomen).")
+
+
+def anatomy_verdict(shares: Mapping[str, float], found: bool) -> Verdict:
+    """From :func:`xai.anatomy.evidence_by_region` of one map (``{region: share}``; nan for a flat map) and
+    whether the film has a lung field. The rule is in the module docstring."""
+    if not found:
+        return Verdict("anatomy", "gray", "No lung field found on this image, so its regions are unknown.")
+    known = {k: float(v) for k, v in shares.items() if not math.isnan(float(v))}
+    if not known:
+        return Verdict("anatomy", "gray", "The map is flat: it points nowhere.")
+    in_lungs = sum(known.get(z, 0.0) for z in _LUNG_ZONES)
+    top = max(known, key=known.__getitem__)
+    if top in SUSPECT_REGIONS:
+        light = "red" if known[top] >= ANATOMY_RED else "amber"
+        return Verdict("anatomy", light, f"Most of the evidence lies {_where(top)} ({known[top]:.0%}; "
+                       f"{in_lungs:.0%} in the visible lung fields): the model may be reading something other "
+                       "than the lungs there.")
+    if in_lungs < 0.5:
+        outside = max((k for k in known if k not in _LUNG_ZONES), key=known.__getitem__)
+        light = "red" if outside in SUSPECT_REGIONS else "amber"
+        return Verdict("anatomy", light, f"Most of the evidence lies outside the visible lung fields "
+                       f"({1 - in_lungs:.0%}), mainly {_where(outside)} ({known[outside]:.0%}).")
+    return Verdict("anatomy", "green", f"{in_lungs:.0%} of the evidence lies in the visible lung fields, most "
+                   f"{_where(top)} ({known[top]:.0%}).")
 
 
 def faithfulness_verdict(result: Any, method: str) -> Verdict:

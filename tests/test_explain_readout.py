@@ -1,0 +1,120 @@
+"""The anatomical readout on the Explain page (AppTest, bundled model, a real sample film): each panel's title
+names its two largest regions with their shares and the share in the visible lung fields, one stacked bar chart
+holds every region per method, the "Zone boundaries" toggle draws the zones over every panel, and maps whose
+evidence lies mostly on a suspect region are flagged by name. The references are computed here, independently of
+the page, with the library (xai.anatomy) on the same film and maps."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_app import choose_sample, image_titles, new_app, open_display, panel_layers, run, service
+
+import pages._models as app_models
+import pages._state as app_state
+import pages._warmup as warmup
+from xai.anatomy import (
+    REGION_COLOURS,
+    REGIONS,
+    anatomy_regions,
+    evidence_by_region,
+    readout_sentence,
+    zone_outlines,
+)
+from xai.method_names import METHODS
+from xai.trust.verdict import anatomy_verdict
+
+METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "guided_backprop": "Guided Backprop",
+                 "guided_gradcam": "Guided Grad-CAM"}
+
+
+@pytest.fixture(scope="module")
+def page():
+    """The Explain page on the NIH sample, the film's regions and each method's shares (references)."""
+    at = new_app()
+    choose_sample(at, "NIH")
+    image = at.session_state[app_state.Key.IMAGE]
+    regions = anatomy_regions(image.radiograph, max_side=1024, ocr=False)
+    assert regions.found
+    result = service().explain(image, app_models.default_model(), None, tuple(warmup.METHODS_FOR_WARM_UP))
+    shares = {m: evidence_by_region(result.maps[m], regions) for m in result.methods}
+    return at, image, regions, result, shares
+
+
+def test_each_panel_title_names_its_top_regions_and_the_visible_lung_share(page) -> None:
+    at, _, _, result, shares = page
+    titles = image_titles(at)[1:]
+    assert len(titles) == len(result.methods) == len(METHODS)
+    for title, m in zip(titles, result.methods, strict=True):
+        expected = readout_sentence(shares[m], 2)
+        assert expected and expected in title, (title, expected)
+        top = max(shares[m], key=shares[m].get)
+        assert f"{shares[m][top]:.0%} {top}" in title
+        in_lungs = sum(shares[m][z] for z in REGIONS[:6])
+        shown = re.search(r"· (\d+)% in lungs", title)
+        assert shown and int(shown.group(1)) == round(100 * in_lungs), title
+    assert any("counts the visible lung fields only" in c.value for c in at.caption)
+
+
+def test_one_stacked_bar_chart_of_every_region_per_method(page) -> None:
+    at, _, _, result, shares = page
+    charts = [c for c in at.get("plotly_chart") if "readout_chart" in c.proto.id]
+    assert len(charts) == 1
+    spec = json.loads(charts[0].proto.spec)
+    assert spec["layout"]["barmode"] == "stack"
+    bars = spec["data"]
+    assert [b["name"] for b in bars] == list(REGIONS)
+    labels = [METHOD_TITLES[m] for m in result.methods]
+    for bar in bars:
+        assert bar["x"] == labels and bar["marker"]["color"] == REGION_COLOURS[bar["name"]]
+        assert bar["y"] == pytest.approx([100 * shares[m][bar["name"]] for m in result.methods], abs=1e-6)
+    totals = np.sum([b["y"] for b in bars], axis=0)
+    assert totals == pytest.approx(100.0, abs=1e-6)
+
+
+def test_suspect_regions_are_flagged_by_name(page) -> None:
+    at, _, _, result, shares = page
+    boxes = [w for w in (*at.warning, *at.error) if "the evidence lies" in w.value]
+    expected = {m: anatomy_verdict(shares[m], True) for m in result.methods}
+    concerns = {m: v for m, v in expected.items() if v.light in ("amber", "red")}
+    assert concerns  # on this film Guided Backprop's evidence lies mostly outside the visible lung fields
+    assert len(boxes) == 1
+    lines = boxes[0].value.split("\n\n")
+    assert lines == [f"**{METHOD_TITLES[m]}:** {v.sentence}" for m, v in concerns.items()]
+    assert (boxes[0] in at.error) == any(v.light == "red" for v in concerns.values())
+    assert all(any(region in line for region in REGIONS) for line in lines)  # each names its region
+
+
+def _rgba(uri: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",")[1]))).convert("RGBA")).astype(int)
+
+
+def test_zone_boundaries_toggle_draws_the_zones_on_every_panel_without_an_engine_pass(page) -> None:
+    at, _, regions, _, _ = page
+    assert all("lines" not in p for p in panel_layers(at))  # off by default
+    calls = service().engine_calls
+    open_display(at)
+    at.toggle(key="disp_zones").set_value(True)
+    run(at)
+    layers = panel_layers(at)
+    assert all("lines" in p for p in layers)
+    lines = _rgba(layers[0]["lines"])
+    drawn = lines[..., 3] > 100
+    assert (lines[drawn][:, :3] > 200).all()  # near-white
+    # Where the library's zone boundaries are, on the screen grid: the drawn pixels lie on them.
+    import cv2
+
+    h, w = drawn.shape
+    truth = cv2.resize(zone_outlines(regions).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) > 0
+    truth = cv2.dilate(truth.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    assert drawn.sum() > 500 and (drawn & truth).sum() / drawn.sum() > 0.99
+    assert service().engine_calls == calls
+    at.toggle(key="disp_zones").set_value(False)
+    run(at)
+    assert all("lines" not in p for p in panel_layers(at))
