@@ -219,9 +219,11 @@ def films_for_accessions(text: str) -> list[tuple[str, bytes]]:
 def page_results(image: LoadedImage, result: Any, model: Any, cmap: str, mode: str,
                  kinds: tuple[str, ...]) -> dict[str, list[bytes]]:
     """The Explain page's DICOM results of the film (``xai.dicom_results.film_results``) with the page's
-    out-of-distribution check (cached) and the anatomical readout of the maps (computed on sending)."""
+    out-of-distribution check (cached) and the anatomical readout of the maps (the page's, cached: the lung model
+    does not run again)."""
+    from pages._explanations import ResultKey
+    from pages._lungs import film_anatomy, readouts
     from pages._ood import ood_score
-    from xai.anatomy import LungModelError, anatomy_regions, evidence_by_region
     from xai.dicom_results import film_results
 
     ood = None
@@ -231,10 +233,8 @@ def page_results(image: LoadedImage, result: Any, model: Any, cmap: str, mode: s
             ood = {"is_ood": scored.is_ood, "warnings": list(scored.warnings)}
     except (ValueError, RuntimeError):
         ood = None
-    try:
-        regions = anatomy_regions(result.radiograph, max_side=1024)
-        evidence = {m: evidence_by_region(heat, regions) for m, heat in result.maps.items()}
-    except (LungModelError, ValueError, RuntimeError):
-        evidence = {}
+    regions = film_anatomy(image.sha256, image.radiograph)
+    evidence = {} if isinstance(regions, str) else {
+        m: r.shares for m, r in readouts(ResultKey.of(image, model, result), result.maps, regions).items()}
     return film_results(result, model.loaded, image.dicom_bytes or b"", mode=mode, kinds=kinds, ood=ood,
                         evidence_by_region=evidence, colormap=cmap)

@@ -459,8 +459,20 @@ def panel_scripts() -> None:
 
 
 # --------------------------------------------------------------------------------------- downloads
-def provenance(result: PipelineResult, model: ActiveModel, method: str, s: DisplaySettings) -> export.Provenance:
+def readout_sentences(image: LoadedImage, model: ActiveModel, result: PipelineResult) -> dict[str, str]:
+    """``{method: where its evidence lies, in one sentence}`` for the exports, from the page's cached readout
+    ({} when the film has no lung field or the lung model is unavailable)."""
+    regions = film_anatomy(image.sha256, image.radiograph)
+    if isinstance(regions, str) or not regions.found:
+        return {}
+    found = readouts(ResultKey.of(image, model, result), result.maps, regions)
+    return {m: r.sentence(2) for m, r in found.items() if r.sentence(2)}
+
+
+def provenance(result: PipelineResult, model: ActiveModel, method: str, s: DisplaySettings,
+               readout: str = "") -> export.Provenance:
     return export.Provenance(
+        readout=readout,
         model_name=str(model.card.name),
         model_sha256=str(model.card.sha256),
         method=method,
@@ -505,6 +517,7 @@ def report_spec(
         notes=list(result.notices),
         ood=ood.sentence,
         ood_warning=bool(ood.warnings),
+        readout={method_label(m): line for m, line in readout_sentences(image, model, result).items()},
         patient=image.radiograph.patient if show_patient else None,
         include_patient=show_patient,
     )
@@ -521,7 +534,7 @@ def sc_zip(image: LoadedImage, result: PipelineResult, model: ActiveModel, s: Di
                                    "Modality": image.radiograph.metadata.get("modality", ""),
                                    "SOPClassUID": image.radiograph.metadata.get("sop_class_uid", "")}
     files = export.secondary_captures(dict(film.overlays), source, provenance(result, model, ", ".join(
-        result.methods), s), mode=mode)
+        result.methods), s), mode=mode, readouts=readout_sentences(image, model, result))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for method, data in zip(result.methods, files, strict=True):
@@ -545,7 +558,8 @@ def downloads_section(
             st.download_button(
                 f"{method_label(m)} PNG",
                 data=lambda m=m: export.overlay_png(
-                    film_view(image, result, s).overlays[m], provenance(result, model, m, s),
+                    film_view(image, result, s).overlays[m],
+                    provenance(result, model, m, s, readout_sentences(image, model, result).get(m, "")),
                     patient=patient, include_patient=show_patient,
                 ),
                 file_name=f"{stem}_{method_file_key(m)}.png", mime="image/png", on_click="ignore",

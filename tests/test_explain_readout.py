@@ -118,3 +118,46 @@ def test_zone_boundaries_toggle_draws_the_zones_on_every_panel_without_an_engine
     at.toggle(key="disp_zones").set_value(False)
     run(at)
     assert all("lines" not in p for p in panel_layers(at))
+
+
+def test_report_pdf_png_and_secondary_captures_carry_one_readout_sentence_per_method(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import zipfile
+
+    import pydicom
+    import pypdf
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    from xai.export import READOUT_LABEL
+
+    captured: dict[str, object] = {}
+
+    def add_deferred(self, data_callable, mimetype, coordinates, file_name=None, *, element_id=""):  # noqa: ANN001
+        captured[str(file_name)] = data_callable
+        return f"deferred-{len(captured)}"
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", add_deferred)
+    at = new_app()
+    choose_sample(at, "SIIM")  # the bundled DICOM: Secondary Captures are offered
+    image = at.session_state[app_state.Key.IMAGE]
+    assert image.radiograph.format == "dicom"
+    regions = anatomy_regions(image.radiograph, max_side=1024, ocr=False)
+    result = service().explain(image, app_models.default_model(), None, tuple(warmup.METHODS_FOR_WARM_UP))
+    sentences = {m: readout_sentence(evidence_by_region(result.maps[m], regions), 2) for m in result.methods}
+    assert all(sentences.values())
+
+    def made(suffix: str) -> bytes:
+        return captured[next(n for n in captured if n.endswith(suffix))]()  # type: ignore[operator]
+
+    pdf = " ".join(pypdf.PdfReader(io.BytesIO(made("_report.pdf"))).pages[0].extract_text().split())
+    assert READOUT_LABEL in pdf
+    for m, sentence in sentences.items():
+        assert f"{METHOD_TITLES[m]}: {sentence}" in pdf, (sentence, pdf)
+    with zipfile.ZipFile(io.BytesIO(made("_sc_deidentified.zip"))) as z:
+        comments = [pydicom.dcmread(io.BytesIO(z.read(n))).ImageComments for n in sorted(z.namelist())]
+    assert len(comments) == len(result.methods)
+    for m, sentence in sentences.items():  # each capture's caption: its own method's sentence
+        mine = [c for c in comments if c.startswith(METHOD_TITLES[m] + " ·")]
+        assert len(mine) == 1 and f"{READOUT_LABEL}: {sentence}" in mine[0], (m, comments)
+    png = Image.open(io.BytesIO(made("_gradcam.png")))
+    assert sentences["gradcam"] in json.dumps(dict(png.text), ensure_ascii=False)  # in the PNG's provenance chunk

@@ -354,7 +354,8 @@ def film_results(result: Any, model: Any, source: bytes, *, mode: str, kinds: Se
     (:func:`xai.export.result_study` of ``source``, the film's DICOM bytes, in ``mode``).
 
     ``ood``: the film's out-of-distribution record (``xai.batch.films.ood_record``: ``is_ood``, ``warnings``);
-    ``evidence_by_region``: {method: {region: share}} (``xai.anatomy.evidence_by_region``).
+    ``evidence_by_region``: {method: {region: share}} (``xai.anatomy.evidence_by_region``); each Secondary
+    Capture's caption then says where its map's evidence lies (:func:`xai.anatomy.readout_sentence`).
     """
     from xai.batch.outputs import provenance as provenance_of
     from xai.export import result_study, secondary_captures
@@ -369,7 +370,11 @@ def film_results(result: Any, model: Any, source: bytes, *, mode: str, kinds: Se
     for kind in kinds:
         if kind == "sc":
             panels = {m: overlay(result.radiograph.pixels, result.maps[m], cmap=cmap) for m in methods}
-            out[kind] = secondary_captures(panels, source, provenance, mode=mode, study=study)  # type: ignore[arg-type]
+            from xai.anatomy import readout_sentence
+
+            sentences = {m: readout_sentence(shares) for m, shares in (evidence_by_region or {}).items()}
+            out[kind] = secondary_captures(panels, source, provenance, mode=mode, study=study,  # type: ignore[arg-type]
+                                           readouts=sentences)
         elif kind == "sr":
             positive = card.positive_class or card.class_names[-1]
             findings = Findings(

@@ -106,6 +106,8 @@ class Provenance:
 
     ``settings`` holds method and display settings (colormap, opacity, contour level, scale, …) as
     short strings or numbers; ``timings_ms`` the stage timings worth reporting (e.g. ``{"total": 812}``).
+    ``readout``: where this map's evidence lies, in one sentence (:meth:`xai.anatomy.AnatomyReadout.sentence`,
+    e.g. "58% heart and mediastinum · 22% left lower zone"); "" when unknown. Never patient data.
     """
 
     model_name: str
@@ -115,6 +117,7 @@ class Provenance:
     target_layer: str
     settings: Mapping[str, Any] = field(default_factory=dict)
     timings_ms: Mapping[str, float] = field(default_factory=dict)
+    readout: str = ""
     app_version: str = __version__
     # Looked up when a Provenance is made, not bound here: a caller (or a test) that sets the module's clock
     # gets it; binding the function at class creation made the "Created" minute follow the real clock.
@@ -139,6 +142,8 @@ class Provenance:
         ]
         if self.settings:
             lines.append(self.settings_text())
+        if self.readout:
+            lines.append(f"{READOUT_LABEL}: {self.readout}")
         lines.append(f"{self.date_text} · {DISCLAIMER}")
         return lines
 
@@ -154,9 +159,14 @@ class Provenance:
             "target_layer": self.target_layer,
             "settings": {k: _fmt(v) for k, v in self.settings.items()},
             "timings_ms": {k: round(float(v), 1) for k, v in self.timings_ms.items()},
+            **({"readout": self.readout} if self.readout else {}),
             "created": self.created.astimezone(UTC).isoformat(),
             "disclaimer": DISCLAIMER,
         }
+
+
+#: How a readout sentence is introduced on an export (caption band, report).
+READOUT_LABEL = "Where the evidence lies (share of the map by anatomical region)"
 
 
 def _fmt(value: Any) -> str:
@@ -278,7 +288,8 @@ class ReportSpec:
 
     ``radiograph`` and ``panels`` (``{title: uint8 RGB}``, at most five) should be drawn at the export's
     resolution (``xai.render.view`` with ``side=None``), never taken from screen pixels. ``ood``: the
-    out-of-distribution verdict in one sentence, ``ood_warning`` whether it warns.
+    out-of-distribution verdict in one sentence, ``ood_warning`` whether it warns. ``readout``: per panel title,
+    where that map's evidence lies in one sentence (:meth:`xai.anatomy.AnatomyReadout.sentence`); optional.
     """
 
     radiograph: NDArray
@@ -293,6 +304,7 @@ class ReportSpec:
     notes: Sequence[str] = ()
     ood: str | None = None
     ood_warning: bool = False
+    readout: Mapping[str, str] = field(default_factory=dict)
     patient: Mapping[str, Any] | None = field(default=None, repr=False)
     include_patient: bool = False
 
@@ -349,7 +361,9 @@ def report_figure(spec: ReportSpec) -> Figure:
     rows = -(-(len(images) + 1) // 3)  # + the prediction chart
 
     fig = Figure(figsize=(8.27, 11.69))  # A4 portrait, inches
-    grid = fig.add_gridspec(rows + 2, 3, height_ratios=[0.7] + [3.0] * rows + [2.6 + 0.25 * len(spec.notes)],
+    readout = [f"{title}: {sentence}" for title, sentence in spec.readout.items() if sentence]
+    grid = fig.add_gridspec(rows + 2, 3, height_ratios=[0.7] + [3.0] * rows
+                            + [2.6 + 0.25 * (len(spec.notes) + len(readout) + bool(readout))],
                             left=0.05, right=0.95, top=0.97, bottom=0.03, hspace=0.35, wspace=0.12)
     head = fig.add_subplot(grid[0, :])
     head.axis("off")
@@ -386,6 +400,8 @@ def report_figure(spec: ReportSpec) -> Figure:
     text.append(f"Created {provenance.date_text} with {APP_NAME} {provenance.app_version}")
     if spec.include_patient and (line := patient_line(spec.patient)):
         text.append(line)
+    if readout:
+        text += [f"{READOUT_LABEL}:", *(f"    {line}" for line in readout)]
     text += [f"Note: {n}" for n in spec.notes]
     wrapped = [w for t in text for w in textwrap.wrap(t, 120)]
     info.text(0, 0.72, "\n".join(wrapped), fontsize=7.5, va="top", family="DejaVu Sans", linespacing=1.5)
@@ -622,6 +638,7 @@ def secondary_captures(
     mode: ScMode,
     series_number: int = 990,
     study: ResultStudy | None = None,
+    readouts: Mapping[str, str] | None = None,
 ) -> list[bytes]:
     """One DICOM Secondary Capture per panel (``{method key: uint8 RGB at the film's resolution}``), all
     in one new series, as file bytes (RGB, Explicit VR Little Endian).
@@ -647,6 +664,7 @@ def secondary_captures(
     ``study`` (from :func:`result_study`) files the captures with the other results of the same film (the
     structured report and parametric maps of :mod:`xai.dicom_results`): one de-identified study for all.
     Source values that break their VR (a StudyDate that is not a date) are left empty, not copied.
+    ``readouts`` (``{method key: sentence}``): where each map's evidence lies, a line of its caption band.
     """
     import pydicom
     from highdicom import UID
@@ -662,7 +680,7 @@ def secondary_captures(
     series_uid = UID()
     out: list[bytes] = []
     for number, (method, rgb) in enumerate(panels.items(), start=1):
-        label = replace(provenance, method=method)
+        label = replace(provenance, method=method, readout=(readouts or {}).get(method, provenance.readout))
         with quiet_highdicom():
             sc = SCImage(
                 pixel_array=captioned_panel(rgb, label), photometric_interpretation="RGB", bits_allocated=8,
