@@ -27,7 +27,7 @@ from pages._figures import maps_figure, sidebar_film
 from pages._howto import WEAK_EVIDENCE
 from pages._methods import method_label
 from pages._models import ActiveModel, require_model
-from pages._state import page_store, predicted_class
+from pages._state import explain_target_key, page_store, predicted_class
 from xai import display_scale, glassbox, render
 from xai.engine import METHODS
 from xai.method_names import method_identity
@@ -268,6 +268,62 @@ def guided_gradcam_section(box: GlassBox) -> None:
     pitfalls("guided_gradcam")
 
 
+def region_picture(regions: Any, pixels: np.ndarray) -> np.ndarray:
+    """The film (shrunk to the regions' grid) with each region tinted in its :data:`xai.anatomy.REGION_COLOURS`."""
+    from xai.anatomy import REGION_COLOURS, REGIONS
+
+    gray = render.downsample_for_display(np.asarray(pixels, np.float32), max(regions.shape))
+    if gray.shape != regions.shape:
+        import cv2
+
+        gray = cv2.resize(gray, (regions.shape[1], regions.shape[0]), interpolation=cv2.INTER_AREA)
+    table = np.array([[int(REGION_COLOURS[r][i:i + 2], 16) for i in (1, 3, 5)] for r in REGIONS], np.float32)
+    tint = table[regions.labels]
+    base = np.clip(gray, 0, 1)[..., None] * 255.0
+    return np.round(0.55 * base + 0.45 * tint).astype(np.uint8)
+
+
+def readout_section(result: PipelineResult, model: ActiveModel, image: Any) -> None:
+    """Where the evidence lies: the anatomical readout of this film, what each region is, how it was found, its
+    limits (one paragraph with the film's own numbers) and the regions drawn."""
+    from pages._explanations import ResultKey
+    from pages._lungs import REGIONS_SIDE, film_anatomy, readouts
+    from xai.anatomy import BORDER_BAND, LUNG_ZONES
+
+    st.header("7 · Where the evidence lies: the anatomical readout")
+    regions = film_anatomy(image.sha256, image.radiograph)
+    if isinstance(regions, str) or not regions.found:
+        st.markdown("No anatomical readout for this film: " + (regions if isinstance(regions, str) else
+                    f"the lung model found no lung field ({regions.reason}), so no region can be named."))
+        return
+    found = readouts(ResultKey.of(image, model, result), result.maps, regions)
+    first = next(iter(result.maps))
+    lungs_area = float(np.isin(regions.labels, range(len(LUNG_ZONES))).mean())
+    side = ("the file's PatientOrientation" if regions.laterality_rule == "PatientOrientation" else
+            "the display convention (the patient's right on the viewer's left; this file does not say)")
+    grid = (f"on the film's own {regions.shape[1]}×{regions.shape[0]} grid" if max(image.radiograph.shape) <=
+            REGIONS_SIDE else f"on the film shrunk to {regions.shape[1]}×{regions.shape[0]} px")
+    text = ("found by image processing: small high-contrast glyphs with sharp edges and even, thin strokes; "
+            "without OCR here"
+            if regions.markers.startswith("xai.markers") else "not looked for on this server")
+    st.markdown(
+        f"Each map's mass Σ|s| is split over 13 disjoint regions that cover every pixel ({grid}). The **six lung "
+        f"zones** are the visible lung fields — the lung model's NLM-style mask, without the heart's shadow — "
+        f"each lung cut into upper, middle and lower thirds of its own height (the usual stand-in for the Brixia "
+        f"zones, whose landmarks a picture model cannot see); on this film they cover {lungs_area:.0%} of the "
+        f"image, and right and left follow {side}. **Heart and mediastinum** is the lung behind the heart's "
+        f"shadow (the V7-style mask minus the visible field) plus the space between the two lungs; **above / "
+        f"below the lungs** and **chest wall** are the rest of the body by column; **outside the body** is air "
+        f"or collimation reaching the edge; **film border** is the outer {BORDER_BAND:.0%} of each side; "
+        f"**text and markers** are burned-in labels and side markers ({text}). Here {method_label(first)} reads "
+        f"“{found[first].sentence(3)}”, {found[first].in_visible_lungs:.0%} in the visible lung fields (the "
+        "Explain page's “in lungs”). Limits: the regions are only as good as the lung model's mask (a 0.49 M "
+        "parameter U-Net trained on 904 films); thirds are not anatomical landmarks; small or faint markers "
+        "are missed; and a share says where the map points, not whether the model is right to point there.")
+    st.image(region_picture(regions, image.radiograph.pixels), width=360,
+             caption="The regions of this film (colours as in the Explain page's bar chart).")
+
+
 def checks_section(model: ActiveModel, result: PipelineResult, image_sha: str) -> None:
     """This model's own sanity check and stability on this film, on request (kept for the session)."""
     import models
@@ -319,7 +375,7 @@ def main() -> None:
         return
     names = model.class_names
     key = f"how_target:{model.key}"
-    on_explain = st.session_state.get(f"target:{model.key}")  # the class on the Explain page, if just there
+    on_explain = st.session_state.get(explain_target_key(model.key))  # the class on the Explain page, if just there
     if key not in st.session_state and on_explain in (PREDICTED, *names):
         st.session_state[key] = on_explain  # start from the class the user was looking at
     choice = st.selectbox("Class to explain", [PREDICTED, *names], key=key,
@@ -345,6 +401,7 @@ def main() -> None:
     guided_section(box, result)
     guided_gradcam_section(box)
     checks_section(model, result, image.sha256)
+    readout_section(result, model, image)
 
 
 main()

@@ -161,3 +161,31 @@ def test_report_pdf_png_and_secondary_captures_carry_one_readout_sentence_per_me
         assert len(mine) == 1 and f"{READOUT_LABEL}: {sentence}" in mine[0], (m, comments)
     png = Image.open(io.BytesIO(made("_gradcam.png")))
     assert sentences["gradcam"] in json.dumps(dict(png.text), ensure_ascii=False)  # in the PNG's provenance chunk
+
+
+def test_how_page_explains_the_readout_of_the_film_in_view() -> None:
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from xai.radiograph import load_radiograph
+
+    repo = Path(__file__).resolve().parents[1]
+    at = run(AppTest.from_file(str(repo / "app.py"), default_timeout=300))
+    run(at.switch_page("pages/how.py"))
+    at.selectbox(key="how_sample").set_value("COVID-19, PA (MHH, CC BY 3.0)")
+    run(at)
+    assert any(h.value.startswith("7 · Where the evidence lies") for h in at.header)
+    radiograph = load_radiograph(repo / "samples" / "covid19_mhh_pa.jpg")
+    regions = anatomy_regions(radiograph, max_side=1024, ocr=False)
+    result = service().explain(at.session_state[app_state.Key.IMAGE], app_models.default_model(), None,
+                               tuple(METHODS))
+    shares = evidence_by_region(result.maps["gradcam"], regions)
+    paragraph = next(m.value for m in at.markdown if "six lung zones" in m.value)
+    assert f"Grad-CAM reads “{readout_sentence(shares, 3)}”" in paragraph
+    assert f"{sum(shares[z] for z in REGIONS[:6]):.0%} in the visible lung fields" in paragraph
+    assert "display convention" in paragraph  # a JPEG says nothing about which side is which
+    lungs_area = float(np.isin(regions.labels, range(6)).mean())
+    assert f"they cover {lungs_area:.0%} of the image" in paragraph
+    pictures = [e for e in at.get("image") if any("regions of this film" in c for c in e.captions)]
+    assert len(pictures) == 1
