@@ -51,6 +51,8 @@ class SourceAdversary(nn.Module):
     sources each class may be confused with.
     """
 
+    allowed: Tensor  # (class, source) bool buffer: which sources each class's films come from
+
     def __init__(self, n_features: int, sources: Sequence[str], labels: Sequence[int], *, hidden: int = 256,
                  weight: float = 1.0) -> None:
         super().__init__()

@@ -26,11 +26,22 @@ class Key:
     STORES = "_stores"  # {name: dict}: per-page result stores (e.g. the Trust page's checks)
     CHART_CODE_SENT = "_chart_code_sent"  # bool: this session's page was given a chart to load plotly's code
     KEPT_WIDGETS = "_kept_widgets"  # {widget key: value}: what widgets drawn only sometimes held when last drawn
+    SHOW_PATIENT = "show_patient"  # bool: the Explain page's "Show patient details" switch (every page obeys it)
 
 
 def session() -> MutableMapping[str, Any]:
     """This session's state (``st.session_state``)."""
     return st.session_state  # type: ignore[return-value]
+
+
+def explain_target_key(model_key: str) -> str:
+    """The Explain page's "Target class" widget key for a model (the How page starts from the same class)."""
+    return f"target:{model_key}"
+
+
+def patient_details_shown() -> bool:
+    """Whether this session switched patient details on (off until the user asks: names stay hidden)."""
+    return bool(kept_value(Key.SHOW_PATIENT, False))
 
 
 def page_store(name: str) -> dict[Any, Any]:

@@ -24,6 +24,7 @@ import streamlit as st
 
 import models
 from pages._access import ensure_routed
+from pages._display import scale_choice, session_display
 from pages._explanations import explain, screen_view
 from pages._finding import box_figure, box_from_selection
 from pages._ingest import LoadedImage, load_input
@@ -31,7 +32,7 @@ from pages._lungs import contour_thumbnail, lung_field, lung_shares
 from pages._methods import method_label
 from pages._models import ActiveModel, default_target_choice, require_model
 from pages._ood import ood_score
-from pages._state import kept_value, page_store
+from pages._state import page_store, patient_details_shown
 from xai import display_scale, render
 from xai.engine import METHODS
 from xai.pipeline import PipelineResult
@@ -379,32 +380,16 @@ def _line(v: verdicts.Verdict) -> str:
 
 
 def display_settings(model: ActiveModel, result: PipelineResult) -> render.DisplaySettings:
-    """The Explain page's display choices as this session last set them (scale, colormap, opacity, overlay,
-    contours), at the size of the maps drawn here. The scale: the model's typical range by default (the
-    card's calibration), the session's fixed maxima when chosen there, per image when chosen or when the
-    card has no calibration."""
-    choice = kept_value("disp_scale", "model")
-    vmax: tuple[tuple[str, float], ...] = ()
-    if choice == "session":
-        fixed = page_store("explain").get("fixed_vmax", {})
-        vmax = tuple((m, float(fixed[(model.key, m)])) for m in result.maps if (model.key, m) in fixed)
-    if choice != "per_image" and len(vmax) != len(result.maps):
-        cal = display_scale.from_card(model.card)
-        vmax = tuple((m, cal.vmax[m]) for m in result.maps) if cal is not None and all(
-            m in cal.vmax for m in result.maps) else ()
-    contours = bool(kept_value("disp_contours", False))
-    return render.DisplaySettings(
-        side=MAP_SIDE, scale="fixed" if vmax else "per_image", vmax=vmax,
-        show_heat=bool(kept_value("disp_overlay", True)), alpha=float(kept_value("disp_alpha", render.DEFAULT_ALPHA)),
-        cmap=str(kept_value("disp_cmap", render.DEFAULT_CMAP)),
-        contour_level=float(kept_value("disp_contour_level", 0.5)) if contours else None)
+    """The Explain page's display choices as this session last set them (:func:`pages._display.session_display`),
+    at the size of the maps drawn here."""
+    return session_display(model, result, side=MAP_SIDE)
 
 
 def scale_caption(settings: render.DisplaySettings) -> str:
     if settings.scale == "per_image":
         return "Maps stretched per image (each to its own range), as chosen on the Explain page."
     return ("Maps on the same scale as the Explain page: each method's raw values divided by "
-            + ("its typical peak on the model's validation films" if kept_value("disp_scale", "model") != "session"
+            + ("its typical peak on the model's validation films" if scale_choice() != "session"
                else "the session's fixed maximum") + " (brighter is clipped), so weak evidence looks weak.")
 
 
@@ -464,7 +449,7 @@ def main() -> None:
     choice = st.selectbox("Explain class", ["predicted", *names], index=default_target_choice(model), key="trust_target")
     target = None if choice == "predicted" else names.index(choice)
     result = explain(image, model, target, tuple(METHODS))
-    shown_name = image.label if image.source == "sample" or kept_value("show_patient", False) else "the uploaded film"
+    shown_name = image.label if image.source == "sample" or patient_details_shown() else "the uploaded film"
     st.caption(f"Image: {shown_name} — model {model.card.name} {model.card.version}; explaining "
                f"**{result.target}** (P = {result.probabilities[result.target]:.3f}; predicted: {result.predicted}).")
     key = (image.sha256, model.key, result.target_index)

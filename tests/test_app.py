@@ -860,7 +860,7 @@ def test_the_lung_field_started_early_is_the_one_the_page_reads(monkeypatch: pyt
     monkeypatch.setattr(app_lungs, "find_lungs", counted)
     app_lungs.lung_field.clear()
     app_lungs.start_lung_field("early-film", radiograph)
-    app_lungs._EARLY.submit(lambda: None).result(timeout=120)  # the one worker has finished the film
+    app_lungs.lung_worker().submit(lambda: None).result(timeout=120)  # the one worker has finished the film
     assert runs == [1]
     field = app_lungs.lung_field("early-film", radiograph)
     assert runs == [1] and field.found and app_lungs.lung_field("early-film", radiograph) is field

@@ -20,8 +20,8 @@ from test_engine_toy import X1, OneLayer
 from torch import nn
 
 from xai import METHODS, Explainer, Explanation, export, method_names
-from xai import engine as engine_module
 from xai.engine import DETAILS, METHOD_TABLE, Method, Passes, cam_view, register_method
+from xai.engine import methods as method_table
 from xai.scores import probabilities
 
 
@@ -196,7 +196,7 @@ def layer_cam(passes: Passes) -> torch.Tensor:
 
 
 def test_a_method_added_to_the_table_runs_over_the_shared_passes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_module, "_TABLE", dict(engine_module._TABLE))  # restored after the test
+    monkeypatch.setattr(method_table, "_TABLE", dict(method_table._TABLE))  # restored after the test
     monkeypatch.setattr(method_names, "_IDENTITIES", dict(method_names._IDENTITIES))
     register_method("layercam", Method(layer_cam, cam_view, needs_target_gradient=True),
                     method_names.MethodIdentity("layercam", "LayerCAM", paper="Jiang et al., IEEE TIP 2021."))
@@ -221,12 +221,12 @@ def test_a_method_added_to_the_table_runs_over_the_shared_passes(monkeypatch: py
 def test_the_table_drives_every_built_in_method(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
     table = {}
-    for name, method in engine_module._TABLE.items():
+    for name, method in method_table._TABLE.items():
         def spy(passes: Passes, _raw=method.raw, _name=name) -> torch.Tensor:
             seen.append(_name)
             return _raw(passes)
         table[name] = Method(spy, method.display, method.needs_target_gradient, method.needs_input_gradient)
-    monkeypatch.setattr(engine_module, "_TABLE", table)
+    monkeypatch.setattr(method_table, "_TABLE", table)
     e = Explainer(OneLayer([[2.0, -2.0]]).eval(), "act").explain(X1)
     assert seen == list(METHODS) and e.methods == METHODS  # each raw map computed once, from the table
 

@@ -407,3 +407,108 @@ def test_models_implements_the_library_protocols():
     partial = SimpleNamespace(**{k: getattr(loaded.card, k) for k in _members(protocols.ModelCard) if k != "target_layer"})
     assert not isinstance(partial, protocols.ModelCard)
     assert not isinstance(loaded.module, protocols.LoadedModel)
+
+
+# ------------------------------------------------------------------------------------------ the app layer
+PAGES = ROOT / "pages"
+#: Module-level values that can change after import: a page module holding one would share it across sessions.
+MUTABLE_CALLS = frozenset({"dict", "list", "set", "OrderedDict", "defaultdict", "deque", "ThreadPoolExecutor",
+                           "Lock", "RLock", "WeakKeyDictionary", "WeakValueDictionary", "Queue"})
+
+
+def test_no_import_cycle_among_models_modules():
+    """``models`` is a DAG too (lazy imports included): the registry names the architectures, the architectures
+    never import the registry back."""
+    graph = _import_graph(sorted(p for p in (ROOT / "models").rglob("*.py") if "__pycache__" not in p.parts))
+    assert "models.architectures" in graph
+    cycles = _cycles(graph)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def _key_literal(node: ast.AST) -> str | None:
+    """A widget key written in the code: a string, or an f-string's constant head followed by ``*``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+        return f"{node.values[0].value}*"
+    return None
+
+
+def _widget_keys(tree: ast.AST) -> set[str]:
+    return {key for node in ast.walk(tree) if isinstance(node, ast.Call)
+            for kw in node.keywords if kw.arg == "key" and (key := _key_literal(kw.value))}
+
+
+def _state_reads(tree: ast.AST) -> set[str]:
+    """Keys a module reads from the session by string: ``st.session_state[...]``, ``.get/.pop/.setdefault(...)``,
+    ``kept_value(...)``, ``restore_widget(...)``."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and "session_state" in ast.unparse(node.value):
+            key = _key_literal(node.slice)
+        elif isinstance(node, ast.Call) and node.args and (
+                ast.unparse(node.func).rpartition(".")[2] in ("kept_value", "restore_widget")
+                or (ast.unparse(node.func).rpartition(".")[0].endswith("session_state")
+                    and ast.unparse(node.func).rpartition(".")[2] in ("get", "pop", "setdefault"))):
+            key = _key_literal(node.args[0])
+        else:
+            continue
+        if key:
+            found.add(key)
+    return found
+
+
+def _same_key(a: str, b: str) -> bool:
+    return a == b or (a.endswith("*") and b.startswith(a[:-1])) or (b.endswith("*") and a.startswith(b[:-1]))
+
+
+def _cross_page_reads(pages: dict[str, ast.AST]) -> list[str]:
+    keys = {name: _widget_keys(tree) for name, tree in pages.items()}
+    return [f"{name} reads {key!r}, a widget key of {other}" for name, tree in pages.items()
+            for key in sorted(_state_reads(tree)) if not any(_same_key(key, k) for k in keys[name])
+            for other in pages if other != name and any(_same_key(key, k) for k in keys[other])]
+
+
+def test_the_widget_key_scanner_sees_a_cross_page_read():
+    one = ast.parse('st.toggle("a", key="shared")\nst.selectbox("t", [], key=f"target:{m}")')
+    other = ast.parse('x = st.session_state["shared"]\ny = kept_value(f"target:{k}", None)')
+    assert len(_cross_page_reads({"one": one, "other": other})) == 2
+
+
+def test_no_page_imports_or_reads_another_pages_keys():
+    """Pages share state through the app layer (``pages/_*.py``: typed accessors, one ``Key`` class), never by
+    importing another page or reading another page's widget key as a string."""
+    pages = {p.stem: ast.parse(p.read_text(encoding="utf-8")) for p in sorted(PAGES.glob("*.py"))
+             if not p.name.startswith("_")}
+    assert {"explain", "trust", "batch"} <= pages.keys()
+    imports = [f"{p.name} imports {m}" for p in sorted(PAGES.glob("*.py"))
+               for m, _ in _imports(p) if m.startswith("pages.") and not m.startswith("pages._")]
+    assert not imports, imports
+    reads = _cross_page_reads(pages)
+    assert not reads, reads
+
+
+def _module_state(tree: ast.Module) -> list[str]:
+    found = []
+    for node in tree.body:
+        value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
+        if value is None:
+            continue
+        call = getattr(value.func, "id", None) or getattr(value.func, "attr", None) if isinstance(value, ast.Call) else None
+        if isinstance(value, ast.Dict | ast.List | ast.Set | ast.DictComp | ast.ListComp | ast.SetComp) \
+                or call in MUTABLE_CALLS:
+            found.append(f"{node.lineno}: {ast.unparse(node)[:60]}")
+    found += [f"{n.lineno}: global {', '.join(n.names)}" for n in ast.walk(tree) if isinstance(n, ast.Global)]
+    return found
+
+
+def test_the_app_layer_holds_no_mutable_module_state():
+    """Streamlit runs every session in a thread of one process: the app layer keeps state in ``st.session_state``
+    (per session) or in objects held by ``st.cache_resource`` (e.g. the one ``ExplanationService``), never in a
+    module-level dict, list, pool, lock or ``global``."""
+    assert _module_state(ast.parse("A = {}\nB = ThreadPoolExecutor(1)\ndef f():\n    global C\n")) == [
+        "1: A = {}", "2: B = ThreadPoolExecutor(1)", "4: global C"]
+    offenders = [f"{p.name}:{line}" for p in sorted(PAGES.glob("*.py"))
+                 for line in _module_state(ast.parse(p.read_text(encoding="utf-8")))
+                 if p.name.startswith("_") or "global" in line]
+    assert not offenders, offenders

@@ -147,6 +147,7 @@ def folded_copy(model: nn.Module, keep: Collection[str] = ()) -> nn.Module | Non
     with torch.no_grad():
         for conv_name, bn_name in pairs:
             conv, bn = clone.get_submodule(conv_name), clone.get_submodule(bn_name)
+            assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)  # foldable_pairs checked both
             _replace(clone, conv_name, fuse_conv_bn(conv, bn))
             _replace(clone, bn_name, nn.Identity())
     clone.requires_grad_(False)

@@ -198,14 +198,14 @@ def _image_of(explanation: Explanation, i: int) -> Explanation:
     def one(array: np.ndarray) -> np.ndarray:
         return array[i:i + 1]
 
-    def each(mapping: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
-        return None if mapping is None else {k: one(v) for k, v in mapping.items()}
+    def each(mapping: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: one(v) for k, v in mapping.items()}
 
     return replace(
         explanation, logits=one(explanation.logits), probabilities=one(explanation.probabilities),
         target=one(explanation.target), maps=each(explanation.maps), raw=each(explanation.raw),
         flat=each(explanation.flat), features=None if explanation.features is None else one(explanation.features),
-        details=each(explanation.details),
+        details=None if explanation.details is None else each(explanation.details),
     )
 
 
@@ -271,7 +271,9 @@ def explain_source(
     Raises :class:`~xai.radiograph.RadiographError` for a file that is not a usable radiograph.
     """
     if loader is None:
-        from xai.radiograph import load_radiograph as loader
+        from xai.radiograph import load_radiograph
+
+        loader = load_radiograph
     if name is None:
         name = str(source) if isinstance(source, str | Path) else "upload"
     kwargs: dict[str, Any] = {} if max_pixels is None else {"max_pixels": max_pixels}

@@ -109,7 +109,7 @@ def _read_source(source: Source) -> bytes:
         raise UnreadableSourceError(
             f"cannot read an image from a {type(source).__name__}; pass a path, bytes or a binary file")
     try:
-        data = getvalue() if getvalue is not None else read()
+        data = getvalue() if getvalue is not None else read()  # type: ignore[misc]  # one of them is set (checked above)
     except Exception as exc:  # noqa: BLE001 - any reader failure is the user's unreadable file
         raise UnreadableSourceError(f"the file could not be read ({type(exc).__name__})") from None
     if isinstance(data, str):
@@ -179,7 +179,7 @@ def _decode_raster(data: bytes, kind: str, max_pixels: int) -> Radiograph:
     if ihdr is not None:  # check the PNG header ourselves before Pillow touches the data
         check_size(ihdr[0], ihdr[1], 1, max_pixels)
     try:
-        image = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[kind]])
+        image: Image.Image = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[kind]])
     except Image.DecompressionBombError:
         raise ImageTooLargeError("the image declares too many pixels (decompression bomb); nothing was decoded") from None
     except UnidentifiedImageError:

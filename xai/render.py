@@ -130,7 +130,7 @@ def _to_uint8(unit: NDArray[np.float32]) -> NDArray[np.uint8]:
 
     Callers pass values already clipped to [0, 1] (convertScaleAbs would fold negatives to positive).
     """
-    return cv2.convertScaleAbs(np.ascontiguousarray(unit, dtype=np.float32), alpha=255.0)
+    return np.asarray(cv2.convertScaleAbs(np.ascontiguousarray(unit, dtype=np.float32), alpha=255.0), np.uint8)
 
 
 # --------------------------------------------------------------------------------------------- public

@@ -86,6 +86,7 @@ def _get_context() -> Any:
     global _context
     with _context_lock:
         if _context is None:
+            ctx: multiprocessing.context.BaseContext
             if "forkserver" in multiprocessing.get_all_start_methods():
                 ctx = multiprocessing.get_context("forkserver")
                 ctx.set_forkserver_preload(PRELOAD)

@@ -80,7 +80,7 @@ def _quiet_pydicom() -> None:
 
 def _workers_skip_main() -> None:
     if spawn.prepare is not prepare_without_main:
-        spawn.prepare = prepare_without_main
+        spawn.prepare = prepare_without_main  # type: ignore[assignment]  # typeshed: Mapping; CPython passes a dict
 
 
 def _idle_threads_sleep() -> None:
