@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
-from pages._lungs import lung_field, lung_outline, lung_shares
+from pages._lungs import lung_field, lung_outline, lung_shares, zone_boundaries
 from xai.anatomy import LungField
 
 if TYPE_CHECKING:
@@ -32,11 +32,13 @@ if TYPE_CHECKING:
     from pages._models import ActiveModel
     from xai.pipeline import PipelineResult
     from xai.radiograph import Radiograph
-    from xai.render import DisplaySettings, Layers, View
+    from xai.render import DisplaySettings, Layers, ScreenFilm, View
 
 #: Bounded caches: about 8 explained films (full-resolution maps) and their display versions.
 EXPLANATION_CACHE_ENTRIES = 8
 DISPLAY_CACHE_ENTRIES = 8
+#: Films whose other classes' screen layers follow the display in use (each holds its classes' results).
+SCREEN_FOLLOW_FILMS = 2
 CACHE_TTL_S = 3600
 
 
@@ -115,16 +117,26 @@ class ExplanationService:
         self._prefetched: OrderedDict[tuple[Any, ...], Future[PipelineResult]] = OrderedDict()
         #: Films whose classes were prefetched (or explained), so a rerun does not prefetch them again.
         self._prefetch_seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        #: Per recent film: the layer settings its classes' screens were drawn for, and each class's result
+        #: (the page's, done; the prefetched, as queued), so a display change redraws the other classes too.
+        self._film_classes: OrderedDict[tuple[Any, ...],
+                                        tuple[DisplaySettings | None, dict[int, Future[PipelineResult]]]] = OrderedDict()
+        self._screen_jobs: list[Future[None]] = []
         self._prefetch_lock = threading.Lock()
         cache = st.cache_resource
         self.explain_cached = cache(max_entries=EXPLANATION_CACHE_ENTRIES, ttl=CACHE_TTL_S,
                                     show_spinner="Computing the explanations…")(self._explain_cached)
-        self.screen_layers_cache = cache(max_entries=DISPLAY_CACHE_ENTRIES, ttl=CACHE_TTL_S,
-                                         show_spinner=False)(self._screen_layers)
-        self.screen_images_cache = cache(max_entries=DISPLAY_CACHE_ENTRIES, ttl=CACHE_TTL_S,
-                                         show_spinner=False)(self._screen_images)
-        self.screen_outlines_cache = cache(max_entries=DISPLAY_CACHE_ENTRIES, ttl=CACHE_TTL_S,
-                                           show_spinner=False)(self._screen_outlines)
+        # The screen's layers, each cached on its own key (xai.render.DisplaySettings.layer_key), so a display
+        # change redraws only what it changes: the film shrunk to the screen (side), the radiograph (+ window),
+        # the maps before scaling (side, fixed or not), their heat indices (+ vmax), the lungs, the outlines.
+        self._screen_caches = []
+        for name, make in (("screen_film_cache", self._screen_film), ("screen_gray_cache", self._screen_gray),
+                           ("display_maps_cache", self._display_maps), ("screen_heat_cache", self._screen_heat),
+                           ("screen_lungs_cache", self._screen_lungs), ("screen_zones_cache", self._screen_zones),
+                           ("screen_outlines_cache", self._screen_outlines)):
+            cached = cache(max_entries=DISPLAY_CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)(make)
+            setattr(self, name, cached)
+            self._screen_caches.append(cached)
 
     # ------------------------------------------------------------------------------------------ the engine
     def run_engine(self, radiograph: Radiograph, model: ActiveModel, target: int | None, methods: tuple[str, ...],
@@ -188,7 +200,7 @@ class ExplanationService:
         key = ResultKey.of(image, model, result)
         with contextlib.suppress(Exception):  # the page computes whatever this could not
             if settings is not None:
-                self._screen(key, settings, image.radiograph, result)
+                self._screen(key, settings, image.radiograph, result, outlines=True)
             field = lung_field(image.sha256, image.radiograph)
             if isinstance(field, LungField):
                 lung_shares(key, result.maps, field)
@@ -206,24 +218,62 @@ class ExplanationService:
             return 0
         film = (image.sha256, model.key, result.methods)
         not_before = time.monotonic() + self.prefetch_delay_s
-        layer_settings = None if settings is None else settings.only("layers")
+        layer_settings = None if settings is None else replace(settings.only("layers"),
+                                                               contour_level=settings.contour_level)
         queued = 0
+        shown: Future[PipelineResult] = Future()
+        shown.set_result(result)
         with self._prefetch_lock:
             if film in self._prefetch_seen:
+                self._follow_display(film, image, model, result.target_index, shown, layer_settings, not_before)
                 return 0
             self._prefetch_seen[film] = None
             while len(self._prefetch_seen) > 4 * EXPLANATION_CACHE_ENTRIES:
                 self._prefetch_seen.popitem(last=False)
+            classes = {result.target_index: shown}
             for index in range(len(model.class_names)):
                 if index == result.target_index:
                     continue
                 key = (image.sha256, model.key, index, result.methods)
-                self._prefetched[key] = self._pool.submit(self._prefetch_one, image, model, index, result.methods,
-                                                          layer_settings, not_before)
+                classes[index] = self._prefetched[key] = self._pool.submit(
+                    self._prefetch_one, image, model, index, result.methods, layer_settings, not_before)
                 queued += 1
             while len(self._prefetched) > EXPLANATION_CACHE_ENTRIES:
                 self._prefetched.popitem(last=False)[1].cancel()
+            self._film_classes[film] = (layer_settings, classes)
+            while len(self._film_classes) > SCREEN_FOLLOW_FILMS:
+                self._film_classes.popitem(last=False)
         return queued
+
+    def _follow_display(self, film: tuple[Any, ...], image: LoadedImage, model: ActiveModel, target: int,
+                        shown: Future[PipelineResult], settings: DisplaySettings | None, not_before: float) -> None:
+        """A film already prefetched (lock held): when its layer settings changed since its classes were drawn
+        (a new screen size, window, scale, outline), queue the other classes' screens for the new settings, so a
+        target switch after a display change finds its layers ready too."""
+        known = self._film_classes.get(film)
+        if known is None:
+            return
+        drawn_for, classes = known
+        classes[target] = shown
+        self._film_classes.move_to_end(film)
+        if settings is None or settings == drawn_for:
+            return
+        self._film_classes[film] = (settings, classes)
+        others = [future for index, future in classes.items() if index != target]
+        self._screen_jobs = [job for job in self._screen_jobs if not job.done()]
+        self._screen_jobs.append(self._pool.submit(self._screens_of, image, model, others, settings, not_before))
+
+    def _screens_of(self, image: LoadedImage, model: ActiveModel, results: list[Future[PipelineResult]],
+                    settings: DisplaySettings, not_before: float) -> None:
+        """The screen layers of other classes' results for ``settings`` (background; best effort)."""
+        time.sleep(max(0.0, not_before - time.monotonic()))
+        for future in results:
+            with self._calls_lock:
+                if self.foreground:  # a user waits for the engine: the page draws what it needs itself
+                    return
+            with contextlib.suppress(Exception):  # a failed or cancelled prefetch: the page computes it
+                result = future.result()
+                self._screen(ResultKey.of(image, model, result), settings, image.radiograph, result, outlines=True)
 
     def clear_prefetches(self) -> None:
         """Forget every prefetch (with ``explain_cached.clear()``: a fresh start for tests)."""
@@ -232,57 +282,101 @@ class ExplanationService:
                 future.cancel()
             self._prefetched.clear()
             self._prefetch_seen.clear()
+            self._film_classes.clear()
 
     def wait_for_prefetches(self, timeout_s: float = 600) -> None:
         """Block until every queued prefetch has finished (tests and the benchmark)."""
         with self._prefetch_lock:
-            pending = list(self._prefetched.values())
+            pending: list[Future[Any]] = [*self._prefetched.values(), *self._screen_jobs]
         for future in pending:
             with contextlib.suppress(Exception):
                 future.result(timeout=timeout_s)
 
     # ------------------------------------------------------------------------------------------ the screen
-    def _screen_layers(self, key: ResultKey, settings: DisplaySettings, _radiograph: Radiograph,
-                       _result: PipelineResult) -> Layers:
-        """:func:`xai.render.layers` on the screen grid (keyed by the explanation and ``settings.only("layers")``)."""
+    def clear_screen_caches(self) -> None:
+        """Forget every screen layer (tests: a fresh start)."""
+        for cached in self._screen_caches:
+            cached.clear()
+
+    def _screen_film(self, image_sha: str, side: int | None, _radiograph: Radiograph) -> ScreenFilm:
+        """:func:`xai.render.screen_film`: the film shrunk once per screen size (keyed by image hash and side)."""
         from xai import render
 
-        lungs = lung_outline(key.image, _radiograph) if settings.lungs else None
-        return render.layers(_radiograph, _result, settings, lungs)
+        return render.screen_film(_radiograph, side)
 
-    def _screen_images(self, key: ResultKey, settings: DisplaySettings, _layers: Layers) -> ScreenLayers:
-        """The cached layers encoded for the Explain panel (only that page blends in the browser; a page that
-        shows composed pixels, e.g. Review, never pays for these encodings)."""
-        from pages._panel import screen_heat_uri, screen_image_uri
+    def _screen_gray(self, image_sha: str, settings: DisplaySettings, _film: ScreenFilm) -> tuple[Any, str]:
+        """The radiograph layer and its JPEG data URI (keyed by ``settings.layer_key("gray")``: side, window)."""
+        from pages._panel import screen_image_uri
+        from xai import render
 
-        return ScreenLayers(_layers, screen_image_uri(_layers.original),
-                            {m: screen_heat_uri(index) for m, index in _layers.heat.items()})
+        rgb = render.gray_layer(_film, settings)
+        return rgb, screen_image_uri(rgb)
+
+    def _display_maps(self, key: ResultKey, side: int | None, scale: str,
+                      _result: PipelineResult) -> Mapping[str, Any]:
+        """:func:`xai.render.display_maps` (keyed by the explanation, side and scale mode, not by ``vmax``)."""
+        from xai import render
+
+        return render.display_maps(_result, render.DisplaySettings(side=side, scale=scale))  # type: ignore[arg-type]
+
+    def _screen_heat(self, key: ResultKey, settings: DisplaySettings,
+                     _maps: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, str]]:
+        """Each map's heat index and its data URI (keyed by ``settings.layer_key("heat")``)."""
+        from pages._panel import screen_heat_uri
+        from xai import render
+
+        heat = render.heat_layers(_maps, settings)
+        return heat, {m: screen_heat_uri(index) for m, index in heat.items()}
+
+    def _screen_lungs(self, image_sha: str, side: int | None, _radiograph: Radiograph) -> Any:
+        """:func:`xai.render.lung_layer` of the film's lung field (None without one)."""
+        from xai import render
+
+        return render.lung_layer(lung_outline(image_sha, _radiograph), side)
+
+    def _screen_zones(self, image_sha: str, shape: tuple[int, ...], _radiograph: Radiograph) -> Any:
+        """:func:`xai.render.zone_layer` of the film's lung zones' boundaries on the screen grid (None without)."""
+        from xai import render
+
+        return render.zone_layer(zone_boundaries(image_sha, _radiograph), shape)
 
     def _screen_outlines(self, key: ResultKey, settings: DisplaySettings,
                          _layers: Layers) -> Mapping[str, str | None]:
-        """:func:`xai.render.outlines` as RGBA PNG data URIs (keyed by the layer settings and the contour level)."""
+        """:func:`xai.render.outlines` as RGBA PNG data URIs (keyed by ``settings.layer_key("outlines")``), drawn
+        on the screen grid."""
         from pages._panel import screen_png_uri
         from xai import render
 
-        return {panel: None if rgba is None else screen_png_uri(rgba)
-                for panel, rgba in render.outlines(_layers, settings).items()}
+        encoded: dict[int, str] = {}  # panels sharing one outline array (no heat contour) share its encoding
+        out: dict[str, str | None] = {}
+        for panel, rgba in render.outlines(_layers, settings).items():
+            if rgba is not None and id(rgba) not in encoded:
+                encoded[id(rgba)] = screen_png_uri(rgba, row_filter=False)
+            out[panel] = None if rgba is None else encoded[id(rgba)]
+        return out
 
     def _screen(self, key: ResultKey, settings: DisplaySettings, radiograph: Radiograph,
-                result: PipelineResult) -> ScreenLayers:
-        """The Explain panel's encoded layers for ``settings.only("layers")`` (both caches)."""
-        layer_settings = settings.only("layers")
-        layers = self.screen_layers_cache(key, layer_settings, radiograph, result)
-        return self.screen_images_cache(key, layer_settings, layers)
+                result: PipelineResult, *, outlines: bool = False) -> tuple[ScreenLayers, Mapping[str, str | None]]:
+        """The screen's layers for ``settings``, each from its own cache; the outlines' URIs when asked (else {})."""
+        from xai import render
+
+        film = self.screen_film_cache(key.image, settings.side, radiograph)
+        original, original_uri = self.screen_gray_cache(key.image, settings.layer_key("gray"), film)
+        maps = self.display_maps_cache(key, settings.side, settings.scale, result)
+        heat, heat_uris = self.screen_heat_cache(key, settings.layer_key("heat"), maps)
+        lungs = self.screen_lungs_cache(key.image, settings.side, radiograph) if settings.lungs else None
+        zones = self.screen_zones_cache(key.image, original.shape[:2], radiograph) if settings.zones else None
+        layers = render.Layers(original=original, heat=heat, lungs=lungs, zones=zones)
+        drawn = self.screen_outlines_cache(key, settings.layer_key("outlines"), layers) if outlines else {}
+        return ScreenLayers(layers, original_uri, heat_uris), drawn
 
     def screen_layers(self, image: LoadedImage, model: ActiveModel, result: PipelineResult,
                       settings: DisplaySettings) -> tuple[ScreenLayers, Mapping[str, str | None]]:
-        """What the Explain panel draws, behind the app's one display cache: the encoded layers (keyed by the
-        explanation's own key and ``settings.only("layers")``: windows, scale, size) and the outlines (also by
-        the contour level). Colour and opacity are not in either key: the page blends them (``pages._panel``)."""
-        key = ResultKey.of(image, model, result)
-        screen = self._screen(key, settings, image.radiograph, result)
-        outline_settings = replace(settings.only("layers"), contour_level=settings.contour_level)
-        return screen, self.screen_outlines_cache(key, outline_settings, screen.layers)
+        """What the Explain panel draws, behind the app's display caches: the encoded radiograph, heat indices
+        and outlines, each keyed by the explanation's own key and the settings that change it
+        (:meth:`xai.render.DisplaySettings.layer_key`). Colour and opacity are in no key: the page blends them
+        (``pages._panel``)."""
+        return self._screen(ResultKey.of(image, model, result), settings, image.radiograph, result, outlines=True)
 
     def screen_view(self, image: LoadedImage, model: ActiveModel, result: PipelineResult,
                     settings: DisplaySettings) -> View:
@@ -290,9 +384,8 @@ class ExplanationService:
         that show composed pixels: Review, Trust, Compare, How)."""
         from xai import render
 
-        layers = self.screen_layers_cache(ResultKey.of(image, model, result), settings.only("layers"),
-                                          image.radiograph, result)
-        return render.compose(layers, settings)
+        screen, _ = self._screen(ResultKey.of(image, model, result), settings, image.radiograph, result)
+        return render.compose(screen.layers, settings)
 
 
 @st.cache_resource(show_spinner=False)

@@ -187,6 +187,26 @@ def test_to_original_zero_outside_crop_and_points_round_trip():
         geo.to_original(np.ones((1, 4, 4)))
 
 
+@pytest.mark.parametrize(("geo", "size"), [
+    (Geometry(original_size=(1000, 800), crop_box=(100, 200, 700, 900), input_size=224,
+              content_box=(16, 0, 208, 224)), (384, 307)),  # cropped and letterboxed, non-integer shrink
+    (Geometry(original_size=(1000, 800), crop_box=(0, 0, 800, 1000), input_size=224,
+              content_box=(22, 0, 202, 224)), (250, 200)),  # whole film, 4x shrink (OpenCV's block-mean path)
+    (Geometry(original_size=(333, 517), crop_box=(0, 0, 517, 333), input_size=64,
+              content_box=(0, 11, 64, 52)), (331, 514)),  # a shrink by a few pixels only
+])
+@pytest.mark.parametrize("map_hw", [(7, 7), (224, 224)])  # a CAM's feature grid, a gradient at input size
+def test_to_display_is_to_original_then_area_shrink(geo, size, map_hw):
+    """The screen's map without the film-sized one: the same pixels as OpenCV's area shrink of to_original."""
+    m = np.random.default_rng(3).random(map_hw).astype(np.float32) * 5.0
+    expected = cv2.resize(geo.to_original(m), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    got = geo.to_display(m, size)
+    assert got.shape == size and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * 5.0)  # float rounding only
+    with pytest.raises(ValueError, match="at most the film"):
+        geo.to_display(m, (geo.original_size[0] + 1, 10))
+
+
 # ------------------------------------------------------------------------------------------- crop rule
 def _body_phantom(h: int, w: int) -> np.ndarray:
     """Black background, a bright torso with two dark lungs, a bright text blob in a corner."""

@@ -328,6 +328,47 @@ def test_view_on_screen_shrinks_then_scales_and_windows_the_modality_values():
         np.testing.assert_array_equal(again.overlays[m], shown.overlays[m])
 
 
+@pytest.mark.parametrize("side", [45, None])
+@pytest.mark.parametrize("scale", ["per_image", "fixed"])
+def test_layers_cached_apart_give_the_views_pixels(side, scale):
+    """The app caches the radiograph (side, window), the maps before scaling (side, scale mode), their heat
+    indices (+ vmax), the lungs and the zones apart, from a film shrunk once: composed, that must be view()."""
+    from dataclasses import replace
+
+    radiograph, result, _ = _toy_view_inputs(120, 180)
+    yy, xx = np.mgrid[:120, :180]
+    lungs = ((yy - 60) ** 2 / 40**2 + (xx - 55) ** 2 / 30**2) < 1  # one elliptic "lung"
+    zones = np.zeros((120, 180), bool)
+    zones[40, 20:90] = zones[80, 20:90] = True
+    s = render.DisplaySettings(side=side, window=(450.0, 500.0), scale=scale,
+                               vmax=(("gradcam", 2.0), ("guided_backprop", 1.5)), lungs=True, zones=True,
+                               alpha=0.7, cmap="viridis", contour_level=0.4)
+    film = render.screen_film(radiograph, s.side)  # shrunk once; a window change reuses it
+    gray = render.gray_layer(film, s.layer_key("gray"))
+    maps = render.display_maps(result, render.DisplaySettings(side=s.side, scale=s.scale))  # vmax not needed
+    heat = render.heat_layers(maps, s.layer_key("heat"))
+    prepared = render.Layers(gray, heat, render.lung_layer(lungs, s.side), render.zone_layer(zones, gray.shape))
+    reference = render.view(radiograph, result, s, lungs, zones)
+    composed = render.compose(prepared, s)
+    np.testing.assert_array_equal(composed.original, reference.original)
+    for m in result.maps:
+        np.testing.assert_array_equal(composed.overlays[m], reference.overlays[m])
+    whole = render.layers(radiograph, result, s, lungs, zones)
+    for panel, rgba in render.outlines(prepared, s).items():
+        np.testing.assert_array_equal(rgba, render.outlines(whole, s)[panel])
+    # Each key holds only what changes its layer: a window move keeps the maps, an outline toggle the rest.
+    moved = replace(s, window=(300.0, 200.0), lungs=False, contour_level=None, alpha=0.2)
+    assert moved.layer_key("heat") == s.layer_key("heat") and moved.layer_key("gray") != s.layer_key("gray")
+    assert moved.layer_key("outlines") != s.layer_key("outlines")
+    rescaled = replace(s, vmax=(("gradcam", 1.0), ("guided_backprop", 1.0)))
+    assert rescaled.layer_key("gray") == s.layer_key("gray") and rescaled.layer_key("heat") != s.layer_key("heat")
+    again = render.heat_layers(maps, rescaled)  # the same unscaled maps serve a new vmax
+    direct = render.layers(radiograph, result, rescaled).heat
+    assert set(again) == set(direct)
+    for m in direct:
+        np.testing.assert_array_equal(again[m], direct[m])
+
+
 def test_window_presets_span_the_films_own_brightness_percentiles():
     from types import SimpleNamespace
 

@@ -216,6 +216,54 @@ class Geometry:
         out[cy0:cy1, cx0:cx1] = crop
         return out
 
+    def to_display(self, heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """:meth:`to_original` then an area-average shrink to ``size`` (h, w) smaller than the film, without
+        making the film-sized map: float32 (h, w).
+
+        Both steps are linear and act on rows and columns apart, so the result is ``P_y m P_x^T`` with
+        ``P = A R`` (``R``: the bilinear interpolation onto the crop, zero outside; ``A``: the area weights of
+        ``cv2.INTER_AREA``, each output pixel the overlap-weighted mean of the film pixels it covers). Equal
+        to ``cv2.resize(to_original(m), (w, h), interpolation=INTER_AREA)`` up to float rounding (OpenCV
+        skips overlaps under 1e-3 px); a map on a 12 MP film's screen costs ~1 ms instead of ~0.1 s.
+        """
+        m = np.asarray(heat, dtype=np.float64)
+        if m.ndim != 2 or m.shape[0] < 1 or m.shape[1] < 1:
+            raise ValueError(f"map must be 2-D (h, w), got shape {m.shape}")
+        H, W = self.original_size
+        h, w = (int(v) for v in size)
+        if not (0 < h <= H and 0 < w <= W):
+            raise ValueError(f"size {size} must be positive and at most the film's {(H, W)}")
+        cx0, cy0, cx1, cy1 = self.crop_box
+        sx, sy = self.scale
+        S = self.input_size
+        xs = (self.content_box[0] + (np.arange(cx0, cx1) + 0.5 - cx0) * sx) * (m.shape[1] / S) - 0.5
+        ys = (self.content_box[1] + (np.arange(cy0, cy1) + 0.5 - cy0) * sy) * (m.shape[0] / S) - 0.5
+        py = _shrunk_interp(H, (cy0, cy1), ys, m.shape[0], h)
+        px = _shrunk_interp(W, (cx0, cx1), xs, m.shape[1], w)
+        # float32 products: errors ~1e-6 of the map's range, and half the time of float64 on a 256² gradient map
+        return np.ascontiguousarray(py.astype(np.float32) @ m.astype(np.float32) @ px.T.astype(np.float32))
+
+
+def _shrunk_interp(n_full: int, crop: tuple[int, int], coords: np.ndarray, n_map: int, n_out: int) -> np.ndarray:
+    """(n_out, n_map) float64: the bilinear interpolation of a map axis onto the film's crop (zero outside
+    it), followed by the area average of that film axis down to ``n_out`` pixels (``cv2.INTER_AREA``'s rule:
+    each output pixel averages the input pixels it covers, weighted by overlap). Built from the ~s + 1 film
+    pixels each output pixel covers (s = n_full / n_out), never an (n_full, n_map) matrix."""
+    s = n_full / n_out
+    start = np.arange(n_out, dtype=np.float64) * s
+    j = np.floor(start).astype(np.intp)[:, None] + np.arange(int(np.ceil(s)) + 1)[None, :]  # (n_out, K)
+    overlap = np.minimum(j + 1, start[:, None] + s) - np.maximum(j, start[:, None])
+    weight = np.clip(overlap, 0.0, None) / s
+    lo, hi, f = _interp_index(coords, n_map)
+    inside = (j >= crop[0]) & (j < crop[1]) & (weight > 0)
+    rows = np.broadcast_to(np.arange(n_out)[:, None], j.shape)[inside]
+    k = j[inside] - crop[0]
+    w = weight[inside]
+    out = np.zeros((n_out, n_map), dtype=np.float64)
+    np.add.at(out, (rows, lo[k]), w * (1.0 - f[k].astype(np.float64)))
+    np.add.at(out, (rows, hi[k]), w * f[k].astype(np.float64))
+    return out
+
 
 def _interp_index(coords: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     c = np.clip(coords, 0.0, n - 1)

@@ -45,6 +45,7 @@ __all__ = [
     "PERCEPTUALLY_UNIFORM",
     "DisplaySettings",
     "Layers",
+    "ScreenFilm",
     "OverlayStyle",
     "ScaleMode",
     "View",
@@ -53,10 +54,14 @@ __all__ = [
     "colorbar_values",
     "colorize",
     "compose",
+    "display_maps",
     "downsample_for_display",
+    "gray_layer",
     "gray_to_rgb",
     "heat_index",
+    "heat_layers",
     "layers",
+    "lung_layer",
     "lut",
     "outlines",
     "overlay",
@@ -64,6 +69,7 @@ __all__ = [
     "raw_magnitude",
     "robust_max",
     "scale_map",
+    "screen_film",
     "to_png_bytes",
     "view",
     "WINDOW_PRESETS",
@@ -344,11 +350,10 @@ def downsample_for_display(img: NDArray, max_side: int = 1024) -> NDArray:
         raise ValueError(f"image must be (H, W) or (H, W, C), got shape {a.shape}")
     if max_side < 1:
         raise ValueError("max_side must be positive")
-    h, w = a.shape[:2]
-    if max(h, w) <= max_side:
+    shrunk = _display_size(a.shape[:2], max_side)
+    if shrunk is None:
         return a
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # OpenCV wants (width, height)
+    size = (shrunk[1], shrunk[0])  # OpenCV wants (width, height)
     work = a.astype(np.float32) if a.dtype in (np.bool_, np.float16) else a
     out = cv2.resize(work, size, interpolation=cv2.INTER_AREA)
     if a.ndim == 3 and out.ndim == 2:  # OpenCV drops a single channel axis
@@ -356,17 +361,29 @@ def downsample_for_display(img: NDArray, max_side: int = 1024) -> NDArray:
     return out.astype(a.dtype, copy=False)
 
 
+def _display_size(shape: tuple[int, ...], max_side: int) -> tuple[int, int] | None:
+    """(h, w) that :func:`downsample_for_display` shrinks an image of ``shape`` to; None if it stays."""
+    h, w = int(shape[0]), int(shape[1])
+    if max(h, w) <= max_side:
+        return None
+    scale = max_side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def to_png_bytes(image: NDArray, text: Mapping[str, str] | None = None, *, compression: int = 6) -> bytes:
+def to_png_bytes(image: NDArray, text: Mapping[str, str] | None = None, *, compression: int = 6,
+                 row_filter: bool = True) -> bytes:
     """The one PNG encoder: uint8 gray (H, W), RGB (H, W, 3) or RGBA (H, W, 4) as PNG (OpenCV's libpng).
 
     Float images in [0, 1] are converted (clipped) to uint8. Nothing but pixels is written unless ``text``
     is given: no time or EXIF chunks that could carry identifiers; ``text`` goes into ``iTXt`` chunks (UTF-8,
     uncompressed) right after the header (provenance of an export). ``compression``: zlib level 0-9 (1 for
-    previews re-encoded on every change; 6, Pillow's default, for files).
+    previews re-encoded on every change; 6, Pillow's default, for files). ``row_filter=False`` writes every
+    row unfiltered (PNG filter type 0): for mostly transparent layers (outlines) the adaptive filter choice
+    costs most of the encoding (~4x) and gains nothing on empty rows.
     """
     a = np.asarray(image)
     if np.issubdtype(a.dtype, np.floating):
@@ -379,7 +396,10 @@ def to_png_bytes(image: NDArray, text: Mapping[str, str] | None = None, *, compr
         raise ValueError(f"image must be (H, W), (H, W, 3) or (H, W, 4), got shape {a.shape}")
     if a.ndim == 3:
         a = cv2.cvtColor(a, cv2.COLOR_RGB2BGR if a.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
-    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(a), [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
+    params = [cv2.IMWRITE_PNG_COMPRESSION, int(compression)]
+    if not row_filter:
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(a), params)
     if not ok:
         raise ValueError(f"could not encode a {a.shape} image as PNG")
     data = buffer.tobytes()
@@ -398,12 +418,18 @@ def to_png_bytes(image: NDArray, text: Mapping[str, str] | None = None, *, compr
 #: scaling: expensive, cached by the app), ``"blend"`` (colours and outlines: one table lookup and one
 #: weighted sum per panel) or ``"layout"`` (where the panels go: no pixel changes at all).
 Stage = Literal["layers", "blend", "layout"]
+#: The separately cached layers of a view, each redrawn only when a setting it depends on changes: the
+#: radiograph (``"gray"``: side, window), the maps' colour indices (``"heat"``: side, scale, vmax) and the
+#: outlines drawn over them (``"outlines"``: the heat fields, the lung outline and the contour level).
+Layer = Literal["gray", "heat", "outlines"]
 #: Longest side of the on-screen images by default (px); ``None`` means the film's own resolution.
 DEFAULT_SIDE = 768
 
 
-def _setting(default: object, stage: Stage) -> Any:
-    return field(default=default, metadata={"stage": stage})
+def _setting(default: object, stage: Stage, feeds: tuple[Layer, ...] | None = None) -> Any:
+    """A settings field: its stage and (``feeds``) the layers it changes; a ``"layers"`` field without
+    ``feeds`` changes every layer (the safe default for a new field)."""
+    return field(default=default, metadata={"stage": stage, "feeds": feeds})
 
 
 @dataclass(frozen=True)
@@ -413,20 +439,22 @@ class DisplaySettings:
     Layers: ``side`` (longest side of the images, None = the film's resolution), ``window`` ((centre,
     width) applied to the modality values, None = the file's own display), ``scale`` (see
     :func:`scale_map`; ``"fixed"`` divides each method's raw magnitude by ``vmax[method]``) and ``vmax``
-    (``((method, value), …)``), ``lungs`` (outline the lung fields given to :func:`layers`). Blend: ``show_heat``, ``alpha``, ``cmap``, ``contour_level`` (see
+    (``((method, value), …)``), ``lungs`` (outline the lung fields given to :func:`layers`), ``zones`` (draw
+    the zone boundaries given to :func:`layers`, thin). Blend: ``show_heat``, ``alpha``, ``cmap``, ``contour_level`` (see
     :func:`blend`). Layout: ``colorbar``, ``per_row``, ``size`` (row height factor) and ``zoom``
     (``(factor, centre_x, centre_y)``, centre as fractions of the image).
     """
 
-    side: int | None = _setting(DEFAULT_SIDE, "layers")
-    window: tuple[float, float] | None = _setting(None, "layers")
-    scale: ScaleMode = _setting("per_image", "layers")
-    vmax: tuple[tuple[str, float], ...] = _setting((), "layers")
-    lungs: bool = _setting(False, "layers")
+    side: int | None = _setting(DEFAULT_SIDE, "layers", ("gray", "heat", "outlines"))
+    window: tuple[float, float] | None = _setting(None, "layers", ("gray",))
+    scale: ScaleMode = _setting("per_image", "layers", ("heat", "outlines"))
+    vmax: tuple[tuple[str, float], ...] = _setting((), "layers", ("heat", "outlines"))
+    lungs: bool = _setting(False, "layers", ("outlines",))
+    zones: bool = _setting(False, "layers", ("outlines",))
     show_heat: bool = _setting(True, "blend")
     alpha: float = _setting(DEFAULT_ALPHA, "blend")
     cmap: str = _setting(DEFAULT_CMAP, "blend")
-    contour_level: float | None = _setting(None, "blend")
+    contour_level: float | None = _setting(None, "blend", ("outlines",))
     colorbar: bool = _setting(True, "layout")
     per_row: int = _setting(3, "layout")
     size: float = _setting(1.0, "layout")
@@ -450,6 +478,16 @@ class DisplaySettings:
         depends on those stages only (e.g. ``only("layers")`` keys the prepared layers)."""
         reset = {f.name: f.default for f in fields(self) if f.metadata["stage"] not in stages}
         return replace(self, **reset)
+
+    def layer_key(self, layer: Layer) -> DisplaySettings:
+        """These settings with every field that does not change ``layer`` back at its default: the cache key
+        of that layer alone, so a window change redraws the radiograph only and a lung-outline toggle the
+        outlines only (a ``"layers"`` field that names no layer counts for all of them)."""
+        def feeds(f: Any) -> bool:
+            named = f.metadata.get("feeds")
+            return layer in named if named is not None else f.metadata["stage"] == "layers"
+
+        return replace(self, **{f.name: f.default for f in fields(self) if not feeds(f)})
 
     @property
     def limits(self) -> dict[str, float]:
@@ -489,16 +527,21 @@ class _Result(Protocol):
 
 #: Colour of the lung-field outline: light green, apart from the heat contours' cyan and every colormap.
 LUNG_COLOR: tuple[int, int, int] = (140, 255, 120)
+#: Zone boundaries: thin near-white lines at :data:`ZONE_OPACITY`, marking the zones without hiding the map.
+ZONE_COLOR: tuple[int, int, int] = (235, 235, 235)
+ZONE_OPACITY = 0.7
 
 
 @dataclass(frozen=True)
 class Layers:
     """The expensive, colour-independent part of a view: the radiograph as uint8 RGB, each map as a
-    :func:`heat_index` and the lung fields (255 inside, or None), on one pixel grid (read-only arrays)."""
+    :func:`heat_index`, the lung fields (255 inside, or None) and the zone boundaries (:func:`zone_layer`, or
+    None), on one pixel grid (read-only arrays)."""
 
     original: NDArray[np.uint8]
     heat: Mapping[str, NDArray[np.uint8]]
     lungs: NDArray[np.uint8] | None = None
+    zones: NDArray[np.uint8] | None = None
 
 
 @dataclass(frozen=True)
@@ -533,31 +576,109 @@ def _gray(radiograph: _Radiograph, settings: DisplaySettings) -> NDArray[np.floa
                         invert=radiograph.inverted, function=radiograph.voi_function)
 
 
-def _heat(result: _Result, method: str, settings: DisplaySettings) -> NDArray[np.uint8]:
-    if settings.scale == "per_image":
-        return heat_index(scale_map(_shrink(result.maps[method], settings.side), "per_image"))
-    vmax = settings.limits.get(method)
-    if vmax is None:
-        raise ValueError(f"the fixed scale has no maximum for {method!r}")
-    magnitude = result.geometry.to_original(raw_magnitude(result.explanation, method))
-    return heat_index(scale_map(_shrink(magnitude, settings.side), "fixed", vmax))
+@dataclass(frozen=True)
+class ScreenFilm:
+    """A radiograph's display values and modality values shrunk once to a view's grid (read-only), with
+    what windowing needs. A view of it draws the same pixels as a view of the film at that ``side``
+    (:func:`downsample_for_display` leaves an image already small enough as it is), so a window change
+    costs one :func:`~xai.radiograph.apply_window` on the screen grid, not a pass over a 12 MP film."""
+
+    pixels: NDArray
+    modality_values: NDArray
+    inverted: bool
+    voi_function: str
+
+
+def screen_film(radiograph: _Radiograph, side: int | None) -> ScreenFilm:
+    """The film's arrays shrunk to longest side ``side`` (area interpolation; None keeps the film's grid)."""
+    return ScreenFilm(read_only(_shrink(radiograph.pixels, side)), read_only(_shrink(radiograph.modality_values, side)),
+                      bool(radiograph.inverted), radiograph.voi_function)
+
+
+def gray_layer(radiograph: _Radiograph, settings: DisplaySettings) -> NDArray[np.uint8]:
+    """The radiograph as uint8 RGB on the view's grid, windowed as set (the ``"gray"`` layer: side, window)."""
+    return read_only(gray_to_rgb(_gray(radiograph, settings)))
+
+
+def display_maps(result: _Result, settings: DisplaySettings) -> Mapping[str, NDArray[np.float32]]:
+    """Each method's map on the view's grid before scaling: the display map (per-image scale) or the raw
+    magnitude in the model's units (fixed scale), mapped to the film's grid and then shrunk by area.
+
+    Scaling comes after shrinking (as on screen since the start), so changing ``vmax`` rescales these
+    arrays and never re-reads the full-resolution maps. Depends on ``side`` and whether the scale is fixed.
+    The raw magnitude goes to a smaller screen through ``geometry.to_display`` when the geometry has it
+    (mapping back and shrinking in one step, equal up to float rounding: no film-sized map per method).
+    """
+    out: dict[str, NDArray[np.float32]] = {}
+    for method, film_map in result.maps.items():
+        if settings.scale == "per_image":
+            out[method] = read_only(_shrink(film_map, settings.side))
+            continue
+        magnitude = raw_magnitude(result.explanation, method)
+        size = None if settings.side is None else _display_size(np.shape(film_map), settings.side)
+        to_display = getattr(result.geometry, "to_display", None)
+        if size is not None and to_display is not None:  # the film-sized map is never made (same up to rounding)
+            out[method] = read_only(to_display(magnitude, size))
+        else:
+            out[method] = read_only(_shrink(result.geometry.to_original(magnitude), settings.side))
+    return MappingProxyType(out)
+
+
+def heat_layers(maps: Mapping[str, NDArray], settings: DisplaySettings) -> Mapping[str, NDArray[np.uint8]]:
+    """Each :func:`display_maps` entry scaled as set (:func:`scale_map`) as a :func:`heat_index` (the
+    ``"heat"`` layer: side, scale, vmax)."""
+    out: dict[str, NDArray[np.uint8]] = {}
+    for method, shrunk in maps.items():
+        if settings.scale == "per_image":
+            out[method] = read_only(heat_index(scale_map(shrunk, "per_image")))
+            continue
+        vmax = settings.limits.get(method)
+        if vmax is None:
+            raise ValueError(f"the fixed scale has no maximum for {method!r}")
+        out[method] = read_only(heat_index(scale_map(shrunk, "fixed", vmax)))
+    return MappingProxyType(out)
+
+
+def lung_layer(lungs: NDArray | None, side: int | None) -> NDArray[np.uint8] | None:
+    """The lung fields (bool, the film's grid) on the view's grid: 255 where at least half of a screen
+    pixel is lung (area interpolation), else 0; None without a lung field."""
+    if lungs is None or not np.any(lungs):
+        return None
+    shrunk = _shrink(np.asarray(lungs, np.float32), side)
+    return read_only(np.where(shrunk >= 0.5, 255, 0).astype(np.uint8))
+
+
+def zone_layer(zones: NDArray | None, shape: tuple[int, ...]) -> NDArray[np.uint8] | None:
+    """Zone boundaries (a one-pixel bool line mask on a grid of the film's aspect ratio, e.g.
+    :func:`xai.anatomy.zone_outlines`) on a view's grid ``shape``: a thin line's coverage, 255 *
+    :data:`ZONE_OPACITY` where the bilinearly resampled mask reaches 0.2 (about one pixel wide at any
+    scale), else 0; None without boundaries."""
+    if zones is None or not np.any(zones):
+        return None
+    import cv2
+
+    h, w = int(shape[0]), int(shape[1])
+    z = np.asarray(zones, np.float32)
+    if z.shape != (h, w):
+        z = cv2.resize(z, (w, h), interpolation=cv2.INTER_LINEAR)
+    return read_only(np.where(z >= 0.2, round(255 * ZONE_OPACITY), 0).astype(np.uint8))
 
 
 def layers(radiograph: _Radiograph, result: _Result, settings: DisplaySettings,
-           lungs: NDArray | None = None) -> Layers:
-    """The radiograph (windowed as set) and each map (scaled as set) on the view's pixel grid.
+           lungs: NDArray | None = None, zones: NDArray | None = None) -> Layers:
+    """The radiograph (windowed as set) and each map (scaled as set) on the view's pixel grid:
+    :func:`gray_layer`, :func:`heat_layers` of :func:`display_maps` and :func:`lung_layer`.
 
     Depends only on the ``"layers"`` fields of ``settings`` (and ``lungs``: a bool mask on the radiograph's
     grid, outlined when ``settings.lungs``). Maps are shrunk after scaling is decided on the full-resolution
-    values' units, so the screen and an export at the film's resolution agree.
+    values' units, so the screen and an export at the film's resolution agree. The app caches the three
+    parts apart (:meth:`DisplaySettings.layer_key`); this is their one-call form.
     """
-    original = read_only(gray_to_rgb(_gray(radiograph, settings)))
-    heat = {m: read_only(_heat(result, m, settings)) for m in result.maps}
-    outline = None
-    if settings.lungs and lungs is not None and np.any(lungs):
-        shrunk = _shrink(np.asarray(lungs, np.float32), settings.side)
-        outline = read_only(np.where(shrunk >= 0.5, 255, 0).astype(np.uint8))
-    return Layers(original=original, heat=MappingProxyType(heat), lungs=outline)
+    outline = lung_layer(lungs, settings.side) if settings.lungs else None
+    gray = gray_layer(radiograph, settings)
+    lines = zone_layer(zones, gray.shape) if settings.zones else None
+    return Layers(original=gray, heat=heat_layers(display_maps(result, settings), settings), lungs=outline,
+                  zones=lines)
 
 
 def compose(prepared: Layers, settings: DisplaySettings) -> View:
@@ -567,10 +688,14 @@ def compose(prepared: Layers, settings: DisplaySettings) -> View:
              "show_heat": settings.show_heat}
     overlays = {m: blend(prepared.original, index, **style) for m, index in prepared.heat.items()}
     original = prepared.original
-    if prepared.lungs is not None:
+    if prepared.lungs is not None or prepared.zones is not None:
         original = original.copy()
         for rgb in (original, *overlays.values()):
-            _draw_contours(rgb, prepared.lungs, 128, LUNG_COLOR, None)
+            if prepared.zones is not None:  # over the blend (and its heat contour), under the lung outline
+                a = prepared.zones[..., None].astype(np.float32) / 255.0
+                rgb[:] = np.round(rgb * (1.0 - a) + np.asarray(ZONE_COLOR, np.float32) * a).astype(np.uint8)
+            if prepared.lungs is not None:
+                _draw_contours(rgb, prepared.lungs, 128, LUNG_COLOR, None)
     return View(original=read_only(original), overlays=MappingProxyType({m: read_only(o) for m, o in overlays.items()}))
 
 
@@ -587,9 +712,14 @@ def outlines(prepared: Layers, settings: DisplaySettings) -> Mapping[str, NDArra
     """
     level = None if settings.contour_level is None else max(1, round(255.0 * float(settings.contour_level)))
     lungs = _coverage(prepared.lungs, 128) if prepared.lungs is not None else None
-    out: dict[str, NDArray[np.uint8] | None] = {"": None if lungs is None else _rgba_over([(LUNG_COLOR, lungs)])}
+    zones = [] if prepared.zones is None else [(ZONE_COLOR, prepared.zones)]  # over the heat contour, as in compose()
+    plain = _rgba_over(zones + ([] if lungs is None else [(LUNG_COLOR, lungs)])) if zones or lungs is not None else None
+    out: dict[str, NDArray[np.uint8] | None] = {"": plain}
     for method, index in prepared.heat.items():
-        drawn = [] if level is None else [(CONTOUR_COLOR, _coverage(index, level))]
+        if level is None:  # no heat contour: every panel shows the radiograph's outlines (one array, shared)
+            out[method] = plain
+            continue
+        drawn = [(CONTOUR_COLOR, _coverage(index, level))] + zones
         if lungs is not None:
             drawn.append((LUNG_COLOR, lungs))
         out[method] = _rgba_over(drawn) if drawn else None
@@ -604,26 +734,40 @@ def _coverage(index: NDArray[np.uint8], level: int) -> NDArray[np.uint8]:
 
 
 def _rgba_over(layers: list[tuple[tuple[int, int, int], NDArray[np.uint8]]]) -> NDArray[np.uint8]:
-    """Flat-colour coverage layers stacked bottom to top ("over" in straight alpha) as uint8 RGBA."""
+    """Flat-colour coverage layers stacked bottom to top ("over" in straight alpha) as uint8 RGBA.
+
+    Computed on the covered pixels only (outlines cover a few percent of a panel; elsewhere the result is
+    transparent black, as the formula gives for zero coverage everywhere).
+    """
     h, w = layers[0][1].shape
-    rgb, alpha = np.zeros((h, w, 3), np.float32), np.zeros((h, w), np.float32)
+    out = np.zeros((h, w, 4), np.uint8)
+    any_cover = layers[0][1] > 0
+    for _, coverage in layers[1:]:
+        any_cover |= coverage > 0
+    covered = np.flatnonzero(any_cover)
+    if covered.size == 0:
+        return out
+    rgb, alpha = np.zeros((covered.size, 3), np.float32), np.zeros(covered.size, np.float32)
     for color, coverage in layers:
-        a = coverage.astype(np.float32) / 255.0
+        a = coverage.ravel()[covered].astype(np.float32) / 255.0
         new_alpha = a + alpha * (1.0 - a)
         weight = np.divide(a, new_alpha, out=np.zeros_like(a), where=new_alpha > 0)
         rgb = rgb * (1.0 - weight)[..., None] + np.asarray(color, np.float32) * weight[..., None]
         alpha = new_alpha
-    return np.dstack([np.round(rgb), np.round(alpha * 255.0)]).astype(np.uint8)
+    out.reshape(-1, 4)[covered] = np.column_stack([np.round(rgb), np.round(alpha * 255.0)]).astype(np.uint8)
+    return out
 
 
-def view(radiograph: _Radiograph, result: _Result, settings: DisplaySettings, lungs: NDArray | None = None) -> View:
+def view(radiograph: _Radiograph, result: _Result, settings: DisplaySettings, lungs: NDArray | None = None,
+         zones: NDArray | None = None) -> View:
     """The pixels of an explanation as the settings say: ``compose(layers(...), settings)``.
 
     Pure: same inputs, same pixels. The app caches :func:`layers` (keyed by ``settings.only("layers")``)
     and re-composes on colour changes; exports call this with ``side=None`` to draw at the film's own
-    resolution, never from screen pixels. ``lungs``: the lung fields (bool, radiograph grid) to outline.
+    resolution, never from screen pixels. ``lungs``: the lung fields (bool, radiograph grid) to outline;
+    ``zones``: the zone boundaries to draw (see :func:`zone_layer`).
     """
-    return compose(layers(radiograph, result, settings, lungs), settings)
+    return compose(layers(radiograph, result, settings, lungs, zones), settings)
 
 
 # --------------------------------------------------------------------------------------------- windows
