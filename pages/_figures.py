@@ -67,7 +67,7 @@ def readout_figure(shares: dict[str, dict[str, float]]) -> go.Figure:
         marker_color=REGION_COLOURS[region], hovertemplate=f"%{{x}}<br>{region}: %{{y:.0f}}%<extra></extra>",
     ) for region in REGIONS]
     return go.Figure(data, layout={
-        "barmode": "stack", "height": 300, "margin": {"l": 8, "r": 8, "t": 8, "b": 8},
+        "barmode": "stack", "height": 340, "margin": {"l": 8, "r": 8, "t": 8, "b": 8},
         "yaxis": {"title": {"text": "share of the map's mass (%)"}, "range": [0, 100]},
         "legend": {"traceorder": "reversed", "font": {"size": 11}},  # listed as stacked: the lung zones last
     })

@@ -176,7 +176,8 @@ def anatomy_verdict(shares: Mapping[str, float], found: bool) -> Verdict:
     top = max(known, key=known.__getitem__)
     if top in SUSPECT_REGIONS:
         light = "red" if known[top] >= ANATOMY_RED else "amber"
-        return Verdict("anatomy", light, f"Most of the evidence lies {_where(top)} ({known[top]:.0%}; "
+        most = "Most of the evidence" if light == "red" else "The largest share of the evidence"
+        return Verdict("anatomy", light, f"{most} lies {_where(top)} ({known[top]:.0%}; "
                        f"{in_lungs:.0%} in the visible lung fields): the model may be reading something other "
                        "than the lungs there.")
     if in_lungs < 0.5:
