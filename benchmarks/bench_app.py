@@ -1,4 +1,4 @@
-"""App speed in a real browser (issue 6): cold start, first result, display-only change.
+"""App speed in a real browser: cold start, first result, display-only change.
 
     .venv/bin/python benchmarks/bench_app.py [--rounds 3] [--model chestcovnet] [--image samples/cr_pa_siim.dcm]
 
@@ -10,13 +10,13 @@ For each round a fresh ``streamlit run app.py`` (localhost, free port) is driven
 * first result: file chosen in the uploader (once the landing page has finished drawing) -> the original
   and all four overlays drawn;
 * display-only change: opacity slider moved one step -> the overlays re-drawn (median of several moves);
-* colormap change: the next colormap chosen with the keyboard -> the overlays re-drawn (median; issue 17:
+* colormap change: the next colormap chosen with the keyboard -> the overlays re-drawn (median; target:
   as fast as an opacity change);
 * target-class switch: the other class chosen with the keyboard (after a few seconds spent looking at the
   first result, as a reader would; the Display section closed again, its default) -> its overlays drawn; the
-  first switch and the median of back and forth (issue 17: <= 0.5 s);
+  first switch and the median of back and forth (target: <= 0.5 s);
 * later result: a second film of the same size and kind (the first one mirrored, new UIDs) uploaded to the
-  same server -> its overlays drawn; first result / later result (issue 17: the first as fast as later ones).
+  same server -> its overlays drawn; first result / later result (target: the first as fast as later ones).
 
 Both are timed twice: by the page's own clock (the input's change event or the key press -> the first
 animation frame with the new images in the DOM, or the heat layers' new computed opacity and colour filter:

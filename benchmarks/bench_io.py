@@ -1,4 +1,4 @@
-"""Load + prepare time and peak memory for large radiographs (issue 3 target: <= 0.5 s each).
+"""Load + prepare time and peak memory for large radiographs (target: <= 0.5 s each).
 
 Cases, built here from the real radiographs in ``../shared/data`` (nothing downloaded):
 - a 2000 x 2000 16-bit uncompressed DICOM (MONOCHROME1, window, Presentation LUT INVERSE);

@@ -1,4 +1,4 @@
-"""Calibrate a bundle's default display scale on its validation films and store it on the card (issue 16).
+"""Calibrate a bundle's default display scale on its validation films and store it on the card.
 
     .venv/bin/python benchmarks/calibrate_scale.py [--model chestcovnet] [--per-source 12] [--write]
 

@@ -3,7 +3,7 @@
     python benchmarks/check_cuda.py          # needs a CUDA device; exits 2 without one
     python benchmarks/check_cuda.py --device cpu   # the same checks CPU against CPU (a dry run of the script)
 
-Issue 2 asks the engine to work on the model's device (CUDA when present). CI has no GPU, so this is a
+The engine works on the model's device (CUDA when present). CI has no GPU, so this is a
 script to run where one is lent, not a test. For each model (seeded torchvision resnet18, densenet121,
 efficientnet_b0, and the bundled ChestCOVNet on a real radiograph) it checks:
 

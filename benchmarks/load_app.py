@@ -1,4 +1,4 @@
-"""Many users at once, and memory over time, against the real Streamlit server (issue 8).
+"""Many users at once, and memory over time, against the real Streamlit server.
 
     .venv/bin/python benchmarks/load_app.py concurrent [--sessions 10]
     .venv/bin/python benchmarks/load_app.py memory [--explanations 200]

@@ -1,4 +1,4 @@
-"""What a model's saliency maps typically reach: the default display scale of the app (issue 16).
+"""What a model's saliency maps typically reach: the default display scale of the app.
 
 Per-image stretching (min–max) turns weak evidence into a bright blob: the map of a class the model gives
 P = 0.001 fills the colour range just as a confident one does. The honest default divides each method's
