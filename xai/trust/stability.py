@@ -89,7 +89,7 @@ class Perturbation:
             out = out + rng.normal(0.0, self.noise_sigma, size=out.shape).astype(np.float32)
         if self.geometric:
             h, w = out.shape
-            out = cv2.warpAffine(
+            out = cv2.warpAffine(  # type: ignore[assignment]  # cv2's stubs: any dtype; float32 in, float32 out
                 np.ascontiguousarray(out), self.matrix(h, w), (w, h), flags=cv2.INTER_LINEAR,
                 borderMode=cv2.BORDER_CONSTANT, borderValue=0.0,
             )
@@ -247,7 +247,7 @@ def stability(
     pixels = np.asarray(getattr(image, "pixels", image), dtype=np.float32)
     if pixels.ndim != 2:
         raise ValueError(f"image must be a Radiograph or a 2-D gray array, got shape {pixels.shape}")
-    grid = _comparison_shape(*pixels.shape, comparison_side)
+    grid = _comparison_shape(pixels.shape[0], pixels.shape[1], comparison_side)
     explainer = Explainer(module, target_layer=layer)
     n_total = len(perturbations) + 1 + (second_model is not None)
 
