@@ -28,7 +28,7 @@ from pages._display import scale_choice, session_display
 from pages._explanations import explain, screen_view
 from pages._finding import box_figure, box_from_selection
 from pages._ingest import LoadedImage, load_input
-from pages._lungs import contour_thumbnail, lung_field, lung_shares
+from pages._lungs import contour_thumbnail, film_anatomy, lung_field, lung_shares, readouts
 from pages._methods import method_label
 from pages._models import ActiveModel, default_target_choice, require_model
 from pages._ood import ood_score
@@ -356,12 +356,15 @@ def run_all(key: tuple[Any, ...], model: ActiveModel, result: PipelineResult) ->
 
 
 def map_verdicts(key: tuple[Any, ...], result: PipelineResult, field: Any) -> dict[str, list[verdicts.Verdict]]:
-    """Per map, the four per-map verdicts (gray "not run yet" where a check has not run)."""
+    """Per map, the five per-map verdicts (gray "not run yet" where a check has not run); where the evidence lies
+    reads the anatomical readout (the page's cached regions of the film)."""
     store = _results()
     sanity, stab = store.get(("sanity", *key)), store.get(("stability", *key))
     faith = store.get(("faith", *key, *FAITH_DEFAULTS))
     lung_ok = not isinstance(field, str) and field.found
     shares = lung_shares(("trust", *key), result.maps, field) if not isinstance(field, str) else {}
+    regions = film_anatomy(key[0], result.radiograph)
+    found = {} if isinstance(regions, str) else readouts(("trust", *key), result.maps, regions)
     out = {}
     for m in result.maps:
         share, outside = (shares[m].inside, shares[m].outside) if m in shares else (float("nan"), {})
@@ -369,6 +372,7 @@ def map_verdicts(key: tuple[Any, ...], result: PipelineResult, field: Any) -> di
             verdicts.sanity_verdict(sanity, m) if sanity is not None and m in sanity.methods else verdicts.not_run("sanity"),
             verdicts.stability_verdict(stab, m) if stab is not None and m in stab.methods else verdicts.not_run("stability"),
             verdicts.lung_verdict(share, outside, lung_ok),
+            verdicts.anatomy_verdict(found[m].shares if m in found else {}, lung_ok and m in found),
             verdicts.faithfulness_verdict(faith, m) if faith is not None and m in faith.curves
             else verdicts.not_run("faithfulness"),
         ]

@@ -189,3 +189,20 @@ def test_how_page_explains_the_readout_of_the_film_in_view() -> None:
     assert f"they cover {lungs_area:.0%} of the image" in paragraph
     pictures = [e for e in at.get("image") if any("regions of this film" in c for c in e.captions)]
     assert len(pictures) == 1
+
+
+def test_trust_page_verdict_reads_the_readout_and_names_the_region(page) -> None:
+    from test_trust_page import lines_for, trust_page_with_sample
+
+    _, _, regions, _, _ = page  # the NIH film's regions (the Trust page explains the card's positive class)
+    at = trust_page_with_sample("NIH")
+    lines = lines_for(at, "anatomy")
+    assert len(lines) == len(METHODS)
+    trust_result = service().explain(at.session_state[app_state.Key.IMAGE], app_models.default_model(),
+                                     app_models.default_model().class_names.index(
+                                         at.selectbox(key="trust_target").value)
+                                     if at.selectbox(key="trust_target").value != "predicted" else None,
+                                     tuple(METHODS))
+    for m in trust_result.methods:
+        expected = anatomy_verdict(evidence_by_region(trust_result.maps[m], regions), True)
+        assert sum(expected.sentence in line for line in lines) >= 1, (expected.sentence, lines)
