@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -36,6 +36,11 @@ import torch
 from xai.scores import probabilities
 from xai.trust import metrics
 from xai.trust.model_access import Progress, on_model, report, to_numpy, unpack_model
+
+if TYPE_CHECKING:  # the seams' types: a bundle's model or a bare module, a radiograph or its pixels
+    from torch import nn
+
+    from xai.protocols import LoadedModel
 
 __all__ = ["BASELINES", "FaithfulnessCurves", "FaithfulnessResult", "make_baseline", "faithfulness", "curves"]
 
@@ -152,7 +157,7 @@ def curves(
 
 
 def faithfulness(
-    model: Any,
+    model: LoadedModel | nn.Module,
     x: torch.Tensor,
     maps: Mapping[str, np.ndarray],
     target: int,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from torch import nn
 
 from xai.scores import DecisionRule, probabilities
 from xai.trust.model_access import Progress, on_model, report, to_numpy, unpack_model
+
+if TYPE_CHECKING:  # the seam's type: a bundle's model (or a bare module)
+    from xai.protocols import LoadedModel
 
 __all__ = ["IGResult", "black_baseline", "ig_display", "integrated_gradients", "trapezoid_weights"]
 
@@ -94,7 +98,7 @@ def _select(logits: torch.Tensor, target: int) -> torch.Tensor:
 
 
 def integrated_gradients(
-    model: nn.Module | object,
+    model: LoadedModel | nn.Module,
     x: torch.Tensor,
     *,
     target: int | None = None,

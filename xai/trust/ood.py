@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,6 +50,10 @@ from torch import nn
 
 from xai.layers import last_linear
 from xai.trust.model_access import Progress, on_model, report, to_numpy, unpack_model
+
+if TYPE_CHECKING:  # the seams' types: a bundle's model or a bare module, a radiograph or its pixels
+    from xai.protocols import LoadedModel
+    from xai.radiograph_core import Radiograph
 
 __all__ = [
     "OOD_FILE",
@@ -329,7 +333,7 @@ def check_fits(stats: OODStats, model: Any) -> None:
 
 
 def score(
-    model: Any, x: torch.Tensor, stats: OODStats | None, *, radiograph: Any = None,
+    model: LoadedModel | nn.Module, x: torch.Tensor, stats: OODStats | None, *, radiograph: Radiograph | None = None,
     features: np.ndarray | None = None,
 ) -> OODResult:
     """Out-of-distribution verdict for one prepared input ``x`` (1, C, H, W) of ``model`` (a loaded model,

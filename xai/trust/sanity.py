@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -49,6 +49,9 @@ from xai.trust.model_access import (
     report,
     unpack_model,
 )
+
+if TYPE_CHECKING:  # the seams' types: a bundle's model or a bare module, a radiograph or its pixels
+    from xai.protocols import LoadedModel
 
 __all__ = [
     "GUIDED_NOTE",
@@ -219,7 +222,7 @@ def randomise_(modules: Sequence[nn.Module], generator: torch.Generator) -> None
 
 
 def sanity_check(
-    model: Any,
+    model: LoadedModel | nn.Module,
     x: torch.Tensor,
     *,
     target: int | None = None,

@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -41,6 +41,12 @@ from xai.trust.model_access import (
     report,
     unpack_model,
 )
+
+if TYPE_CHECKING:  # the seams' types: a bundle's model or a bare module, a radiograph or its pixels
+    from torch import nn
+
+    from xai.protocols import LoadedModel
+    from xai.radiograph_core import Radiograph
 
 __all__ = [
     "DEFAULT_PERTURBATIONS",
@@ -206,8 +212,8 @@ def _compare(ref: np.ndarray, other: np.ndarray, valid: np.ndarray) -> tuple[flo
 
 
 def stability(
-    model: Any,
-    image: Any,
+    model: LoadedModel | nn.Module,
+    image: Radiograph | np.ndarray,
     *,
     preprocessing: Any = None,
     target: int | None = None,
