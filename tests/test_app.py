@@ -592,18 +592,18 @@ def test_dicom_window_presets_reset_and_slider_steps(dicom_dir: Path) -> None:
 def test_lungs_share_in_each_caption_outline_toggle_and_outside_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     import re
 
-    from xai.anatomy import LungField, evidence_in_lungs, find_lungs
+    from xai.anatomy import anatomy_regions, anatomy_regions_from_masks, evidence_by_region, visible_lung_share
 
     at = new_app()
     choose_sample(at, "NIH")
     image = at.session_state[app_state.Key.IMAGE]
-    field = find_lungs(image.radiograph)
-    assert field.found
+    regions = anatomy_regions(image.radiograph, max_side=1024, ocr=False)
+    assert regions.found
     result = app_explanations.explain(image, app_models.default_model(), None, tuple(warmup.METHODS_FOR_WARM_UP))
     for title, m in zip(image_titles(at)[1:], result.methods, strict=True):  # the share, independently computed
-        shown = re.search(r"· (\d+)% in lungs", title)
+        shown = re.search(r"· (\d+)% in lungs", title)  # the visible lung fields (six zones)
         assert shown, title
-        assert int(shown.group(1)) == round(100 * evidence_in_lungs(result.maps[m], field.mask))
+        assert int(shown.group(1)) == round(100 * visible_lung_share(evidence_by_region(result.maps[m], regions)))
     assert not [w for w in at.warning if "No lung field" in w.value]
 
     before = image_sources(at)
@@ -620,15 +620,16 @@ def test_lungs_share_in_each_caption_outline_toggle_and_outside_flag(monkeypatch
     # A lung field in the top-left corner only: every map lies mostly outside it, and the page says where.
     corner = np.zeros(image.radiograph.shape, bool)
     corner[: corner.shape[0] // 5, : corner.shape[1] // 5] = True
-    monkeypatch.setattr(app_lungs, "lung_field", lambda sha, radiograph: LungField(
-        mask=corner, found=True, area_fraction=float(corner.mean()), convention="v7", reason="", components=1))
-    app_lungs.lung_shares.clear()
+    corner_regions = anatomy_regions_from_masks(image.radiograph.pixels, corner, corner)
+    monkeypatch.setattr(app_lungs, "film_anatomy", lambda sha, radiograph: corner_regions)
+    app_lungs.readouts.clear()
     at.toggle(key="disp_lungs").set_value(False)
     run(at)
-    flags = [w.value for w in at.warning if "most of the map lies outside the lungs" in w.value]
-    assert len(flags) == len(result.methods)
-    assert all("below the lungs (diaphragm, abdomen)" in f or "beside the lungs" in f for f in flags)
-    app_lungs.lung_shares.clear()
+    boxes = [w.value for w in (*at.warning, *at.error) if "outside the visible lung fields" in w.value]
+    assert len(boxes) == 1 and len(boxes[0].split("\n\n")) == len(result.methods)
+    assert all(re.search(r"mainly (on the |)(below the lungs|chest wall|above the lungs)", line)
+               for line in boxes[0].split("\n\n")), boxes
+    app_lungs.readouts.clear()
 
 
 def test_a_prefetch_gives_way_to_a_user_waiting_for_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
