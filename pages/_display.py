@@ -49,6 +49,13 @@ def heat_look() -> DisplaySettings:
                    cmap=str(_kept("disp_cmap")))
 
 
+def overlay_style() -> render.OverlayStyle:
+    """The session's colormap, opacity and overlay switch as :func:`xai.render.overlay`'s style, for pages that
+    draw maps that are not an engine result on the film (Compare's common grid, How's model-input steps)."""
+    look = heat_look()
+    return {"cmap": look.cmap, "alpha": look.alpha, "show_heat": look.show_heat}
+
+
 def scale_choice() -> str:
     """The scale picked in the Display controls (a key of :data:`SCALES`)."""
     return str(_kept("disp_scale"))

@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages._access import ensure_routed
+from pages._display import overlay_style
 from pages._explanations import CACHE_TTL_S, explain
 from pages._figures import DIFFERENCE_RANGE, maps_figure, sidebar_film
 from pages._methods import method_label
@@ -151,11 +152,12 @@ def show(image_gray: np.ndarray, a: tuple[ActiveModel, PipelineResult], b: tuple
                "display map (divided by its own maximum): the rank correlation does not depend on that, the "
                "difference and SSIM do.")
     gray = to_grid(image_gray).astype(np.float32)
+    style = overlay_style()  # the user's colormap and opacity, as on the Explain page
     for m, c in comparisons.items():
         st.markdown(f"**{method_label(m)}** — Spearman {c.spearman:.2f}, SSIM {c.ssim:.2f}")
         st.plotly_chart(maps_figure([
-            ("A: " + label_a, render.overlay(gray, np.clip(c.a, 0, 1).astype(np.float32)), "rgb"),
-            ("B: " + label_b, render.overlay(gray, np.clip(c.b, 0, 1).astype(np.float32)), "rgb"),
+            ("A: " + label_a, render.overlay(gray, np.clip(c.a, 0, 1).astype(np.float32), **style), "rgb"),
+            ("B: " + label_b, render.overlay(gray, np.clip(c.b, 0, 1).astype(np.float32), **style), "rgb"),
             (difference_title(c.difference), c.difference, "difference"),
         ], height=320), key=f"compare_maps_{m}")
 

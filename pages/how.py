@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages._access import ensure_routed
+from pages._display import overlay_style
 from pages._explanations import CACHE_TTL_S, explain
 from pages._figures import maps_figure, sidebar_film
 from pages._howto import WEAK_EVIDENCE
@@ -102,7 +103,7 @@ def channel_weights_scatter(pp: glassbox.PlusPlusContrast) -> go.Figure:
 
 
 def _overlay(box: GlassBox, heat: np.ndarray) -> np.ndarray:
-    return render.overlay(box.background, np.clip(heat, 0.0, 1.0))
+    return render.overlay(box.background, np.clip(heat, 0.0, 1.0), **overlay_style())  # the user's colours
 
 
 # ------------------------------------------------------------------------------------------ sections
