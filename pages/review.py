@@ -548,8 +548,11 @@ def reading_view(session: ReviewSession, reader: str, is_owner: bool) -> None:
 
 # ------------------------------------------------------------------------------------------ results
 def box_scores(session: ReviewSession, rows: list[dict[str, Any]], model: ActiveModel) -> list[dict[str, Any]]:
-    """Each box against each map (computed with the engine; remembered for these ratings)."""
-    from xai.review.stats import box_agreement
+    """Each box against each map (computed with the engine; remembered for these ratings), with the box's main
+    anatomical region and each map's largest regions (the film's cached readout)."""
+    from pages._explanations import ResultKey
+    from pages._lungs import film_anatomy, readouts
+    from xai.review.stats import MAP_TOP_ZONES, box_agreement, box_regions
 
     store = review_store()
     boxed = [r for r in rows if r.get("box")]
@@ -560,10 +563,20 @@ def box_scores(session: ReviewSession, rows: list[dict[str, Any]], model: Active
         with st.spinner(f"Running the model on {len({r['case'] for r in boxed})} film(s)…"):
             for r in boxed:
                 info = store.case_info(session.id, r["case"])
-                result = explain(case_image(session.id, r["case"], info["image_sha"]), model, None, session.methods)
+                image = case_image(session.id, r["case"], info["image_sha"])
+                result = explain(image, model, None, session.methods)
                 store.save_prediction(info["image_sha"], session.model, result.predicted, result.probabilities)
+                regions = film_anatomy(image.sha256, image.radiograph)
+                found = not isinstance(regions, str) and regions.found
+                zone, tops = "", {}
+                if found:
+                    covered = box_regions(r["box"], image.radiograph.shape, regions)
+                    zone = max(covered, key=covered.__getitem__)
+                    tops = {m: sorted(ro.shares, key=ro.shares.__getitem__, reverse=True)[:MAP_TOP_ZONES]
+                            for m, ro in readouts(ResultKey.of(image, model, result), result.maps, regions).items()}
                 for method, scores in box_agreement(result.maps, r["box"]).items():
-                    out.append({"case": r["case"], "reader": r["reader"], "method": method, **scores})
+                    out.append({"case": r["case"], "reader": r["reader"], "method": method, **scores,
+                                "reader_zone": zone, "map_zones": tops.get(method, [])})
         cache[key] = out
     return cache[key]
 
@@ -682,6 +695,13 @@ def results_view(session: ReviewSession, reader: str, full: bool) -> None:
     st.markdown("**Per method**")
     st.dataframe(method_table(summary), hide_index=True, key="review_method_table")
     reader_tables(summary, None if full else [reader])
+    if summary.get("zones"):
+        st.markdown("**The readers' zones against the maps' top zones** (per zone a box mostly covers: how many "
+                    "boxes, and the share where that zone is among the map's two largest anatomical regions)")
+        st.dataframe([{"method": method_label(m), "reader's zone": z, "boxes": c["boxes"],
+                       "map agrees": round(float(c["agree"]), 2)}
+                      for m, zones in summary["zones"].items() for z, c in sorted(zones.items())],
+                     hide_index=True, key="review_zone_table")
     mine = rows if full else [r for r in rows if r["reader"] == reader]
     st.markdown("**Ratings** (latest per case and reader)" if full else "**Your answers**")
     st.dataframe(ratings_table(session, mine), hide_index=True, key="review_ratings_table")

@@ -183,6 +183,19 @@ def test_a_second_reader_resumes_sees_only_own_answers_and_the_owner_gets_result
     assert gradcam["Box hit rate"] == float(pointing_game(result.maps["gradcam"], mask))
     assert gradcam["Map energy in box"] == pytest.approx(energy_inside(result.maps["gradcam"], mask), abs=0.005)
     assert store.predictions(sid, "chestcovnet")[first] == result.predicted
+    # the box's main anatomical region against the map's two largest (independently: xai.anatomy here)
+    from xai.anatomy import anatomy_regions, evidence_by_region
+    from xai.review.stats import box_regions
+
+    film = store.radiograph(sid, first)
+    regions = anatomy_regions(film, max_side=1024, ocr=False)
+    covered = box_regions((50, 60, 100, 120), film.shape, regions)
+    main = max(covered, key=covered.__getitem__)
+    shares = evidence_by_region(result.maps["gradcam"], regions)
+    zones = next(d.value for d in owner.dataframe if "reader's zone" in d.value.columns)
+    row = zones[zones["method"] == "Grad-CAM"]
+    assert list(row["reader's zone"]) == [main] and list(row["boxes"]) == [1]
+    assert float(row["map agrees"].iloc[0]) == float(main in sorted(shares, key=shares.__getitem__)[-2:])
     click(owner, "review_close")
     assert store.session(sid).closed
     # closed: the reader gets the statistics and his own answers, still nothing of ann's

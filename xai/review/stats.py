@@ -29,6 +29,12 @@ Formulas (N subjects/cases, k categories, n readers):
   IoU of the Otsu-thresholded map with the box, with the CheXlocalize conventions of
   :mod:`xai.trust.metrics` (the batch report's :func:`xai.batch.films.agreement`); the box's share of the film is the
   chance hit rate of a map pointing at random.
+- **The reader's zones against the map's top zones**: the box is assigned to the anatomical regions it covers
+  (:func:`box_regions`: share of the box's area per region of :data:`xai.anatomy.REGIONS`); its main zone is
+  the region holding most of it. Per method and zone, over readers and cases (:func:`zone_agreement`): how
+  many boxes have that main zone, and the share of them whose zone is among the map's :data:`MAP_TOP_ZONES`
+  largest regions (:func:`xai.anatomy.evidence_by_region`) — "does the map point where the reader points", in
+  the radiologist's words.
 """
 
 from __future__ import annotations
@@ -44,7 +50,10 @@ from xai.review.store import DIAGNOSES
 
 __all__ = [
     "bootstrap_mean_ci",
+    "MAP_TOP_ZONES",
     "box_agreement",
+    "box_regions",
+    "zone_agreement",
     "category_table",
     "cohen_kappa",
     "fleiss_kappa",
@@ -235,6 +244,44 @@ def box_agreement(maps: Mapping[str, NDArray], box: Sequence[float]) -> dict[str
     return out
 
 
+#: How many of the map's largest regions a reader's zone is compared with.
+MAP_TOP_ZONES = 2
+
+
+def box_regions(box: Sequence[float], film_shape: tuple[int, int], regions: Any) -> dict[str, float]:
+    """Share of the box's area in each region of an :class:`xai.anatomy.AnatomyRegions` (every region, summing
+    to 1). ``box`` = [x, y, w, h] in pixels of the film of shape ``film_shape`` (H, W); the regions may be on a
+    shrunk grid of it (the box is scaled onto theirs)."""
+    from xai.anatomy import REGIONS
+    from xai.trust.metrics import box_to_mask
+
+    h, w = regions.shape
+    sy, sx = h / float(film_shape[0]), w / float(film_shape[1])
+    x, y, bw, bh = (float(v) for v in box)
+    mask = box_to_mask((x * sx, y * sy, max(bw * sx, 1.0), max(bh * sy, 1.0)), (h, w))
+    counts = np.bincount(np.asarray(regions.labels)[mask], minlength=len(REGIONS)).astype(np.float64)
+    total = counts.sum()
+    return {r: float(c / total) if total else float("nan") for r, c in zip(REGIONS, counts, strict=True)}
+
+
+def zone_agreement(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float | int]]]:
+    """``{method: {zone: {"boxes": n, "agree": share}}}`` from rows ``{method, reader_zone, map_zones}`` (the
+    box's main region, the map's :data:`MAP_TOP_ZONES` largest regions): per method and reader zone, how many
+    boxes and the share whose zone is among the map's top regions. Rows without a zone are left out."""
+    out: dict[str, dict[str, dict[str, float | int]]] = {}
+    for row in rows:
+        zone = row.get("reader_zone")
+        if not zone:
+            continue
+        cell = out.setdefault(str(row["method"]), {}).setdefault(str(zone), {"boxes": 0, "agree": 0.0})
+        cell["boxes"] = int(cell["boxes"]) + 1
+        cell["agree"] = float(cell["agree"]) + float(zone in (row.get("map_zones") or ()))
+    for zones in out.values():
+        for cell in zones.values():
+            cell["agree"] = float(cell["agree"]) / int(cell["boxes"])
+    return out
+
+
 def _nan_to_none(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
@@ -290,4 +337,5 @@ def session_summary(
         "reader_vs_model": {r: {k: _nan_to_none(v) for k, v in d.items()} for r, d in agreement.items()},
         "reader_accuracy": {r: {k: _nan_to_none(v) for k, v in d.items()} for r, d in reader_accuracy(rows).items()},
         "boxes": boxes,
+        "zones": zone_agreement(box_scores),
     }
