@@ -155,10 +155,6 @@ class LoadedModel:
     source: str = ""
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -297,7 +293,9 @@ def _load_bundle_bytes(card_bytes: bytes, weights_bytes: bytes, source: str) -> 
     from safetensors.torch import load as load_safetensors
 
     card = _card_from_bytes(card_bytes, source)
-    actual = sha256_bytes(weights_bytes)
+    from xai.batch.names import content_sha256  # one home for a content hash
+
+    actual = content_sha256(weights_bytes)
     if actual != card.sha256:
         raise ModelError(f"sha256 mismatch for {WEIGHTS_FILE} in {source}: card says {card.sha256}, "
                          f"file is {actual} (weights changed or corrupted)")
