@@ -114,6 +114,10 @@ class ExplanationService:
         # A single background worker explains the other classes of the film on screen while the user looks at
         # the first result, so switching the target class costs a cache lookup, not an engine pass.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-prefetch")
+        # The panels' PNG/JPEG encodings, one per core: OpenCV encodes without the GIL, and a screen-size change
+        # encodes up to four heat layers and five outline layers.
+        self._encoder = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
+                                           thread_name_prefix="xai-encode")
         self._prefetched: OrderedDict[tuple[Any, ...], Future[PipelineResult]] = OrderedDict()
         #: Films whose classes were prefetched (or explained), so a rerun does not prefetch them again.
         self._prefetch_seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
@@ -326,7 +330,7 @@ class ExplanationService:
         from xai import render
 
         heat = render.heat_layers(_maps, settings)
-        return heat, {m: screen_heat_uri(index) for m, index in heat.items()}
+        return heat, dict(zip(heat, self._encoder.map(screen_heat_uri, heat.values()), strict=True))
 
     def _screen_lungs(self, image_sha: str, side: int | None, _radiograph: Radiograph) -> Any:
         """:func:`xai.render.lung_layer` of the film's lung field (None without one)."""
@@ -347,13 +351,12 @@ class ExplanationService:
         from pages._panel import screen_png_uri
         from xai import render
 
-        encoded: dict[int, str] = {}  # panels sharing one outline array (no heat contour) share its encoding
-        out: dict[str, str | None] = {}
-        for panel, rgba in render.outlines(_layers, settings).items():
-            if rgba is not None and id(rgba) not in encoded:
-                encoded[id(rgba)] = screen_png_uri(rgba, row_filter=False)
-            out[panel] = None if rgba is None else encoded[id(rgba)]
-        return out
+        drawn = render.outlines(_layers, settings)
+        # Panels sharing one outline array (no heat contour) share its encoding.
+        distinct = list({id(rgba): rgba for rgba in drawn.values() if rgba is not None}.values())
+        encoded = dict(zip((id(a) for a in distinct),
+                           self._encoder.map(lambda rgba: screen_png_uri(rgba, row_filter=False), distinct), strict=True))
+        return {panel: None if rgba is None else encoded[id(rgba)] for panel, rgba in drawn.items()}
 
     def _screen(self, key: ResultKey, settings: DisplaySettings, radiograph: Radiograph,
                 result: PipelineResult, *, outlines: bool = False) -> tuple[ScreenLayers, Mapping[str, str | None]]:
