@@ -393,14 +393,14 @@ def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_imag
     at = new_app()  # the server's start-up warm-up draws a view too: count from here
     service().wait_for_prefetches()  # nothing left over in the background…
     service().clear_prefetches()  # …and this film's other classes are prefetched afresh below
-    made: list[tuple[int, render.DisplaySettings]] = []  # (explained class, settings) of each layers build
-    layers = render.layers
+    made: list[tuple[int, render.DisplaySettings]] = []  # (explained class, settings) of each maps' shrink
+    display_maps = render.display_maps
 
-    def counting_layers(radiograph, result, settings, lungs=None):  # noqa: ANN001, ANN202
+    def counting_maps(result, settings):  # noqa: ANN001, ANN202
         made.append((int(result.target_index), settings))
-        return layers(radiograph, result, settings, lungs)
+        return display_maps(result, settings)
 
-    monkeypatch.setattr(render, "layers", counting_layers)
+    monkeypatch.setattr(render, "display_maps", counting_maps)
     loads: list[str] = []
     load_sample = ingest.load_bytes
 
@@ -410,8 +410,7 @@ def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_imag
 
     monkeypatch.setattr(ingest, "load_bytes", counting_load)
     ingest.load_sample.clear()
-    service().screen_layers_cache.clear()
-    service().screen_images_cache.clear()
+    service().clear_screen_caches()
     choose_sample(at, "NIH")
     # The other classes' layers are drawn in the background as now (prefetch): wait, so that they are
     # counted here and not taken for a rebuild by a later display change.
@@ -419,7 +418,8 @@ def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_imag
     from xai import display_scale
 
     typical = tuple(display_scale.from_card(app_models.default_model().card).vmax.items())
-    default_layers = render.DisplaySettings(scale="fixed", vmax=typical)  # the model's typical range
+    default_layers = render.DisplaySettings(scale="fixed")  # the model's typical range: vmax is not in the key
+    assert typical
     shown = made[0][0]  # the page draws its own class before it queues the others
     assert [s for t, s in made if t == shown] == [default_layers]  # the layers' key: nothing but layer fields
     assert [s for t, s in made if t != shown] == [default_layers] * (len(app_models.default_model().class_names) - 1)
@@ -431,13 +431,20 @@ def test_display_changes_recompose_cached_layers_and_pages_share_one_loaded_imag
     run(at)
     at.select_slider(key="disp_zoom").set_value(3.0)
     run(at)
-    assert len(made) == drawn, "a colour, contour or zoom change rebuilt the layers"
+    at.toggle(key="disp_lungs").set_value(True)
+    run(at)
+    assert len(made) == drawn, "a colour, contour, zoom or lung-outline change rebuilt the maps' layers"
     at.select_slider(key="disp_side").set_value("1024 px")
     run(at)
-    assert made[drawn:] == [(shown, replace(default_layers, side=1024))]
+    assert made[drawn] == (shown, replace(default_layers, side=1024))  # the page's class first
+    service().wait_for_prefetches()  # then the other classes follow the display in the background
+    classes = len(app_models.default_model().class_names)
+    assert [s for _, s in made[drawn:]] == [replace(default_layers, side=1024)] * classes
+    assert {t for t, _ in made[drawn:]} == set(range(classes)), "a target switch would wait for its layers"
     at.select_slider(key="disp_side").set_value("768 px (fast)")
     run(at)
-    assert len(made) == drawn + 1, "the first layers should still be cached"
+    service().wait_for_prefetches()
+    assert len(made) == drawn + classes, "the first layers should still be cached"
     image = at.session_state[app_state.Key.IMAGE]
     assert isinstance(image, ingest.LoadedImage) and "NIH" in image.label
     run(at.switch_page("pages/trust.py"))  # the Trust page shows the same radiograph, loaded once
