@@ -213,10 +213,12 @@ class ExplanationService:
     def prefetch_targets(self, image: LoadedImage, model: ActiveModel, result: PipelineResult,
                          settings: DisplaySettings | None = None) -> int:
         """Explain the film's other classes in the background (once per film, model and methods), with their
-        screen layers for ``settings`` (the layer fields of the display in use) and their lung evidence.
+        screen layers for ``settings`` (the layer fields of the display in use) and their lung evidence. Called
+        again for a film already prefetched, with other layer settings (the page calls this on every redraw),
+        it redraws those classes' screens for the new settings in the background (:meth:`_follow_display`).
 
         Bounded: at most ``prefetch_max_classes`` classes and :data:`EXPLANATION_CACHE_ENTRIES` results
-        waiting; the oldest waiting result is dropped first. Returns how many were queued.
+        waiting; the oldest waiting result is dropped first. Returns how many explanations were queued.
         """
         if len(model.class_names) > self.prefetch_max_classes:
             return 0
