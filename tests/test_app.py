@@ -599,7 +599,12 @@ def test_dicom_window_presets_reset_and_slider_steps(dicom_dir: Path) -> None:
 def test_lungs_share_in_each_caption_outline_toggle_and_outside_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     import re
 
-    from xai.anatomy import anatomy_regions, anatomy_regions_from_masks, evidence_by_region, visible_lung_share
+    from xai.anatomy import (
+        anatomy_regions,
+        anatomy_regions_from_masks,
+        evidence_by_region,
+        visible_lung_share,
+    )
 
     at = new_app()
     choose_sample(at, "NIH")
