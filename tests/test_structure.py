@@ -512,3 +512,16 @@ def test_the_app_layer_holds_no_mutable_module_state():
                  for line in _module_state(ast.parse(p.read_text(encoding="utf-8")))
                  if p.name.startswith("_") or "global" in line]
     assert not offenders, offenders
+
+
+def test_every_page_is_a_main_of_widgets():
+    """A page module defines things and calls ``main()`` once at the end: no widget is drawn at import level."""
+    offenders = []
+    for path in sorted(PAGES.glob("[!_]*.py")):
+        body = ast.parse(path.read_text(encoding="utf-8")).body
+        calls = [n for n in body if isinstance(n, ast.Expr) and not isinstance(n.value, ast.Constant)]
+        flow = [n for n in body if isinstance(n, ast.If | ast.For | ast.While | ast.With | ast.Try)
+                and "TYPE_CHECKING" not in ast.unparse(getattr(n, "test", ast.Constant(None)))]
+        if [ast.unparse(n) for n in calls] != ["main()"] or body[-1] is not calls[-1] or flow:
+            offenders.append(path.name)
+    assert not offenders, offenders
