@@ -856,24 +856,35 @@ def test_the_start_up_heap_is_kept_out_of_full_garbage_collections() -> None:
 
 
 def test_the_lung_field_started_early_is_the_one_the_page_reads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """start_lung_field runs the lung model in the background (beside the engine); the page's own call then
-    finds it in the cache: one lung-model run per film, the same object."""
+    """start_lung_field runs the lung model in the background (beside the engine), through the film's anatomical
+    regions; the page's own calls then find both in the cache: one lung-model run per film, the same objects, and
+    the lung field is the regions' V7 field."""
     from xai.radiograph import load_radiograph
 
     radiograph = load_radiograph(APP.parent / "samples" / "non_covid_nih_pa.png")
     runs: list[int] = []
-    real = app_lungs.find_lungs
+    real = app_lungs.anatomy_regions
+    lung_model = app_lungs.find_lungs
 
-    def counted(r):  # noqa: ANN001, ANN202
+    def counted(r, **kwargs):  # noqa: ANN001, ANN003, ANN202
         if r is radiograph:  # an earlier test's background work may still look at its own films
             runs.append(1)
-        return real(r)
+        return real(r, **kwargs)
+
+    def never(r, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        if r is radiograph:
+            runs.append(2)  # a second lung-model run for the same film
+        return lung_model(r, **kwargs)
 
     service().wait_for_prefetches()  # an earlier test's class prefetch would meet the cleared cache
-    monkeypatch.setattr(app_lungs, "find_lungs", counted)
+    monkeypatch.setattr(app_lungs, "anatomy_regions", counted)
+    monkeypatch.setattr(app_lungs, "find_lungs", never)
     app_lungs.lung_field.clear()
+    app_lungs.film_anatomy.clear()
     app_lungs.start_lung_field("early-film", radiograph)
     app_lungs.lung_worker().submit(lambda: None).result(timeout=120)  # the one worker has finished the film
     assert runs == [1]
     field = app_lungs.lung_field("early-film", radiograph)
+    regions = app_lungs.film_anatomy("early-film", radiograph)
     assert runs == [1] and field.found and app_lungs.lung_field("early-film", radiograph) is field
+    assert field is regions.lungs and field.convention == "v7"
