@@ -85,10 +85,9 @@ def build_cases(folder: Path) -> dict[str, Path]:
 
 def measure(path: str, repeat: int, queue: multiprocessing.Queue) -> None:
     """Runs in a fresh process so peak memory belongs to this case alone."""
-    from xai.isolation import load_radiograph_isolated
-
     from xai.preprocessing import Preprocessing, prepare
     from xai.radiograph import load_radiograph
+    from xai.sandboxed_decoder import load_radiograph_isolated
 
     letterbox, body = Preprocessing(), Preprocessing(crop="body")
     prepare(np.zeros((32, 32), np.float32), letterbox)  # torch and OpenCV warm

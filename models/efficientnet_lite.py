@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-
 #: (repeats, kernel, stride, expand ratio, in channels, out channels) per stage of EfficientNet-Lite0.
 LITE0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
     (1, 3, 1, 1, 32, 16),

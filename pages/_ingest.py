@@ -66,11 +66,10 @@ def set_load_error(message: str | None) -> None:
 def load_bytes(data: bytes, label: str, source: str) -> LoadedImage:
     """Decode an image. Raises ``xai.radiograph.RadiographError`` with a message naming the problem.
 
-    ``source="upload"`` decodes in the sandboxed decoder (:mod:`xai.isolation`); a bundled sample in-process.
+    ``source="upload"`` decodes in the sandboxed decoder (:mod:`xai.sandboxed_decoder`); a bundled sample in-process.
     """
-    from xai.isolation import load_radiograph_isolated
-
     from xai.radiograph import load_radiograph
+    from xai.sandboxed_decoder import load_radiograph_isolated
 
     radiograph = load_radiograph_isolated(data) if source == "upload" else load_radiograph(data)
     return LoadedImage(
