@@ -649,19 +649,21 @@ def lung_layer(lungs: NDArray | None, side: int | None) -> NDArray[np.uint8] | N
 
 
 def zone_layer(zones: NDArray | None, shape: tuple[int, ...]) -> NDArray[np.uint8] | None:
-    """Zone boundaries (a one-pixel bool line mask on a grid of the film's aspect ratio, e.g.
-    :func:`xai.anatomy.zone_outlines`) on a view's grid ``shape``: a thin line's coverage, 255 *
-    :data:`ZONE_OPACITY` where the bilinearly resampled mask reaches 0.2 (about one pixel wide at any
-    scale), else 0; None without boundaries."""
+    """Zone boundaries (a thin bool line mask on a grid of the film's aspect ratio, e.g.
+    :func:`xai.anatomy.zone_outlines`) on a view's grid ``shape``: the line's coverage, 255 *
+    :data:`ZONE_OPACITY` where the bilinearly resampled mask reaches 0.2 on a smaller grid (a shrunk line
+    stays unbroken) or 0.5 on a larger one (an enlarged line widens only by the scale), else 0; None
+    without boundaries."""
     if zones is None or not np.any(zones):
         return None
     import cv2
 
     h, w = int(shape[0]), int(shape[1])
     z = np.asarray(zones, np.float32)
+    level = 0.2 if h <= z.shape[0] else 0.5
     if z.shape != (h, w):
         z = cv2.resize(z, (w, h), interpolation=cv2.INTER_LINEAR)
-    return read_only(np.where(z >= 0.2, round(255 * ZONE_OPACITY), 0).astype(np.uint8))
+    return read_only(np.where(z >= level, round(255 * ZONE_OPACITY), 0).astype(np.uint8))
 
 
 def layers(radiograph: _Radiograph, result: _Result, settings: DisplaySettings,
