@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
-from pages._lungs import lung_field, lung_outline, lung_shares, zone_boundaries
-from xai.anatomy import LungField
+from pages._lungs import film_anatomy, lung_outline, readouts, zone_boundaries
+from xai.anatomy import AnatomyRegions
 
 if TYPE_CHECKING:
     from pages._ingest import LoadedImage
@@ -192,7 +192,7 @@ class ExplanationService:
     def _prefetch_one(self, image: LoadedImage, model: ActiveModel, target: int, methods: tuple[str, ...],
                       settings: DisplaySettings | None, not_before: float) -> PipelineResult:
         """One other class: the explanation, then (best effort) what its page will need — the screen layers
-        for the display settings in use and the evidence in the lungs — into the same caches the page reads."""
+        for the display settings in use and the anatomical readout — into the same caches the page reads."""
         # After the browser has drawn what the user is waiting for; classes queued behind one another wait for
         # the same moment (``not_before``, time.monotonic()), not a delay each.
         time.sleep(max(0.0, not_before - time.monotonic()))
@@ -205,15 +205,15 @@ class ExplanationService:
         with contextlib.suppress(Exception):  # the page computes whatever this could not
             if settings is not None:
                 self._screen(key, settings, image.radiograph, result, outlines=True)
-            field = lung_field(image.sha256, image.radiograph)
-            if isinstance(field, LungField):
-                lung_shares(key, result.maps, field)
+            regions = film_anatomy(image.sha256, image.radiograph)
+            if isinstance(regions, AnatomyRegions):
+                readouts(key, result.maps, regions)  # the Explain page's titles, chart and flags
         return result
 
     def prefetch_targets(self, image: LoadedImage, model: ActiveModel, result: PipelineResult,
                          settings: DisplaySettings | None = None) -> int:
         """Explain the film's other classes in the background (once per film, model and methods), with their
-        screen layers for ``settings`` (the layer fields of the display in use) and their lung evidence. Called
+        screen layers for ``settings`` (the layer fields of the display in use) and their anatomical readout. Called
         again for a film already prefetched, with other layer settings (the page calls this on every redraw),
         it redraws those classes' screens for the new settings in the background (:meth:`_follow_display`).
 
