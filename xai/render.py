@@ -600,14 +600,19 @@ def gray_layer(radiograph: _Radiograph, settings: DisplaySettings) -> NDArray[np
     return read_only(gray_to_rgb(_gray(radiograph, settings)))
 
 
+#: :func:`display_maps` maps a fixed-scale magnitude straight to the screen from this film/screen pixel ratio.
+_TO_DISPLAY_MIN_SHRINK = 4
+
+
 def display_maps(result: _Result, settings: DisplaySettings) -> Mapping[str, NDArray[np.float32]]:
     """Each method's map on the view's grid before scaling: the display map (per-image scale) or the raw
     magnitude in the model's units (fixed scale), mapped to the film's grid and then shrunk by area.
 
     Scaling comes after shrinking (as on screen since the start), so changing ``vmax`` rescales these
     arrays and never re-reads the full-resolution maps. Depends on ``side`` and whether the scale is fixed.
-    The raw magnitude goes to a smaller screen through ``geometry.to_display`` when the geometry has it
-    (mapping back and shrinking in one step, equal up to float rounding: no film-sized map per method).
+    The raw magnitude goes to a screen with at most 1/4 of the film's pixels through ``geometry.to_display``
+    when the geometry has it (mapping back and shrinking in one step, equal up to float rounding: no
+    film-sized map per method; ~5x faster on a 12 MP film, slower than the two steps on a 1 MP one).
     """
     out: dict[str, NDArray[np.float32]] = {}
     for method, film_map in result.maps.items():
@@ -617,7 +622,7 @@ def display_maps(result: _Result, settings: DisplaySettings) -> Mapping[str, NDA
         magnitude = raw_magnitude(result.explanation, method)
         size = None if settings.side is None else _display_size(np.shape(film_map), settings.side)
         to_display = getattr(result.geometry, "to_display", None)
-        if size is not None and to_display is not None:  # the film-sized map is never made (same up to rounding)
+        if size is not None and to_display is not None and np.size(film_map) >= _TO_DISPLAY_MIN_SHRINK * size[0] * size[1]:
             out[method] = read_only(to_display(magnitude, size))
         else:
             out[method] = read_only(_shrink(result.geometry.to_original(magnitude), settings.side))
