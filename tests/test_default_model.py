@@ -15,7 +15,7 @@ from models.metrics import binary_metrics
 #: Three whole test sources (116 films): their per-source figures on the card are reproduced exactly.
 REPRODUCED_SOURCES = ("MHH Hannover (via ieee8023)", "Montgomery County, USA (NLM)", "COVID-CXNet (multi-source)")
 ALL_SOURCES = {"MHH Hannover", "COVID-CXNet (multi-source)", "NIH ChestX-ray14", "Montgomery County, USA (NLM)",
-               "Shenzhen No.3 People's Hospital, China (NLM)"}
+               "Shenzhen No.3 People's Hospital, China (NLM)", "ieee8023 case reports (Radiopaedia, Eurorad, journals)"}
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +94,11 @@ def test_card_reports_every_source_held_out_ood_and_lung_evidence(default_model)
         rate = rates["sensitivity"] if rates["sensitivity"] is not None else rates["specificity"]
         assert 0.0 <= rate <= 1.0 and held["threshold_from"] == "val without the held-out source"
         assert 0 <= held["ood_warnings"]["warned"] <= held["ood_warnings"]["n"] == rates["n"], source
+        # silent errors: the held-out films misclassified at the threshold and not warned
+        silent = held["silent_errors"]["all_splits"]
+        (tn, fp), (fn, tp) = rates["confusion_matrix"]
+        assert silent["n"] == rates["n"] and silent["errors"] == fp + fn, source
+        assert max(0, silent["errors"] - held["ood_warnings"]["warned"]) <= silent["silent_errors"] <= silent["errors"]
     test = card.metrics["test"]
     assert test["ood_warnings"]["n"] == test["n"]
     evidence = test["grad_cam_lung_evidence"]
