@@ -22,8 +22,8 @@ LIMITATIONS = (
     "remove it. The test-split figures therefore overstate performance on radiographs from a new "
     "hospital; see cross_source (leave one source out) for the honest estimate. No out-of-distribution "
     "warning does not mean a film is like the training data: a film from an unseen hospital can be "
-    "scored confidently wrong with no warning. Adult and paediatric PA/AP films only; not validated on "
-    "lateral views, CT, or diseases beyond those named."
+    "scored confidently wrong with no warning. For adults' frontal (PA/AP) films only; not validated on "
+    "children, lateral views, CT, or diseases beyond those named."
 )
 DATA_ATTRIBUTION = (
     "Hannover Medical School, Institute for Diagnostic and Interventional Radiology — COVID-19 Image "

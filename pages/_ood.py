@@ -26,6 +26,11 @@ def ood_score(image_sha: str, model_id: str, _result: PipelineResult, _model: Ac
                      features=_result.explanation.features)
 
 
+#: The verdict on a warned film: the check's warnings say why; this says what follows from them.
+DO_NOT_USE = ("Do not use this prediction: the out-of-distribution check warned that this film is unlike the "
+              "films the model was trained and tested on, so its call and its maps were not validated for it.")
+
+
 @dataclass(frozen=True)
 class OodSummary:
     """The out-of-distribution check in words: ``warnings`` to show, else ``text`` (the reassurance or
@@ -37,7 +42,7 @@ class OodSummary:
     @property
     def sentence(self) -> str:
         """One line for an export."""
-        return " ".join(self.warnings) if self.warnings else self.text
+        return " ".join((DO_NOT_USE, *self.warnings)) if self.warnings else self.text
 
 
 def ood_summary(image_sha: str, model: ActiveModel, result: PipelineResult) -> OodSummary:
@@ -64,6 +69,8 @@ def ood_summary(image_sha: str, model: ActiveModel, result: PipelineResult) -> O
 def ood_banner(image_sha: str, model: ActiveModel, result: PipelineResult) -> None:
     """A visible warning when the input is unlike the training data (features or header hints)."""
     summary = ood_summary(image_sha, model, result)
+    if summary.warnings:
+        st.error(DO_NOT_USE, icon=":material/block:")
     for warning in summary.warnings:
         st.warning(warning, icon=":material/warning:")
     if not summary.warnings:

@@ -395,6 +395,25 @@ def unvalidated_figure(data: list[dict], layout: dict) -> go.Figure:
     return go.Figure(data=data, layout=layout, _validate=False)
 
 
+#: The chart's name for the share of films misclassified at the threshold with no out-of-distribution warning.
+SILENT_RATE = "silent error rate (wrong, no warning)"
+
+
+def _silent_rates(split_metrics: Mapping[str, object], split: str) -> dict[str, float]:
+    """{chart row: silent error rate} of a split's ``silent_errors`` record, overall and per source."""
+    record = split_metrics.get("silent_errors")
+    if not isinstance(record, Mapping):
+        return {}
+    rows: dict[str, Mapping] = {f"all {split} (n={split_metrics.get('n', '?')})": record}
+    per_source = record.get("per_source")
+    if isinstance(per_source, Mapping):
+        rows.update({f"{name} (n={m.get('n', '?')})": m for name, m in per_source.items() if isinstance(m, Mapping)})
+    from xai.trust.held_out import silent_share
+
+    shares = {name: silent_share(m) for name, m in rows.items()}
+    return {name: share for name, share in shares.items() if share is not None}
+
+
 def source_metrics_figure(
     split_metrics: Mapping[str, object], split: str = "test", cross_source: Mapping[str, object] | None = None,
 ) -> go.Figure | None:
@@ -404,24 +423,36 @@ def source_metrics_figure(
     ``per_source`` mapping of the same). ``cross_source``: the card's cross-source checks (per held-out
     source, ``all_splits`` rates of a model retrained without that source): one more row each, the honest
     estimate for a hospital the model has never seen. A source holding one class has only one of the two
-    rates; the other is left out, not drawn as zero. None when the card records neither rate.
+    rates; the other is left out, not drawn as zero. None when the card records neither rate. A third bar, the
+    silent error rate (misclassified at the threshold with no out-of-distribution warning), sits beside them
+    wherever the card records it (``silent_errors``, overall and ``per_source``; ``silent_errors.all_splits``
+    of each held-out source).
     """
+    from xai.trust.held_out import silent_error_rate
+
     groups: dict[str, Mapping] = {f"all {split} (n={split_metrics.get('n', '?')})": split_metrics}
+    silent = _silent_rates(split_metrics, split)
     per_source = split_metrics.get("per_source")
     if isinstance(per_source, Mapping):
         groups.update({f"{name} (n={m.get('n', '?')})": m for name, m in per_source.items() if isinstance(m, Mapping)})
     for name, check in (cross_source or {}).items():
         rates = check.get("all_splits") if isinstance(check, Mapping) else None
         if isinstance(rates, Mapping):
-            groups[f"{name}, never seen in training (n={rates.get('n', '?')})"] = rates
+            group = f"{name}, never seen in training (n={rates.get('n', '?')})"
+            groups[group] = rates
+            silent_rate = silent_error_rate(check)
+            if silent_rate is not None:
+                silent[group] = silent_rate
+    rows = {g: {**m, SILENT_RATE: silent[g]} if g in silent else m for g, m in groups.items()}
     traces = []
-    for rate, color in (("sensitivity", "#e4572e"), ("specificity", "#4c9be8")):
-        names = [g for g, m in groups.items() if isinstance(m.get(rate), int | float)]
-        values = [float(groups[g][rate]) for g in names]
+    for rate, color in (("sensitivity", "#e4572e"), ("specificity", "#4c9be8"), (SILENT_RATE, "#6c6c6c")):
+        names = [g for g, m in rows.items() if isinstance(m.get(rate), int | float)]
+        values = [float(rows[g][rate]) for g in names]
         if names:
             traces.append(go.Bar(  # values outside the bars: a rate of 0 (a source's failure) stays readable
                 x=values, y=names, name=rate, orientation="h", marker_color=color,
-                text=[f"{rate[:4]}. {v:.2f}" for v in values], textposition="outside", cliponaxis=False,
+                text=[f"{rate.split()[0][:4] if rate == SILENT_RATE else rate[:4]}. {v:.2f}" for v in values],
+                textposition="outside", cliponaxis=False,
                 hovertemplate=f"%{{y}}<br>{rate} %{{x:.3f}}<extra></extra>",
             ))
     if not traces:

@@ -615,7 +615,8 @@ def landing(card: ModelCard | None) -> None:
     record = held_out_record(getattr(card, "cross_source", None))
     adults = ADULTS_ONLY if "adult" in str(getattr(card, "intended_use", "")).lower() else ""
     if record or adults:
-        st.markdown(" ".join(t for t in (record.expectation() if record else "", adults) if t))
+        said = (record.expectation(), record.silent_expectation() or "") if record else ()
+        st.markdown(" ".join(t for t in (*said, adults) if t))
     if held_out_performance(card, key="landing_performance"):
         st.caption("Rates at the card's threshold, per source hospital or collection; “never seen in "
                    "training” rows come from a model retrained without that source, the honest estimate "

@@ -21,7 +21,7 @@ from pages._models import ActiveModel, active_model, default_model, set_user_mod
 from pages._record import held_out_performance
 from pages._state import Key, session
 from xai.export import DISCLAIMER
-from xai.trust.held_out import held_out_record
+from xai.trust.held_out import held_out_record, silent_error_rate
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 #: The expander that holds a section's modeler's details (rules, statistics, command lines, names).
@@ -117,11 +117,13 @@ def _held_out(card: Any) -> None:
         rows.append((source, rates.get("n"), what, calls, _rate(rates),
                      _num(versus.get("auroc"), 3) if versus else "–",
                      f"{ood['warned']} of {ood['n']}" if {"warned", "n"} <= set(ood) else "–",
-                     str(_mapping(check.get("model")).get("name", "")) or str(check.get("recipe", ""))))
+                     str(_mapping(check.get("model")).get("name", "")) or str(check.get("recipe", "")),
+                     _silent_cell(check)))
     st.dataframe({"held-out source": [r[0] for r in rows], "films": [r[1] for r in rows],
                   "what is measured": [r[2] for r in rows], "correct calls": [r[3] for r in rows],
                   "rate": [r[4] for r in rows], "AUROC vs other sources' test negatives": [r[5] for r in rows],
-                  "out-of-distribution warnings": [r[6] for r in rows]},
+                  "out-of-distribution warnings": [r[6] for r in rows],
+                  "silent error rate (wrong, no warning)": [r[8] for r in rows]},
                  hide_index=True)
     recipe = next((str(_mapping(c).get("recipe")) for c in cross.values() if _mapping(c).get("recipe")), "")
     with st.expander(FOR_MODELERS):
@@ -129,6 +131,15 @@ def _held_out(card: Any) -> None:
                       "command": [str(_mapping(c).get("command", "")) for c in cross.values()]}, hide_index=True)
         if recipe:
             st.caption(recipe)
+
+
+def _silent_cell(check: Mapping[str, Any]) -> str:
+    """A held-out source's silent errors as "rate (k of n)", or "–" when the card records none."""
+    rate = silent_error_rate(check)
+    if rate is None:
+        return "–"
+    record = _mapping(_mapping(check.get("silent_errors")).get("all_splits"))
+    return f"{rate:.2f} ({record['silent_errors']} of {record['n']})"
 
 
 def _lung_evidence(card: Any) -> None:
@@ -226,7 +237,8 @@ def expectation(card: Any) -> None:
     leave-one-source-out checks, :mod:`xai.trust.held_out`); nothing when the card records none."""
     record = held_out_record(getattr(card, "cross_source", None))
     if record is not None:
-        st.markdown(f"**{record.expectation()}**")
+        silent = record.silent_expectation()
+        st.markdown(f"**{record.expectation()}**" + (f" **{silent}**" if silent else ""))
 
 
 def render_card(model: ActiveModel) -> None:

@@ -215,6 +215,11 @@ def test_starts_with_disclaimer_and_model_page_renders_the_card() -> None:
             if m.get(rate) is not None:
                 expected[rate][f"{source}, never seen in training (n={m['n']})"] = m[rate]
     assert "COVID-CXNet (multi-source), never seen in training (n=840)" in expected["sensitivity"]
+    silent = {f"all test (n={test['n']})": test["silent_errors"]} | {  # wrong with no warning, beside the rates
+        f"{s} (n={m['n']})": m for s, m in test["silent_errors"]["per_source"].items()} | {
+        f"{s}, never seen in training (n={c['all_splits']['n']})": c["silent_errors"]["all_splits"]
+        for s, c in card.cross_source.items()}
+    expected["silent error rate (wrong, no warning)"] = {g: m["silent_errors"] / m["n"] for g, m in silent.items()}
     assert {t["name"]: dict(zip(t["y"], t["x"], strict=True)) for t in landing["data"]} == expected
     run(at.switch_page("pages/model.py"))
     assert disclaimer_shown(at)

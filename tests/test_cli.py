@@ -22,7 +22,7 @@ from xai.cli import main
 
 METHODS = ("gradcam", "gradcam++", "guided_backprop", "guided_gradcam")
 RESULT_KEYS = {"file", "probabilities", "predicted", "target", "model", "target_layer", "timings_ms", "notices",
-               "evidence_in_lungs", "lung_area_fraction", "anatomy", "periphery", "laterality_rule"}
+               "evidence_in_lungs", "lung_area_fraction", "anatomy", "periphery", "laterality_rule", "ood"}
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Identifiers planted in a DICOM header: none may appear in any output, message or log.

@@ -206,6 +206,7 @@ def _run_explain(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
             else:
                 try:
                     record = _lung_record(result, stderr, bar)
+                    record["ood"] = _ood_fields(result, model)
                     write_explain_outputs(result, model, output_dir_for(out_dir, stem), extra=record)
                     if args.send:
                         failed += _send_dicom(args, item, result, model, record.get("anatomy") or {},
@@ -411,6 +412,15 @@ def _send_dicom(args: argparse.Namespace, item: Any, result: Any, model: Any,
         _report_failure(item.name, f"results not sent: {exc} (kept in {dicom_dir})", stderr, bar)
         return 1
     return 0
+
+
+def _ood_fields(result: Any, model: Any) -> dict[str, Any]:
+    """``result.json``'s ``"ood"``: score, warning, reason (:func:`xai.batch.html.ood_fields`)."""
+    import models
+    from xai.batch.films import ood_record
+    from xai.batch.html import ood_fields
+
+    return ood_fields(*ood_record(result, model, models.ood_stats(model)))
 
 
 def _ood_for_report(result: Any, model: Any) -> dict[str, Any] | None:

@@ -44,6 +44,17 @@ def ood_warning_text(ood: Mapping[str, Any]) -> str:
     return "; ".join(str(w) for w in warnings)
 
 
+def ood_fields(ood: Mapping[str, Any], notices: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """A film's out-of-distribution check as ``result.json``'s ``"ood"`` and the report CSV's ``ood_*`` columns
+    write it: ``score`` (the Mahalanobis distance, None without statistics), ``warning`` (whether the check
+    warned: the Explain page's "do not use this prediction") and ``reason`` (the warnings as one line; without
+    a warning, why there is no score, else None). ``ood``: :func:`xai.batch.films.ood_record`'s dict and its
+    ``notices``."""
+    reason = ood_warning_text(ood)
+    return {"score": ood.get("score"), "warning": bool(ood.get("is_ood") or ood.get("warnings")),
+            "reason": reason or "; ".join(notices) or None}
+
+
 def title(key: str) -> str:
     """A thumbnail's or method's plain name: ``gradcam`` -> "Grad-CAM", ``original`` -> "Original film"."""
     return "Original film" if key == "original" else METHOD_TITLES.get(key, key)

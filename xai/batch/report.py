@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from xai.batch import html as report_html_parts
-from xai.batch.html import ood_warning_text
+from xai.batch.html import ood_fields
 from xai.batch.lungs import COHORT_METHOD, CohortTally
 
 AGREEMENT_KEYS = ("hit", "energy_inside", "iou_otsu")
@@ -215,8 +215,8 @@ def csv_values(meta: ReportMeta, row: ReportRow) -> list[Any]:
     values: list[Any] = [row.file, "ok" if ok else "failed", row.error or ""]
     values += [row.predicted or "", row.probabilities.get(row.predicted or "", ""), row.target or ""]
     values += [row.probabilities.get(c, "") for c in meta.class_names]
-    flag = row.ood.get("is_ood")
-    values += [row.ood.get("score"), "" if flag is None else int(bool(flag)), ood_warning_text(row.ood)]
+    ood = ood_fields(row.ood)  # the same record as result.json's "ood"; no record, no flag
+    values += [ood["score"], "" if row.ood.get("is_ood") is None else int(ood["warning"]), ood["reason"] or ""]
     values += [row.n_boxes if ok else "", row.box_fraction]
     values += [row.agreement.get(m, {}).get(k, "") for m in meta.methods for k in AGREEMENT_KEYS]
     if meta.lungs:
