@@ -297,7 +297,7 @@ def test_report_stability_and_ood_columns(bundle: Path, chestcovnet_dir: Path, t
         assert -1.0 <= worst <= mean <= 1.0
     # The tiny test bundle has no fitted OOD statistics: no score, and no flag without header hints.
     assert row["ood_score"] == "" and row["ood_flag"] == "0"
-    assert "stability: Spearman mean" in (out / "index.html").read_text("utf-8")
+    assert "stability under small changes: rank correlation" in (out / "index.html").read_text("utf-8")
 
 
 def _segments(stderr: str) -> list[str]:
