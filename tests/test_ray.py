@@ -101,7 +101,9 @@ def test_ray_report_equals_the_local_one_and_resumes(ray_session: None, bundle: 
     redone = sorted(p.parent.name for p, t in stamps.items() if p.stat().st_mtime_ns != t)
     assert redone == ["mhh_b343e657"]
     assert (out / "mhh_b343e657" / "gradcam++.jpg").is_file()
-    assert (out / "report.csv").read_text("utf-8") == ray_csv
+    # The film is explained again in another batch (its own, not the first run's pair): a batched forward pass
+    # may differ in the last float digit, so the region shares agree to rounding, not to the character.
+    _same_within_rounding((out / "report.csv").read_text("utf-8"), ray_csv)
 
 
 def test_ray_run_checks_the_model_before_starting_workers(ray_session: None, inputs: Path, tmp_path: Path) -> None:
