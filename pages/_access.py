@@ -22,7 +22,7 @@ WRONG_PASSWORD_DELAY_S = 1.0
 
 def disclaimer() -> None:
     """The banner every page shows before anything else."""
-    st.warning(f"**{DISCLAIMER}.** Saliency maps show where a model looked, not what is there.", icon="⚠️")
+    st.warning(f"**{DISCLAIMER}.** Saliency maps show where a model looked, not what is there.", icon=":material/warning:")
 
 
 def pages_directory_flag() -> Any:

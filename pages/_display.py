@@ -12,6 +12,8 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+import streamlit as st
+
 from pages._state import kept_value, page_store
 from xai import display_scale, render
 from xai.render import DisplaySettings
@@ -82,3 +84,10 @@ def session_display(model: ActiveModel, result: PipelineResult, *, side: int) ->
     look = heat_look()
     return replace(look, side=side, scale="fixed" if vmax else "per_image", vmax=vmax,
                    contour_level=float(_kept("disp_contour_level")) if _kept("disp_contours") else None)  # type: ignore[arg-type]
+
+
+def light_theme() -> bool:
+    """Whether the browser shows the light theme (chosen in the menu, or the system's): plotly draws panel
+    titles and colour-bar ticks itself, so every figure of maps must be told."""
+    theme = getattr(st.context, "theme", None)
+    return getattr(theme, "type", None) == "light"

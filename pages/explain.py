@@ -15,7 +15,7 @@ import numpy as np
 import streamlit as st
 
 from pages._access import ensure_routed
-from pages._display import DISPLAY_DEFAULTS, SCALES, fixed_maxima_store, heat_look
+from pages._display import DISPLAY_DEFAULTS, SCALES, fixed_maxima_store, heat_look, light_theme
 from pages._explanations import ResultKey, explain, prefetch_targets, screen_layers
 from pages._figures import readout_figure
 from pages._howto import how_popovers
@@ -444,12 +444,6 @@ _WHEEL_GATE_JS = """<script>
 })();
 </script>"""
 
-
-def light_theme() -> bool:
-    """Whether the browser shows the light theme (chosen in the menu, or the system's) — for the panels'
-    titles, which plotly draws itself."""
-    theme = getattr(st.context, "theme", None)
-    return getattr(theme, "type", None) == "light"
 
 
 def panel_scripts() -> None:

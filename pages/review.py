@@ -37,6 +37,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages._access import ensure_routed, oidc_provider
+from pages._display import light_theme
 from pages._explanations import explain, screen_view
 from pages._ingest import SAMPLES_DIR, LoadedImage, list_samples
 from pages._methods import method_label
@@ -123,12 +124,6 @@ def film_uri(image_sha: str, window: tuple[float, float], _image: LoadedImage) -
         small = apply_window(small, window[0], window[1], function="LINEAR_EXACT")
     return screen_image_uri(gray_to_rgb(small)), _image.radiograph.shape[1] / small.shape[1]
 
-
-def light_theme() -> bool:
-    """Whether the browser shows the light theme: plotly draws the maps' titles and colour-bar ticks
-    itself, so the figure must be told (the Explain page asks the same way)."""
-    theme = getattr(st.context, "theme", None)
-    return getattr(theme, "type", None) == "light"
 
 
 # ------------------------------------------------------------------------------------------ identity
