@@ -26,51 +26,35 @@ run: $(VENV)/.runtime
 	# Two malloc arenas keep the server's memory flat over many explanations (benchmarks/load_app.py).
 	MALLOC_ARENA_MAX=2 $(VENV)/bin/streamlit run app.py --server.port $(PORT)
 
-# Debian's chromium for the real-browser tests; installed with apt-get when missing and we are root.
-browser:
-	@if command -v chromium >/dev/null; then echo "chromium: $$(command -v chromium)"; \
+# Debian packages the tests need, installed with apt-get when missing and we are root (as in CI); otherwise
+# one line says which tests will fail. $(call apt_tool,CHECK,PACKAGES,NAME,WHAT FAILS WITHOUT IT)
+define apt_tool
+	@if $(1); then echo "$(3): present"; \
 	elif [ "$$(id -u)" = "0" ]; then \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null && \
-		echo "installed chromium: $$(command -v chromium)"; \
-	else echo "chromium missing and not root: browser tests will fail in CI"; fi
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null && echo "installed $(3)"; \
+	else echo "$(3) missing and not root: $(4) will fail"; fi
+endef
+
+# Debian's chromium for the real-browser tests.
+browser:
+	$(call apt_tool,command -v chromium >/dev/null,chromium,chromium,the browser tests)
 
 # PostgreSQL server binaries for the review store's tests (a throw-away cluster on a unix socket, no service).
 postgres:
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then echo "postgresql: $$(ls -d /usr/lib/postgresql/*/bin | tail -1)"; \
-	elif [ "$$(id -u)" = "0" ]; then \
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null && \
-		echo "installed postgresql: $$(ls -d /usr/lib/postgresql/*/bin | tail -1)"; \
-	else echo "PostgreSQL server binaries missing and not root: the review store's PostgreSQL tests will fail"; fi
+	$(call apt_tool,ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1,postgresql,PostgreSQL server binaries,the review store's PostgreSQL tests)
 
 # David Clunie's DICOM validator (dciodvfy) for the tests that validate every DICOM object the project writes.
 dicom3tools:
-	@if command -v dciodvfy >/dev/null; then echo "dciodvfy: $$(command -v dciodvfy)"; \
-	elif [ "$$(id -u)" = "0" ]; then \
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null && \
-		echo "installed dciodvfy: $$(command -v dciodvfy)"; \
-	else echo "dicom3tools missing and not root: the DICOM validation tests will fail"; fi
+	$(call apt_tool,command -v dciodvfy >/dev/null,dicom3tools,dciodvfy,the DICOM validation tests)
 
 # Orthanc and its DICOMweb plugin: the throw-away PACS the PACS tests start (loopback, temporary storage).
 orthanc:
-	@if command -v Orthanc >/dev/null && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
-		echo "orthanc: $$(command -v Orthanc)"; \
-	elif [ "$$(id -u)" = "0" ]; then \
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null && \
-		echo "installed orthanc: $$(command -v Orthanc)"; \
-	else echo "Orthanc or its DICOMweb plugin missing and not root: the PACS tests will fail"; fi
+	$(call apt_tool,command -v Orthanc >/dev/null && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ],orthanc orthanc-dicomweb,Orthanc with DICOMweb,the PACS tests)
 
 # Tesseract OCR for xai.markers' tests (burned-in text); the app works without it (image processing only).
 ocr:
-	@if command -v tesseract >/dev/null; then echo "tesseract: $$(command -v tesseract)"; \
-	elif [ "$$(id -u)" = "0" ]; then \
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr >/dev/null && \
-		echo "installed tesseract: $$(command -v tesseract)"; \
-	else echo "tesseract missing and not root: the OCR cases of tests/test_markers.py will fail"; fi
+	$(call apt_tool,command -v tesseract >/dev/null,tesseract-ocr,tesseract,the OCR cases of tests/test_markers.py)
 
 test: $(VENV)/.dev browser postgres dicom3tools orthanc ocr
 	$(PY) -m pytest
