@@ -295,6 +295,24 @@ def read_lung_masks(lungs_dir: str | Path, convention: str | None = None) -> dic
                 if convention is None or CONVENTIONS[convention_of(row["convention"])] == convention}
 
 
+def _read_mask_cache(path: Path | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(masks, has) from a mask cache file written by :func:`_write_mask_cache`, or None when there is none."""
+    if path is None or not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return z["masks"], z["has"]
+
+
+def _write_mask_cache(path: Path | None, masks: np.ndarray, has: np.ndarray) -> None:
+    """Store (masks, has) atomically (a temporary file renamed into place: a killed run leaves no half file)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, masks=masks, has=has)
+    tmp.replace(path)
+
+
 def build_predicted_mask_cache(data_dir: str | Path, records: Sequence[Record], preprocessing: Preprocessing,
                                convention: str = "nlm", cache_dir: str | Path | None = None,
                                *, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -312,9 +330,9 @@ def build_predicted_mask_cache(data_dir: str | Path, records: Sequence[Record], 
     key = hashlib.sha256(json.dumps([preprocessing.to_dict(), [r.file for r in records], convention,
                                      model.card.get("sha256", "")]).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"lungpred-{key}.npz" if cache_dir else None
-    if path is not None and path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            return z["masks"], z["has"]
+    cached = _read_mask_cache(path)
+    if cached is not None:
+        return cached
     S = preprocessing.input_size
     out = np.zeros((len(records), S, S), dtype=np.uint8)
     has = np.zeros(len(records), dtype=bool)
@@ -327,11 +345,7 @@ def build_predicted_mask_cache(data_dir: str | Path, records: Sequence[Record], 
         _, geometry = prepare_array(radiograph, pre)
         out[i] = mask_to_model(field.mask.astype(np.float32), geometry) >= 0.5
         has[i] = bool(out[i].any())
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, masks=out, has=has)
-        tmp.replace(path)
+    _write_mask_cache(path, out, has)
     return out, has
 
 
@@ -352,9 +366,9 @@ def build_mask_cache(data_dir: str | Path, records: Sequence[Record], preprocess
     key = hashlib.sha256(json.dumps([preprocessing.to_dict(), files,
                                      [str(masks.get(f, "")) for f in files]]).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"lungmasks-{key}.npz" if cache_dir else None
-    if path is not None and path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            return z["masks"], z["has"]
+    cached = _read_mask_cache(path)
+    if cached is not None:
+        return cached
     S = preprocessing.input_size
     out = np.zeros((len(records), S, S), dtype=np.uint8)
     has = np.zeros(len(records), dtype=bool)
@@ -371,9 +385,5 @@ def build_mask_cache(data_dir: str | Path, records: Sequence[Record], preprocess
             mask = cv2.resize(mask, geometry.original_size[::-1], interpolation=cv2.INTER_NEAREST)
         out[i] = mask_to_model((mask > 0).astype(np.float32), geometry) >= 0.5
         has[i] = True
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, masks=out, has=has)
-        tmp.replace(path)
+    _write_mask_cache(path, out, has)
     return out, has
