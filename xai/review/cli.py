@@ -57,7 +57,7 @@ def run_review(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         store = ReviewStore(args.db)
         if args.review_command == "create":
             methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-            extra = {"methods": methods} if methods else {}
+            extra: dict[str, Any] = {"methods": methods} if methods else {}
             references = read_labels_csv(args.labels.read_bytes()) if args.labels else None
             secret = new_owner_secret()
             sid = store.create_session(

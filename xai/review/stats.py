@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -239,7 +239,7 @@ def box_agreement(maps: Mapping[str, NDArray], box: Sequence[float]) -> dict[str
 
     out: dict[str, dict[str, float]] = {}
     for method, heat in maps.items():
-        mask = box_to_mask(tuple(box), heat.shape[:2])
+        mask = box_to_mask(cast(tuple[float, float, float, float], tuple(box)), heat.shape[:2])
         out[method] = {**agreement(np.asarray(heat, dtype=np.float64), mask), "area_share": float(mask.mean())}
     return out
 
@@ -300,7 +300,7 @@ def session_summary(
     ``box_scores``: rows ``{case, reader, method, hit, energy_inside, iou_otsu, area_share}`` (from
     :func:`box_agreement` on the maps the page computed). NaN becomes None (JSON-friendly).
     """
-    reads = {}
+    reads: dict[str, dict[str, str]] = {}
     for row in rows:
         if row.get("diagnosis"):
             reads.setdefault(row["case"], {})[row["reader"]] = row["diagnosis"]

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from xai.method_names import METHODS
 from xai.review import schema
@@ -537,7 +537,7 @@ class ReviewStore:
     def sessions(self) -> list[ReviewSession]:
         """Every session, by name."""
         with self._read() as c:
-            counts = dict(c.execute(
+            counts: dict[str, int] = dict(c.execute(
                 sa.select(schema.cases.c.session_id, sa.func.count()).group_by(schema.cases.c.session_id)
             ).all())
             rows = c.execute(sa.select(schema.sessions).order_by(schema.sessions.c.name)).mappings().all()
@@ -553,7 +553,7 @@ class ReviewStore:
         return self._session_record(row, int(n))
 
     @staticmethod
-    def _session_record(row: Mapping[str, Any], n_cases: int) -> ReviewSession:
+    def _session_record(row: RowMapping, n_cases: int) -> ReviewSession:
         return ReviewSession(
             id=row["id"], name=row["name"], owner=row["owner"], model=row["model"],
             methods=tuple(json.loads(row["methods"])), questions=tuple(json.loads(row["questions"])),
@@ -589,7 +589,7 @@ class ReviewStore:
                 .order_by(schema.cases.c.position)
             ).scalars())
 
-    def _case(self, c: Connection, session_id: str, case_id: str) -> Mapping[str, Any]:
+    def _case(self, c: Connection, session_id: str, case_id: str) -> RowMapping:
         row = c.execute(
             sa.select(schema.cases, schema.images.c.height, schema.images.c.width)
             .join(schema.images, schema.images.c.sha256 == schema.cases.c.image_sha)
@@ -711,7 +711,7 @@ class ReviewStore:
         asks: ``diagnosis``, ``confidence`` and each unrated map's method, in the session's order."""
         row = row or {}
         asked = set(session.questions)
-        missing = [q for q in ("diagnosis", "confidence") if q in asked and row.get(q) is None]
+        missing: list[str] = [q for q in ("diagnosis", "confidence") if q in asked and row.get(q) is None]
         if "plausibility" in asked:
             given = row.get("plausibility") or {}
             missing += [m for m in session.methods if m not in given]
@@ -758,7 +758,10 @@ class ReviewStore:
                 session_id=session.id, case_id=case["id"], reader=reader, map_order=json.dumps(list(order)),
                 saved_at=_now(), **values,
             ))
-            rating_id = int(result.inserted_primary_key[0])
+            key = result.inserted_primary_key  # always set after a single-row INSERT; None only for other statements
+            if key is None:
+                raise ReviewError("the database returned no id for the rating; nothing was saved")
+            rating_id = int(key[0])
             for method, score in scores.items():
                 c.execute(schema.map_ratings.insert().values(rating_id=rating_id, method=method, score=score))
             stored = dict(c.execute(sa.select(schema.map_ratings.c.method, schema.map_ratings.c.score)
@@ -798,7 +801,7 @@ class ReviewStore:
         return [self._export_row(row, scores.get(int(row["id"]), {})) for row in rows]
 
     @staticmethod
-    def _export_row(row: Mapping[str, Any], plausibility: Mapping[str, int]) -> dict[str, Any]:
+    def _export_row(row: RowMapping, plausibility: Mapping[str, int]) -> dict[str, Any]:
         box = [row["box_x"], row["box_y"], row["box_w"], row["box_h"]]
         out = {
             "case": row["case_id"], "position": int(row["position"]) + 1, "reader": row["reader"],
