@@ -17,6 +17,7 @@ import streamlit as st
 
 import models
 from pages._access import ensure_routed
+from pages._figures import readout_figure
 from pages._methods import method_label
 from pages._models import default_target_choice, require_model
 from pages._state import page_store
@@ -109,11 +110,13 @@ def show_films(films: list[dict[str, object]], target: str, method: str) -> None
                "film's width).")
 
 
-def _cohort(report: Report) -> list[tuple[str, list[tuple[str, int, np.ndarray]]]]:
-    """The cohort view's images (as in index.html): per grouping, ``(group, films, RGB)``."""
+def _cohort(report: Report) -> list[tuple[str, list[tuple[str, int, np.ndarray]], dict[str, dict[str, float]]]]:
+    """The cohort view (as in index.html): per grouping, ``(grouping, [(group, films, RGB)], {group: {region:
+    mean share}})`` — the mean maps and, beside them, the mean share of the map per anatomical region."""
     from xai.batch.lungs import cohort_image
 
-    return [(grouping, [(name, n, cohort_image(heat, lungs)) for name, n, heat, lungs in means])
+    return [(grouping, [(name, n, cohort_image(heat, lungs)) for name, n, heat, lungs in means],
+             report.cohort.region_means(grouping))
             for grouping in ("folder", "predicted class") if (means := report.cohort.means(grouping))]
 
 
@@ -210,7 +213,7 @@ def main() -> None:
         if result["summary"]:
             st.markdown("**Agreement with the boxes**")
             st.markdown(result["summary"])
-        for grouping, groups in result["cohort"]:
+        for grouping, groups, regions in result["cohort"]:
             shown = "site" if grouping == "folder" and not result.get("named") else grouping
             st.markdown(f"**Where the model looks, relative to the lungs — by {shown}** (mean Grad-CAM, each "
                         "film's map registered to its lungs' box; cyan: the lung outline of half the films)")
@@ -220,6 +223,10 @@ def main() -> None:
                            "best whether the model looks at where a film came from.")
             for column, (name, n, rgb) in zip(st.columns(min(len(groups), 6)), groups[:6], strict=False):
                 column.image(rgb, caption=f"{name} — {n} film{'s' if n != 1 else ''}", width=160)
+            if regions:
+                st.caption(f"Mean share of each {shown}'s Grad-CAM maps per anatomical region (lung zones = the "
+                           "visible lung fields; films without a lung field are left out).")
+                st.plotly_chart(readout_figure(regions), key=f"cohort_regions_{grouping}")
         if result["failed"]:
             st.warning("Not processed:\n\n" + "\n".join(
                 f"- `{label}`" + (f" (`{name}`)" if name != label else "") + f": {reason}"

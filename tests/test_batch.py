@@ -421,8 +421,17 @@ def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dic
     cohort = [m.value for m in at.markdown if "Where the model looks" in m.value]
     # per site too, but under neutral names: folders may name patients
     assert ["by site" in cohort[0], "by predicted class" in cohort[1]] == [True, True] and len(cohort) == 2
-    sites = dict(at.session_state[Key.STORES]["batch"]["result"]["cohort"])["folder"]
+    cohort_view = {grouping: (groups, regions)
+                   for grouping, groups, regions in at.session_state[Key.STORES]["batch"]["result"]["cohort"]}
+    sites, site_regions = cohort_view["folder"]
     assert [(name, n) for name, n, _rgb in sites] == [("site 1", 2), ("site 2", 1)]  # films/, then scan.dcm
+    # beside the mean maps: each group's mean share per anatomical region, as a stacked bar per group
+    from xai.anatomy import REGIONS
+    for shares in site_regions.values():
+        # each film's shares are stored to 6 decimals: their means add up to 1 within 13 roundings
+        assert set(shares) == set(REGIONS) and sum(shares.values()) == pytest.approx(1.0, abs=1e-5)
+    bars = [c for c in at.get("plotly_chart") if "cohort_regions" in str(c.proto.id)]
+    assert len(bars) == 2  # by site and by predicted class
     assert "Where the model looks, relative to the lungs" in result_html(at)
     warning = at.warning[-1].value  # on screen: the hashed name and which upload it was
     assert hashed[2] in warning and "bomb.zip" in warning and "zip bomb" in warning
@@ -477,7 +486,8 @@ def test_batch_page_runs_a_zip_and_refuses_a_zip_bomb(chestcovnet_dir: Path, dic
     rows = list(csv.DictReader(io.StringIO(result["csv"].decode("utf-8"))))
     assert [r["file"] for r in rows] == ["films.zip/films/a.jpg", "films.zip/films/b.jpg"]
     assert any("by folder" in m.value for m in at.markdown)  # names shown: the folder grouping too
-    assert [n for n, _count, _rgb in dict(at.session_state[Key.STORES]["batch"]["result"]["cohort"])["folder"]] == ["films"]
+    cohort_view = {g: groups for g, groups, _regions in at.session_state[Key.STORES]["batch"]["result"]["cohort"]}
+    assert [n for n, _count, _rgb in cohort_view["folder"]] == ["films"]
     (films,) = [d.value for d in at.dataframe if "prediction" in d.value.columns]
     assert films["name"].tolist() == ["films.zip/films/a.jpg", "films.zip/films/b.jpg"]
     files = dict(read_zip(result["zip"]))
