@@ -152,7 +152,8 @@ def _progress_bar(total: int, disabled: bool, stderr: TextIO) -> Iterator[Any]:
 
     with tqdm(total=total, unit="image", file=stderr, disable=disabled or total < 2, leave=False) as bar:
 
-        def show(message: Any, category: type[Warning], filename: str, lineno: int, *_: Any) -> None:
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
             _message(f"xai: warning: {category.__name__}: {message}", stderr, bar)
 
         with logging_redirect_tqdm(), warnings.catch_warnings():
@@ -257,7 +258,7 @@ def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
                       isolated=not args.no_isolation, batch_size=args.batch_size)
     meta = report_meta(model, spec)  # TargetError -> usage error before any work
     items = _collect(args.inputs, stderr)
-    if args.only_boxed:
+    if args.only_boxed and boxes is not None:  # --only-boxed without --boxes was refused above
         items = [item for item in items if item.file_name in boxes]
     with _progress_bar(len(items), args.no_progress, stderr) as bar:
 

@@ -136,13 +136,19 @@ def _algorithm(provenance: Provenance, findings_version: str, *extra: str) -> An
 
 
 def _device_context(provenance: Provenance) -> Any:
-    from highdicom.sr import DeviceObserverIdentifyingAttributes, ObservationContext, ObserverContext
+    from highdicom.sr import (
+        CodedConcept,
+        DeviceObserverIdentifyingAttributes,
+        ObservationContext,
+        ObserverContext,
+    )
     from pydicom.uid import generate_uid
 
     device = DeviceObserverIdentifyingAttributes(
         uid=generate_uid(entropy_srcs=[APP_NAME, provenance.model_name, provenance.model_sha256]),
         name=APP_NAME, manufacturer_name=APP_NAME, model_name=provenance.model_name[:64])
-    return ObservationContext(observer_device_context=ObserverContext(observer_type=_codes()["device"],
+    observer_type = CodedConcept.from_code(_codes()["device"])  # what highdicom makes of a Code itself
+    return ObservationContext(observer_device_context=ObserverContext(observer_type=observer_type,
                                                                       observer_identifying_attributes=device))
 
 

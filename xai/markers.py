@@ -146,7 +146,11 @@ def _median_absolute_deviation(image: np.ndarray) -> float:
     return float(median(deviations))
 
 
-def _glyphs(tophat: np.ndarray, gradient: np.ndarray, side: int) -> list[tuple[int, int, int, int, float, float, int]]:
+#: One glyph-like component: (x, y, w, h, contrast, sharpness, letters).
+Glyph = tuple[int, int, int, int, float, float, int]
+
+
+def _glyphs(tophat: np.ndarray, gradient: np.ndarray, side: int) -> list[Glyph]:
     """Glyph-like components of one top-hat image: (x, y, w, h, contrast, sharpness, letters)."""
     level = max(MIN_CONTRAST, 6.0 * _median_absolute_deviation(tophat))
     binary = (tophat >= level).astype(np.uint8)
@@ -178,7 +182,7 @@ def _glyphs(tophat: np.ndarray, gradient: np.ndarray, side: int) -> list[tuple[i
     return found
 
 
-def _same_word(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+def _same_word(a: Glyph, b: Glyph) -> bool:
     """Two glyphs of one word: similar heights, on one line, a gap of at most WORD_GAP of the taller."""
     ha, hb = a[3], b[3]
     if max(ha, hb) > WORD_HEIGHT_RATIO * min(ha, hb):
@@ -197,7 +201,7 @@ def _near_edge(x0: int, y0: int, x1: int, y1: int, shape: tuple[int, int]) -> bo
     return min(cx, cy, shape[1] - cx, shape[0] - cy) <= band
 
 
-def _words(glyphs: list[tuple[int, int, int, int, float, float, int]], bright: bool,
+def _words(glyphs: list[Glyph], bright: bool,
            shape: tuple[int, int]) -> list[tuple[int, int, int, int, str, float]]:
     """Group glyphs into words on one line (union-find over glyph pairs): (x, y, w, h, kind, confidence)."""
     parent = list(range(len(glyphs)))
@@ -215,7 +219,7 @@ def _words(glyphs: list[tuple[int, int, int, int, float, float, int]], bright: b
                 break
             if _same_word(glyphs[i], glyphs[j]):
                 parent[root(j)] = root(i)
-    members: dict[int, list[tuple[int, int, int, int, float, float, int]]] = {}
+    members: dict[int, list[Glyph]] = {}
     for i, g in enumerate(glyphs):
         members.setdefault(root(i), []).append(g)
     words = []

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any, Literal, Protocol, TypedDict, Unpack
+from typing import Any, Literal, Protocol, TypedDict, Unpack, cast
 
 import cv2
 import numpy as np
@@ -142,7 +142,7 @@ def _to_uint8(unit: NDArray[np.float32]) -> NDArray[np.uint8]:
 # --------------------------------------------------------------------------------------------- public
 def gray_to_rgb(gray: NDArray) -> NDArray[np.uint8]:
     """Radiograph float (H, W) in [0, 1] -> uint8 RGB (H, W, 3) (values outside [0, 1] are clipped)."""
-    return cv2.cvtColor(_to_uint8(_as_unit_2d("gray", gray)), cv2.COLOR_GRAY2RGB)
+    return cast(NDArray[np.uint8], cv2.cvtColor(_to_uint8(_as_unit_2d("gray", gray)), cv2.COLOR_GRAY2RGB))
 
 
 def colorize(heat: NDArray, cmap: str = DEFAULT_CMAP) -> NDArray[np.uint8]:
@@ -165,7 +165,7 @@ def heat_index(heat: NDArray) -> NDArray[np.uint8]:
 def _colorize_index(index: NDArray[np.uint8], cmap: str) -> NDArray[np.uint8]:
     """LUT lookup of uint8 indices with ``cv2.LUT`` (several times faster than numpy fancy indexing)."""
     lut = _lut(_check_cmap(cmap))
-    return cv2.LUT(cv2.merge([index, index, index]), np.ascontiguousarray(lut.reshape(256, 1, 3)))
+    return cast(NDArray[np.uint8], cv2.LUT(cv2.merge([index, index, index]), np.ascontiguousarray(lut.reshape(256, 1, 3))))
 
 
 class OverlayStyle(TypedDict, total=False):
@@ -196,7 +196,7 @@ def overlay(gray: NDArray, heat: NDArray, **style: Unpack[OverlayStyle]) -> NDAr
     h = _as_unit_2d("heat", heat)
     if g.shape != h.shape:
         raise ValueError(f"gray {g.shape} and heat {h.shape} must have the same (H, W) shape")
-    return blend(cv2.cvtColor(_to_uint8(g), cv2.COLOR_GRAY2RGB), _to_uint8(h), **style)
+    return blend(cast(NDArray[np.uint8], cv2.cvtColor(_to_uint8(g), cv2.COLOR_GRAY2RGB)), _to_uint8(h), **style)
 
 
 def blend(
@@ -228,7 +228,7 @@ def blend(
     if show_heat and alpha > 0:
         color = _colorize_index(np.ascontiguousarray(index), cmap)
         # uint8 blend with OpenCV (rounds, saturates): a 1024 px panel in a few ms, so display changes stay fast.
-        out = cv2.addWeighted(out, 1.0 - float(alpha), color, float(alpha), 0.0)
+        out = cast(NDArray[np.uint8], cv2.addWeighted(out, 1.0 - float(alpha), color, float(alpha), 0.0))
     if contour_level is not None:
         level = float(contour_level)
         if not 0.0 < level <= 1.0:
@@ -476,7 +476,7 @@ class DisplaySettings:
     def only(self, *stages: Stage) -> DisplaySettings:
         """These settings with every field outside ``stages`` back at its default: the key of what
         depends on those stages only (e.g. ``only("layers")`` keys the prepared layers)."""
-        reset = {f.name: f.default for f in fields(self) if f.metadata["stage"] not in stages}
+        reset: dict[str, Any] = {f.name: f.default for f in fields(self) if f.metadata["stage"] not in stages}
         return replace(self, **reset)
 
     def layer_key(self, layer: Layer) -> DisplaySettings:
@@ -487,7 +487,8 @@ class DisplaySettings:
             named = f.metadata.get("feeds")
             return layer in named if named is not None else f.metadata["stage"] == "layers"
 
-        return replace(self, **{f.name: f.default for f in fields(self) if not feeds(f)})
+        reset: dict[str, Any] = {f.name: f.default for f in fields(self) if not feeds(f)}
+        return replace(self, **reset)
 
     @property
     def limits(self) -> dict[str, float]:
@@ -508,21 +509,37 @@ class DisplaySettings:
         return out
 
 
-class _Radiograph(Protocol):
-    """What the view needs of an ``xai.radiograph.Radiograph``."""
+class _Film(Protocol):
+    """What the view needs of a film (an ``xai.radiograph.Radiograph``, a :class:`ScreenFilm`, a batch
+    report's shrunk film): ``modality_values`` may be None when the film is only drawn unwindowed
+    (``settings.window is None``). Read-only members, so frozen dataclasses qualify."""
 
-    pixels: NDArray
-    modality_values: NDArray
-    inverted: bool
-    voi_function: str
+    @property
+    def pixels(self) -> NDArray: ...
+    @property
+    def modality_values(self) -> NDArray | None: ...
+    @property
+    def inverted(self) -> bool: ...
+    @property
+    def voi_function(self) -> str: ...
+
+
+class _Radiograph(_Film, Protocol):
+    """What windowing needs of an ``xai.radiograph.Radiograph``: a film with its modality values."""
+
+    @property
+    def modality_values(self) -> NDArray: ...
 
 
 class _Result(Protocol):
-    """What the view needs of an ``xai.pipeline.PipelineResult``."""
+    """What the view needs of an ``xai.pipeline.PipelineResult`` (read-only members)."""
 
-    maps: Mapping[str, NDArray]
-    explanation: Any
-    geometry: Any
+    @property
+    def maps(self) -> Mapping[str, NDArray]: ...
+    @property
+    def explanation(self) -> Any: ...
+    @property
+    def geometry(self) -> Any: ...
 
 
 #: Colour of the lung-field outline: light green, apart from the heat contours' cyan and every colormap.
@@ -566,11 +583,13 @@ def _shrink(a: NDArray, side: int | None) -> NDArray:
     return a if side is None else downsample_for_display(a, side)
 
 
-def _gray(radiograph: _Radiograph, settings: DisplaySettings) -> NDArray[np.float32]:
+def _gray(radiograph: _Film, settings: DisplaySettings) -> NDArray[np.float32]:
     if settings.window is None:
         return _shrink(radiograph.pixels, settings.side)
     from xai.radiograph import apply_window  # windowing has one home
 
+    if radiograph.modality_values is None:
+        raise ValueError("a window needs the film's modality values; this film has none (draw it with window=None)")
     centre, width = settings.window
     return apply_window(_shrink(radiograph.modality_values, settings.side), centre, width,
                         invert=radiograph.inverted, function=radiograph.voi_function)
@@ -595,7 +614,7 @@ def screen_film(radiograph: _Radiograph, side: int | None) -> ScreenFilm:
                       bool(radiograph.inverted), radiograph.voi_function)
 
 
-def gray_layer(radiograph: _Radiograph, settings: DisplaySettings) -> NDArray[np.uint8]:
+def gray_layer(radiograph: _Film, settings: DisplaySettings) -> NDArray[np.uint8]:
     """The radiograph as uint8 RGB on the view's grid, windowed as set (the ``"gray"`` layer: side, window)."""
     return read_only(gray_to_rgb(_gray(radiograph, settings)))
 
@@ -667,11 +686,11 @@ def zone_layer(zones: NDArray | None, shape: tuple[int, ...]) -> NDArray[np.uint
     z = np.asarray(zones, np.float32)
     level = 0.2 if h <= z.shape[0] else 0.5
     if z.shape != (h, w):
-        z = cv2.resize(z, (w, h), interpolation=cv2.INTER_LINEAR)
+        z = cast(NDArray[np.float32], cv2.resize(z, (w, h), interpolation=cv2.INTER_LINEAR))
     return read_only(np.where(z >= level, round(255 * ZONE_OPACITY), 0).astype(np.uint8))
 
 
-def layers(radiograph: _Radiograph, result: _Result, settings: DisplaySettings,
+def layers(radiograph: _Film, result: _Result, settings: DisplaySettings,
            lungs: NDArray | None = None, zones: NDArray | None = None) -> Layers:
     """The radiograph (windowed as set) and each map (scaled as set) on the view's pixel grid:
     :func:`gray_layer`, :func:`heat_layers` of :func:`display_maps` and :func:`lung_layer`.
@@ -691,7 +710,7 @@ def layers(radiograph: _Radiograph, result: _Result, settings: DisplaySettings,
 def compose(prepared: Layers, settings: DisplaySettings) -> View:
     """The overlays from prepared layers: one :func:`blend` per map (the ``"blend"`` fields), then the
     lung outline (if the layers have one) on every panel."""
-    style = {"cmap": settings.cmap, "alpha": settings.alpha, "contour_level": settings.contour_level,
+    style: OverlayStyle = {"cmap": settings.cmap, "alpha": settings.alpha, "contour_level": settings.contour_level,
              "show_heat": settings.show_heat}
     overlays = {m: blend(prepared.original, index, **style) for m, index in prepared.heat.items()}
     original = prepared.original
@@ -765,7 +784,7 @@ def _rgba_over(layers: list[tuple[tuple[int, int, int], NDArray[np.uint8]]]) -> 
     return out
 
 
-def view(radiograph: _Radiograph, result: _Result, settings: DisplaySettings, lungs: NDArray | None = None,
+def view(radiograph: _Film, result: _Result, settings: DisplaySettings, lungs: NDArray | None = None,
          zones: NDArray | None = None) -> View:
     """The pixels of an explanation as the settings say: ``compose(layers(...), settings)``.
 

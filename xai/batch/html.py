@@ -196,10 +196,11 @@ def card(row: ReportRow) -> str:
         if row.in_lungs.get(key) is not None:
             caption += f" — {row.in_lungs[key]:.0%} in the lungs"
         shares = row.anatomy.get(key) or {}
-        if shares and all(v is not None for v in shares.values()):
+        known = {k: v for k, v in shares.items() if v is not None}
+        if known and len(known) == len(shares):  # no unknown share
             from xai.anatomy import readout_sentence
 
-            caption += f" — {e(readout_sentence(shares))}"
+            caption += f" — {e(readout_sentence(known))}"
         if key in row.stability and "spearman_mean" in row.stability[key]:
             caption += f" — stability under small changes: rank correlation {row.stability[key]['spearman_mean']:.2f}"
         parts.append(f"<figure><img alt='{e(title(key))}' src='{_data_uri(jpeg)}'><figcaption>{caption}"

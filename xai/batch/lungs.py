@@ -145,7 +145,9 @@ class CohortTally:
             shares: Mapping[str, float | None] | None = None) -> None:
         """Count one film's registered map and mask, and its readout ``shares`` per region when known (no
         None in it), into each of its ``{grouping: group}``."""
-        known = shares is not None and bool(shares) and all(v is not None for v in shares.values())
+        known = {k: v for k, v in (shares or {}).items() if v is not None}
+        if shares is not None and len(known) < len(shares):  # a share is unknown: no readout counted
+            known = {}
         shape = (REGISTERED_SIDE, REGISTERED_SIDE)
         heat = np.frombuffer(base64.b64decode(registered["map"]), np.uint8).reshape(shape) / 255.0
         lungs = np.frombuffer(base64.b64decode(registered["mask"]), np.uint8).reshape(shape) / 255.0
@@ -158,7 +160,7 @@ class CohortTally:
             sums.lungs += lungs
             if known:
                 sums.readouts += 1
-                for region, value in shares.items():
+                for region, value in known.items():
                     sums.regions[region] = sums.regions.get(region, 0.0) + float(value)
 
     def means(self, grouping: str) -> list[tuple[str, int, np.ndarray, np.ndarray]]:
