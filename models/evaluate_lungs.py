@@ -71,11 +71,11 @@ def _rotate(angle: float) -> Transform:
 def monochrome1_dicom(pixels: np.ndarray) -> bytes:
     """An uncompressed 12-bit MONOCHROME1 DX file whose display (after inversion) is ``pixels``."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     stored = np.round((1.0 - pixels) * 4095).astype(np.uint16)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1.1")  # Digital X-Ray Image Storage - For Presentation
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()

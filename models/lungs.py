@@ -17,9 +17,11 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
 from xai.anatomy import CONVENTIONS, LUNG_PREPROCESSING
 from xai.preprocessing import EQUALIZE_MODES, Preprocessing, _equalize, prepare_array
@@ -101,7 +103,7 @@ def build_cache(records: Sequence[LungRecord], path: str | Path,
     out = {"image": np.stack(images), "mask": np.stack(masks), "content": np.array(content),
            "original": np.array(original)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **out)
+    np.savez(path, image=out["image"], mask=out["mask"], content=out["content"], original=out["original"])
     return out
 
 
@@ -139,11 +141,11 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, content_box: Sequence[int]
     angle, scale = rng.uniform(-10, 10), rng.uniform(0.9, 1.1)
     matrix = cv2.getRotationMatrix2D((S / 2 - 0.5, S / 2 - 0.5), angle, scale)
     matrix[:, 2] += rng.uniform(-0.06, 0.06, size=2) * S
-    x = cv2.warpAffine(x, matrix, (S, S), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    x = cast(NDArray[np.float32], cv2.warpAffine(x, matrix, (S, S), flags=cv2.INTER_LINEAR, borderValue=0.0))
     y = cv2.warpAffine(mask.astype(np.float32), matrix, (S, S), flags=cv2.INTER_LINEAR, borderValue=0.0)
     u = rng.uniform()
     if u < 0.2:
-        x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.5, 1.5))
+        x = cast(NDArray[np.float32], cv2.GaussianBlur(x, (0, 0), rng.uniform(0.5, 1.5)))
     elif u < 0.4:
         x = np.clip(x + rng.normal(0, rng.uniform(0.01, 0.04), x.shape).astype(np.float32), 0, 1)
     x = (x - np.float32(preprocessing.mean[0])) / np.float32(preprocessing.std[0])
@@ -161,7 +163,7 @@ def random_non_chest(rng: np.random.Generator, size: int,
     kind = rng.integers(0, 4)
     if kind == 0:  # smooth random field
         low = rng.uniform(0, 1, (rng.integers(2, 9),) * 2).astype(np.float32)
-        x = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
+        x = cast(NDArray[np.float32], cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC))
     elif kind == 1:  # gradient
         t = np.linspace(0, 1, size, dtype=np.float32)
         a = rng.uniform(0, 2 * np.pi)

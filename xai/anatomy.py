@@ -68,9 +68,10 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+from numpy.typing import NDArray
 
 from xai.preprocessing import Preprocessing, body_crop_box, prepare, register_crop_rule
 from xai.radiograph import Radiograph
@@ -821,7 +822,7 @@ def _label_zones(labels: np.ndarray, side: np.ndarray, upper: int) -> tuple[int,
 def _label_periphery(periphery: np.ndarray, side: np.ndarray, *, outer_is_low_x: bool) -> None:
     """1 (peripheral) for the outer third of each row of one lung, 2 (central) for the rest."""
     W = side.shape[1]
-    has = side.any(axis=1)
+    has = cast(NDArray[np.bool_], side.any(axis=1))  # a 2-D array's row reduction is an array
     first = side.argmax(axis=1)
     last = W - 1 - side[:, ::-1].argmax(axis=1)
     third = (last - first + 1) / 3.0
@@ -866,7 +867,7 @@ def outside_body(pixels: np.ndarray, lungs: np.ndarray) -> np.ndarray:
     keep = [i for i in edge if i != 0 and stats[i, cv2.CC_STAT_AREA] >= 0.002 * h * w]
     background = np.isin(labels, keep).astype(np.float32)
     if scale < 1:
-        background = cv2.resize(background, (W, H), interpolation=cv2.INTER_LINEAR)
+        background = cast(NDArray[np.float32], cv2.resize(background, (W, H), interpolation=cv2.INTER_LINEAR))
     return background > 0.5
 
 
