@@ -160,7 +160,7 @@ class Augmentation:
         return dict(self.__dict__)
 
 
-def augment(batch: Tensor, aug: Augmentation, generator: torch.Generator) -> Tensor:
+def augment(batch: Tensor, aug: Augmentation, generator: torch.Generator | None) -> Tensor:
     """Randomly transform a display-space batch (N, S, S) in [0, 1]; returns a new float32 tensor."""
     x = batch.float().unsqueeze(1)
     n, _, s, _ = x.shape

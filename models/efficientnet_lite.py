@@ -23,6 +23,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -153,6 +154,13 @@ class EfficientNetLite0(nn.Module):
         for block in list(self.blocks)[:n_blocks]:
             x = block(x)
         return x
+
+    @overload
+    def forward_rest(self, x: Tensor, n_blocks: int, *, return_features: Literal[False] = False) -> Tensor: ...
+    @overload
+    def forward_rest(self, x: Tensor, n_blocks: int, *, return_features: Literal[True]) -> tuple[Tensor, Tensor]: ...
+    @overload
+    def forward_rest(self, x: Tensor, n_blocks: int, *, return_features: bool) -> Tensor | tuple[Tensor, Tensor]: ...
 
     def forward_rest(self, x: Tensor, n_blocks: int, *, return_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Logits from the output of :meth:`forward_front` with the same ``n_blocks``

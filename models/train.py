@@ -346,10 +346,10 @@ def _attach_lung_regions(args: argparse.Namespace, pre: Preprocessing, data: Tra
         masks[fill], has[fill] = predicted[fill], True
     if args.lung_masks:
         with np.load(args.lung_masks, allow_pickle=False) as z:
-            predicted = dict(zip(z["files"].tolist(), z["masks"], strict=True))
+            by_file = dict(zip(z["files"].tolist(), z["masks"], strict=True))
         for i, r in enumerate(data.needed):
-            if not has[i] and r.file in predicted:
-                masks[i], has[i] = predicted[r.file] > 0, True
+            if not has[i] and r.file in by_file:
+                masks[i], has[i] = by_file[r.file] > 0, True
     grid = CAM_SIZE // 32  # EfficientNet-Lite0's head stride
     data.total, data.outside = outside_weights(dilate(masks, args.lung_dilate), has, grid, grid)
     train_has = has[data.rows(data.train)]
@@ -406,7 +406,7 @@ def _penalties(args: argparse.Namespace, data: TrainData, model: EfficientNetLit
         loss = loss + adversary.module.loss(model.pool(features).flatten(1), target, adversary.train_sources[idx])
     if args.cam_border_weight > 0:
         loss = loss + args.cam_border_weight * cam_border_share(model, features, target).mean()
-    if args.cam_lung_weight > 0 and data.outside is not None:
+    if args.cam_lung_weight > 0 and data.outside is not None and data.total is not None:  # set together
         share = cam_outside_share(model, features, target, data.outside[rows], data.total)
         loss = loss + args.cam_lung_weight * share.mean()
     return loss
@@ -616,7 +616,7 @@ def check_held_out_source(data: TrainData, score: Scorer, holdout: str, threshol
     input for records) how often the out-of-distribution check warns on it."""
     p_held = score(data.held)
     y_held = data.labels(data.held)
-    held = {"held_out_source": holdout, "threshold_from": "val without the held-out source",
+    held: dict[str, Any] = {"held_out_source": holdout, "threshold_from": "val without the held-out source",
             "all_splits": binary_metrics(y_held, p_held, threshold),
             "by_split": {s: binary_metrics(y_held[m], p_held[m], threshold)
                          for s in SPLITS if (m := np.array([r.split == s for r in data.held])).any()},
