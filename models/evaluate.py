@@ -181,8 +181,12 @@ def lung_evidence_shares(loaded: LoadedModel, data_dir: str | Path, records: Seq
         if masks == "manual" and rec.file not in manual:
             continue
         x, geometry, radiograph = _prepared(data_dir, rec, loaded)
+        mask: np.ndarray
         if masks == "manual":
-            mask = cv2.imread(str(manual[rec.file]), cv2.IMREAD_GRAYSCALE) > 0
+            drawn = cv2.imread(str(manual[rec.file]), cv2.IMREAD_GRAYSCALE)
+            if drawn is None:
+                raise ValueError(f"cannot read lung mask {manual[rec.file].name}")
+            mask = drawn > 0
         else:
             mask = np.asarray(lung_mask(radiograph, convention="nlm" if masks == "nlm" else "v7"), dtype=bool)
         if mask.shape != geometry.original_size or not mask.any():
@@ -367,7 +371,7 @@ def combine_parts(loaded: LoadedModel, args: argparse.Namespace, parts: Sequence
     threshold per source, lung evidence, border energy. Refuses parts of another model or split, or parts
     that do not cover the split exactly once."""
     records = _split_records(loaded, args)
-    by_file = {}
+    by_file: dict[str, float] = {}
     for part in parts:
         if part["model_sha256"] != loaded.card.sha256 or part["split"] != args.split:
             raise ModelError("a part was measured on another model or split")
@@ -434,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.ood:
         records = read_manifest(args.data, loaded.card.class_names)
         scores, features = score_and_features(loaded, Path(args.data), records, progress=sys.stderr.isatty())
+        if features is None:  # only when the manifest lists no films
+            raise ValueError(f"no images in {args.data}")
         on_split = np.array([r.split == args.split for r in records])
         split_records = [r for r, keep in zip(records, on_split, strict=True) if keep]
         stats = fit_ood_stats(loaded, records, features)
@@ -447,6 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         split_records = _split_records(loaded, args)
         scores, features = score_and_features(loaded, Path(args.data), split_records, progress=sys.stderr.isatty())
+        if features is None:  # cannot happen: the split has films (_split_records refuses an empty one)
+            raise ValueError(f"no images in split {args.split!r}")
         part = measure_part(loaded, args, 0, 1, scores=scores)
         result, energy = combine_parts(loaded, args, [part], command)
         shipped = load_ood(_bundle_dir(args.model) / OOD_FILE)
