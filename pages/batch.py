@@ -30,7 +30,7 @@ from xai.batch.html import title as method_title
 from xai.batch.inputs import items_from_uploads
 from xai.batch.names import content_sha256, export_stem, output_dir_for
 from xai.batch.outputs import COMPACT, FULL_RESOLUTION
-from xai.batch.report import Report, ReportRow
+from xai.batch.records import Report, ReportRow
 from xai.batch.run import run_report
 from xai.method_names import METHODS, listed_methods
 

@@ -16,7 +16,8 @@ from xai.batch.archive import ArchiveError, ZipLimits, read_zip, zip_folder
 from xai.batch.boxes import Box, BoxesError, boxes_mask, load_boxes, parse_boxes
 from xai.batch.inputs import collect_inputs, items_from_uploads
 from xai.batch.names import export_stem, file_stems, method_file, output_dir_for, safe_stem, unique_stems
-from xai.batch.report import ReportMeta, ReportRow, report_texts
+from xai.batch.records import ReportMeta, ReportRow
+from xai.batch.report import report_texts
 
 
 # ------------------------------------------------------------------------------------------ names

@@ -490,7 +490,7 @@ def test_report_lung_columns_and_cohort_view(bundle: Path, chestcovnet_dir: Path
     from xai.anatomy import readout_sentence
 
     assert f"site_a — 2 films<br>{readout_sentence(mean)}" in html_page
-    from xai.batch.report import Report, ReportMeta, ReportRow
+    from xai.batch.records import Report, ReportMeta, ReportRow
 
     tally = Report(ReportMeta(("gradcam",), ("non_covid", "covid19"), {}, "covid19"))
     for name in ("nih_00008727_009.jpg", "nlm_CHNCXR_0001_0.jpg"):

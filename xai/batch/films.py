@@ -35,7 +35,7 @@ from xai.batch.outputs import (
     thumbnail,
     write_atomic,
 )
-from xai.batch.report import ReportRow
+from xai.batch.records import ReportRow
 
 if TYPE_CHECKING:
     from xai.engine import Explainer

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from xai.export import METHOD_TITLES
 
 if TYPE_CHECKING:
-    from xai.batch.report import Report, ReportRow
+    from xai.batch.records import Report, ReportRow
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;background:#fafafa;color:#222}

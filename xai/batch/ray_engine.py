@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from xai.batch.boxes import Box
 from xai.batch.films import BatchSpec, Checks, FilmRunner, FilmTask
 from xai.batch.inputs import InputItem
-from xai.batch.report import Report, ReportMeta, ReportRow, ReportWriter
+from xai.batch.records import Report, ReportMeta, ReportRow
+from xai.batch.report import ReportWriter
 from xai.batch.run import Progress, plan_tasks
 
 if TYPE_CHECKING:

@@ -12,7 +12,8 @@ from xai.batch.boxes import Box
 from xai.batch.films import BatchSpec, Checks, FilmRunner, FilmTask
 from xai.batch.inputs import InputItem
 from xai.batch.names import unique_stems
-from xai.batch.report import Report, ReportMeta, ReportRow, ReportWriter
+from xai.batch.records import Report, ReportMeta, ReportRow
+from xai.batch.report import ReportWriter
 
 if TYPE_CHECKING:
     from xai.engine import Explainer
