@@ -20,9 +20,10 @@ import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -295,22 +296,35 @@ def read_lung_masks(lungs_dir: str | Path, convention: str | None = None) -> dic
                 if convention is None or CONVENTIONS[convention_of(row["convention"])] == convention}
 
 
-def _read_mask_cache(path: Path | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """(masks, has) from a mask cache file written by :func:`_write_mask_cache`, or None when there is none."""
-    if path is None or not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as z:
-        return z["masks"], z["has"]
-
-
-def _write_mask_cache(path: Path | None, masks: np.ndarray, has: np.ndarray) -> None:
-    """Store (masks, has) atomically (a temporary file renamed into place: a killed run leaves no half file)."""
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, masks=masks, has=has)
-    tmp.replace(path)
+def _masks_on_model_grid(records: Sequence[Record], preprocessing: Preprocessing, path: Path | None,
+                         film_mask: Callable[[Record, Preprocessing], tuple[np.ndarray, Any] | None], *,
+                         empty_counts: bool, progress: Callable[[Sequence[Record]], Iterable[Record]] | None = None,
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 (N, S, S) masks on the model grid (0/1), bool (N,) whether each film has one), read from ``path``
+    when it exists, else computed and stored there atomically (a temporary file renamed into place: a killed
+    run leaves no half file). ``film_mask(record, display_preprocessing)`` gives a film's float mask on its own
+    pixel grid and the film's :class:`~xai.preprocessing.Geometry`, or None for no mask; ``empty_counts``:
+    whether a mask that is empty on the model grid still counts as one."""
+    if path is not None and path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return z["masks"], z["has"]
+    S = preprocessing.input_size
+    out = np.zeros((len(records), S, S), dtype=np.uint8)
+    has = np.zeros(len(records), dtype=bool)
+    pre = display_preprocessing(preprocessing)
+    for i, rec in enumerate(progress(records) if progress else records):
+        found = film_mask(rec, pre)
+        if found is None:
+            continue
+        mask, geometry = found
+        out[i] = mask_to_model(mask, geometry) >= 0.5
+        has[i] = empty_counts or bool(out[i].any())
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, masks=out, has=has)
+        tmp.replace(path)
+    return out, has
 
 
 def build_predicted_mask_cache(data_dir: str | Path, records: Sequence[Record], preprocessing: Preprocessing,
@@ -329,24 +343,18 @@ def build_predicted_mask_cache(data_dir: str | Path, records: Sequence[Record], 
     data_dir = Path(data_dir)
     key = hashlib.sha256(json.dumps([preprocessing.to_dict(), [r.file for r in records], convention,
                                      model.card.get("sha256", "")]).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"lungpred-{key}.npz" if cache_dir else None
-    cached = _read_mask_cache(path)
-    if cached is not None:
-        return cached
-    S = preprocessing.input_size
-    out = np.zeros((len(records), S, S), dtype=np.uint8)
-    has = np.zeros(len(records), dtype=bool)
-    pre = display_preprocessing(preprocessing)
-    for i, rec in enumerate(tqdm(records, desc=f"lung fields ({convention})", disable=not progress, mininterval=10)):
+
+    def predicted(rec: Record, pre: Preprocessing) -> tuple[np.ndarray, Any] | None:
         radiograph = load_radiograph(data_dir / "images" / rec.file)
         field = find_lungs(radiograph, convention=convention, model=model)
         if not field.found:
-            continue
-        _, geometry = prepare_array(radiograph, pre)
-        out[i] = mask_to_model(field.mask.astype(np.float32), geometry) >= 0.5
-        has[i] = bool(out[i].any())
-    _write_mask_cache(path, out, has)
-    return out, has
+            return None
+        return field.mask.astype(np.float32), prepare_array(radiograph, pre)[1]
+
+    return _masks_on_model_grid(
+        records, preprocessing, Path(cache_dir) / f"lungpred-{key}.npz" if cache_dir else None, predicted,
+        empty_counts=False,
+        progress=lambda rs: tqdm(rs, desc=f"lung fields ({convention})", disable=not progress, mininterval=10))
 
 
 def build_mask_cache(data_dir: str | Path, records: Sequence[Record], preprocessing: Preprocessing,
@@ -365,25 +373,18 @@ def build_mask_cache(data_dir: str | Path, records: Sequence[Record], preprocess
     files = [r.file for r in records]
     key = hashlib.sha256(json.dumps([preprocessing.to_dict(), files,
                                      [str(masks.get(f, "")) for f in files]]).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"lungmasks-{key}.npz" if cache_dir else None
-    cached = _read_mask_cache(path)
-    if cached is not None:
-        return cached
-    S = preprocessing.input_size
-    out = np.zeros((len(records), S, S), dtype=np.uint8)
-    has = np.zeros(len(records), dtype=bool)
-    pre = display_preprocessing(preprocessing)
-    for i, rec in enumerate(records):
+
+    def manual(rec: Record, pre: Preprocessing) -> tuple[np.ndarray, Any] | None:
         mask_path = masks.get(rec.file)
         if mask_path is None:
-            continue
+            return None
         mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
         if mask is None:
             raise ValueError(f"cannot read lung mask {mask_path}")
         _, geometry = prepare_array(load_radiograph(data_dir / "images" / rec.file), pre)
         if mask.shape != geometry.original_size:
             mask = cv2.resize(mask, geometry.original_size[::-1], interpolation=cv2.INTER_NEAREST)
-        out[i] = mask_to_model((mask > 0).astype(np.float32), geometry) >= 0.5
-        has[i] = True
-    _write_mask_cache(path, out, has)
-    return out, has
+        return (mask > 0).astype(np.float32), geometry
+
+    return _masks_on_model_grid(records, preprocessing, Path(cache_dir) / f"lungmasks-{key}.npz" if cache_dir
+                                else None, manual, empty_counts=True)
