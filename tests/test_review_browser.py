@@ -146,11 +146,17 @@ def rate_maps(page, sid: str, case: str, order: tuple[str, ...], values: tuple[i
         choose(page, f"review_pl_{sid}_{case}_{i}", f"{value} {PLAUSIBILITY_LABELS[value]}")
 
 
-def test_two_readers_blinded_anonymised_box_resume_and_results(browser, chestcovnet_dir, tmp_path):
+def _olgas_session(chestcovnet_dir: Path, tmp_path: Path) -> tuple[str, ReviewStore, str]:
+    """A fresh SQLite store holding one session of :data:`FILMS` owned by olga (with :data:`SECRET`)."""
     db_url = f"sqlite:///{tmp_path / 'review.sqlite3'}"
     store = ReviewStore(db_url)
     sid = store.create_session(NAME, [str(chestcovnet_dir / "images" / f) for f in FILMS], owner="olga",
                                owner_secret=SECRET)
+    return db_url, store, sid
+
+
+def test_two_readers_blinded_anonymised_box_resume_and_results(browser, chestcovnet_dir, tmp_path):
+    db_url, store, sid = _olgas_session(chestcovnet_dir, tmp_path)
     first, second = store.cases(sid)
     methods = store.session(sid).methods
     server = Server(tmp_path, db_url)
@@ -309,10 +315,7 @@ def test_ratings_during_a_relayout_owner_name_reload_and_light_theme_contrast(br
     and colour-bar ticks are drawn with contrast >= 4.5:1 against what is behind them (WCAG AA)."""
     from xai.review.store import PLAUSIBILITY_LABELS
 
-    db_url = f"sqlite:///{tmp_path / 'review.sqlite3'}"
-    store = ReviewStore(db_url)
-    sid = store.create_session(NAME, [str(chestcovnet_dir / "images" / f) for f in FILMS], owner="olga",
-                               owner_secret=SECRET)
+    db_url, store, sid = _olgas_session(chestcovnet_dir, tmp_path)
     first, second = store.cases(sid)
     methods = store.session(sid).methods
     store.save_case(sid, first, "ann", {"diagnosis": "covid19", "confidence": 5, "note": "ann's private note",
