@@ -1,7 +1,7 @@
 """Lung fields and anatomical regions in the app, for every page: one cached :func:`xai.anatomy.anatomy_regions`
 per image (its V7 lung field is the page's lung field: the lung model runs once per film), the outlines to draw
-(lungs, zone boundaries), the share of each map inside the lungs (:func:`xai.anatomy.lung_evidence`) and its
-anatomical readout (:func:`xai.anatomy.anatomy_readout`), both cached per explanation.
+(lungs, zone boundaries) and each map's anatomical readout (:func:`xai.anatomy.anatomy_readout`: its share in the
+visible lung fields and per region), cached per explanation.
 
 Cached with ``st.cache_resource`` keyed by the image's sha256 (the LungField's arrays are read-only, so
 sharing one object between sessions is safe); the lung model itself is loaded once per process by
@@ -20,13 +20,11 @@ import streamlit as st
 from xai.anatomy import (
     AnatomyReadout,
     AnatomyRegions,
-    EvidenceShare,
     LungField,
     LungModelError,
     anatomy_readout,
     anatomy_regions,
     find_lungs,
-    lung_evidence,
     zone_outlines,
 )
 from xai.radiograph import Radiograph
@@ -58,8 +56,6 @@ def lung_field(image_sha: str, _radiograph: Radiograph) -> LungField | str:
     if isinstance(regions, str):
         return regions
     field = regions.lungs
-    if field is None:  # never from anatomy_regions; kept for a caller's own regions
-        return find_lungs(_radiograph)
     shape = tuple(_radiograph.pixels.shape[:2])
     if field.mask.shape == shape:
         return field
@@ -117,28 +113,6 @@ def lung_outline(image_sha: str, radiograph: Radiograph) -> np.ndarray | None:
     """The lung mask to draw on the film; None when it has no lung field or the lung model is unavailable."""
     field = lung_field(image_sha, radiograph)
     return field.mask if isinstance(field, LungField) and field.found else None
-
-
-#: Longest side of the grid the app's lung evidence is computed on (the caption gives whole percents).
-LUNG_EVIDENCE_SIDE = 1024
-
-
-@st.cache_resource(max_entries=CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
-def lung_shares(result_key: Hashable, _maps: Mapping[str, np.ndarray], _field: LungField) -> dict[str, EvidenceShare]:
-    """Per map of one explanation (``result_key`` names it: image, model, target, methods): the share inside the
-    lungs and where the rest lies (:func:`xai.anatomy.lung_evidence`; nan / {} without a lung field).
-
-    Scored on the film's grid up to :data:`LUNG_EVIDENCE_SIDE` px; larger films on a grid shrunk by area, which
-    keeps mass shares (a 12 MP film then costs milliseconds instead of a second)."""
-    from xai.render import downsample_for_display
-
-    if not _field.found:
-        return {m: EvidenceShare(float("nan"), {}) for m in _maps}
-    maps = {m: downsample_for_display(a, LUNG_EVIDENCE_SIDE) for m, a in _maps.items()}
-    mask = _field.mask
-    if max(mask.shape) > LUNG_EVIDENCE_SIDE:
-        mask = downsample_for_display(mask.astype("float32"), LUNG_EVIDENCE_SIDE) >= 0.5
-    return lung_evidence(maps, mask)
 
 
 def contour_thumbnail(pixels: np.ndarray, field: LungField | Any, side: int) -> np.ndarray:

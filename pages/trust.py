@@ -28,12 +28,13 @@ from pages._display import scale_choice, session_display
 from pages._explanations import explain, screen_view
 from pages._finding import box_figure, box_from_selection
 from pages._ingest import LoadedImage, load_input
-from pages._lungs import contour_thumbnail, film_anatomy, lung_field, lung_shares, readouts
+from pages._lungs import contour_thumbnail, film_anatomy, lung_field, readouts
 from pages._methods import method_label
 from pages._models import ActiveModel, default_target_choice, require_model
 from pages._ood import ood_score
 from pages._state import page_store, patient_details_shown
 from xai import display_scale, render
+from xai.anatomy import LUNG_ZONES, AnatomyReadout
 from xai.engine import METHODS
 from xai.pipeline import PipelineResult
 from xai.trust import agreement as agreement_mod
@@ -295,19 +296,24 @@ def agreement_tab(key: tuple[Any, ...]) -> None:
 
 def lungs_tab(key: tuple[Any, ...], result: PipelineResult, field: Any) -> None:
     st.markdown(
-        "**Evidence inside the lungs** (`xai.anatomy`): share of each map's mass `sum |s|` inside the lung mask "
-        "dilated by 3 % of the film's width, and where the rest lies. Lung fields from the lung U-Net "
-        "(`models/bundles/lungs`, V7 convention: retrocardiac lung included)."
+        "**Evidence inside the lungs** (`xai.anatomy.anatomy_readout`): share of each map's mass `sum |s|` in the "
+        "visible lung fields (the six zones; the lung behind the heart counts as heart and mediastinum), and per "
+        "anatomical region. Lung fields from the lung U-Net (`models/bundles/lungs`)."
     )
-    if isinstance(field, str) or not field.found:
+    found = film_readouts(key, result)
+    if isinstance(field, str) or not field.found or not found:
         st.caption(field if isinstance(field, str) else f"No lung field: {field.reason}.")
         return
-    rows = []
-    for m, shares in lung_shares(("trust", *key), result.maps, field).items():
-        rows.append({"method": _label(m), "inside the lungs": round(shares.inside, 3),
-                     **{k: round(v, 3) for k, v in shares.outside.items()}})
+    rows = [{"method": _label(m), "inside the lungs (visible lung fields)": round(r.in_visible_lungs, 3),
+             **{k: round(v, 3) for k, v in r.shares.items()}} for m, r in found.items()]
     st.dataframe(rows, hide_index=True)
     st.caption(f"Lung area: {field.area_fraction:.1%} of the film; {field.components} lung regions.")
+
+
+def film_readouts(key: tuple[Any, ...], result: PipelineResult) -> dict[str, AnatomyReadout]:
+    """Each map's anatomical readout on the film's cached regions (empty when the lung model is unavailable)."""
+    regions = film_anatomy(key[0], result.radiograph)
+    return {} if isinstance(regions, str) else readouts(("trust", *key), result.maps, regions)
 
 
 def ig_tab(key: tuple[Any, ...], model: ActiveModel, result: PipelineResult) -> None:
@@ -362,12 +368,12 @@ def map_verdicts(key: tuple[Any, ...], result: PipelineResult, field: Any) -> di
     sanity, stab = store.get(("sanity", *key)), store.get(("stability", *key))
     faith = store.get(("faith", *key, *FAITH_DEFAULTS))
     lung_ok = not isinstance(field, str) and field.found
-    shares = lung_shares(("trust", *key), result.maps, field) if not isinstance(field, str) else {}
-    regions = film_anatomy(key[0], result.radiograph)
-    found = {} if isinstance(regions, str) else readouts(("trust", *key), result.maps, regions)
+    found = film_readouts(key, result)
     out = {}
     for m in result.maps:
-        share, outside = (shares[m].inside, shares[m].outside) if m in shares else (float("nan"), {})
+        # "inside the lungs" is the visible lung fields, as on the Explain page; the rest is named by region
+        share = found[m].in_visible_lungs if m in found else float("nan")
+        outside = {k: v for k, v in found[m].shares.items() if k not in LUNG_ZONES} if m in found else {}
         out[m] = [
             verdicts.sanity_verdict(sanity, m) if sanity is not None and m in sanity.methods else verdicts.not_run("sanity"),
             verdicts.stability_verdict(stab, m) if stab is not None and m in stab.methods else verdicts.not_run("stability"),

@@ -146,7 +146,8 @@ def stability_verdict(result: Any, method: str) -> Verdict:
 
 
 def lung_verdict(share: float, outside: Mapping[str, float], found: bool) -> Verdict:
-    """From :func:`xai.anatomy.evidence_in_lungs` and :func:`xai.anatomy.evidence_outside` of one map."""
+    """From one map's share in the visible lung fields (:attr:`xai.anatomy.AnatomyReadout.in_visible_lungs`: the
+    lung behind the heart is not counted) and its shares outside them by region."""
     if not found:
         return Verdict("lungs", "gray", "No lung field found on this image: it may not be a frontal chest "
                        "radiograph, so the share inside the lungs cannot be measured.")
@@ -155,9 +156,9 @@ def lung_verdict(share: float, outside: Mapping[str, float], found: bool) -> Ver
     where = sorted(((v, k) for k, v in outside.items() if v >= 0.05), reverse=True)
     rest = ", ".join(f"{k} ({v:.0%})" for v, k in where[:2])
     if share >= LUNG_GREEN:
-        return Verdict("lungs", "green", f"{share:.0%} of the evidence lies inside the lungs.")
+        return Verdict("lungs", "green", f"{share:.0%} of the evidence lies in the visible lung fields.")
     if share >= LUNG_AMBER:
-        return Verdict("lungs", "amber", f"Only {share:.0%} of the evidence lies inside the lungs"
+        return Verdict("lungs", "amber", f"Only {share:.0%} of the evidence lies in the visible lung fields"
                        + (f"; the rest mostly {rest}." if rest else "."))
     return Verdict("lungs", "red", f"Most of the evidence lies outside the lungs ({1 - share:.0%})"
                    + (f", mainly {rest}" if rest else "") + ": the model may be using something other than the "
