@@ -24,7 +24,6 @@ from xai.anatomy import (
     LungModelError,
     anatomy_readout,
     anatomy_regions,
-    find_lungs,
     zone_outlines,
 )
 from xai.radiograph import Radiograph
@@ -103,10 +102,11 @@ def start_lung_field(image_sha: str, radiograph: Radiograph) -> Future:
     return lung_worker().submit(lung_field, image_sha, radiograph)
 
 
-def warm_up_lung_worker(radiograph: Radiograph) -> LungField:
-    """The lung model on a film in the background worker, uncached (start-up warm-up): the worker's first torch
-    call starts that thread's OpenMP team before a user's first film needs it."""
-    return lung_worker().submit(find_lungs, radiograph).result()
+def warm_up_anatomy_worker(radiograph: Radiograph) -> AnatomyRegions:
+    """:func:`film_anatomy`'s work on a film in the background worker, uncached (start-up warm-up): the lung model
+    is read, the worker's torch thread team started and the marker finder's OpenCV paths run before a user's
+    first film needs them."""
+    return lung_worker().submit(anatomy_regions, radiograph, max_side=REGIONS_SIDE, ocr=False).result()
 
 
 def lung_outline(image_sha: str, radiograph: Radiograph) -> np.ndarray | None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from pages._explanations import explanation_service
 from pages._ingest import SAMPLES_DIR, list_samples, load_bytes
-from pages._lungs import warm_up_lung_worker
+from pages._lungs import warm_up_anatomy_worker
 from xai.method_names import METHODS
 
 if TYPE_CHECKING:
@@ -71,10 +71,10 @@ def warm_up_page(model: ActiveModel) -> Any:
     base = screen_image_uri(prepared.original)
     panels = [Panel("", prepared.original, source=base)] + [
         Panel("", prepared.original, source=base, heat=screen_heat_uri(index)) for index in prepared.heat.values()]
-    with contextlib.suppress(Exception):  # the lung model: read once per process, its first film slow
-        from xai.anatomy import lung_evidence
+    with contextlib.suppress(Exception):  # the lung model and the readout: their first film is slow
+        from xai.anatomy import anatomy_readout
 
-        lung_evidence(result.maps, warm_up_lung_worker(image.radiograph).mask)
+        anatomy_readout(result.maps, warm_up_anatomy_worker(image.radiograph))
     colormap_filters_js()  # every colour table, once per process
     render.outlines(prepared, render.DisplaySettings(contour_level=0.5))
     panel_figure(panels, per_row=3, row_height=300, uirevision="warm-up", colorscale=GRAY_COLORSCALE).to_json()

@@ -864,12 +864,13 @@ def test_the_lung_field_started_early_is_the_one_the_page_reads(monkeypatch: pyt
     """start_lung_field runs the lung model in the background (beside the engine), through the film's anatomical
     regions; the page's own calls then find both in the cache: one lung-model run per film, the same objects, and
     the lung field is the regions' V7 field."""
+    import xai.anatomy
     from xai.radiograph import load_radiograph
 
     radiograph = load_radiograph(APP.parent / "samples" / "non_covid_nih_pa.png")
     runs: list[int] = []
     real = app_lungs.anatomy_regions
-    lung_model = app_lungs.find_lungs
+    lung_model = xai.anatomy.find_lungs
 
     def counted(r, **kwargs):  # noqa: ANN001, ANN003, ANN202
         if r is radiograph:  # an earlier test's background work may still look at its own films
@@ -883,7 +884,7 @@ def test_the_lung_field_started_early_is_the_one_the_page_reads(monkeypatch: pyt
 
     service().wait_for_prefetches()  # an earlier test's class prefetch would meet the cleared cache
     monkeypatch.setattr(app_lungs, "anatomy_regions", counted)
-    monkeypatch.setattr(app_lungs, "find_lungs", never)
+    monkeypatch.setattr(xai.anatomy, "find_lungs", never)  # the library's single-convention entry
     app_lungs.lung_field.clear()
     app_lungs.film_anatomy.clear()
     app_lungs.start_lung_field("early-film", radiograph)
