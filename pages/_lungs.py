@@ -30,9 +30,13 @@ from xai.radiograph import Radiograph
 
 CACHE_ENTRIES = 16
 CACHE_TTL_S = 3600
-#: Longest side of the grid the anatomical regions are cut on: films up to this size keep their own grid, larger
-#: ones are shrunk by area (mass shares barely change; a 12 MP film then costs milliseconds).
-REGIONS_SIDE = 1024
+#: Longest side of the grid the anatomical regions are cut on, and of the copy the text and marker finder reads:
+#: films up to this size keep their own grid, larger ones are shrunk by area. The shares are whole percents, which
+#: a 512 px grid keeps (the lung model itself sees 128 px; ``tests/test_explain_readout.py`` bounds the change
+#: against 1024 px), and the markers' thresholds are fractions of the long side, measured on 512 px films. It
+#: runs beside the engine on a 2-core machine: 512 px costs ~60 ms of CPU on a 1 MP film, 1024 px ~150 ms, and
+#: every one of them is taken from the first result (``benchmarks/bench_anatomy.py``).
+REGIONS_SIDE = 512
 
 
 @st.cache_resource(max_entries=CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
@@ -41,7 +45,7 @@ def film_anatomy(image_sha: str, _radiograph: Radiograph) -> AnatomyRegions | st
     markers by image processing without OCR: Tesseract would add ~1 s per film), or the reason there are none
     (the lung model could not be loaded)."""
     try:
-        return anatomy_regions(_radiograph, max_side=REGIONS_SIDE, ocr=False)
+        return anatomy_regions(_radiograph, max_side=REGIONS_SIDE, markers_side=REGIONS_SIDE, ocr=False)
     except LungModelError as exc:
         return f"Lung fields are unavailable: {exc}"
 
@@ -50,7 +54,7 @@ def film_anatomy(image_sha: str, _radiograph: Radiograph) -> AnatomyRegions | st
 def lung_field(image_sha: str, _radiograph: Radiograph) -> LungField | str:
     """The image's lung field (the V7 field of :func:`film_anatomy`, so the lung model runs once per film), or the
     reason there is none to show. On a film larger than :data:`REGIONS_SIDE` px the mask is brought back to the
-    film's grid (nearest neighbour: it was itself resampled from the network's 128 px grid)."""
+    film's grid (bilinear, cut at one half: a smooth outline, not the small grid's steps)."""
     regions = film_anatomy(image_sha, _radiograph)
     if isinstance(regions, str):
         return regions
@@ -60,7 +64,7 @@ def lung_field(image_sha: str, _radiograph: Radiograph) -> LungField | str:
         return field
     import cv2
 
-    mask = cv2.resize(field.mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+    mask = cv2.resize(field.mask.astype(np.uint8) * 255, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) >= 128
     mask.setflags(write=False)
     return LungField(mask=mask, found=field.found, area_fraction=float(mask.mean()), convention=field.convention,
                      reason=field.reason, components=field.components)
@@ -106,7 +110,8 @@ def warm_up_anatomy_worker(radiograph: Radiograph) -> AnatomyRegions:
     """:func:`film_anatomy`'s work on a film in the background worker, uncached (start-up warm-up): the lung model
     is read, the worker's torch thread team started and the marker finder's OpenCV paths run before a user's
     first film needs them."""
-    return lung_worker().submit(anatomy_regions, radiograph, max_side=REGIONS_SIDE, ocr=False).result()
+    return lung_worker().submit(anatomy_regions, radiograph, max_side=REGIONS_SIDE, markers_side=REGIONS_SIDE,
+                                ocr=False).result()
 
 
 def lung_outline(image_sha: str, radiograph: Radiograph) -> np.ndarray | None:

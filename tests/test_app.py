@@ -614,7 +614,7 @@ def test_lungs_share_in_each_caption_outline_toggle_and_outside_flag(monkeypatch
     at = new_app()
     choose_sample(at, "NIH")
     image = at.session_state[app_state.Key.IMAGE]
-    regions = anatomy_regions(image.radiograph, max_side=1024, ocr=False)
+    regions = anatomy_regions(image.radiograph, max_side=app_lungs.REGIONS_SIDE, markers_side=app_lungs.REGIONS_SIDE, ocr=False)
     assert regions.found
     result = app_explanations.explain(image, app_models.default_model(), None, tuple(warmup.METHODS_FOR_WARM_UP))
     for title, m in zip(image_titles(at)[1:], result.methods, strict=True):  # the share, independently computed

@@ -184,11 +184,12 @@ def test_a_second_reader_resumes_sees_only_own_answers_and_the_owner_gets_result
     assert gradcam["Map energy in box"] == pytest.approx(energy_inside(result.maps["gradcam"], mask), abs=0.005)
     assert store.predictions(sid, "chestcovnet")[first] == result.predicted
     # the box's main anatomical region against the map's two largest (independently: xai.anatomy here)
+    from pages._lungs import REGIONS_SIDE
     from xai.anatomy import anatomy_regions, evidence_by_region
     from xai.review.stats import box_regions
 
     film = store.radiograph(sid, first)
-    regions = anatomy_regions(film, max_side=1024, ocr=False)
+    regions = anatomy_regions(film, max_side=REGIONS_SIDE, markers_side=REGIONS_SIDE, ocr=False)
     covered = box_regions((50, 60, 100, 120), film.shape, regions)
     main = max(covered, key=covered.__getitem__)
     shares = evidence_by_region(result.maps["gradcam"], regions)

@@ -630,14 +630,16 @@ def laterality(radiograph: Radiograph | np.ndarray) -> tuple[bool, str]:
 
 # ------------------------------------------------------------------------------------------ the regions
 def anatomy_regions(radiograph: Radiograph | np.ndarray, *, model: LungModel | None = None,
-                    markers: bool = True, ocr: bool | None = None, max_side: int | None = None) -> AnatomyRegions:
+                    markers: bool = True, ocr: bool | None = None, max_side: int | None = None,
+                    markers_side: int | None = None) -> AnatomyRegions:
     """Cut a frontal chest film into the named, disjoint regions of :data:`REGIONS`, covering every pixel.
 
     ``radiograph``: a :class:`Radiograph` (its DICOM PatientOrientation decides laterality, see
     :func:`laterality`) or a 2-D gray array (display convention). The masks are on ``radiograph.pixels``' grid,
     or on that grid shrunk by area to ``max_side`` pixels when given (a 12 MP film then costs milliseconds;
     shares of a map's mass barely change). ``markers``: look for burned-in text and side markers
-    (:func:`xai.markers.text_and_marker_mask`, with ``ocr`` passed on; on the full-resolution film).
+    (:func:`xai.markers.text_and_marker_mask`, with ``ocr`` passed on; found on the full-resolution film, on a
+    copy of at most ``markers_side`` px when given, else the finder's own :data:`xai.markers.WORK_SIDE`).
 
     The lung model runs once and gives both lung conventions (:func:`find_lung_fields`); the regions are then
     those of :func:`anatomy_regions_from_masks`. Without a lung field (``found`` False) the film's body is all
@@ -650,7 +652,7 @@ def anatomy_regions(radiograph: Radiograph | np.ndarray, *, model: LungModel | N
 
         work = downsample_for_display(pixels, max_side)
     fields = find_lung_fields(work, model=model)
-    text, how = (_text_and_markers(radiograph, pixels, ocr) if markers else (None, ""))
+    text, how = (_text_and_markers(radiograph, pixels, ocr, markers_side) if markers else (None, ""))
     if text is not None and text.shape != work.shape:
         import cv2
 
@@ -667,18 +669,19 @@ def _gray(image: np.ndarray) -> np.ndarray:
     return a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32, copy=False)
 
 
-def _text_and_markers(radiograph: Radiograph | np.ndarray, pixels: np.ndarray,
-                      ocr: bool | None) -> tuple[np.ndarray | None, str]:
+def _text_and_markers(radiograph: Radiograph | np.ndarray, pixels: np.ndarray, ocr: bool | None,
+                      work_side: int | None = None) -> tuple[np.ndarray | None, str]:
     """The burned-in text and marker mask on the film's own grid, and how it was found; (None, reason) when
     the finder is not installed in this tree."""
     try:
-        from xai.markers import text_and_marker_mask
+        from xai.markers import WORK_SIDE, text_and_marker_mask
     except ImportError:
         return None, "not looked for (xai.markers is not available)"
     film = radiograph if isinstance(radiograph, Radiograph) else Radiograph(
         pixels=pixels, modality_values=pixels, window=None, format="array", bits_stored=8, photometric="MONOCHROME2")
     try:
-        return np.asarray(text_and_marker_mask(film, ocr=ocr), bool), "xai.markers.text_and_marker_mask"
+        mask = text_and_marker_mask(film, ocr=ocr, work_side=work_side or WORK_SIDE)
+        return np.asarray(mask, bool), "xai.markers.text_and_marker_mask"
     except (RuntimeError, OSError, ValueError) as exc:  # OCR asked for but missing, or failing on this film
         return None, f"not looked for ({exc})"
 
@@ -781,9 +784,10 @@ def _heart_and_mediastinum(visible: np.ndarray, lungs: np.ndarray, sides: tuple[
     contours, _ = cv2.findContours((lungs | visible).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.fillConvexPoly(hull, cv2.convexHull(np.vstack(contours)), 1)
     between = hull.astype(bool)
-    xs = [np.nonzero(side)[1] for side in sides]
-    if all(x.size for x in xs):
-        x0, x1 = (int(round(float(x.mean()))) for x in xs)
+    columns = [side.sum(axis=0, dtype=np.int64) for side in sides]  # each lung's pixels per column
+    if all(c.any() for c in columns):
+        # each lung's mean column (its centroid's x), from the column counts: no pixel list needed
+        x0, x1 = (int(round(float(np.arange(W) @ c / c.sum()))) for c in columns)
         between[:, :x0] = False
         between[:, x1 + 1:] = False
     return (between | lungs) & ~visible
@@ -814,8 +818,7 @@ def _label_zones(labels: np.ndarray, side: np.ndarray, upper: int) -> tuple[int,
     zone = np.full(labels.shape[0], upper + 2, np.uint8)
     zone[:cut2] = upper + 1
     zone[:cut1] = upper
-    ys, xs = np.nonzero(side)
-    labels[ys, xs] = zone[ys]
+    np.copyto(labels, zone[:, None], where=side)  # each lung pixel takes its row's zone
     return (top, cut1, cut2, bottom)
 
 
@@ -826,9 +829,9 @@ def _label_periphery(periphery: np.ndarray, side: np.ndarray, *, outer_is_low_x:
     first = side.argmax(axis=1)
     last = W - 1 - side[:, ::-1].argmax(axis=1)
     third = (last - first + 1) / 3.0
-    ys, xs = np.nonzero(side)
-    outer = xs < first[ys] + third[ys] if outer_is_low_x else xs > last[ys] - third[ys]
-    periphery[ys, xs] = np.where(outer & has[ys], 1, 2).astype(np.uint8)
+    columns = np.arange(W)[None, :]
+    outer = columns < (first + third)[:, None] if outer_is_low_x else columns > (last - third)[:, None]
+    np.copyto(periphery, np.where(outer & has[:, None], 1, 2).astype(np.uint8), where=side)
 
 
 def outside_body(pixels: np.ndarray, lungs: np.ndarray) -> np.ndarray:

@@ -125,14 +125,15 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(pixels, nan=0.0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _work_image(pixels: np.ndarray) -> tuple[np.ndarray, float]:
-    """8-bit copy with its long side at most WORK_SIDE, and the factor from the original grid to it."""
+def _work_image(pixels: np.ndarray, work_side: int = WORK_SIDE) -> tuple[np.ndarray, float]:
+    """8-bit copy with its long side at most ``work_side``, and the factor from the original grid to it."""
     h, w = pixels.shape
-    scale = min(1.0, WORK_SIDE / max(h, w))
-    img = _to_uint8(pixels)
-    if scale < 1.0:
-        img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    return img, scale
+    scale = min(1.0, work_side / max(h, w))
+    if scale < 1.0:  # shrink the float film first: the 8-bit conversion then touches the small copy only
+        small = cv2.resize(np.asarray(pixels, np.float32), (max(1, round(w * scale)), max(1, round(h * scale))),
+                           interpolation=cv2.INTER_AREA)
+        return _to_uint8(small), scale
+    return _to_uint8(pixels), scale
 
 
 def _median_absolute_deviation(image: np.ndarray) -> float:
@@ -239,8 +240,8 @@ def _words(glyphs: list[Glyph], bright: bool,
     return words
 
 
-def _tophat_boxes(pixels: np.ndarray) -> list[MarkerBox]:
-    img, scale = _work_image(pixels)
+def _tophat_boxes(pixels: np.ndarray, work_side: int = WORK_SIDE) -> list[MarkerBox]:
+    img, scale = _work_image(pixels, work_side)
     side = max(img.shape)
     k = max(3, int(round(TOPHAT_SIZE * side)) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
@@ -295,12 +296,18 @@ def _ocr_boxes(pixels: np.ndarray) -> list[MarkerBox]:
 
 
 # ------------------------------------------------------------------------------------------ public
-def find_text_and_markers(radiograph: Radiograph, *, ocr: bool | None = None) -> list[MarkerBox]:
+def find_text_and_markers(radiograph: Radiograph, *, ocr: bool | None = None,
+                          work_side: int = WORK_SIDE) -> list[MarkerBox]:
     """Boxes of burned-in text and markers on ``radiograph.pixels``' grid, most confident first.
 
     ``ocr``: True runs Tesseract too (a clear error when it is not installed), False image processing only,
     None (default) Tesseract when :func:`ocr_available`. Boxes that share half of the smaller become one.
+    ``work_side``: the long side of the copy the image path works on (:data:`WORK_SIDE` by default; every
+    threshold is a fraction of it, so 512 finds what it finds on the measured 512-px films, at a quarter of
+    the pixels).
     """
+    if work_side < 64:
+        raise ValueError(f"work_side must be at least 64 px, got {work_side}")
     if not isinstance(radiograph, Radiograph):
         raise TypeError(f"find_text_and_markers needs a Radiograph (xai.radiograph.load_radiograph), "
                         f"got {type(radiograph).__name__}")
@@ -311,7 +318,7 @@ def find_text_and_markers(radiograph: Radiograph, *, ocr: bool | None = None) ->
     if use_ocr and not ocr_available():
         raise RuntimeError("OCR was asked for but Tesseract is not installed (Debian: apt-get install "
                            "tesseract-ocr; Python: pip install pytesseract); pass ocr=False or ocr=None")
-    boxes = _tophat_boxes(pixels)
+    boxes = _tophat_boxes(pixels, work_side)
     if use_ocr:
         try:
             boxes += _ocr_boxes(pixels)
@@ -353,12 +360,13 @@ def _union(a: MarkerBox, b: MarkerBox) -> MarkerBox:
     return MarkerBox(x0, y0, x1 - x0, y1 - y0, kind, first.found_by, max(a.confidence, b.confidence))
 
 
-def text_and_marker_mask(radiograph: Radiograph, *, ocr: bool | None = None) -> np.ndarray:
+def text_and_marker_mask(radiograph: Radiograph, *, ocr: bool | None = None,
+                         work_side: int = WORK_SIDE) -> np.ndarray:
     """Bool (H, W) on ``radiograph.pixels``' grid: the union of the found boxes, each padded by
     :data:`MASK_PAD` of the long side (at least one pixel) so a glyph's halo counts too."""
     h, w = radiograph.shape
     mask = np.zeros((h, w), dtype=bool)
     pad = max(1, int(round(MASK_PAD * max(h, w))))
-    for b in find_text_and_markers(radiograph, ocr=ocr):
+    for b in find_text_and_markers(radiograph, ocr=ocr, work_side=work_side):
         mask[max(0, b.y - pad): b.y + b.h + pad, max(0, b.x - pad): b.x + b.w + pad] = True
     return mask
