@@ -17,7 +17,7 @@ import streamlit as st
 from pages._access import ensure_routed
 from pages._display import DISPLAY_DEFAULTS, SCALES, fixed_maxima_store, heat_look, light_theme
 from pages._explanations import ResultKey, explain, prefetch_targets, screen_layers
-from pages._figures import readout_figure
+from pages._figures import readout_bars_html
 from pages._howto import how_popovers
 from pages._ingest import LoadedImage, load_input
 from pages._lungs import film_anatomy, lung_outline, readouts, start_lung_field, zone_boundaries
@@ -363,9 +363,9 @@ def readout_section(result: PipelineResult, readout: Mapping[str, AnatomyReadout
     """One stacked bar per method of where its evidence lies (every region), and what "in lungs" counts."""
     if not readout or all(not r.sentence() for r in readout.values()):
         return
-    st.plotly_chart(readout_figure({method_label(m): readout[m].shares for m in result.methods if m in readout}),
-                    key="readout_chart", config={"displayModeBar": False})
-    st.caption(READOUT_NOTE)
+    with st.container(key="readout_chart"):
+        st.html(readout_bars_html({method_label(m): readout[m].shares for m in result.methods if m in readout}))
+        st.caption(READOUT_NOTE)
 
 
 @st.fragment

@@ -41,15 +41,23 @@ def test_readout_titles_chart_and_zone_boundaries_in_the_browser(server, browser
         page.wait_for_selector(UPLOADER, state="attached", timeout=SERVER_START_S * 1000)
         page.locator(UPLOADER).set_input_files(str(film))
         page.wait_for_function(overlay_count_js(4), timeout=RESULT_S * 1000, polling=250)
-        page.wait_for_selector(f"{READOUT} .js-plotly-plot", timeout=60_000)
+        page.wait_for_selector(f"{READOUT} .xai-readout", timeout=60_000)
         wait_idle(page)
         assert error_texts(page) == [] or all("the evidence lies" in t for t in error_texts(page))
 
         titles = page.locator(f"{PANEL} .annotation-text").all_text_contents()
         assert sum("% in lungs" in t for t in titles) == 4, titles
         assert all(any(r in t for r in REGIONS) for t in titles[1:]), titles
-        bars = page.evaluate(f"() => document.querySelector('{READOUT} .js-plotly-plot').data.map(t => t.name)")
-        assert bars == list(REGIONS)
+        rows = page.evaluate(  # per method bar: its segments' regions and drawn widths (px) against the bar's
+            f"() => Array.from(document.querySelectorAll('{READOUT} .xai-bar')).map(b => ({{"
+            "width: b.getBoundingClientRect().width, segments: Array.from(b.querySelectorAll('.xai-seg')).map(s => "
+            "[s.dataset.region, Number(s.dataset.share), s.getBoundingClientRect().width])}))")
+        assert len(rows) == 4
+        for row in rows:
+            assert [r for r, _, _ in row["segments"]] == [r for r in REGIONS if r in {x for x, _, _ in row["segments"]}]
+            assert sum(share for _, share, _ in row["segments"]) == pytest.approx(1.0, abs=1e-4)
+            for _, share, width in row["segments"]:  # each segment as wide as its share of the bar
+                assert width == pytest.approx(share * row["width"], abs=1.5)
         assert page.get_by_text("counts the visible lung fields only").first.is_visible()
 
         before = panel_images(page)

@@ -63,20 +63,29 @@ def test_each_panel_title_names_its_top_regions_and_the_visible_lung_share(page)
     assert any("counts the visible lung fields only" in c.value for c in at.caption)
 
 
+def readout_rows(at) -> dict[str, list[tuple[str, float]]]:
+    """The readout chart's rows as drawn: ``{method label: [(region, share), ...]}`` in segment order."""
+    bodies = [e.proto.body for e in at.get("html") if 'class="xai-readout"' in e.proto.body]
+    assert len(bodies) == 1, len(bodies)
+    rows = re.findall(r'<span class="xai-method">([^<]+)</span><span class="xai-bar">(.*?)</span></div>', bodies[0])
+    return {method: [(region, float(share)) for region, share in
+                     re.findall(r'data-region="([^"]+)" data-share="([\d.]+)"', bar)] for method, bar in rows}
+
+
 def test_one_stacked_bar_chart_of_every_region_per_method(page) -> None:
     at, _, _, result, shares = page
-    charts = [c for c in at.get("plotly_chart") if "readout_chart" in c.proto.id]
-    assert len(charts) == 1
-    spec = json.loads(charts[0].proto.spec)
-    assert spec["layout"]["barmode"] == "stack"
-    bars = spec["data"]
-    assert [b["name"] for b in bars] == list(REGIONS)
-    labels = [METHOD_TITLES[m] for m in result.methods]
-    for bar in bars:
-        assert bar["x"] == labels and bar["marker"]["color"] == REGION_COLOURS[bar["name"]]
-        assert bar["y"] == pytest.approx([100 * shares[m][bar["name"]] for m in result.methods], abs=1e-6)
-    totals = np.sum([b["y"] for b in bars], axis=0)
-    assert totals == pytest.approx(100.0, abs=1e-6)
+    rows = readout_rows(at)
+    assert list(rows) == [METHOD_TITLES[m] for m in result.methods]  # one bar per method, in the panels' order
+    for m in result.methods:
+        drawn = rows[METHOD_TITLES[m]]
+        expected = [(r, shares[m][r]) for r in REGIONS if shares[m][r] > 0]  # every region with evidence, in order
+        assert [r for r, _ in drawn] == [r for r, _ in expected]
+        assert [v for _, v in drawn] == pytest.approx([v for _, v in expected], abs=1e-6)
+        assert sum(v for _, v in drawn) == pytest.approx(1.0, abs=1e-5)
+    body = next(e.proto.body for e in at.get("html") if 'class="xai-readout"' in e.proto.body)
+    for region in {r for drawn in rows.values() for r, v in drawn if v >= 0.005}:  # colours and legend
+        assert f'data-region="{region}"' in body and REGION_COLOURS[region] in body
+        assert f"</i>{region}</span>" in body
 
 
 def test_suspect_regions_are_flagged_by_name(page) -> None:

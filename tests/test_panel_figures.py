@@ -116,3 +116,44 @@ def test_heat_layers_are_lossless_when_smooth_and_a_close_jpeg_when_speckled() -
     assert len(speckled_uri) < 0.8 * len(screen_png_uri(speckled))  # the point of the switch: fewer bytes
     error = np.abs(decoded(speckled_uri) - speckled.astype(int))
     assert error.mean() <= 1.5 and np.percentile(error, 99) <= 6, (error.mean(), np.percentile(error, 99))
+
+
+def _contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two ``#rgb`` / ``#rrggbb`` colours (written out here, independently of the page)."""
+    def luminance(colour: str) -> float:
+        h = colour.lstrip("#")
+        h = "".join(c * 2 for c in h) if len(h) == 3 else h
+        lin = [(v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4) for v in (int(h[i:i + 2], 16) / 255 for i in (0, 2, 4))]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_readout_bars_draw_every_region_with_its_share_and_readable_labels() -> None:
+    import re
+
+    from pages._figures import READOUT_LABEL_MIN, readout_bars_html
+    from xai.anatomy import REGION_COLOURS, REGIONS
+
+    shares = {
+        "Grad-CAM": {r: 0.0 for r in REGIONS} | {"right lower zone": 0.5, "heart and mediastinum": 0.3,
+                                                 "text and markers": 0.2},
+        "Guided <Backprop>": {r: 1 / len(REGIONS) for r in REGIONS},
+        "Flat": {r: float("nan") for r in REGIONS},
+    }
+    html = readout_bars_html(shares)
+    rows = re.findall(r'<span class="xai-method">([^<]+)</span><span class="xai-bar">(.*?)</span></div>', html)
+    assert [m for m, _ in rows] == ["Grad-CAM", "Guided &lt;Backprop&gt;", "Flat"]  # escaped, in order
+    segments = [re.findall(r'data-region="([^"]+)" data-share="([\d.]+)".*?style="width:([\d.]+)%;'
+                           r'background:(#[0-9a-f]{6});color:(#[0-9a-f]{3})">([^<]*)<', bar) for _, bar in rows]
+    assert [s[0] for s in segments[0]] == ["right lower zone", "heart and mediastinum", "text and markers"]
+    assert [float(s[2]) for s in segments[0]] == pytest.approx([50, 30, 20])
+    assert [s[0] for s in segments[1]] == list(REGIONS)  # all thirteen, in REGIONS' order
+    assert segments[2] == [] and "flat map" in rows[2][1]
+    for region, share, _, colour, ink, label in segments[0] + segments[1]:
+        assert colour == REGION_COLOURS[region]
+        assert _contrast(colour, ink) >= 4.5, (region, colour, ink)  # the label reads on its segment
+        assert label == (f"{float(share):.0%}" if float(share) >= READOUT_LABEL_MIN else "")
+    legend = re.findall(r"</i>([^<]+)</span>", html)
+    assert legend == list(REGIONS)  # every region with evidence somewhere, once
