@@ -14,6 +14,11 @@ difference (this tree minus the earlier one), which cancels most of the machine'
 The earlier commit's benchmark defines its measures as that commit did (e.g. its cold start ends when the
 uploader is visible with the model loaded; today's when the model's first widget is drawn, which the page
 now shows after the uploader); read the two scripts before comparing a measure they define differently.
+
+``--same-driver`` removes that difference: both trees' servers are driven by THIS script (one browser, one
+definition of each measure: the cold start until the model's first widget is visible, the uploader's
+appearance, and the first result in the page's own clock, from the file input's change to the animation frame
+with all four overlays in the DOM, as ``bench_app.py`` defines it); the opacity change is not measured there.
 """
 
 from __future__ import annotations
@@ -35,6 +40,58 @@ MEASURES = (
 )
 
 
+#: The measures of ``--same-driver`` (this script drives both servers).
+SAME_DRIVER_MEASURES = (
+    ("cold start", "", "s"),
+    ("a film can be chosen (uploader visible)", "", "s"),
+    ("upload -> four overlays, in the page", "", "s"),
+)
+
+
+def drive_once(tree: Path, image: Path, browser: object, log: Path) -> dict[str, float] | None:
+    """One fresh server of ``tree`` driven by this script: :data:`SAME_DRIVER_MEASURES`, or None when it failed."""
+    import time
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    sys.path.insert(0, str(REPO / "tests"))
+    from bench_app import LANDING_CHART, MODEL_READY, PAGE_CLOCK_JS, arm, drawn_at
+    from test_browser import UPLOADER, free_port, overlay_count_js, start_server, stop_server
+
+    port = free_port()
+    context = browser.new_context(viewport={"width": 1600, "height": 1200})  # type: ignore[attr-defined]
+    context.add_init_script(PAGE_CLOCK_JS)
+    page = context.new_page()
+    started = time.perf_counter()
+    process = start_server(log, port, app_dir=tree)
+    try:
+        while True:  # the page cannot load before the server listens
+            try:
+                page.goto(f"http://127.0.0.1:{port}", wait_until="domcontentloaded", timeout=5000)
+                break
+            except Exception:  # noqa: BLE001 - connection refused while the server starts
+                if time.perf_counter() - started > 120 or process.poll() is not None:
+                    return None
+                time.sleep(0.05)
+        page.locator(UPLOADER).locator("..").wait_for(state="visible", timeout=120_000)
+        uploader = time.perf_counter() - started
+        page.get_by_text(MODEL_READY).first.wait_for(state="visible", timeout=120_000)
+        cold = time.perf_counter() - started
+        page.wait_for_selector(LANDING_CHART, state="visible", timeout=120_000)  # as bench_app.py: a page at rest
+        page.wait_for_load_state("networkidle", timeout=30_000)
+        arm(page, overlay_count_js(4), None)
+        page.locator(UPLOADER).set_input_files(str(image))
+        drawn = drawn_at(page)
+        first = (drawn - page.evaluate("() => window.__bench.change.at(-1)")) / 1e3
+    except Exception as exc:  # noqa: BLE001 - a failed run is left out of the pairs, and said
+        print(f"{tree}: {type(exc).__name__}: {exc}", flush=True)
+        return None
+    finally:
+        context.close()  # type: ignore[attr-defined]
+        stop_server(process)
+    return {"cold start": cold, "a film can be chosen (uploader visible)": uploader,
+            "upload -> four overlays, in the page": first}
+
+
 def bench_once(tree: Path, log: Path) -> dict[str, float] | None:
     """``tree``'s own app benchmark, one fresh server; its three measures, or None when it failed (see ``log``)."""
     with log.open("w") as out:
@@ -51,11 +108,12 @@ def parse_round(text: str) -> dict[str, float] | None:
     return {name: float(match.group(1)) for name, match in found.items()}
 
 
-def summary(earlier: list[dict[str, float]], now: list[dict[str, float]]) -> list[str]:
+def summary(earlier: list[dict[str, float]], now: list[dict[str, float]],
+            measures: tuple[tuple[str, str, str], ...] = MEASURES) -> list[str]:
     """Markdown rows: each side's median (range) and the paired difference's median."""
     rows = ["| measure | earlier commit: median (range) | this tree: median (range) | paired difference, median | "
             "this tree faster in |", "|---|---|---|---|---|"]
-    for name, _, unit in MEASURES:
+    for name, _, unit in measures:
         before = [r[name] for r in earlier]
         after = [r[name] for r in now]
         deltas = [a - b for a, b in zip(after, before, strict=True)]
@@ -71,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--commit", required=True, help="the earlier commit (any git revision)")
     parser.add_argument("--pairs", type=int, default=6, help="alternating pairs of fresh servers (default 6)")
+    parser.add_argument("--same-driver", action="store_true",
+                        help="drive both trees' servers with this script (one definition of each measure)")
+    parser.add_argument("--image", type=Path, default=REPO / "samples" / "cr_pa_siim.dcm",
+                        help="the film uploaded with --same-driver (default: the DICOM sample)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-app-vs-") as tmp:
         worktree = Path(tmp) / "earlier"
@@ -86,11 +148,22 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "app.py", "pages", "xai", "models"],
                            cwd=worktree, check=True)
             earlier, now = [], []
+            browser, playwright = None, None
+            if args.same_driver:
+                from playwright.sync_api import sync_playwright
+
+                sys.path.insert(0, str(REPO / "tests"))
+                from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+                playwright = sync_playwright().start()
+                browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             for pair in range(args.pairs):
                 sides = [("earlier", worktree), ("now", REPO)]
                 results = {}
                 for side, tree in sides if pair % 2 == 0 else sides[::-1]:
-                    results[side] = bench_once(tree, Path(tmp) / f"{side}_{pair}.log")
+                    log = Path(tmp) / f"{side}_{pair}.log"
+                    results[side] = (drive_once(tree, args.image.resolve(), browser, log) if browser is not None
+                                     else bench_once(tree, log))
                 if None in results.values():
                     failed = [side for side, r in results.items() if r is None]
                     print(f"pair {pair + 1}: {', '.join(failed)} failed; left out", flush=True)
@@ -98,11 +171,15 @@ def main(argv: list[str] | None = None) -> int:
                 earlier.append(results["earlier"])
                 now.append(results["now"])
                 print(f"pair {pair + 1}: earlier {results['earlier']}, now {results['now']}", flush=True)
+            if browser is not None and playwright is not None:
+                browser.close()
+                playwright.stop()
             if not now:
                 print("no pair completed")
                 return 1
-            print(f"\nbench_app_vs: {args.commit} against this tree, {len(now)} pairs")
-            print("\n".join(summary(earlier, now)))
+            driver = ", both driven by this script" if args.same_driver else ""
+            print(f"\nbench_app_vs: {args.commit} against this tree, {len(now)} pairs{driver}, {args.image.name}")
+            print("\n".join(summary(earlier, now, SAME_DRIVER_MEASURES if args.same_driver else MEASURES)))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=REPO, check=False)
     return 0

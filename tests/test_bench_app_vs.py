@@ -39,3 +39,17 @@ def test_the_table_gives_medians_ranges_and_the_paired_difference() -> None:
     # opacity: differences -270, -310, -285 -> median -285 ms, faster in all.
     assert opacity == ("| opacity change, in the page | 320 ms (300 ms–350 ms) | 35 ms (30 ms–40 ms) | −285 ms | "
                        "3 of 3 pairs |")
+
+
+def test_the_same_driver_table_has_its_own_three_measures() -> None:
+    from benchmarks.bench_app_vs import SAME_DRIVER_MEASURES
+
+    names = [name for name, _, _ in SAME_DRIVER_MEASURES]
+    earlier = [dict(zip(names, (8.0, 5.0, 0.9), strict=True)), dict(zip(names, (9.0, 6.0, 1.0), strict=True))]
+    now = [dict(zip(names, (7.5, 5.5, 0.8), strict=True)), dict(zip(names, (9.5, 5.0, 1.1), strict=True))]
+    header, rule, cold, uploader, first = summary(earlier, now, SAME_DRIVER_MEASURES)
+    assert "opacity" not in "".join((cold, uploader, first))  # not measured with --same-driver
+    # cold: differences -0.5, +0.5 -> median 0.00; uploader: +0.5, -1.0 -> -0.25; first: -0.1, +0.1 -> 0.00
+    assert cold.startswith("| cold start | 8.50 s (8.00 s–9.00 s) | 8.50 s (7.50 s–9.50 s) |")
+    assert uploader.endswith("| −0.25 s | 1 of 2 pairs |")
+    assert first.endswith("| 1 of 2 pairs |")

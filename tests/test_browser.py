@@ -69,13 +69,15 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: floa
     pytest.fail(f"streamlit not healthy within {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
-def start_server(log: Path, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``python -m streamlit run app.py`` from the repo root, bound to localhost (also used by benchmarks)."""
+def start_server(log: Path, port: int, extra_env: dict[str, str] | None = None,
+                 app_dir: Path = REPO) -> subprocess.Popen:
+    """``python -m streamlit run app.py`` from the repo root (or ``app_dir``: another checkout, for benchmarks
+    against an earlier commit), bound to localhost (also used by benchmarks)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                "--server.headless", "true", "--server.address", "127.0.0.1",
                "--browser.gatherUsageStats", "false"]
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, cwd=app_dir, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
 def stop_server(process: subprocess.Popen) -> None:
