@@ -361,5 +361,6 @@ def test_report_reads_a_study_from_the_pacs(orthanc, tmp_path):
 
     with (tmp_path / "report" / "report.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 1 and Path(rows[0]["file"]).name == "study1_0001.dcm" and rows[0]["status"] == "ok"
-    assert ds.StudyInstanceUID not in (tmp_path / "report" / "report.csv").read_text()
+    assert len(rows) == 1 and rows[0]["file"] == "pacs/study1_0001.dcm" and rows[0]["status"] == "ok"
+    written = (tmp_path / "report" / "report.csv").read_text()
+    assert ds.StudyInstanceUID not in written and "xai-pacs-" not in written  # no temporary path either

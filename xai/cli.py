@@ -173,11 +173,22 @@ def _report_failure(name: str, reason: str | None, stderr: TextIO, bar: Any = No
     _message(f"xai: skipped {name}: {reason}", stderr, bar)
 
 
-def _collect(inputs: Sequence[str], stderr: TextIO) -> list[InputItem]:
+#: How the outputs name a film downloaded from the PACS: this prefix and its file name (``study1_0001.dcm``),
+#: never the temporary folder it was saved in.
+PACS_NAME_PREFIX = "pacs/"
+
+
+def _collect(inputs: Sequence[str], stderr: TextIO, pacs_folder: Path | None = None) -> list[InputItem]:
+    """The input items; films saved from the PACS into ``pacs_folder`` are named ``pacs/<file name>``."""
+    import dataclasses
+
     from xai.batch.inputs import collect_inputs
 
     skipped: list[str] = []
     items = collect_inputs(inputs, skipped)
+    if pacs_folder is not None:
+        items = [dataclasses.replace(item, name=PACS_NAME_PREFIX + item.source.name)
+                 if isinstance(item.source, Path) and item.source.parent == pacs_folder else item for item in items]
     if skipped:
         print(f"xai: ignored {len(skipped)} side file(s) in the folders (.md, .json, .csv ...)", file=stderr)
     return items
@@ -192,7 +203,7 @@ def _run_explain(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
     methods = _parse_methods(args.methods)
     model = _load_model(args.model)
     resolve_target(args.target, model.card.class_names)  # TargetError -> usage error before any work
-    items = _collect(args.inputs, stderr)
+    items = _collect(args.inputs, stderr, args.pacs_folder)
     stems = file_stems([item.name for item in items])
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -257,7 +268,7 @@ def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
                       overlays=FULL_RESOLUTION if args.full_resolution else COMPACT,
                       isolated=not args.no_isolation, batch_size=args.batch_size)
     meta = report_meta(model, spec)  # TargetError -> usage error before any work
-    items = _collect(args.inputs, stderr)
+    items = _collect(args.inputs, stderr, args.pacs_folder)
     if args.only_boxed and boxes is not None:  # --only-boxed without --boxes was refused above
         items = [item for item in items if item.file_name in boxes]
     with _progress_bar(len(items), args.no_progress, stderr) as bar:
@@ -338,6 +349,7 @@ def _pacs_inputs(args: argparse.Namespace, stderr: TextIO) -> Iterator[None]:
     to ``args.inputs`` (removed afterwards: the files carry patient data); ``args.pacs_client`` is the client
     (also used by ``--send``). Checks that explain/report got some input."""
     args.pacs_client = None
+    args.pacs_folder = None
     if args.command not in ("explain", "report"):
         yield
         return
@@ -367,6 +379,7 @@ def _pacs_inputs(args: argparse.Namespace, stderr: TextIO) -> Iterator[None]:
         raise UsageError("--study and --send need a PACS: --pacs URL or XAI_PACS_URL")
     with PacsClient(config) as client, tempfile.TemporaryDirectory(prefix="xai-pacs-") as folder:
         args.pacs_client = client
+        args.pacs_folder = Path(folder)
         if args.study:
             try:
                 files = download_studies(client, args.study, Path(folder),
