@@ -88,8 +88,10 @@ def zone_outline_mask(image_sha: str, _regions: AnatomyRegions) -> np.ndarray:
 @st.cache_resource(max_entries=CACHE_ENTRIES, ttl=CACHE_TTL_S, show_spinner=False)
 def readouts(result_key: Hashable, _maps: Mapping[str, np.ndarray], _regions: AnatomyRegions) -> dict[str, AnatomyReadout]:
     """Per map of one explanation (``result_key`` names it): where its evidence lies by anatomical region
-    (:func:`xai.anatomy.anatomy_readout`; maps are resampled by area onto the regions' grid)."""
-    return anatomy_readout(_maps, _regions)
+    (:func:`xai.anatomy.anatomy_readout`; maps are resampled by area onto the regions' grid, straight from the
+    model's grid when they are a :class:`xai.pipeline.FilmMaps`: no film-sized map is made for this)."""
+    on_grid = getattr(_maps, "on_grid", None)
+    return anatomy_readout(on_grid(_regions.shape) if on_grid is not None else _maps, _regions)
 
 
 @st.cache_resource(show_spinner=False)

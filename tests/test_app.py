@@ -894,3 +894,15 @@ def test_the_lung_field_started_early_is_the_one_the_page_reads(monkeypatch: pyt
     regions = app_lungs.film_anatomy("early-film", radiograph)
     assert runs == [1] and field.found and app_lungs.lung_field("early-film", radiograph) is field
     assert field is regions.lungs and field.convention == "v7"
+
+
+def test_a_first_result_makes_no_film_sized_map() -> None:
+    """On a 1024² DICOM the page draws its panels (768 px) and reads the anatomy (on its regions' grid) straight
+    from the model's grid: no film-sized map is made until an export asks for one (xai.pipeline.FilmMaps)."""
+    at = new_app()
+    choose_sample(at, "DICOM")
+    assert not at.exception and len(image_titles(at)) == 5
+    image = at.session_state[app_state.Key.IMAGE]
+    result = app_explanations.explain(image, app_models.default_model(), None, tuple(warmup.METHODS_FOR_WARM_UP))
+    assert max(result.radiograph.shape) > 768
+    assert result.methods and not any(result.maps.made(m) for m in result.methods)

@@ -166,3 +166,36 @@ def test_bad_file_and_bad_target_raise_clear_errors(tiny_model, tmp_path: Path, 
     good = (chestcovnet_dir / "images" / "nih_00008727_009.jpg").read_bytes()
     with pytest.raises(TargetError, match="pneumonia"):
         explain_source(good, tiny_model, target="pneumonia")
+
+
+def test_film_sized_maps_are_made_on_first_use_once_and_equal_the_mapped_engine_maps(tiny_model, dicom_dir: Path) -> None:
+    """FilmMaps: nothing film-sized is made by the explanation; a map asked for is Geometry.to_original of the
+    engine's map, made once even when eight threads ask at once; ``on_grid`` shrinks from the model's grid with the
+    same values as shrinking the film-sized map by area (cv2.INTER_AREA, computed here); a pickle is a plain dict."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cv2
+
+    from xai.pipeline import FilmMaps
+
+    result = explain_source(dicom_dir / "siim_cr_pa_mono2_jpeg_baseline.dcm", tiny_model, target="covid19")
+    maps = result.maps
+    assert isinstance(maps, FilmMaps) and maps.shape == (1024, 1024)
+    assert not any(maps.made(m) for m in maps)
+    small = maps.on_grid((300, 300))  # before any film-sized map exists: from the model's grid
+    assert not any(maps.made(m) for m in maps)
+    with ThreadPoolExecutor(8) as pool:
+        seen = list(pool.map(lambda _: maps["gradcam"], range(8)))
+    assert all(s is seen[0] for s in seen) and maps.made("gradcam")
+    for m in maps:
+        film = maps[m]
+        np.testing.assert_array_equal(film, result.geometry.to_original(result.explanation.maps[m][0]))
+        shrunk = cv2.resize(film, (300, 300), interpolation=cv2.INTER_AREA)
+        np.testing.assert_allclose(small[m], shrunk, atol=2e-5)
+    np.testing.assert_allclose(maps.on_grid((300, 300))["gradcam"], small["gradcam"], atol=2e-5)  # from the made map
+    copied = pickle.loads(pickle.dumps(maps))
+    assert type(copied) is dict and set(copied) == set(maps)
+    np.testing.assert_array_equal(copied["gradcam"], maps["gradcam"])
+    with pytest.raises(KeyError):
+        maps["no such method"]

@@ -10,8 +10,9 @@ returns patient identifiers: the record carries the name the caller gave, never 
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -73,11 +74,77 @@ def resolve_target(spec: str | int | None, class_names: Sequence[str]) -> int | 
     return index % len(class_names)
 
 
+class FilmMaps(Mapping[str, np.ndarray]):
+    """Each method's map on the film's pixel grid, made on first use (``maps[method]``: float32 (H, W) in [0, 1]).
+
+    The engine's maps live on the model's grid (e.g. 7² or 224²); bringing one back to a film's grid
+    (:meth:`xai.preprocessing.Geometry.to_original`, bilinear) costs ~17 ms per map on a 2.7 MP film and is
+    needed only by what uses the film's resolution (exports, full-size views). A screen or an anatomical readout
+    on a smaller grid takes :meth:`on_grid` instead, which maps and shrinks by area in one step
+    (:meth:`~xai.preprocessing.Geometry.to_display`, equal up to float rounding) without the film-sized map.
+    Thread-safe (a result is shared by the app's sessions); each film-sized map is made once. Pickles as a plain
+    dict of the film-sized maps.
+    """
+
+    def __init__(self, model_grid: Mapping[str, np.ndarray], geometry: Geometry) -> None:
+        self._model_grid = dict(model_grid)
+        self._geometry = geometry
+        self._made: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, method: str) -> np.ndarray:
+        made = self._made.get(method)
+        if made is not None:
+            return made
+        if method not in self._model_grid:
+            raise KeyError(method)
+        with self._lock:
+            if method not in self._made:
+                self._made[method] = np.asarray(self._geometry.to_original(self._model_grid[method]), dtype=np.float32)
+            return self._made[method]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._model_grid)
+
+    def __len__(self) -> int:
+        return len(self._model_grid)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self.items()),))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the film's grid (every map's shape), known without making a map."""
+        h, w = self._geometry.original_size
+        return (int(h), int(w))
+
+    def made(self, method: str) -> bool:
+        """Whether the film-sized map of ``method`` has been made (tests, benchmarks)."""
+        return method in self._made
+
+    def on_grid(self, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+        """Every map shrunk by area onto ``shape`` (h, w), a grid of the film's aspect ratio no larger than it:
+        from the model's grid in one step while the film-sized map has not been made, from that map otherwise
+        (the same values up to float rounding); the film's own shape gives the film-sized maps."""
+        import cv2
+
+        h, w = (int(v) for v in shape)
+        if (h, w) == self.shape:
+            return dict(self.items())
+        out = {}
+        for method, small in self._model_grid.items():
+            made = self._made.get(method)
+            out[method] = (cv2.resize(made, (w, h), interpolation=cv2.INTER_AREA) if made is not None
+                           else np.asarray(self._geometry.to_display(small, (h, w)), dtype=np.float32))
+        return out
+
+
 @dataclass(frozen=True)
 class PipelineResult:
     """One explained image, with every map on the original pixel grid.
 
-    ``maps[method]`` is float32 (H, W) in [0, 1], the same shape as ``radiograph.pixels``.
+    ``maps[method]`` is float32 (H, W) in [0, 1], the same shape as ``radiograph.pixels`` (a :class:`FilmMaps`:
+    each made on first use; :meth:`FilmMaps.on_grid` for a smaller grid).
     ``explanation`` keeps the engine's record (model-grid maps, raw maps, logits) for trust checks;
     ``input_tensor`` and ``geometry`` are what the model saw and the way back from it.
     """
@@ -178,7 +245,8 @@ def explain_radiographs(
     decided = decide(np.asarray(explanation.probabilities, dtype=np.float64))
     explanations = [_image_of(explanation, i) for i in range(n)]
     explained = time.perf_counter()
-    maps = [{m: np.asarray(geometry.to_original(e.maps[m][0]), dtype=np.float32) for m in methods}
+    # The film-sized maps are made when first used (FilmMaps): a screen or a readout needs none of them.
+    maps = [FilmMaps({m: e.maps[m][0] for m in methods}, geometry)
             for (_, geometry), e in zip(prepared_films, explanations, strict=True)]
     mapped = time.perf_counter()
 
@@ -211,7 +279,7 @@ def _image_of(explanation: Explanation, i: int) -> Explanation:
 
 def _result(
     radiograph: Radiograph, model: LoadedModel, name: str, prepared: tuple[torch.Tensor, Geometry],
-    explanation: Explanation, predicted: int, maps: dict[str, np.ndarray], load_ms: float,
+    explanation: Explanation, predicted: int, maps: FilmMaps, load_ms: float,
     shares: Mapping[str, float], n: int,
 ) -> PipelineResult:
     """The :class:`PipelineResult` of one film (``shares``: the batch's stage times per film)."""
@@ -246,7 +314,7 @@ def _result(
         predicted=class_names[predicted],
         target=class_names[final_target],
         target_index=final_target,
-        maps=MappingProxyType(maps),
+        maps=maps,
         timings_ms=MappingProxyType(timings),
         notices=tuple(dict.fromkeys(notices)),
     )
