@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 earlier.append(results["earlier"])
                 now.append(results["now"])
-                print(f"pair {pair + 1}: earlier {results['earlier']}, now {results['now']}", flush=True)
+                rounded = {side: {k: round(v, 3) for k, v in r.items()} for side, r in results.items() if r}
+                print(f"pair {pair + 1}: earlier {rounded['earlier']}, now {rounded['now']}", flush=True)
             if browser is not None and playwright is not None:
                 browser.close()
                 playwright.stop()
