@@ -364,3 +364,38 @@ def test_report_reads_a_study_from_the_pacs(orthanc, tmp_path):
     assert len(rows) == 1 and rows[0]["file"] == "pacs/study1_0001.dcm" and rows[0]["status"] == "ok"
     written = (tmp_path / "report" / "report.csv").read_text()
     assert ds.StudyInstanceUID not in written and "xai-pacs-" not in written  # no temporary path either
+
+
+def test_report_sends_each_films_results_to_its_study(orthanc, tmp_path):
+    """``report --send``: the batch report's films get their DICOM results too, filed in each film's own study;
+    the structured report carries the report's anatomical readout of the film."""
+    data, ds = _film(PatientID="PID-REPORT-1", AccessionNumber="ACC-REPORT-1")
+    orthanc.upload(data)
+    err = io.StringIO()
+    code = main(["report", "--pacs", orthanc.dicomweb_url, "--study", ds.StudyInstanceUID, "--out",
+                 str(tmp_path / "report"), "--methods", "gradcam", "--no-progress", "--no-isolation",
+                 "--send", "sc,sr"], stdout=io.StringIO(), stderr=err)
+    assert code == 0, err.getvalue()
+    series = _orthanc_series(orthanc, ds.StudyInstanceUID)
+    assert set(series) == {str(ds.SeriesDescription), export.APP_NAME + " saliency (not for diagnosis)",
+                           dicom_results.SR_SERIES_DESCRIPTION}
+    (sc_bytes,) = series[export.APP_NAME + " saliency (not for diagnosis)"]
+    sc = pydicom.dcmread(io.BytesIO(sc_bytes))
+    assert sc.StudyInstanceUID == ds.StudyInstanceUID and sc.PatientID == "PID-REPORT-1"
+    (sr_bytes,) = series[dicom_results.SR_SERIES_DESCRIPTION]
+    sr = highdicom.sr.srread(io.BytesIO(sr_bytes))
+    assert sr.StudyInstanceUID == ds.StudyInstanceUID
+    groups = sr.content.get_image_measurement_groups()
+    assert [g.tracking_identifier for g in groups[1:]] == ["Grad-CAM evidence by region"]
+    folder = tmp_path / "report" / "study1_0001"
+    anatomy = json.loads((folder / "row.json").read_text())["row"]["anatomy"]["gradcam"]  # what the report wrote
+    sent_shares = {m.finding_sites[0].value.meaning: m.value for m in groups[1].get_measurements()}
+    written = {region: share for region, share in anatomy.items() if share is not None}
+    assert sent_shares == pytest.approx(written) and sum(written.values()) == pytest.approx(1.0, abs=1e-3)
+    assert sorted(p.name for p in (folder / "dicom").iterdir()) == ["sc1.dcm", "sr1.dcm"]  # kept locally too
+    # Ray keeps the films' results in its workers: refused before any work.
+    err = io.StringIO()
+    code = main(["report", "--pacs", orthanc.dicomweb_url, "--study", ds.StudyInstanceUID, "--out",
+                 str(tmp_path / "ray"), "--engine", "ray", "--send", "sc", "--no-progress"],
+                stdout=io.StringIO(), stderr=err)
+    assert code == 2 and "--engine local" in err.getvalue()

@@ -69,17 +69,17 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-isolation", action="store_true",
                        help="decode in this process (by default each file is decoded in a worker process with "
                             "time and memory limits, so a crashing decoder fails that file only)")
+        p.add_argument("--send", metavar="KINDS", default=None,
+                       help="DICOM results of each DICOM film to write in <out>/<film>/dicom and send to the PACS "
+                            "with STOW-RS: comma-separated sc (Secondary Captures), sr (structured report), pm "
+                            "(parametric maps)")
+        p.add_argument("--send-mode", choices=("pacs", "deidentified"), default="pacs",
+                       help="pacs: filed in the film's own study (carries its patient identifiers); "
+                            "deidentified: a new anonymous study (default: %(default)s)")
 
     explain = sub.add_parser("explain", help="maps, overlays and a result.json per image")
     common(explain, target_default="predicted")
     explain.add_argument("--out", type=Path, default=Path("explanations"), help="output folder (default: %(default)s)")
-    explain.add_argument("--send", metavar="KINDS", default=None,
-                         help="DICOM results of each DICOM film to write in <out>/<film>/dicom and send to the PACS "
-                              "with STOW-RS: comma-separated sc (Secondary Captures), sr (structured report), pm "
-                              "(parametric maps)")
-    explain.add_argument("--send-mode", choices=("pacs", "deidentified"), default="pacs",
-                         help="pacs: filed in the film's own study (carries its patient identifiers); "
-                              "deidentified: a new anonymous study (default: %(default)s)")
 
     report = sub.add_parser("report", help="a batch report: overlays, report.csv and a self-contained index.html")
     common(report, target_default=None)
@@ -252,6 +252,7 @@ def _lung_record(result: Any, stderr: TextIO, bar: Any) -> dict[str, Any]:
 def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from xai.batch.boxes import BoxesError, load_boxes
     from xai.batch.films import BatchSpec
+    from xai.batch.names import output_dir_for
     from xai.batch.outputs import COMPACT, FULL_RESOLUTION
     from xai.batch.run import default_report_target, report_meta, run_report
 
@@ -268,9 +269,12 @@ def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
                       overlays=FULL_RESOLUTION if args.full_resolution else COMPACT,
                       isolated=not args.no_isolation, batch_size=args.batch_size)
     meta = report_meta(model, spec)  # TargetError -> usage error before any work
+    if args.send and args.engine == "ray":
+        raise UsageError("--send runs with --engine local: the Ray workers keep each film's results to themselves")
     items = _collect(args.inputs, stderr, args.pacs_folder)
     if args.only_boxed and boxes is not None:  # --only-boxed without --boxes was refused above
         items = [item for item in items if item.file_name in boxes]
+    not_sent = 0
     with _progress_bar(len(items), args.no_progress, stderr) as bar:
 
         def progress(done: int, total: int, row: Any) -> None:
@@ -278,17 +282,22 @@ def _run_report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
                 _report_failure(row.file, row.error, stderr, bar)
             bar.update(1)
 
+        def send(task: Any, result: Any, row: Any) -> None:  # --send: each film's DICOM results, once written
+            nonlocal not_sent
+            not_sent += _send_dicom(args, task.item, result, model, row.anatomy,
+                                    output_dir_for(args.out, task.stem), stderr, bar)
+
         if args.engine == "ray":
             report = _run_on_ray(args, items, meta, spec, boxes, progress)
         else:
             report = run_report(items, model, args.out, spec, boxes=boxes, checks=_checks(model, args.stability),
-                                progress=progress, resume=args.resume)
+                                progress=progress, resume=args.resume, on_result=send if args.send else None)
     print(f"xai: report on {report.done} of {report.total} image(s): "
           f"{args.out / 'index.html'}, {args.out / 'report.csv'}", file=stdout)
     if boxes is not None:
         print(f"\nAgreement with the boxes (explained class: {report.target})\n", file=stdout)
         print(report.summary_markdown(), file=stdout)
-    return EXIT_SOME_FAILED if report.failed else EXIT_OK
+    return EXIT_SOME_FAILED if report.failed or not_sent else EXIT_OK
 
 
 def _run_on_ray(args: argparse.Namespace, items: Sequence[InputItem], meta: Any, spec: Any, boxes: Any,

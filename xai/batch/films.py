@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,6 +111,10 @@ class FilmTask:
                    tuple(Box(**b) for b in d["boxes"]))
 
 
+#: ``on_result(task, result, row)``: called with each film explained in a run, once its files are written.
+OnResult = Callable[[FilmTask, "PipelineResult", ReportRow], None]
+
+
 @dataclass(frozen=True)
 class Decoded:
     """One task after :meth:`FilmRunner.decode`: its finished or failed ``row``, else its ``radiograph``."""
@@ -134,6 +138,7 @@ class FilmRunner:
     checks: Checks = field(default_factory=Checks)
     explainer: Explainer | None = None
     resume: bool = False
+    on_result: OnResult | None = None
 
     def __post_init__(self) -> None:
         from xai.pipeline import make_explainer, resolve_target
@@ -182,9 +187,13 @@ class FilmRunner:
                 rows.append(outcome)
                 continue
             try:
-                rows.append(self._write(task, outcome))
+                row = self._write(task, outcome)
             except (OSError, ValueError, RuntimeError) as exc:
                 rows.append(ReportRow(file=task.item.export_name, error=f"cannot write outputs: {exc}"))
+                continue
+            if self.on_result is not None:
+                self.on_result(task, outcome, row)
+            rows.append(row)
         return rows
 
     # -------------------------------------------------------------------------------- steps

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from xai.batch.boxes import Box
-from xai.batch.films import BatchSpec, Checks, FilmRunner, FilmTask
+from xai.batch.films import BatchSpec, Checks, FilmRunner, FilmTask, OnResult
 from xai.batch.inputs import InputItem
 from xai.batch.names import unique_stems
 from xai.batch.records import Report, ReportMeta, ReportRow
@@ -64,17 +64,20 @@ def run_report(
     progress: Progress | None = None,
     explainer: Explainer | None = None,
     resume: bool = False,
+    on_result: OnResult | None = None,
 ) -> Report:
     """Explain every item here, ``spec.batch_size`` films per pass; write the films' folders,
     ``report.csv`` and ``index.html`` into ``out_dir``; return the figures.
 
     ``out_dir/<stem>/<method>.jpg`` (or ``.png``) are the overlays (finding boxes outlined in green);
     agreement figures are computed where ``boxes`` has the image's file name. ``resume`` keeps the films
-    whose outputs are complete (see :class:`FilmRunner`).
+    whose outputs are complete (see :class:`FilmRunner`). ``on_result(task, result, row)`` is called with each
+    film explained in this run, once its files are written (e.g. the CLI's ``--send``; films kept by ``resume``
+    are not explained again, so not passed).
     """
     out_dir = Path(out_dir)
     tasks = plan_tasks(items, boxes)
-    runner = FilmRunner(model, spec, out_dir, checks or Checks(), explainer, resume)
+    runner = FilmRunner(model, spec, out_dir, checks or Checks(), explainer, resume, on_result)
     with ReportWriter(out_dir, report_meta(model, spec)) as writer:
 
         def write(rows: Sequence[ReportRow]) -> None:
