@@ -101,11 +101,12 @@ def lung_worker() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-lungs")
 
 
-def start_lung_field(image_sha: str, radiograph: Radiograph) -> Future:
-    """Start :func:`lung_field` (and so :func:`film_anatomy`) for a film in the background (returns at once, with
-    the Future): a page that explains the film next gets the lung field and the regions from the cache, found while
-    the engine ran on the other core, instead of after it. A failure is left for the page's own call to report."""
-    return lung_worker().submit(lung_field, image_sha, radiograph)
+def start_film_anatomy(image_sha: str, radiograph: Radiograph) -> Future:
+    """Start :func:`film_anatomy` for a film in the background (returns at once, with the Future): a page that
+    explains the film next gets the regions (and the lung field, :func:`lung_field`) from the cache, found while
+    the engine ran on the other core, instead of after it. The lung field on a large film's own grid is made only
+    when its outline is drawn. A failure is left for the page's own call to report."""
+    return lung_worker().submit(film_anatomy, image_sha, radiograph)
 
 
 def warm_up_anatomy_worker(radiograph: Radiograph) -> AnatomyRegions:

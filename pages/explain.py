@@ -20,7 +20,7 @@ from pages._explanations import ResultKey, explain, prefetch_targets, screen_lay
 from pages._figures import readout_bars_html
 from pages._howto import how_popovers
 from pages._ingest import LoadedImage, load_input
-from pages._lungs import film_anatomy, lung_outline, readouts, start_lung_field, zone_boundaries
+from pages._lungs import film_anatomy, lung_outline, readouts, start_film_anatomy, zone_boundaries
 from pages._methods import method_label
 from pages._models import ActiveModel, active_card, require_model
 from pages._ood import ood_banner, ood_summary
@@ -650,7 +650,7 @@ def main() -> None:
 
     if image is None:
         return
-    start_lung_field(image.sha256, image.radiograph)  # beside the engine (cached: once per film)
+    start_film_anatomy(image.sha256, image.radiograph)  # beside the engine (cached: once per film)
     methods = tuple(m for m in listed_methods() if m in chosen)
     target = resolve_target(target_choice, image, model)
     try:  # with no method chosen, the cheapest one still gives the prediction (its map is not shown)

@@ -861,7 +861,7 @@ def test_the_start_up_heap_is_kept_out_of_full_garbage_collections() -> None:
 
 
 def test_the_lung_field_started_early_is_the_one_the_page_reads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """start_lung_field runs the lung model in the background (beside the engine), through the film's anatomical
+    """start_film_anatomy runs the lung model in the background (beside the engine), through the film's anatomical
     regions; the page's own calls then find both in the cache: one lung-model run per film, the same objects, and
     the lung field is the regions' V7 field."""
     import xai.anatomy
@@ -887,7 +887,7 @@ def test_the_lung_field_started_early_is_the_one_the_page_reads(monkeypatch: pyt
     monkeypatch.setattr(xai.anatomy, "find_lungs", never)  # the library's single-convention entry
     app_lungs.lung_field.clear()
     app_lungs.film_anatomy.clear()
-    app_lungs.start_lung_field("early-film", radiograph)
+    app_lungs.start_film_anatomy("early-film", radiograph)
     app_lungs.lung_worker().submit(lambda: None).result(timeout=120)  # the one worker has finished the film
     assert runs == [1]
     field = app_lungs.lung_field("early-film", radiograph)

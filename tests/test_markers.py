@@ -223,3 +223,24 @@ def test_boxes_say_what_they_are(films: dict[str, Radiograph]) -> None:
 def test_bad_input_gets_a_clear_message() -> None:
     with pytest.raises(TypeError, match="Radiograph"):
         find_text_and_markers(np.zeros((10, 10)))  # type: ignore[arg-type]
+
+
+def test_the_mask_on_a_smaller_grid_covers_what_the_film_sized_mask_does(films: dict[str, Radiograph]) -> None:
+    """``shape``: the mask straight on a shrunk grid (a box covers every cell it touches) is the film-sized mask
+    shrunk by area and kept where any of it falls (cv2.INTER_AREA > 0), exactly at half size; a superset within
+    one cell at an uneven scale."""
+    import cv2
+
+    name = next(n for n, boxes in HAND_BOXES.items() if boxes)
+    film = films[name]
+    full = text_and_marker_mask(film, ocr=False)
+    assert full.any()
+    h, w = film.shape
+    for shape in ((h // 2, w // 2), (int(h * 0.37), int(w * 0.37))):
+        small = text_and_marker_mask(film, ocr=False, shape=shape)
+        shrunk = cv2.resize(full.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA) > 0
+        assert small.shape == shape and not (shrunk & ~small).any()  # nothing the film-sized mask marks is lost
+        grown = cv2.dilate(shrunk.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        assert not (small & ~grown).any()  # and at most one cell more around a box
+        if h % 2 == 0 and w % 2 == 0 and shape == (h // 2, w // 2):
+            np.testing.assert_array_equal(small, shrunk)

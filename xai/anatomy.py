@@ -652,11 +652,7 @@ def anatomy_regions(radiograph: Radiograph | np.ndarray, *, model: LungModel | N
 
         work = downsample_for_display(pixels, max_side)
     fields = find_lung_fields(work, model=model)
-    text, how = (_text_and_markers(radiograph, pixels, ocr, markers_side) if markers else (None, ""))
-    if text is not None and text.shape != work.shape:
-        import cv2
-
-        text = cv2.resize(text.astype(np.float32), (work.shape[1], work.shape[0]), interpolation=cv2.INTER_AREA) > 0
+    text, how = (_text_and_markers(radiograph, pixels, ocr, markers_side, work.shape) if markers else (None, ""))
     right_on_left, rule = laterality(radiograph)
     return anatomy_regions_from_masks(work, fields["nlm"], fields["v7"], markers=text, markers_rule=how,
                                       right_on_viewer_left=right_on_left, laterality_rule=rule)
@@ -670,9 +666,10 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 
 def _text_and_markers(radiograph: Radiograph | np.ndarray, pixels: np.ndarray, ocr: bool | None,
-                      work_side: int | None = None) -> tuple[np.ndarray | None, str]:
-    """The burned-in text and marker mask on the film's own grid, and how it was found; (None, reason) when
-    the finder is not installed in this tree."""
+                      work_side: int | None = None,
+                      grid: tuple[int, ...] | None = None) -> tuple[np.ndarray | None, str]:
+    """The burned-in text and marker mask on ``grid`` (the regions' grid; the film's own by default: a box covers
+    every cell it touches), and how it was found; (None, reason) when the finder is not installed in this tree."""
     try:
         from xai.markers import WORK_SIDE, text_and_marker_mask
     except ImportError:
@@ -680,7 +677,8 @@ def _text_and_markers(radiograph: Radiograph | np.ndarray, pixels: np.ndarray, o
     film = radiograph if isinstance(radiograph, Radiograph) else Radiograph(
         pixels=pixels, modality_values=pixels, window=None, format="array", bits_stored=8, photometric="MONOCHROME2")
     try:
-        mask = text_and_marker_mask(film, ocr=ocr, work_side=work_side or WORK_SIDE)
+        shape = None if grid is None else (int(grid[0]), int(grid[1]))
+        mask = text_and_marker_mask(film, ocr=ocr, work_side=work_side or WORK_SIDE, shape=shape)
         return np.asarray(mask, bool), "xai.markers.text_and_marker_mask"
     except (RuntimeError, OSError, ValueError) as exc:  # OCR asked for but missing, or failing on this film
         return None, f"not looked for ({exc})"

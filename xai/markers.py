@@ -360,13 +360,19 @@ def _union(a: MarkerBox, b: MarkerBox) -> MarkerBox:
     return MarkerBox(x0, y0, x1 - x0, y1 - y0, kind, first.found_by, max(a.confidence, b.confidence))
 
 
-def text_and_marker_mask(radiograph: Radiograph, *, ocr: bool | None = None,
-                         work_side: int = WORK_SIDE) -> np.ndarray:
+def text_and_marker_mask(radiograph: Radiograph, *, ocr: bool | None = None, work_side: int = WORK_SIDE,
+                         shape: tuple[int, int] | None = None) -> np.ndarray:
     """Bool (H, W) on ``radiograph.pixels``' grid: the union of the found boxes, each padded by
-    :data:`MASK_PAD` of the long side (at least one pixel) so a glyph's halo counts too."""
+    :data:`MASK_PAD` of the long side (at least one pixel) so a glyph's halo counts too. ``shape``: another grid
+    (h, w) covering the same film (e.g. a shrunk copy), where a box covers every cell it touches: the film-sized
+    mask is never made."""
     h, w = radiograph.shape
-    mask = np.zeros((h, w), dtype=bool)
+    gh, gw = (h, w) if shape is None else (int(shape[0]), int(shape[1]))
+    sy, sx = gh / h, gw / w
+    mask = np.zeros((gh, gw), dtype=bool)
     pad = max(1, int(round(MASK_PAD * max(h, w))))
     for b in find_text_and_markers(radiograph, ocr=ocr, work_side=work_side):
-        mask[max(0, b.y - pad): b.y + b.h + pad, max(0, b.x - pad): b.x + b.w + pad] = True
+        y0, y1 = max(0, int(np.floor((b.y - pad) * sy))), int(np.ceil((b.y + b.h + pad) * sy))
+        x0, x1 = max(0, int(np.floor((b.x - pad) * sx))), int(np.ceil((b.x + b.w + pad) * sx))
+        mask[y0:y1, x0:x1] = True
     return mask
