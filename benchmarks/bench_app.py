@@ -25,7 +25,8 @@ Playwright's round trips to the browser). The page previews an opacity change it
 HEAT_PREVIEW_JS); the time until the server's rerun comes back with the same value is reported beside it.
 
 The engine's panel time for the same image is measured in this process first (load + prepare + four
-methods + mapping back to the original grid, median of warm runs), for the ratio the targets use:
+methods; the film-sized maps are made on first use, by neither the app nor this reference, since
+xai.pipeline.FilmMaps; median of warm runs), for the ratio the targets use:
 first result <= 1.5 x engine panel + 0.5 s; display-only <= 200 ms; cold start <= 10 s.
 Everything is bounded (rounds, moves, timeouts); the server only listens on 127.0.0.1.
 """
@@ -153,7 +154,8 @@ class EnginePanel:
         self.run()  # warm-up: the first call pays lazy imports
 
     def run(self) -> tuple[float, dict[str, float]]:
-        """Wall ms of load + prepare + four methods + mapping back, and the pipeline's own stage timings."""
+        """Wall ms of load + prepare + four methods, and the pipeline's own stage timings. The film-sized maps are
+        made on first use (xai.pipeline.FilmMaps), here as in the app: neither makes them for a result."""
         start = time.perf_counter()
         result = self._explain(self.image, self.model, explainer=self.explainer)
         return (time.perf_counter() - start) * 1e3, dict(result.timings_ms)
