@@ -768,9 +768,9 @@ def test_report_is_drawn_at_export_resolution_not_from_screen_pixels(
 ) -> None:
     from datetime import UTC, datetime
 
-    from xai import export
+    from xai.export import provenance
 
-    monkeypatch.setattr(export, "_utc_now", lambda: datetime(2026, 12, 1, 12, 0, tzinfo=UTC))
+    monkeypatch.setattr(provenance, "_utc_now", lambda: datetime(2026, 12, 1, 12, 0, tzinfo=UTC))
     at = new_app()
     choose_sample(at, "NIH")
 
@@ -779,7 +779,7 @@ def test_report_is_drawn_at_export_resolution_not_from_screen_pixels(
         return np.asarray(Image.open(io.BytesIO(made)).convert("RGB"))
 
     first = report_pixels()
-    assert export.Provenance("m", "0", "gradcam", "c", "l").date_text == "2026-12-01 12:00 UTC"  # the fixed clock
+    assert provenance.Provenance("m", "0", "gradcam", "c", "l").date_text == "2026-12-01 12:00 UTC"  # the fixed clock
     open_display(at)
     at.select_slider(key="disp_side").set_value("1536 px (fine)")
     run(at)
