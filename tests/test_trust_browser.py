@@ -40,6 +40,35 @@ def pick(page, widget_key: str, option: str) -> None:
     wait_idle(page, RESULT_S)
 
 
+def press_until(page, button_key: str, shown: str, timeout_s: float = RESULT_S, tries: int = 3) -> None:
+    """Click the button with key ``button_key`` until ``shown`` is on the page.
+
+    A click that lands while a script run is still going can be dropped by Streamlit (the interrupted run
+    resets the button's trigger; streamlit/streamlit#7643), and on a slow machine the run started by the
+    previous step may not have begun when :func:`wait_idle` looks. A click that led nowhere — the app idle
+    again, no progress bar, ``shown`` absent — is repeated; an error on the page ends the wait at once.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    button = page.locator(f".st-key-{button_key} button")
+    target = page.get_by_text(shown).first
+    for _ in range(tries):
+        wait_idle(page, timeout_s)
+        page.wait_for_function(f"() => document.querySelectorAll('.st-key-{button_key} button').length === 1",
+                               timeout=timeout_s * 1000)
+        button.click()
+        wait_idle(page, timeout_s)
+        assert error_texts(page) == []
+        if target.is_visible():
+            return
+        try:  # the result may still be on its way (a rerun after the computation)
+            target.wait_for(timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"{shown!r} not shown after {tries} clicks on {button_key}")
+
+
 def line_with(page, words: str):
     """The list item (or paragraph) of the verdicts that holds ``words``."""
     return page.locator("li, p", has_text=words)
@@ -165,9 +194,8 @@ def test_a_model_that_ignores_its_input_is_flagged_red(server, browser, tmp_path
         pick(page, "trust_sample", SAMPLE_TITLE)
         page.get_by_text("Numbers for modelers").click()
         page.get_by_role("tab", name="Faithfulness").click()
-        page.get_by_role("button", name="Run deletion / insertion").click()
         flag = "The model gives this score to a blurred film: it is not using the film's detail"
-        page.get_by_text(flag).first.wait_for(timeout=RESULT_S * 1000)
+        press_until(page, "run_faith", flag)
         wait_idle(page, RESULT_S)
         lines = line_with(page, "Faithful (deletion / insertion)")
         assert lines.count() == 4
