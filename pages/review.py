@@ -46,13 +46,9 @@ from pages._pacs import accessions_input, films_for_accessions
 from pages._panel import Panel, panel_figure, row_height_for, screen_image_uri
 from xai.render import DisplaySettings, downsample_for_display, gray_to_rgb, plotly_colorscale
 from xai.review import DIAGNOSES, QUESTIONS, ReviewError, ReviewSession, ReviewStore, default_url, map_letters
-from xai.review.store import (
-    PLAUSIBILITY_LABELS,
-    REFERENCE_DIAGNOSES,
-    MissingRatings,
-    new_owner_secret,
-    read_labels_csv,
-)
+from xai.review.errors import MissingRatings
+from xai.review.owner_secret import new_owner_secret
+from xai.review.questions import PLAUSIBILITY_LABELS, REFERENCE_DIAGNOSES, read_labels_csv
 
 #: Longest side of the film on screen (px); boxes are stored in the film's own pixels.
 FILM_SIDE = 1024

@@ -139,7 +139,7 @@ def drag_box(page, sid: str, case: str, start: tuple[float, float], end: tuple[f
 
 
 def rate_maps(page, sid: str, case: str, order: tuple[str, ...], values: tuple[int, ...]) -> None:
-    from xai.review.store import PLAUSIBILITY_LABELS
+    from xai.review.questions import PLAUSIBILITY_LABELS
 
     assert len(map_letters(order)) == len(values)
     for i, value in enumerate(values):
@@ -313,7 +313,7 @@ def test_ratings_during_a_relayout_owner_name_reload_and_light_theme_contrast(br
     once — all four are stored, or the page says which were not. A second browser typing the owner's name
     sees no other reader's answer or note. A reload keeps the reader. On the light theme the map titles
     and colour-bar ticks are drawn with contrast >= 4.5:1 against what is behind them (WCAG AA)."""
-    from xai.review.store import PLAUSIBILITY_LABELS
+    from xai.review.questions import PLAUSIBILITY_LABELS
 
     db_url, store, sid = _olgas_session(chestcovnet_dir, tmp_path)
     first, second = store.cases(sid)

@@ -35,7 +35,7 @@ from xai.review import (
     read_labels_csv,
     secret_matches,
 )
-from xai.review.store import decode_pixels, encode_pixels
+from xai.review.pixels import decode_pixels, encode_pixels
 
 REPO = Path(__file__).resolve().parents[1]
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
@@ -428,7 +428,7 @@ def test_default_url_uses_the_data_dir_and_xai_db_url(monkeypatch, tmp_path):
 def test_alembic_records_the_head_revision_and_downgrade_removes_the_tables(tmp_path):
     from alembic.script import ScriptDirectory
 
-    from xai.review.store import alembic_config, migrate
+    from xai.review.database import alembic_config, migrate
 
     store = ReviewStore(f"sqlite:///{tmp_path / 'm.sqlite3'}")
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -568,7 +568,7 @@ def test_bad_labels_csv_is_refused_naming_the_line(text, message):
 def test_migration_0002_moves_map_scores_into_rows_and_back(db_url, films):
     """A database at revision 0001 holding a rating with JSON scores: upgrading keeps every score (as rows),
     downgrading restores the JSON."""
-    from xai.review.store import migrate
+    from xai.review.database import migrate
 
     store = ReviewStore(db_url)
     sid = store.create_session("old", [str(films[0])], owner="olga")

@@ -16,7 +16,7 @@ from typing import Any
 
 from xai.batch.report import csv_cell
 from xai.export import DISCLAIMER, METHOD_TITLES
-from xai.review.store import ReviewSession
+from xai.review.records import ReviewSession
 
 __all__ = ["ratings_csv", "report_html"]
 

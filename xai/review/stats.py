@@ -46,7 +46,7 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from xai.review.store import DIAGNOSES
+from xai.review.questions import DIAGNOSES
 
 __all__ = [
     "bootstrap_mean_ci",

@@ -23,388 +23,49 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
-import csv
-import fcntl
-import hashlib
-import hmac
-import io
 import json
 import math
-import os
-import random
-import secrets
-import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.engine import Connection, RowMapping
 
 from xai.method_names import METHODS
 from xai.review import schema
+from xai.review.blinding import method_order
+from xai.review.database import default_url, shared_engine, writer_lock
+from xai.review.errors import MissingRatings, ReviewError
+from xai.review.owner_secret import hash_secret, secret_matches
+from xai.review.pixels import decode_pixels, encode_pixels
+from xai.review.questions import (
+    CONFIDENCE_RANGE,
+    DIAGNOSES,
+    MAX_NOTE,
+    PLAUSIBILITY_RANGE,
+    QUESTIONS,
+    REFERENCE_DIAGNOSES,
+    clean_name,
+    clip_box,
+    int_in,
+)
+from xai.review.records import ReviewSession, SavedCase
 
-__all__ = [
-    "CONFIDENCE_RANGE",
-    "DIAGNOSES",
-    "REFERENCE_DIAGNOSES",
-    "MissingRatings",
-    "PLAUSIBILITY_LABELS",
-    "PLAUSIBILITY_RANGE",
-    "QUESTIONS",
-    "ReviewError",
-    "ReviewSession",
-    "ReviewStore",
-    "SavedCase",
-    "default_url",
-    "hash_secret",
-    "new_owner_secret",
-    "read_labels_csv",
-    "secret_matches",
-    "map_letters",
-    "method_order",
-]
+__all__ = ["ReviewStore"]
 
-DIAGNOSES = ("covid19", "non_covid", "uncertain")
-#: What a reference diagnosis can be (a reader may be uncertain; a reference is not).
-REFERENCE_DIAGNOSES = ("covid19", "non_covid")
-CONFIDENCE_RANGE = (1, 5)
-PLAUSIBILITY_RANGE = (1, 5)
-#: The plausibility scale: higher is more plausible (the mean per method reads "higher is better").
-PLAUSIBILITY_LABELS = {
-    5: "on the finding",
-    4: "mostly on the finding",
-    3: "partly on the finding",
-    2: "in the lungs, off the finding",
-    1: "artefact / outside the lungs",
-}
-#: The questions a session can ask; a session asks all of them unless created with fewer.
-QUESTIONS = ("diagnosis", "confidence", "plausibility", "note", "box")
 DEFAULT_METHODS = METHODS
-BUSY_TIMEOUT_MS = 30_000
-MAX_NAME = 200
-MAX_NOTE = 10_000
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-
-
-class ReviewError(ValueError):
-    """A request the store refuses (unknown session, invalid rating, closed session...); says why."""
-
-
-class MissingRatings(ReviewError):
-    """A save that leaves maps unrated without ``allow_missing``; ``methods`` are the unrated ones.
-    Nothing was stored."""
-
-    def __init__(self, methods: Sequence[str]) -> None:
-        self.methods = tuple(methods)
-        super().__init__(f"no rating for {len(self.methods)} map(s): {', '.join(self.methods)}; nothing was saved")
-
-
-@dataclass(frozen=True)
-class SavedCase:
-    """What :meth:`ReviewStore.save_case` stored: the new row's id, the maps it scored (read back from the
-    database before the commit) and the maps left unrated; ``complete`` when nothing asked is missing."""
-
-    rating_id: int
-    stored: Mapping[str, int]
-    missing: tuple[str, ...]
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing
 
 
 class Loader(Protocol):
     def __call__(self, source: Any) -> Any: ...
 
 
-@dataclass(frozen=True)
-class ReviewSession:
-    """A session's settings as stored (``methods`` and ``questions`` in the order given at creation)."""
-
-    id: str
-    name: str
-    owner: str
-    model: str
-    methods: tuple[str, ...]
-    questions: tuple[str, ...]
-    blinded: bool
-    anonymised: bool
-    patient_details: bool
-    created_at: str
-    closed_at: str | None
-    n_cases: int
-    has_owner_secret: bool = False
-
-    @property
-    def closed(self) -> bool:
-        return self.closed_at is not None
-
-
-# ------------------------------------------------------------------------------------------ helpers
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-def default_url() -> str:
-    """``$XAI_DB_URL``, else ``sqlite:///<$XAI_DATA_DIR or ./data>/review.sqlite3``."""
-    url = os.environ.get("XAI_DB_URL")
-    if url:
-        return url
-    data_dir = Path(os.environ.get("XAI_DATA_DIR") or Path.cwd() / "data")
-    return f"sqlite:///{(data_dir / 'review.sqlite3').resolve()}"
-
-
-def method_order(session_id: str, case_id: str, reader: str, methods: Sequence[str]) -> tuple[str, ...]:
-    """The order in which ``reader`` sees the maps of ``case_id`` ("Map A", "Map B"...).
-
-    A Fisher-Yates shuffle (:meth:`random.Random.shuffle`) seeded with the first 8 bytes of
-    SHA-256(session id, case id, reader): different per case and reader, the same every time it is asked
-    (so it survives reloads and restarts and can be recovered for the audit), and stored with each save.
-    """
-    digest = hashlib.sha256("\x1f".join((session_id, case_id, reader)).encode("utf-8")).digest()
-    order = list(methods)
-    random.Random(int.from_bytes(digest[:8], "big")).shuffle(order)
-    return tuple(order)
-
-
-def map_letters(order: Sequence[str]) -> dict[str, str]:
-    """``{"Map A": method, ...}`` for an order from :func:`method_order`."""
-    return {f"Map {chr(ord('A') + i)}": m for i, m in enumerate(order)}
-
-
-#: scrypt cost (RFC 7914): N = 2^14, r = 8, p = 1 needs 16 MiB and ~50 ms per check, the interactive-login
-#: setting of the scrypt paper (Percival 2009); a stolen database then costs a guesser that much per guess.
-SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_LEN = 2**14, 8, 1, 32
-
-
-def new_owner_secret() -> str:
-    """A fresh owner secret: 16 random bytes (:func:`secrets.token_urlsafe`), 22 characters to copy."""
-    return secrets.token_urlsafe(16)
-
-
-def hash_secret(secret: str) -> str:
-    """``scrypt$N$r$p$salt$hash`` (hex) of ``secret`` with a fresh 16-byte salt (:func:`hashlib.scrypt`).
-
-    Only this is stored: a database copy does not reveal the secret, and the salt makes equal secrets
-    hash differently."""
-    secret = str(secret)
-    if len(secret) < 8:
-        raise ReviewError("the owner's secret must be at least 8 characters long")
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(secret.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=SCRYPT_LEN)
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
-
-
-def secret_matches(secret: str, stored: str | None) -> bool:
-    """Whether ``secret`` hashes to ``stored`` (from :func:`hash_secret`); compared with
-    :func:`hmac.compare_digest` (no timing hint). False for no stored hash or a malformed one."""
-    try:
-        kind, n, r, p, salt, digest = str(stored).split("$")
-        if kind != "scrypt":
-            return False
-        expected = bytes.fromhex(digest)
-        given = hashlib.scrypt(str(secret).encode("utf-8"), salt=bytes.fromhex(salt), n=int(n), r=int(r),
-                               p=int(p), dklen=len(expected))
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(given, expected)
-
-
-def read_labels_csv(text: str | bytes) -> dict[str, str]:
-    """``{file name: reference diagnosis}`` from a CSV with a header naming a ``file`` column and a
-    ``diagnosis`` column (``covid19`` or ``non_covid``); :class:`ReviewError` naming the bad line."""
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise ReviewError("the labels file is not UTF-8 text") from None
-    reader = csv.DictReader(io.StringIO(text))
-    fields = [f.strip().lower() for f in reader.fieldnames or []]
-    if "file" not in fields or "diagnosis" not in fields:
-        raise ReviewError(f"the labels CSV needs a header with 'file' and 'diagnosis' columns, got {fields or 'none'}")
-    out: dict[str, str] = {}
-    for line, row in enumerate(reader, start=2):
-        row = {str(k).strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
-        name, diagnosis = Path(row["file"]).name, row["diagnosis"]
-        if not name:
-            raise ReviewError(f"labels line {line}: the file name is empty")
-        if diagnosis not in REFERENCE_DIAGNOSES:
-            raise ReviewError(f"labels line {line}: diagnosis must be one of {', '.join(REFERENCE_DIAGNOSES)}, "
-                              f"got {diagnosis!r}")
-        if out.get(name, diagnosis) != diagnosis:
-            raise ReviewError(f"labels line {line}: {name} is labelled twice, differently")
-        out[name] = diagnosis
-    return out
-
-
-def _clean_name(value: Any, what: str) -> str:
-    text = str(value if value is not None else "").strip()
-    if not text:
-        raise ReviewError(f"{what} must not be empty")
-    if len(text) > MAX_NAME:
-        raise ReviewError(f"{what} is {len(text)} characters long; at most {MAX_NAME}")
-    if any(ord(c) < 32 for c in text):
-        raise ReviewError(f"{what} must not contain control characters")
-    return text
-
-
-def _int_in(value: Any, bounds: tuple[int, int], what: str) -> int:
-    lo, hi = bounds
-    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
-        raise ReviewError(f"{what} must be a whole number from {lo} to {hi}, got {value!r}")
-    if not lo <= int(value) <= hi:
-        raise ReviewError(f"{what} must be from {lo} to {hi}, got {int(value)}")
-    return int(value)
-
-
-def _box(value: Any, shape: tuple[int, int]) -> tuple[float, float, float, float] | None:
-    """A box ``[x, y, w, h]`` in pixels of the film (``shape`` = (H, W)), clipped to it; None for none."""
-    if value is None:
-        return None
-    try:
-        x, y, w, h = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ReviewError(f"box must be [x, y, w, h] (four numbers), got {value!r}") from None
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        raise ReviewError(f"box must have positive finite width and height, got {[x, y, w, h]}")
-    height, width = shape
-    x0, y0 = max(0.0, x), max(0.0, y)
-    x1, y1 = min(float(width), x + w), min(float(height), y + h)
-    if x1 <= x0 or y1 <= y0:
-        raise ReviewError(f"box {[x, y, w, h]} lies outside the {width}x{height} film")
-    return (x0, y0, x1 - x0, y1 - y0)
-
-
-def encode_pixels(pixels: np.ndarray) -> tuple[bytes, str]:
-    """Display pixels in [0, 1] -> (16-bit grayscale PNG without metadata, SHA-256 of the 16-bit pixels)."""
-    values = np.asarray(pixels, dtype=np.float64)
-    if values.ndim != 2:
-        raise ReviewError(f"a film must be a 2-D image, got shape {values.shape}")
-    u16 = np.ascontiguousarray(np.round(np.clip(values, 0.0, 1.0) * 65535.0).astype(np.uint16))
-    digest = hashlib.sha256(f"{u16.shape[0]}x{u16.shape[1]}:".encode() + u16.tobytes()).hexdigest()
-    ok, buffer = cv2.imencode(".png", u16, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-    if not ok:
-        raise ReviewError("could not encode the film's pixels")
-    return buffer.tobytes(), digest
-
-
-def decode_pixels(png: bytes) -> np.ndarray:
-    """The stored PNG back to float32 display pixels in [0, 1] (read-only)."""
-    u16 = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
-    if u16 is None or u16.ndim != 2:
-        raise ReviewError("a stored film could not be decoded")
-    pixels = (u16.astype(np.float32) / 65535.0)
-    pixels.setflags(write=False)
-    return pixels
-
-
-# ------------------------------------------------------------------------------------------ engines
-_ENGINES: dict[str, tuple[int, Engine]] = {}
-_ENGINES_LOCK = threading.Lock()
-
-
-def _sqlite_setup(engine: Engine) -> None:
-    """WAL, FULL sync, busy timeout, foreign keys; BEGIN (IMMEDIATE for writes) issued by us."""
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # the driver's own BEGIN handling off: see _on_begin
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = FULL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
-        connection.exec_driver_sql(f"BEGIN {mode}")
-
-
-def _engine(url: str) -> Engine:
-    """The process's engine for ``url``, created (and the schema migrated) on first use.
-
-    A forked child does not reuse its parent's engine: the inherited pool is dropped without closing the
-    parent's connections (``dispose(close=False)``, as SQLAlchemy prescribes after ``fork``)."""
-    with _ENGINES_LOCK:
-        pid, engine = _ENGINES.get(url, (None, None))
-        if engine is not None and pid != os.getpid():
-            engine.dispose(close=False)
-            engine = None
-        if engine is None:
-            parsed = sa.make_url(url)
-            if parsed.get_backend_name() == "sqlite":
-                database = parsed.database
-                if database and database != ":memory:":
-                    Path(database).parent.mkdir(parents=True, exist_ok=True)
-                engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-                _sqlite_setup(engine)
-            else:
-                engine = sa.create_engine(url, pool_pre_ping=True)
-            migrate(engine)
-            _ENGINES[url] = (os.getpid(), engine)
-        return engine
-
-
-_WRITER_LOCKS: dict[str, threading.Lock] = {}
-
-
-def _writer_lock(url: str) -> threading.Lock:
-    with _ENGINES_LOCK:
-        return _WRITER_LOCKS.setdefault(url, threading.Lock())
-
-
-@contextlib.contextmanager
-def _migration_lock(engine: Engine, connection: Connection) -> Iterator[None]:
-    """One migrator at a time across processes: a file lock beside a SQLite file, an advisory lock on
-    PostgreSQL (other back ends rely on their own DDL locking)."""
-    backend = engine.url.get_backend_name()
-    database = engine.url.database
-    if backend == "sqlite" and database and database != ":memory:":
-        with open(f"{database}.migrate.lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-    elif backend == "postgresql":
-        key = 0x5845_4149_5245_56  # "XAIREV"
-        connection.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
-        connection.commit()
-        try:
-            yield
-        finally:
-            connection.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
-            connection.commit()
-    else:
-        yield
-
-
-def alembic_config() -> Any:
-    """An Alembic ``Config`` built in code for the migrations shipped in this package (no alembic.ini)."""
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    return config
-
-
-def migrate(engine: Engine, revision: str = "head", *, downgrade: bool = False) -> None:
-    """Upgrade (or, with ``downgrade=True``, downgrade) the schema to ``revision`` under the migration lock."""
-    from alembic import command
-
-    config = alembic_config()
-    with engine.connect() as connection, _migration_lock(engine, connection):
-        config.attributes["connection"] = connection
-        (command.downgrade if downgrade else command.upgrade)(config, revision)
-        connection.commit()
 
 
 # --------------------------------------------------------------------------------------------- store
@@ -414,8 +75,8 @@ class ReviewStore:
     def __init__(self, url: str | None = None) -> None:
         self.url = url or default_url()
         try:
-            self.engine = _engine(self.url)
-            self._writer_lock = _writer_lock(self.url) if self.engine.url.get_backend_name() == "sqlite" \
+            self.engine = shared_engine(self.url)
+            self._writer_lock = writer_lock(self.url) if self.engine.url.get_backend_name() == "sqlite" \
                 else contextlib.nullcontext()
         except (sa.exc.SQLAlchemyError, ImportError, OSError) as exc:
             shown = self.url
@@ -473,9 +134,9 @@ class ReviewStore:
         from xai.engine import METHODS
         from xai.radiograph import RadiographError, load_radiograph
 
-        name = _clean_name(name, "session name")
-        owner = _clean_name(owner, "owner")
-        model = _clean_name(model, "model")
+        name = clean_name(name, "session name")
+        owner = clean_name(owner, "owner")
+        model = clean_name(model, "model")
         methods = tuple(dict.fromkeys(methods))
         unknown = [m for m in methods if m not in METHODS]
         if unknown or not methods:
@@ -572,7 +233,7 @@ class ReviewStore:
     def close_session(self, session_id: str, by: str) -> None:
         """Close the session (no more saves; every reader may then see the results). Owner only."""
         session = self.session(session_id)
-        if _clean_name(by, "reader") != session.owner:
+        if clean_name(by, "reader") != session.owner:
             raise ReviewError(f"only the session's owner ({session.owner}) can close it")
         if session.closed:
             return
@@ -634,7 +295,7 @@ class ReviewStore:
         """The methods in the order ``reader`` sees them for this case (see :func:`method_order`);
         the session's own order when it is not anonymised."""
         session = self.session(session_id)
-        reader = _clean_name(reader, "reader")
+        reader = clean_name(reader, "reader")
         if not session.anonymised:
             return session.methods
         return method_order(session.id, str(case_id), reader, session.methods)
@@ -683,21 +344,21 @@ class ReviewStore:
                 raise ReviewError(f"diagnosis must be one of {', '.join(DIAGNOSES)}, got {diagnosis!r}")
             out["diagnosis"] = diagnosis
         if "confidence" in asked:
-            out["confidence"] = _int_in(rating.get("confidence"), CONFIDENCE_RANGE, "confidence")
+            out["confidence"] = int_in(rating.get("confidence"), CONFIDENCE_RANGE, "confidence")
         plausibility = rating.get("plausibility") or {}
         if not isinstance(plausibility, Mapping):
             raise ReviewError("plausibility must map each method to a rating from 1 to 5")
         unknown = sorted(str(m) for m in plausibility if m not in session.methods)
         if unknown:
             raise ReviewError(f"plausibility for method(s) {unknown} not in this session ({', '.join(session.methods)})")
-        out["plausibility"] = {m: _int_in(v, PLAUSIBILITY_RANGE, f"plausibility of {m}") for m, v in plausibility.items()}
+        out["plausibility"] = {m: int_in(v, PLAUSIBILITY_RANGE, f"plausibility of {m}") for m, v in plausibility.items()}
         note = rating.get("note") or ""
         if not isinstance(note, str):
             raise ReviewError(f"note must be text, got {type(note).__name__}")
         if len(note) > MAX_NOTE:
             raise ReviewError(f"note is {len(note)} characters long; at most {MAX_NOTE}")
         out["note"] = note
-        box = _box(rating.get("box"), shape)
+        box = clip_box(rating.get("box"), shape)
         out.update(zip(("box_x", "box_y", "box_w", "box_h"), box or (None,) * 4, strict=True))
         seconds = rating.get("seconds")
         if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int | float)
@@ -728,7 +389,7 @@ class ReviewStore:
         stored) unless ``allow_missing`` (the reader confirmed). Raises :class:`ReviewError` for a closed
         session, an unknown case, or a field out of range (the message names it).
         """
-        reader = _clean_name(reader, "reader")
+        reader = clean_name(reader, "reader")
         try:
             rating_id, session, values, stored = self._insert_case(session_id, case_id, reader, rating, allow_missing)
         except sa.exc.SQLAlchemyError as exc:  # rolled back: nothing of this answer is in the database
@@ -826,12 +487,12 @@ class ReviewStore:
         once the page has checked the owner's secret or sign-in, or for an analyst with the database.
         """
         session = self.session(session_id)
-        return self._rows(session.id, None if reader is None else _clean_name(reader, "reader"), latest=True)
+        return self._rows(session.id, None if reader is None else clean_name(reader, "reader"), latest=True)
 
     def history(self, session_id: str, *, reader: str | None = None) -> list[dict[str, Any]]:
         """Every save, oldest first per (case, reader): the audit trail (same keys as :meth:`export`)."""
         session = self.session(session_id)
-        return self._rows(session.id, None if reader is None else _clean_name(reader, "reader"), latest=False)
+        return self._rows(session.id, None if reader is None else clean_name(reader, "reader"), latest=False)
 
     def progress(self, session_id: str, reader: str) -> dict[str, Any]:
         """``{done, total, next}``: the cases whose latest stored answer by ``reader`` is complete (the read
@@ -839,7 +500,7 @@ class ReviewStore:
         the first case not complete (None when all are) — where a reader resumes."""
         session = self.session(session_id)
         ids = self.cases(session.id)
-        latest = {row["case"]: row for row in self._rows(session.id, _clean_name(reader, "reader"), latest=True)}
+        latest = {row["case"]: row for row in self._rows(session.id, clean_name(reader, "reader"), latest=True)}
         pending = [i for i, case_id in enumerate(ids) if self.missing_answers(session, latest.get(case_id))]
         return {"done": len(ids) - len(pending), "total": len(ids), "next": pending[0] if pending else None}
 

@@ -1,4 +1,4 @@
-"""Alembic environment: run on the connection :func:`xai.review.store.migrate` passes in ``attributes``."""
+"""Alembic environment: run on the connection :func:`xai.review.database.migrate` passes in ``attributes``."""
 
 from __future__ import annotations
 
