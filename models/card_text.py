@@ -1,6 +1,7 @@
 """What ChestCOVNet's model card says in words: intended use, limitations, data and mask attribution, licence.
 
-Prose, kept apart from the training code that writes it onto the card (:func:`models.train.training_record`).
+Prose, kept apart from the training code that writes it onto the card
+(:func:`models.train.record.training_record`).
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def score_and_features(loaded: LoadedModel, data_dir: Path, records: Sequence[Re
     sees it (:func:`xai.trust.ood.extract_features`), in one forward pass per batch."""
     from tqdm import tqdm
 
-    from models.train import eval_mode
+    from models.train.predict import eval_mode
     from xai.scores import probabilities
     from xai.trust.ood import extract_features
 

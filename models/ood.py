@@ -59,10 +59,10 @@ def ood_stats(model: LoadedModel) -> OODStats | None:
 
 # ------------------------------------------------------------------------------------------ comparing scores
 # Candidate warnings, compared on the per-film outputs a training run saves (``films.npz``,
-# :func:`models.train.save_film_outputs`). Each is "larger = stranger"; each is fitted on the run's train
-# split, its limit is a percentile of its val scores, and it is judged where the model fails: on the held-out
-# source of a leave-one-source-out run, by the AUROC of the score for "misclassified" and by the silent
-# error rate it leaves.
+# :func:`models.train.record.save_film_outputs`). Each is "larger = stranger"; each is fitted on the run's
+# train split, its limit is a percentile of its val scores, and it is judged where the model fails: on the
+# held-out source of a leave-one-source-out run, by the AUROC of the score for "misclassified" and by the
+# silent error rate it leaves.
 def gaussian_distance(fit: np.ndarray, labels: np.ndarray, other: np.ndarray) -> np.ndarray:
     """Mahalanobis distance of ``other`` to the nearer class Gaussian fitted on ``fit`` (signed square root
     features, Ledoit-Wolf pooled covariance: the app's check, :mod:`xai.trust.ood`; Lee et al. 2018)."""
@@ -143,7 +143,7 @@ def lung_statistics(files: np.ndarray, data_dir: str | Path, cache_dir: str | Pa
     """(N, 3) per film from the lung U-Net's visible lung fields (NLM) on the model grid: lung area share,
     lung width share and lung height share of the (cropped) film; zeros where no lung field was found."""
     from models.data import build_predicted_mask_cache, read_manifest
-    from models.train import CHESTCOVNET_PREPROCESSING
+    from models.train.preprocessing import CHESTCOVNET_PREPROCESSING
 
     records = read_manifest(data_dir)
     by_file = {r.file: i for i, r in enumerate(records)}

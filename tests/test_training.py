@@ -23,8 +23,11 @@ from models.data import (
     read_manifest,
     select,
 )
+from models.efficientnet_lite import EfficientNetLite0, efficientnet_lite0
 from models.evaluate import score_records
 from models.metrics import auroc
+from models.train.data import _cap
+from models.train.preprocessing import CHESTCOVNET_PREPROCESSING
 from xai.preprocessing import prepare
 from xai.radiograph import load_radiograph
 
@@ -50,12 +53,12 @@ def test_two_step_training_run_produces_a_loadable_bundle(tmp_path: Path, chestc
     assert held["all_splits"]["n"] == 8 and held["all_splits"]["sensitivity"] is not None
     # The cached-feature path used in training scores val exactly like the app's decode + prepare path.
     records = read_manifest(chestcovnet_dir)
-    val = train_mod._cap(select(records, ["val"], exclude_source="MHH Hannover"), 8)
+    val = _cap(select(records, ["val"], exclude_source="MHH Hannover"), 8)
     scores = score_records(loaded, chestcovnet_dir, val)
     labels = np.array([r.label for r in val])
     assert auroc(labels, scores) == pytest.approx(card.metrics["val"]["auroc"], abs=2e-3)
     # Frozen layers still hold the ImageNet weights; the trained head does not.
-    imagenet = train_mod.efficientnet_lite0(2, imagenet=True).state_dict()
+    imagenet = efficientnet_lite0(2, imagenet=True).state_dict()
     trained = loaded.module.state_dict()
     torch.testing.assert_close(trained["blocks.3.depthwise_conv.weight"], imagenet["blocks.3.depthwise_conv.weight"])
     assert not torch.equal(trained["head_conv.weight"], imagenet["head_conv.weight"])
@@ -68,7 +71,7 @@ def test_unknown_holdout_source_is_a_clear_error(tmp_path: Path, chestcovnet_dir
 
 def test_cache_matches_prepare_and_augment_keeps_range(chestcovnet_dir: Path):
     records = read_manifest(chestcovnet_dir)[:3]
-    pre = train_mod.CHESTCOVNET_PREPROCESSING
+    pre = CHESTCOVNET_PREPROCESSING
     cache = build_cache(chestcovnet_dir, records, pre, None, progress=False)
     x, _ = prepare(load_radiograph(chestcovnet_dir / "images" / records[0].file), pre)
     torch.testing.assert_close(normalize(torch.from_numpy(cache[:1]), pre), x, atol=2e-3, rtol=0)
@@ -101,7 +104,7 @@ def test_cam_border_share_matches_the_engines_grad_cam():
     from xai import Explainer
 
     torch.manual_seed(0)
-    net = train_mod.EfficientNetLite0(2).eval()
+    net = EfficientNetLite0(2).eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         logits, feats = net.forward_rest(net.forward_front(x, 15), 15, return_features=True)
@@ -142,7 +145,7 @@ def test_whole_network_stage_with_lung_penalty(tmp_path: Path, chestcovnet_dir: 
     # NIH held out: a negative source, so its check is a specificity at the remaining val's threshold
     held = final.card.cross_source["NIH ChestX-ray14"]["all_splits"]
     assert held["sensitivity"] is None and 0.0 <= held["specificity"] <= 1.0 and held["n"] == 8
-    imagenet = train_mod.efficientnet_lite0(2, imagenet=True).state_dict()
+    imagenet = efficientnet_lite0(2, imagenet=True).state_dict()
     first, last = stage1.module.state_dict(), final.module.state_dict()
     # stage 1 left the front at ImageNet; stage 2 moved it, but kept every batch-norm statistic
     torch.testing.assert_close(first["blocks.3.depthwise_conv.weight"], imagenet["blocks.3.depthwise_conv.weight"])
@@ -182,7 +185,7 @@ def test_lung_masks_follow_the_films_crop_and_lie_on_the_dark_lungs(chestcovnet_
     from models.data import build_mask_cache, mask_to_model, read_lung_masks
     from xai.preprocessing import prepare_array
 
-    pre = train_mod.CHESTCOVNET_PREPROCESSING
+    pre = CHESTCOVNET_PREPROCESSING
     masks = read_lung_masks(shared_data / "lungs")
     records = [r for r in read_manifest(chestcovnet_dir) if r.file in masks][:40:10]
     grid, has = build_mask_cache(chestcovnet_dir, records, pre, masks, None)
@@ -246,9 +249,9 @@ def test_lung_crop_run_trains_on_what_the_app_prepares(tmp_path: Path, chestcovn
     assert rc == 0
     loaded = models.load(out)
     assert loaded.card.preprocessing.crop == "lungs"
-    records = train_mod._cap(select(read_manifest(chestcovnet_dir), ["val"]), 8)
+    records = _cap(select(read_manifest(chestcovnet_dir), ["val"]), 8)
     film = load_radiograph(chestcovnet_dir / "images" / records[0].file)
-    lungs, body = loaded.card.preprocessing, train_mod.CHESTCOVNET_PREPROCESSING
+    lungs, body = loaded.card.preprocessing, CHESTCOVNET_PREPROCESSING
     cache = build_cache(chestcovnet_dir, records[:1], lungs, None, progress=False)
     (x_lungs, g_lungs), (_, g_body) = prepare(film, lungs), prepare(film, body)
     torch.testing.assert_close(normalize(torch.from_numpy(cache), lungs), x_lungs, atol=2e-3, rtol=0)
@@ -323,7 +326,7 @@ def test_nlm_masks_only_and_the_lung_models_visible_lung_fields(chestcovnet_dir:
     assert all(f.startswith("nlm_") for f in nlm) and not any(f.startswith("nlm_") for f in v7)
     with pytest.raises(ValueError, match="convention"):
         read_lung_masks(shared_data / "lungs", "heart")
-    pre = train_mod.CHESTCOVNET_PREPROCESSING
+    pre = CHESTCOVNET_PREPROCESSING
     records = read_manifest(chestcovnet_dir)
     chosen = [r for r in records if r.file in nlm][:30:10] + [r for r in records if r.file in v7][:20:10]
     manual, has = build_mask_cache(chestcovnet_dir, chosen, pre, every, None)
