@@ -216,6 +216,48 @@ def test_boot_applies_the_settings_once_from_any_number_of_threads():
     assert out == "(False, False, False) (True, True, True) 1"
 
 
+def test_boot_leaves_pydicom_unimported_and_quiets_it_when_another_thread_imports_it():
+    """boot() costs no pydicom import (0.3 s of the app's first page); whoever imports pydicom later, in any
+    thread, gets reading validation off, and the module keeps its own loader; a failed import fires nothing."""
+    out = _run(
+        "import sys, threading, importlib\n"
+        "import xai\n"
+        "xai.boot()\n"
+        "print('pydicom' in sys.modules)\n"
+        "try:\n    importlib.import_module('pydicom.config_that_is_not_there')\nexcept ImportError:\n    pass\n"
+        "mods = ['pydicom', 'json', 'email.mime.text', 'xml.dom.minidom']\n"
+        "threads = [threading.Thread(target=importlib.import_module, args=(m,)) for m in mods]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "import pydicom.config as cfg\n"
+        "print(all(m in sys.modules for m in mods), cfg.settings.reading_validation_mode == cfg.IGNORE,\n"
+        "      type(cfg.__loader__).__name__, type(cfg.__spec__.loader).__name__)\n"
+    )
+    assert out.split() == ["False", "True", "True", "SourceFileLoader", "SourceFileLoader"]
+
+
+def test_the_import_hook_fires_once_and_only_after_a_successful_import(tmp_path, monkeypatch):
+    import xai.startup as su
+
+    (tmp_path / "hooked_mod_ok.py").write_text("VALUE = 1\n")
+    (tmp_path / "hooked_mod_bad.py").write_text("raise RuntimeError('broken module')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen: list[str] = []
+    hooks = [su.AfterImport(name, lambda m: seen.append(m.__name__)) for name in ("hooked_mod_ok", "hooked_mod_bad")]
+    for hook in hooks:
+        monkeypatch.setattr(sys, "meta_path", [hook, *sys.meta_path])
+    try:
+        import hooked_mod_ok  # noqa: F401
+        with pytest.raises(RuntimeError, match="broken module"):
+            import hooked_mod_bad  # noqa: F401
+        assert seen == ["hooked_mod_ok"] and hooks[0].fired and not hooks[1].fired
+        sys.modules.pop("hooked_mod_ok")
+        import hooked_mod_ok  # noqa: F401,F811 - a second import: the hook is inert
+        assert seen == ["hooked_mod_ok"]
+    finally:
+        sys.modules.pop("hooked_mod_ok", None)
+        sys.modules.pop("hooked_mod_bad", None)
+
+
 def test_reading_a_dicom_boots_the_library_first(dicom_dir):
     """A program that never called boot() still never lets pydicom log header values."""
     path = sorted(dicom_dir.glob("*.dcm"))[0]

@@ -10,7 +10,10 @@ decoders' fork server runs it through :mod:`xai._worker_boot`):
    pydicom warns *and logs* an invalid value together with the value itself ("Invalid value for VR UI:
    '<uid>'"), which would put patient identifiers in server logs. Reading never needs the check: the
    values are only displayed, and :mod:`xai.dicom` validates what it uses. The DICOM reader calls
-   :func:`boot` before its first read, so a program that never called it is still safe.
+   :func:`boot` before its first read, so a program that never called it is still safe. When pydicom is not
+   imported yet, :func:`boot` does not import it (0.3 s, on the path of the app's first page, which needs no
+   DICOM): an import hook (:class:`AfterImport`) sets the mode right after ``pydicom.config`` first runs,
+   whoever imports it.
 2. **Decoder workers skip the parent's ``__main__``** (``multiprocessing.spawn.prepare`` wrapped by
    :func:`prepare_without_main`). ``multiprocessing`` re-imports the parent's main script in every worker
    it starts so that functions defined there unpickle. A Streamlit server replaces
@@ -46,13 +49,18 @@ It is not part of :func:`boot` because it must run *after* the long-lived object
 from __future__ import annotations
 
 import gc
+import importlib.abc
 import os
 import sys
 import threading
+from collections.abc import Callable, Sequence
+from importlib.machinery import ModuleSpec
 from multiprocessing import spawn
+from types import ModuleType
 from typing import Any
 
-__all__ = ["MAIN_MODULE_KEYS", "OMP_WAIT_POLICY", "boot", "booted", "freeze_heap", "prepare_without_main"]
+__all__ = ["MAIN_MODULE_KEYS", "OMP_WAIT_POLICY", "AfterImport", "boot", "booted", "freeze_heap",
+           "prepare_without_main"]
 
 #: The ``spawn.prepare`` entries that make a worker import the parent's ``__main__``.
 MAIN_MODULE_KEYS = ("init_main_from_path", "init_main_from_name")
@@ -70,12 +78,66 @@ def prepare_without_main(data: dict[str, Any]) -> None:
     _prepare_with_main({key: value for key, value in data.items() if key not in MAIN_MODULE_KEYS})
 
 
+class _ThenLoader(importlib.abc.Loader):
+    """``loader`` that calls ``then(module)`` once the module's code has run (the module keeps ``loader``)."""
+
+    def __init__(self, loader: importlib.abc.Loader, then: Callable[[ModuleType], None]) -> None:
+        self._loader = loader
+        self._then = then
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        module.__loader__ = self._loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._loader
+        self._then(module)
+
+
+class AfterImport(importlib.abc.MetaPathFinder):
+    """An import hook: ``action(module)`` runs once, right after module ``name`` has first run, whoever imports it.
+
+    It finds the module with the other finders and only wraps the loader. It stays on ``sys.meta_path``, inert
+    once it has fired: removing a finder while another thread's import walks that list could make the other
+    import skip a finder. A failed import of ``name`` fires nothing; the next attempt is hooked again.
+    """
+
+    def __init__(self, name: str, action: Callable[[ModuleType], None]) -> None:
+        self.name = name
+        self._action = action
+        self.fired = False
+
+    def _fire(self, module: ModuleType) -> None:
+        self.fired = True
+        self._action(module)
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None) -> ModuleSpec | None:
+        if fullname != self.name or self.fired:
+            return None
+        for finder in list(sys.meta_path):
+            find_spec = getattr(finder, "find_spec", None)
+            if finder is self or find_spec is None:
+                continue
+            spec = find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _ThenLoader(spec.loader, self._fire)
+                return spec
+        return None
+
+
+def _ignore_reading_validation(config: ModuleType) -> None:
+    config.settings.reading_validation_mode = config.IGNORE
+
+
 def _quiet_pydicom() -> None:
-    try:
-        import pydicom.config
-    except ImportError:  # no DICOM support installed: nothing to quiet
-        return
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    # The hook first, then the check: a pydicom imported in between is caught by one or the other.
+    sys.meta_path.insert(0, AfterImport("pydicom.config", _ignore_reading_validation))
+    config = sys.modules.get("pydicom.config")
+    if config is not None:
+        _ignore_reading_validation(config)
 
 
 def _workers_skip_main() -> None:
