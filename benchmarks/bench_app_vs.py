@@ -19,6 +19,7 @@ now shows after the uploader); read the two scripts before comparing a measure t
 definition of each measure: the cold start until the model's first widget is visible, the uploader's
 appearance, and the first result in the page's own clock, from the file input's change to the animation frame
 with all four overlays in the DOM, as ``bench_app.py`` defines it); the opacity change is not measured there.
+The browser opens the page once, when the server answers its health check (``bench_app.open_when_listening``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def drive_once(tree: Path, image: Path, browser: object, log: Path) -> dict[str,
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     sys.path.insert(0, str(REPO / "tests"))
-    from bench_app import LANDING_CHART, MODEL_READY, PAGE_CLOCK_JS, arm, drawn_at
+    from bench_app import LANDING_CHART, MODEL_READY, PAGE_CLOCK_JS, arm, drawn_at, open_when_listening
     from test_browser import UPLOADER, free_port, overlay_count_js, start_server, stop_server
 
     port = free_port()
@@ -64,14 +65,7 @@ def drive_once(tree: Path, image: Path, browser: object, log: Path) -> dict[str,
     started = time.perf_counter()
     process = start_server(log, port, app_dir=tree)
     try:
-        while True:  # the page cannot load before the server listens
-            try:
-                page.goto(f"http://127.0.0.1:{port}", wait_until="domcontentloaded", timeout=5000)
-                break
-            except Exception:  # noqa: BLE001 - connection refused while the server starts
-                if time.perf_counter() - started > 120 or process.poll() is not None:
-                    return None
-                time.sleep(0.05)
+        open_when_listening(page, f"http://127.0.0.1:{port}", process, started)
         page.locator(UPLOADER).locator("..").wait_for(state="visible", timeout=120_000)
         uploader = time.perf_counter() - started
         page.get_by_text(MODEL_READY).first.wait_for(state="visible", timeout=120_000)
