@@ -59,6 +59,7 @@ from test_browser import (  # noqa: E402 - one home for the server/browser helpe
     CHROMIUM_ARGS,
     PANEL,
     UPLOADER,
+    answers_health_check,
     free_port,
     overlay_count_js,
     start_server,
@@ -81,17 +82,10 @@ def open_when_listening(page, url: str, process: subprocess.Popen, started: floa
     """Open ``url`` in ``page`` once the server answers ``/_stcore/health`` (polled with plain HTTP, which costs
     the two cores nothing, unlike a browser drawing an error page for every refused try); returns the seconds
     from ``started`` until the server answered. RuntimeError when the server exits or never answers."""
-    import urllib.request
-
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            if time.perf_counter() - started > timeout_s or process.poll() is not None:
-                raise RuntimeError(f"the server at {url} did not start") from None
-            time.sleep(0.02)
+    while not answers_health_check(url):
+        if time.perf_counter() - started > timeout_s or process.poll() is not None:
+            raise RuntimeError(f"the server at {url} did not start")
+        time.sleep(0.02)
     listening = time.perf_counter() - started
     page.goto(url, wait_until="domcontentloaded", timeout=30_000)
     return listening

@@ -55,17 +55,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def answers_health_check(url: str) -> bool:
+    """Whether the Streamlit server at ``url`` answers ``/_stcore/health`` (False while it starts)."""
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
+        if answers_health_check(url):
+            return
+        time.sleep(0.2)
     pytest.fail(f"streamlit not healthy within {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
@@ -182,6 +188,15 @@ def wait_idle(page, timeout_s: float = 60) -> None:
     page.wait_for_timeout(300)  # the rerun request reaches the server first
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
                            timeout=timeout_s * 1000, polling=100)
+
+
+def click_key(page, key: str, timeout_s: float = 60) -> None:
+    """Click the button of the widget with key ``key``, once only one copy of it is drawn (a rerun may briefly
+    leave the previous run's copy on the page, marked stale), then wait until the run it starts is over."""
+    page.wait_for_function(f"() => document.querySelectorAll('.st-key-{key} button').length === 1",
+                           timeout=timeout_s * 1000)
+    page.locator(f".st-key-{key} button").click()
+    wait_idle(page, timeout_s)
 
 
 def error_texts(page) -> list[str]:

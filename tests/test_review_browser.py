@@ -18,6 +18,7 @@ import pytest
 
 from tests.test_browser import (
     SERVER_START_S,
+    click_key,
     error_texts,
     free_port,
     start_server,
@@ -84,13 +85,6 @@ def wait_for_case(page, number: int) -> None:
 
 def choose(page, key: str, option: str) -> None:
     page.locator(f".st-key-{key}").get_by_text(option, exact=True).click()
-    wait_idle(page)
-
-
-def click(page, key: str) -> None:
-    # a rerun may briefly leave the previous run's copy of a widget on the page (marked stale)
-    page.wait_for_function(f"() => document.querySelectorAll('.st-key-{key} button').length === 1", timeout=60_000)
-    page.locator(f".st-key-{key} button").click()
     wait_idle(page)
 
 
@@ -175,7 +169,7 @@ def test_two_readers_blinded_anonymised_box_resume_and_results(browser, chestcov
         ann.get_by_text(re.compile(r"Box: x \d+, y \d+, \d+ × \d+ px")).wait_for(timeout=60_000)
         choose(ann, f"review_dx_{sid}_{first}", "COVID-19")
         choose(ann, f"review_conf_{sid}_{first}", "4")
-        click(ann, "review_record")
+        click_key(ann, "review_record")
         # revealed: the prediction and Map A-D; no method name in the main area
         assert wait_for_maps(ann) == ["Map A", "Map B", "Map C", "Map D"]
         text = main_text(ann)
@@ -186,7 +180,7 @@ def test_two_readers_blinded_anonymised_box_resume_and_results(browser, chestcov
         ann.locator(f".st-key-review_note_{sid}_{first} textarea").fill("patchy opacity right mid zone")
         ann.locator(f".st-key-review_note_{sid}_{first} textarea").blur()
         wait_idle(ann)
-        click(ann, "review_save")
+        click_key(ann, "review_save")
         wait_for_case(ann, 2)
 
         (row,) = store.export(sid)
@@ -216,11 +210,11 @@ def test_two_readers_blinded_anonymised_box_resume_and_results(browser, chestcov
         assert "patchy opacity" not in main_text(ben)
         choose(ben, f"review_dx_{sid}_{first}", "Uncertain")
         choose(ben, f"review_conf_{sid}_{first}", "2")
-        click(ben, "review_record")
+        click_key(ben, "review_record")
         assert wait_for_maps(ben) == ["Map A", "Map B", "Map C", "Map D"]
         ben_order = store.map_order(sid, first, "ben")
         rate_maps(ben, sid, first, ben_order, (4, 4, 1, 2))
-        click(ben, "review_save")
+        click_key(ben, "review_save")
         wait_for_case(ben, 2)
         ben_row = next(r for r in store.export(sid) if r["reader"] == "ben")
         assert ben_row["plausibility"] == dict(zip(ben_order, (4, 4, 1, 2), strict=True)) and ben_row["box"] is None
@@ -237,7 +231,7 @@ def test_two_readers_blinded_anonymised_box_resume_and_results(browser, chestcov
         url = server.start()
         sign_in(ann, url, "ann")
         assert "Case 2 of 2" in progress_text(ann) and "completed 1 of 2" in progress_text(ann)
-        click(ann, "review_prev")
+        click_key(ann, "review_prev")
         wait_for_case(ann, 1)
         assert len(film_shapes(ann, sid, first)) == 1
         assert wait_for_maps(ann) == ["Map A", "Map B", "Map C", "Map D"]  # read recorded: maps at once
@@ -249,7 +243,7 @@ def test_two_readers_blinded_anonymised_box_resume_and_results(browser, chestcov
         olga.locator('[data-testid="stButtonGroup"] button', has_text="Results").click()
         wait_idle(olga)
         olga.locator(f".st-key-review_owner_secret_{sid} input").fill(SECRET)
-        click(olga, "review_owner_unlock")
+        click_key(olga, "review_owner_unlock")
         olga.wait_for_selector(".st-key-review_plausibility_chart .js-plotly-plot", timeout=RESULT_MS)
         olga.wait_for_selector('[data-testid="stMetric"]', timeout=60_000)
         metrics = olga.eval_on_selector_all('[data-testid="stMetric"]', "els => els.map(e => e.innerText)")
@@ -329,7 +323,7 @@ def test_ratings_during_a_relayout_owner_name_reload_and_light_theme_contrast(br
         sign_in(ben, url, "ben")
         choose(ben, f"review_dx_{sid}_{first}", "Not COVID-19")
         choose(ben, f"review_conf_{sid}_{first}", "3")
-        click(ben, "review_record")
+        click_key(ben, "review_record")
         # no waiting for the page to settle: click as soon as the ratings are on the page
         ben.wait_for_selector(f".st-key-review_pl_{sid}_{first}_3", timeout=RESULT_MS)
         values = (4, 4, 2, 1)
@@ -338,7 +332,7 @@ def test_ratings_during_a_relayout_owner_name_reload_and_light_theme_contrast(br
                 f"{value} {PLAUSIBILITY_LABELS[value]}", exact=True).click()
             if i == 1:  # a window change reruns the page and redraws the film between two clicks
                 ben.locator(f".st-key-review_wl_{sid} input[type=range]").press("ArrowRight")
-        click(ben, "review_save")
+        click_key(ben, "review_save")
         row = next((r for r in store.export(sid, reader="ben") if r["case"] == first), None)
         order = store.map_order(sid, first, "ben")
         expected = dict(zip(order, values, strict=True))
@@ -354,7 +348,7 @@ def test_ratings_during_a_relayout_owner_name_reload_and_light_theme_contrast(br
 
         # the light theme: map titles and colour-bar ticks readable (rendered colours, WCAG contrast)
         if "Case 2 of 2" in progress_text(ben):
-            click(ben, "review_prev")
+            click_key(ben, "review_prev")
         wait_for_maps(ben)
         colours = ben.evaluate(RENDERED_COLOURS_JS)
         assert len(colours["titles"]) == 4 and colours["ticks"], colours
@@ -386,7 +380,7 @@ def test_ratings_during_a_relayout_owner_name_reload_and_light_theme_contrast(br
         eve.locator('[data-testid="stButtonGroup"] button', has_text="Results").click()
         wait_idle(eve)
         eve.locator(f".st-key-review_owner_secret_{sid} input").fill("olga")
-        click(eve, "review_owner_unlock")
+        click_key(eve, "review_owner_unlock")
         eve.get_by_text("not this session's owner secret").wait_for(timeout=60_000)
         text = main_text(eve)
         assert "ann's private note" not in text

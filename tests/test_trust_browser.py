@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_browser import SERVER_START_S, browser, error_texts, server, wait_idle  # noqa: F401 - fixtures
+from test_browser import SERVER_START_S, browser, click_key, error_texts, server, wait_idle  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.browser
 
@@ -50,14 +50,10 @@ def press_until(page, button_key: str, shown: str, timeout_s: float = RESULT_S, 
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    button = page.locator(f".st-key-{button_key} button")
     target = page.get_by_text(shown).first
     for _ in range(tries):
         wait_idle(page, timeout_s)
-        page.wait_for_function(f"() => document.querySelectorAll('.st-key-{button_key} button').length === 1",
-                               timeout=timeout_s * 1000)
-        button.click()
-        wait_idle(page, timeout_s)
+        click_key(page, button_key, timeout_s)
         assert error_texts(page) == []
         if target.is_visible():
             return
