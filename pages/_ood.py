@@ -33,16 +33,19 @@ DO_NOT_USE = ("Do not use this prediction: the out-of-distribution check warned 
 
 @dataclass(frozen=True)
 class OodSummary:
-    """The out-of-distribution check in words: ``warnings`` to show, else ``text`` (the reassurance or
-    why there is no check)."""
+    """The out-of-distribution check in words: ``warnings`` to show, else ``text`` (what no warning means, or
+    why there is no check); ``detail``: the modeler's figures behind it (the page puts them in a tooltip)."""
 
     warnings: tuple[str, ...]
     text: str
+    detail: str = ""
 
     @property
     def sentence(self) -> str:
-        """One line for an export."""
-        return " ".join((DO_NOT_USE, *self.warnings)) if self.warnings else self.text
+        """One line for an export (with the figures)."""
+        if self.warnings:
+            return " ".join((DO_NOT_USE, *self.warnings))
+        return f"{self.text} ({self.detail})" if self.detail else self.text
 
 
 def ood_summary(image_sha: str, model: ActiveModel, result: PipelineResult) -> OodSummary:
@@ -62,8 +65,9 @@ def ood_summary(image_sha: str, model: ActiveModel, result: PipelineResult) -> O
     return OodSummary((), "No out-of-distribution warning — the check misses films from hospitals it never saw"
                           + (f": {silence}" if silence else "") + ". No warning does not mean the film is like the "
                           "training data: a film from a hospital the model never saw can be scored confidently "
-                          f"wrong without one. (Mahalanobis distance {scored.score:.1f}, warning above "
-                          f"{scored.threshold:.1f}.)")
+                          "wrong without one.",
+                      f"Mahalanobis distance of the film's features from the training films' {scored.score:.1f}, "
+                      f"warning above {scored.threshold:.1f}.")
 
 
 def ood_banner(image_sha: str, model: ActiveModel, result: PipelineResult) -> None:
@@ -74,4 +78,4 @@ def ood_banner(image_sha: str, model: ActiveModel, result: PipelineResult) -> No
     for warning in summary.warnings:
         st.warning(warning, icon=":material/warning:")
     if not summary.warnings:
-        st.caption(summary.text)
+        st.caption(summary.text, help=summary.detail or None)

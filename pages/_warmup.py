@@ -28,7 +28,7 @@ def warm_up_display(model: ActiveModel, blank: Any, features: Any) -> None:
     import numpy as np
 
     import models
-    from pages._panel import Panel, panel_figure, prediction_figure
+    from pages._panel import Panel, panel_figure
     from xai import render
     from xai.trust import ood
 
@@ -36,7 +36,6 @@ def warm_up_display(model: ActiveModel, blank: Any, features: Any) -> None:
     rgb = render.overlay(tiny, tiny)
     panel_figure([Panel("", rgb), Panel("", rgb)], per_row=2, row_height=100, uirevision="warm-up",
                  colorscale=render.plotly_colorscale())
-    prediction_figure({"a": 0.5, "b": 0.5}, threshold=0.5, positive_class="b", decision="b")
     with contextlib.suppress(ValueError, RuntimeError):  # statistics that do not fit: the page says so later
         ood.score(model.loaded, blank, models.ood_stats(model.loaded), features=features)
 

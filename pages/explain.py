@@ -33,7 +33,7 @@ from pages._panel import (
     colormap_filters_js,
     heat_style,
     panel_figure,
-    prediction_figure,
+    prediction_bars_html,
     row_height_for,
 )
 from pages._record import held_out_performance
@@ -80,16 +80,14 @@ def prediction_section(result: PipelineResult, model: ActiveModel) -> None:
     card = model.card
     threshold = getattr(card, "threshold", None)
     positive = getattr(card, "positive_class", None)
-    st.plotly_chart(
-        prediction_figure(result.probabilities, threshold=threshold, positive_class=positive, decision=result.predicted),
-        key="prediction_chart",
-        config={"displayModeBar": False},
-    )
+    with st.container(key="prediction_chart"):
+        st.html(prediction_bars_html(result.probabilities, threshold=threshold, positive_class=positive,
+                                     decision=result.predicted))
     rule = getattr(card, "threshold_rule", "")
-    st.caption(
-        f"Decision: **{result.predicted}**"
-        + (f" — {rule}" if rule else (f" — threshold {threshold:.3f} on P({positive})" if threshold is not None else ""))
-    )
+    said = f"Decision: **{result.predicted}**"
+    if threshold is not None and positive in model.class_names:
+        said += f" — the model calls a film {positive} when P({positive}) is at least {threshold:.3f}."
+    st.caption(said, help=f"How the threshold was chosen: {rule}" if rule else None)
 
 
 def image_facts(image: LoadedImage, short: bool = False) -> str:

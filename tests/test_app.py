@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
+from test_panel_figures import prediction_rows
 
 import pages._explanations as app_explanations
 import pages._ingest as ingest
@@ -84,6 +85,13 @@ def held_out_chart(at: AppTest, key: str) -> dict:
     charts = [c for c in at.get("plotly_chart") if key in c.proto.id]
     assert len(charts) == 1, f"expected the chart {key}"
     return json.loads(charts[0].proto.spec)
+
+
+def prediction_html(at: AppTest) -> str:
+    """The prediction's bars as the page drew them (pages._panel.prediction_bars_html)."""
+    bodies = [e.proto.body for e in at.get("html") if 'class="xai-prediction"' in e.proto.body]
+    assert len(bodies) == 1, f"expected one prediction, found {len(bodies)}"
+    return bodies[0]
 
 
 def image_titles(at: AppTest) -> list[str]:
@@ -468,18 +476,17 @@ def test_page_text_reads_right_and_no_method_still_shows_the_prediction() -> Non
     captions = [c.value for c in at.caption if "scroll to zoom" in c.value]
     assert len(captions) == 1 and "fixed on this session's first image" in captions[0]
     assert re.search(r"(^|[.!?] )Click a panel, then scroll to zoom", captions[0]), captions[0]  # a full stop
-    bars = held_out_chart(at, "prediction_chart")
-    (trace,) = bars["data"]
-    axis = bars["layout"]["yaxis"]
-    assert "text" not in trace and axis["tickangle"] == 0  # no value rotated into a bar
-    assert axis["tickvals"] == trace["y"]
-    assert [t.split("  ")[0] for t in axis["ticktext"]] == trace["y"]  # each bar labelled by name…
-    assert all(re.fullmatch(r"\S+  \d\.\d{3}", label) for label in axis["ticktext"])  # …and probability
-    assert "threshold" in bars["layout"]["title"]["text"]
+    rows = prediction_rows(prediction_html(at))
+    classes = [r["class"] for r in rows]
+    target = next(sb for sb in at.selectbox if sb.label == "Target class")
+    assert classes == [c for c in target.options if c != "Predicted class"]  # every class, in the model's order
+    assert all(re.fullmatch(r"\d\.\d{3}", r["printed"]) and r["printed"] == f"{float(r['p']):.3f}" for r in rows)
+    assert sum(r["decided"] for r in rows) == 1  # each bar labelled by name and probability, one decided
+    assert "threshold" in prediction_html(at)
 
     at.multiselect(key="methods").set_value([])
     run(at)
-    assert held_out_chart(at, "prediction_chart")["data"][0]["y"] == trace["y"], "the prediction went away"
+    assert [r["class"] for r in prediction_rows(prediction_html(at))] == classes, "the prediction went away"
     assert not [c for c in at.get("plotly_chart") if "panel_chart" in c.proto.id]
     assert any("No method chosen" in w.value for w in at.warning)
 

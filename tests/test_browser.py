@@ -206,12 +206,11 @@ def error_texts(page) -> list[str]:
 
 
 SHOWN_PROBABILITIES_JS = f"""() => {{
-    const gd = document.querySelector('{PREDICTION} .js-plotly-plot');
-    if (!gd || !gd.data || !gd.data.length) return null;
-    const bars = gd.data[0];
-    return Object.fromEntries(bars.y.map((name, i) => [name, bars.x[i]]));
+    const rows = Array.from(document.querySelectorAll('{PREDICTION} .xai-prob-row'));
+    if (!rows.length) return null;
+    return Object.fromEntries(rows.map(r => [r.dataset.class, parseFloat(r.dataset.probability)]));
 }}"""
-"""JS: ``{class: probability}`` as plotted (the figure's data; bar labels of tiny bars are hidden)."""
+"""JS: ``{class: probability}`` as drawn (each bar's row carries its value in full; the label shows 3 decimals)."""
 
 
 def shown_probabilities(page) -> dict[str, float]:

@@ -1,17 +1,19 @@
 """The Explain page's figure builders skip plotly's validation at run time (pages/_panel.unvalidated_figure);
 here every figure they make is rebuilt WITH validation, which raises on any misspelt or mistyped property,
-and must serialise to the same JSON."""
+and must serialise to the same JSON. The page's HTML figures (the prediction's bars, the readout's stacked
+bars) are read back from their markup."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
 
-from pages._panel import Panel, panel_figure, prediction_figure
+from pages._panel import Panel, panel_figure, prediction_bars_html
 from xai import render
 
 
@@ -28,15 +30,40 @@ def _same_as_validated(fig: go.Figure) -> None:
     assert _without_template(json.loads(pio.to_json(fig, validate=False))) == _without_template(_validated_json(fig))
 
 
+def prediction_rows(html: str) -> list[dict[str, str]]:
+    """The prediction bars' rows as drawn: class, probability attribute, printed value, bar width and colour."""
+    pattern = (r'<div class="xai-prob-row" data-class="([^"]+)" data-probability="([^"]+)"( data-decided="1")?.*?'
+               r'<span class="xai-prob-value">([^<]+)</span><span class="xai-prob-track">'
+               r'<span class="xai-prob-bar" style="width:([\d.]+)%;background:(#[0-9a-f]{6})"></span>(.*?)</span></div>')
+    return [{"class": c, "p": p, "decided": bool(d), "printed": v, "width": w, "colour": col, "line": line}
+            for c, p, d, v, w, col, line in re.findall(pattern, html)]
+
+
 @pytest.mark.parametrize("threshold", [None, 0.273])
-def test_prediction_figure_is_valid_plotly(threshold: float | None) -> None:
-    fig = prediction_figure({"covid19": 0.31, "non_covid": 0.69}, threshold=threshold, positive_class="covid19",
-                            decision="covid19")
-    _same_as_validated(fig)
-    spec = fig.to_dict()
-    assert spec["data"][0]["marker"]["color"] == ["#e4572e", "#7f8c9a"]
-    assert len(spec["layout"].get("shapes", [])) == (threshold is not None)
-    assert spec["layout"]["template"] == go.Figure().to_dict()["layout"]["template"]  # the default, as before
+def test_prediction_bars_show_each_probability_the_decision_and_the_threshold(threshold: float | None) -> None:
+    probabilities = {"covid19": 0.31, "non_covid": 0.69}
+    html = prediction_bars_html(probabilities, threshold=threshold, positive_class="covid19", decision="covid19")
+    rows = prediction_rows(html)
+    assert [r["class"] for r in rows] == ["covid19", "non_covid"]  # the model's order
+    assert [float(r["p"]) for r in rows] == [0.31, 0.69]  # the value in full, for tests and assistive tools
+    assert [r["printed"] for r in rows] == ["0.310", "0.690"]
+    assert [float(r["width"]) for r in rows] == pytest.approx([31.0, 69.0])  # the bar's length is the probability
+    assert [r["decided"] for r in rows] == [True, False]
+    assert [r["colour"] for r in rows] == ["#e4572e", "#7f8c9a"]  # the decided class highlighted
+    lines = re.findall(r'data-threshold="([\d.]+)" style="left:([\d.]+)%"', html)
+    if threshold is None:
+        assert not lines and "threshold" not in html.split("</style>")[1]
+    else:  # one dashed line, across the positive class's track only, at the threshold, and said in words
+        assert lines == [("0.273000", "27.300")]
+        assert "xai-threshold" in rows[0]["line"] and "xai-threshold" not in rows[1]["line"]
+        assert "threshold 0.273 on P(covid19)" in html
+
+
+def test_prediction_bars_escape_class_names_and_clip_bars() -> None:
+    html = prediction_bars_html({"<b>a</b>": 1.0, "b&c": 0.0}, threshold=None, positive_class=None, decision="b&c")
+    assert "<b>a</b>" not in html and "&lt;b&gt;a&lt;/b&gt;" in html and "b&amp;c" in html
+    rows = prediction_rows(html)
+    assert [float(r["width"]) for r in rows] == [100.0, 0.0] and rows[1]["decided"]
 
 
 @pytest.mark.parametrize(("per_row", "colorbar", "view"), [(3, True, None), (2, False, (2.0, 0.3, 0.6)), (5, True, None)])
@@ -131,8 +158,6 @@ def _contrast(a: str, b: str) -> float:
 
 
 def test_readout_bars_draw_every_region_with_its_share_and_readable_labels() -> None:
-    import re
-
     from pages._figures import READOUT_LABEL_MIN, readout_bars_html
     from xai.anatomy import REGION_COLOURS, REGIONS
 

@@ -72,3 +72,22 @@ def test_the_model_page_puts_plain_words_first_and_the_modelers_details_in_expan
     folded = "\n".join(c.value for e in modelers for c in e.caption) + "\n".join(
         m.value for e in modelers for m in e.markdown)
     assert "Youden" in folded and "Mahalanobis" in folded and "python -m" in folded
+
+
+def test_the_explain_page_gives_the_decision_and_the_ood_check_in_plain_words() -> None:
+    """A result's captions say the decision rule and what no warning means without the modeler's terms; the
+    terms and figures behind them are in the captions' tooltips."""
+    card = models.load("chestcovnet").card
+    at = run(AppTest.from_file(str(APP), default_timeout=TIMEOUT))
+    box = at.selectbox(key="sample")
+    box.set_value(next(o for o in box.options if o != "—"))
+    run(at)
+    captions = list(at.caption)
+    (decision,) = [c for c in captions if c.value.startswith("Decision:")]
+    assert (f"calls a film {card.positive_class} when P({card.positive_class}) is at least {card.threshold:.3f}"
+            in decision.value)
+    assert card.threshold_rule in decision.proto.help  # the rule, for whoever asks
+    (check,) = [c for c in captions if c.value.startswith("No out-of-distribution warning")]
+    assert "Mahalanobis distance" in check.proto.help
+    for word in JARGON:
+        assert not [c.value for c in captions if word in c.value], word

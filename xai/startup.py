@@ -37,6 +37,16 @@ decoders' fork server runs it through :mod:`xai._worker_boot`):
    one. A process that imported torch before :func:`boot`, or an environment that sets the variable, keeps
    its own setting.
 
+4. **numpy asks for no transparent huge pages** (``NUMPY_MADVISE_HUGEPAGE=0`` for processes not yet running
+   numpy, e.g. the decoders' fork server; numpy's own switch where it is already imported; an environment that
+   sets the variable keeps its own setting). numpy marks every array of 4 MB or more ``MADV_HUGEPAGE``; with the
+   kernel's ``defrag`` set to ``madvise`` (this machine's, and the common default), the first touch of such an
+   array may then stall in direct compaction, looking for free 2 MB blocks. A fresh 43 MB array took 6-9 ms
+   when the kernel had them and 90-570 ms when it had not (8 fresh processes each, ``benchmarks/bench_io.py``
+   prints both), 25-28 ms every time with 4 kB pages. A decoder worker is a fresh process that makes a film's
+   arrays anew each time: on the 2.7 MP DICOM its decode took 0.02-0.37 s in the app with huge pages, and
+   0.05-0.09 s without. The app takes the bounded cost over the unbounded one, as for the thread policy.
+
 :func:`boot` is idempotent and thread-safe (a lock and a done flag): calling it again costs a flag check.
 
 :func:`freeze_heap` (the app calls it once, right after the shared model is loaded): ``gc.collect()``
@@ -59,7 +69,7 @@ from multiprocessing import spawn
 from types import ModuleType
 from typing import Any
 
-__all__ = ["MAIN_MODULE_KEYS", "OMP_WAIT_POLICY", "AfterImport", "boot", "booted", "freeze_heap",
+__all__ = ["MAIN_MODULE_KEYS", "NUMPY_MADVISE_HUGEPAGE", "OMP_WAIT_POLICY", "AfterImport", "boot", "booted", "freeze_heap",
            "prepare_without_main"]
 
 #: The ``spawn.prepare`` entries that make a worker import the parent's ``__main__``.
@@ -150,6 +160,19 @@ def _idle_threads_sleep() -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
 
 
+#: numpy's switch for ``madvise(MADV_HUGEPAGE)`` on large arrays, as :func:`boot` sets it (module docstring).
+NUMPY_MADVISE_HUGEPAGE = "0"
+
+
+def _no_huge_pages() -> None:
+    os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", NUMPY_MADVISE_HUGEPAGE)  # read by numpy when it is imported
+    numpy_core = sys.modules.get("numpy._core.multiarray")
+    if numpy_core is not None:  # imported already (e.g. by Streamlit): numpy's own switch, as the variable says
+        set_hugepage = getattr(numpy_core, "_set_madvise_hugepage", None)
+        if set_hugepage is not None:
+            set_hugepage(os.environ["NUMPY_MADVISE_HUGEPAGE"] not in ("0", ""))
+
+
 def boot() -> None:
     """Apply the library's process-wide settings once (see the module docstring for what and why)."""
     global _done
@@ -159,6 +182,7 @@ def boot() -> None:
         if _done:
             return
         _idle_threads_sleep()
+        _no_huge_pages()
         _quiet_pydicom()
         _workers_skip_main()
         _done = True
