@@ -49,11 +49,14 @@ decoders' fork server runs it through :mod:`xai._worker_boot`):
 
 :func:`boot` is idempotent and thread-safe (a lock and a done flag): calling it again costs a flag check.
 
-:func:`freeze_heap` (the app calls it once, right after the shared model is loaded): ``gc.collect()``
+:func:`freeze_heap` (the app calls it once, right after the shared model is loaded): ``gc.collect(1)``
 then ``gc.freeze()``. Everything allocated by then (modules, the model, torch and plotly internals)
 lives as long as the server; frozen objects leave the cyclic collector's full passes, which otherwise
 re-scan that heap and stall every session for 100-200 ms now and then (measured with ``gc`` callbacks).
-It is not part of :func:`boot` because it must run *after* the long-lived objects exist.
+It is not part of :func:`boot` because it must run *after* the long-lived objects exist. Only the young
+generations are collected first: after the app's start-up they hold 233 of the 253 unreachable objects (the
+warm-up's plotly figures), found in 1.3 ms; a full collection finds 20 more small ones (no array, no tensor),
+which stay frozen, for 0.11 s more on the cold start.
 """
 
 from __future__ import annotations
@@ -197,5 +200,5 @@ def freeze_heap() -> None:
     """Move every object alive now out of the cyclic garbage collector's reach (``gc.freeze``).
 
     Call once in a long-lived server after loading what lives as long as it (see the module docstring)."""
-    gc.collect()
+    gc.collect(1)  # the young generations: where start-up's garbage is (a full pass costs 0.11 s more)
     gc.freeze()
