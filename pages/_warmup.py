@@ -41,8 +41,9 @@ def warm_up_display(model: ActiveModel, blank: Any, features: Any) -> None:
 
 
 def warm_up_page(model: ActiveModel) -> Any:
-    """The result page's whole path once on a bundled film at start-up (~1 s), so the first user's
-    result is as fast as every later one: the decoder worker's first film, the engine on a real film,
+    """The result page's whole path once on a bundled film at start-up (~0.4 s), so the first user's
+    result is as fast as every later one: the film's decode (in-process: the decoders' fork server starts
+    after the model, see :func:`pages._models.default_model`), the engine on a real film,
     the mapping back, the lung model, every colour table, the screen layers and their images, the panel figure.
     Nothing is cached for users (the engine is called directly, not through the explanation cache).
 
@@ -62,7 +63,7 @@ def warm_up_page(model: ActiveModel) -> Any:
     if not samples:
         return None
     try:
-        image = load_bytes((SAMPLES_DIR / next(iter(samples.values()))).read_bytes(), "warm-up", source="upload")
+        image = load_bytes((SAMPLES_DIR / next(iter(samples.values()))).read_bytes(), "warm-up", source="sample")
         result = explanation_service().run_engine(image.radiograph, model, None, METHODS_FOR_WARM_UP, count=False)
     except Exception:  # noqa: BLE001 - best effort: a failing warm-up only makes the first result slower
         return None
