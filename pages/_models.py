@@ -73,6 +73,14 @@ def default_model() -> ActiveModel:
     from xai.startup import freeze_heap
 
     loaded = wrap_model(models.load(DEFAULT_MODEL), origin="bundled")
+    # The upload decoders' fork server starts now, in the background, not on the first upload. It is a separate
+    # process whose imports take ~0.75 s of CPU: started beside torch's import it ran on the core the browser
+    # needs to draw the page, and the model was ready later; started after the warm-up, it was not up yet when a
+    # film came right after the model was ready (see benchmarks/RESULTS.md). By now the browser has drawn the
+    # uploader, and the fork server starts beside the warm-up below. A film chosen before it is up waits for it.
+    decoders = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-decoder-warm-up")
+    decoders.submit(warm_up)
+    decoders.shutdown(wait=False)
     # The result page's whole path once on a bundled film; its explanation also builds the CPU kernels
     # (oneDNN compiles one per convolution shape on first use: seconds), so the first user waits for none of it.
     features = warm_up_page(loaded)
@@ -86,13 +94,6 @@ def default_model() -> ActiveModel:
     # Everything allocated so far lives as long as the server: out of the cyclic collector's full passes
     # (gc.freeze; what and why: xai.startup.freeze_heap).
     freeze_heap()
-    # The upload decoders' fork server starts now, in the background, not on the first upload. It is a separate
-    # process whose imports take ~0.75 s of CPU: started beside torch's import it ran on the core the browser
-    # needs to draw the page, and the model was ready later (18 alternating pairs: 0.18-0.48 s later in the
-    # paired median; see benchmarks/RESULTS.md). A film chosen before it is up waits for it.
-    decoders = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-decoder-warm-up")
-    decoders.submit(warm_up)
-    decoders.shutdown(wait=False)
     return loaded
 
 
