@@ -42,8 +42,8 @@ def warm_up_display(model: ActiveModel, blank: Any, features: Any) -> None:
 
 def warm_up_page(model: ActiveModel) -> Any:
     """The result page's whole path once on a bundled film at start-up (~0.4 s), so the first user's
-    result is as fast as every later one: the film's decode (in-process: the decoders' fork server starts
-    after the model, see :func:`pages._models.default_model`), the engine on a real film,
+    result is as fast as every later one: the film's decode (in-process: the decoders' fork server is starting
+    beside this warm-up, see :func:`pages._models.default_model`), the engine on a real film,
     the mapping back, the lung model, every colour table, the screen layers and their images, the panel figure.
     Nothing is cached for users (the engine is called directly, not through the explanation cache).
 
