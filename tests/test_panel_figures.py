@@ -66,6 +66,17 @@ def test_prediction_bars_escape_class_names_and_clip_bars() -> None:
     assert [float(r["width"]) for r in rows] == [100.0, 0.0] and rows[1]["decided"]
 
 
+def test_held_out_record_figure_is_valid_plotly() -> None:
+    import models
+    from pages._panel import source_metrics_figure
+
+    card = models.read_card("chestcovnet")
+    fig = source_metrics_figure(card.metrics["test"], cross_source=card.cross_source)
+    assert fig is not None
+    _same_as_validated(fig)
+    assert fig.to_dict()["layout"]["template"] == go.Figure().to_dict()["layout"]["template"]  # the default
+
+
 @pytest.mark.parametrize(("per_row", "colorbar", "view"), [(3, True, None), (2, False, (2.0, 0.3, 0.6)), (5, True, None)])
 def test_panel_figure_is_valid_plotly(per_row: int, colorbar: bool, view: tuple[float, float, float] | None) -> None:
     rng = np.random.default_rng(1)
