@@ -142,6 +142,7 @@ def huge_pages(film: Path, rounds: int) -> dict[str, dict[str, list[float]]]:
     """``{"on" | "off": {"touch": [s], "decode": [s]}}``, alternating fresh processes (see the docstring)."""
     out: dict[str, dict[str, list[float]]] = {"on": {"touch": [], "decode": []}, "off": {"touch": [], "decode": []}}
     for i in range(2 * rounds):
+        # on, off, off, on, on, off, ...: each setting goes first as often as second
         setting = ("on", "off")[i % 2] if (i // 2) % 2 == 0 else ("off", "on")[i % 2]
         env = {**os.environ, "NUMPY_MADVISE_HUGEPAGE": "1" if setting == "on" else "0"}
         done = subprocess.run([sys.executable, "-c", HUGEPAGE_PROBE, str(film)], env=env, cwd=REPO,

@@ -342,7 +342,8 @@ def panel_figure(
     return unvalidated_figure(data, layout)
 
 
-#: The decided class's bar and the other classes' bars (as in the panel's titles and the exports' report).
+#: The prediction's bars: the decided class in the app's accent colour, the other classes neutral (the How and
+#: Compare pages' charts use the same two), the threshold line.
 DECIDED_COLOUR = "#e4572e"
 OTHER_COLOUR = "#7f8c9a"
 THRESHOLD_COLOUR = "#b8860b"  # dark goldenrod: 3.3:1 on white, 5.7:1 on the dark theme
