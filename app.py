@@ -14,7 +14,7 @@ import streamlit as st
 
 import xai
 from pages._access import access_gate, disclaimer
-from pages._preload import chart_code_preload
+from pages._preload import clear_chart_code_preload
 
 xai.boot()  # the library's process-wide settings, once per process (what and why: xai/startup.py)
 
@@ -40,11 +40,7 @@ pages = [
     for i, (script, title, icon) in enumerate(_PAGES)
     if (APP_DIR / script).is_file()
 ]
-# Before the page imports torch and loads the model (seconds on a fresh server), the browser gets a chart to
-# load plotly's code meanwhile; the invisible chart goes once the page has run.
-preload = chart_code_preload()
 try:
     st.navigation(pages).run()
-finally:
-    if preload is not None:
-        preload.empty()
+finally:  # the invisible chart that had the browser load plotly's code (pages._preload), once the page has run
+    clear_chart_code_preload()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from pages._access import ensure_routed
+from pages._preload import chart_code_preload
 from pages._state import Key, session
 from pages._warmup import warm_up_display, warm_up_page
 
@@ -67,34 +68,54 @@ def wrap_model(loaded: LoadedModel, origin: str) -> ActiveModel:
 
 @st.cache_resource(show_spinner="Loading the bundled model…")
 def default_model() -> ActiveModel:
-    """The bundled ChestCOVNet, ONE object for every session."""
+    """The bundled ChestCOVNet, ONE object for every session, returned as soon as it is loaded; its warm-up
+    goes on in the background (:func:`warm_up_bundled`)."""
     import models
     from xai.sandboxed_decoder import warm_up
     from xai.startup import freeze_heap
 
     loaded = wrap_model(models.load(DEFAULT_MODEL), origin="bundled")
+    # Everything allocated so far (torch, plotly, the model: ~240,000 objects) lives as long as the server: out
+    # of the cyclic collector's full passes (gc.freeze; what and why: xai.startup.freeze_heap). The warm-up
+    # leaves ~9,000 more, which a full pass scans in ~2 ms.
+    freeze_heap()
     # The upload decoders' fork server starts now, in the background, not on the first upload. It is a separate
     # process whose imports take ~0.75 s of CPU: started beside torch's import it ran on the core the browser
     # needs to draw the page, and the model was ready later; started after the warm-up, it was not up yet when a
-    # film came right after the model was ready (see benchmarks/RESULTS.md). By now the browser has drawn the
-    # uploader, and the fork server starts beside the warm-up below. A film chosen before it is up waits for it.
+    # film came right after the model was ready (see benchmarks/RESULTS.md). A film chosen before it is up waits.
     decoders = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-decoder-warm-up")
     decoders.submit(warm_up)
     decoders.shutdown(wait=False)
-    # The result page's whole path once on a bundled film; its explanation also builds the CPU kernels
-    # (oneDNN compiles one per convolution shape on first use: seconds), so the first user waits for none of it.
-    features = warm_up_page(loaded)
+    # The page's warm-up (~0.5 s) runs beside the page, which draws the model's widgets at once instead of after
+    # it (the model was usable ~0.5 s later). A film chosen meanwhile shares the cores with it, and its engine
+    # run waits for the warm-up's on the model's lock (xai.engine.locks).
+    start_up_worker().submit(warm_up_bundled, loaded)
+    return loaded
+
+
+@st.cache_resource(show_spinner=False)
+def start_up_worker() -> ThreadPoolExecutor:
+    """The thread that warms the bundled model up (held by Streamlit's resource cache, not a module global)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-page-warm-up")
+
+
+def warm_up_bundled(loaded: ActiveModel) -> None:
+    """The result page's whole path once on a bundled film; its explanation also builds the CPU kernels (oneDNN
+    compiles one per convolution shape on first use: seconds), so the first user waits for none of it."""
     import torch
 
+    features = warm_up_page(loaded)
     spec = loaded.card.preprocessing
     blank = torch.zeros(1, spec.channels, spec.input_size, spec.input_size)
     if features is None:  # no bundled film to warm up on: a blank input builds the kernels
         features = loaded.explainer.explain(blank).features
     warm_up_display(loaded, blank, features)
-    # Everything allocated so far lives as long as the server: out of the cyclic collector's full passes
-    # (gc.freeze; what and why: xai.startup.freeze_heap).
-    freeze_heap()
-    return loaded
+
+
+def wait_for_warm_up(timeout_s: float = 120) -> None:
+    """Block until the bundled model's start-up warm-up has finished (tests; the pages never wait for it): returns
+    at once when none is running, TimeoutError when it is still running after ``timeout_s``."""
+    start_up_worker().submit(lambda: None).result(timeout=timeout_s)  # queued behind the warm-up
 
 
 def user_model() -> ActiveModel | None:
@@ -141,11 +162,13 @@ def require_model() -> ActiveModel:
     """:func:`active_model`, or a clear message and the end of this page's run when the bundle is
     missing or corrupt: the server keeps serving, and the Model page can still load another model."""
     try:
-        return active_model()
+        model = active_model()
     except Exception as exc:  # noqa: BLE001 - models.ModelError, OSError…: name it, never a traceback
         st.error(f"The model could not be loaded: {exc}. Load a model on the Model page, or restore the "
                  f"bundle '{DEFAULT_MODEL}' and restart the app.")
         st.stop()
+    chart_code_preload()  # once per session: plotly's code loads now, not beside torch's import
+    return model
 
 
 def default_target_choice(model: ActiveModel) -> int:

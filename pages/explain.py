@@ -54,6 +54,8 @@ from xai.render import DisplaySettings
 from xai.trust.verdict import anatomy_verdict
 
 if TYPE_CHECKING:
+    from streamlit.delta_generator import DeltaGenerator
+
     from models import ModelCard
     from xai.anatomy import AnatomyReadout
 
@@ -595,12 +597,13 @@ def downloads_section(
 ADULTS_ONLY = "It is meant for adults' frontal chest films; on children it is untested (see the Model page)."
 
 
-def landing(card: ModelCard | None) -> None:
-    """Before a radiograph is chosen: where to choose one, and the model's record on held-out films (its card
-    alone: on a fresh server this is drawn while torch and the model are still loading)."""
+def landing(card: ModelCard | None) -> DeltaGenerator | None:
+    """Before a radiograph is chosen: where to choose one, and the model's record on held-out films in words (its
+    card alone: on a fresh server this is drawn while torch and the model are still loading). Returns the slot
+    for the record's chart (:func:`landing_chart`), None when the card does not read."""
     st.info("Upload a radiograph or pick a bundled sample in the sidebar.", icon=":material/upload_file:")
     if card is None:  # the bundle does not read: require_model says why
-        return
+        return None
     st.subheader(f"How {card.name} did on held-out radiographs")
     from xai.trust.held_out import held_out_record
 
@@ -609,25 +612,32 @@ def landing(card: ModelCard | None) -> None:
     if record or adults:
         said = (record.expectation(), record.silent_expectation() or "") if record else ()
         st.markdown(" ".join(t for t in (*said, adults) if t))
-    if held_out_performance(card, key="landing_performance"):
-        st.caption("Rates at the card's threshold, per source hospital or collection; “never seen in "
-                   "training” rows come from a model retrained without that source, the honest estimate "
-                   "for a new hospital. Sources with one class have one rate. See the Model page for the "
-                   "full card and its known confound.")
-    else:
-        st.caption("This model's card records no test metrics.")
+    return st.container()
+
+
+def landing_chart(card: ModelCard, slot: DeltaGenerator) -> None:
+    """The record's chart, drawn once the page has its model: the chart's code (plotly) would otherwise load in
+    the browser beside torch's import on a fresh server, and the model's widgets come later (pages._preload)."""
+    with slot:
+        if held_out_performance(card, key="landing_performance"):
+            st.caption("Rates at the card's threshold, per source hospital or collection; “never seen in "
+                       "training” rows come from a model retrained without that source, the honest estimate "
+                       "for a new hospital. Sources with one class have one rate. See the Model page for the "
+                       "full card and its known confound.")
+        else:
+            st.caption("This model's card records no test metrics.")
 
 
 def main() -> None:
     ensure_routed()
-    # What needs no model first (the uploader, the model's record): a fresh server's first visitor can choose a
-    # film while the model loads (the run then goes on with it), and the browser draws these meanwhile.
+    # What needs no model first (the uploader, the model's record in words): a fresh server's first visitor can
+    # choose a film while the model loads (the run then goes on with it), and the browser draws these meanwhile.
     with st.sidebar:
         st.header("Radiograph")
     image = load_input(container=st.sidebar)
     image = pacs_input(st.sidebar) or image  # "From PACS", only when a PACS is configured
-    if image is None:
-        landing(active_card())
+    card = active_card() if image is None else None
+    chart_slot = landing(card) if image is None else None
     model = require_model()
     with st.sidebar:
         st.header("Explanation")
@@ -647,6 +657,8 @@ def main() -> None:
         st.caption(f"Model: **{model.card.name}** ({origin}) · layer `{model.card.target_layer}`")
 
     if image is None:
+        if card is not None and chart_slot is not None:
+            landing_chart(card, chart_slot)
         return
     start_film_anatomy(image.sha256, image.radiograph)  # beside the engine (cached: once per film)
     methods = tuple(m for m in listed_methods() if m in chosen)

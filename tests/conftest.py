@@ -1,4 +1,4 @@
-"""Shared test fixtures: where the real radiographs live.
+"""Shared test fixtures: where the real radiographs live, and the app's start-up settled before each test.
 
 The data set is read from ``../shared/data`` (next to the repository), never downloaded.
 ``CHESTCOVNET_DATA`` overrides the location.
@@ -7,6 +7,7 @@ The data set is read from ``../shared/data`` (next to the repository), never dow
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,12 @@ def dicom_dir(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def chestcovnet_dir(shared_data: Path) -> Path:
     return shared_data / "chestcovnet"
+
+
+@pytest.fixture(autouse=True)
+def _start_up_settled() -> None:
+    """Each test starts once the app's start-up warm-up has finished (a background thread once the bundled model
+    has loaded, see ``pages._models.default_model``), so no test counts or meets that work as its own."""
+    models_page = sys.modules.get("pages._models")
+    if models_page is not None:
+        models_page.wait_for_warm_up()

@@ -56,9 +56,11 @@ PHI_VALUES = ("DOE^JANE", "PID-98765", "19700314", "Test General Hospital", "ACC
 
 
 def new_app() -> AppTest:
+    """The app's first run in a new session, with the start-up warm-up it may have started finished."""
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
+    app_models.wait_for_warm_up()
     return at
 
 
@@ -856,6 +858,26 @@ def test_held_out_chart_draws_recorded_rates_only() -> None:
                     "specificity": {"A (n=3)": 0.0}}
     assert "spec. 0.00" in fig.data[1].text  # written out, since a zero bar has no length
     assert source_metrics_figure({"n": 5, "per_source": {"A": {"n": 5}}}) is None
+
+
+def test_the_bundled_model_is_usable_while_its_warm_up_runs() -> None:
+    """default_model returns once the model is loaded, and the page warm-up (~0.5 s) goes on in the background. A
+    film explained meanwhile shares the model with it (the engine's lock): its maps are those of a film explained
+    once the warm-up is over."""
+    samples = ingest.list_samples()
+    image = ingest.load_sample(samples[next(t for t in samples if "NIH" in t)])
+    app_models.default_model.clear()
+    model = app_models.default_model()
+    with pytest.raises(TimeoutError):  # returned before its warm-up finished
+        app_models.wait_for_warm_up(timeout_s=0)
+    methods = tuple(warmup.METHODS_FOR_WARM_UP)
+    during = service().run_engine(image.radiograph, model, None, methods, count=False)
+    app_models.wait_for_warm_up()
+    after = service().run_engine(image.radiograph, model, None, methods, count=False)
+    assert during.predicted == after.predicted
+    assert during.probabilities == pytest.approx(after.probabilities, abs=1e-6)
+    for method in methods:
+        np.testing.assert_allclose(during.maps[method], after.maps[method], atol=1e-5)
 
 
 def test_the_start_up_heap_is_kept_out_of_full_garbage_collections() -> None:
