@@ -14,7 +14,7 @@ import streamlit as st
 
 import xai
 from pages._access import access_gate, disclaimer
-from pages._preload import clear_chart_code_preload
+from pages._preload import chart_code_preload
 
 xai.boot()  # the library's process-wide settings, once per process (what and why: xai/startup.py)
 
@@ -42,5 +42,5 @@ pages = [
 ]
 try:
     st.navigation(pages).run()
-finally:  # the invisible chart that had the browser load plotly's code (pages._preload), once the page has run
-    clear_chart_code_preload()
+finally:  # once the session's first page has run: the browser loads plotly's code (pages._preload)
+    chart_code_preload()

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from pages._access import ensure_routed
-from pages._preload import chart_code_preload
 from pages._state import Key, session
 from pages._warmup import warm_up_display, warm_up_page
 
@@ -162,13 +161,11 @@ def require_model() -> ActiveModel:
     """:func:`active_model`, or a clear message and the end of this page's run when the bundle is
     missing or corrupt: the server keeps serving, and the Model page can still load another model."""
     try:
-        model = active_model()
+        return active_model()
     except Exception as exc:  # noqa: BLE001 - models.ModelError, OSError…: name it, never a traceback
         st.error(f"The model could not be loaded: {exc}. Load a model on the Model page, or restore the "
                  f"bundle '{DEFAULT_MODEL}' and restart the app.")
         st.stop()
-    chart_code_preload()  # once per session: plotly's code loads now, not beside torch's import
-    return model
 
 
 def default_target_choice(model: ActiveModel) -> int:

@@ -1,4 +1,4 @@
-"""Once per session, as soon as a page has its model: make the browser load plotly's code before a chart needs it."""
+"""Once per session, when its first page has run: make the browser load plotly's code before a chart needs it."""
 
 from __future__ import annotations
 
@@ -12,28 +12,19 @@ _CHART_CODE_STYLE = ("<style>.st-key-chart_code_preload { position: absolute; wi
 
 
 def chart_code_preload() -> None:
-    """Once per session, right after the page has its model: an invisible one-point chart, so the browser fetches
-    and runs plotly's code (a 4.7 MB script: ~1.2 s of one core here to evaluate) before the session's first chart
-    needs it (a result's panel once a film is chosen).
+    """Once per session, after its first page has run (``app.py``): an invisible one-point chart, so the browser
+    fetches and runs plotly's code (a 4.7 MB script: ~1.2 s of one core here to evaluate) before the session's
+    first chart needs it (e.g. a result's panel once a film is chosen). The chart goes with the next run.
 
-    Not earlier: on a fresh server that work ran beside torch's import, which then took ~0.5 s longer, and the
-    browser drew the model's widgets only after it (benchmarks/RESULTS.md, 2026-12-07, sixth pass). The chart
-    goes at the end of the page's run (:func:`clear_chart_code_preload`)."""
+    Not earlier: on a fresh server, sent before the page's run it had the browser do that work beside torch's
+    import, which then took ~0.5 s longer, and the browser drew the model's widgets only after it
+    (benchmarks/RESULTS.md, 2026-12-07, sixth pass)."""
     if session().get(Key.CHART_CODE_SENT):
         return
     st.html(_CHART_CODE_STYLE)
-    slot = st.empty()
-    session()[Key.CHART_CODE_SLOT] = slot
-    with slot.container(key="chart_code_preload"):
+    with st.container(key="chart_code_preload"):
         st.plotly_chart({"data": [{"type": "scatter", "x": [0], "y": [0]}], "layout": {"height": 10}},
                         key="chart_code_preload_chart",
                         config={"staticPlot": True})
     # Only once it is sent: a run stopped before (a film chosen meanwhile reruns the page) sends it next time.
     session()[Key.CHART_CODE_SENT] = True
-
-
-def clear_chart_code_preload() -> None:
-    """Remove the invisible chart once the page that sent it has run (the browser keeps the code it loaded)."""
-    slot = session().pop(Key.CHART_CODE_SLOT, None)
-    if slot is not None:
-        slot.empty()

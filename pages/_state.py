@@ -25,7 +25,6 @@ class Key:
     PREDICTED = "_predicted"  # {(image sha, model key): predicted class name}
     STORES = "_stores"  # {name: dict}: per-page result stores (e.g. the Trust page's checks)
     CHART_CODE_SENT = "_chart_code_sent"  # bool: this session's page was given a chart to load plotly's code
-    CHART_CODE_SLOT = "_chart_code_slot"  # that chart's slot, until the page that sent it has run
     KEPT_WIDGETS = "_kept_widgets"  # {widget key: value}: what widgets drawn only sometimes held when last drawn
     SHOW_PATIENT = "show_patient"  # bool: the Explain page's "Show patient details" switch (every page obeys it)
 

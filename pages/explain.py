@@ -616,8 +616,8 @@ def landing(card: ModelCard | None) -> DeltaGenerator | None:
 
 
 def landing_chart(card: ModelCard, slot: DeltaGenerator) -> None:
-    """The record's chart, drawn once the page has its model: the chart's code (plotly) would otherwise load in
-    the browser beside torch's import on a fresh server, and the model's widgets come later (pages._preload)."""
+    """The record's chart, drawn once the page has its model: on a fresh server the browser would otherwise load
+    the chart's code (plotly) beside torch's import, and draw the model's widgets later (pages._preload)."""
     with slot:
         if held_out_performance(card, key="landing_performance"):
             st.caption("Rates at the card's threshold, per source hospital or collection; “never seen in "
