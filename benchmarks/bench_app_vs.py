@@ -52,7 +52,8 @@ SAME_DRIVER_MEASURES = (
 )
 
 
-def drive_once(tree: Path, image: Path, browser: object, log: Path, at_ready: bool = False) -> dict[str, float] | None:
+def drive_once(tree: Path, image: Path, browser: object, log: Path,
+               at_ready: bool = False) -> dict[str, float] | None:
     """One fresh server of ``tree`` driven by this script: :data:`SAME_DRIVER_MEASURES`, or None when it failed.
     ``at_ready``: the film is chosen the moment the model's first widget is visible, not once the page is at rest."""
     import time
@@ -165,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                 results = {}
                 for side, tree in sides if pair % 2 == 0 else sides[::-1]:
                     log = Path(tmp) / f"{side}_{pair}.log"
-                    results[side] = (drive_once(tree, args.image.resolve(), browser, log, args.choose_at_ready) if browser is not None
-                                     else bench_once(tree, log))
+                    results[side] = (
+                        drive_once(tree, args.image.resolve(), browser, log, args.choose_at_ready)
+                        if browser is not None else bench_once(tree, log))
                 if None in results.values():
                     failed = [side for side, r in results.items() if r is None]
                     print(f"pair {pair + 1}: {', '.join(failed)} failed; left out", flush=True)

@@ -17,7 +17,7 @@ def chart_code_preload() -> None:
     first chart needs it (e.g. a result's panel once a film is chosen). The chart goes with the next run.
 
     Not earlier: on a fresh server, sent before the page's run it had the browser do that work beside torch's
-    import, which then took ~0.5 s longer, and the browser drew the model's widgets only after it
+    import (the model's load then took ~0.25 s longer), and the browser drew the model's widgets only after it
     (benchmarks/RESULTS.md, 2026-12-07, sixth pass)."""
     if session().get(Key.CHART_CODE_SENT):
         return

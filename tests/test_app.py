@@ -885,7 +885,7 @@ def test_the_bundled_model_is_usable_while_its_warm_up_runs() -> None:
 
 def test_the_start_up_heap_is_kept_out_of_full_garbage_collections() -> None:
     """Full collections re-scanning the start-up heap (torch, plotly, the model) stalled every session for
-    100-200 ms at a time; the server freezes that heap once the model is loaded and warmed."""
+    100-200 ms at a time; the server freezes that heap once the model is loaded."""
     import gc
 
     new_app()
