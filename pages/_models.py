@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -88,7 +89,7 @@ def default_model() -> ActiveModel:
     # The page's warm-up (~0.5 s) runs beside the page, which draws the model's widgets at once instead of after
     # it (the model was usable ~0.5 s later). A film chosen meanwhile shares the cores with it, and its engine
     # run waits for the warm-up's on the model's lock (xai.engine.locks).
-    start_up_worker().submit(warm_up_bundled, loaded)
+    start_up_worker().submit(warm_up_bundled, loaded).add_done_callback(report_failed_warm_up)
     return loaded
 
 
@@ -109,6 +110,15 @@ def warm_up_bundled(loaded: ActiveModel) -> None:
     if features is None:  # no bundled film to warm up on: a blank input builds the kernels
         features = loaded.explainer.explain(blank).features
     warm_up_display(loaded, blank, features)
+
+
+def report_failed_warm_up(done: Future[None]) -> None:
+    """Say in the server's log when the start-up warm-up failed (on a bundled film: nothing about a patient). The
+    app goes on serving; the first result then pays the first-use costs the warm-up would have paid."""
+    failure = done.exception()
+    if failure is not None:
+        logging.getLogger(__name__).warning("The start-up warm-up failed (%s: %s); the first result will be slower.",
+                                            type(failure).__name__, failure)
 
 
 def wait_for_warm_up(timeout_s: float = 120) -> None:

@@ -883,6 +883,28 @@ def test_the_bundled_model_is_usable_while_its_warm_up_runs() -> None:
         np.testing.assert_allclose(during.maps[method], after.maps[method], atol=1e-5)
 
 
+def test_a_failing_warm_up_is_logged_and_the_model_still_serves(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warm-up runs in the background: when it fails, the server's log says so (no traceback on a page, no
+    patient data: it runs on a bundled film) and the page serves the model all the same."""
+    def broken(model):  # noqa: ANN001, ANN202
+        raise RuntimeError("no kernels today")
+
+    monkeypatch.setattr(app_models, "warm_up_page", broken)
+    app_models.default_model.clear()
+    try:
+        with caplog.at_level("WARNING", logger=app_models.__name__):
+            model = app_models.default_model()
+            app_models.wait_for_warm_up()  # the failed warm-up is over, and reported
+        assert "start-up warm-up failed (RuntimeError: no kernels today)" in caplog.text
+        at = new_app()
+        assert at.selectbox(key=app_state.explain_target_key(model.key)).options[1:] == list(model.class_names)
+    finally:
+        monkeypatch.undo()
+        app_models.default_model.clear()  # the next test loads the real bundle (and warms it up) again
+
+
 def test_the_start_up_heap_is_kept_out_of_full_garbage_collections() -> None:
     """Full collections re-scanning the start-up heap (torch, plotly, the model) stalled every session for
     100-200 ms at a time; the server freezes that heap once the model is loaded."""
