@@ -378,6 +378,10 @@ def test_a_deep_link_on_a_fresh_server_gets_the_apps_own_pages(browser, tmp_path
         assert [text.split("\n")[-1].strip() for text in links] == app_page_titles()
         assert page.get_by_text("Research and teaching use — not for diagnosis").first.is_visible()
         assert error_texts(page) == []
+        # The tab's icon is the app's own picture, served by the app (an emoji needs a font the machine may lack).
+        icons = page.evaluate("() => [...document.querySelectorAll('link[rel~=icon]')].map(l => l.href)")
+        assert len(icons) == 1 and icons[0].startswith(url), icons
+        assert page.request.get(icons[0]).body() == (REPO / "pages" / "favicon.png").read_bytes()
 
 
 def test_a_fresh_servers_first_visitor_can_choose_a_film_while_the_model_loads(browser, tmp_path):
