@@ -14,6 +14,7 @@ import streamlit as st
 
 import xai
 from pages._access import access_gate, disclaimer
+from pages._models import bundled_model_loading
 from pages._preload import chart_code_preload
 
 xai.boot()  # the library's process-wide settings, once per process (what and why: xai/startup.py)
@@ -45,5 +46,6 @@ pages = [
 ]
 try:
     st.navigation(pages).run()
-finally:  # once the session's first page has run: the browser loads plotly's code (pages._preload)
+finally:  # once the page has run: the browser loads plotly's code (pages._preload), the server the bundled model
     chart_code_preload()
+    bundled_model_loading()  # started once per server, in the background (pages._models); at once when loaded

@@ -1,6 +1,7 @@
 """This session's model: the bundled one (loaded and warmed up once per server) or one loaded on the Model page.
 
-* the bundled model is loaded once for all sessions (``st.cache_resource``); the engine serialises use of a
+* the bundled model is loaded once for all sessions (``st.cache_resource``), on a background thread once a
+  session's first page has run (its widgets come from the card meanwhile); the engine serialises use of a
   shared module and leaves nothing on it;
 * a model the user loads on the Model page lives in that session's ``st.session_state`` only.
 """
@@ -46,9 +47,9 @@ class ActiveModel:
         return tuple(self.loaded.card.class_names)
 
 
-def model_key(loaded: LoadedModel) -> str:
-    """Identity of a model for caching: weights sha256 + target layer + preprocessing + classes."""
-    card = loaded.card
+def model_key(card: ModelCard) -> str:
+    """Identity of a model for caching: weights sha256 + target layer + preprocessing + classes (all on its card,
+    so a page knows it before the model itself has loaded)."""
     identity = {
         "sha256": str(card.sha256),
         "target_layer": str(card.target_layer),
@@ -60,21 +61,56 @@ def model_key(loaded: LoadedModel) -> str:
     return f"{card.name}:{digest[:16]}"
 
 
+@dataclass(frozen=True)
+class ModelChoice:
+    """This session's model as a page's widgets need it (its card, cache key and origin), known from the card
+    alone: on a fresh server the page draws them while the bundled model is still loading."""
+
+    card: ModelCard
+    key: str
+    origin: str  # "bundled" or "uploaded"
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.card.class_names)
+
+
 def wrap_model(loaded: LoadedModel, origin: str) -> ActiveModel:
     from xai.pipeline import make_explainer
 
-    return ActiveModel(loaded=loaded, explainer=make_explainer(loaded), key=model_key(loaded), origin=origin)
+    return ActiveModel(loaded=loaded, explainer=make_explainer(loaded), key=model_key(loaded.card), origin=origin)
 
 
-@st.cache_resource(show_spinner="Loading the bundled model…")
-def default_model() -> ActiveModel:
-    """The bundled ChestCOVNet, ONE object for every session, returned as soon as it is loaded; its warm-up
-    goes on in the background (:func:`warm_up_bundled`)."""
+@st.cache_resource(show_spinner=False)
+def start_up_worker() -> ThreadPoolExecutor:
+    """The thread that loads the bundled model and warms it up (held by Streamlit's resource cache, not a module
+    global)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-start-up")
+
+
+@st.cache_resource(show_spinner=False)
+def bundled_model_loading() -> Future[ActiveModel]:
+    """The bundled model's load, started on the first call (once per server) on :func:`start_up_worker`; the
+    page warm-up follows it on that thread. app.py calls it once a session's first page has run, so a fresh
+    server's first page is drawn before torch's import (~1.5-2 s of CPU) takes a core; a page that needs the
+    model meanwhile waits for it (:func:`default_model`)."""
+    loading: Future[ActiveModel] = Future()
+    start_up_worker().submit(load_bundled, loading)
+    return loading
+
+
+def load_bundled(loading: Future[ActiveModel]) -> None:
+    """Load the bundled model into ``loading`` (or its failure), then warm the page up on it. Both run on the one
+    start-up thread, so :func:`wait_for_warm_up` can queue behind them."""
     import models
     from xai.sandboxed_decoder import warm_up
     from xai.startup import freeze_heap
 
-    loaded = wrap_model(models.load(DEFAULT_MODEL), origin="bundled")
+    try:
+        loaded = wrap_model(models.load(DEFAULT_MODEL), origin="bundled")
+    except BaseException as exc:  # noqa: BLE001 - handed to the page that waits for it (require_model names it)
+        loading.set_exception(exc)
+        return
     # Everything allocated so far (torch, plotly, the model: ~240,000 objects) lives as long as the server: out
     # of the cyclic collector's full passes (gc.freeze; what and why: xai.startup.freeze_heap). The warm-up
     # leaves ~9,000 more, which a full pass scans in ~2 ms.
@@ -86,17 +122,32 @@ def default_model() -> ActiveModel:
     decoders = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-decoder-warm-up")
     decoders.submit(warm_up)
     decoders.shutdown(wait=False)
-    # The page's warm-up (~0.5 s) runs beside the page, which draws the model's widgets at once instead of after
-    # it (the model was usable ~0.5 s later). A film chosen meanwhile shares the cores with it, and its engine
-    # run waits for the warm-up's on the model's lock (xai.engine.locks).
-    start_up_worker().submit(warm_up_bundled, loaded).add_done_callback(report_failed_warm_up)
-    return loaded
+    loading.set_result(loaded)
+    # The page's warm-up (~0.5 s) runs after the model is handed out, not before: a film chosen meanwhile shares
+    # the cores with it, and its engine run waits for the warm-up's on the model's lock (xai.engine.locks).
+    try:
+        warm_up_bundled(loaded)
+    except Exception as failure:  # noqa: BLE001 - the app serves on; the first result pays the first-use costs
+        logging.getLogger(__name__).warning("The start-up warm-up failed (%s: %s); the first result will be "
+                                            "slower.", type(failure).__name__, failure)
 
 
-@st.cache_resource(show_spinner=False)
-def start_up_worker() -> ThreadPoolExecutor:
-    """The thread that warms the bundled model up (held by Streamlit's resource cache, not a module global)."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-page-warm-up")
+@st.cache_resource(show_spinner="Loading the bundled model…")
+def default_model() -> ActiveModel:
+    """The bundled ChestCOVNet, ONE object for every session: waits for :func:`bundled_model_loading` (starting
+    it when nothing has yet). A failed load is not kept: the next call tries again."""
+    loading = bundled_model_loading()
+    try:
+        return loading.result()
+    except Exception:
+        bundled_model_loading.clear()
+        raise
+
+
+def forget_bundled_model() -> None:
+    """Drop the loaded bundled model: the next :func:`default_model` loads :data:`DEFAULT_MODEL` again (tests)."""
+    default_model.clear()
+    bundled_model_loading.clear()
 
 
 def warm_up_bundled(loaded: ActiveModel) -> None:
@@ -112,19 +163,11 @@ def warm_up_bundled(loaded: ActiveModel) -> None:
     warm_up_display(loaded, blank, features)
 
 
-def report_failed_warm_up(done: Future[None]) -> None:
-    """Say in the server's log when the start-up warm-up failed (on a bundled film: nothing about a patient). The
-    app goes on serving; the first result then pays the first-use costs the warm-up would have paid."""
-    failure = done.exception()
-    if failure is not None:
-        logging.getLogger(__name__).warning("The start-up warm-up failed (%s: %s); the first result will be slower.",
-                                            type(failure).__name__, failure)
-
-
 def wait_for_warm_up(timeout_s: float = 120) -> None:
-    """Block until the bundled model's start-up warm-up has finished (tests; the pages never wait for it): returns
-    at once when none is running, TimeoutError when it is still running after ``timeout_s``."""
-    start_up_worker().submit(lambda: None).result(timeout=timeout_s)  # queued behind the warm-up
+    """Block until the bundled model's load and start-up warm-up have finished (tests; the pages never wait for
+    the warm-up): returns at once when none is running, TimeoutError when it is still running after
+    ``timeout_s``."""
+    start_up_worker().submit(lambda: None).result(timeout=timeout_s)  # queued behind the load and warm-up
 
 
 def user_model() -> ActiveModel | None:
@@ -154,11 +197,15 @@ def bundle_card(name_or_path: str) -> ModelCard | None:
         return None
 
 
-def active_card() -> ModelCard | None:
-    """This session's model's card without waiting for the bundled model to load (see :func:`bundle_card`)."""
+def active_choice() -> ModelChoice | None:
+    """This session's model as its widgets need it, without waiting for the bundled model to load (its card is
+    read in milliseconds, see :func:`bundle_card`); None when the bundle's card does not read."""
     ensure_routed()
     chosen = user_model()
-    return chosen.card if chosen is not None else bundle_card(DEFAULT_MODEL)
+    if chosen is not None:
+        return ModelChoice(card=chosen.card, key=chosen.key, origin=chosen.origin)
+    card = bundle_card(DEFAULT_MODEL)
+    return None if card is None else ModelChoice(card=card, key=model_key(card), origin="bundled")
 
 
 def active_model() -> ActiveModel:

@@ -22,7 +22,7 @@ from pages._howto import how_popovers
 from pages._ingest import LoadedImage, load_input
 from pages._lungs import film_anatomy, lung_outline, readouts, start_film_anatomy, zone_boundaries
 from pages._methods import method_label
-from pages._models import ActiveModel, active_card, require_model
+from pages._models import ActiveModel, active_choice, require_model
 from pages._ood import ood_banner, ood_summary
 from pages._pacs import pacs_input, page_results, send_to_pacs
 from pages._panel import (
@@ -599,7 +599,7 @@ ADULTS_ONLY = "It is meant for adults' frontal chest films; on children it is un
 
 def landing(card: ModelCard | None) -> DeltaGenerator | None:
     """Before a radiograph is chosen: where to choose one, and the model's record on held-out films in words (its
-    card alone: on a fresh server this is drawn while torch and the model are still loading). Returns the slot
+    card alone: on a fresh server this is drawn before the model loads). Returns the slot
     for the record's chart (:func:`landing_chart`), None when the card does not read."""
     st.info("Upload a radiograph or pick a bundled sample in the sidebar.", icon=":material/upload_file:")
     if card is None:  # the bundle does not read: require_model says why
@@ -616,8 +616,8 @@ def landing(card: ModelCard | None) -> DeltaGenerator | None:
 
 
 def landing_chart(card: ModelCard, slot: DeltaGenerator) -> None:
-    """The record's chart, drawn once the page has its model: on a fresh server the browser would otherwise load
-    the chart's code (plotly) beside torch's import, and draw the model's widgets later (pages._preload)."""
+    """The record's chart, drawn after the model's widgets: on a fresh server the browser loads the chart's code
+    (plotly: ~1.2 s of a core) only once it has drawn them (pages._preload)."""
     with slot:
         if held_out_performance(card, key="landing_performance"):
             st.caption("Rates at the card's threshold, per source hospital or collection; “never seen in "
@@ -636,16 +636,20 @@ def main() -> None:
         st.header("Radiograph")
     image = load_input(container=st.sidebar)
     image = pacs_input(st.sidebar) or image  # "From PACS", only when a PACS is configured
-    card = active_card() if image is None else None
+    choice = active_choice()
+    card = choice.card if choice is not None and image is None else None
     chart_slot = landing(card) if image is None else None
-    model = require_model()
+    if choice is None:  # the bundle's card does not read: require_model names the problem and ends the run
+        choice = require_model()
+    # The model's widgets come from its card: on a fresh server they are drawn while the model loads (app.py
+    # starts that once the page has run); a film chosen meanwhile waits for it below.
     with st.sidebar:
         st.header("Explanation")
         chosen = st.multiselect(
             "Methods", listed_methods(), default=list(METHODS), format_func=method_label, key="methods"
         )
         target_choice = st.selectbox(
-            "Target class", [PREDICTED, *model.class_names], key=explain_target_key(model.key),
+            "Target class", [PREDICTED, *choice.class_names], key=explain_target_key(choice.key),
             format_func=lambda c: "Predicted class" if c == PREDICTED else c,
             help="Explain the class the model predicts, or any other class.",
         )
@@ -653,13 +657,14 @@ def main() -> None:
             "Show patient details", value=False, key=Key.SHOW_PATIENT,
             help="Off: nothing identifying is shown or exported.",
         )
-        origin = "bundled" if model.origin == "bundled" else "your own"
-        st.caption(f"Model: **{model.card.name}** ({origin}) · layer `{model.card.target_layer}`")
+        origin = "bundled" if choice.origin == "bundled" else "your own"
+        st.caption(f"Model: **{choice.card.name}** ({origin}) · layer `{choice.card.target_layer}`")
 
     if image is None:
         if card is not None and chart_slot is not None:
             landing_chart(card, chart_slot)
         return
+    model = require_model()
     start_film_anatomy(image.sha256, image.radiograph)  # beside the engine (cached: once per film)
     methods = tuple(m for m in listed_methods() if m in chosen)
     target = resolve_target(target_choice, image, model)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -805,7 +806,7 @@ def test_a_missing_model_bundle_gives_a_clear_message_and_the_server_keeps_servi
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(app_models, "DEFAULT_MODEL", str(tmp_path / "no-such-bundle"))
-    app_models.default_model.clear()
+    app_models.forget_bundled_model()
     try:
         at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
         at.run()
@@ -814,7 +815,7 @@ def test_a_missing_model_bundle_gives_a_clear_message_and_the_server_keeps_servi
         assert len(errors) == 1 and "model could not be loaded" in errors[0] and "no-such-bundle" in errors[0]
         assert disclaimer_shown(at)  # the page still serves its frame
     finally:
-        app_models.default_model.clear()  # the next test loads the real bundle again
+        app_models.forget_bundled_model()  # the next test loads the real bundle again
 
 
 def test_explain_page_warns_when_the_input_is_unlike_the_training_data() -> None:
@@ -869,7 +870,7 @@ def test_the_bundled_model_is_usable_while_its_warm_up_runs() -> None:
     once the warm-up is over."""
     samples = ingest.list_samples()
     image = ingest.load_sample(samples[next(t for t in samples if "NIH" in t)])
-    app_models.default_model.clear()
+    app_models.forget_bundled_model()
     model = app_models.default_model()
     with pytest.raises(TimeoutError):  # returned before its warm-up finished
         app_models.wait_for_warm_up(timeout_s=0)
@@ -892,7 +893,7 @@ def test_a_failing_warm_up_is_logged_and_the_model_still_serves(
         raise RuntimeError("no kernels today")
 
     monkeypatch.setattr(app_models, "warm_up_page", broken)
-    app_models.default_model.clear()
+    app_models.forget_bundled_model()
     try:
         with caplog.at_level("WARNING", logger=app_models.__name__):
             model = app_models.default_model()
@@ -902,7 +903,57 @@ def test_a_failing_warm_up_is_logged_and_the_model_still_serves(
         assert at.selectbox(key=app_state.explain_target_key(model.key)).options[1:] == list(model.class_names)
     finally:
         monkeypatch.undo()
-        app_models.default_model.clear()  # the next test loads the real bundle (and warms it up) again
+        app_models.forget_bundled_model()  # the next test loads the real bundle (and warms it up) again
+
+
+def test_a_fresh_servers_first_page_draws_the_models_widgets_before_the_model_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bundled model's load (torch's import: ~1.5-2 s of CPU) starts once a session's first page has run
+    (app.py). The page's model widgets come from the card meanwhile; a film chosen while the load goes on waits for
+    it and gets the loaded model's maps."""
+    import models
+
+    real_load, started, release = models.load, threading.Event(), threading.Event()
+
+    def held_load(name):  # noqa: ANN001, ANN202
+        started.set()
+        if not release.wait(120):
+            raise TimeoutError("the test never released the load")
+        return real_load(name)
+
+    monkeypatch.setattr(models, "load", held_load)
+    app_models.forget_bundled_model()
+    try:
+        at = run(AppTest.from_file(str(APP), default_timeout=TIMEOUT))
+        assert started.wait(30), "the first page's run did not start the model's load"
+        loading = app_models.bundled_model_loading()
+        assert not loading.done()
+        card = models.read_card(app_models.DEFAULT_MODEL)
+        target_box = at.selectbox(key=app_state.explain_target_key(app_models.model_key(card)))
+        assert target_box.options[1:] == list(card.class_names)
+        assert any(card.name in c.value and "bundled" in c.value for c in at.sidebar.caption)
+
+        threading.Timer(0.5, release.set).start()  # the load ends while the film's run waits for it
+        film = (APP.parent / "samples" / "non_covid_nih_pa.png").read_bytes()
+        at.file_uploader(key="upload").set_value(("film.png", film, "image/png"))
+        run(at)
+        model = app_models.default_model()
+        assert loading.done() and loading.result() is model
+        assert model.key == app_models.model_key(card)  # the widgets' key is the loaded model's
+        titles = image_titles(at)[1:]  # after the film's own
+        assert len(titles) == len(warmup.METHODS_FOR_WARM_UP) and all("% in lungs" in t for t in titles), titles
+        from xai.radiograph import load_radiograph
+
+        direct = service().run_engine(load_radiograph(APP.parent / "samples" / "non_covid_nih_pa.png"), model, None,
+                                      tuple(warmup.METHODS_FOR_WARM_UP), count=False)
+        shown = {r["class"]: float(r["p"]) for r in prediction_rows(prediction_html(at))}
+        assert shown == pytest.approx(dict(direct.probabilities), abs=1e-6)
+    finally:
+        release.set()
+        monkeypatch.undo()
+        app_models.wait_for_warm_up()
+        app_models.forget_bundled_model()  # the next test loads the real bundle (and warms it up) again
 
 
 def test_the_start_up_heap_is_kept_out_of_full_garbage_collections() -> None:

@@ -385,17 +385,17 @@ def test_a_deep_link_on_a_fresh_server_gets_the_apps_own_pages(browser, tmp_path
 
 
 def test_a_fresh_servers_first_visitor_can_choose_a_film_while_the_model_loads(browser, tmp_path):
-    """A fresh server's first run imports torch and loads the model (seconds). The Explain page sends the uploader
-    and the model's record in words (from its card) before that, so the reader can choose a film meanwhile; a film
-    chosen at once is explained as soon as the model is ready. No chart goes out before the model is loaded: the
-    browser would load plotly's code beside torch's import (pages._preload), and the invisible chart that loads it
-    and the record's chart come after the model."""
+    """A fresh server imports torch and loads the model (seconds) once the first page has run. The Explain page
+    draws the uploader, the model's record in words and the model's widgets from its card alone, so the reader can
+    choose a film meanwhile; a film chosen at once is explained as soon as the model is ready. The charts come
+    after the widgets: the browser would otherwise run plotly's code (~1.2 s) before drawing them (pages._preload).
+    (That the widgets do not wait for the model: tests/test_app.py, with the model's load held.)"""
     with fresh_server_page(browser, tmp_path) as (url, page, frames):
         page.goto(url, wait_until="domcontentloaded")
         page.locator(UPLOADER).locator("..").wait_for(state="visible", timeout=SERVER_START_S * 1000)
         page.locator(UPLOADER).set_input_files(str(REPO / "samples" / "non_covid_nih_pa.png"))
         page.wait_for_function(overlay_count_js(4), timeout=RESULT_S * 1000, polling=250)
-        # "Target class" lists the model's classes: the first message that needs the loaded model.
+        # "Target class" lists the model's classes (from its card).
         order = first_frames(frames, (b"Upload a radiograph", b"held-out radiographs", b"Target class",
                                       b"chart_code_preload", b"landing_performance"))
         assert 0 <= order[0] < order[1] < order[2] < order[3], order
