@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,6 +28,11 @@ if TYPE_CHECKING:
     from xai.engine import Explainer
 
 DEFAULT_MODEL = os.environ.get("XAI_APP_MODEL", "chestcovnet")  # a bundle name, folder or .zip
+#: How long the bundled model's load waits once the first page has run. torch's import holds the interpreter's
+#: lock for long stretches (its C libraries' start-up: one of ~0.25 s and many of 20-70 ms), and the server's
+#: event loop needs that lock for each message it sends: started at once, the load held the page's last messages
+#: back and the model's widgets were drawn ~0.45 s later (median of 6 pairs; benchmarks/RESULTS.md).
+LOAD_AFTER_PAGE_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,7 @@ def load_bundled(loading: Future[ActiveModel]) -> None:
     from xai.sandboxed_decoder import warm_up
     from xai.startup import freeze_heap
 
+    time.sleep(LOAD_AFTER_PAGE_S)
     try:
         loaded = wrap_model(models.load(DEFAULT_MODEL), origin="bundled")
     except BaseException as exc:  # noqa: BLE001 - handed to the page that waits for it (require_model names it)
