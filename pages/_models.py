@@ -12,9 +12,9 @@ import hashlib
 import json
 import logging
 import os
-import time
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import streamlit as st
@@ -28,10 +28,11 @@ if TYPE_CHECKING:
     from xai.engine import Explainer
 
 DEFAULT_MODEL = os.environ.get("XAI_APP_MODEL", "chestcovnet")  # a bundle name, folder or .zip
-#: How long the bundled model's load waits once the first page has run. torch's import holds the interpreter's
-#: lock for long stretches (its C libraries' start-up: one of ~0.25 s and many of 20-70 ms), and the server's
-#: event loop needs that lock for each message it sends: started at once, the load held the page's last messages
-#: back and the model's widgets were drawn ~0.45 s later (median of 6 pairs; benchmarks/RESULTS.md).
+#: How long the bundled model's load waits once the first page has run, when no page needs the model yet. torch's
+#: import holds the interpreter's lock for long stretches (its C libraries' start-up: one of ~0.25 s and many of
+#: 20-70 ms), and the server's event loop needs that lock for each message it sends: started at once, the load
+#: held the page's last messages back and the model's widgets were drawn ~0.45 s later (median of 6 pairs;
+#: benchmarks/RESULTS.md, 2026-12-07, seventh pass).
 LOAD_AFTER_PAGE_S = 0.3
 
 
@@ -94,29 +95,38 @@ def start_up_worker() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-start-up")
 
 
+@dataclass(frozen=True)
+class BundledLoad:
+    """The bundled model's load on the start-up thread: its outcome, and the flag a page that needs the model
+    raises so that the load starts without its short wait (:data:`LOAD_AFTER_PAGE_S`)."""
+
+    model: Future[ActiveModel] = field(default_factory=Future)
+    wanted: threading.Event = field(default_factory=threading.Event)
+
+
 @st.cache_resource(show_spinner=False)
-def bundled_model_loading() -> Future[ActiveModel]:
+def bundled_model_loading() -> BundledLoad:
     """The bundled model's load, started on the first call (once per server) on :func:`start_up_worker`; the
     page warm-up follows it on that thread. app.py calls it once a session's first page has run, so a fresh
     server's first page is drawn before torch's import (~1.5-2 s of CPU) takes a core; a page that needs the
-    model meanwhile waits for it (:func:`default_model`)."""
-    loading: Future[ActiveModel] = Future()
-    start_up_worker().submit(load_bundled, loading)
-    return loading
+    model waits for it (:func:`default_model`)."""
+    load = BundledLoad()
+    start_up_worker().submit(load_bundled, load)
+    return load
 
 
-def load_bundled(loading: Future[ActiveModel]) -> None:
-    """Load the bundled model into ``loading`` (or its failure), then warm the page up on it. Both run on the one
-    start-up thread, so :func:`wait_for_warm_up` can queue behind them."""
+def load_bundled(load: BundledLoad) -> None:
+    """Load the bundled model into ``load.model`` (or its failure), then warm the page up on it. Both run on the
+    one start-up thread, so :func:`wait_for_warm_up` can queue behind them."""
     import models
     from xai.sandboxed_decoder import warm_up
     from xai.startup import freeze_heap
 
-    time.sleep(LOAD_AFTER_PAGE_S)
+    load.wanted.wait(LOAD_AFTER_PAGE_S)  # the page's last messages go out first, unless a page waits already
     try:
         loaded = wrap_model(models.load(DEFAULT_MODEL), origin="bundled")
     except BaseException as exc:  # noqa: BLE001 - handed to the page that waits for it (require_model names it)
-        loading.set_exception(exc)
+        load.model.set_exception(exc)
         return
     # Everything allocated so far (torch, plotly, the model: ~240,000 objects) lives as long as the server: out
     # of the cyclic collector's full passes (gc.freeze; what and why: xai.startup.freeze_heap). The warm-up
@@ -129,7 +139,7 @@ def load_bundled(loading: Future[ActiveModel]) -> None:
     decoders = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-decoder-warm-up")
     decoders.submit(warm_up)
     decoders.shutdown(wait=False)
-    loading.set_result(loaded)
+    load.model.set_result(loaded)
     # The page's warm-up (~0.5 s) runs after the model is handed out, not before: a film chosen meanwhile shares
     # the cores with it, and its engine run waits for the warm-up's on the model's lock (xai.engine.locks).
     try:
@@ -143,9 +153,10 @@ def load_bundled(loading: Future[ActiveModel]) -> None:
 def default_model() -> ActiveModel:
     """The bundled ChestCOVNet, ONE object for every session: waits for :func:`bundled_model_loading` (starting
     it when nothing has yet). A failed load is not kept: the next call tries again."""
-    loading = bundled_model_loading()
+    load = bundled_model_loading()
+    load.wanted.set()
     try:
-        return loading.result()
+        return load.model.result()
     except Exception:
         bundled_model_loading.clear()
         raise

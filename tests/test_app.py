@@ -14,6 +14,7 @@ import json
 import threading
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -927,7 +928,7 @@ def test_a_fresh_servers_first_page_draws_the_models_widgets_before_the_model_lo
     try:
         at = run(AppTest.from_file(str(APP), default_timeout=TIMEOUT))
         assert started.wait(30), "the first page's run did not start the model's load"
-        loading = app_models.bundled_model_loading()
+        loading = app_models.bundled_model_loading().model
         assert not loading.done()
         card = models.read_card(app_models.DEFAULT_MODEL)
         target_box = at.selectbox(key=app_state.explain_target_key(app_models.model_key(card)))
@@ -954,6 +955,25 @@ def test_a_fresh_servers_first_page_draws_the_models_widgets_before_the_model_lo
         monkeypatch.undo()
         app_models.wait_for_warm_up()
         app_models.forget_bundled_model()  # the next test loads the real bundle (and warms it up) again
+
+
+def test_a_page_that_needs_the_model_starts_its_load_without_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the first page has run, the bundled model's load waits a moment (LOAD_AFTER_PAGE_S) so the page's last
+    messages go out before torch's import holds the interpreter's lock; a page that needs the model cuts it short."""
+    monkeypatch.setattr(app_models, "LOAD_AFTER_PAGE_S", 3600.0)  # the wait alone would outlast the test
+    app_models.forget_bundled_model()
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        run(AppTest.from_file(str(APP), default_timeout=TIMEOUT))  # the landing page: the load starts, and waits
+        load = app_models.bundled_model_loading()
+        assert not load.wanted.is_set() and not load.model.done()
+        model = pool.submit(app_models.default_model).result(timeout=120)  # a page that needs it
+        assert load.model.result() is model and model.origin == "bundled"
+    finally:
+        app_models.bundled_model_loading().wanted.set()  # never leave the start-up thread waiting
+        pool.shutdown(wait=False)
+        app_models.wait_for_warm_up()
+        app_models.forget_bundled_model()
 
 
 def test_the_start_up_heap_is_kept_out_of_full_garbage_collections() -> None:
