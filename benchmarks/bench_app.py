@@ -31,7 +31,7 @@ HEAT_PREVIEW_JS); the time until the server's rerun comes back with the same val
 The engine's panel time for the same image is measured in this process first (load + prepare + four
 methods; the film-sized maps are made on first use, by neither the app nor this reference, since
 xai.pipeline.FilmMaps; median of warm runs), for the ratio the targets use:
-first result <= 1.5 x engine panel + 0.5 s; display-only <= 200 ms; cold start <= 10 s.
+first result <= 1.5 x engine panel + 0.5 s; display-only <= 200 ms; cold start <= 5 s; and, for a 2-3 MP film, upload -> four maps <= 1 s.
 Everything is bounded (rounds, moves, timeouts); the server only listens on 127.0.0.1.
 """
 
@@ -406,11 +406,14 @@ def main(argv: list[str] | None = None) -> int:
     first_ok_in_app = all(r["first_page_s"] <= 1.5 * r["in_app_engine_ms"] / 1e3 + 0.5 for r in results)
     first_target = 1.5 * engine_ms / 1e3 + 0.5
     rows = [
-        ("cold start (process -> uploader, model loaded)", f"{cold:.2f} s", "<= 10 s", cold <= 10),
-        ("  a film can be chosen (uploader visible, model loading)", f"{uploader:.2f} s", "", None),
+        ("cold start (process -> the page usable: uploader and model widgets)", f"{cold:.2f} s", "<= 5 s",
+         cold <= 5),
+        ("  a film can be chosen (uploader visible)", f"{uploader:.2f} s", "", None),
         ("  the page drawn (the model's record chart visible)", f"{landing_drawn:.2f} s", "", None),
         ("upload -> all four overlays (in the page)", f"{first_page:.2f} s",
          f"<= {first_target:.2f} s (1.5x engine + 0.5 s), every round", first_page_ok),
+        ("  the same, against the meeting-room target", f"{first_page:.2f} s", "<= 1 s (a 2-3 MP film)",
+         first_page <= 1.0),
         ("  the same, seen from the driver", f"{first:.2f} s", "(+ Playwright round trips)", first_ok),
         ("  of which: server done + transfer (figure received)", f"{first_server:.2f} s", "", None),
         ("  in-page time / engine panel in process", f"{ratio:.2f}x", "", None),
