@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -149,12 +149,14 @@ def load_bundled(load: BundledLoad) -> None:
                                             "slower.", type(failure).__name__, failure)
 
 
-@st.cache_resource(show_spinner="Loading the bundled model…")
 def default_model() -> ActiveModel:
     """The bundled ChestCOVNet, ONE object for every session: waits for :func:`bundled_model_loading` (starting
-    it when nothing has yet). A failed load is not kept: the next call tries again."""
+    it when nothing has yet), with a spinner while it does. A failed load is not kept: the next call tries again."""
     load = bundled_model_loading()
     load.wanted.set()
+    if not load.model.done():
+        with st.spinner("Loading the bundled model…"):
+            wait([load.model])
     try:
         return load.model.result()
     except Exception:
@@ -164,7 +166,6 @@ def default_model() -> ActiveModel:
 
 def forget_bundled_model() -> None:
     """Drop the loaded bundled model: the next :func:`default_model` loads :data:`DEFAULT_MODEL` again (tests)."""
-    default_model.clear()
     bundled_model_loading.clear()
 
 
