@@ -31,8 +31,8 @@ DEFAULT_MODEL = os.environ.get("XAI_APP_MODEL", "chestcovnet")  # a bundle name,
 #: How long the bundled model's load waits once the first page has run, when no page needs the model yet. torch's
 #: import holds the interpreter's lock for long stretches (its C libraries' start-up: one of ~0.25 s and many of
 #: 20-70 ms), and the server's event loop needs that lock for each message it sends: started at once, the load
-#: held the page's last messages back and the model's widgets were drawn ~0.45 s later (median of 6 pairs;
-#: benchmarks/RESULTS.md, 2026-12-07, seventh pass).
+#: held the page's last messages back and the model's widgets were drawn 0.44-0.79 s later (paired medians of two
+#: sets of 6 pairs; benchmarks/RESULTS.md, 2026-12-07, seventh pass).
 LOAD_AFTER_PAGE_S = 0.3
 
 
