@@ -128,17 +128,22 @@ def load_bundled(load: BundledLoad) -> None:
     except BaseException as exc:  # noqa: BLE001 - handed to the page that waits for it (require_model names it)
         load.model.set_exception(exc)
         return
-    # Everything allocated so far (torch, plotly, the model: ~240,000 objects) lives as long as the server: out
-    # of the cyclic collector's full passes (gc.freeze; what and why: xai.startup.freeze_heap). The warm-up
-    # leaves ~9,000 more, which a full pass scans in ~2 ms.
-    freeze_heap()
-    # The upload decoders' fork server starts now, in the background, not on the first upload. It is a separate
-    # process whose imports take ~0.75 s of CPU: started beside torch's import it ran on the core the browser
-    # needs to draw the page, and the model was ready later; started after the warm-up, it was not up yet when a
-    # film came right after the model was ready (see benchmarks/RESULTS.md). A film chosen before it is up waits.
-    decoders = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-decoder-warm-up")
-    decoders.submit(warm_up)
-    decoders.shutdown(wait=False)
+    try:
+        # Everything allocated so far (torch, plotly, the model: ~240,000 objects) lives as long as the server:
+        # out of the cyclic collector's full passes (gc.freeze; what and why: xai.startup.freeze_heap). The
+        # warm-up leaves ~9,000 more, which a full pass scans in ~2 ms.
+        freeze_heap()
+        # The upload decoders' fork server starts now, in the background, not on the first upload. It is a
+        # separate process whose imports take ~0.75 s of CPU: started beside torch's import it ran on the core the
+        # browser needs to draw the page, and the model was ready later; started after the warm-up, it was not up
+        # yet when a film came right after the model was ready (see benchmarks/RESULTS.md). A film chosen before
+        # it is up waits.
+        decoders = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xai-decoder-warm-up")
+        decoders.submit(warm_up)
+        decoders.shutdown(wait=False)
+    except Exception as failure:  # noqa: BLE001 - the pages waiting for the model get it all the same
+        logging.getLogger(__name__).warning("The start-up's heap freeze or decoders failed (%s: %s).",
+                                            type(failure).__name__, failure)
     load.model.set_result(loaded)
     # The page's warm-up (~0.5 s) runs after the model is handed out, not before: a film chosen meanwhile shares
     # the cores with it, and its engine run waits for the warm-up's on the model's lock (xai.engine.locks).

@@ -37,8 +37,8 @@ def chestcovnet_dir(shared_data: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _start_up_settled() -> None:
-    """Each test starts once the app's start-up warm-up has finished (a background thread once the bundled model
-    has loaded, see ``pages._models.default_model``), so no test counts or meets that work as its own."""
+    """Each test starts once the app's start-up work has finished (the bundled model's load and warm-up, on a
+    background thread: ``pages._models.bundled_model_loading``), so no test counts or meets that work as its own."""
     models_page = sys.modules.get("pages._models")
     if models_page is not None:
         models_page.wait_for_warm_up()
