@@ -637,8 +637,7 @@ def main() -> None:
     image = load_input(container=st.sidebar)
     image = pacs_input(st.sidebar) or image  # "From PACS", only when a PACS is configured
     choice = active_choice()
-    card = choice.card if choice is not None and image is None else None
-    chart_slot = landing(card) if image is None else None
+    chart_slot = landing(choice.card if choice is not None else None) if image is None else None
     if choice is None:  # the bundle's card does not read: require_model names the problem and ends the run
         choice = require_model()
     # The model's widgets come from its card: on a fresh server they are drawn while the model loads (app.py
@@ -661,8 +660,8 @@ def main() -> None:
         st.caption(f"Model: **{choice.card.name}** ({origin}) · layer `{choice.card.target_layer}`")
 
     if image is None:
-        if card is not None and chart_slot is not None:
-            landing_chart(card, chart_slot)
+        if chart_slot is not None:  # the card read: its record's chart
+            landing_chart(choice.card, chart_slot)
         return
     model = require_model()
     start_film_anatomy(image.sha256, image.radiograph)  # beside the engine (cached: once per film)
